@@ -1,0 +1,84 @@
+//! GRU cell, PyTorch `nn.GRU` (gate order r, z, n):
+//!
+//! ```text
+//! [x_r x_z x_n] = W_ih x_t + b_ih         [h_r h_z h_n] = W_hh h_{t-1} + b_hh      (B, 3H)
+//! r = σ(x_r + h_r)    z = σ(x_z + h_z)    n = tanh(x_n + r ⊙ h_n)
+//! h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}
+//! ```
+//! Backward (the input and recurrent pre-activations differ only in the n block):
+//!
+//! ```text
+//! dn = dh_t ⊙ (1 − z)       dz = dh_t ⊙ (h_{t-1} − n)        dh_{t-1} ⊇ dh_t ⊙ z
+//! da_n = dn ⊙ (1 − n²)      da_z = dz ⊙ z(1−z)               da_r = (da_n ⊙ h_n) ⊙ r(1−r)
+//! d[x_r x_z x_n] = [da_r da_z da_n]        d[h_r h_z h_n] = [da_r da_z da_n ⊙ r]
+//! ```
+//! `dh_{t-1} += d[h_r h_z h_n] · W_hh` is a GEMM in the layer. The cache per step: the
+//! activated gates (r, z, n) written over the input pre-activations, and h_n.
+
+use crate::float::Float;
+use crate::kernels::sigmoid;
+
+/// Forward step for one batch of B rows.
+///
+/// - `gates` (B, 3H): in, input pre-activations [x_r x_z x_n]; out, activated (r, z, n).
+/// - `hproj` (B, 3H): recurrent pre-activations [h_r h_z h_n] (biases included).
+/// - `h_prev` (B, H): h_{t−1}. `hn` (B, H): out, h_n (cached). `h` (B, H): out, h_t.
+#[inline]
+pub fn forward_step<F: Float>(hidden: usize, gates: &mut [F], hproj: &[F], h_prev: &[F], hn: &mut [F], h: &mut [F]) {
+    let one = F::one();
+    let rows = gates.chunks_exact_mut(3 * hidden).zip(hproj.chunks_exact(3 * hidden));
+    let rows = rows.zip(h_prev.chunks_exact(hidden)).zip(hn.chunks_exact_mut(hidden));
+    for ((((gate, hp), h_prev), hn), h) in rows.zip(h.chunks_exact_mut(hidden)) {
+        let (gr, rest) = gate.split_at_mut(hidden);
+        let (gz, gn) = rest.split_at_mut(hidden);
+        for j in 0..hidden {
+            let r = sigmoid(gr[j] + hp[j]);
+            let z = sigmoid(gz[j] + hp[hidden + j]);
+            let hnj = hp[2 * hidden + j];
+            let n = (gn[j] + r * hnj).tanh();
+            (gr[j], gz[j], gn[j]) = (r, z, n);
+            hn[j] = hnj;
+            h[j] = (one - z) * n + z * h_prev[j];
+        }
+    }
+}
+
+/// Backward step for one batch of B rows.
+///
+/// - `dh` (B, H): total dL/dh_t.
+/// - `gates` (B, 3H): in, activated (r, z, n); out, dL/d[x_r x_z x_n].
+/// - `dgates_h` (B, 3H): out, dL/d[h_r h_z h_n].
+/// - `hn`, `h_prev` (B, H): from the forward cache.
+/// - `dh_prev` (B, H): out, the direct part of dL/dh_{t−1} (dh_t ⊙ z); the layer adds the GEMM.
+#[inline]
+pub fn backward_step<F: Float>(
+    hidden: usize,
+    dh: &[F],
+    gates: &mut [F],
+    dgates_h: &mut [F],
+    hn: &[F],
+    h_prev: &[F],
+    dh_prev: &mut [F],
+) {
+    let one = F::one();
+    let rows = gates.chunks_exact_mut(3 * hidden).zip(dgates_h.chunks_exact_mut(3 * hidden));
+    let rows = rows.zip(dh.chunks_exact(hidden)).zip(hn.chunks_exact(hidden));
+    let rows = rows.zip(h_prev.chunks_exact(hidden)).zip(dh_prev.chunks_exact_mut(hidden));
+    for (((((gate, dgh), dh), hn), h_prev), dh_prev) in rows {
+        let (gr, rest) = gate.split_at_mut(hidden);
+        let (gz, gn) = rest.split_at_mut(hidden);
+        for j in 0..hidden {
+            let (r, z, n) = (gr[j], gz[j], gn[j]);
+            let dn = dh[j] * (one - z);
+            let dz = dh[j] * (h_prev[j] - n);
+            let da_n = dn * (one - n * n);
+            let da_z = dz * z * (one - z);
+            let da_r = da_n * hn[j] * r * (one - r);
+            (gr[j], gz[j], gn[j]) = (da_r, da_z, da_n);
+            dgh[j] = da_r;
+            dgh[hidden + j] = da_z;
+            dgh[2 * hidden + j] = da_n * r;
+            dh_prev[j] = dh[j] * z;
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! LSTM cell, PyTorch `nn.LSTM` (gate order i, f, g, o):
+//!
+//! ```text
+//! [a_i a_f a_g a_o] = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh      (B, 4H)
+//! i = σ(a_i)   f = σ(a_f)   g = tanh(a_g)   o = σ(a_o)
+//! c_t = f ⊙ c_{t-1} + i ⊙ g
+//! h_t = o ⊙ tanh(c_t)
+//! ```
+//! Backward, with dc_t arriving from the future and dh_t from the output and the future:
+//!
+//! ```text
+//! do = dh_t ⊙ tanh(c_t)                  dc = dc_t + dh_t ⊙ o ⊙ (1 − tanh²(c_t))
+//! di = dc ⊙ g    df = dc ⊙ c_{t-1}        dg = dc ⊙ i       dc_{t-1} = dc ⊙ f
+//! da_i = di ⊙ i(1−i)   da_f = df ⊙ f(1−f)   da_g = dg ⊙ (1−g²)   da_o = do ⊙ o(1−o)
+//! ```
+//! `dh_{t-1} = da · W_hh` is a GEMM in the layer. The cache per step: the activated gates
+//! (written over the pre-activations), `c_t` and `tanh(c_t)`.
+
+use crate::float::Float;
+use crate::kernels::sigmoid;
+
+/// Forward step for one batch of B rows.
+///
+/// - `gates` (B, 4H): in, pre-activations; out, activated gates (i, f, g, o).
+/// - `c_prev` (B, H): c_{t−1}. `c`, `tanh_c`, `h` (B, H): out, c_t, tanh(c_t), h_t.
+#[inline]
+pub fn forward_step<F: Float>(
+    hidden: usize,
+    gates: &mut [F],
+    c_prev: &[F],
+    c: &mut [F],
+    tanh_c: &mut [F],
+    h: &mut [F],
+) {
+    let rows = gates.chunks_exact_mut(4 * hidden);
+    let rows = rows.zip(c_prev.chunks_exact(hidden)).zip(c.chunks_exact_mut(hidden));
+    let rows = rows.zip(tanh_c.chunks_exact_mut(hidden)).zip(h.chunks_exact_mut(hidden));
+    for ((((gate, c_prev), c), tanh_c), h) in rows {
+        let (gi, rest) = gate.split_at_mut(hidden);
+        let (gf, rest) = rest.split_at_mut(hidden);
+        let (gg, go) = rest.split_at_mut(hidden);
+        for j in 0..hidden {
+            let i = sigmoid(gi[j]);
+            let f = sigmoid(gf[j]);
+            let g = gg[j].tanh();
+            let o = sigmoid(go[j]);
+            let cj = f * c_prev[j] + i * g;
+            let tc = cj.tanh();
+            (gi[j], gf[j], gg[j], go[j]) = (i, f, g, o);
+            c[j] = cj;
+            tanh_c[j] = tc;
+            h[j] = o * tc;
+        }
+    }
+}
+
+/// Backward step for one batch of B rows.
+///
+/// - `dh` (B, H): total dL/dh_t.
+/// - `dc` (B, H): in, dL/dc_t from step t+1; out, dL/dc_{t−1}.
+/// - `gates` (B, 4H): in, the activated gates of step t; out, dL/da (i, f, g, o).
+/// - `c_prev`, `tanh_c` (B, H): c_{t−1} and tanh(c_t) from the forward cache.
+#[inline]
+pub fn backward_step<F: Float>(hidden: usize, dh: &[F], dc: &mut [F], gates: &mut [F], c_prev: &[F], tanh_c: &[F]) {
+    let one = F::one();
+    let rows = gates.chunks_exact_mut(4 * hidden).zip(dh.chunks_exact(hidden));
+    let rows = rows.zip(dc.chunks_exact_mut(hidden)).zip(c_prev.chunks_exact(hidden));
+    for ((((gate, dh), dc), c_prev), tanh_c) in rows.zip(tanh_c.chunks_exact(hidden)) {
+        let (gi, rest) = gate.split_at_mut(hidden);
+        let (gf, rest) = rest.split_at_mut(hidden);
+        let (gg, go) = rest.split_at_mut(hidden);
+        for j in 0..hidden {
+            let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
+            let tc = tanh_c[j];
+            let dct = dc[j] + dh[j] * o * (one - tc * tc);
+            gi[j] = dct * g * i * (one - i);
+            gf[j] = dct * c_prev[j] * f * (one - f);
+            gg[j] = dct * i * (one - g * g);
+            go[j] = dh[j] * tc * o * (one - o);
+            dc[j] = dct * f;
+        }
+    }
+}

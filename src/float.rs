@@ -1,0 +1,57 @@
+//! The scalar type the engine is generic over: `f32` for training, `f64` for gradient checks.
+
+use std::fmt::{Debug, Display};
+use std::iter::Sum;
+use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
+
+/// A floating-point scalar the whole engine can run in.
+///
+/// Implemented for `f32` (training) and `f64` (finite-difference gradient checks). The GEMM
+/// crate dispatches on the concrete type, so no other implementations are possible.
+pub trait Float:
+    num_traits::Float
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Sum
+    + Default
+    + Debug
+    + Display
+    + Send
+    + Sync
+    + 'static
+{
+    /// `"f32"` or `"f64"`.
+    const NAME: &'static str;
+
+    /// Converts an `f64` constant (rounding to nearest for `f32`).
+    fn of(x: f64) -> Self;
+
+    /// Widens to `f64` (exact).
+    fn f64(self) -> f64;
+}
+
+impl Float for f32 {
+    const NAME: &'static str = "f32";
+    #[inline(always)]
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Float for f64 {
+    const NAME: &'static str = "f64";
+    #[inline(always)]
+    fn of(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn f64(self) -> f64 {
+        self
+    }
+}

@@ -1,0 +1,497 @@
+//! The network: an optional embedding, L stacked recurrent layers and a linear readout with a
+//! per-step loss. `forward` runs over all T steps; `backward` is explicit BPTT over the same T.
+//!
+//! Layout is time-major: inputs (T, B, I) or token ids (T, B); targets (T, B) class ids or
+//! (T, B, O) values; the optional mask/weight (T, B). Hidden states are (T+1, B, H) per layer
+//! with row 0 the initial state.
+//!
+//! Loss: with weights w_tb (1 when no mask is given) and per-position loss ℓ_tb,
+//! `L = Σ w_tb ℓ_tb / Σ w_tb` — the mean over counted positions. ℓ is the softmax
+//! cross-entropy (`CrossEntropy`) or the mean over the O outputs of the squared error (`Mse`),
+//! so `Mse` equals PyTorch's `MSELoss()` over the counted positions.
+
+mod layer;
+mod readout;
+mod workspace;
+
+pub use workspace::Workspace;
+
+use crate::cell::CellKind;
+use crate::error::{Error, Result, check_len};
+use crate::float::Float;
+use crate::kernels::{self, Mat, MatMut};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// What the first layer reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// Real-valued inputs of width `size`: (T, B, size).
+    Dense {
+        /// I, the input width.
+        size: usize,
+    },
+    /// Token ids in `0..vocab`, looked up in an embedding table (`encoder.weight`, (V, E)).
+    Tokens {
+        /// V, the vocabulary size.
+        vocab: usize,
+        /// E, the embedding width.
+        embedding_dim: usize,
+    },
+}
+
+/// The per-step loss on the readout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossKind {
+    /// Softmax cross-entropy against class ids in `0..output`.
+    CrossEntropy,
+    /// Squared error against real targets, averaged over the `output` components.
+    Mse,
+}
+
+/// Sizes and kinds: plain data, everything a [`Net`] is built from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The recurrent cell of every layer.
+    pub cell: CellKind,
+    /// What the first layer reads.
+    pub input: InputKind,
+    /// H, the hidden width of every layer.
+    pub hidden: usize,
+    /// L, the number of stacked layers.
+    pub layers: usize,
+    /// O, the readout width (classes for cross-entropy).
+    pub output: usize,
+    /// The per-step loss.
+    pub loss: LossKind,
+}
+
+/// One named tensor in the parameter slab.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamInfo {
+    /// PyTorch `state_dict` name, e.g. `rnn.weight_ih_l0`.
+    pub name: String,
+    /// Shape, row-major.
+    pub shape: Vec<usize>,
+    /// Offset of the first element in the slab.
+    pub offset: usize,
+}
+
+impl ParamInfo {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// True for a tensor with no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements of this tensor within a slab laid out by the same [`Net`].
+    pub fn of<'a, F>(&self, slab: &'a [F]) -> &'a [F] {
+        &slab[self.offset..self.offset + self.len()]
+    }
+
+    /// The elements of this tensor within a mutable slab.
+    pub fn of_mut<'a, F>(&self, slab: &'a mut [F]) -> &'a mut [F] {
+        &mut slab[self.offset..self.offset + self.len()]
+    }
+}
+
+/// Offsets of one layer's tensors in the slab, and its input width.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LayerParams {
+    pub input: usize,
+    pub w_ih: usize,
+    pub w_hh: usize,
+    pub b_ih: usize,
+    pub b_hh: usize,
+}
+
+/// A network layout: the config plus where each tensor lives in the parameter slab.
+///
+/// Parameters and gradients are plain `Vec<F>` slabs of [`Net::num_params`] elements with the
+/// same layout, in PyTorch `state_dict` order: `encoder.weight` (tokens input only), then per
+/// layer `rnn.weight_ih_l{k}`, `rnn.weight_hh_l{k}`, `rnn.bias_ih_l{k}`, `rnn.bias_hh_l{k}`,
+/// then `decoder.weight` (O, H) and `decoder.bias` (O).
+#[derive(Clone, Debug)]
+pub struct Net {
+    config: NetConfig,
+    params: Vec<ParamInfo>,
+    layers: Vec<LayerParams>,
+    encoder: Option<usize>,
+    w_out: usize,
+    b_out: usize,
+    len: usize,
+}
+
+/// Recurrent state of all layers: h (L, B, H) and, for the LSTM, c (L, B, H).
+#[derive(Clone, Debug, PartialEq)]
+pub struct State<F> {
+    /// Hidden states, (L, B, H).
+    pub h: Vec<F>,
+    /// Cell states, (L, B, H) for the LSTM, empty otherwise.
+    pub c: Vec<F>,
+}
+
+impl<F: Float> State<F> {
+    /// The all-zero state for `config` and batch `batch`.
+    pub fn zeros(config: &NetConfig, batch: usize) -> Self {
+        let n = config.layers * batch * config.hidden;
+        let c = if config.cell.has_cell_state() { n } else { 0 };
+        State { h: vec![F::zero(); n], c: vec![F::zero(); c] }
+    }
+}
+
+/// The network input for one forward pass.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a, F> {
+    /// (T, B, I) real values, for `InputKind::Dense`.
+    Dense(&'a [F]),
+    /// (T, B) token ids, for `InputKind::Tokens`.
+    Tokens(&'a [u32]),
+}
+
+impl<F> Input<'_, F> {
+    fn len(&self) -> usize {
+        match self {
+            Input::Dense(x) => x.len(),
+            Input::Tokens(x) => x.len(),
+        }
+    }
+}
+
+/// What the readout is compared with.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a, F> {
+    /// (T, B) class ids in `0..O`, for `LossKind::CrossEntropy`.
+    Classes(&'a [u32]),
+    /// (T, B, O) real targets, for `LossKind::Mse`.
+    Values(&'a [F]),
+}
+
+/// Targets plus an optional per-(t, b) weight: 0 excludes a position, so a many-to-one task
+/// is a mask that is 1 only at the last step.
+#[derive(Clone, Copy, Debug)]
+pub struct Targets<'a, F> {
+    /// The targets.
+    pub target: Target<'a, F>,
+    /// (T, B) non-negative weights; `None` counts every position with weight 1.
+    pub mask: Option<&'a [F]>,
+}
+
+impl<'a, F> Targets<'a, F> {
+    /// Class targets, every position counted.
+    pub fn classes(y: &'a [u32]) -> Self {
+        Targets { target: Target::Classes(y), mask: None }
+    }
+
+    /// Real targets, every position counted.
+    pub fn values(y: &'a [F]) -> Self {
+        Targets { target: Target::Values(y), mask: None }
+    }
+
+    /// The same targets with a (T, B) weight mask.
+    pub fn with_mask(self, mask: &'a [F]) -> Self {
+        Targets { mask: Some(mask), ..self }
+    }
+}
+
+impl NetConfig {
+    /// Checks that every size is positive and the loss fits the readout.
+    pub fn validate(&self) -> Result<()> {
+        let positive = |name: &str, v: usize| {
+            if v == 0 { Err(Error::Config(format!("{name} must be at least 1, got 0"))) } else { Ok(()) }
+        };
+        positive("hidden size", self.hidden)?;
+        positive("number of layers", self.layers)?;
+        positive("output size", self.output)?;
+        match self.input {
+            InputKind::Dense { size } => positive("input size", size)?,
+            InputKind::Tokens { vocab, embedding_dim } => {
+                positive("vocabulary size", vocab)?;
+                positive("embedding dimension", embedding_dim)?;
+            }
+        }
+        if self.loss == LossKind::CrossEntropy && self.output < 2 {
+            return Err(Error::Config("cross-entropy needs an output size of at least 2".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Net {
+    /// Lays out the parameters for `config`.
+    pub fn new(config: NetConfig) -> Result<Self> {
+        config.validate()?;
+        let (g, h) = (config.cell.gates(), config.hidden);
+        let mut params = Vec::new();
+        let mut len = 0;
+        let mut push = |name: String, shape: Vec<usize>| {
+            let offset = len;
+            len += shape.iter().product::<usize>();
+            params.push(ParamInfo { name, shape, offset });
+            offset
+        };
+        let (encoder, first_input) = match config.input {
+            InputKind::Dense { size } => (None, size),
+            InputKind::Tokens { vocab, embedding_dim } => {
+                (Some(push("encoder.weight".into(), vec![vocab, embedding_dim])), embedding_dim)
+            }
+        };
+        let mut layers = Vec::with_capacity(config.layers);
+        for k in 0..config.layers {
+            let input = if k == 0 { first_input } else { h };
+            let w_ih = push(format!("rnn.weight_ih_l{k}"), vec![g * h, input]);
+            let w_hh = push(format!("rnn.weight_hh_l{k}"), vec![g * h, h]);
+            let b_ih = push(format!("rnn.bias_ih_l{k}"), vec![g * h]);
+            let b_hh = push(format!("rnn.bias_hh_l{k}"), vec![g * h]);
+            layers.push(LayerParams { input, w_ih, w_hh, b_ih, b_hh });
+        }
+        let w_out = push("decoder.weight".into(), vec![config.output, h]);
+        let b_out = push("decoder.bias".into(), vec![config.output]);
+        Ok(Net { config, params, layers, encoder, w_out, b_out, len })
+    }
+
+    /// The configuration this layout was built from.
+    pub fn config(&self) -> &NetConfig {
+        &self.config
+    }
+
+    /// Total number of scalars in the parameter (and gradient) slab.
+    pub fn num_params(&self) -> usize {
+        self.len
+    }
+
+    /// The named tensors, in slab order.
+    pub fn params(&self) -> &[ParamInfo] {
+        &self.params
+    }
+
+    /// The tensor called `name`, if any.
+    pub fn param(&self, name: &str) -> Option<&ParamInfo> {
+        self.params.iter().find(|p| p.name == name)
+    }
+
+    /// A fresh parameter slab initialised like PyTorch, from `seed`:
+    /// `encoder.weight` ~ N(0, 1) (`nn.Embedding`); every recurrent tensor and the readout
+    /// ~ U(−1/√H, 1/√H) (`nn.LSTM` etc. and `nn.Linear` with H inputs). Tensors are drawn in
+    /// slab order from a ChaCha8 stream.
+    pub fn init_params<F: Float>(&self, seed: u64) -> Vec<F> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let bound = 1.0 / (self.config.hidden as f64).sqrt();
+        let mut slab = vec![F::zero(); self.len];
+        for p in &self.params {
+            let dst = p.of_mut(&mut slab);
+            if Some(p.offset) == self.encoder {
+                for v in dst.iter_mut() {
+                    // Box–Muller: one standard normal from two uniforms in (0, 1].
+                    let u1: f64 = 1.0 - rng.random::<f64>();
+                    let u2: f64 = rng.random::<f64>();
+                    *v = F::of((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos());
+                }
+            } else {
+                for v in dst.iter_mut() {
+                    *v = F::of(rng.random_range(-bound..bound));
+                }
+            }
+        }
+        slab
+    }
+
+    /// Sets the LSTM forget-gate biases (`bias_ih` f-block) of every layer to `value` and the
+    /// `bias_hh` f-block to zero, a common trick to keep gradients alive early in training.
+    pub fn set_forget_bias<F: Float>(&self, params: &mut [F], value: F) -> Result<()> {
+        if self.config.cell != CellKind::Lstm {
+            return Err(Error::Config("a forget-gate bias exists only for the lstm cell".into()));
+        }
+        check_len("parameter slab", self.len, params.len())?;
+        let h = self.config.hidden;
+        for l in &self.layers {
+            params[l.b_ih + h..l.b_ih + 2 * h].fill(value);
+            params[l.b_hh + h..l.b_hh + 2 * h].fill(F::zero());
+        }
+        Ok(())
+    }
+
+    /// A workspace for sequences of up to `max_steps` steps and batch `batch`, using up to
+    /// `threads` threads (1 = single-threaded, deterministic at any setting).
+    pub fn workspace<F: Float>(&self, max_steps: usize, batch: usize, threads: usize) -> Result<Workspace<F>> {
+        if max_steps == 0 || batch == 0 {
+            return Err(Error::Config("sequence length and batch size must be at least 1".into()));
+        }
+        Ok(Workspace::new(&self.config, max_steps, batch, threads.max(1)))
+    }
+
+    /// Forward pass over all steps of `input`, starting from `init` (zeros if `None`).
+    ///
+    /// T is `input.len() / (B · I)` (or `/ B` for tokens) and must be ≤ the workspace's
+    /// `max_steps`. With `targets`, returns the loss and prepares [`Net::backward`]; without,
+    /// returns 0 and leaves the logits in [`Workspace::logits`].
+    pub fn forward<F: Float>(
+        &self,
+        params: &[F],
+        ws: &mut Workspace<F>,
+        input: Input<'_, F>,
+        targets: Option<Targets<'_, F>>,
+        init: Option<&State<F>>,
+    ) -> Result<F> {
+        let cfg = &self.config;
+        check_len("parameter slab", self.len, params.len())?;
+        let b = ws.batch;
+        let per_step = match (cfg.input, input) {
+            (InputKind::Dense { size }, Input::Dense(_)) => b * size,
+            (InputKind::Tokens { .. }, Input::Tokens(_)) => b,
+            _ => return Err(Error::Config("input kind does not match the network's (dense vs tokens)".into())),
+        };
+        let steps = input.len() / per_step;
+        if steps == 0 || steps > ws.max_steps || steps * per_step != input.len() {
+            return Err(Error::Config(format!(
+                "input of {} values is not T·{per_step} for a T between 1 and {}",
+                input.len(),
+                ws.max_steps
+            )));
+        }
+        ws.steps = steps;
+        ws.ready = false;
+        let state_len = cfg.layers * b * cfg.hidden;
+        if let Some(s) = init {
+            check_len("initial state h", state_len, s.h.len())?;
+            check_len("initial state c", if cfg.cell.has_cell_state() { state_len } else { 0 }, s.c.len())?;
+        }
+        match input {
+            Input::Dense(x) => ws.input[..x.len()].copy_from_slice(x),
+            Input::Tokens(ids) => {
+                let InputKind::Tokens { vocab, .. } = cfg.input else { unreachable!() };
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(Error::Data(format!("token id {bad} is outside the vocabulary of {vocab}")));
+                }
+                ws.tokens[..ids.len()].copy_from_slice(ids);
+            }
+        }
+        let bh = b * cfg.hidden;
+        for (k, lp) in self.layers.iter().enumerate() {
+            let (below, rest) = ws.layers.split_at_mut(k);
+            let cache = &mut rest[0];
+            match init {
+                Some(s) => {
+                    cache.hs[..bh].copy_from_slice(&s.h[k * bh..(k + 1) * bh]);
+                    if cfg.cell.has_cell_state() {
+                        cache.cs[..bh].copy_from_slice(&s.c[k * bh..(k + 1) * bh]);
+                    }
+                }
+                None => {
+                    cache.hs[..bh].fill(F::zero());
+                    let n = bh.min(cache.cs.len());
+                    cache.cs[..n].fill(F::zero());
+                }
+            }
+            let x = if k > 0 {
+                layer::LayerInput::Rows(&below[k - 1].hs[bh..(steps + 1) * bh])
+            } else if let Some(enc) = self.encoder {
+                // Fold the embedding into the input projection: table = E · W_ihᵀ, (V, G·H).
+                let InputKind::Tokens { vocab, embedding_dim } = cfg.input else { unreachable!() };
+                let gh = cfg.cell.gates() * cfg.hidden;
+                kernels::gemm(
+                    MatMut::rows(&mut ws.table, vocab, gh),
+                    Mat::rows(&params[enc..], vocab, embedding_dim),
+                    Mat::rows(&params[lp.w_ih..], gh, embedding_dim).t(),
+                    false,
+                    ws.threads,
+                );
+                layer::LayerInput::Table { table: &ws.table, tokens: &ws.tokens[..steps * b] }
+            } else {
+                layer::LayerInput::Rows(&ws.input[..steps * per_step])
+            };
+            layer::forward(cfg, lp, params, cache, &mut ws.hproj, x, steps, b, ws.threads);
+        }
+        let top = &ws.layers[cfg.layers - 1].hs[bh..(steps + 1) * bh];
+        readout::forward(self, params, top, &mut ws.logits[..steps * b * cfg.output], ws.threads);
+        match targets {
+            None => Ok(F::zero()),
+            Some(t) => {
+                let n = steps * b * cfg.output;
+                let loss = readout::loss(cfg, &ws.logits[..n], &mut ws.dlogits[..n], t, steps * b)?;
+                ws.ready = true;
+                Ok(loss)
+            }
+        }
+    }
+
+    /// Backward pass (BPTT) for the last forward with targets: adds dL/dθ into `grads` (same
+    /// layout as the parameters; zero it first for a fresh gradient, as in PyTorch), and fills
+    /// the workspace's input and initial-state gradients.
+    pub fn backward<F: Float>(&self, params: &[F], ws: &mut Workspace<F>, grads: &mut [F]) -> Result<()> {
+        let cfg = &self.config;
+        check_len("parameter slab", self.len, params.len())?;
+        check_len("gradient slab", self.len, grads.len())?;
+        if !ws.ready {
+            return Err(Error::Config("backward needs a forward pass with targets first".into()));
+        }
+        ws.ready = false;
+        let (steps, b, h) = (ws.steps, ws.batch, cfg.hidden);
+        let bh = b * h;
+        let last = cfg.layers - 1;
+        {
+            let top = &mut ws.layers[last];
+            let (hs, dh) = (&top.hs[bh..(steps + 1) * bh], &mut top.dh[..steps * bh]);
+            readout::backward(self, params, grads, hs, &ws.dlogits[..steps * b * cfg.output], dh, ws.threads);
+        }
+        for k in (0..cfg.layers).rev() {
+            let lp = &self.layers[k];
+            let (below, rest) = ws.layers.split_at_mut(k);
+            let cache = &mut rest[0];
+            let dh_norms = ws.record_dh_norms.then(|| &mut ws.dh_norms[k * ws.max_steps..k * ws.max_steps + steps]);
+            let (x, dx) = if k > 0 {
+                let prev = &mut below[k - 1];
+                (layer::LayerInput::Rows(&prev.hs[bh..(steps + 1) * bh]), Some(&mut prev.dh[..steps * bh]))
+            } else if self.encoder.is_some() {
+                (layer::LayerInput::Table { table: &ws.table, tokens: &ws.tokens[..steps * b] }, None)
+            } else {
+                let n = steps * b * lp.input;
+                (layer::LayerInput::Rows(&ws.input[..n]), ws.input_grad.then(|| &mut ws.dinput[..n]))
+            };
+            let (dh0, dc0) = (&mut ws.dh0[k * bh..(k + 1) * bh], &mut ws.dc0[..]);
+            let dc0 = if cfg.cell.has_cell_state() { &mut dc0[k * bh..(k + 1) * bh] } else { &mut dc0[..0] };
+            layer::backward(cfg, lp, params, grads, cache, x, dx, dh0, dc0, dh_norms, steps, b, ws.threads);
+            if k == 0
+                && let Some(enc) = self.encoder
+            {
+                self.embedding_backward(params, grads, ws, enc);
+            }
+        }
+        Ok(())
+    }
+
+    /// With the embedding folded into layer 0 (table = E · W_ihᵀ), the layer's input-side
+    /// pre-activation gradients are scattered into dtable (V, G·H); then
+    /// dW_ih += dtableᵀ · E and dE += dtable · W_ih, two small GEMMs.
+    fn embedding_backward<F: Float>(&self, params: &[F], grads: &mut [F], ws: &mut Workspace<F>, enc: usize) {
+        let cfg = &self.config;
+        let InputKind::Tokens { vocab, embedding_dim: e } = cfg.input else { return };
+        let gh = cfg.cell.gates() * cfg.hidden;
+        let n = ws.steps * ws.batch;
+        ws.dtable.fill(F::zero());
+        let dpre = &ws.layers[0].gates[..n * gh];
+        for (row, &tok) in dpre.chunks_exact(gh).zip(&ws.tokens[..n]) {
+            kernels::add_into(&mut ws.dtable[tok as usize * gh..(tok as usize + 1) * gh], row);
+        }
+        let lp = &self.layers[0];
+        let (g_enc, g_rest) = grads.split_at_mut(lp.w_ih);
+        kernels::gemm(
+            MatMut::rows(&mut g_rest[..gh * e], gh, e),
+            Mat::rows(&ws.dtable, vocab, gh).t(),
+            Mat::rows(&params[enc..], vocab, e),
+            true,
+            ws.threads,
+        );
+        kernels::gemm(
+            MatMut::rows(&mut g_enc[enc..], vocab, e),
+            Mat::rows(&ws.dtable, vocab, gh),
+            Mat::rows(&params[lp.w_ih..], gh, e),
+            true,
+            ws.threads,
+        );
+    }
+}

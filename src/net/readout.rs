@@ -1,0 +1,130 @@
+//! The linear readout y_t = W_out h_t + b_out over all T·B rows (one GEMM each way) and the
+//! per-step losses with their gradient dL/dy.
+
+use crate::error::{Error, Result, check_len};
+use crate::float::Float;
+use crate::kernels::{self, Mat, MatMut};
+use crate::net::{LossKind, Net, NetConfig, Target, Targets};
+
+/// logits (T·B, O) = bias + H_top (T·B, H) · W_outᵀ.
+pub(crate) fn forward<F: Float>(net: &Net, p: &[F], top: &[F], logits: &mut [F], threads: usize) {
+    let (o, h) = (net.config.output, net.config.hidden);
+    let rows = logits.len() / o;
+    kernels::fill_rows(logits, &p[net.b_out..net.b_out + o]);
+    kernels::gemm(
+        MatMut::rows(logits, rows, o),
+        Mat::rows(top, rows, h),
+        Mat::rows(&p[net.w_out..], o, h).t(),
+        true,
+        threads,
+    );
+}
+
+/// The loss (see the module docs of `net`) and dL/dlogits, written into `dlogits`.
+pub(crate) fn loss<F: Float>(
+    cfg: &NetConfig,
+    logits: &[F],
+    dlogits: &mut [F],
+    targets: Targets<'_, F>,
+    rows: usize,
+) -> Result<F> {
+    let o = cfg.output;
+    let weights = match targets.mask {
+        Some(m) => {
+            check_len("mask (T·B)", rows, m.len())?;
+            if m.iter().any(|w| !w.is_finite() || *w < F::zero()) {
+                return Err(Error::Data("mask weights must be finite and non-negative".into()));
+            }
+            m.iter().map(|w| w.f64()).sum::<f64>()
+        }
+        None => rows as f64,
+    };
+    let weight = |r: usize| targets.mask.map_or(1.0, |m| m[r].f64());
+    dlogits.fill(F::zero());
+    if weights == 0.0 {
+        return Ok(F::zero());
+    }
+    let mut total = 0.0f64;
+    match (cfg.loss, targets.target) {
+        (LossKind::CrossEntropy, Target::Classes(y)) => {
+            check_len("class targets (T·B)", rows, y.len())?;
+            if let Some(bad) = y.iter().find(|&&c| c as usize >= o) {
+                return Err(Error::Data(format!("class target {bad} is outside 0..{o}")));
+            }
+            for (r, (z, dz)) in logits.chunks_exact(o).zip(dlogits.chunks_exact_mut(o)).enumerate() {
+                let w = weight(r);
+                if w == 0.0 {
+                    continue;
+                }
+                let max = z.iter().fold(F::neg_infinity(), |m, &v| m.max(v));
+                let mut sum = F::zero();
+                for (d, &v) in dz.iter_mut().zip(z) {
+                    *d = (v - max).exp();
+                    sum += *d;
+                }
+                let y = y[r] as usize;
+                total += w * ((sum.ln() + max) - z[y]).f64();
+                let scale = F::of(w / weights) / sum;
+                for d in dz.iter_mut() {
+                    *d *= scale;
+                }
+                dz[y] -= F::of(w / weights);
+            }
+        }
+        (LossKind::Mse, Target::Values(y)) => {
+            check_len("value targets (T·B·O)", rows * o, y.len())?;
+            let inv_o = 1.0 / o as f64;
+            for (r, ((z, t), dz)) in
+                logits.chunks_exact(o).zip(y.chunks_exact(o)).zip(dlogits.chunks_exact_mut(o)).enumerate()
+            {
+                let w = weight(r);
+                if w == 0.0 {
+                    continue;
+                }
+                let scale = F::of(2.0 * inv_o * w / weights);
+                let mut se = 0.0;
+                for ((d, &zv), &tv) in dz.iter_mut().zip(z).zip(t) {
+                    let diff = zv - tv;
+                    se += diff.f64() * diff.f64();
+                    *d = scale * diff;
+                }
+                total += w * se * inv_o;
+            }
+        }
+        _ => {
+            return Err(Error::Config(
+                "target kind does not match the loss (classes for cross-entropy, values for mse)".into(),
+            ));
+        }
+    }
+    Ok(F::of(total / weights))
+}
+
+/// dW_out += dlogitsᵀ · H_top, db_out += Σ rows of dlogits, dH_top = dlogits · W_out.
+pub(crate) fn backward<F: Float>(
+    net: &Net,
+    p: &[F],
+    grads: &mut [F],
+    top: &[F],
+    dlogits: &[F],
+    dtop: &mut [F],
+    threads: usize,
+) {
+    let (o, h) = (net.config.output, net.config.hidden);
+    let rows = dlogits.len() / o;
+    kernels::gemm(
+        MatMut::rows(&mut grads[net.w_out..net.w_out + o * h], o, h),
+        Mat::rows(dlogits, rows, o).t(),
+        Mat::rows(top, rows, h),
+        true,
+        threads,
+    );
+    kernels::add_col_sums(&mut grads[net.b_out..net.b_out + o], dlogits, rows, o);
+    kernels::gemm(
+        MatMut::rows(dtop, rows, h),
+        Mat::rows(dlogits, rows, o),
+        Mat::rows(&p[net.w_out..], o, h),
+        false,
+        threads,
+    );
+}

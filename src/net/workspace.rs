@@ -1,0 +1,196 @@
+//! The reusable workspace: every activation, cache and gradient buffer a forward/backward pair
+//! needs for sequences of up to `max_steps` steps and a fixed batch, allocated once.
+
+use crate::cell::CellKind;
+use crate::float::Float;
+use crate::net::{InputKind, NetConfig, State};
+
+/// Per-layer cache: what the backward pass of one layer needs, plus its gradient inputs.
+#[derive(Clone, Debug)]
+pub(crate) struct LayerCache<F> {
+    /// (T, B, G·H): pre-activations → activated gates (forward) → dL/d(input pre-activations).
+    pub gates: Vec<F>,
+    /// (T+1, B, H): hidden states, row 0 the initial state.
+    pub hs: Vec<F>,
+    /// (T+1, B, H): LSTM cell states, row 0 the initial state; empty for other cells.
+    pub cs: Vec<F>,
+    /// (T, B, H): LSTM tanh(c_t), GRU h_n; empty for the RNN.
+    pub aux: Vec<F>,
+    /// (T, B, G·H): GRU dL/d(recurrent pre-activations); empty for other cells.
+    pub dgates_h: Vec<F>,
+    /// (T, B, H): dL/dh_t arriving from above (readout or next layer); during backward the
+    /// gradient from the future is added in place, so afterwards it holds the total dL/dh_t.
+    pub dh: Vec<F>,
+}
+
+/// All buffers for one (max_steps, batch, threads) shape; create with [`crate::Net::workspace`].
+///
+/// Reusing one workspace across steps means no allocation after the first forward pass.
+#[derive(Clone, Debug)]
+pub struct Workspace<F> {
+    pub(crate) max_steps: usize,
+    pub(crate) batch: usize,
+    pub(crate) threads: usize,
+    /// T of the last forward pass.
+    pub(crate) steps: usize,
+    /// True after a forward pass with targets, until the backward pass consumes it.
+    pub(crate) ready: bool,
+    pub(crate) layers: Vec<LayerCache<F>>,
+    /// (T, B, I) copy of the dense input; empty for tokens.
+    pub(crate) input: Vec<F>,
+    /// (T, B) copy of the token ids; empty for dense input.
+    pub(crate) tokens: Vec<u32>,
+    /// (V, G·H) embedding folded into layer 0's input projection; (V, G·H) its gradient.
+    pub(crate) table: Vec<F>,
+    pub(crate) dtable: Vec<F>,
+    /// (B, G·H) GRU per-step recurrent projection scratch.
+    pub(crate) hproj: Vec<F>,
+    /// (T, B, O) readout outputs and dL/dlogits.
+    pub(crate) logits: Vec<F>,
+    pub(crate) dlogits: Vec<F>,
+    /// (T, B, I) dL/dinput for dense input, filled when `input_grad` is set.
+    pub(crate) dinput: Vec<F>,
+    pub(crate) input_grad: bool,
+    /// (L, B, H) dL/dh_0 and, for the LSTM, dL/dc_0.
+    pub(crate) dh0: Vec<F>,
+    pub(crate) dc0: Vec<F>,
+    /// (L, max_steps) mean over the batch of ‖dL/dh_t‖₂, filled when `record_dh_norms` is set.
+    pub(crate) dh_norms: Vec<F>,
+    pub(crate) record_dh_norms: bool,
+    pub(crate) hidden: usize,
+    pub(crate) layers_n: usize,
+    pub(crate) output: usize,
+    pub(crate) cell: CellKind,
+}
+
+impl<F: Float> Workspace<F> {
+    pub(crate) fn new(cfg: &NetConfig, max_steps: usize, batch: usize, threads: usize) -> Self {
+        let (t, b, h, gh) = (max_steps, batch, cfg.hidden, cfg.cell.gates() * cfg.hidden);
+        let z = |n: usize| vec![F::zero(); n];
+        let lstm = cfg.cell == CellKind::Lstm;
+        let layers = (0..cfg.layers)
+            .map(|_| LayerCache {
+                gates: z(t * b * gh),
+                hs: z((t + 1) * b * h),
+                cs: z(if lstm { (t + 1) * b * h } else { 0 }),
+                aux: z(if matches!(cfg.cell, CellKind::Lstm | CellKind::Gru) { t * b * h } else { 0 }),
+                dgates_h: z(if cfg.cell == CellKind::Gru { t * b * gh } else { 0 }),
+                dh: z(t * b * h),
+            })
+            .collect();
+        let (input, tokens, table) = match cfg.input {
+            InputKind::Dense { size } => (t * b * size, 0, 0),
+            InputKind::Tokens { vocab, .. } => (0, t * b, vocab * gh),
+        };
+        Workspace {
+            max_steps,
+            batch,
+            threads,
+            steps: 0,
+            ready: false,
+            layers,
+            input: z(input),
+            tokens: vec![0; tokens],
+            table: z(table),
+            dtable: z(table),
+            hproj: z(if cfg.cell == CellKind::Gru { b * gh } else { 0 }),
+            logits: z(t * b * cfg.output),
+            dlogits: z(t * b * cfg.output),
+            dinput: z(input),
+            input_grad: false,
+            dh0: z(cfg.layers * b * h),
+            dc0: z(if lstm { cfg.layers * b * h } else { 0 }),
+            dh_norms: z(cfg.layers * t),
+            record_dh_norms: false,
+            hidden: h,
+            layers_n: cfg.layers,
+            output: cfg.output,
+            cell: cfg.cell,
+        }
+    }
+
+    /// The longest sequence this workspace holds.
+    pub fn max_steps(&self) -> usize {
+        self.max_steps
+    }
+
+    /// B, the batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// T of the last forward pass.
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Threads the GEMMs may use.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Changes the thread count (results are identical at any setting).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.max(1);
+    }
+
+    /// Also compute dL/dinput (dense input only) in the backward pass.
+    pub fn set_input_grad(&mut self, on: bool) {
+        self.input_grad = on;
+    }
+
+    /// Record ‖dL/dh_t‖ per step and layer in the backward pass (see [`Workspace::dh_norms`]).
+    pub fn set_record_dh_norms(&mut self, on: bool) {
+        self.record_dh_norms = on;
+    }
+
+    /// (T, B, O) readout outputs of the last forward pass (logits for cross-entropy).
+    pub fn logits(&self) -> &[F] {
+        &self.logits[..self.steps * self.batch * self.output]
+    }
+
+    /// (T, B, H) hidden states of layer `layer` for steps 1..=T of the last forward pass.
+    pub fn hidden_states(&self, layer: usize) -> &[F] {
+        let bh = self.batch * self.hidden;
+        &self.layers[layer].hs[bh..(self.steps + 1) * bh]
+    }
+
+    /// The state after the last step of the last forward pass.
+    pub fn final_state(&self) -> State<F> {
+        let mut s = State { h: Vec::new(), c: Vec::new() };
+        self.state_at(self.steps, &mut s);
+        s
+    }
+
+    /// Writes the state after step `t` (0 = the initial state) of the last forward pass into
+    /// `out`, reusing its buffers.
+    pub fn state_at(&self, t: usize, out: &mut State<F>) {
+        let bh = self.batch * self.hidden;
+        let t = t.min(self.steps);
+        out.h.clear();
+        out.c.clear();
+        for l in &self.layers {
+            out.h.extend_from_slice(&l.hs[t * bh..(t + 1) * bh]);
+            if self.cell.has_cell_state() {
+                out.c.extend_from_slice(&l.cs[t * bh..(t + 1) * bh]);
+            }
+        }
+    }
+
+    /// (T, B, I) dL/dinput of the last backward pass (needs [`Workspace::set_input_grad`]).
+    pub fn input_grad(&self) -> &[F] {
+        &self.dinput[..self.steps * self.batch * (self.dinput.len() / (self.max_steps * self.batch).max(1))]
+    }
+
+    /// dL/d(initial state) of the last backward pass: h (L, B, H) and, for the LSTM, c.
+    pub fn initial_state_grad(&self) -> State<F> {
+        State { h: self.dh0.clone(), c: self.dc0.clone() }
+    }
+
+    /// Mean over the batch of ‖dL/dh_t‖₂ for `layer`, t = 0..T (the total gradient reaching
+    /// h_t, from its own output and from the future), recorded by the last backward pass.
+    pub fn dh_norms(&self, layer: usize) -> &[F] {
+        let start = layer.min(self.layers_n - 1) * self.max_steps;
+        &self.dh_norms[start..start + self.steps]
+    }
+}

@@ -1,0 +1,204 @@
+//! Truncated BPTT, TBPTT(k1, k2) (Williams & Peng 1990), over a long stream fed in chunks.
+//!
+//! Semantics. The stream is fed `k1` steps at a time (the last chunk may be shorter, n ≤ k1
+//! steps). A call that feeds the steps [e − n, e) runs the forward pass over the window
+//! [s, e) with s = max(0, e − n − (k2 − k1)) — the last k2 steps when n = k1 — starting from
+//! the state at s, which an earlier call computed and which is carried without gradient (the
+//! initial state for s = 0). Only the losses of the n new steps count (their mean, times the
+//! caller's mask); their gradient flows back through every step of the window. The state at
+//! the next window's start is taken from this forward pass. With k1 = k2 this is the usual
+//! chunked training: disjoint windows, state carried across; with k2 ≥ the stream length it
+//! is full BPTT.
+
+use crate::error::{Error, Result, check_len};
+use crate::float::Float;
+use crate::net::{Input, InputKind, LossKind, Net, State, Target, Targets, Workspace};
+
+/// The TBPTT(k1, k2) driver: keeps the last k2 steps of input and the carried state.
+#[derive(Clone, Debug)]
+pub struct Tbptt<F> {
+    k1: usize,
+    k2: usize,
+    batch: usize,
+    /// Values per (t, b) row of the dense input (I) and of the value targets (O); 0 if unused.
+    x_width: usize,
+    y_width: usize,
+    ws: Workspace<F>,
+    /// Steps held in the history buffers (the next window's prefix).
+    held: usize,
+    /// History, time-major, up to k2 steps: inputs (T, B, I) or ids (T, B), targets, weights.
+    x: Vec<F>,
+    ids: Vec<u32>,
+    classes: Vec<u32>,
+    values: Vec<F>,
+    weights: Vec<F>,
+    /// The state at the start of the held history.
+    start: State<F>,
+}
+
+impl<F: Float> Tbptt<F> {
+    /// A driver for `net` with batch `batch`, requiring 1 ≤ k1 ≤ k2.
+    pub fn new(net: &Net, k1: usize, k2: usize, batch: usize, threads: usize) -> Result<Self> {
+        if k1 == 0 || k1 > k2 {
+            return Err(Error::Config(format!("truncated BPTT needs 1 <= k1 <= k2, got k1={k1}, k2={k2}")));
+        }
+        let cfg = net.config();
+        let ws = net.workspace(k2, batch, threads)?;
+        let n = k2 * batch;
+        let (x_width, ids) = match cfg.input {
+            InputKind::Dense { size } => (size, Vec::new()),
+            InputKind::Tokens { .. } => (0, vec![0; n]),
+        };
+        let (y_width, classes) = match cfg.loss {
+            LossKind::CrossEntropy => (0, vec![0; n]),
+            LossKind::Mse => (cfg.output, Vec::new()),
+        };
+        Ok(Tbptt {
+            k1,
+            k2,
+            batch,
+            x_width,
+            y_width,
+            ws,
+            held: 0,
+            x: vec![F::zero(); n * x_width],
+            ids,
+            classes,
+            values: vec![F::zero(); n * y_width],
+            weights: vec![F::zero(); n],
+            start: State::zeros(cfg, batch),
+        })
+    }
+
+    /// (k1, k2).
+    pub fn k(&self) -> (usize, usize) {
+        (self.k1, self.k2)
+    }
+
+    /// Starts a new stream from `init` (zeros if `None`).
+    pub fn reset(&mut self, init: Option<&State<F>>) {
+        self.held = 0;
+        match init {
+            Some(s) => self.start.clone_from(s),
+            None => {
+                self.start.h.fill(F::zero());
+                self.start.c.fill(F::zero());
+            }
+        }
+    }
+
+    /// The state the next window starts from.
+    pub fn carried_state(&self) -> &State<F> {
+        &self.start
+    }
+
+    /// Steps of history held for the next window.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// The workspace of the last window (hidden states, ‖dL/dh_t‖, …).
+    pub fn workspace(&self) -> &Workspace<F> {
+        &self.ws
+    }
+
+    /// Mutable access to the workspace settings (threads, recording).
+    pub fn workspace_mut(&mut self) -> &mut Workspace<F> {
+        &mut self.ws
+    }
+
+    /// Restores the driver's position: `held` steps of history and the state at its start.
+    /// With k1 = k2 nothing is held between windows, so `(0, state)` resumes a stream.
+    pub fn restore(&mut self, held: usize, start: State<F>) -> Result<()> {
+        if held > self.k2 - self.k1 {
+            return Err(Error::Config(format!("cannot hold {held} steps with k1={}, k2={}", self.k1, self.k2)));
+        }
+        check_len("carried state h", self.start.h.len(), start.h.len())?;
+        check_len("carried state c", self.start.c.len(), start.c.len())?;
+        self.held = held;
+        self.start = start;
+        Ok(())
+    }
+
+    /// Feeds the next 1..=k1 steps, runs forward and backward over the window, adds the
+    /// gradient into `grads` and returns the loss of the new steps. `targets.mask`, if given,
+    /// weights the new steps.
+    pub fn step(
+        &mut self,
+        net: &Net,
+        params: &[F],
+        input: Input<'_, F>,
+        targets: Targets<'_, F>,
+        grads: &mut [F],
+    ) -> Result<F> {
+        let cfg = net.config();
+        let b = self.batch;
+        let n = match input {
+            Input::Dense(x) => x.len() / (b * self.x_width.max(1)),
+            Input::Tokens(ids) => ids.len() / b,
+        };
+        if n == 0 || n > self.k1 {
+            return Err(Error::Config(format!("a TBPTT chunk must hold 1..={} steps of batch {b}", self.k1)));
+        }
+        let (h0, t) = (self.held, self.held + n);
+        let rows = h0 * b..t * b;
+        match input {
+            Input::Dense(x) => {
+                let w = self.x_width;
+                check_len("TBPTT chunk input", n * b * w, x.len())?;
+                self.x[rows.start * w..rows.end * w].copy_from_slice(x);
+            }
+            Input::Tokens(ids) => {
+                check_len("TBPTT chunk tokens", n * b, ids.len())?;
+                self.ids[rows.clone()].copy_from_slice(ids);
+            }
+        }
+        match targets.target {
+            Target::Classes(y) if !self.classes.is_empty() => {
+                check_len("TBPTT chunk targets", n * b, y.len())?;
+                self.classes[rows.clone()].copy_from_slice(y);
+            }
+            Target::Values(y) if !self.values.is_empty() => {
+                let o = self.y_width;
+                check_len("TBPTT chunk targets", n * b * o, y.len())?;
+                self.values[rows.start * o..rows.end * o].copy_from_slice(y);
+            }
+            _ => return Err(Error::Config("target kind does not match the loss".into())),
+        }
+        self.weights[..h0 * b].fill(F::zero());
+        match targets.mask {
+            Some(m) => {
+                check_len("TBPTT chunk mask", n * b, m.len())?;
+                self.weights[rows].copy_from_slice(m);
+            }
+            None => self.weights[rows].fill(F::one()),
+        }
+
+        let input = match cfg.input {
+            InputKind::Dense { .. } => Input::Dense(&self.x[..t * b * self.x_width]),
+            InputKind::Tokens { .. } => Input::Tokens(&self.ids[..t * b]),
+        };
+        let target = if self.classes.is_empty() {
+            Target::Values(&self.values[..t * b * cfg.output])
+        } else {
+            Target::Classes(&self.classes[..t * b])
+        };
+        let window = Targets { target, mask: Some(&self.weights[..t * b]) };
+        let loss = net.forward(params, &mut self.ws, input, Some(window), Some(&self.start))?;
+        net.backward(params, &mut self.ws, grads)?;
+
+        // Slide: the next window ends k1 steps later and is at most k2 long.
+        let drop = (t + self.k1).saturating_sub(self.k2);
+        if drop > 0 {
+            self.ws.state_at(drop, &mut self.start);
+            let (xw, yw) = (b * self.x_width, b * self.y_width);
+            self.x.copy_within(drop * xw..t * xw, 0);
+            self.values.copy_within(drop * yw..t * yw, 0);
+            let (iw, cw) = (b.min(self.ids.len()), b.min(self.classes.len()));
+            self.ids.copy_within(drop * iw..t * iw, 0);
+            self.classes.copy_within(drop * cw..t * cw, 0);
+        }
+        self.held = t - drop;
+        Ok(loss)
+    }
+}

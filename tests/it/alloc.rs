@@ -1,0 +1,60 @@
+//! A counting global allocator: after a warm-up pass, forward + backward must not allocate
+//! (allocations made inside the GEMM crate's own calls are counted apart).
+
+use bptt::{CellKind, Input, InputKind, LossKind, Net, NetConfig, Targets};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+struct Counting;
+
+thread_local! {
+    static OURS: Cell<usize> = const { Cell::new(0) };
+    static GEMM: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let counter = if bptt::kernels::in_gemm() { &GEMM } else { &OURS };
+        let _ = counter.try_with(|c| c.set(c.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn ours() -> usize {
+    OURS.with(Cell::get)
+}
+
+#[test]
+fn forward_backward_do_not_allocate_after_warm_up() {
+    for cell in CellKind::ALL {
+        for tokens in [false, true] {
+            let input =
+                if tokens { InputKind::Tokens { vocab: 7, embedding_dim: 5 } } else { InputKind::Dense { size: 5 } };
+            let cfg = NetConfig { cell, input, hidden: 16, layers: 2, output: 7, loss: LossKind::CrossEntropy };
+            let net = Net::new(cfg).unwrap();
+            let params = net.init_params::<f32>(1);
+            let mut grads = vec![0.0f32; net.num_params()];
+            let (t, b) = (20, 4);
+            let mut ws = net.workspace::<f32>(t, b, 1).unwrap();
+            ws.set_record_dh_norms(true);
+            let x: Vec<f32> = (0..t * b * 5).map(|k| (k as f32 * 0.37).sin()).collect();
+            let ids: Vec<u32> = (0..t * b).map(|k| (k % 7) as u32).collect();
+            let input = if tokens { Input::Tokens(&ids) } else { Input::Dense(&x) };
+            let mut run = || {
+                net.forward(&params, &mut ws, input, Some(Targets::classes(&ids)), None).unwrap();
+                net.backward(&params, &mut ws, &mut grads).unwrap();
+            };
+            run();
+            let before = ours();
+            run();
+            run();
+            assert_eq!(ours() - before, 0, "{cell} tokens={tokens}: bptt allocated during forward/backward");
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Helpers shared by the test modules: small random problems and a seeded generator.
+
+use bptt::{CellKind, Input, InputKind, LossKind, Net, NetConfig, State, Targets};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+pub fn rng(seed: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+pub fn uniform(rng: &mut ChaCha8Rng, n: usize, scale: f64) -> Vec<f64> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// How the loss is laid over the steps.
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// Cross-entropy at every step.
+    ManyToManyCe,
+    /// MSE counted only at the last step (mask).
+    ManyToOneMse,
+    /// Cross-entropy with random non-negative weights, some zero.
+    WeightedCe,
+}
+
+/// A small random problem: net, params, inputs, targets, mask and initial state, all f64.
+pub struct Problem {
+    pub net: Net,
+    pub params: Vec<f64>,
+    pub x: Vec<f64>,
+    pub tokens: Vec<u32>,
+    pub classes: Vec<u32>,
+    pub values: Vec<f64>,
+    pub mask: Option<Vec<f64>>,
+    pub init: State<f64>,
+    pub steps: usize,
+    pub batch: usize,
+}
+
+impl Problem {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(cell: CellKind, layers: usize, mode: Mode, tokens: bool, batch: usize, steps: usize, seed: u64) -> Self {
+        let (i, h, o, v) = (3, 4, 3, 5);
+        let loss = match mode {
+            Mode::ManyToOneMse => LossKind::Mse,
+            _ => LossKind::CrossEntropy,
+        };
+        let input =
+            if tokens { InputKind::Tokens { vocab: v, embedding_dim: i } } else { InputKind::Dense { size: i } };
+        let cfg = NetConfig { cell, input, hidden: h, layers, output: o, loss };
+        let net = Net::new(cfg).unwrap();
+        let mut r = rng(seed);
+        // Larger than default weights so gates are away from their linear regime.
+        let params = uniform(&mut r, net.num_params(), 0.8);
+        let x = uniform(&mut r, steps * batch * i, 1.0);
+        let tokens = (0..steps * batch).map(|_| r.random_range(0..v as u32)).collect();
+        let classes = (0..steps * batch).map(|_| r.random_range(0..o as u32)).collect();
+        let values = uniform(&mut r, steps * batch * o, 1.0);
+        let mask = match mode {
+            Mode::ManyToManyCe => None,
+            Mode::ManyToOneMse => {
+                Some((0..steps * batch).map(|k| if k / batch == steps - 1 { 1.0 } else { 0.0 }).collect())
+            }
+            Mode::WeightedCe => {
+                Some((0..steps * batch).map(|k| if k % 3 == 1 { 0.0 } else { r.random_range(0.5..2.0) }).collect())
+            }
+        };
+        let mut init = State::zeros(&cfg, batch);
+        init.h = uniform(&mut r, init.h.len(), 0.5);
+        init.c = uniform(&mut r, init.c.len(), 0.5);
+        Problem { net, params, x, tokens, classes, values, mask, init, steps, batch }
+    }
+
+    pub fn input(&self) -> Input<'_, f64> {
+        match self.net.config().input {
+            InputKind::Dense { .. } => Input::Dense(&self.x),
+            InputKind::Tokens { .. } => Input::Tokens(&self.tokens),
+        }
+    }
+
+    pub fn targets(&self) -> Targets<'_, f64> {
+        let t = match self.net.config().loss {
+            LossKind::CrossEntropy => Targets::classes(&self.classes),
+            LossKind::Mse => Targets::values(&self.values),
+        };
+        match &self.mask {
+            Some(m) => t.with_mask(m),
+            None => t,
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! f64 finite-difference gradient checks: every parameter, the inputs and the initial state,
+//! for each cell × layers {1, 2} × loss mode × a few (B, T) including T = 1.
+
+#![allow(clippy::needless_range_loop)] // coordinates are perturbed by index
+
+use crate::common::{Mode, Problem};
+use bptt::{CellKind, Net, State, Workspace};
+
+/// The relative error we accept: |a − n| / max(|a|, |n|, FLOOR).
+const TOL: f64 = 1e-6;
+/// Gradients below this magnitude are compared absolutely (the 4-point stencil with h = 1e-4
+/// is accurate to about 1e-12 absolute, so this floor still leaves five digits of margin).
+const FLOOR: f64 = 1e-5;
+const STEP: f64 = 1e-4;
+
+/// ReLU has kinks: where a pre-activation sits within a few STEP of 0 the finite difference is
+/// meaningless. Such a coordinate is recognised by two stencils (STEP and STEP/8) disagreeing;
+/// it is excluded only for `rnn_relu`, and only a few may be.
+const KINK: f64 = 1e-4;
+
+fn loss(p: &Problem, params: &[f64], x: &[f64], init: &State<f64>, ws: &mut Workspace<f64>) -> f64 {
+    let input = match p.net.config().input {
+        bptt::InputKind::Dense { .. } => bptt::Input::Dense(x),
+        bptt::InputKind::Tokens { .. } => bptt::Input::Tokens(&p.tokens),
+    };
+    p.net.forward(params, ws, input, Some(p.targets()), Some(init)).unwrap()
+}
+
+/// Fourth-order central difference of `f` around `v[k]`.
+fn numeric(v: &mut [f64], k: usize, f: impl FnMut(&[f64]) -> f64) -> f64 {
+    numeric_with(v, k, STEP, f)
+}
+
+fn numeric_with(v: &mut [f64], k: usize, step: f64, mut f: impl FnMut(&[f64]) -> f64) -> f64 {
+    let orig = v[k];
+    let mut at = |d: f64| {
+        v[k] = orig + d;
+        let r = f(v);
+        v[k] = orig;
+        r
+    };
+    let (p1, m1, p2, m2) = (at(step), at(-step), at(2.0 * step), at(-2.0 * step));
+    (8.0 * (p1 - m1) - (p2 - m2)) / (12.0 * step)
+}
+
+fn rel(a: f64, n: f64) -> f64 {
+    (a - n).abs() / a.abs().max(n.abs()).max(FLOOR)
+}
+
+/// Runs the check and returns the worst relative error with a description of where it is.
+fn check(p: &Problem) -> (f64, String) {
+    let net: &Net = &p.net;
+    let mut ws = net.workspace::<f64>(p.steps, p.batch, 1).unwrap();
+    ws.set_input_grad(true);
+    loss(p, &p.params, &p.x, &p.init, &mut ws);
+    let mut grads = vec![0.0; net.num_params()];
+    net.backward(&p.params, &mut ws, &mut grads).unwrap();
+    let dx = ws.input_grad().to_vec();
+    let d0 = ws.initial_state_grad();
+
+    let mut worst = (0.0, String::new());
+    let mut note = |e: f64, what: String| {
+        if e > worst.0 || worst.1.is_empty() {
+            worst = (e, what);
+        }
+    };
+    let relu = net.config().cell == CellKind::RnnRelu;
+    let mut kinks = 0;
+    let mut params = p.params.clone();
+    for info in net.params() {
+        for j in 0..info.len() {
+            let k = info.offset + j;
+            let n = numeric(&mut params, k, |v| loss(p, v, &p.x, &p.init, &mut ws));
+            if relu && rel(grads[k], n) > TOL {
+                let fine = numeric_with(&mut params, k, STEP / 8.0, |v| loss(p, v, &p.x, &p.init, &mut ws));
+                if rel(fine, n) > KINK {
+                    kinks += 1;
+                    continue;
+                }
+            }
+            note(rel(grads[k], n), format!("{}[{j}]: analytic {} numeric {n}", info.name, grads[k]));
+        }
+    }
+    if matches!(net.config().input, bptt::InputKind::Dense { .. }) {
+        let mut x = p.x.clone();
+        for k in 0..x.len() {
+            let n = numeric(&mut x, k, |v| loss(p, &p.params, v, &p.init, &mut ws));
+            note(rel(dx[k], n), format!("input[{k}]: analytic {} numeric {n}", dx[k]));
+        }
+    }
+    let mut h0 = p.init.h.clone();
+    for k in 0..h0.len() {
+        let n = numeric(&mut h0, k, |v| {
+            let s = State { h: v.to_vec(), c: p.init.c.clone() };
+            loss(p, &p.params, &p.x, &s, &mut ws)
+        });
+        note(rel(d0.h[k], n), format!("h0[{k}]: analytic {} numeric {n}", d0.h[k]));
+    }
+    let mut c0 = p.init.c.clone();
+    for k in 0..c0.len() {
+        let n = numeric(&mut c0, k, |v| {
+            let s = State { h: p.init.h.clone(), c: v.to_vec() };
+            loss(p, &p.params, &p.x, &s, &mut ws)
+        });
+        note(rel(d0.c[k], n), format!("c0[{k}]: analytic {} numeric {n}", d0.c[k]));
+    }
+    assert!(kinks * 10 <= net.num_params(), "{kinks} parameters sit on ReLU kinks: pick another seed");
+    worst
+}
+
+fn check_all(cell: CellKind) {
+    let modes = [Mode::ManyToManyCe, Mode::ManyToOneMse, Mode::WeightedCe];
+    let shapes = [(1, 1), (2, 3), (3, 5)];
+    let mut seed = 0;
+    for layers in [1, 2] {
+        for mode in modes {
+            for (b, t) in shapes {
+                for tokens in [false, true] {
+                    seed += 1;
+                    let p = Problem::new(cell, layers, mode, tokens, b, t, seed);
+                    let (err, at) = check(&p);
+                    assert!(
+                        err < TOL,
+                        "{cell} layers={layers} {mode:?} tokens={tokens} B={b} T={t}: max rel error {err:.3e} at {at}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rnn_tanh() {
+    check_all(CellKind::RnnTanh);
+}
+
+#[test]
+fn rnn_relu() {
+    check_all(CellKind::RnnRelu);
+}
+
+#[test]
+fn lstm() {
+    check_all(CellKind::Lstm);
+}
+
+#[test]
+fn gru() {
+    check_all(CellKind::Gru);
+}

@@ -1,0 +1,134 @@
+//! Truncated BPTT: k1 = k2 ≥ T is full BPTT exactly; k1 = k2 < T is chunked training with the
+//! state carried; k1 < k2 equals a naive reference written from the definition.
+
+use crate::common::{Mode, Problem};
+use bptt::{CellKind, Input, InputKind, LossKind, Net, NetConfig, Optimizer, OptimizerConfig, State, Targets, Tbptt};
+use std::collections::HashMap;
+
+#[test]
+fn k2_at_least_t_equals_full_bptt_exactly() {
+    for cell in CellKind::ALL {
+        for tokens in [false, true] {
+            let p = Problem::new(cell, 2, Mode::ManyToManyCe, tokens, 3, 6, 7);
+            let mut ws = p.net.workspace(6, 3, 1).unwrap();
+            let full_loss = p.net.forward(&p.params, &mut ws, p.input(), Some(p.targets()), Some(&p.init)).unwrap();
+            let mut full = vec![0.0; p.net.num_params()];
+            p.net.backward(&p.params, &mut ws, &mut full).unwrap();
+            for k in [6, 9] {
+                let mut tb = Tbptt::new(&p.net, k, k, 3, 1).unwrap();
+                tb.reset(Some(&p.init));
+                let mut g = vec![0.0; p.net.num_params()];
+                let loss = tb.step(&p.net, &p.params, p.input(), p.targets(), &mut g).unwrap();
+                assert_eq!(loss, full_loss, "{cell} k={k}");
+                assert_eq!(g, full, "{cell} k={k}: TBPTT gradient differs from full BPTT");
+                assert_eq!(tb.carried_state(), &ws.final_state());
+            }
+        }
+    }
+}
+
+/// A stream of `n` steps for a dense-input, class-target network of batch `b`.
+struct Stream {
+    net: Net,
+    x: Vec<f64>,
+    y: Vec<u32>,
+    b: usize,
+    i: usize,
+}
+
+impl Stream {
+    fn new(cell: CellKind, n: usize, b: usize) -> Self {
+        let i = 3;
+        let cfg = NetConfig {
+            cell,
+            input: InputKind::Dense { size: i },
+            hidden: 5,
+            layers: 2,
+            output: 4,
+            loss: LossKind::CrossEntropy,
+        };
+        let x = (0..n * b * i).map(|k| (0.61 * k as f64).sin()).collect();
+        let y = (0..n * b).map(|k| ((k * 7 + k / 5) % 4) as u32).collect();
+        Stream { net: Net::new(cfg).unwrap(), x, y, b, i }
+    }
+    fn x(&self, s: usize, e: usize) -> &[f64] {
+        &self.x[s * self.b * self.i..e * self.b * self.i]
+    }
+    fn y(&self, s: usize, e: usize) -> &[u32] {
+        &self.y[s * self.b..e * self.b]
+    }
+}
+
+/// Runs TBPTT(k1, k2) with SGD over the whole stream with the driver; returns losses and the
+/// final parameters.
+fn driver(s: &Stream, n: usize, k1: usize, k2: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut params = s.net.init_params::<f64>(3);
+    let mut opt = Optimizer::new(OptimizerConfig::sgd(), params.len()).unwrap();
+    let mut tb = Tbptt::new(&s.net, k1, k2, s.b, 1).unwrap();
+    let mut losses = Vec::new();
+    let mut e = 0;
+    while e < n {
+        let next = (e + k1).min(n);
+        let mut g = vec![0.0; params.len()];
+        let loss =
+            tb.step(&s.net, &params, Input::Dense(s.x(e, next)), Targets::classes(s.y(e, next)), &mut g).unwrap();
+        opt.step(&mut params, &g, 0.5);
+        losses.push(loss);
+        e = next;
+    }
+    (losses, params)
+}
+
+/// The definition, naively: at each update feeding [e_prev, e), take the window
+/// [max(0, e_prev − (k2 − k1)), e),
+/// start it from the most recently computed state at its first position, count only the steps
+/// fed since the last update, backpropagate through the whole window.
+fn naive(s: &Stream, n: usize, k1: usize, k2: usize) -> (Vec<f64>, Vec<f64>) {
+    let net = &s.net;
+    let mut params = net.init_params::<f64>(3);
+    let mut opt = Optimizer::new(OptimizerConfig::sgd(), params.len()).unwrap();
+    let mut states: HashMap<usize, State<f64>> = HashMap::new();
+    states.insert(0, State::zeros(net.config(), s.b));
+    let mut losses = Vec::new();
+    let mut e_prev = 0;
+    while e_prev < n {
+        let e = (e_prev + k1).min(n);
+        let start = e_prev.saturating_sub(k2 - k1);
+        let mask: Vec<f64> = (start..e).flat_map(|t| vec![if t >= e_prev { 1.0 } else { 0.0 }; s.b]).collect();
+        let mut ws = net.workspace(e - start, s.b, 1).unwrap();
+        let targets = Targets::classes(s.y(start, e)).with_mask(&mask);
+        let loss =
+            net.forward(&params, &mut ws, Input::Dense(s.x(start, e)), Some(targets), Some(&states[&start])).unwrap();
+        for t in 1..=e - start {
+            let mut st = State { h: vec![], c: vec![] };
+            ws.state_at(t, &mut st);
+            states.insert(start + t, st);
+        }
+        let mut g = vec![0.0; params.len()];
+        net.backward(&params, &mut ws, &mut g).unwrap();
+        opt.step(&mut params, &g, 0.5);
+        losses.push(loss);
+        e_prev = e;
+    }
+    (losses, params)
+}
+
+#[test]
+fn k1_below_k2_equals_the_definition() {
+    for cell in CellKind::ALL {
+        for (n, k1, k2) in [(11, 3, 5), (13, 2, 7), (9, 4, 4), (10, 1, 3), (7, 3, 20)] {
+            let s = Stream::new(cell, n, 2);
+            let (l1, p1) = driver(&s, n, k1, k2);
+            let (l2, p2) = naive(&s, n, k1, k2);
+            assert_eq!(l1, l2, "{cell} n={n} k1={k1} k2={k2}: losses");
+            assert_eq!(p1, p2, "{cell} n={n} k1={k1} k2={k2}: parameters");
+        }
+    }
+}
+
+#[test]
+fn bad_k_is_an_error() {
+    let s = Stream::new(CellKind::Lstm, 4, 1);
+    assert!(Tbptt::<f32>::new(&s.net, 5, 3, 1, 1).is_err());
+    assert!(Tbptt::<f32>::new(&s.net, 0, 3, 1, 1).is_err());
+}

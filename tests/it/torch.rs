@@ -1,0 +1,151 @@
+//! Known answers from PyTorch (float64): loss and every gradient for fixed weights and inputs,
+//! and a few optimizer steps. The numbers come from `reference/torch_reference.py`, whose
+//! docstring defines the closed-form inputs rebuilt here.
+
+use crate::torch_expected::{self as exp, Case};
+use bptt::{CellKind, Input, InputKind, LossKind, Net, NetConfig, Optimizer, OptimizerConfig, State, Targets};
+
+const T: usize = 4;
+const B: usize = 2;
+const I: usize = 3;
+const H: usize = 4;
+const O: usize = 3;
+const V: usize = 5;
+const L: usize = 2;
+
+fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g - w).abs() / w.abs().max(1e-3);
+        assert!(err < tol, "{what}[{k}]: got {g}, PyTorch {w} (rel err {err:.2e})");
+    }
+}
+
+fn run(case: &Case) {
+    let cell: CellKind = case.cell.parse().unwrap();
+    let input =
+        if case.tokens { InputKind::Tokens { vocab: V, embedding_dim: I } } else { InputKind::Dense { size: I } };
+    let loss = if case.mse { LossKind::Mse } else { LossKind::CrossEntropy };
+    let net = Net::new(NetConfig { cell, input, hidden: H, layers: L, output: O, loss }).unwrap();
+    let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
+    let x: Vec<f64> = (0..T * B * I).map(|k| (0.7 * k as f64 + 0.3).sin()).collect();
+    let ids: Vec<u32> = (0..T * B).map(|k| ((5 * k + 1) % V) as u32).collect();
+    let classes: Vec<u32> = (0..T * B).map(|k| ((7 * k + 3) % O) as u32).collect();
+    let values: Vec<f64> = (0..T * B * O).map(|k| (0.9 * k as f64).cos()).collect();
+    let mask: Vec<f64> = (0..T * B).map(|k| if k / B == T - 1 { 1.0 } else { 0.0 }).collect();
+    let mut init = State::zeros(net.config(), B);
+    init.h = (0..L * B * H).map(|k| 0.3 * (0.5 * k as f64 + 1.0).sin()).collect();
+    if cell.has_cell_state() {
+        init.c = (0..L * B * H).map(|k| 0.3 * (0.5 * k as f64 + 1.0).cos()).collect();
+    }
+    let input = if case.tokens { Input::Tokens(&ids) } else { Input::Dense(&x) };
+    let targets = if case.mse { Targets::values(&values).with_mask(&mask) } else { Targets::classes(&classes) };
+
+    let mut ws = net.workspace(T, B, 1).unwrap();
+    let loss = net.forward(&params, &mut ws, input, Some(targets), Some(&init)).unwrap();
+    let mut grads = vec![0.0; net.num_params()];
+    net.backward(&params, &mut ws, &mut grads).unwrap();
+    let d0 = ws.initial_state_grad();
+    assert_close(&format!("{} loss", case.cell), &[loss], &[case.loss], 1e-12);
+    assert_close(&format!("{} grads", case.cell), &grads, case.grads, 1e-10);
+    assert_close(&format!("{} dh0", case.cell), &d0.h, case.dh0, 1e-10);
+    assert_close(&format!("{} dc0", case.cell), &d0.c, case.dc0, 1e-10);
+
+    // The same network in f32 agrees to f32 precision.
+    let p32: Vec<f32> = params.iter().map(|&v| v as f32).collect();
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    let v32: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    let m32: Vec<f32> = mask.iter().map(|&v| v as f32).collect();
+    let init32 = State { h: init.h.iter().map(|&v| v as f32).collect(), c: init.c.iter().map(|&v| v as f32).collect() };
+    let input = if case.tokens { Input::Tokens(&ids) } else { Input::Dense(&x32) };
+    let targets = if case.mse { Targets::values(&v32).with_mask(&m32) } else { Targets::classes(&classes) };
+    let mut ws = net.workspace(T, B, 1).unwrap();
+    let loss = net.forward(&p32, &mut ws, input, Some(targets), Some(&init32)).unwrap();
+    let mut g32 = vec![0.0f32; net.num_params()];
+    net.backward(&p32, &mut ws, &mut g32).unwrap();
+    let g: Vec<f64> = g32.iter().map(|&v| v as f64).collect();
+    assert_close(&format!("{} f32 loss", case.cell), &[loss as f64], &[case.loss], 1e-5);
+    assert_close(&format!("{} f32 grads", case.cell), &g, case.grads, 1e-4);
+}
+
+#[test]
+fn rnn_tanh_matches_pytorch() {
+    run(&exp::RNN_TANH);
+    run(&exp::RNN_TANH_MSE);
+}
+
+#[test]
+fn rnn_relu_matches_pytorch() {
+    run(&exp::RNN_RELU);
+}
+
+#[test]
+fn lstm_matches_pytorch() {
+    run(&exp::LSTM);
+    run(&exp::LSTM_TOKENS);
+}
+
+#[test]
+fn gru_matches_pytorch() {
+    run(&exp::GRU);
+    run(&exp::GRU_TOKENS_MSE);
+}
+
+fn optim_run<F: bptt::Float>(config: OptimizerConfig, lr: f64) -> Vec<f64> {
+    let n = 6;
+    let mut p: Vec<F> = (0..n).map(|k| F::of(0.5 * (0.8 * k as f64 + 0.2).sin())).collect();
+    let mut opt = Optimizer::<F>::new(config, n).unwrap();
+    for s in 0..5 {
+        let g: Vec<F> = (0..n).map(|k| F::of((1.7 * k as f64 + 0.9 * s as f64 + 0.4).sin() * (1 + s) as f64)).collect();
+        opt.step(&mut p, &g, lr);
+    }
+    p.iter().map(|v| v.f64()).collect()
+}
+
+#[test]
+fn optimizers_match_pytorch() {
+    use OptimizerConfig as C;
+    let sgd = |momentum, dampening, nesterov, weight_decay| C::Sgd { momentum, dampening, nesterov, weight_decay };
+    let adam = |beta1, beta2, eps, weight_decay, amsgrad, decoupled| C::Adam {
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        amsgrad,
+        decoupled,
+    };
+    type Case = (&'static str, OptimizerConfig, f64, &'static [f64], &'static [f64]);
+    let cases: &[Case] = &[
+        ("sgd", C::sgd(), 0.1, exp::OPT_SGD_F64, exp::OPT_SGD_F32),
+        ("sgd momentum", sgd(0.9, 0.1, false, 0.01), 0.1, exp::OPT_SGD_MOMENTUM_F64, exp::OPT_SGD_MOMENTUM_F32),
+        ("sgd nesterov", sgd(0.9, 0.0, true, 0.01), 0.1, exp::OPT_SGD_NESTEROV_F64, exp::OPT_SGD_NESTEROV_F32),
+        ("adam", C::adam(), 0.01, exp::OPT_ADAM_F64, exp::OPT_ADAM_F32),
+        (
+            "adam amsgrad wd",
+            adam(0.8, 0.99, 1e-6, 0.1, true, false),
+            0.01,
+            exp::OPT_ADAM_AMSGRAD_WD_F64,
+            exp::OPT_ADAM_AMSGRAD_WD_F32,
+        ),
+        ("adamw", C::adamw(), 0.01, exp::OPT_ADAMW_F64, exp::OPT_ADAMW_F32),
+        ("rmsprop", C::rmsprop(), 0.01, exp::OPT_RMSPROP_F64, exp::OPT_RMSPROP_F32),
+        (
+            "rmsprop centered momentum",
+            C::RmsProp { alpha: 0.9, eps: 1e-8, momentum: 0.5, centered: true, weight_decay: 0.05 },
+            0.01,
+            exp::OPT_RMSPROP_CENTERED_MOMENTUM_F64,
+            exp::OPT_RMSPROP_CENTERED_MOMENTUM_F32,
+        ),
+        (
+            "adagrad",
+            C::Adagrad { lr_decay: 0.01, weight_decay: 0.02, initial_accumulator_value: 0.1, eps: 1e-10 },
+            0.1,
+            exp::OPT_ADAGRAD_F64,
+            exp::OPT_ADAGRAD_F32,
+        ),
+    ];
+    for &(name, config, lr, want64, want32) in cases {
+        assert_close(&format!("{name} f64"), &optim_run::<f64>(config, lr), want64, 1e-13);
+        assert_close(&format!("{name} f32"), &optim_run::<f32>(config, lr), want32, 2e-6);
+    }
+}
