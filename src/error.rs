@@ -1,7 +1,7 @@
 //! The library's error type: every fallible public function returns [`Result`].
 
 /// What went wrong, phrased for the person who can fix it.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     /// A configuration value is impossible (zero sizes, k1 > k2, negative learning rate, …).
     #[error("{0}")]
@@ -19,6 +19,29 @@ pub enum Error {
     /// Values in the data are out of range (a class id ≥ the output size, a negative mask, …).
     #[error("{0}")]
     Data(String),
+    /// A model or checkpoint file is malformed, truncated or inconsistent.
+    #[error("{path}: {msg}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong with it and what to do.
+        msg: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {msg}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's message.
+        msg: String,
+    },
+}
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: &std::path::Path, e: std::io::Error) -> Self {
+        Error::Io { path: path.display().to_string(), msg: e.to_string() }
+    }
 }
 
 /// `Result` with the library's [`Error`].

@@ -8,6 +8,7 @@
 //! initial state.
 
 pub mod cell;
+pub mod charlm;
 pub mod error;
 pub mod float;
 pub mod kernels;

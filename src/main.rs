@@ -1,5 +1,15 @@
-//! The `bptt` command line (a thin shell over the library).
+//! The `bptt` command line: a thin shell over the library (see `cli/`).
 
-fn main() {
-    println!("bptt {}: the command line arrives with the char-LM; see README.md", env!("CARGO_PKG_VERSION"));
+mod cli;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match cli::run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -107,41 +107,30 @@ impl<F: Float> Tbptt<F> {
         &mut self.ws
     }
 
-    /// Restores the driver's position: `held` steps of history and the state at its start.
-    /// With k1 = k2 nothing is held between windows, so `(0, state)` resumes a stream.
-    pub fn restore(&mut self, held: usize, start: State<F>) -> Result<()> {
-        if held > self.k2 - self.k1 {
-            return Err(Error::Config(format!("cannot hold {held} steps with k1={}, k2={}", self.k1, self.k2)));
-        }
+    /// Restores the driver's position within a stream: `start` is the carried state and
+    /// `history` the steps already fed that the next window still covers (at most k2 − k1;
+    /// none when k1 = k2). Their mask is irrelevant: old steps never count again.
+    pub fn restore(&mut self, start: State<F>, input: Input<'_, F>, targets: Targets<'_, F>) -> Result<()> {
         check_len("carried state h", self.start.h.len(), start.h.len())?;
         check_len("carried state c", self.start.c.len(), start.c.len())?;
-        self.held = held;
+        self.held = 0;
+        let n = self.put(0, self.k2 - self.k1, input, targets)?;
+        self.held = n;
         self.start = start;
         Ok(())
     }
 
-    /// Feeds the next 1..=k1 steps, runs forward and backward over the window, adds the
-    /// gradient into `grads` and returns the loss of the new steps. `targets.mask`, if given,
-    /// weights the new steps.
-    pub fn step(
-        &mut self,
-        net: &Net,
-        params: &[F],
-        input: Input<'_, F>,
-        targets: Targets<'_, F>,
-        grads: &mut [F],
-    ) -> Result<F> {
-        let cfg = net.config();
+    /// Copies `input`/`targets` (n ≤ `max` steps, n ≥ 0) into the history at step `at`.
+    fn put(&mut self, at: usize, max: usize, input: Input<'_, F>, targets: Targets<'_, F>) -> Result<usize> {
         let b = self.batch;
         let n = match input {
             Input::Dense(x) => x.len() / (b * self.x_width.max(1)),
             Input::Tokens(ids) => ids.len() / b,
         };
-        if n == 0 || n > self.k1 {
-            return Err(Error::Config(format!("a TBPTT chunk must hold 1..={} steps of batch {b}", self.k1)));
+        if n > max {
+            return Err(Error::Config(format!("a TBPTT chunk may hold at most {max} steps of batch {b}, got {n}")));
         }
-        let (h0, t) = (self.held, self.held + n);
-        let rows = h0 * b..t * b;
+        let rows = at * b..(at + n) * b;
         match input {
             Input::Dense(x) => {
                 let w = self.x_width;
@@ -165,7 +154,6 @@ impl<F: Float> Tbptt<F> {
             }
             _ => return Err(Error::Config("target kind does not match the loss".into())),
         }
-        self.weights[..h0 * b].fill(F::zero());
         match targets.mask {
             Some(m) => {
                 check_len("TBPTT chunk mask", n * b, m.len())?;
@@ -173,6 +161,29 @@ impl<F: Float> Tbptt<F> {
             }
             None => self.weights[rows].fill(F::one()),
         }
+        Ok(n)
+    }
+
+    /// Feeds the next 1..=k1 steps, runs forward and backward over the window, adds the
+    /// gradient into `grads` and returns the loss of the new steps. `targets.mask`, if given,
+    /// weights the new steps.
+    pub fn step(
+        &mut self,
+        net: &Net,
+        params: &[F],
+        input: Input<'_, F>,
+        targets: Targets<'_, F>,
+        grads: &mut [F],
+    ) -> Result<F> {
+        let cfg = net.config();
+        let b = self.batch;
+        let h0 = self.held;
+        let n = self.put(h0, self.k1, input, targets)?;
+        if n == 0 {
+            return Err(Error::Config(format!("a TBPTT chunk must hold 1..={} steps of batch {b}", self.k1)));
+        }
+        let t = h0 + n;
+        self.weights[..h0 * b].fill(F::zero());
 
         let input = match cfg.input {
             InputKind::Dense { .. } => Input::Dense(&self.x[..t * b * self.x_width]),

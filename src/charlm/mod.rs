@@ -1,0 +1,15 @@
+//! The character-level language model: vocabulary, data streams, model files, evaluation,
+//! sampling and the training loop (`bptt train | sample | eval` are thin shells over this).
+
+pub mod data;
+pub mod fsio;
+pub mod model;
+pub mod sample;
+pub mod train;
+pub mod vocab;
+
+pub use data::{Split, Streams};
+pub use model::{CharModel, Eval, ModelSpec};
+pub use sample::Sampler;
+pub use train::{StepMetrics, TrainConfig, Trainer};
+pub use vocab::Vocab;

@@ -1,0 +1,353 @@
+//! The character language model — embedding → L-layer RNN/LSTM/GRU → linear decoder — and its
+//! file format: safetensors, f32, with the tensor names of PyTorch's `word_language_model`
+//! `RNNModel` and the metadata below, so files move both ways between `bptt` and PyTorch.
+//!
+//! Metadata (`__metadata__`, all strings): `bptt.format` = `charlm/1`; `cell` = `lstm` | `gru`
+//! | `rnn_tanh` | `rnn_relu`; `vocab` = a JSON array of one-character strings in id order;
+//! `embedding_dim`, `hidden_size`, `num_layers` as decimal integers.
+
+use crate::cell::CellKind;
+use crate::charlm::fsio;
+use crate::charlm::vocab::{Vocab, show};
+use crate::error::{Error, Result};
+use crate::net::{Input, InputKind, LossKind, Net, NetConfig, State, Targets};
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// The value of the `bptt.format` metadata key of a model file.
+pub const FORMAT: &str = "charlm/1";
+/// The largest header a model file may have (the vocabulary lives there).
+const MAX_HEADER: u64 = 16 << 20;
+/// Bounds on the sizes a model file may declare, checked before anything is allocated.
+const MAX_WIDTH: usize = 1 << 16;
+const MAX_LAYERS: usize = 64;
+const MAX_VOCAB: usize = 1 << 20;
+const MAX_PARAMS: usize = 1 << 31;
+
+/// The architecture of a char model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelSpec {
+    /// The recurrent cell.
+    #[serde(with = "cell_name")]
+    pub cell: CellKind,
+    /// E.
+    pub embedding_dim: usize,
+    /// H.
+    pub hidden: usize,
+    /// L.
+    pub layers: usize,
+}
+
+mod cell_name {
+    use crate::cell::CellKind;
+    pub fn serialize<S: serde::Serializer>(c: &CellKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.name())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CellKind, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl ModelSpec {
+    /// The network config for a vocabulary of `vocab` characters.
+    pub fn net_config(&self, vocab: usize) -> NetConfig {
+        NetConfig {
+            cell: self.cell,
+            input: InputKind::Tokens { vocab, embedding_dim: self.embedding_dim },
+            hidden: self.hidden,
+            layers: self.layers,
+            output: vocab,
+            loss: LossKind::CrossEntropy,
+        }
+    }
+
+    /// Checks the sizes are positive and within the bounds a model file may declare.
+    pub fn validate(&self, vocab: usize) -> Result<()> {
+        let check = |what: &str, v: usize, max: usize| {
+            if v == 0 || v > max {
+                Err(Error::Config(format!("{what} must be between 1 and {max}, got {v}")))
+            } else {
+                Ok(())
+            }
+        };
+        check("embedding dimension", self.embedding_dim, MAX_WIDTH)?;
+        check("hidden size", self.hidden, MAX_WIDTH)?;
+        check("number of layers", self.layers, MAX_LAYERS)?;
+        check("vocabulary size", vocab, MAX_VOCAB)?;
+        if vocab < 2 {
+            return Err(Error::Config("the text must have at least 2 distinct characters".into()));
+        }
+        let (g, h, e) = (self.cell.gates() as u128, self.hidden as u128, self.embedding_dim as u128);
+        let n = vocab as u128 * e
+            + g * h * (e + h + 2)
+            + (self.layers as u128 - 1) * g * h * (2 * h + 2)
+            + vocab as u128 * (h + 1);
+        if n > MAX_PARAMS as u128 {
+            return Err(Error::Config(format!("a model of {n} parameters is larger than the {MAX_PARAMS} supported")));
+        }
+        Ok(())
+    }
+}
+
+/// A trained (or fresh) character model: layout, f32 parameters and vocabulary.
+#[derive(Clone, Debug)]
+pub struct CharModel {
+    /// The architecture.
+    pub spec: ModelSpec,
+    /// The vocabulary (V = its length).
+    pub vocab: Vocab,
+    /// The network layout.
+    pub net: Net,
+    /// The parameter slab, laid out by `net`.
+    pub params: Vec<f32>,
+}
+
+/// The result of evaluating a model on a text.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Eval {
+    /// Mean cross-entropy in nats per character.
+    pub loss: f64,
+    /// Bits per character, loss / ln 2.
+    pub bits_per_char: f64,
+    /// e^loss.
+    pub perplexity: f64,
+    /// Characters predicted.
+    pub tokens: usize,
+}
+
+impl CharModel {
+    /// A freshly initialised model (PyTorch-style init from `seed`).
+    pub fn new(spec: ModelSpec, vocab: Vocab, seed: u64) -> Result<Self> {
+        spec.validate(vocab.len())?;
+        let net = Net::new(spec.net_config(vocab.len()))?;
+        let params = net.init_params(seed);
+        Ok(CharModel { spec, vocab, net, params })
+    }
+
+    /// The file's metadata map.
+    fn metadata(&self) -> BTreeMap<String, String> {
+        let vocab: Vec<String> = self.vocab.chars().iter().map(|c| c.to_string()).collect();
+        BTreeMap::from([
+            ("bptt.format".to_string(), FORMAT.to_string()),
+            ("cell".to_string(), self.spec.cell.name().to_string()),
+            ("vocab".to_string(), serde_json::to_string(&vocab).unwrap_or_default()),
+            ("embedding_dim".to_string(), self.spec.embedding_dim.to_string()),
+            ("hidden_size".to_string(), self.spec.hidden.to_string()),
+            ("num_layers".to_string(), self.spec.layers.to_string()),
+        ])
+    }
+
+    /// The model as safetensors bytes, with `extra` tensors and metadata appended (used by
+    /// checkpoints). The bytes depend only on the contents (keys sorted), so equal models give
+    /// equal files.
+    pub fn to_bytes_with(&self, extra: &[(String, Vec<usize>, &[f32])], meta: &[(String, String)]) -> Result<Vec<u8>> {
+        let mut tensors: BTreeMap<String, (Vec<usize>, &[f32])> =
+            self.net.params().iter().map(|p| (p.name.clone(), (p.shape.clone(), p.of(&self.params)))).collect();
+        tensors.extend(extra.iter().map(|(n, s, v)| (n.clone(), (s.clone(), *v))));
+        let mut metadata: BTreeMap<String, String> = self.metadata().into_iter().collect();
+        metadata.extend(meta.iter().cloned());
+        Ok(safetensors_bytes(&tensors, &metadata))
+    }
+
+    /// Saves the model to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        fsio::write_atomic(path, &self.to_bytes_with(&[], &[])?)
+    }
+
+    /// Loads a model file written by `bptt` or by PyTorch with the documented names and
+    /// metadata. Every size is checked against sane bounds before anything is allocated.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = fsio::read_bounded(path, 8 + MAX_HEADER + 4 * MAX_PARAMS as u64)?;
+        Self::from_bytes(&bytes).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+    }
+
+    /// Parses model-file bytes; the error is a message (the caller adds the path).
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let file = ModelFile::parse(bytes)?;
+        file.model()
+    }
+
+    /// Mean cross-entropy of predicting `ids[1..]` from `ids[..n-1]`, with the ids cut into
+    /// `streams` contiguous streams (1 = the whole text as one stream) each run from a zero
+    /// state in chunks of up to `chunk` steps with the state carried.
+    pub fn evaluate(&self, ids: &[u32], streams: usize, chunk: usize, threads: usize) -> Result<Eval> {
+        if ids.len() < 2 {
+            return Err(Error::Data("the text needs at least 2 characters to predict one".into()));
+        }
+        let b = streams.clamp(1, ids.len() - 1);
+        let s = (ids.len() - 1) / b;
+        let chunk = chunk.clamp(1, s);
+        let mut ws = self.net.workspace::<f32>(chunk, b, threads)?;
+        let mut state = State::zeros(self.net.config(), b);
+        let (mut x, mut y) = (vec![0u32; chunk * b], vec![0u32; chunk * b]);
+        let mut total = 0.0f64;
+        let mut start = 0;
+        while start < s {
+            let t = chunk.min(s - start);
+            for k in 0..t {
+                for j in 0..b {
+                    x[k * b + j] = ids[j * s + start + k];
+                    y[k * b + j] = ids[j * s + start + k + 1];
+                }
+            }
+            let loss = self.net.forward(
+                &self.params,
+                &mut ws,
+                Input::Tokens(&x[..t * b]),
+                Some(Targets::classes(&y[..t * b])),
+                Some(&state),
+            )?;
+            total += loss as f64 * (t * b) as f64;
+            ws.state_at(t, &mut state);
+            start += t;
+        }
+        let tokens = s * b;
+        let loss = total / tokens as f64;
+        Ok(Eval { loss, bits_per_char: loss / std::f64::consts::LN_2, perplexity: loss.exp(), tokens })
+    }
+}
+
+/// A parsed, validated safetensors model file (plus any extra tensors and metadata).
+pub(crate) struct ModelFile<'a> {
+    pub tensors: SafeTensors<'a>,
+    pub metadata: HashMap<String, String>,
+    pub spec: ModelSpec,
+    pub vocab: Vocab,
+}
+
+impl<'a> ModelFile<'a> {
+    /// Checks the header size, the metadata, the declared shapes (against the metadata, before
+    /// anything is allocated) and the total size, then parses the tensors.
+    pub fn parse(bytes: &'a [u8]) -> std::result::Result<Self, String> {
+        let too_short = "file is too short to be a safetensors model (truncated?)";
+        let head: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or(too_short)?;
+        let n = u64::from_le_bytes(head);
+        if n > MAX_HEADER {
+            return Err(format!("header declares {n} bytes, more than {MAX_HEADER}: not a bptt model file"));
+        }
+        let header = bytes.get(8..8 + n as usize).ok_or(too_short)?;
+        let json: serde_json::Value = serde_json::from_slice(header)
+            .map_err(|e| format!("header is not valid JSON ({e}): not a safetensors file"))?;
+        let meta = json
+            .get("__metadata__")
+            .and_then(|m| m.as_object())
+            .ok_or("no __metadata__ in the header: a model file needs the bptt metadata (see README)")?;
+        let metadata: HashMap<String, String> =
+            meta.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect();
+        let get = |k: &str| metadata.get(k).ok_or_else(|| format!("metadata '{k}' is missing"));
+        let format = get("bptt.format")?;
+        if format != FORMAT {
+            return Err(format!("metadata bptt.format is '{format}', expected '{FORMAT}'"));
+        }
+        let num = |k: &str| -> std::result::Result<usize, String> {
+            let v = get(k)?;
+            v.parse::<usize>().map_err(|_| format!("metadata '{k}' = '{v}' is not a whole number"))
+        };
+        let cell: CellKind = get("cell")?.parse().map_err(|e: Error| format!("metadata 'cell': {e}"))?;
+        let spec = ModelSpec {
+            cell,
+            embedding_dim: num("embedding_dim")?,
+            hidden: num("hidden_size")?,
+            layers: num("num_layers")?,
+        };
+        let chars: Vec<String> = serde_json::from_str(get("vocab")?)
+            .map_err(|_| "metadata 'vocab' is not a JSON array of strings".to_string())?;
+        let mut vocab_chars = Vec::with_capacity(chars.len().min(MAX_VOCAB));
+        for s in &chars {
+            let mut it = s.chars();
+            match (it.next(), it.next()) {
+                (Some(c), None) => vocab_chars.push(c),
+                _ => return Err(format!("vocabulary entry {s:?} is not exactly one character")),
+            }
+        }
+        spec.validate(vocab_chars.len()).map_err(|e| format!("metadata: {e}"))?;
+        let vocab = Vocab::from_chars(vocab_chars).map_err(|e| e.to_string())?;
+
+        // Every declared tensor must be f32; those of the model must have the expected shapes.
+        let net = Net::new(spec.net_config(vocab.len())).map_err(|e| e.to_string())?;
+        let declared = json.as_object().ok_or("header is not a JSON object")?;
+        let mut data_bytes: u128 = 0;
+        for (name, info) in declared.iter().filter(|(k, _)| *k != "__metadata__") {
+            let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
+            if dtype != "F32" {
+                return Err(format!("tensor '{name}' is {dtype}; model files hold F32 tensors"));
+            }
+            let shape: Vec<u128> = info
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .map(|a| a.iter().filter_map(|d| d.as_u64().map(u128::from)).collect())
+                .ok_or_else(|| format!("tensor '{name}' has no shape"))?;
+            data_bytes += 4 * shape.iter().product::<u128>();
+            if let Some(p) = net.param(name) {
+                let want: Vec<u128> = p.shape.iter().map(|&d| d as u128).collect();
+                if shape != want {
+                    return Err(format!("tensor '{name}' has shape {shape:?}, the metadata implies {:?}", p.shape));
+                }
+            }
+        }
+        for p in net.params() {
+            if !declared.contains_key(&p.name) {
+                return Err(format!("tensor '{}' is missing", p.name));
+            }
+        }
+        let expected = 8 + n as u128 + data_bytes;
+        if bytes.len() as u128 != expected {
+            return Err(format!(
+                "file is {} bytes but its header describes {expected}: the file is truncated or corrupt",
+                bytes.len()
+            ));
+        }
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| format!("malformed safetensors data: {e}"))?;
+        Ok(ModelFile { tensors, metadata, spec, vocab })
+    }
+
+    /// The f32 values of tensor `name`, checked finite.
+    pub fn floats(&self, name: &str) -> std::result::Result<Vec<f32>, String> {
+        let t = self.tensors.tensor(name).map_err(|_| format!("tensor '{name}' is missing"))?;
+        let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+            return Err(format!("tensor '{name}' contains {bad}: the model is corrupt (diverged training?)"));
+        }
+        Ok(v)
+    }
+
+    /// The model held by the file.
+    pub fn model(&self) -> std::result::Result<CharModel, String> {
+        let net = Net::new(self.spec.net_config(self.vocab.len())).map_err(|e| e.to_string())?;
+        let mut params = vec![0.0f32; net.num_params()];
+        for p in net.params() {
+            p.of_mut(&mut params).copy_from_slice(&self.floats(&p.name)?);
+        }
+        Ok(CharModel { spec: self.spec, vocab: self.vocab.clone(), net, params })
+    }
+}
+
+/// Describes a character for messages (re-exported for the CLI).
+pub fn describe_char(c: char) -> String {
+    show(c)
+}
+
+/// Serialises f32 tensors in the safetensors layout: an 8-byte little-endian header length, a
+/// JSON header (keys sorted, padded with spaces to a multiple of 8), then the tensors' bytes in
+/// key order. Written by hand (the format is that small) so that files are reproducible.
+fn safetensors_bytes(tensors: &BTreeMap<String, (Vec<usize>, &[f32])>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!(metadata));
+    let mut offset = 0usize;
+    for (name, (shape, values)) in tensors {
+        let end = offset + 4 * values.len();
+        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}));
+        offset = end;
+    }
+    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for (_, values) in tensors.values() {
+        out.extend(values.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    out
+}

@@ -1,0 +1,387 @@
+//! The char-LM training loop: TBPTT over B contiguous streams (see `data`), the scheduled,
+//! clipped, guarded update, validation, and checkpoints that resume bit for bit.
+
+use crate::charlm::data::{Split, Streams};
+use crate::charlm::model::{CharModel, Eval, ModelFile};
+use crate::error::{Error, Result};
+use crate::net::{Input, State, Targets};
+use crate::optim::{LrSchedule, Optimizer, OptimizerConfig, OptimizerState, Schedule};
+use crate::train::{Clip, Tbptt, apply_update};
+use serde::{Deserialize, Serialize};
+
+/// The value of the `bptt.checkpoint` metadata key of a checkpoint file.
+pub const CHECKPOINT_FORMAT: &str = "charlm-checkpoint/1";
+
+/// Everything that defines a training run (written to `config.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The architecture.
+    pub model: crate::charlm::ModelSpec,
+    /// k2: steps back-propagated through (the window); `--seq-len`.
+    pub seq_len: usize,
+    /// k1: new steps per update (= seq_len unless `--tbptt K1:K2`).
+    pub k1: usize,
+    /// B, the number of contiguous streams.
+    pub batch: usize,
+    /// `sgd`, `adam`, `adamw`, `rmsprop` or `adagrad`.
+    pub optimizer: String,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Momentum (sgd, rmsprop).
+    pub momentum: Option<f64>,
+    /// Weight decay.
+    pub weight_decay: Option<f64>,
+    /// `constant`, `step:EVERY:GAMMA`, `exp:GAMMA` or `cosine[:MIN_LR]`.
+    pub lr_schedule: String,
+    /// Linear warm-up updates.
+    pub warmup: u64,
+    /// Global-norm clip threshold, 0 = off.
+    pub clip_norm: f64,
+    /// Per-element clip threshold.
+    pub clip_value: Option<f64>,
+    /// Total updates of the run.
+    pub steps: u64,
+    /// Fraction of the text (at its end) held out for validation.
+    pub val_fraction: f64,
+    /// Seed of the initialisation and of sampling.
+    pub seed: u64,
+    /// Stop after this many consecutive skipped (non-finite) updates.
+    pub max_bad_steps: u32,
+    /// Stop if the training loss exceeds this factor times the first one (char-rnn's guard).
+    pub abort_loss_factor: Option<f64>,
+}
+
+impl TrainConfig {
+    /// The optimizer this config names, with its momentum and weight decay.
+    pub fn optimizer(&self) -> Result<OptimizerConfig> {
+        OptimizerConfig::by_name(&self.optimizer)?.with(self.momentum, self.weight_decay)
+    }
+
+    /// The learning-rate schedule over `steps` updates.
+    pub fn schedule(&self) -> Result<LrSchedule> {
+        let parts: Vec<&str> = self.lr_schedule.split(':').collect();
+        let num = |s: &str| {
+            s.parse::<f64>()
+                .map_err(|_| Error::Config(format!("--lr-schedule '{}': '{s}' is not a number", self.lr_schedule)))
+        };
+        let schedule = match parts.as_slice() {
+            ["constant"] => Schedule::Constant,
+            ["step", every, gamma] => Schedule::Step { every: num(every)? as u64, gamma: num(gamma)? },
+            ["exp", gamma] => Schedule::Exponential { gamma: num(gamma)? },
+            ["cosine"] => Schedule::Cosine { total: self.steps, min_lr: 0.0 },
+            ["cosine", min] => Schedule::Cosine { total: self.steps, min_lr: num(min)? },
+            _ => {
+                return Err(Error::Config(format!(
+                    "unknown --lr-schedule '{}': use constant, step:EVERY:GAMMA, exp:GAMMA or cosine[:MIN_LR]",
+                    self.lr_schedule
+                )));
+            }
+        };
+        let s = LrSchedule { base_lr: self.lr, schedule, warmup: self.warmup };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The clipping settings.
+    pub fn clip(&self) -> Result<Clip> {
+        if !(self.clip_norm.is_finite() && self.clip_norm >= 0.0) {
+            return Err(Error::Config(format!("--clip-norm must be >= 0 (0 = off), got {}", self.clip_norm)));
+        }
+        let clip = Clip { max_norm: (self.clip_norm > 0.0).then_some(self.clip_norm), max_value: self.clip_value };
+        clip.validate()?;
+        Ok(clip)
+    }
+
+    /// Updates per epoch on a text of `n` characters (after the validation split).
+    pub fn updates_per_epoch(&self, n: usize) -> Result<usize> {
+        let n_train = n - (n as f64 * self.val_fraction.clamp(0.0, 1.0)) as usize;
+        Ok(Streams::new(n_train, self.batch, self.k1)?.updates_per_epoch())
+    }
+
+    /// Checks every setting, so a run fails before it starts rather than midway.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.seq_len == 0 || self.k1 == 0 {
+            return Err(Error::Config("--batch, --seq-len and k1 must be at least 1".into()));
+        }
+        if self.k1 > self.seq_len {
+            return Err(Error::Config(format!("--tbptt K1:K2 needs K1 <= K2, got {}:{}", self.k1, self.seq_len)));
+        }
+        if self.steps == 0 {
+            return Err(Error::Config("--steps must be at least 1".into()));
+        }
+        if let Some(f) = self.abort_loss_factor
+            && !(f.is_finite() && f > 1.0)
+        {
+            return Err(Error::Config(format!("--abort-loss-factor must be > 1, got {f}")));
+        }
+        self.optimizer()?;
+        self.schedule()?;
+        self.clip()?;
+        Ok(())
+    }
+}
+
+/// What one update did (one line of `metrics.jsonl`, less timing).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct StepMetrics {
+    /// Updates done, counting this one.
+    pub step: u64,
+    /// The epoch this update belongs to (from 0).
+    pub epoch: u64,
+    /// Training characters predicted so far.
+    pub tokens: u64,
+    /// Mean cross-entropy of this update's new steps.
+    pub train_loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Clipping changed the gradient.
+    pub clipped: bool,
+    /// The gradient was not finite and was not applied.
+    pub skipped: bool,
+    /// The learning rate used.
+    pub lr: f64,
+}
+
+/// A training run in memory: model, optimizer, TBPTT driver and data position.
+pub struct Trainer {
+    /// The run's settings.
+    pub cfg: TrainConfig,
+    /// The model being trained.
+    pub model: CharModel,
+    grads: Vec<f32>,
+    optimizer: Optimizer<f32>,
+    schedule: LrSchedule,
+    clip: Clip,
+    tbptt: Tbptt<f32>,
+    split: Split,
+    streams: Streams,
+    /// (k1, B) inputs and targets of the current update.
+    x: Vec<u32>,
+    y: Vec<u32>,
+    threads: usize,
+    /// Updates done.
+    pub step: u64,
+    /// Current epoch and the next update's index within it.
+    pub epoch: u64,
+    epoch_update: usize,
+    /// Training characters predicted so far.
+    pub tokens: u64,
+    /// Best validation loss so far.
+    pub best_val: Option<f64>,
+    first_loss: Option<f64>,
+    bad_steps: u32,
+}
+
+impl Trainer {
+    /// A run at step 0 training `model` on the text `ids` (already encoded with its vocab).
+    pub fn new(cfg: TrainConfig, model: CharModel, ids: Vec<u32>, threads: usize) -> Result<Self> {
+        cfg.validate()?;
+        let split = Split::new(ids, cfg.val_fraction)?;
+        let streams = Streams::new(split.train.len(), cfg.batch, cfg.k1)?;
+        let optimizer = Optimizer::new(cfg.optimizer()?, model.params.len())?;
+        let tbptt = Tbptt::new(&model.net, cfg.k1, cfg.seq_len, cfg.batch, threads)?;
+        let n = cfg.k1 * cfg.batch;
+        Ok(Trainer {
+            schedule: cfg.schedule()?,
+            clip: cfg.clip()?,
+            grads: vec![0.0; model.params.len()],
+            optimizer,
+            tbptt,
+            split,
+            streams,
+            x: vec![0; n],
+            y: vec![0; n],
+            threads,
+            step: 0,
+            epoch: 0,
+            epoch_update: 0,
+            tokens: 0,
+            best_val: None,
+            first_loss: None,
+            bad_steps: 0,
+            cfg,
+            model,
+        })
+    }
+
+    /// Updates in one epoch.
+    pub fn updates_per_epoch(&self) -> usize {
+        self.streams.updates_per_epoch()
+    }
+
+    /// True once `cfg.steps` updates are done.
+    pub fn done(&self) -> bool {
+        self.step >= self.cfg.steps
+    }
+
+    /// One update: the next k1 steps of every stream, TBPTT, clip, optimizer step.
+    pub fn train_step(&mut self) -> Result<StepMetrics> {
+        if self.epoch_update >= self.streams.updates_per_epoch() {
+            self.epoch += 1;
+            self.epoch_update = 0;
+            self.tbptt.reset(None);
+        }
+        self.streams.chunk(&self.split.train, self.epoch_update, &mut self.x, &mut self.y);
+        self.grads.fill(0.0);
+        let net = &self.model.net;
+        let loss = self.tbptt.step(
+            net,
+            &self.model.params,
+            Input::Tokens(&self.x),
+            Targets::classes(&self.y),
+            &mut self.grads,
+        )?;
+        let lr = self.schedule.lr(self.step);
+        let report = apply_update(&mut self.model.params, &mut self.grads, &mut self.optimizer, lr, self.clip);
+        let carried = self.tbptt.carried_state();
+        if carried.h.iter().chain(&carried.c).any(|v| !v.is_finite()) {
+            self.tbptt.reset(None);
+        }
+        self.step += 1;
+        self.epoch_update += 1;
+        self.tokens += (self.cfg.k1 * self.cfg.batch) as u64;
+        let loss = loss as f64;
+        if report.skipped || !loss.is_finite() {
+            self.bad_steps += 1;
+            if self.bad_steps >= self.cfg.max_bad_steps {
+                return Err(Error::Data(format!(
+                    "{} consecutive updates had a non-finite gradient (last at step {}): lower --lr or \
+                     use --clip-norm; the last good checkpoint is kept",
+                    self.bad_steps, self.step
+                )));
+            }
+        } else {
+            self.bad_steps = 0;
+            let first = *self.first_loss.get_or_insert(loss);
+            if let Some(f) = self.cfg.abort_loss_factor
+                && loss > f * first
+            {
+                return Err(Error::Data(format!(
+                    "training loss {loss:.4} at step {} exceeds {f} x the first loss {first:.4}: the run is \
+                     diverging; lower --lr",
+                    self.step
+                )));
+            }
+        }
+        Ok(StepMetrics {
+            step: self.step,
+            epoch: self.epoch,
+            tokens: self.tokens,
+            train_loss: loss,
+            grad_norm: report.grad_norm,
+            clipped: report.clipped,
+            skipped: report.skipped,
+            lr,
+        })
+    }
+
+    /// The validation loss (the validation text cut into B streams), or `None` without one.
+    pub fn validate(&mut self) -> Result<Option<Eval>> {
+        if self.split.val.len() < 2 {
+            return Ok(None);
+        }
+        let e = self.model.evaluate(&self.split.val, self.cfg.batch, self.cfg.seq_len, self.threads)?;
+        if self.best_val.is_none_or(|b| e.loss < b) {
+            self.best_val = Some(e.loss);
+        }
+        Ok(Some(e))
+    }
+
+    /// The checkpoint file's bytes: the model, optimizer buffers, carried state and counters.
+    pub fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
+        let opt = self.optimizer.state();
+        let state = self.tbptt.carried_state();
+        let n = self.model.params.len();
+        let mut extra: Vec<(String, Vec<usize>, &[f32])> =
+            opt.buffers.iter().map(|(name, v)| (format!("optim.{name}"), vec![n], v.as_slice())).collect();
+        extra.push(("state.h".into(), vec![state.h.len()], &state.h));
+        if !state.c.is_empty() {
+            extra.push(("state.c".into(), vec![state.c.len()], &state.c));
+        }
+        let config = serde_json::to_string(&self.cfg).map_err(|e| Error::Config(e.to_string()))?;
+        let meta = [
+            ("bptt.checkpoint", CHECKPOINT_FORMAT.to_string()),
+            ("step", self.step.to_string()),
+            ("epoch", self.epoch.to_string()),
+            ("epoch_update", self.epoch_update.to_string()),
+            ("tokens", self.tokens.to_string()),
+            ("optim_step", opt.step.to_string()),
+            ("best_val", self.best_val.map_or("none".into(), |v| format!("{v:?}"))),
+            ("first_loss", self.first_loss.map_or("none".into(), |v| format!("{v:?}"))),
+            ("bad_steps", self.bad_steps.to_string()),
+            ("config", config),
+        ];
+        let meta: Vec<(String, String)> = meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        self.model.to_bytes_with(&extra, &meta)
+    }
+
+    /// Rebuilds a run from checkpoint bytes and the same text ids; `steps` replaces the total.
+    pub fn resume(
+        bytes: &[u8],
+        ids: Vec<u32>,
+        steps: Option<u64>,
+        threads: usize,
+    ) -> std::result::Result<Self, String> {
+        let file = ModelFile::parse(bytes)?;
+        let meta = |k: &str| file.metadata.get(k).ok_or_else(|| format!("checkpoint metadata '{k}' is missing"));
+        if meta("bptt.checkpoint")? != CHECKPOINT_FORMAT {
+            return Err(format!("not a {CHECKPOINT_FORMAT} checkpoint"));
+        }
+        let int = |k: &str| -> std::result::Result<u64, String> {
+            meta(k)?.parse().map_err(|_| format!("checkpoint metadata '{k}' is not a whole number"))
+        };
+        let float = |k: &str| -> std::result::Result<Option<f64>, String> {
+            match meta(k)?.as_str() {
+                "none" => Ok(None),
+                v => v.parse().map(Some).map_err(|_| format!("checkpoint metadata '{k}' is not a number")),
+            }
+        };
+        let mut cfg: TrainConfig =
+            serde_json::from_str(meta("config")?).map_err(|e| format!("checkpoint config is unreadable: {e}"))?;
+        if cfg.model != file.spec {
+            return Err("checkpoint config does not match its model".into());
+        }
+        if let Some(s) = steps {
+            cfg.steps = s;
+        }
+        let model = file.model()?;
+        let mut t = Trainer::new(cfg, model, ids, threads).map_err(|e| e.to_string())?;
+        let names = t.optimizer.state().buffers;
+        let mut buffers = Vec::with_capacity(names.len());
+        for (name, _) in names {
+            buffers.push((name.clone(), file.floats(&format!("optim.{name}"))?));
+        }
+        t.optimizer.load_state(OptimizerState { step: int("optim_step")?, buffers }).map_err(|e| e.to_string())?;
+        (t.step, t.epoch, t.tokens) = (int("step")?, int("epoch")?, int("tokens")?);
+        t.epoch_update = int("epoch_update")? as usize;
+        t.best_val = float("best_val")?;
+        t.first_loss = float("first_loss")?;
+        t.bad_steps = int("bad_steps")? as u32;
+        if t.epoch_update > t.streams.updates_per_epoch() {
+            return Err("checkpoint position lies beyond the end of the epoch: was the text changed?".into());
+        }
+        let mut start = State::zeros(t.model.net.config(), t.cfg.batch);
+        let h = file.floats("state.h")?;
+        let c = if start.c.is_empty() { Vec::new() } else { file.floats("state.c")? };
+        if h.len() != start.h.len() || c.len() != start.c.len() {
+            return Err("checkpoint carried state has the wrong size".into());
+        }
+        (start.h, start.c) = (h, c);
+        // The history the next window still covers: the last min(u·k1, k2 − k1) steps.
+        let (k1, k2, b) = (t.cfg.k1, t.cfg.seq_len, t.cfg.batch);
+        let held = (t.epoch_update * k1).min(k2 - k1);
+        let (mut hx, mut hy) = (vec![0u32; held * b], vec![0u32; held * b]);
+        let first = t.epoch_update * k1 - held;
+        let mut cx = vec![0u32; k1 * b];
+        let mut cy = vec![0u32; k1 * b];
+        for s in 0..held {
+            // Step (first + s) of every stream: fetch it from the chunk of its update.
+            let (u, off) = ((first + s) / k1, (first + s) % k1);
+            t.streams.chunk(&t.split.train, u, &mut cx, &mut cy);
+            hx[s * b..(s + 1) * b].copy_from_slice(&cx[off * b..(off + 1) * b]);
+            hy[s * b..(s + 1) * b].copy_from_slice(&cy[off * b..(off + 1) * b]);
+        }
+        t.tbptt.restore(start, Input::Tokens(&hx), Targets::classes(&hy)).map_err(|e| e.to_string())?;
+        Ok(t)
+    }
+}

@@ -1,0 +1,42 @@
+//! `bptt eval`: the whole text as one stream from a zero state; loss, bits/char, perplexity.
+
+use anyhow::Result;
+use bptt::charlm::{CharModel, fsio};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Steps per forward pass (the state is carried between them, so this only affects speed).
+const CHUNK: usize = 1024;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model file (safetensors, written by `bptt train` or PyTorch; see README).
+    #[arg(long)]
+    model: PathBuf,
+    /// UTF-8 text to evaluate: text[0..n-1] predicts text[1..n].
+    #[arg(long)]
+    text: PathBuf,
+    /// Print one JSON line: {"loss", "bits_per_char", "perplexity", "tokens"}.
+    #[arg(long)]
+    json: bool,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let threads = super::threads(a.threads)?;
+    let model = CharModel::load(&a.model)?;
+    let text = fsio::read_text(&a.text)?;
+    let ids = model.vocab.encode(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.text.display()))?;
+    let e = model.evaluate(&ids, 1, CHUNK, threads)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&e)?);
+    } else {
+        println!(
+            "loss {:.4} nats/char, {:.4} bits/char, perplexity {:.3} over {} characters",
+            e.loss, e.bits_per_char, e.perplexity, e.tokens
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,66 @@
+//! Flag parsing (clap) and dispatch: one file per subcommand, each turning flags into library
+//! calls and printing the results. The only place besides explicit load/save that does IO.
+
+mod eval;
+mod sample;
+mod train;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Train recurrent networks by backpropagation through time, and see what BPTT does.
+#[derive(Parser)]
+#[command(name = "bptt", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a character-level language model on a UTF-8 text.
+    Train(Box<train::Args>),
+    /// Generate text from a model, streaming characters to stdout.
+    Sample(sample::Args),
+    /// Report a model's loss, bits per character and perplexity on a text.
+    Eval(eval::Args),
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Train(a) => train::run(*a),
+        Command::Sample(a) => sample::run(a),
+        Command::Eval(a) => eval::run(a),
+    }
+}
+
+/// The thread count to use: the flag, or every core.
+pub fn threads(flag: Option<usize>) -> anyhow::Result<usize> {
+    let n = match flag {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    // The GEMM crate runs on rayon's global pool; size it once (a second call is a no-op).
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
+    Ok(n)
+}
+
+/// UTC time as `YYYYmmdd-HHMMSS`, for default run folder names.
+pub fn timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}

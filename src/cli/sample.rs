@@ -1,0 +1,60 @@
+//! `bptt sample`: stream characters from a model to stdout.
+
+use anyhow::{Context, Result, bail};
+use bptt::charlm::{CharModel, Sampler};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model file (safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Characters to generate.
+    #[arg(long, default_value_t = 500)]
+    length: usize,
+    /// Text to start from (printed first); empty starts after a newline.
+    #[arg(long, default_value = "")]
+    prime: String,
+    /// Softmax temperature; 0 = greedy (always the most likely character).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f64,
+    /// Sample only among the K most likely characters.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Seed of the sampling stream.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Threads [default: 1, sampling is latency-bound].
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    if !(a.temperature.is_finite() && a.temperature >= 0.0) {
+        bail!("--temperature must be a number >= 0 (0 = greedy), got {}", a.temperature);
+    }
+    if a.top_k == Some(0) {
+        bail!("--top-k must be at least 1");
+    }
+    let threads = super::threads(Some(a.threads))?;
+    let model = CharModel::load(&a.model)?;
+    let prime = model.vocab.encode(&a.prime).context("--prime")?;
+    let mut sampler = Sampler::new(&model, a.seed, threads)?;
+    let start = if prime.is_empty() { vec![model.vocab.id('\n').unwrap_or(0)] } else { prime };
+    sampler.feed(&start)?;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", a.prime)?;
+    let mut buf = [0u8; 4];
+    for _ in 0..a.length {
+        let c = model.vocab.char(sampler.next(a.temperature, a.top_k)?);
+        out.write_all(c.encode_utf8(&mut buf).as_bytes())?;
+        if c == '\n' {
+            out.flush()?;
+        }
+    }
+    writeln!(out)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}

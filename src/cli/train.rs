@@ -1,0 +1,354 @@
+//! `bptt train`: the char-LM training run — progress bar, metrics.jsonl, checkpoints, resume,
+//! and a clean stop on Ctrl-C.
+
+use anyhow::{Context, Result, bail};
+use bptt::CellKind;
+use bptt::charlm::train::TrainConfig;
+use bptt::charlm::{CharModel, ModelSpec, Sampler, Trainer, Vocab, fsio};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Data semantics: the vocabulary is the text's distinct characters sorted by code point
+/// (unless --init gives one); the last --val-fraction of the text is validation; the rest is
+/// cut into --batch contiguous streams; update s trains positions [s·T, s·T+T) of every stream
+/// on the next characters, carrying the hidden state between updates and resetting it at each
+/// epoch; the loss is the mean cross-entropy over B·T. With --batch 1 --val-fraction 0 the
+/// first update trains text[0..T] → text[1..T+1].
+#[derive(clap::Args)]
+#[command(after_help = "Data: the vocabulary is the text's distinct characters sorted by code point (or --init's). \
+The last --val-fraction of the text is validation; the rest is cut into --batch contiguous streams. \
+Update s trains positions [sT, sT+T) of every stream on the next characters; the hidden state is carried \
+between updates (truncated BPTT) and reset at each epoch. Loss = mean cross-entropy over B*T. \
+So --batch 1 --val-fraction 0 makes the first update train text[0..T] -> text[1..T+1].")]
+pub struct Args {
+    /// UTF-8 training text.
+    #[arg(long, required_unless_present = "resume")]
+    text: Option<PathBuf>,
+    /// Recurrent cell: lstm, gru, rnn_tanh, rnn_relu.
+    #[arg(long, default_value = "lstm", conflicts_with_all = ["init", "resume"])]
+    cell: String,
+    /// Embedding width E.
+    #[arg(long, default_value_t = 64, conflicts_with_all = ["init", "resume"])]
+    embedding_dim: usize,
+    /// Hidden width H.
+    #[arg(long, default_value_t = 256, conflicts_with_all = ["init", "resume"])]
+    hidden: usize,
+    /// Stacked layers L.
+    #[arg(long, default_value_t = 2, conflicts_with_all = ["init", "resume"])]
+    layers: usize,
+    /// Steps per update T (the BPTT window).
+    #[arg(long, default_value_t = 100, conflicts_with = "resume")]
+    seq_len: usize,
+    /// Streams per update B.
+    #[arg(long, default_value_t = 32, conflicts_with = "resume")]
+    batch: usize,
+    /// Truncated BPTT: every K1 steps back-propagate through the last K2 (overrides --seq-len).
+    #[arg(long, value_name = "K1:K2", conflicts_with = "resume")]
+    tbptt: Option<String>,
+    /// sgd, adam, adamw, rmsprop, adagrad.
+    #[arg(long, default_value = "adam", conflicts_with = "resume")]
+    optimizer: String,
+    /// Learning rate.
+    #[arg(long, default_value_t = 2e-3, allow_negative_numbers = true, conflicts_with = "resume")]
+    lr: f64,
+    /// Momentum (sgd, rmsprop).
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume")]
+    momentum: Option<f64>,
+    /// Weight decay (L2 for sgd/adam/rmsprop/adagrad, decoupled for adamw).
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume")]
+    weight_decay: Option<f64>,
+    /// constant, step:EVERY:GAMMA, exp:GAMMA, cosine[:MIN_LR].
+    #[arg(long, default_value = "constant", conflicts_with = "resume")]
+    lr_schedule: String,
+    /// Linear learning-rate warm-up over this many updates.
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    warmup: u64,
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true, conflicts_with = "resume")]
+    clip_norm: f64,
+    /// Clip every gradient element to [-V, V].
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume")]
+    clip_value: Option<f64>,
+    /// Total updates [default: one epoch]; with --resume, the new total.
+    #[arg(long, conflicts_with = "epochs")]
+    steps: Option<u64>,
+    /// Train for this many epochs instead of --steps.
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Fraction of the text, at its end, held out for validation.
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true, conflicts_with = "resume")]
+    val_fraction: f64,
+    /// Evaluate, save model.safetensors/best.safetensors and checkpoint every N updates (0 = only at the end).
+    #[arg(long, default_value_t = 200)]
+    eval_every: u64,
+    /// Print a short sample every N updates (0 = never).
+    #[arg(long, default_value_t = 0)]
+    sample_every: u64,
+    /// Also checkpoint every N updates (0 = only at evaluations and the end).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every_steps: u64,
+    /// Seed of the initialisation and samples.
+    #[arg(long, default_value_t = 1337, conflicts_with = "resume")]
+    seed: u64,
+    /// Threads [default: all cores]. A given seed and thread count reproduce a run bit for bit.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Output folder [default: runs/<UTC timestamp>].
+    #[arg(long, conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Start from this model file; its vocabulary and architecture win.
+    #[arg(long, conflicts_with = "resume")]
+    init: Option<PathBuf>,
+    /// Continue the run in DIR from its checkpoint (bit-exact).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Stop after N consecutive updates with a non-finite gradient.
+    #[arg(long, default_value_t = 10, conflicts_with = "resume")]
+    max_bad_steps: u32,
+    /// Stop if the training loss exceeds F x the first loss.
+    #[arg(long, conflicts_with = "resume")]
+    abort_loss_factor: Option<f64>,
+}
+
+/// `config.json`: the run's settings plus where its text is and what it hashed to.
+#[derive(Serialize, Deserialize)]
+struct RunFile {
+    train: TrainConfig,
+    text: PathBuf,
+    text_fnv1a64: String,
+    init: Option<PathBuf>,
+}
+
+const CHECKPOINT: &str = "checkpoint.safetensors";
+const METRICS: &str = "metrics.jsonl";
+
+fn fnv1a64(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    format!("{h:016x}")
+}
+
+fn read_text(path: &Path) -> Result<(String, String)> {
+    let text = fsio::read_text(path)?;
+    let hash = fnv1a64(text.as_bytes());
+    Ok((text, hash))
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let threads = super::threads(a.threads)?;
+    let (mut trainer, dir) = match &a.resume {
+        Some(dir) => resume(&a, dir, threads)?,
+        None => fresh(&a, threads)?,
+    };
+    train_loop(&mut trainer, &dir, &a)
+}
+
+fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf)> {
+    let text_path = a.text.clone().context("--text is required")?;
+    let (text, hash) = read_text(&text_path)?;
+    let (model, ids) = match &a.init {
+        Some(init) => {
+            let m = CharModel::load(init)?;
+            let ids = m.vocab.encode(&text).map_err(|e| {
+                anyhow::anyhow!("{}: {e}; the vocabulary comes from --init {}", text_path.display(), init.display())
+            })?;
+            (m, ids)
+        }
+        None => {
+            let cell: CellKind = a.cell.parse()?;
+            let vocab = Vocab::from_text(&text)?;
+            let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden: a.hidden, layers: a.layers };
+            let ids = vocab.encode(&text)?;
+            (CharModel::new(spec, vocab, a.seed)?, ids)
+        }
+    };
+    let (k1, k2) = match &a.tbptt {
+        None => (a.seq_len, a.seq_len),
+        Some(s) => {
+            let parse = |v: &str| v.trim().parse::<usize>().ok();
+            match s.split_once(':').map(|(x, y)| (parse(x), parse(y))) {
+                Some((Some(k1), Some(k2))) => (k1, k2),
+                _ => bail!("--tbptt takes K1:K2, two whole numbers such as 50:100, got '{s}'"),
+            }
+        }
+    };
+    let mut cfg = TrainConfig {
+        model: model.spec,
+        seq_len: k2,
+        k1,
+        batch: a.batch,
+        optimizer: a.optimizer.clone(),
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        lr_schedule: a.lr_schedule.clone(),
+        warmup: a.warmup,
+        clip_norm: a.clip_norm,
+        clip_value: a.clip_value,
+        steps: a.steps.unwrap_or(1),
+        val_fraction: a.val_fraction,
+        seed: a.seed,
+        max_bad_steps: a.max_bad_steps.max(1),
+        abort_loss_factor: a.abort_loss_factor,
+    };
+    cfg.validate()?;
+    cfg.steps = total_steps(&cfg, ids.len(), a.steps, a.epochs)?.unwrap_or(cfg.updates_per_epoch(ids.len())? as u64);
+    let trainer = Trainer::new(cfg.clone(), model, ids, threads)?;
+    let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(super::timestamp()));
+    if dir.join(CHECKPOINT).exists() {
+        bail!("{} already holds a run: continue it with --resume {0} or choose another --out", dir.display());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+    let run = RunFile { train: cfg, text: text_path, text_fnv1a64: hash, init: a.init.clone() };
+    fsio::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&run)?.as_bytes())?;
+    fsio::write_atomic(&dir.join(METRICS), b"")?;
+    Ok((trainer, dir))
+}
+
+fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf)> {
+    let cfg_path = dir.join("config.json");
+    let run: RunFile = serde_json::from_slice(&fsio::read_bounded(&cfg_path, 1 << 24)?)
+        .with_context(|| format!("{}: not a bptt run configuration", cfg_path.display()))?;
+    let text_path = a.text.clone().unwrap_or(run.text);
+    let (text, hash) = read_text(&text_path)?;
+    if hash != run.text_fnv1a64 {
+        bail!(
+            "{} differs from the text this run was trained on: resume with the same text (--text FILE if it moved)",
+            text_path.display()
+        );
+    }
+    let ckpt_path = dir.join(CHECKPOINT);
+    let bytes = fsio::read_bounded(&ckpt_path, 1 << 36)?;
+    let vocab_model = CharModel::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
+    let ids = vocab_model.vocab.encode(&text)?;
+    let steps = total_steps(&run.train, ids.len(), a.steps, a.epochs)?;
+    let trainer =
+        Trainer::resume(&bytes, ids, steps, threads).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
+    // Forget metrics logged after the checkpoint: those updates are about to be redone.
+    let metrics_path = dir.join(METRICS);
+    let old = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+    let kept: String = old
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= trainer.step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fsio::write_atomic(&metrics_path, kept.as_bytes())?;
+    Ok((trainer, dir.to_path_buf()))
+}
+
+/// The total updates asked for by --steps or --epochs, if either was given.
+fn total_steps(cfg: &TrainConfig, n: usize, steps: Option<u64>, epochs: Option<u64>) -> Result<Option<u64>> {
+    Ok(match (steps, epochs) {
+        (Some(0), _) => bail!("--steps must be at least 1"),
+        (Some(s), _) => Some(s),
+        (None, Some(0)) => bail!("--epochs must be at least 1"),
+        (None, Some(e)) => Some(e * cfg.updates_per_epoch(n)? as u64),
+        (None, None) => None,
+    })
+}
+
+/// Saves model.safetensors and the checkpoint (atomically, checkpoint last).
+fn save(trainer: &Trainer, dir: &Path) -> Result<()> {
+    trainer.model.save(&dir.join("model.safetensors"))?;
+    fsio::write_atomic(&dir.join(CHECKPOINT), &trainer.checkpoint_bytes()?)?;
+    Ok(())
+}
+
+fn sample_text(model: &CharModel, seed: u64, len: usize) -> Result<String> {
+    let mut s = Sampler::new(model, seed, 1)?;
+    s.feed(&[model.vocab.id('\n').unwrap_or(0)])?;
+    (0..len).map(|_| Ok(model.vocab.char(s.next(0.8, None)?))).collect()
+}
+
+fn train_loop(t: &mut Trainer, dir: &Path, a: &Args) -> Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // A second Ctrl-C while saving falls through to the default (the handler only sets a flag).
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    let tty = std::io::stderr().is_terminal();
+    let pb = ProgressBar::with_draw_target(
+        Some(t.cfg.steps),
+        if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+    );
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_position(t.step);
+    let mut metrics = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join(METRICS))
+        .with_context(|| format!("cannot open {}", dir.join(METRICS).display()))?;
+    let start = Instant::now();
+    let mut last_val: Option<f64> = None;
+    let (k1, b) = (t.cfg.k1, t.cfg.batch);
+    while !t.done() {
+        let t0 = Instant::now();
+        let step = t.train_step();
+        let m = match step {
+            Ok(m) => m,
+            Err(e) => {
+                pb.abandon();
+                bail!("{e} (last checkpoint: {})", dir.join(CHECKPOINT).display());
+            }
+        };
+        let dt = t0.elapsed().as_secs_f64();
+        let last = t.done();
+        let eval_now = last || (a.eval_every > 0 && m.step % a.eval_every == 0);
+        let mut line = serde_json::to_value(m)?;
+        if eval_now && let Some(e) = t.validate()? {
+            line["val_loss"] = e.loss.into();
+            if t.best_val == Some(e.loss) {
+                t.model.save(&dir.join("best.safetensors"))?;
+            }
+            last_val = Some(e.loss);
+        }
+        line["tokens_per_s"] = ((k1 * b) as f64 / dt).into();
+        line["elapsed_s"] = start.elapsed().as_secs_f64().into();
+        writeln!(metrics, "{line}")?;
+        if m.skipped {
+            pb.println(format!("warning: step {}: non-finite gradient, update skipped", m.step));
+        }
+        if eval_now || (a.checkpoint_every_steps > 0 && m.step % a.checkpoint_every_steps == 0) {
+            metrics.flush()?;
+            save(t, dir)?;
+        }
+        if a.sample_every > 0 && m.step % a.sample_every == 0 {
+            let s = sample_text(&t.model, t.cfg.seed.wrapping_add(m.step), 200)?;
+            pb.println(format!("--- sample at step {} ---\n{s}\n---", m.step));
+        }
+        pb.set_position(m.step);
+        let val = last_val.map_or(String::new(), |v| format!(" val {v:.4}"));
+        pb.set_message(format!("ep {} loss {:.4}{val} {:.0} tok/s", m.epoch, m.train_loss, (k1 * b) as f64 / dt));
+        if stop.load(Ordering::SeqCst) && !last {
+            metrics.flush()?;
+            save(t, dir)?;
+            pb.abandon();
+            eprintln!(
+                "interrupted at step {}: checkpoint saved; continue with: bptt train --resume {}",
+                t.step,
+                dir.display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+    }
+    metrics.flush()?;
+    save(t, dir)?;
+    pb.finish_and_clear();
+    let val = t.best_val.map_or(String::new(), |v| format!(", best val loss {v:.4}"));
+    eprintln!("trained {} steps{val}; model in {}", t.step, dir.join("model.safetensors").display());
+    Ok(ExitCode::SUCCESS)
+}
