@@ -169,6 +169,12 @@ impl CharModel {
         file.model()
     }
 
+    /// `bptt eval`: the whole text as one stream from a zero state, `ids[..n-1]` predicting
+    /// `ids[1..]` (run in chunks of 1024 steps with the state carried).
+    pub fn evaluate_stream(&self, ids: &[u32], threads: usize) -> Result<Eval> {
+        self.evaluate(ids, 1, 1024, threads)
+    }
+
     /// Mean cross-entropy of predicting `ids[1..]` from `ids[..n-1]`, with the ids cut into
     /// `streams` contiguous streams (1 = the whole text as one stream) each run from a zero
     /// state in chunks of up to `chunk` steps with the state carried.

@@ -109,6 +109,9 @@ impl TrainConfig {
         if self.steps == 0 {
             return Err(Error::Config("--steps must be at least 1".into()));
         }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return Err(Error::Config(format!("--val-fraction must be in [0, 1), got {}", self.val_fraction)));
+        }
         if let Some(f) = self.abort_loss_factor
             && !(f.is_finite() && f > 1.0)
         {

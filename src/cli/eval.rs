@@ -5,9 +5,6 @@ use bptt::charlm::{CharModel, fsio};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Steps per forward pass (the state is carried between them, so this only affects speed).
-const CHUNK: usize = 1024;
-
 #[derive(clap::Args)]
 pub struct Args {
     /// Model file (safetensors, written by `bptt train` or PyTorch; see README).
@@ -29,7 +26,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let model = CharModel::load(&a.model)?;
     let text = fsio::read_text(&a.text)?;
     let ids = model.vocab.encode(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.text.display()))?;
-    let e = model.evaluate(&ids, 1, CHUNK, threads)?;
+    let e = model.evaluate_stream(&ids, threads)?;
     if a.json {
         println!("{}", serde_json::to_string(&e)?);
     } else {

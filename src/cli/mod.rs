@@ -28,7 +28,21 @@ enum Command {
 
 /// Parses the command line and runs the subcommand.
 pub fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: print them as clap does.
+            e.print()?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => {
+            // One line: clap's first line names the problem; --help shows the fix.
+            let msg = e.render().to_string();
+            let first = msg.lines().next().unwrap_or("invalid command line").trim_start_matches("error: ");
+            eprintln!("error: {first} (see 'bptt --help' or 'bptt <command> --help')");
+            return Ok(ExitCode::from(2));
+        }
+    };
     match cli.command {
         Command::Train(a) => train::run(*a),
         Command::Sample(a) => sample::run(a),

@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(long, default_value = "")]
     prime: String,
     /// Softmax temperature; 0 = greedy (always the most likely character).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     temperature: f64,
     /// Sample only among the K most likely characters.
     #[arg(long)]

@@ -274,8 +274,13 @@ fn train_loop(t: &mut Trainer, dir: &Path, a: &Args) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
-        // A second Ctrl-C while saving falls through to the default (the handler only sets a flag).
-        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+        // The first Ctrl-C asks for a clean stop after the current step; a second one exits at
+        // once (files are written atomically, so the last checkpoint stays intact).
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
     }
     let tty = std::io::stderr().is_terminal();
     let pb = ProgressBar::with_draw_target(

@@ -1,10 +1,13 @@
 //! The integration tests, one binary (`cargo test --release`), one module per topic.
 
 mod alloc;
+mod bad_input;
+mod cli;
 mod common;
 mod gradcheck;
 mod learning;
 mod optim;
+mod shakespeare;
 mod tbptt;
 mod torch;
 mod torch_expected;

@@ -1,0 +1,167 @@
+//! Every bad input gives one line on stderr naming the problem, a non-zero exit, no panic and
+//! no partial file.
+
+use crate::cli::{bptt, corpus};
+use std::path::Path;
+
+/// Runs bptt and checks the failure is clean; returns the error line.
+fn fails(args: &[&str], want: &str) -> String {
+    let o = bptt(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{args:?} succeeded");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: not one line: {err}");
+    assert!(err.starts_with("error: "), "{args:?}: {err}");
+    assert!(err.contains(want), "{args:?}: expected '{want}' in: {err}");
+    err
+}
+
+/// A safetensors file with the given header JSON (as text) and data bytes.
+fn raw_file(path: &Path, header: &str, data: &[u8]) {
+    let mut h = header.as_bytes().to_vec();
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let mut b = (h.len() as u64).to_le_bytes().to_vec();
+    b.extend(h);
+    b.extend_from_slice(data);
+    std::fs::write(path, b).unwrap();
+}
+
+/// Metadata for a tiny 2-char rnn_tanh model, E = H = L = 1, with `patch` applied.
+fn tiny_model(path: &Path, patch: impl Fn(&mut serde_json::Value), value: f32) {
+    let meta = serde_json::json!({
+        "bptt.format": "charlm/1", "cell": "rnn_tanh", "vocab": "[\"a\",\"b\"]",
+        "embedding_dim": "1", "hidden_size": "1", "num_layers": "1"
+    });
+    let shapes: [(&str, Vec<usize>); 7] = [
+        ("encoder.weight", vec![2, 1]),
+        ("rnn.weight_ih_l0", vec![1, 1]),
+        ("rnn.weight_hh_l0", vec![1, 1]),
+        ("rnn.bias_ih_l0", vec![1]),
+        ("rnn.bias_hh_l0", vec![1]),
+        ("decoder.weight", vec![2, 1]),
+        ("decoder.bias", vec![2]),
+    ];
+    let mut header = serde_json::json!({ "__metadata__": meta });
+    let mut off = 0;
+    for (name, shape) in &shapes {
+        let n: usize = shape.iter().product();
+        header[name] = serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [off, off + 4 * n]});
+        off += 4 * n;
+    }
+    patch(&mut header);
+    let data: Vec<u8> = (0..off / 4).flat_map(|_| value.to_le_bytes()).collect();
+    raw_file(path, &header.to_string(), &data);
+}
+
+#[test]
+fn bad_text_files() {
+    let d = tempfile::tempdir().unwrap();
+    let p = |n: &str| d.path().join(n).to_str().unwrap().to_string();
+    std::fs::write(p("empty.txt"), "").unwrap();
+    std::fs::write(p("latin1.txt"), b"caf\xe9 au lait").unwrap();
+    std::fs::write(p("binary.txt"), b"ab\0cd").unwrap();
+    std::fs::write(p("short.txt"), "abcabc").unwrap();
+    std::fs::write(p("one.txt"), "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap();
+    let train = |f: &str, want: &str| {
+        let out = p(&format!("out-{f}"));
+        fails(&["train", "--text", &p(f), "--out", &out, "--batch", "2", "--seq-len", "8"], want);
+        assert!(!Path::new(&out).join("checkpoint.safetensors").exists());
+    };
+    train("missing.txt", "No such file");
+    train("empty.txt", "empty");
+    train("latin1.txt", "not valid UTF-8");
+    train("binary.txt", "binary");
+    train("short.txt", "too short");
+    train("one.txt", "at least 2 distinct characters");
+    train(".", "directory");
+}
+
+#[test]
+fn impossible_flags() {
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    let t = text.to_str().unwrap();
+    let out = d.path().join("o");
+    let o = out.to_str().unwrap();
+    let run = |extra: &[&str], want: &str| {
+        let mut a = vec!["train", "--text", t, "--out", o, "--steps", "2"];
+        a.extend_from_slice(extra);
+        fails(&a, want);
+        assert!(!out.join("checkpoint.safetensors").exists(), "{extra:?} left a checkpoint");
+    };
+    run(&["--tbptt", "20:10"], "K1 <= K2");
+    run(&["--tbptt", "ten"], "K1:K2");
+    run(&["--hidden", "0"], "hidden size");
+    run(&["--layers", "0"], "layers");
+    run(&["--embedding-dim", "0"], "embedding");
+    run(&["--batch", "0"], "at least 1");
+    run(&["--seq-len", "0"], "at least 1");
+    run(&["--lr", "-1"], "learning rate must be positive");
+    run(&["--lr", "nan"], "learning rate");
+    run(&["--cell", "transformer"], "unknown cell");
+    run(&["--optimizer", "lbfgs"], "unknown optimizer");
+    run(&["--momentum", "0.9"], "no momentum");
+    run(&["--clip-norm", "-1"], "clip-norm");
+    run(&["--val-fraction", "1.5"], "val-fraction");
+    run(&["--lr-schedule", "wiggly"], "lr-schedule");
+    run(&["--hidden", "abc"], "invalid value");
+    run(&["--no-such-flag"], "unexpected argument");
+    fails(&["train", "--text", t, "--out", o, "--steps", "0"], "at least 1");
+    fails(&["train", "--text", t, "--out", o, "--epochs", "0"], "at least 1");
+    fails(&["train", "--resume", d.path().join("nothing").to_str().unwrap()], "config.json");
+}
+
+#[test]
+fn bad_model_files_and_vocabulary() {
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    let t = text.to_str().unwrap();
+    let path = |n: &str| d.path().join(n).to_str().unwrap().to_string();
+    let eval = |model: &str, want: &str| fails(&["eval", "--model", model, "--text", t], want);
+
+    eval(&path("missing.safetensors"), "No such file");
+    std::fs::write(path("tiny.bin"), b"abc").unwrap();
+    eval(&path("tiny.bin"), "too short");
+    std::fs::write(path("huge-header.bin"), u64::MAX.to_le_bytes()).unwrap();
+    eval(&path("huge-header.bin"), "header declares");
+    raw_file(Path::new(&path("notjson.bin")), "{not json", &[]);
+    eval(&path("notjson.bin"), "not valid JSON");
+
+    let m = path("m.safetensors");
+    let mk = |patch: &dyn Fn(&mut serde_json::Value), value: f32| tiny_model(Path::new(&m), patch, value);
+    mk(&|h| h.as_object_mut().unwrap().remove("__metadata__").map(|_| ()).unwrap(), 0.1);
+    eval(&m, "no __metadata__");
+    mk(&|h| h["__metadata__"]["hidden_size"] = "1000000000".into(), 0.1);
+    eval(&m, "hidden size must be between");
+    mk(&|h| h["__metadata__"]["num_layers"] = "many".into(), 0.1);
+    eval(&m, "not a whole number");
+    mk(&|h| h["__metadata__"]["vocab"] = "[\"a\",\"a\"]".into(), 0.1);
+    eval(&m, "twice");
+    mk(&|h| h["__metadata__"]["vocab"] = "[\"ab\",\"c\"]".into(), 0.1);
+    eval(&m, "not exactly one character");
+    mk(&|h| h["__metadata__"]["cell"] = "lstm".into(), 0.1);
+    eval(&m, "shape");
+    mk(&|h| h["decoder.bias"]["shape"] = serde_json::json!([3]), 0.1);
+    eval(&m, "shape");
+    mk(&|h| h["decoder.bias"]["dtype"] = "F64".into(), 0.1);
+    eval(&m, "F32");
+    mk(&|h| h.as_object_mut().unwrap().remove("decoder.bias").map(|_| ()).unwrap(), 0.1);
+    eval(&m, "decoder.bias");
+    mk(&|h| h["rnn.weight_hh_l0"]["shape"] = serde_json::json!([1, 4_000_000_000u64]), 0.1);
+    eval(&m, "shape");
+    mk(&|_| (), f32::NAN);
+    eval(&m, "NaN");
+
+    // A valid model, then damaged copies of it.
+    mk(&|_| (), 0.1);
+    let bytes = std::fs::read(&m).unwrap();
+    std::fs::write(path("trunc.safetensors"), &bytes[..bytes.len() - 5]).unwrap();
+    eval(&path("trunc.safetensors"), "truncated");
+    // The corpus has characters the 2-letter vocabulary lacks.
+    eval(&m, "not in the model's vocabulary");
+    fails(&["sample", "--model", &m, "--prime", "xyz"], "not in the model's vocabulary");
+    fails(&["sample", "--model", &m, "--temperature", "-1"], "temperature");
+    fails(&["sample", "--model", &m, "--top-k", "0"], "top-k");
+    let out = path("init-run");
+    fails(&["train", "--text", t, "--init", &m, "--out", &out], "vocabulary");
+}

@@ -1,0 +1,60 @@
+//! A learning test on tiny-shakespeare (skipped, with a message, when the corpus is absent):
+//! validation loss falls well below the unigram entropy within a bounded number of updates.
+
+use bptt::CellKind;
+use bptt::charlm::train::TrainConfig;
+use bptt::charlm::{CharModel, ModelSpec, Trainer, Vocab};
+use std::path::Path;
+
+pub fn corpus() -> Option<String> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tinyshakespeare.txt");
+    match std::fs::read_to_string(&p) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            eprintln!("skipping: {} is not readable ({e})", p.display());
+            None
+        }
+    }
+}
+
+#[test]
+fn lstm_learns_shakespeare_below_unigram_entropy() {
+    let Some(text) = corpus() else { return };
+    let vocab = Vocab::from_text(&text).unwrap();
+    let ids = vocab.encode(&text).unwrap();
+    let mut counts = vec![0usize; vocab.len()];
+    ids.iter().for_each(|&i| counts[i as usize] += 1);
+    let n = ids.len() as f64;
+    let unigram: f64 = counts.iter().filter(|&&c| c > 0).map(|&c| -(c as f64 / n) * (c as f64 / n).ln()).sum();
+
+    let spec = ModelSpec { cell: CellKind::Lstm, embedding_dim: 32, hidden: 128, layers: 1 };
+    let cfg = TrainConfig {
+        model: spec,
+        seq_len: 64,
+        k1: 64,
+        batch: 32,
+        optimizer: "adam".into(),
+        lr: 3e-3,
+        momentum: None,
+        weight_decay: None,
+        lr_schedule: "constant".into(),
+        warmup: 0,
+        clip_norm: 5.0,
+        clip_value: None,
+        steps: 250,
+        val_fraction: 0.02,
+        seed: 1,
+        max_bad_steps: 10,
+        abort_loss_factor: None,
+    };
+    let model = CharModel::new(spec, vocab, 1).unwrap();
+    let mut t = Trainer::new(cfg, model, ids, 2).unwrap();
+    let before = t.validate().unwrap().unwrap().loss;
+    while !t.done() {
+        t.train_step().unwrap();
+    }
+    let after = t.validate().unwrap().unwrap().loss;
+    eprintln!("unigram entropy {unigram:.3} nats; validation loss {before:.3} -> {after:.3} after 250 updates");
+    assert!((before - (65f64).ln()).abs() < 0.3, "initial loss {before} should be near ln 65");
+    assert!(after < unigram - 0.8, "validation loss {after} is not well below the unigram entropy {unigram}");
+}
