@@ -30,6 +30,12 @@ pub trait Float:
 
     /// Widens to `f64` (exact).
     fn f64(self) -> f64;
+
+    /// σ(x), the logistic sigmoid: exact (std) for f64, a vectorisable ≤ 2 ulp version for f32.
+    fn sigmoid(self) -> Self;
+
+    /// tanh(x): exact (std) for f64, a vectorisable ≤ 2 ulp version for f32.
+    fn tanh_act(self) -> Self;
 }
 
 impl Float for f32 {
@@ -42,6 +48,14 @@ impl Float for f32 {
     fn f64(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        crate::kernels::math::sigmoid_f32(self)
+    }
+    #[inline(always)]
+    fn tanh_act(self) -> Self {
+        crate::kernels::math::tanh_f32(self)
+    }
 }
 
 impl Float for f64 {
@@ -53,5 +67,13 @@ impl Float for f64 {
     #[inline(always)]
     fn f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+    #[inline(always)]
+    fn tanh_act(self) -> Self {
+        self.tanh()
     }
 }

@@ -14,6 +14,7 @@ pub mod float;
 pub mod kernels;
 pub mod net;
 pub mod optim;
+pub mod tasks;
 pub mod train;
 
 pub use cell::CellKind;

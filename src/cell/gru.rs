@@ -16,14 +16,14 @@
 //! activated gates (r, z, n) written over the input pre-activations, and h_n.
 
 use crate::float::Float;
-use crate::kernels::sigmoid;
+use multiversion::multiversion;
 
 /// Forward step for one batch of B rows.
 ///
 /// - `gates` (B, 3H): in, input pre-activations [x_r x_z x_n]; out, activated (r, z, n).
 /// - `hproj` (B, 3H): recurrent pre-activations [h_r h_z h_n] (biases included).
 /// - `h_prev` (B, H): h_{t−1}. `hn` (B, H): out, h_n (cached). `h` (B, H): out, h_t.
-#[inline]
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub fn forward_step<F: Float>(hidden: usize, gates: &mut [F], hproj: &[F], h_prev: &[F], hn: &mut [F], h: &mut [F]) {
     let one = F::one();
     let rows = gates.chunks_exact_mut(3 * hidden).zip(hproj.chunks_exact(3 * hidden));
@@ -31,11 +31,15 @@ pub fn forward_step<F: Float>(hidden: usize, gates: &mut [F], hproj: &[F], h_pre
     for ((((gate, hp), h_prev), hn), h) in rows.zip(h.chunks_exact_mut(hidden)) {
         let (gr, rest) = gate.split_at_mut(hidden);
         let (gz, gn) = rest.split_at_mut(hidden);
+        let (hr, rest) = hp.split_at(hidden);
+        let (hz, hpn) = rest.split_at(hidden);
+        let (gn, hz, hpn, h_prev, hn, h) =
+            (&mut gn[..hidden], &hz[..hidden], &hpn[..hidden], &h_prev[..hidden], &mut hn[..hidden], &mut h[..hidden]);
         for j in 0..hidden {
-            let r = sigmoid(gr[j] + hp[j]);
-            let z = sigmoid(gz[j] + hp[hidden + j]);
-            let hnj = hp[2 * hidden + j];
-            let n = (gn[j] + r * hnj).tanh();
+            let r = (gr[j] + hr[j]).sigmoid();
+            let z = (gz[j] + hz[j]).sigmoid();
+            let hnj = hpn[j];
+            let n = (gn[j] + r * hnj).tanh_act();
             (gr[j], gz[j], gn[j]) = (r, z, n);
             hn[j] = hnj;
             h[j] = (one - z) * n + z * h_prev[j];
@@ -50,7 +54,7 @@ pub fn forward_step<F: Float>(hidden: usize, gates: &mut [F], hproj: &[F], h_pre
 /// - `dgates_h` (B, 3H): out, dL/d[h_r h_z h_n].
 /// - `hn`, `h_prev` (B, H): from the forward cache.
 /// - `dh_prev` (B, H): out, the direct part of dL/dh_{t−1} (dh_t ⊙ z); the layer adds the GEMM.
-#[inline]
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub fn backward_step<F: Float>(
     hidden: usize,
     dh: &[F],
@@ -67,6 +71,17 @@ pub fn backward_step<F: Float>(
     for (((((gate, dgh), dh), hn), h_prev), dh_prev) in rows {
         let (gr, rest) = gate.split_at_mut(hidden);
         let (gz, gn) = rest.split_at_mut(hidden);
+        let (dr, rest) = dgh.split_at_mut(hidden);
+        let (dgz, dhn) = rest.split_at_mut(hidden);
+        let (gn, dgz, dhn, dh, hn, h_prev, dh_prev) = (
+            &mut gn[..hidden],
+            &mut dgz[..hidden],
+            &mut dhn[..hidden],
+            &dh[..hidden],
+            &hn[..hidden],
+            &h_prev[..hidden],
+            &mut dh_prev[..hidden],
+        );
         for j in 0..hidden {
             let (r, z, n) = (gr[j], gz[j], gn[j]);
             let dn = dh[j] * (one - z);
@@ -75,9 +90,9 @@ pub fn backward_step<F: Float>(
             let da_z = dz * z * (one - z);
             let da_r = da_n * hn[j] * r * (one - r);
             (gr[j], gz[j], gn[j]) = (da_r, da_z, da_n);
-            dgh[j] = da_r;
-            dgh[hidden + j] = da_z;
-            dgh[2 * hidden + j] = da_n * r;
+            dr[j] = da_r;
+            dgz[j] = da_z;
+            dhn[j] = da_n * r;
             dh_prev[j] = dh[j] * z;
         }
     }

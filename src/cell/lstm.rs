@@ -17,13 +17,13 @@
 //! (written over the pre-activations), `c_t` and `tanh(c_t)`.
 
 use crate::float::Float;
-use crate::kernels::sigmoid;
+use multiversion::multiversion;
 
 /// Forward step for one batch of B rows.
 ///
 /// - `gates` (B, 4H): in, pre-activations; out, activated gates (i, f, g, o).
 /// - `c_prev` (B, H): c_{t−1}. `c`, `tanh_c`, `h` (B, H): out, c_t, tanh(c_t), h_t.
-#[inline]
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub fn forward_step<F: Float>(
     hidden: usize,
     gates: &mut [F],
@@ -39,13 +39,15 @@ pub fn forward_step<F: Float>(
         let (gi, rest) = gate.split_at_mut(hidden);
         let (gf, rest) = rest.split_at_mut(hidden);
         let (gg, go) = rest.split_at_mut(hidden);
+        let (go, c_prev, c, tanh_c, h) =
+            (&mut go[..hidden], &c_prev[..hidden], &mut c[..hidden], &mut tanh_c[..hidden], &mut h[..hidden]);
         for j in 0..hidden {
-            let i = sigmoid(gi[j]);
-            let f = sigmoid(gf[j]);
-            let g = gg[j].tanh();
-            let o = sigmoid(go[j]);
+            let i = gi[j].sigmoid();
+            let f = gf[j].sigmoid();
+            let g = gg[j].tanh_act();
+            let o = go[j].sigmoid();
             let cj = f * c_prev[j] + i * g;
-            let tc = cj.tanh();
+            let tc = cj.tanh_act();
             (gi[j], gf[j], gg[j], go[j]) = (i, f, g, o);
             c[j] = cj;
             tanh_c[j] = tc;
@@ -60,7 +62,7 @@ pub fn forward_step<F: Float>(
 /// - `dc` (B, H): in, dL/dc_t from step t+1; out, dL/dc_{t−1}.
 /// - `gates` (B, 4H): in, the activated gates of step t; out, dL/da (i, f, g, o).
 /// - `c_prev`, `tanh_c` (B, H): c_{t−1} and tanh(c_t) from the forward cache.
-#[inline]
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub fn backward_step<F: Float>(hidden: usize, dh: &[F], dc: &mut [F], gates: &mut [F], c_prev: &[F], tanh_c: &[F]) {
     let one = F::one();
     let rows = gates.chunks_exact_mut(4 * hidden).zip(dh.chunks_exact(hidden));
@@ -69,6 +71,8 @@ pub fn backward_step<F: Float>(hidden: usize, dh: &[F], dc: &mut [F], gates: &mu
         let (gi, rest) = gate.split_at_mut(hidden);
         let (gf, rest) = rest.split_at_mut(hidden);
         let (gg, go) = rest.split_at_mut(hidden);
+        let (go, dh, dc, c_prev, tanh_c) =
+            (&mut go[..hidden], &dh[..hidden], &mut dc[..hidden], &c_prev[..hidden], &tanh_c[..hidden]);
         for j in 0..hidden {
             let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
             let tc = tanh_c[j];

@@ -8,9 +8,10 @@
 //! cache is just `h_t` (kept by the layer). `dh_{t-1} = da_t · W_hh` is a GEMM in the layer.
 
 use crate::float::Float;
+use multiversion::multiversion;
 
 /// Forward step. `pre` (B, H): the full pre-activation `a_t`; `h` (B, H): out, `h_t`.
-#[inline]
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub fn forward_step<F: Float>(relu: bool, pre: &[F], h: &mut [F]) {
     if relu {
         for (h, &a) in h.iter_mut().zip(pre) {
@@ -18,7 +19,7 @@ pub fn forward_step<F: Float>(relu: bool, pre: &[F], h: &mut [F]) {
         }
     } else {
         for (h, &a) in h.iter_mut().zip(pre) {
-            *h = a.tanh();
+            *h = a.tanh_act();
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod eval;
 mod sample;
+mod task;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +25,8 @@ enum Command {
     Sample(sample::Args),
     /// Report a model's loss, bits per character and perplexity on a text.
     Eval(eval::Args),
+    /// Train on a long-range benchmark (adding problem, copy task) and compare with its baseline.
+    Task(task::Args),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -47,6 +50,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Train(a) => train::run(*a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Task(a) => task::run(a),
     }
 }
 

@@ -4,6 +4,8 @@
 //! Matrices are row-major slices described by [`Mat`]/[`MatMut`] views with explicit strides,
 //! so a transpose is a free view (`.t()`), never a copy.
 
+pub mod math;
+
 use crate::float::Float;
 use std::cell::Cell;
 
@@ -141,12 +143,6 @@ pub fn gemm<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
         );
     }
     IN_GEMM.with(|f| f.set(false));
-}
-
-/// Logistic sigmoid σ(x) = 1 / (1 + e^(−x)).
-#[inline(always)]
-pub fn sigmoid<F: Float>(x: F) -> F {
-    F::one() / (F::one() + (-x).exp())
 }
 
 /// Adds `bias` (len n) to every row of the contiguous (rows, n) matrix `dst`.

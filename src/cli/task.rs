@@ -1,0 +1,118 @@
+//! `bptt task adding|copy`: the long-range benchmarks, with their baselines.
+
+use anyhow::Result;
+use bptt::tasks::{self, TaskConfig, TaskKind};
+use bptt::{CellKind, Clip, OptimizerConfig};
+use indicatif::{ProgressBar, ProgressDrawTarget};
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// adding or copy.
+    task: String,
+    /// lstm, gru, rnn_tanh, rnn_relu.
+    #[arg(long, default_value = "lstm")]
+    cell: String,
+    /// Hidden width H.
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    /// Stacked layers.
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    /// Sequence length (adding) or delay (copy) T.
+    #[arg(long, default_value_t = 100)]
+    length: usize,
+    /// Sequences per update.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Updates.
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 2e-3, allow_negative_numbers = true)]
+    lr: f64,
+    /// Clip the global gradient norm (0 = off).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    clip_norm: f64,
+    /// sgd, adam, adamw, rmsprop, adagrad.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// Rescale W_hh to this largest singular value at initialisation.
+    #[arg(long)]
+    w_hh_scale: Option<f64>,
+    /// Seed of the initialisation and the data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON line: task, cell, length, steps, final_loss, baseline, solved, seconds.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Turns the shared training flags into a [`TaskConfig`].
+pub fn config(a: &Args) -> Result<TaskConfig> {
+    let clip = Clip { max_norm: (a.clip_norm > 0.0).then_some(a.clip_norm), max_value: None };
+    clip.validate()?;
+    if !(a.lr.is_finite() && a.lr > 0.0) {
+        anyhow::bail!("--lr must be positive, got {}", a.lr);
+    }
+    if a.hidden == 0 || a.layers == 0 {
+        anyhow::bail!("--hidden and --layers must be at least 1");
+    }
+    Ok(TaskConfig {
+        kind: a.task.parse::<TaskKind>()?,
+        cell: a.cell.parse::<CellKind>()?,
+        hidden: a.hidden,
+        layers: a.layers,
+        length: a.length,
+        batch: a.batch,
+        steps: a.steps,
+        lr: a.lr,
+        optimizer: OptimizerConfig::by_name(&a.optimizer)?,
+        clip,
+        seed: a.seed,
+        threads: super::threads(a.threads)?,
+        w_hh_scale: a.w_hh_scale,
+        forget_bias: None,
+    })
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let cfg = config(&a)?;
+    let target =
+        if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let pb = ProgressBar::with_draw_target(Some(cfg.steps as u64), target);
+    let r = tasks::run(&cfg, |s| {
+        pb.set_position(s.step as u64);
+        if s.step % 10 == 0 {
+            pb.set_message(format!("loss {:.4}", s.loss));
+        }
+    })?;
+    pb.finish_and_clear();
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(o) = v.as_object_mut()
+            && r.accuracy.is_none()
+        {
+            o.remove("accuracy");
+        }
+        println!("{v}");
+    } else {
+        let acc = r.accuracy.map_or(String::new(), |a| format!(", copied-symbol accuracy {:.1}%", 100.0 * a));
+        println!(
+            "{} T={} {}: held-out loss {:.4} vs baseline {:.4}{acc} -> {} ({} steps, {:.1} s)",
+            r.task,
+            r.length,
+            r.cell,
+            r.final_loss,
+            r.baseline,
+            if r.solved { "solved" } else { "not solved" },
+            r.steps,
+            r.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
