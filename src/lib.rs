@@ -9,6 +9,7 @@
 
 pub mod cell;
 pub mod charlm;
+pub mod diagnose;
 pub mod error;
 pub mod float;
 pub mod kernels;

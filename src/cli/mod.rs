@@ -1,7 +1,11 @@
 //! Flag parsing (clap) and dispatch: one file per subcommand, each turning flags into library
 //! calls and printing the results. The only place besides explicit load/save that does IO.
 
+mod demo;
+mod diagnose;
 mod eval;
+mod graph;
+mod plot;
 mod sample;
 mod task;
 mod train;
@@ -19,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run every experiment and write a self-contained HTML report (the main job).
+    Demo(demo::Args),
     /// Train a character-level language model on a UTF-8 text.
     Train(Box<train::Args>),
     /// Generate text from a model, streaming characters to stdout.
@@ -27,6 +33,12 @@ enum Command {
     Eval(eval::Args),
     /// Train on a long-range benchmark (adding problem, copy task) and compare with its baseline.
     Task(task::Args),
+    /// Measure gradient flow through time (vanishing, exploding, truncation) and plot it.
+    Diagnose(diagnose::Args),
+    /// Print the unrolled computation graph (Mermaid, dot or SVG).
+    Graph(graph::Args),
+    /// Plot loss and gradient norm of a training run from its metrics.jsonl.
+    Plot(plot::Args),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -47,10 +59,14 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
     };
     match cli.command {
+        Command::Demo(a) => demo::run(a),
         Command::Train(a) => train::run(*a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Task(a) => task::run(a),
+        Command::Diagnose(a) => diagnose::run(a),
+        Command::Graph(a) => graph::run(a),
+        Command::Plot(a) => plot::run(a),
     }
 }
 

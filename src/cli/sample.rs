@@ -14,7 +14,8 @@ pub struct Args {
     /// Characters to generate.
     #[arg(long, default_value_t = 500)]
     length: usize,
-    /// Text to start from (printed first); empty starts after a newline.
+    /// Text to start from (printed first). Generation starts from the state after a newline
+    /// (if the vocabulary has one), as at the start of a paragraph, then reads the prime.
     #[arg(long, default_value = "")]
     prime: String,
     /// Softmax temperature; 0 = greedy (always the most likely character).
@@ -42,8 +43,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let model = CharModel::load(&a.model)?;
     let prime = model.vocab.encode(&a.prime).context("--prime")?;
     let mut sampler = Sampler::new(&model, a.seed, threads)?;
-    let start = if prime.is_empty() { vec![model.vocab.id('\n').unwrap_or(0)] } else { prime };
-    sampler.feed(&start)?;
+    sampler.feed(&[model.vocab.id('\n').unwrap_or(0)])?;
+    sampler.feed(&prime)?;
     let mut out = std::io::stdout().lock();
     write!(out, "{}", a.prime)?;
     let mut buf = [0u8; 4];

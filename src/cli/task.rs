@@ -15,7 +15,7 @@ pub struct Args {
     #[arg(long, default_value = "lstm")]
     cell: String,
     /// Hidden width H.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     hidden: usize,
     /// Stacked layers.
     #[arg(long, default_value_t = 1)]
@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long, default_value_t = 2000)]
     steps: usize,
     /// Learning rate.
-    #[arg(long, default_value_t = 2e-3, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1e-2, allow_negative_numbers = true)]
     lr: f64,
     /// Clip the global gradient norm (0 = off).
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
@@ -41,6 +41,9 @@ pub struct Args {
     /// Rescale W_hh to this largest singular value at initialisation.
     #[arg(long)]
     w_hh_scale: Option<f64>,
+    /// LSTM forget-gate bias at initialisation.
+    #[arg(long, allow_negative_numbers = true)]
+    forget_bias: Option<f64>,
     /// Seed of the initialisation and the data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -63,11 +66,8 @@ pub fn config(a: &Args) -> Result<TaskConfig> {
         anyhow::bail!("--hidden and --layers must be at least 1");
     }
     Ok(TaskConfig {
-        kind: a.task.parse::<TaskKind>()?,
-        cell: a.cell.parse::<CellKind>()?,
         hidden: a.hidden,
         layers: a.layers,
-        length: a.length,
         batch: a.batch,
         steps: a.steps,
         lr: a.lr,
@@ -76,7 +76,8 @@ pub fn config(a: &Args) -> Result<TaskConfig> {
         seed: a.seed,
         threads: super::threads(a.threads)?,
         w_hh_scale: a.w_hh_scale,
-        forget_bias: None,
+        forget_bias: a.forget_bias,
+        ..TaskConfig::new(a.task.parse::<TaskKind>()?, a.cell.parse::<CellKind>()?, a.length)
     })
 }
 

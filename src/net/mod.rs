@@ -199,6 +199,14 @@ impl<'a, F> Targets<'a, F> {
 }
 
 impl NetConfig {
+    /// Values per (t, b) row of the input: I for dense input, 1 for token ids.
+    pub fn input_width(&self) -> usize {
+        match self.input {
+            InputKind::Dense { size } => size,
+            InputKind::Tokens { .. } => 1,
+        }
+    }
+
     /// Checks that every size is positive and the loss fits the readout.
     pub fn validate(&self) -> Result<()> {
         let positive = |name: &str, v: usize| {

@@ -173,6 +173,29 @@ pub struct TaskConfig {
     pub forget_bias: Option<f64>,
 }
 
+impl TaskConfig {
+    /// The defaults `bptt task` uses: H = 64, one layer, B = 32, 2000 updates of Adam at
+    /// lr 1e-2 with the gradient norm clipped to 1, seed 1, one thread.
+    pub fn new(kind: TaskKind, cell: CellKind, length: usize) -> Self {
+        TaskConfig {
+            kind,
+            cell,
+            hidden: 64,
+            layers: 1,
+            length,
+            batch: 32,
+            steps: 2000,
+            lr: 1e-2,
+            optimizer: OptimizerConfig::adam(),
+            clip: Clip { max_norm: Some(1.0), max_value: None },
+            seed: 1,
+            threads: 1,
+            w_hh_scale: None,
+            forget_bias: None,
+        }
+    }
+}
+
 /// One update of a task run.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct TaskStep {
@@ -280,9 +303,24 @@ fn evaluate<F: Float>(
 
 /// Trains a fresh network on the task and evaluates it on a held-out batch; `progress` sees
 /// every update.
-pub fn run(cfg: &TaskConfig, mut progress: impl FnMut(&TaskStep)) -> Result<TaskReport> {
-    if cfg.length < 2 || cfg.batch == 0 || cfg.steps == 0 {
-        return Err(Error::Config("--length must be at least 2, --batch and --steps at least 1".into()));
+pub fn run(cfg: &TaskConfig, progress: impl FnMut(&TaskStep)) -> Result<TaskReport> {
+    if cfg.steps == 0 {
+        return Err(Error::Config("--steps must be at least 1".into()));
+    }
+    Ok(train(cfg, progress)?.2)
+}
+
+/// The network and parameters after `cfg.steps` updates (0 = at initialisation).
+pub fn trained(cfg: &TaskConfig) -> Result<(Net, Vec<f32>)> {
+    let (net, params, _) = train(cfg, |_| {})?;
+    Ok((net, params))
+}
+
+/// Trains a fresh network (possibly for 0 updates), evaluates it on the held-out batch and
+/// returns the network, its parameters and the report.
+pub fn train(cfg: &TaskConfig, mut progress: impl FnMut(&TaskStep)) -> Result<(Net, Vec<f32>, TaskReport)> {
+    if cfg.length < 2 || cfg.batch == 0 {
+        return Err(Error::Config("--length must be at least 2 and --batch at least 1".into()));
     }
     let started = Instant::now();
     let net = Net::new(cfg.kind.net_config(cfg.cell, cfg.hidden, cfg.layers))?;
@@ -318,7 +356,7 @@ pub fn run(cfg: &TaskConfig, mut progress: impl FnMut(&TaskStep)) -> Result<Task
         TaskKind::Adding => final_loss < 0.01,
         TaskKind::Copy => accuracy.is_some_and(|a| a > 0.99),
     };
-    Ok(TaskReport {
+    let report = TaskReport {
         task: cfg.kind.name(),
         cell: cfg.cell.name(),
         length: cfg.length,
@@ -329,5 +367,6 @@ pub fn run(cfg: &TaskConfig, mut progress: impl FnMut(&TaskStep)) -> Result<Task
         solved,
         seconds: started.elapsed().as_secs_f64(),
         history,
-    })
+    };
+    Ok((net, params, report))
 }

@@ -4,6 +4,8 @@ mod alloc;
 mod bad_input;
 mod cli;
 mod common;
+mod determinism;
+mod diagnose;
 mod gradcheck;
 mod learning;
 mod optim;

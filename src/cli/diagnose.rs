@@ -1,0 +1,130 @@
+//! `bptt diagnose`: gradient flow through time (and the exploding / truncation experiments),
+//! written as PNG + SVG plots, CSV and JSON.
+
+use anyhow::{Context, Result};
+use bptt::CellKind;
+use bptt::charlm::fsio;
+use bptt::diagnose::{FlowConfig, experiments as ex, gradient_flow};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Cells to compare, comma-separated.
+    #[arg(long, default_value = "rnn_tanh,lstm,gru", value_delimiter = ',')]
+    cells: Vec<String>,
+    /// Hidden width H.
+    #[arg(long, default_value_t = 64)]
+    hidden: usize,
+    /// Stacked layers L.
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    /// Sequence length T.
+    #[arg(long, default_value_t = 100)]
+    length: usize,
+    /// Sequences the norms are averaged over.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Measure after this many updates of adding-task training (0 = at initialisation).
+    #[arg(long, default_value_t = 0)]
+    train_steps: usize,
+    /// Rescale W_hh to this largest singular value at initialisation.
+    #[arg(long)]
+    w_hh_scale: Option<f64>,
+    /// LSTM forget-gate bias at initialisation.
+    #[arg(long, allow_negative_numbers = true)]
+    forget_bias: Option<f64>,
+    /// Also run the exploding-gradient experiment (tanh RNN, SGD, with and without clipping).
+    #[arg(long)]
+    explode: bool,
+    /// Also measure the truncation bias of TBPTT(k, k) against full BPTT.
+    #[arg(long)]
+    truncation: bool,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Output folder [default: runs/diagnose-<UTC timestamp>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    Ok(fsio::write_atomic(path, text.as_bytes())?)
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let threads = super::threads(a.threads)?;
+    let cells = a.cells.iter().map(|c| c.parse::<CellKind>()).collect::<Result<Vec<_>, _>>()?;
+    if a.hidden == 0 || a.layers == 0 || a.batch == 0 || a.length < 2 {
+        anyhow::bail!("--hidden, --layers and --batch must be at least 1 and --length at least 2");
+    }
+    let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("diagnose-{}", super::timestamp())));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cfg = FlowConfig {
+        cells,
+        hidden: a.hidden,
+        layers: a.layers,
+        length: a.length,
+        batch: a.batch,
+        seed: a.seed,
+        threads,
+        train_steps: a.train_steps,
+        w_hh_scale: a.w_hh_scale,
+        forget_bias: a.forget_bias,
+        jacobian_samples: 8,
+    };
+    let flows = gradient_flow(&cfg, |c| eprintln!("measuring {c} ..."))?;
+    let when =
+        if a.train_steps == 0 { "at initialisation".to_string() } else { format!("after {} updates", a.train_steps) };
+    let title = format!("Gradient flow through time, T = {}, H = {}, {when}", a.length, a.hidden);
+    ex::flow_chart(&flows, &title).save(&dir.join("gradient_flow"))?;
+    write(&dir.join("gradient_flow.csv"), &ex::flow_csv(&flows))?;
+    write(&dir.join("gradient_flow.json"), &serde_json::to_string_pretty(&flows)?)?;
+    println!(
+        "{:<9} {:>14} {:>14} {:>12} {:>22}",
+        "cell", "|dL/dh_T-1|", "|dL/dh_0|", "survival", "sigma_max(dh_t/dh_t-1)"
+    );
+    for f in &flows {
+        let n = &f.dh_norms[0];
+        println!(
+            "{:<9} {:>14.3e} {:>14.3e} {:>12.3e} {:>22.3}",
+            f.cell,
+            n[n.len() - 1],
+            n[0],
+            f.survival(),
+            f.jacobian[0].geometric_mean
+        );
+    }
+    if a.explode {
+        eprintln!("exploding-gradient experiment ...");
+        let runs = ex::explode(30, 300, 3.0, 0.05, 1.0, a.seed, threads)?;
+        let (loss, norm) = ex::explode_charts(&runs, 1.0);
+        loss.save(&dir.join("explode_loss"))?;
+        norm.save(&dir.join("explode_grad_norm"))?;
+        write(&dir.join("explode.csv"), &ex::explode_csv(&runs, 1.0))?;
+        for (r, name) in runs.iter().zip(["without clipping", "with clip-norm 1"]) {
+            let skipped = r.history.iter().filter(|s| s.skipped).count();
+            let clipped = r.history.iter().filter(|s| s.clipped).count();
+            println!(
+                "explode {name:<17} final loss {:.4} (baseline {:.4}), {clipped} clipped, {skipped} skipped",
+                r.final_loss, r.baseline
+            );
+        }
+    }
+    if a.truncation {
+        eprintln!("truncation-bias experiment ...");
+        let ks: Vec<usize> =
+            [1, 2, 5, 10, 20, 30, 50, 75, 100].into_iter().filter(|&k| k <= a.length).chain([a.length]).collect();
+        let pts = ex::truncation(CellKind::Lstm, a.hidden, a.length, 300, &ks, a.seed, threads)?;
+        ex::truncation_chart(&pts, "LSTM on the adding task").save(&dir.join("truncation"))?;
+        write(&dir.join("truncation.csv"), &ex::truncation_csv(&pts))?;
+        for p in &pts {
+            println!("truncation k={:<4} cosine {:.4} relative norm {:.4}", p.k, p.cosine, p.relative_norm);
+        }
+    }
+    eprintln!("wrote plots, CSV and JSON to {}", dir.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,77 @@
+//! `bptt plot DIR`: loss (train, validation) and gradient norm with clip events from a run's
+//! metrics.jsonl, as DIR/loss.{png,svg} and DIR/grad_norm.{png,svg}.
+
+use anyhow::{Context, Result};
+use bptt::charlm::fsio;
+use bptt::diagnose::plot::{Chart, Series};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A run folder written by `bptt train`.
+    dir: PathBuf,
+}
+
+/// The loss and gradient-norm charts of a metrics.jsonl text.
+pub fn charts(metrics: &str, source: &Path) -> Result<(Chart, Chart)> {
+    let (mut train, mut val, mut norm, mut clipped, mut skipped) = (vec![], vec![], vec![], vec![], vec![]);
+    for (k, line) in metrics.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", source.display(), k + 1))?;
+        let step = v["step"].as_f64().with_context(|| format!("{} line {}: no step", source.display(), k + 1))?;
+        let f = |key: &str| v[key].as_f64();
+        if let Some(l) = f("train_loss") {
+            train.push((step, l));
+        }
+        if let Some(l) = f("val_loss") {
+            val.push((step, l));
+        }
+        if let Some(g) = f("grad_norm") {
+            norm.push((step, g));
+            if v["clipped"].as_bool() == Some(true) {
+                clipped.push((step, g));
+            }
+            if v["skipped"].as_bool() == Some(true) {
+                skipped.push((step, g));
+            }
+        }
+    }
+    if train.is_empty() {
+        anyhow::bail!("{}: no training steps logged yet", source.display());
+    }
+    let loss = Chart {
+        title: "Training and validation loss".into(),
+        x_label: "update".into(),
+        y_label: "cross-entropy (nats/char)".into(),
+        log_y: false,
+        series: vec![
+            Series { name: "train".into(), points: train, marks: vec![] },
+            Series { name: "validation".into(), points: val.clone(), marks: val },
+        ],
+        hlines: vec![],
+    };
+    let n_clip = clipped.len();
+    let mut marks = clipped;
+    marks.extend(skipped);
+    let grad = Chart {
+        title: format!("Gradient norm before clipping ({n_clip} updates clipped)"),
+        x_label: "update".into(),
+        y_label: "‖∇L‖₂ (log scale)".into(),
+        log_y: true,
+        series: vec![Series { name: "grad norm (dots: clipped/skipped)".into(), points: norm, marks }],
+        hlines: vec![],
+    };
+    Ok((loss, grad))
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let path = a.dir.join("metrics.jsonl");
+    let text = String::from_utf8(fsio::read_bounded(&path, 1 << 30)?)
+        .with_context(|| format!("{}: not UTF-8", path.display()))?;
+    let (loss, grad) = charts(&text, &path)?;
+    loss.save(&a.dir.join("loss"))?;
+    grad.save(&a.dir.join("grad_norm"))?;
+    eprintln!("wrote {0}/loss.png, {0}/loss.svg, {0}/grad_norm.png, {0}/grad_norm.svg", a.dir.display());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,229 @@
+//! The experiments behind `bptt diagnose` and `bptt demo`, and the charts and CSV tables that
+//! show them (no IO here: the CLI writes the files).
+
+use crate::cell::CellKind;
+use crate::diagnose::flow::CellFlow;
+use crate::diagnose::plot::{Chart, Series};
+use crate::diagnose::truncation::{TruncationPoint, truncation_bias};
+use crate::error::Result;
+use crate::tasks::{self, Batch, TaskConfig, TaskKind, TaskReport};
+use crate::train::Clip;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::fmt::Write;
+
+/// ‖∂L_T/∂h_t‖ against t, log scale, one line per cell and layer.
+pub fn flow_chart(flows: &[CellFlow], title: &str) -> Chart {
+    let mut series = Vec::new();
+    for f in flows {
+        for (l, norms) in f.dh_norms.iter().enumerate() {
+            let name = if f.dh_norms.len() == 1 { f.cell.to_string() } else { format!("{} layer {}", f.cell, l + 1) };
+            series.push(Series {
+                name,
+                points: norms.iter().enumerate().map(|(t, &n)| (t as f64, n)).collect(),
+                marks: vec![],
+            });
+        }
+    }
+    Chart {
+        title: title.into(),
+        x_label: "time step t (the loss is at the last step)".into(),
+        y_label: "‖∂L_T/∂h_t‖ (mean over batch)".into(),
+        log_y: true,
+        series,
+        hlines: vec![],
+    }
+}
+
+/// `cell,layer,t,dh_norm` rows.
+pub fn flow_csv(flows: &[CellFlow]) -> String {
+    let mut s = String::from("cell,layer,t,dh_norm\n");
+    for f in flows {
+        for (l, norms) in f.dh_norms.iter().enumerate() {
+            for (t, n) in norms.iter().enumerate() {
+                let _ = writeln!(s, "{},{l},{t},{n:e}", f.cell);
+            }
+        }
+    }
+    s
+}
+
+/// The exploding-gradient experiment: a tanh RNN whose W_hh starts with largest singular value
+/// `w_hh_scale`, trained by plain SGD on the adding task, without and with norm clipping.
+pub fn explode(
+    length: usize,
+    steps: usize,
+    w_hh_scale: f64,
+    lr: f64,
+    clip: f64,
+    seed: u64,
+    threads: usize,
+) -> Result<[TaskReport; 2]> {
+    let run = |max_norm: Option<f64>| {
+        let cfg = TaskConfig {
+            steps,
+            lr,
+            optimizer: crate::OptimizerConfig::sgd(),
+            clip: Clip { max_norm, max_value: None },
+            seed,
+            threads,
+            w_hh_scale: Some(w_hh_scale),
+            ..TaskConfig::new(TaskKind::Adding, CellKind::RnnTanh, length)
+        };
+        tasks::run(&cfg, |_| {})
+    };
+    Ok([run(None)?, run(Some(clip))?])
+}
+
+fn run_name(r: &TaskReport, k: usize, clip: f64) -> String {
+    let _ = r;
+    if k == 0 { "no clipping".into() } else { format!("clip-norm {clip}") }
+}
+
+/// Loss and pre-clip gradient norm per update of the two explode runs; clipped updates are
+/// marked on the with-clipping line, skipped (non-finite) ones on either.
+pub fn explode_charts(runs: &[TaskReport; 2], clip: f64) -> (Chart, Chart) {
+    let mut loss = Vec::new();
+    let mut norm = Vec::new();
+    for (k, r) in runs.iter().enumerate() {
+        let name = run_name(r, k, clip);
+        let pts =
+            |f: &dyn Fn(&tasks::TaskStep) -> f64| r.history.iter().map(|s| (s.step as f64, f(s))).collect::<Vec<_>>();
+        // Skipped (non-finite) updates have no norm to plot: mark them above the largest one.
+        let top = r.history.iter().map(|s| s.grad_norm).filter(|g| g.is_finite()).fold(1.0, f64::max) * 10.0;
+        let skipped: Vec<(f64, f64)> = r.history.iter().filter(|s| s.skipped).map(|s| (s.step as f64, top)).collect();
+        loss.push(Series { name: name.clone(), points: pts(&|s| s.loss), marks: vec![] });
+        let clipped = r.history.iter().filter(|s| s.clipped).map(|s| (s.step as f64, s.grad_norm));
+        norm.push(Series {
+            name: format!("{name}{}", if k == 1 { " (dots: clipped updates)" } else { " (dots: skipped, non-finite)" }),
+            points: pts(&|s| s.grad_norm),
+            marks: clipped.chain(skipped).collect(),
+        });
+    }
+    let baseline = runs[0].baseline;
+    (
+        Chart {
+            title: "Exploding gradients: training loss, tanh RNN with σmax(W_hh) > 1, plain SGD".into(),
+            x_label: "update".into(),
+            y_label: "MSE (log scale)".into(),
+            log_y: true,
+            series: loss,
+            hlines: vec![(baseline, "baseline (always answer 1)".into())],
+        },
+        Chart {
+            title: "Gradient norm before clipping".into(),
+            x_label: "update".into(),
+            y_label: "‖∇L‖₂ (log scale)".into(),
+            log_y: true,
+            series: norm,
+            hlines: vec![(clip, format!("clip threshold {clip}"))],
+        },
+    )
+}
+
+/// `run,step,loss,grad_norm,clipped,skipped` rows of the explode runs.
+pub fn explode_csv(runs: &[TaskReport; 2], clip: f64) -> String {
+    let mut s = String::from("run,step,loss,grad_norm,clipped,skipped\n");
+    for (k, r) in runs.iter().enumerate() {
+        for h in &r.history {
+            let _ = writeln!(
+                s,
+                "{},{},{:e},{:e},{},{}",
+                run_name(r, k, clip),
+                h.step,
+                h.loss,
+                h.grad_norm,
+                h.clipped,
+                h.skipped
+            );
+        }
+    }
+    s
+}
+
+/// Trains `cell` on the adding task for `train_steps` updates, then compares TBPTT(1, k)
+/// gradients on a fresh batch with the full gradient for every k in `ks`.
+#[allow(clippy::too_many_arguments)]
+pub fn truncation(
+    cell: CellKind,
+    hidden: usize,
+    length: usize,
+    train_steps: usize,
+    ks: &[usize],
+    seed: u64,
+    threads: usize,
+) -> Result<Vec<TruncationPoint>> {
+    let cfg =
+        TaskConfig { hidden, steps: train_steps, seed, threads, ..TaskConfig::new(TaskKind::Adding, cell, length) };
+    let (net, params) = tasks::trained(&cfg)?;
+    truncation_of(&net, &params, TaskKind::Adding, length, ks, seed, threads)
+}
+
+/// The truncation bias of a task network (f32 parameters, measured in f64) on a fresh batch.
+pub fn truncation_of(
+    net: &crate::Net,
+    params: &[f32],
+    kind: TaskKind,
+    length: usize,
+    ks: &[usize],
+    seed: u64,
+    threads: usize,
+) -> Result<Vec<TruncationPoint>> {
+    let params: Vec<f64> = params.iter().map(|&v| v as f64).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7bc);
+    let batch = Batch::<f64>::generate(kind, length, 32, &mut rng);
+    truncation_bias(net, &params, &batch.x, batch.targets(), kind.steps(length), ks, threads)
+}
+
+/// Cosine similarity and relative norm of the truncated gradient against k.
+pub fn truncation_chart(points: &[TruncationPoint], what: &str) -> Chart {
+    let xs = |f: &dyn Fn(&TruncationPoint) -> f64| points.iter().map(|p| (p.k as f64, f(p))).collect::<Vec<_>>();
+    Chart {
+        title: format!("Truncation bias of TBPTT(1, k): {what}"),
+        x_label: "truncation horizon k (steps each loss is back-propagated through)".into(),
+        y_label: "vs the full-BPTT gradient".into(),
+        log_y: false,
+        series: vec![
+            Series { name: "cosine similarity".into(), points: xs(&|p| p.cosine), marks: xs(&|p| p.cosine) },
+            Series { name: "relative norm ‖g_k‖/‖g‖".into(), points: xs(&|p| p.relative_norm), marks: vec![] },
+        ],
+        hlines: vec![(1.0, "full BPTT".into())],
+    }
+}
+
+/// `k,cosine,relative_norm` rows.
+pub fn truncation_csv(points: &[TruncationPoint]) -> String {
+    let mut s = String::from("k,cosine,relative_norm\n");
+    for p in points {
+        let _ = writeln!(s, "{},{},{}", p.k, p.cosine, p.relative_norm);
+    }
+    s
+}
+
+/// Training loss of task runs against the update, with the task's baseline.
+pub fn task_chart(runs: &[TaskReport], title: &str) -> Chart {
+    let series = runs
+        .iter()
+        .map(|r| {
+            // A running mean over 20 updates keeps the lines readable.
+            let mut pts = Vec::with_capacity(r.history.len());
+            let mut acc = 0.0;
+            for (k, s) in r.history.iter().enumerate() {
+                acc += s.loss;
+                if k >= 20 {
+                    acc -= r.history[k - 20].loss;
+                }
+                pts.push((s.step as f64, acc / (k + 1).min(20) as f64));
+            }
+            Series { name: r.cell.to_string(), points: pts, marks: vec![] }
+        })
+        .collect();
+    Chart {
+        title: title.into(),
+        x_label: "update".into(),
+        y_label: "training loss (mean of 20 updates, log scale)".into(),
+        log_y: true,
+        series,
+        hlines: runs.first().map(|r| vec![(r.baseline, "baseline".into())]).unwrap_or_default(),
+    }
+}

@@ -1,0 +1,185 @@
+//! Gradient flow through time: ‖∂L_T/∂h_t‖ for every step t and layer, with the loss at the
+//! last step only (so the curve is the pure backward signal), averaged over a batch; plus
+//! per-parameter gradient norms, σ_max(W_hh) and σ_max of the step Jacobian ∂h_t/∂h_{t−1}.
+//!
+//! Pascanu et al. (2013): with ‖diag σ'‖ ≤ γ, ‖∂h_t/∂h_{t−1}‖ ≤ γ·σ_max(W_hh), so for a tanh
+//! RNN (γ = 1) σ_max(W_hh) < 1 is sufficient for vanishing gradients and > 1 necessary for
+//! exploding ones. Gated cells escape the bound: the LSTM's cell state passes through
+//! ∂c_t/∂c_{t−1} = diag(f), the GRU's state through diag(z).
+
+use crate::cell::CellKind;
+use crate::error::Result;
+use crate::net::{Input, Net, State};
+use crate::tasks::{self, Batch, TaskConfig, TaskKind, spectral_norm};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// What to measure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowConfig {
+    /// Cells to compare.
+    pub cells: Vec<CellKind>,
+    /// H.
+    pub hidden: usize,
+    /// L.
+    pub layers: usize,
+    /// T.
+    pub length: usize,
+    /// B (norms are averaged over it).
+    pub batch: usize,
+    /// Seed of the initialisation and the data.
+    pub seed: u64,
+    /// Threads.
+    pub threads: usize,
+    /// Train on the adding task for this many updates first (0 = measure at initialisation).
+    pub train_steps: usize,
+    /// Rescale W_hh to this largest singular value at initialisation.
+    pub w_hh_scale: Option<f64>,
+    /// LSTM forget-gate bias at initialisation (other cells ignore it).
+    pub forget_bias: Option<f64>,
+    /// Steps t at which to estimate σ_max(∂h_t/∂h_{t−1}) (spread over the sequence).
+    pub jacobian_samples: usize,
+}
+
+/// The step Jacobian's largest singular value over the sampled steps of one layer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct JacobianSummary {
+    /// Layer.
+    pub layer: usize,
+    /// The sampled steps t.
+    pub steps: Vec<usize>,
+    /// σ_max(∂h_t/∂h_{t−1}) at each sampled step (first sequence of the batch).
+    pub sigma_max: Vec<f64>,
+    /// Geometric mean: the per-step factor by which a gradient can at most grow.
+    pub geometric_mean: f64,
+}
+
+/// The measurements for one cell.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct CellFlow {
+    /// The cell.
+    pub cell: &'static str,
+    /// [layer][t]: mean over the batch of ‖∂L_T/∂h_t‖₂.
+    pub dh_norms: Vec<Vec<f64>>,
+    /// (name, ‖∂L/∂θ‖₂) per parameter tensor.
+    pub param_grad_norms: Vec<(String, f64)>,
+    /// ‖∂L/∂θ‖₂ over each layer's four tensors.
+    pub layer_grad_norms: Vec<f64>,
+    /// σ_max of each layer's W_hh gate blocks (one per gate: i f g o, r z n, or the one).
+    pub w_hh_sigma_max: Vec<Vec<f64>>,
+    /// The step Jacobian per layer.
+    pub jacobian: Vec<JacobianSummary>,
+    /// The loss at the last step.
+    pub loss: f64,
+    /// Updates of adding-task training before measuring.
+    pub trained_steps: usize,
+}
+
+impl CellFlow {
+    /// ‖∂L_T/∂h_0‖ / ‖∂L_T/∂h_{T−1}‖ for the first layer: how much of the signal survives.
+    pub fn survival(&self) -> f64 {
+        let n = &self.dh_norms[0];
+        n[0] / n[n.len() - 1]
+    }
+}
+
+/// Measures every cell of `cfg` on the same adding-task batch.
+pub fn gradient_flow(cfg: &FlowConfig, mut progress: impl FnMut(&str)) -> Result<Vec<CellFlow>> {
+    let mut out = Vec::with_capacity(cfg.cells.len());
+    for &cell in &cfg.cells {
+        progress(cell.name());
+        let task = TaskConfig {
+            hidden: cfg.hidden,
+            layers: cfg.layers,
+            batch: cfg.batch,
+            steps: cfg.train_steps,
+            seed: cfg.seed,
+            threads: cfg.threads,
+            w_hh_scale: cfg.w_hh_scale,
+            forget_bias: cfg.forget_bias.filter(|_| cell == CellKind::Lstm),
+            ..TaskConfig::new(TaskKind::Adding, cell, cfg.length)
+        };
+        let (net, params32) = tasks::trained(&task)?;
+        let params: Vec<f64> = params32.iter().map(|&v| v as f64).collect();
+        out.push(measure(&net, &params, cell, cfg, cfg.train_steps)?);
+    }
+    Ok(out)
+}
+
+/// The measurements of one network (f64) on a fresh adding batch.
+pub fn measure(net: &Net, params: &[f64], cell: CellKind, cfg: &FlowConfig, trained_steps: usize) -> Result<CellFlow> {
+    let (t, b, h, l) = (cfg.length, cfg.batch, cfg.hidden, cfg.layers);
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xf10e);
+    let batch = Batch::<f64>::generate(TaskKind::Adding, t, b, &mut rng);
+    let mut ws = net.workspace::<f64>(t, b, cfg.threads)?;
+    ws.set_record_dh_norms(true);
+    let loss = net.forward(params, &mut ws, Input::Dense(&batch.x), Some(batch.targets()), None)?;
+    let mut grads = vec![0.0; net.num_params()];
+    net.backward(params, &mut ws, &mut grads)?;
+    let dh_norms: Vec<Vec<f64>> = (0..l).map(|k| ws.dh_norms(k).to_vec()).collect();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let param_grad_norms: Vec<(String, f64)> =
+        net.params().iter().map(|p| (p.name.clone(), norm(p.of(&grads)))).collect();
+    let layer_grad_norms = (0..l)
+        .map(|k| {
+            let suffix = format!("_l{k}");
+            param_grad_norms.iter().filter(|(n, _)| n.ends_with(&suffix)).map(|(_, g)| g * g).sum::<f64>().sqrt()
+        })
+        .collect();
+    let g = cell.gates();
+    let w_hh_sigma_max = (0..l)
+        .map(|k| {
+            let w = net.param(&format!("rnn.weight_hh_l{k}")).map_or(&[][..], |p| p.of(params));
+            w.chunks(h * h).take(g).map(|block| spectral_norm(block, h, h)).collect()
+        })
+        .collect();
+
+    // Step Jacobians by central differences on the first sequence, one layer at a time.
+    let samples = cfg.jacobian_samples.clamp(1, t);
+    let steps: Vec<usize> = (0..samples).map(|k| 1 + k * (t - 1) / samples.max(1)).collect();
+    let mut one = net.workspace::<f64>(1, 1, 1)?;
+    let mut states = State { h: Vec::new(), c: Vec::new() };
+    let (i_w, bh) = (batch.x.len() / (t * b), b * h);
+    let mut jacobian = Vec::with_capacity(l);
+    for layer in 0..l {
+        let mut sigma = Vec::with_capacity(samples);
+        for &s in &steps {
+            ws.state_at(s, &mut states);
+            let mut start = State::zeros(net.config(), 1);
+            for k in 0..l {
+                start.h[k * h..(k + 1) * h].copy_from_slice(&states.h[k * bh..k * bh + h]);
+                if !start.c.is_empty() {
+                    start.c[k * h..(k + 1) * h].copy_from_slice(&states.c[k * bh..k * bh + h]);
+                }
+            }
+            let x = &batch.x[s * b * i_w..s * b * i_w + i_w];
+            let mut jac = vec![0.0; h * h];
+            let eps = 1e-6;
+            for col in 0..h {
+                let mut probe = |d: f64| -> Result<Vec<f64>> {
+                    let mut st = start.clone();
+                    st.h[layer * h + col] += d;
+                    net.forward(params, &mut one, Input::Dense(x), None, Some(&st))?;
+                    Ok(one.hidden_states(layer).to_vec())
+                };
+                let (plus, minus) = (probe(eps)?, probe(-eps)?);
+                for row in 0..h {
+                    jac[row * h + col] = (plus[row] - minus[row]) / (2.0 * eps);
+                }
+            }
+            sigma.push(spectral_norm(&jac, h, h));
+        }
+        let geometric_mean = (sigma.iter().map(|s| s.max(1e-300).ln()).sum::<f64>() / sigma.len() as f64).exp();
+        jacobian.push(JacobianSummary { layer, steps: steps.clone(), sigma_max: sigma, geometric_mean });
+    }
+    Ok(CellFlow {
+        cell: cell.name(),
+        dh_norms,
+        param_grad_norms,
+        layer_grad_norms,
+        w_hh_sigma_max,
+        jacobian,
+        loss,
+        trained_steps,
+    })
+}

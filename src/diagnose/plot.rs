@@ -1,0 +1,184 @@
+//! Line charts (plotters) as SVG text and PNG/SVG files: log-scale gradient norms, loss
+//! curves with clip/skip marks and baselines. Text is set in DejaVu Sans, compiled in, so no
+//! system fonts are needed.
+
+use crate::charlm::fsio;
+use crate::error::{Error, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::Path;
+use std::sync::Once;
+
+const SIZE: (u32, u32) = (820, 460);
+const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+];
+
+/// One line, with optional marked points (e.g. clipped updates).
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    /// Legend text.
+    pub name: String,
+    /// (x, y) points, in order.
+    pub points: Vec<(f64, f64)>,
+    /// Points to mark with a circle, with their legend text.
+    pub marks: Vec<(f64, f64)>,
+}
+
+/// A line chart.
+#[derive(Clone, Debug, Default)]
+pub struct Chart {
+    /// Title above the plot.
+    pub title: String,
+    /// X axis label.
+    pub x_label: String,
+    /// Y axis label.
+    pub y_label: String,
+    /// Logarithmic y axis (non-positive values are left out).
+    pub log_y: bool,
+    /// The lines.
+    pub series: Vec<Series>,
+    /// Horizontal reference lines (value, label), drawn dashed.
+    pub hlines: Vec<(f64, String)>,
+}
+
+fn fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+fn err(e: impl std::fmt::Display) -> Error {
+    Error::Config(format!("cannot draw the chart: {e}"))
+}
+
+impl Chart {
+    fn visible(&self, y: f64) -> bool {
+        y.is_finite() && (!self.log_y || y > 0.0)
+    }
+
+    fn ranges(&self) -> ((f64, f64), (f64, f64)) {
+        let pts = self.series.iter().flat_map(|s| s.points.iter().copied());
+        let refs = self.hlines.iter().map(|&(y, _)| (f64::NAN, y));
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for (x, y) in pts.chain(refs).filter(|p| self.visible(p.1)) {
+            if x.is_finite() {
+                (x0, x1) = (x0.min(x), x1.max(x));
+            }
+            (y0, y1) = (y0.min(y), y1.max(y));
+        }
+        if x0 > x1 {
+            (x0, x1) = (0.0, 1.0);
+        }
+        if y0 > y1 {
+            (y0, y1) = (if self.log_y { 0.1 } else { 0.0 }, 1.0);
+        }
+        if x1 <= x0 {
+            x1 = x0 + 1.0;
+        }
+        if self.log_y {
+            let (a, b) = (y0.log10().floor(), y1.log10().ceil().max(y0.log10().floor() + 1.0));
+            ((x0, x1), (10f64.powf(a), 10f64.powf(b)))
+        } else {
+            let pad = ((y1 - y0) * 0.05).max(1e-9);
+            ((x0, x1), (y0 - pad, y1 + pad))
+        }
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<()> {
+        root.fill(&WHITE).map_err(err)?;
+        let ((x0, x1), (y0, y1)) = self.ranges();
+        let mut b = ChartBuilder::on(&root);
+        b.caption(&self.title, ("sans-serif", 20)).margin(12).x_label_area_size(42).y_label_area_size(70);
+        macro_rules! body {
+            ($chart:expr) => {{
+                let mut chart = $chart;
+                let x_fmt = |v: &f64| if (x1 - x0) >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") };
+                let y_fmt = |v: &f64| {
+                    if self.log_y {
+                        let e = v.log10().round();
+                        if (v.log10() - e).abs() < 1e-6 { format!("1e{e}") } else { format!("{v:.0e}") }
+                    } else {
+                        let s = format!("{v:.3}");
+                        s.trim_end_matches('0').trim_end_matches('.').to_string()
+                    }
+                };
+                chart
+                    .configure_mesh()
+                    .x_label_formatter(&x_fmt)
+                    .y_label_formatter(&y_fmt)
+                    .x_desc(&self.x_label)
+                    .y_desc(&self.y_label)
+                    .label_style(("sans-serif", 13))
+                    .light_line_style(RGBColor(235, 235, 235))
+                    .draw()
+                    .map_err(err)?;
+                for (k, (y, label)) in self.hlines.iter().enumerate() {
+                    let style = ShapeStyle::from(&RGBColor(90, 90, 90)).stroke_width(1);
+                    chart
+                        .draw_series(DashedLineSeries::new(vec![(x0, *y), (x1, *y)], 6, 4, style))
+                        .map_err(err)?
+                        .label(label.clone())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                    let _ = k;
+                }
+                for (k, s) in self.series.iter().enumerate() {
+                    let color = PALETTE[k % PALETTE.len()];
+                    let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| self.visible(p.1)).collect();
+                    chart
+                        .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                        .map_err(err)?
+                        .label(s.name.clone())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                    let marks: Vec<(f64, f64)> = s.marks.iter().copied().filter(|p| self.visible(p.1)).collect();
+                    if !marks.is_empty() {
+                        chart
+                            .draw_series(marks.into_iter().map(|p| Circle::new(p, 3, color.mix(0.6).filled())))
+                            .map_err(err)?;
+                    }
+                }
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(RGBColor(200, 200, 200))
+                    .label_font(("sans-serif", 13))
+                    .position(SeriesLabelPosition::UpperRight)
+                    .draw()
+                    .map_err(err)?;
+            }};
+        }
+        if self.log_y {
+            body!(b.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(err)?);
+        } else {
+            body!(b.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?);
+        }
+        root.present().map_err(err)?;
+        Ok(())
+    }
+
+    /// The chart as an SVG document.
+    pub fn svg(&self) -> Result<String> {
+        fonts();
+        let mut s = String::new();
+        self.draw(SVGBackend::with_string(&mut s, SIZE).into_drawing_area())?;
+        Ok(s)
+    }
+
+    /// Writes `STEM.svg` and `STEM.png`, each atomically.
+    pub fn save(&self, stem: &Path) -> Result<()> {
+        fonts();
+        fsio::write_atomic(&stem.with_extension("svg"), self.svg()?.as_bytes())?;
+        let png = stem.with_extension("png");
+        let name = png.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = png.with_file_name(format!(".{name}.tmp.png"));
+        self.draw(BitMapBackend::new(&tmp, SIZE).into_drawing_area())?;
+        std::fs::rename(&tmp, &png).map_err(|e| Error::io(&png, e))
+    }
+}

@@ -1,0 +1,47 @@
+//! Results do not depend on how a batch is split or on the thread count.
+
+use bptt::tasks::{Batch, TaskKind};
+use bptt::{CellKind, Input, Net, Targets};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// The mean loss of a big batch equals the mean of its sub-batches' losses, and threads do
+/// not change the loss or the gradient.
+#[test]
+fn batch_split_and_thread_count_do_not_change_results() {
+    for cell in CellKind::ALL {
+        let (t, b, parts) = (15, 256, 8);
+        let net = Net::new(TaskKind::Copy.net_config(cell, 96, 2)).unwrap();
+        let mut p = net.init_params::<f32>(9);
+        p.iter_mut().for_each(|v| *v *= 3.0); // saturated gates, large logits
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let big = Batch::<f32>::generate(TaskKind::Copy, t, b, &mut rng);
+        let steps = TaskKind::Copy.steps(t);
+        let run = |threads: usize| {
+            let mut ws = net.workspace::<f32>(steps, b, threads).unwrap();
+            let loss = net.forward(&p, &mut ws, Input::Dense(&big.x), Some(big.targets()), None).unwrap();
+            let mut g = vec![0.0f32; p.len()];
+            net.backward(&p, &mut ws, &mut g).unwrap();
+            (loss, g)
+        };
+        let (l1, g1) = run(1);
+        let (l2, g2) = run(2);
+        assert_eq!(l1, l2, "{cell}: loss depends on the thread count");
+        assert_eq!(g1, g2, "{cell}: gradient depends on the thread count");
+        // Sub-batches: pick columns j*bs..(j+1)*bs of every step.
+        let bs = b / parts;
+        let mut ws = net.workspace::<f32>(steps, bs, 1).unwrap();
+        let mut mean = 0.0f64;
+        for k in 0..parts {
+            let cols = |v: &[f32], w: usize| -> Vec<f32> {
+                (0..steps).flat_map(|s| v[(s * b + k * bs) * w..(s * b + (k + 1) * bs) * w].to_vec()).collect()
+            };
+            let x = cols(&big.x, 10);
+            let y: Vec<u32> =
+                (0..steps).flat_map(|s| big.classes[s * b + k * bs..s * b + (k + 1) * bs].to_vec()).collect();
+            let l = net.forward(&p, &mut ws, Input::Dense(&x), Some(Targets::classes(&y)), None).unwrap();
+            mean += l as f64 / parts as f64;
+        }
+        assert!((mean - l1 as f64).abs() < 1e-5 * mean.abs().max(1.0), "{cell}: big batch {l1} vs sub-batches {mean}");
+    }
+}
