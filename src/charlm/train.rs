@@ -152,6 +152,8 @@ pub struct Trainer {
     /// The model being trained.
     pub model: CharModel,
     grads: Vec<f32>,
+    /// The parameters before the last update, to undo one that left a non-finite value.
+    backup: Vec<f32>,
     optimizer: Optimizer<f32>,
     schedule: LrSchedule,
     clip: Clip,
@@ -172,6 +174,7 @@ pub struct Trainer {
     /// Best validation loss so far.
     pub best_val: Option<f64>,
     first_loss: Option<f64>,
+    last_loss: f64,
     bad_steps: u32,
 }
 
@@ -188,6 +191,7 @@ impl Trainer {
             schedule: cfg.schedule()?,
             clip: cfg.clip()?,
             grads: vec![0.0; model.params.len()],
+            backup: vec![0.0; model.params.len()],
             optimizer,
             tbptt,
             split,
@@ -201,6 +205,7 @@ impl Trainer {
             tokens: 0,
             best_val: None,
             first_loss: None,
+            last_loss: 0.0,
             bad_steps: 0,
             cfg,
             model,
@@ -215,6 +220,29 @@ impl Trainer {
     /// True once `cfg.steps` updates are done.
     pub fn done(&self) -> bool {
         self.step >= self.cfg.steps
+    }
+
+    /// Ok while training is healthy; an error once `max_bad_steps` consecutive updates were
+    /// skipped or the loss exceeds `abort_loss_factor` × the first loss. Check it after each
+    /// [`Trainer::train_step`] (the update itself has been logged and nothing bad applied).
+    pub fn health(&self) -> Result<()> {
+        if self.bad_steps >= self.cfg.max_bad_steps {
+            return Err(Error::Data(format!(
+                "{} consecutive updates had a non-finite gradient or update (last at step {}): lower --lr or \
+                 use --clip-norm; the last good checkpoint is kept",
+                self.bad_steps, self.step
+            )));
+        }
+        if let (Some(f), Some(first)) = (self.cfg.abort_loss_factor, self.first_loss)
+            && self.last_loss > f * first
+        {
+            return Err(Error::Data(format!(
+                "training loss {:.4} at step {} exceeds {f} x the first loss {first:.4}: the run is diverging; \
+                 lower --lr",
+                self.last_loss, self.step
+            )));
+        }
+        Ok(())
     }
 
     /// One update: the next k1 steps of every stream, TBPTT, clip, optimizer step.
@@ -235,7 +263,13 @@ impl Trainer {
             &mut self.grads,
         )?;
         let lr = self.schedule.lr(self.step);
-        let report = apply_update(&mut self.model.params, &mut self.grads, &mut self.optimizer, lr, self.clip);
+        self.backup.copy_from_slice(&self.model.params);
+        let mut report = apply_update(&mut self.model.params, &mut self.grads, &mut self.optimizer, lr, self.clip);
+        if !report.skipped && self.model.params.iter().any(|v| !v.is_finite()) {
+            // A finite gradient can still overflow an update (absurd learning rate): undo it.
+            self.model.params.copy_from_slice(&self.backup);
+            report.skipped = true;
+        }
         let carried = self.tbptt.carried_state();
         if carried.h.iter().chain(&carried.c).any(|v| !v.is_finite()) {
             self.tbptt.reset(None);
@@ -246,26 +280,11 @@ impl Trainer {
         let loss = loss as f64;
         if report.skipped || !loss.is_finite() {
             self.bad_steps += 1;
-            if self.bad_steps >= self.cfg.max_bad_steps {
-                return Err(Error::Data(format!(
-                    "{} consecutive updates had a non-finite gradient (last at step {}): lower --lr or \
-                     use --clip-norm; the last good checkpoint is kept",
-                    self.bad_steps, self.step
-                )));
-            }
         } else {
             self.bad_steps = 0;
-            let first = *self.first_loss.get_or_insert(loss);
-            if let Some(f) = self.cfg.abort_loss_factor
-                && loss > f * first
-            {
-                return Err(Error::Data(format!(
-                    "training loss {loss:.4} at step {} exceeds {f} x the first loss {first:.4}: the run is \
-                     diverging; lower --lr",
-                    self.step
-                )));
-            }
+            self.first_loss.get_or_insert(loss);
         }
+        self.last_loss = loss;
         Ok(StepMetrics {
             step: self.step,
             epoch: self.epoch,

@@ -443,6 +443,7 @@ fn char_lm(cx: &Ctx, text: Option<&Path>, steps: u64, q: &str) -> Result<Section
             Series { name: "validation".into(), points: val.clone(), marks: val.clone() },
         ],
         hlines: vec![((65f64).ln(), "uniform guess, ln V".into())],
+        legend_below: false,
     };
     let svg = cx.chart(&chart, "charlm")?;
     let last = val.last().map_or(f64::NAN, |v| v.1);

@@ -50,6 +50,7 @@ pub fn charts(metrics: &str, source: &Path) -> Result<(Chart, Chart)> {
             Series { name: "validation".into(), points: val.clone(), marks: val },
         ],
         hlines: vec![],
+        legend_below: false,
     };
     let n_clip = clipped.len();
     let mut marks = clipped;
@@ -61,6 +62,7 @@ pub fn charts(metrics: &str, source: &Path) -> Result<(Chart, Chart)> {
         log_y: true,
         series: vec![Series { name: "grad norm (dots: clipped/skipped)".into(), points: norm, marks }],
         hlines: vec![],
+        legend_below: false,
     };
     Ok((loss, grad))
 }

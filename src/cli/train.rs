@@ -84,15 +84,17 @@ pub struct Args {
     /// Fraction of the text, at its end, held out for validation.
     #[arg(long, default_value_t = 0.1, allow_negative_numbers = true, conflicts_with = "resume")]
     val_fraction: f64,
-    /// Evaluate, save model.safetensors/best.safetensors and checkpoint every N updates (0 = only at the end).
-    #[arg(long, default_value_t = 200)]
-    eval_every: u64,
-    /// Print a short sample every N updates (0 = never).
-    #[arg(long, default_value_t = 0)]
-    sample_every: u64,
-    /// Also checkpoint every N updates (0 = only at evaluations and the end).
-    #[arg(long, default_value_t = 0)]
-    checkpoint_every_steps: u64,
+    /// Evaluate, save model.safetensors/best.safetensors and checkpoint every N updates (0 = only
+    /// at the end) [default: 200; with --resume, the run's].
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Print a short sample every N updates (0 = never) [default: 0; with --resume, the run's].
+    #[arg(long)]
+    sample_every: Option<u64>,
+    /// Also checkpoint every N updates (0 = only at evaluations and the end) [default: 0; with
+    /// --resume, the run's].
+    #[arg(long)]
+    checkpoint_every_steps: Option<u64>,
     /// Seed of the initialisation and samples.
     #[arg(long, default_value_t = 1337, conflicts_with = "resume")]
     seed: u64,
@@ -120,10 +122,33 @@ pub struct Args {
 #[derive(Serialize, Deserialize)]
 struct RunFile {
     train: TrainConfig,
+    cadence: Cadence,
     text: PathBuf,
     text_fnv1a64: String,
     init: Option<PathBuf>,
 }
+
+/// When the loop evaluates, samples and checkpoints (kept across resumes, so a resumed run
+/// takes the same path as an uninterrupted one).
+#[derive(Clone, Copy, Serialize, Deserialize)]
+struct Cadence {
+    eval_every: u64,
+    sample_every: u64,
+    checkpoint_every_steps: u64,
+}
+
+impl Cadence {
+    /// The flags where given, else `base`.
+    fn from_flags(a: &Args, base: Cadence) -> Cadence {
+        Cadence {
+            eval_every: a.eval_every.unwrap_or(base.eval_every),
+            sample_every: a.sample_every.unwrap_or(base.sample_every),
+            checkpoint_every_steps: a.checkpoint_every_steps.unwrap_or(base.checkpoint_every_steps),
+        }
+    }
+}
+
+const DEFAULT_CADENCE: Cadence = Cadence { eval_every: 200, sample_every: 0, checkpoint_every_steps: 0 };
 
 const CHECKPOINT: &str = "checkpoint.safetensors";
 const METRICS: &str = "metrics.jsonl";
@@ -141,14 +166,14 @@ fn read_text(path: &Path) -> Result<(String, String)> {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let threads = super::threads(a.threads)?;
-    let (mut trainer, dir) = match &a.resume {
+    let (mut trainer, dir, cadence) = match &a.resume {
         Some(dir) => resume(&a, dir, threads)?,
         None => fresh(&a, threads)?,
     };
-    train_loop(&mut trainer, &dir, &a)
+    train_loop(&mut trainer, &dir, cadence)
 }
 
-fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf)> {
+fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence)> {
     let text_path = a.text.clone().context("--text is required")?;
     let (text, hash) = read_text(&text_path)?;
     let (model, ids) = match &a.init {
@@ -204,17 +229,18 @@ fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf)> {
         bail!("{} already holds a run: continue it with --resume {0} or choose another --out", dir.display());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the output folder {}", dir.display()))?;
-    let run = RunFile { train: cfg, text: text_path, text_fnv1a64: hash, init: a.init.clone() };
+    let cadence = Cadence::from_flags(a, DEFAULT_CADENCE);
+    let run = RunFile { train: cfg, cadence, text: text_path, text_fnv1a64: hash, init: a.init.clone() };
     fsio::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&run)?.as_bytes())?;
     fsio::write_atomic(&dir.join(METRICS), b"")?;
-    Ok((trainer, dir))
+    Ok((trainer, dir, cadence))
 }
 
-fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf)> {
+fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cadence)> {
     let cfg_path = dir.join("config.json");
     let run: RunFile = serde_json::from_slice(&fsio::read_bounded(&cfg_path, 1 << 24)?)
         .with_context(|| format!("{}: not a bptt run configuration", cfg_path.display()))?;
-    let text_path = a.text.clone().unwrap_or(run.text);
+    let text_path = a.text.clone().unwrap_or(run.text.clone());
     let (text, hash) = read_text(&text_path)?;
     if hash != run.text_fnv1a64 {
         bail!(
@@ -229,6 +255,15 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf)> {
     let steps = total_steps(&run.train, ids.len(), a.steps, a.epochs)?;
     let trainer =
         Trainer::resume(&bytes, ids, steps, threads).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
+    // Temp files of a write that was interrupted are garbage: the renamed files are intact.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     // Forget metrics logged after the checkpoint: those updates are about to be redone.
     let metrics_path = dir.join(METRICS);
     let old = std::fs::read_to_string(&metrics_path).unwrap_or_default();
@@ -243,7 +278,11 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf)> {
         .map(|l| format!("{l}\n"))
         .collect();
     fsio::write_atomic(&metrics_path, kept.as_bytes())?;
-    Ok((trainer, dir.to_path_buf()))
+    // Flags given now (cadence, total steps) become the run's settings for later resumes too.
+    let cadence = Cadence::from_flags(a, run.cadence);
+    let run = RunFile { train: trainer.cfg.clone(), cadence, text: text_path, ..run };
+    fsio::write_atomic(&cfg_path, serde_json::to_string_pretty(&run)?.as_bytes())?;
+    Ok((trainer, dir.to_path_buf(), cadence))
 }
 
 /// The total updates asked for by --steps or --epochs, if either was given.
@@ -270,7 +309,7 @@ fn sample_text(model: &CharModel, seed: u64, len: usize) -> Result<String> {
     (0..len).map(|_| Ok(model.vocab.char(s.next(0.8, None)?))).collect()
 }
 
-fn train_loop(t: &mut Trainer, dir: &Path, a: &Args) -> Result<ExitCode> {
+fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -302,14 +341,7 @@ fn train_loop(t: &mut Trainer, dir: &Path, a: &Args) -> Result<ExitCode> {
     let (k1, b) = (t.cfg.k1, t.cfg.batch);
     while !t.done() {
         let t0 = Instant::now();
-        let step = t.train_step();
-        let m = match step {
-            Ok(m) => m,
-            Err(e) => {
-                pb.abandon();
-                bail!("{e} (last checkpoint: {})", dir.join(CHECKPOINT).display());
-            }
-        };
+        let m = t.train_step()?;
         let dt = t0.elapsed().as_secs_f64();
         let last = t.done();
         let eval_now = last || (a.eval_every > 0 && m.step % a.eval_every == 0);
@@ -323,9 +355,14 @@ fn train_loop(t: &mut Trainer, dir: &Path, a: &Args) -> Result<ExitCode> {
         }
         line["tokens_per_s"] = ((k1 * b) as f64 / dt).into();
         line["elapsed_s"] = start.elapsed().as_secs_f64().into();
-        writeln!(metrics, "{line}")?;
+        // One write call per line, so a kill leaves whole lines only.
+        metrics.write_all(format!("{line}\n").as_bytes())?;
         if m.skipped {
-            pb.println(format!("warning: step {}: non-finite gradient, update skipped", m.step));
+            pb.println(format!("warning: step {}: non-finite gradient or update, skipped", m.step));
+        }
+        if let Err(e) = t.health() {
+            pb.abandon();
+            bail!("{e} (last checkpoint: {})", dir.join(CHECKPOINT).display());
         }
         if eval_now || (a.checkpoint_every_steps > 0 && m.step % a.checkpoint_every_steps == 0) {
             metrics.flush()?;

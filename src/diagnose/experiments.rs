@@ -32,6 +32,7 @@ pub fn flow_chart(flows: &[CellFlow], title: &str) -> Chart {
         log_y: true,
         series,
         hlines: vec![],
+        legend_below: true,
     }
 }
 
@@ -109,6 +110,7 @@ pub fn explode_charts(runs: &[TaskReport; 2], clip: f64) -> (Chart, Chart) {
             log_y: true,
             series: loss,
             hlines: vec![(baseline, "baseline (always answer 1)".into())],
+            legend_below: false,
         },
         Chart {
             title: "Gradient norm before clipping".into(),
@@ -117,6 +119,7 @@ pub fn explode_charts(runs: &[TaskReport; 2], clip: f64) -> (Chart, Chart) {
             log_y: true,
             series: norm,
             hlines: vec![(clip, format!("clip threshold {clip}"))],
+            legend_below: false,
         },
     )
 }
@@ -188,6 +191,7 @@ pub fn truncation_chart(points: &[TruncationPoint], what: &str) -> Chart {
             Series { name: "relative norm ‖g_k‖/‖g‖".into(), points: xs(&|p| p.relative_norm), marks: vec![] },
         ],
         hlines: vec![(1.0, "full BPTT".into())],
+        legend_below: true,
     }
 }
 
@@ -225,5 +229,6 @@ pub fn task_chart(runs: &[TaskReport], title: &str) -> Chart {
         log_y: true,
         series,
         hlines: runs.first().map(|r| vec![(r.baseline, "baseline".into())]).unwrap_or_default(),
+        legend_below: false,
     }
 }

@@ -46,6 +46,8 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// Horizontal reference lines (value, label), drawn dashed.
     pub hlines: Vec<(f64, String)>,
+    /// Put the legend at the lower right instead of the upper right.
+    pub legend_below: bool,
 }
 
 fn fonts() {
@@ -112,6 +114,7 @@ impl Chart {
                 };
                 chart
                     .configure_mesh()
+                    .y_labels(12)
                     .x_label_formatter(&x_fmt)
                     .y_label_formatter(&y_fmt)
                     .x_desc(&self.x_label)
@@ -149,7 +152,11 @@ impl Chart {
                     .background_style(WHITE.mix(0.85))
                     .border_style(RGBColor(200, 200, 200))
                     .label_font(("sans-serif", 13))
-                    .position(SeriesLabelPosition::UpperRight)
+                    .position(if self.legend_below {
+                        SeriesLabelPosition::LowerRight
+                    } else {
+                        SeriesLabelPosition::UpperRight
+                    })
                     .draw()
                     .map_err(err)?;
             }};

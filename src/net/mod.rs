@@ -348,9 +348,10 @@ impl Net {
         let cfg = &self.config;
         check_len("parameter slab", self.len, params.len())?;
         let b = ws.batch;
-        let per_step = match (cfg.input, input) {
-            (InputKind::Dense { size }, Input::Dense(_)) => b * size,
-            (InputKind::Tokens { .. }, Input::Tokens(_)) => b,
+        // (V, E) of the embedding for token input.
+        let (per_step, embedding) = match (cfg.input, input) {
+            (InputKind::Dense { size }, Input::Dense(_)) => (b * size, None),
+            (InputKind::Tokens { vocab, embedding_dim }, Input::Tokens(_)) => (b, Some((vocab, embedding_dim))),
             _ => return Err(Error::Config("input kind does not match the network's (dense vs tokens)".into())),
         };
         let steps = input.len() / per_step;
@@ -371,7 +372,7 @@ impl Net {
         match input {
             Input::Dense(x) => ws.input[..x.len()].copy_from_slice(x),
             Input::Tokens(ids) => {
-                let InputKind::Tokens { vocab, .. } = cfg.input else { unreachable!() };
+                let vocab = embedding.map_or(0, |(v, _)| v);
                 if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
                     return Err(Error::Data(format!("token id {bad} is outside the vocabulary of {vocab}")));
                 }
@@ -397,9 +398,8 @@ impl Net {
             }
             let x = if k > 0 {
                 layer::LayerInput::Rows(&below[k - 1].hs[bh..(steps + 1) * bh])
-            } else if let Some(enc) = self.encoder {
+            } else if let (Some(enc), Some((vocab, embedding_dim))) = (self.encoder, embedding) {
                 // Fold the embedding into the input projection: table = E · W_ihᵀ, (V, G·H).
-                let InputKind::Tokens { vocab, embedding_dim } = cfg.input else { unreachable!() };
                 let gh = cfg.cell.gates() * cfg.hidden;
                 kernels::gemm(
                     MatMut::rows(&mut ws.table, vocab, gh),

@@ -9,6 +9,7 @@ mod diagnose;
 mod gradcheck;
 mod learning;
 mod optim;
+mod reliability;
 mod shakespeare;
 mod tbptt;
 mod torch;
