@@ -47,18 +47,22 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
 /// Reads a UTF-8 text file; an error names the problem (missing, empty, not UTF-8, binary).
 pub fn read_text(path: &Path) -> Result<String> {
     let bytes = read_bounded(path, 1 << 32)?;
-    let fmt = |msg: String| Error::Format { path: path.display().to_string(), msg };
+    decode_text(bytes).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+}
+
+/// Checks and decodes the bytes of a text file: non-empty, UTF-8, no NUL (binary) bytes.
+pub fn decode_text(bytes: Vec<u8>) -> std::result::Result<String, String> {
     if bytes.is_empty() {
-        return Err(fmt("the text file is empty: give a file with some text".into()));
+        return Err("the text file is empty: give a file with some text".into());
     }
     let text = String::from_utf8(bytes).map_err(|e| {
-        fmt(format!(
+        format!(
             "not valid UTF-8 (first bad byte at offset {}): convert it to UTF-8 first",
             e.utf8_error().valid_up_to()
-        ))
+        )
     })?;
     if let Some(pos) = text.find('\0') {
-        return Err(fmt(format!("contains a NUL byte at offset {pos}: this looks like a binary file, not text")));
+        return Err(format!("contains a NUL byte at offset {pos}: this looks like a binary file, not text"));
     }
     Ok(text)
 }

@@ -211,6 +211,11 @@ impl CharModel {
         }
         let tokens = s * b;
         let loss = total / tokens as f64;
+        if !loss.is_finite() {
+            return Err(Error::Data(format!(
+                "the model's loss on this text is {loss}: its weights overflow f32 arithmetic (a corrupt or diverged model)"
+            )));
+        }
         Ok(Eval { loss, bits_per_char: loss / std::f64::consts::LN_2, perplexity: loss.exp(), tokens })
     }
 }

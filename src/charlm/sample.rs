@@ -62,6 +62,12 @@ impl<'m> Sampler<'m> {
             return Err(Error::Config(format!("--temperature must be >= 0, got {temperature}")));
         }
         let z = &self.logits;
+        if z.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Data(
+                "the model's outputs are not finite: its weights overflow f32 arithmetic (a corrupt or diverged model)"
+                    .into(),
+            ));
+        }
         let argmax = (0..z.len()).fold(0, |best, k| if z[k] > z[best] { k } else { best }) as u32;
         let id = if temperature == 0.0 {
             argmax

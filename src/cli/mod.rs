@@ -1,6 +1,7 @@
 //! Flag parsing (clap) and dispatch: one file per subcommand, each turning flags into library
 //! calls and printing the results. The only place besides explicit load/save that does IO.
 
+mod bench;
 mod demo;
 mod diagnose;
 mod eval;
@@ -39,6 +40,8 @@ enum Command {
     Graph(graph::Args),
     /// Plot loss and gradient norm of a training run from its metrics.jsonl.
     Plot(plot::Args),
+    /// Time full training steps (forward, backward, clip, Adam): tokens/s, GFLOP/s, memory.
+    Bench(bench::Args),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -67,6 +70,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Diagnose(a) => diagnose::run(a),
         Command::Graph(a) => graph::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

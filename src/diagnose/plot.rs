@@ -86,8 +86,10 @@ impl Chart {
             x1 = x0 + 1.0;
         }
         if self.log_y {
+            // Log charts are drawn as log10(y) on a linear axis labelled 1eN: plotters' own log
+            // axis drops its labels over very wide ranges (vanishing gradients span 40 decades).
             let (a, b) = (y0.log10().floor(), y1.log10().ceil().max(y0.log10().floor() + 1.0));
-            ((x0, x1), (10f64.powf(a), 10f64.powf(b)))
+            ((x0, x1), (a, b))
         } else {
             let pad = ((y1 - y0) * 0.05).max(1e-9);
             ((x0, x1), (y0 - pad, y1 + pad))
@@ -99,14 +101,14 @@ impl Chart {
         let ((x0, x1), (y0, y1)) = self.ranges();
         let mut b = ChartBuilder::on(&root);
         b.caption(&self.title, ("sans-serif", 20)).margin(12).x_label_area_size(42).y_label_area_size(70);
-        macro_rules! body {
-            ($chart:expr) => {{
-                let mut chart = $chart;
+        let ty = |y: f64| if self.log_y { y.log10() } else { y };
+        {
+            {
+                let mut chart = b.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?;
                 let x_fmt = |v: &f64| if (x1 - x0) >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") };
                 let y_fmt = |v: &f64| {
                     if self.log_y {
-                        let e = v.log10().round();
-                        if (v.log10() - e).abs() < 1e-6 { format!("1e{e}") } else { format!("{v:.0e}") }
+                        if (v - v.round()).abs() < 1e-9 { format!("1e{}", v.round()) } else { String::new() }
                     } else {
                         let s = format!("{v:.3}");
                         s.trim_end_matches('0').trim_end_matches('.').to_string()
@@ -124,9 +126,10 @@ impl Chart {
                     .draw()
                     .map_err(err)?;
                 for (k, (y, label)) in self.hlines.iter().enumerate() {
+                    let y = ty(*y);
                     let style = ShapeStyle::from(&RGBColor(90, 90, 90)).stroke_width(1);
                     chart
-                        .draw_series(DashedLineSeries::new(vec![(x0, *y), (x1, *y)], 6, 4, style))
+                        .draw_series(DashedLineSeries::new(vec![(x0, y), (x1, y)], 6, 4, style))
                         .map_err(err)?
                         .label(label.clone())
                         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
@@ -134,13 +137,15 @@ impl Chart {
                 }
                 for (k, s) in self.series.iter().enumerate() {
                     let color = PALETTE[k % PALETTE.len()];
-                    let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| self.visible(p.1)).collect();
+                    let pts: Vec<(f64, f64)> =
+                        s.points.iter().copied().filter(|p| self.visible(p.1)).map(|(x, y)| (x, ty(y))).collect();
                     chart
                         .draw_series(LineSeries::new(pts, color.stroke_width(2)))
                         .map_err(err)?
                         .label(s.name.clone())
                         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-                    let marks: Vec<(f64, f64)> = s.marks.iter().copied().filter(|p| self.visible(p.1)).collect();
+                    let marks: Vec<(f64, f64)> =
+                        s.marks.iter().copied().filter(|p| self.visible(p.1)).map(|(x, y)| (x, ty(y))).collect();
                     if !marks.is_empty() {
                         chart
                             .draw_series(marks.into_iter().map(|p| Circle::new(p, 3, color.mix(0.6).filled())))
@@ -159,12 +164,7 @@ impl Chart {
                     })
                     .draw()
                     .map_err(err)?;
-            }};
-        }
-        if self.log_y {
-            body!(b.build_cartesian_2d(x0..x1, (y0..y1).log_scale()).map_err(err)?);
-        } else {
-            body!(b.build_cartesian_2d(x0..x1, y0..y1).map_err(err)?);
+            }
         }
         root.present().map_err(err)?;
         Ok(())

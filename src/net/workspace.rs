@@ -109,6 +109,27 @@ impl<F: Float> Workspace<F> {
         }
     }
 
+    /// Bytes held by the workspace's buffers (activations, caches, gradients of activations).
+    pub fn bytes(&self) -> usize {
+        let f = std::mem::size_of::<F>();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| l.gates.len() + l.hs.len() + l.cs.len() + l.aux.len() + l.dgates_h.len() + l.dh.len())
+            .sum();
+        let rest = self.input.len()
+            + self.table.len()
+            + self.dtable.len()
+            + self.hproj.len()
+            + self.logits.len()
+            + self.dlogits.len()
+            + self.dinput.len()
+            + self.dh0.len()
+            + self.dc0.len()
+            + self.dh_norms.len();
+        (layers + rest) * f + self.tokens.len() * 4
+    }
+
     /// The longest sequence this workspace holds.
     pub fn max_steps(&self) -> usize {
         self.max_steps

@@ -165,3 +165,18 @@ fn bad_model_files_and_vocabulary() {
     let out = path("init-run");
     fails(&["train", "--text", t, "--init", &m, "--out", &out], "vocabulary");
 }
+
+/// Found by `cargo fuzz run model_file`: a well-formed file whose finite weights are so large
+/// that the forward pass overflows. It must give a clean error, not NaN output or a panic.
+#[test]
+fn fuzz_regression_huge_finite_weights() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz-huge-weights.safetensors");
+    let m = bptt::charlm::CharModel::load(&p).unwrap();
+    let err = m.evaluate(&[0, 3, 0], 1, 2, 1).unwrap_err().to_string();
+    assert!(err.contains("overflow"), "{err}");
+    let mut s = bptt::charlm::Sampler::new(&m, 1, 1).unwrap();
+    s.feed(&[0, 3]).unwrap();
+    assert!(s.next(1.0, None).is_err());
+    let o = bptt(&["sample", "--model", p.to_str().unwrap(), "--length", "5", "--prime", "c"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("overflow"));
+}

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""PyTorch reference for `bptt bench` (optional; never needed by the tests or CI).
+
+The same model and step as `bptt bench`: nn.Embedding(V, E) -> nn.LSTM/GRU/RNN(E, H, L) ->
+nn.Linear(H, V), cross-entropy over B*T, backward, clip_grad_norm_(5), Adam(lr 2e-3), the hidden
+state carried (detached) between steps; random tokens; 3 warm-up steps, then timed steps.
+Prints the same JSON line as `bptt bench --json`, so both can be run side by side:
+
+    python3 bench/torch_reference.py --suite --threads 2
+    cargo run --release -- bench --suite --json --threads 2
+"""
+import argparse
+import json
+import resource
+import time
+
+import torch
+import torch.nn as nn
+
+SUITE = [("lstm", 64, 1, 16, 50), ("lstm", 128, 1, 32, 64), ("lstm", 256, 1, 32, 100), ("gru", 256, 1, 32, 100),
+         ("rnn_tanh", 256, 1, 32, 100), ("lstm", 256, 1, 1, 100), ("lstm", 512, 2, 64, 100)]
+
+
+def flops_per_token(cell, h, layers, e, v):
+    g = {"lstm": 4, "gru": 3}.get(cell, 1)
+    fwd = sum(2 * g * h * ((e if k == 0 else h) + h) for k in range(layers)) + 2 * v * h
+    return 3 * fwd
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def bench(cell, h, layers, b, t, e, v, steps, threads):
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
+    rnn = kind(e, h, layers) if kind else nn.RNN(e, h, layers, nonlinearity=cell[4:])
+    model = nn.ModuleDict({"encoder": nn.Embedding(v, e), "rnn": rnn, "decoder": nn.Linear(h, v)})
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    state = None
+
+    def step():
+        nonlocal state
+        x = torch.randint(0, v, (t, b))
+        y = torch.randint(0, v, (t * b,))
+        out, state = model["rnn"](model["encoder"](x), state)
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        loss = nn.functional.cross_entropy(model["decoder"](out).view(-1, v), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    dt = (time.perf_counter() - t0) / steps
+    tps = b * t / dt
+    return {
+        "system": f"pytorch {torch.__version__}", "cell": cell, "hidden": h, "layers": layers, "embedding_dim": e,
+        "vocab": v, "batch": b, "seq_len": t, "threads": threads, "steps": steps, "tokens_per_s": round(tps),
+        "ms_per_step": round(dt * 1e3, 3), "gflops": round(flops_per_token(cell, h, layers, e, v) * tps / 1e9, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "cpu": cpu_model(),
+    }
+
+
+p = argparse.ArgumentParser()
+p.add_argument("--cell", default="lstm")
+p.add_argument("--hidden", type=int, default=256)
+p.add_argument("--layers", type=int, default=1)
+p.add_argument("--embedding-dim", type=int, default=64)
+p.add_argument("--vocab", type=int, default=65)
+p.add_argument("--batch", type=int, default=32)
+p.add_argument("--seq-len", type=int, default=100)
+p.add_argument("--steps", type=int, default=20)
+p.add_argument("--threads", type=int, default=2)
+p.add_argument("--suite", action="store_true")
+a = p.parse_args()
+configs = SUITE if a.suite else [(a.cell, a.hidden, a.layers, a.batch, a.seq_len)]
+for cell, h, layers, b, t in configs:
+    steps = 10 if (a.suite and b == 1) else a.steps
+    print(json.dumps(bench(cell, h, layers, b, t, a.embedding_dim, a.vocab, steps, a.threads)), flush=True)

@@ -1,0 +1,177 @@
+//! `bptt bench`: full training steps of the char-LM (forward, backward, clip, Adam) on random
+//! tokens, timed after a warm-up; tokens/s, ms/step, GFLOP/s and memory. `--suite` runs the
+//! BENCHMARKS.md table, each config in a fresh process so peak RSS is its own.
+
+use anyhow::{Context, Result};
+use bptt::charlm::ModelSpec;
+use bptt::{CellKind, Clip, Input, Net, Optimizer, OptimizerConfig, State, Targets, apply_update};
+use rand::{RngExt, SeedableRng};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// lstm, gru, rnn_tanh, rnn_relu.
+    #[arg(long, default_value = "lstm")]
+    cell: String,
+    /// Hidden width H.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// Stacked layers L.
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    /// Embedding width E.
+    #[arg(long, default_value_t = 64)]
+    embedding_dim: usize,
+    /// Vocabulary V.
+    #[arg(long, default_value_t = 65)]
+    vocab: usize,
+    /// Streams B.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Steps per update T.
+    #[arg(long, default_value_t = 100)]
+    seq_len: usize,
+    /// Timed updates (after 3 warm-up updates).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON line per config.
+    #[arg(long)]
+    json: bool,
+    /// Run the BENCHMARKS.md table (each config in its own process).
+    #[arg(long)]
+    suite: bool,
+}
+
+/// The BENCHMARKS.md table: (cell, H, L, B, T).
+const SUITE: &[(&str, usize, usize, usize, usize)] = &[
+    ("lstm", 64, 1, 16, 50),
+    ("lstm", 128, 1, 32, 64),
+    ("lstm", 256, 1, 32, 100),
+    ("gru", 256, 1, 32, 100),
+    ("rnn_tanh", 256, 1, 32, 100),
+    ("lstm", 256, 1, 1, 100),
+    ("lstm", 512, 2, 64, 100),
+];
+
+/// Model FLOPs per token of one training step: forward GEMMs 2·G·H·(I_k + H) per layer (with
+/// I_0 = E, as an unfolded embedding computes it) plus the readout 2·V·H; backward twice that.
+pub fn flops_per_token(spec: &ModelSpec, vocab: usize) -> f64 {
+    let (g, h, e) = (spec.cell.gates() as f64, spec.hidden as f64, spec.embedding_dim as f64);
+    let layers: f64 = (0..spec.layers).map(|k| 2.0 * g * h * (if k == 0 { e } else { h } + h)).sum();
+    3.0 * (layers + 2.0 * vocab as f64 * h)
+}
+
+/// Peak resident memory of this process, from /proc (0 where unavailable).
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name"))?.split(':').nth(1).map(|m| m.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let threads = super::threads(a.threads)?;
+    if a.suite {
+        let exe = std::env::current_exe().context("cannot find the bptt executable")?;
+        for &(cell, h, l, b, t) in SUITE {
+            let steps = if b == 1 { 10 } else { a.steps };
+            let (h, l, b, t) = (h.to_string(), l.to_string(), b.to_string(), t.to_string());
+            let th = threads.to_string();
+            let mut args =
+                vec!["bench", "--cell", cell, "--hidden", &h, "--layers", &l, "--batch", &b, "--seq-len", &t];
+            let steps = steps.to_string();
+            args.extend(["--steps", &steps, "--threads", &th]);
+            if a.json {
+                args.push("--json");
+            }
+            let status = Command::new(&exe).args(&args).status()?;
+            anyhow::ensure!(status.success(), "bench config {args:?} failed");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let cell: CellKind = a.cell.parse()?;
+    let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden: a.hidden, layers: a.layers };
+    spec.validate(a.vocab)?;
+    anyhow::ensure!(a.batch > 0 && a.seq_len > 0 && a.steps > 0, "--batch, --seq-len and --steps must be at least 1");
+    let net = Net::new(spec.net_config(a.vocab))?;
+    let mut params = net.init_params::<f32>(1);
+    let mut grads = vec![0.0f32; params.len()];
+    let mut ws = net.workspace::<f32>(a.seq_len, a.batch, threads)?;
+    let mut opt = Optimizer::new(OptimizerConfig::adam(), params.len())?;
+    let clip = Clip { max_norm: Some(5.0), max_value: None };
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let n = a.seq_len * a.batch;
+    let (mut x, mut y) = (vec![0u32; n], vec![0u32; n]);
+    let mut state = State::zeros(net.config(), a.batch);
+    let mut step = |timed: bool| -> Result<f64> {
+        for v in x.iter_mut().chain(y.iter_mut()) {
+            *v = rng.random_range(0..a.vocab as u32);
+        }
+        let t0 = Instant::now();
+        net.forward(&params, &mut ws, Input::Tokens(&x), Some(Targets::classes(&y)), Some(&state))?;
+        grads.fill(0.0);
+        net.backward(&params, &mut ws, &mut grads)?;
+        apply_update(&mut params, &mut grads, &mut opt, 2e-3, clip);
+        ws.state_at(a.seq_len, &mut state);
+        let dt = t0.elapsed().as_secs_f64();
+        Ok(if timed { dt } else { 0.0 })
+    };
+    for _ in 0..3 {
+        step(false)?;
+    }
+    let mut total = 0.0;
+    for _ in 0..a.steps {
+        total += step(true)?;
+    }
+    let ms = 1e3 * total / a.steps as f64;
+    let tokens_per_s = n as f64 / (total / a.steps as f64);
+    let gflops = flops_per_token(&spec, a.vocab) * tokens_per_s / 1e9;
+    let line = serde_json::json!({
+        "system": "bptt",
+        "cell": cell.name(),
+        "hidden": a.hidden,
+        "layers": a.layers,
+        "embedding_dim": a.embedding_dim,
+        "vocab": a.vocab,
+        "batch": a.batch,
+        "seq_len": a.seq_len,
+        "threads": threads,
+        "steps": a.steps,
+        "tokens_per_s": tokens_per_s.round(),
+        "ms_per_step": (ms * 1000.0).round() / 1000.0,
+        "gflops": (gflops * 10.0).round() / 10.0,
+        "peak_rss_mb": (peak_rss_mb() * 10.0).round() / 10.0,
+        "activation_mb": (ws.bytes() as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "cpu": cpu_model(),
+    });
+    if a.json {
+        println!("{line}");
+    } else {
+        println!(
+            "{} H={} L={} B={} T={} threads={}: {:.0} tokens/s, {:.2} ms/step, {:.1} GFLOP/s, peak RSS {:.1} MB, activations {:.1} MB",
+            cell.name(),
+            a.hidden,
+            a.layers,
+            a.batch,
+            a.seq_len,
+            threads,
+            tokens_per_s,
+            ms,
+            gflops,
+            line["peak_rss_mb"].as_f64().unwrap_or(0.0),
+            line["activation_mb"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
