@@ -46,6 +46,12 @@ pub struct Args {
     /// Threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// Measure a saved char model instead (with --text): windows of --length characters.
+    #[arg(long, requires = "text", conflicts_with_all = ["train_steps", "w_hh_scale", "forget_bias"])]
+    model: Option<PathBuf>,
+    /// The text for --model.
+    #[arg(long, requires = "model")]
+    text: Option<PathBuf>,
     /// Output folder [default: runs/diagnose-<UTC timestamp>].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -76,10 +82,27 @@ pub fn run(a: Args) -> Result<ExitCode> {
         forget_bias: a.forget_bias,
         jacobian_samples: 8,
     };
-    let flows = gradient_flow(&cfg, |c| eprintln!("measuring {c} ..."))?;
-    let when =
-        if a.train_steps == 0 { "at initialisation".to_string() } else { format!("after {} updates", a.train_steps) };
-    let title = format!("Gradient flow through time, T = {}, H = {}, {when}", a.length, a.hidden);
+    let (flows, when, hidden) = match (&a.model, &a.text) {
+        (Some(m), Some(t)) => {
+            let model = bptt::charlm::CharModel::load(m)?;
+            let text = fsio::read_text(t)?;
+            let ids = model.vocab.encode(&text).map_err(|e| anyhow::anyhow!("{}: {e}", t.display()))?;
+            let cfg = FlowConfig { hidden: model.spec.hidden, layers: model.spec.layers, ..cfg };
+            let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let flow = bptt::diagnose::flow::measure_text(&model, &ids, &cfg)?;
+            (vec![flow], format!("{name} on its text"), model.spec.hidden)
+        }
+        _ => {
+            let flows = gradient_flow(&cfg, |c| eprintln!("measuring {c} ..."))?;
+            let when = if a.train_steps == 0 {
+                "at initialisation".to_string()
+            } else {
+                format!("after {} updates", a.train_steps)
+            };
+            (flows, when, a.hidden)
+        }
+    };
+    let title = format!("Gradient flow through time, T = {}, H = {hidden}, {when}", a.length);
     ex::flow_chart(&flows, &title).save(&dir.join("gradient_flow"))?;
     write(&dir.join("gradient_flow.csv"), &ex::flow_csv(&flows))?;
     write(&dir.join("gradient_flow.json"), &serde_json::to_string_pretty(&flows)?)?;

@@ -108,12 +108,46 @@ pub fn gradient_flow(cfg: &FlowConfig, mut progress: impl FnMut(&str)) -> Result
 
 /// The measurements of one network (f64) on a fresh adding batch.
 pub fn measure(net: &Net, params: &[f64], cell: CellKind, cfg: &FlowConfig, trained_steps: usize) -> Result<CellFlow> {
-    let (t, b, h, l) = (cfg.length, cfg.batch, cfg.hidden, cfg.layers);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xf10e);
-    let batch = Batch::<f64>::generate(TaskKind::Adding, t, b, &mut rng);
+    let batch = Batch::<f64>::generate(TaskKind::Adding, cfg.length, cfg.batch, &mut rng);
+    measure_on(net, params, cell, cfg, trained_steps, Input::Dense(&batch.x), batch.targets())
+}
+
+/// The measurements of a char model (f64) on `cfg.batch` windows of `cfg.length` characters
+/// spread evenly over `ids`, the loss on the last character of each window only.
+pub fn measure_text(model: &crate::charlm::CharModel, ids: &[u32], cfg: &FlowConfig) -> Result<CellFlow> {
+    let (t, b) = (cfg.length, cfg.batch);
+    if ids.len() < t + 2 {
+        return Err(crate::Error::Data(format!("the text needs more than {} characters for windows of {t}", t + 1)));
+    }
+    let (mut x, mut y, mut mask) = (vec![0u32; t * b], vec![0u32; t * b], vec![0.0f64; t * b]);
+    for j in 0..b {
+        let start = j * (ids.len() - t - 1) / b.max(1);
+        for s in 0..t {
+            x[s * b + j] = ids[start + s];
+            y[s * b + j] = ids[start + s + 1];
+        }
+        mask[(t - 1) * b + j] = 1.0;
+    }
+    let params: Vec<f64> = model.params.iter().map(|&v| v as f64).collect();
+    let targets = crate::net::Targets::classes(&y).with_mask(&mask);
+    measure_on(&model.net, &params, model.spec.cell, cfg, 0, Input::Tokens(&x), targets)
+}
+
+/// The measurements of `net` on one batch (T = `cfg.length`, B = `cfg.batch`).
+fn measure_on(
+    net: &Net,
+    params: &[f64],
+    cell: CellKind,
+    cfg: &FlowConfig,
+    trained_steps: usize,
+    input: Input<'_, f64>,
+    targets: crate::net::Targets<'_, f64>,
+) -> Result<CellFlow> {
+    let (t, b, h, l) = (cfg.length, cfg.batch, cfg.hidden, cfg.layers);
     let mut ws = net.workspace::<f64>(t, b, cfg.threads)?;
     ws.set_record_dh_norms(true);
-    let loss = net.forward(params, &mut ws, Input::Dense(&batch.x), Some(batch.targets()), None)?;
+    let loss = net.forward(params, &mut ws, input, Some(targets), None)?;
     let mut grads = vec![0.0; net.num_params()];
     net.backward(params, &mut ws, &mut grads)?;
     let dh_norms: Vec<Vec<f64>> = (0..l).map(|k| ws.dh_norms(k).to_vec()).collect();
@@ -139,7 +173,7 @@ pub fn measure(net: &Net, params: &[f64], cell: CellKind, cfg: &FlowConfig, trai
     let steps: Vec<usize> = (0..samples).map(|k| 1 + k * (t - 1) / samples.max(1)).collect();
     let mut one = net.workspace::<f64>(1, 1, 1)?;
     let mut states = State { h: Vec::new(), c: Vec::new() };
-    let (i_w, bh) = (batch.x.len() / (t * b), b * h);
+    let bh = b * h;
     let mut jacobian = Vec::with_capacity(l);
     for layer in 0..l {
         let mut sigma = Vec::with_capacity(samples);
@@ -152,14 +186,21 @@ pub fn measure(net: &Net, params: &[f64], cell: CellKind, cfg: &FlowConfig, trai
                     start.c[k * h..(k + 1) * h].copy_from_slice(&states.c[k * bh..k * bh + h]);
                 }
             }
-            let x = &batch.x[s * b * i_w..s * b * i_w + i_w];
+            // The input of step s for the first sequence of the batch.
+            let x = match input {
+                Input::Dense(x) => {
+                    let w = x.len() / (t * b);
+                    Input::Dense(&x[s * b * w..s * b * w + w])
+                }
+                Input::Tokens(ids) => Input::Tokens(&ids[s * b..s * b + 1]),
+            };
             let mut jac = vec![0.0; h * h];
             let eps = 1e-6;
             for col in 0..h {
                 let mut probe = |d: f64| -> Result<Vec<f64>> {
                     let mut st = start.clone();
                     st.h[layer * h + col] += d;
-                    net.forward(params, &mut one, Input::Dense(x), None, Some(&st))?;
+                    net.forward(params, &mut one, x, None, Some(&st))?;
                     Ok(one.hidden_states(layer).to_vec())
                 };
                 let (plus, minus) = (probe(eps)?, probe(-eps)?);
