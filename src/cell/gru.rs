@@ -25,7 +25,6 @@ use multiversion::multiversion;
 /// - `h_prev` (B, H): h_{t−1}. `hn` (B, H): out, h_n (cached). `h` (B, H): out, h_t.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub fn forward_step<F: Float>(hidden: usize, gates: &mut [F], hproj: &[F], h_prev: &[F], hn: &mut [F], h: &mut [F]) {
-    let one = F::one();
     let rows = gates.chunks_exact_mut(3 * hidden).zip(hproj.chunks_exact(3 * hidden));
     let rows = rows.zip(h_prev.chunks_exact(hidden)).zip(hn.chunks_exact_mut(hidden));
     for ((((gate, hp), h_prev), hn), h) in rows.zip(h.chunks_exact_mut(hidden)) {
@@ -33,17 +32,37 @@ pub fn forward_step<F: Float>(hidden: usize, gates: &mut [F], hproj: &[F], h_pre
         let (gz, gn) = rest.split_at_mut(hidden);
         let (hr, rest) = hp.split_at(hidden);
         let (hz, hpn) = rest.split_at(hidden);
-        let (gn, hz, hpn, h_prev, hn, h) =
-            (&mut gn[..hidden], &hz[..hidden], &hpn[..hidden], &h_prev[..hidden], &mut hn[..hidden], &mut h[..hidden]);
-        for j in 0..hidden {
-            let r = (gr[j] + hr[j]).sigmoid();
-            let z = (gz[j] + hz[j]).sigmoid();
-            let hnj = hpn[j];
-            let n = (gn[j] + r * hnj).tanh_act();
-            (gr[j], gz[j], gn[j]) = (r, z, n);
-            hn[j] = hnj;
-            h[j] = (one - z) * n + z * h_prev[j];
-        }
+        forward_row(gr, gz, gn, hr, hz, hpn, h_prev, hn, h);
+    }
+}
+
+/// One row of [`forward_step`]. Separate slices as parameters tell the compiler they do not
+/// alias, which is what lets it vectorise the loop.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_row<F: Float>(
+    gr: &mut [F],
+    gz: &mut [F],
+    gn: &mut [F],
+    hr: &[F],
+    hz: &[F],
+    hpn: &[F],
+    h_prev: &[F],
+    hn: &mut [F],
+    h: &mut [F],
+) {
+    let one = F::one();
+    let k = gr.len();
+    let (gz, gn, hr, hz, hpn, h_prev, hn, h) =
+        (&mut gz[..k], &mut gn[..k], &hr[..k], &hz[..k], &hpn[..k], &h_prev[..k], &mut hn[..k], &mut h[..k]);
+    for j in 0..k {
+        let r = (gr[j] + hr[j]).sigmoid();
+        let z = (gz[j] + hz[j]).sigmoid();
+        let hnj = hpn[j];
+        let n = (gn[j] + r * hnj).tanh_act();
+        (gr[j], gz[j], gn[j]) = (r, z, n);
+        hn[j] = hnj;
+        h[j] = (one - z) * n + z * h_prev[j];
     }
 }
 
@@ -64,7 +83,6 @@ pub fn backward_step<F: Float>(
     h_prev: &[F],
     dh_prev: &mut [F],
 ) {
-    let one = F::one();
     let rows = gates.chunks_exact_mut(3 * hidden).zip(dgates_h.chunks_exact_mut(3 * hidden));
     let rows = rows.zip(dh.chunks_exact(hidden)).zip(hn.chunks_exact(hidden));
     let rows = rows.zip(h_prev.chunks_exact(hidden)).zip(dh_prev.chunks_exact_mut(hidden));
@@ -72,28 +90,50 @@ pub fn backward_step<F: Float>(
         let (gr, rest) = gate.split_at_mut(hidden);
         let (gz, gn) = rest.split_at_mut(hidden);
         let (dr, rest) = dgh.split_at_mut(hidden);
-        let (dgz, dhn) = rest.split_at_mut(hidden);
-        let (gn, dgz, dhn, dh, hn, h_prev, dh_prev) = (
-            &mut gn[..hidden],
-            &mut dgz[..hidden],
-            &mut dhn[..hidden],
-            &dh[..hidden],
-            &hn[..hidden],
-            &h_prev[..hidden],
-            &mut dh_prev[..hidden],
-        );
-        for j in 0..hidden {
-            let (r, z, n) = (gr[j], gz[j], gn[j]);
-            let dn = dh[j] * (one - z);
-            let dz = dh[j] * (h_prev[j] - n);
-            let da_n = dn * (one - n * n);
-            let da_z = dz * z * (one - z);
-            let da_r = da_n * hn[j] * r * (one - r);
-            (gr[j], gz[j], gn[j]) = (da_r, da_z, da_n);
-            dr[j] = da_r;
-            dgz[j] = da_z;
-            dhn[j] = da_n * r;
-            dh_prev[j] = dh[j] * z;
-        }
+        let (dz, dhn) = rest.split_at_mut(hidden);
+        backward_row(gr, gz, gn, dr, dz, dhn, dh, hn, h_prev, dh_prev);
+    }
+}
+
+/// One row of [`backward_step`] (separate slices: see [`forward_row`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_row<F: Float>(
+    gr: &mut [F],
+    gz: &mut [F],
+    gn: &mut [F],
+    dr: &mut [F],
+    dgz: &mut [F],
+    dhn: &mut [F],
+    dh: &[F],
+    hn: &[F],
+    h_prev: &[F],
+    dh_prev: &mut [F],
+) {
+    let one = F::one();
+    let k = gr.len();
+    let (gz, gn, dr, dgz, dhn, dh, hn, h_prev, dh_prev) = (
+        &mut gz[..k],
+        &mut gn[..k],
+        &mut dr[..k],
+        &mut dgz[..k],
+        &mut dhn[..k],
+        &dh[..k],
+        &hn[..k],
+        &h_prev[..k],
+        &mut dh_prev[..k],
+    );
+    for j in 0..k {
+        let (r, z, n) = (gr[j], gz[j], gn[j]);
+        let dn = dh[j] * (one - z);
+        let dz = dh[j] * (h_prev[j] - n);
+        let da_n = dn * (one - n * n);
+        let da_z = dz * z * (one - z);
+        let da_r = da_n * hn[j] * r * (one - r);
+        (gr[j], gz[j], gn[j]) = (da_r, da_z, da_n);
+        dr[j] = da_r;
+        dgz[j] = da_z;
+        dhn[j] = da_n * r;
+        dh_prev[j] = dh[j] * z;
     }
 }

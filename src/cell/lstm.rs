@@ -39,20 +39,38 @@ pub fn forward_step<F: Float>(
         let (gi, rest) = gate.split_at_mut(hidden);
         let (gf, rest) = rest.split_at_mut(hidden);
         let (gg, go) = rest.split_at_mut(hidden);
-        let (go, c_prev, c, tanh_c, h) =
-            (&mut go[..hidden], &c_prev[..hidden], &mut c[..hidden], &mut tanh_c[..hidden], &mut h[..hidden]);
-        for j in 0..hidden {
-            let i = gi[j].sigmoid();
-            let f = gf[j].sigmoid();
-            let g = gg[j].tanh_act();
-            let o = go[j].sigmoid();
-            let cj = f * c_prev[j] + i * g;
-            let tc = cj.tanh_act();
-            (gi[j], gf[j], gg[j], go[j]) = (i, f, g, o);
-            c[j] = cj;
-            tanh_c[j] = tc;
-            h[j] = o * tc;
-        }
+        forward_row(gi, gf, gg, go, c_prev, c, tanh_c, h);
+    }
+}
+
+/// One row of [`forward_step`]. Separate slices as parameters tell the compiler they do not
+/// alias, which is what lets it vectorise the loop.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_row<F: Float>(
+    gi: &mut [F],
+    gf: &mut [F],
+    gg: &mut [F],
+    go: &mut [F],
+    c_prev: &[F],
+    c: &mut [F],
+    tanh_c: &mut [F],
+    h: &mut [F],
+) {
+    let n = gi.len();
+    let (gf, gg, go, c_prev, c, tanh_c, h) =
+        (&mut gf[..n], &mut gg[..n], &mut go[..n], &c_prev[..n], &mut c[..n], &mut tanh_c[..n], &mut h[..n]);
+    for j in 0..n {
+        let i = gi[j].sigmoid();
+        let f = gf[j].sigmoid();
+        let g = gg[j].tanh_act();
+        let o = go[j].sigmoid();
+        let cj = f * c_prev[j] + i * g;
+        let tc = cj.tanh_act();
+        (gi[j], gf[j], gg[j], go[j]) = (i, f, g, o);
+        c[j] = cj;
+        tanh_c[j] = tc;
+        h[j] = o * tc;
     }
 }
 
@@ -64,24 +82,41 @@ pub fn forward_step<F: Float>(
 /// - `c_prev`, `tanh_c` (B, H): c_{t−1} and tanh(c_t) from the forward cache.
 #[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub fn backward_step<F: Float>(hidden: usize, dh: &[F], dc: &mut [F], gates: &mut [F], c_prev: &[F], tanh_c: &[F]) {
-    let one = F::one();
     let rows = gates.chunks_exact_mut(4 * hidden).zip(dh.chunks_exact(hidden));
     let rows = rows.zip(dc.chunks_exact_mut(hidden)).zip(c_prev.chunks_exact(hidden));
     for ((((gate, dh), dc), c_prev), tanh_c) in rows.zip(tanh_c.chunks_exact(hidden)) {
         let (gi, rest) = gate.split_at_mut(hidden);
         let (gf, rest) = rest.split_at_mut(hidden);
         let (gg, go) = rest.split_at_mut(hidden);
-        let (go, dh, dc, c_prev, tanh_c) =
-            (&mut go[..hidden], &dh[..hidden], &mut dc[..hidden], &c_prev[..hidden], &tanh_c[..hidden]);
-        for j in 0..hidden {
-            let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
-            let tc = tanh_c[j];
-            let dct = dc[j] + dh[j] * o * (one - tc * tc);
-            gi[j] = dct * g * i * (one - i);
-            gf[j] = dct * c_prev[j] * f * (one - f);
-            gg[j] = dct * i * (one - g * g);
-            go[j] = dh[j] * tc * o * (one - o);
-            dc[j] = dct * f;
-        }
+        backward_row(gi, gf, gg, go, dh, dc, c_prev, tanh_c);
+    }
+}
+
+/// One row of [`backward_step`] (separate slices: see [`forward_row`]).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_row<F: Float>(
+    gi: &mut [F],
+    gf: &mut [F],
+    gg: &mut [F],
+    go: &mut [F],
+    dh: &[F],
+    dc: &mut [F],
+    c_prev: &[F],
+    tanh_c: &[F],
+) {
+    let one = F::one();
+    let n = gi.len();
+    let (gf, gg, go, dh, dc, c_prev, tanh_c) =
+        (&mut gf[..n], &mut gg[..n], &mut go[..n], &dh[..n], &mut dc[..n], &c_prev[..n], &tanh_c[..n]);
+    for j in 0..n {
+        let (i, f, g, o) = (gi[j], gf[j], gg[j], go[j]);
+        let tc = tanh_c[j];
+        let dct = dc[j] + dh[j] * o * (one - tc * tc);
+        gi[j] = dct * g * i * (one - i);
+        gf[j] = dct * c_prev[j] * f * (one - f);
+        gg[j] = dct * i * (one - g * g);
+        go[j] = dh[j] * tc * o * (one - o);
+        dc[j] = dct * f;
     }
 }

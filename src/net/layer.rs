@@ -33,7 +33,12 @@ pub(crate) fn forward<F: Float>(
     let gh = cell.gates() * h;
     let (bh, bgh, n) = (b * h, b * gh, steps * b);
     let (b_ih, b_hh) = (&p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh]);
-    let w_hh_t = Mat::rows(&p[lp.w_hh..], gh, h).t(); // (H, G·H)
+    // W_hhᵀ (H, G·H), transposed once per pass (the GEMM would otherwise repack W_hh every step).
+    for (r, row) in p[lp.w_hh..lp.w_hh + gh * h].chunks_exact(h).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            cache.w_hh_t[c * gh + r] = v;
+        }
+    }
 
     // Input projections of all T steps at once: gates (T·B, G·H) = bias + X · W_ihᵀ.
     // The GRU keeps b_hh on the recurrent side (it sits inside r ⊙ (W_hn h + b_hn)).
@@ -59,6 +64,7 @@ pub(crate) fn forward<F: Float>(
         }
     }
 
+    let w_hh_t = Mat::rows(&cache.w_hh_t, h, gh); // (H, G·H)
     for t in 0..steps {
         let (past, future) = cache.hs.split_at_mut((t + 1) * bh);
         let (h_prev, h_t) = (&past[t * bh..], &mut future[..bh]);

@@ -18,6 +18,9 @@ pub(crate) struct LayerCache<F> {
     pub aux: Vec<F>,
     /// (T, B, G·H): GRU dL/d(recurrent pre-activations); empty for other cells.
     pub dgates_h: Vec<F>,
+    /// (H, G·H): W_hhᵀ, refreshed at each forward pass so the per-step GEMM reads the weights
+    /// in the layout the GEMM kernel streams without repacking them every step.
+    pub w_hh_t: Vec<F>,
     /// (T, B, H): dL/dh_t arriving from above (readout or next layer); during backward the
     /// gradient from the future is added in place, so afterwards it holds the total dL/dh_t.
     pub dh: Vec<F>,
@@ -76,6 +79,7 @@ impl<F: Float> Workspace<F> {
                 aux: z(if matches!(cfg.cell, CellKind::Lstm | CellKind::Gru) { t * b * h } else { 0 }),
                 dgates_h: z(if cfg.cell == CellKind::Gru { t * b * gh } else { 0 }),
                 dh: z(t * b * h),
+                w_hh_t: z(h * gh),
             })
             .collect();
         let (input, tokens, table) = match cfg.input {

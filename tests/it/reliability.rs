@@ -236,7 +236,7 @@ fn memory_and_file_descriptors_stay_flat_over_a_long_run() {
         if let (Some(r), Ok(fds)) = (rss(), std::fs::read_dir(&fd_dir)) {
             samples.push((r, fds.count()));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     assert!(child.wait().unwrap().success());
     assert!(samples.len() >= 10, "the run was too short to sample ({} samples)", samples.len());
