@@ -13,8 +13,7 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     // 1.5 · 2^23: adding it rounds to an integer, which then sits in the low mantissa bits.
     const ROUND: f32 = 12_582_912.0;
-    let clamped = x.max(-87.0).min(88.0);
-    let x = if x.is_nan() { x } else { clamped }; // max/min would drop a NaN
+    let x = x.clamp(-87.0, 88.0); // NaN stays NaN
     let shifted = x * LOG2E + ROUND;
     let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
