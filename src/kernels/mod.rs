@@ -172,7 +172,16 @@ pub fn add_into<F: Float>(a: &mut [F], b: &[F]) {
     }
 }
 
-/// Σ x², accumulated in f64.
+/// Σ x², accumulated in f64 over 8 interleaved partial sums (a fixed order, so the result is
+/// deterministic; independent sums let the loop vectorise).
 pub fn sum_sq<F: Float>(x: &[F]) -> f64 {
-    x.iter().map(|v| v.f64() * v.f64()).sum()
+    let mut acc = [0.0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|v| v.f64() * v.f64()).sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v.f64() * v.f64();
+        }
+    }
+    acc.iter().sum::<f64>() + tail
 }

@@ -344,7 +344,7 @@ impl<F: Float> Optimizer<F> {
                     *p += neg_lr * d;
                 }
             }
-            OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, amsgrad, decoupled } => {
+            OptimizerConfig::Adam { beta1, beta2, eps, weight_decay, decoupled, .. } => {
                 let bc1 = 1.0 - beta1.powf(step);
                 let bc2_sqrt = F::of((1.0 - beta2.powf(step)).sqrt());
                 let neg_step_size = F::of(-(lr / bc1));
@@ -353,26 +353,21 @@ impl<F: Float> Optimizer<F> {
                 let decay = F::of(1.0 - lr * weight_decay);
                 let (m, rest) = self.buffers.split_at_mut(1);
                 let (v, vmax) = rest.split_at_mut(1);
-                let (m, v) = (&mut m[0], &mut v[0]);
-                for (k, (p, &g)) in params.iter_mut().zip(grads).enumerate() {
-                    let g = if decoupled {
-                        *p *= decay;
-                        g
-                    } else if weight_decay != 0.0 {
-                        g + wd * *p
-                    } else {
-                        g
-                    };
-                    m[k] = lerp(m[k], g, w1);
-                    v[k] = v[k] * b2 + w2 * g * g;
-                    let second = if amsgrad {
-                        vmax[0][k] = vmax[0][k].max(v[k]);
-                        vmax[0][k]
-                    } else {
-                        v[k]
-                    };
-                    let denom = second.sqrt() / bc2_sqrt + eps;
-                    *p += neg_step_size * (m[k] / denom);
+                let k = AdamConsts {
+                    w1,
+                    b2,
+                    w2,
+                    eps,
+                    wd,
+                    decay,
+                    bc2_sqrt,
+                    neg_step_size,
+                    decoupled,
+                    l2: weight_decay != 0.0,
+                };
+                match vmax.first_mut() {
+                    Some(vmax) => adam_update(params, grads, &mut m[0], &mut v[0], vmax, &k, true),
+                    None => adam_update(params, grads, &mut m[0], &mut v[0], &mut [], &k, false),
                 }
             }
             OptimizerConfig::RmsProp { alpha, eps, momentum, centered, weight_decay } => {
@@ -411,5 +406,54 @@ impl<F: Float> Optimizer<F> {
                 }
             }
         }
+    }
+}
+
+/// The scalars of one Adam/AdamW update.
+struct AdamConsts<F> {
+    w1: F,
+    b2: F,
+    w2: F,
+    eps: F,
+    wd: F,
+    decay: F,
+    bc2_sqrt: F,
+    neg_step_size: F,
+    decoupled: bool,
+    l2: bool,
+}
+
+/// The Adam/AdamW element loop, over separate slices so the compiler can vectorise it.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
+fn adam_update<F: Float>(
+    params: &mut [F],
+    grads: &[F],
+    m: &mut [F],
+    v: &mut [F],
+    vmax: &mut [F],
+    k: &AdamConsts<F>,
+    amsgrad: bool,
+) {
+    let n = params.len();
+    let (grads, m, v) = (&grads[..n], &mut m[..n], &mut v[..n]);
+    for j in 0..n {
+        let g = if k.decoupled {
+            params[j] *= k.decay;
+            grads[j]
+        } else if k.l2 {
+            grads[j] + k.wd * params[j]
+        } else {
+            grads[j]
+        };
+        m[j] = lerp(m[j], g, k.w1);
+        v[j] = v[j] * k.b2 + k.w2 * g * g;
+        let second = if amsgrad {
+            vmax[j] = vmax[j].max(v[j]);
+            vmax[j]
+        } else {
+            v[j]
+        };
+        let denom = second.sqrt() / k.bc2_sqrt + k.eps;
+        params[j] += k.neg_step_size * (m[j] / denom);
     }
 }
