@@ -44,6 +44,39 @@ pub struct Args {
     /// Run the BENCHMARKS.md table (each config in its own process).
     #[arg(long)]
     suite: bool,
+    /// Measure the GEMM crate's own peak GFLOP/s (f32, square matrices) instead.
+    #[arg(long)]
+    gemm_peak: bool,
+}
+
+/// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
+fn gemm_peak(threads: usize, json: bool) {
+    for n in [256usize, 512, 1024, 2048] {
+        let a: Vec<f32> = (0..n * n).map(|k| (k % 7) as f32 * 0.1).collect();
+        let b = a.clone();
+        let mut c = vec![0.0f32; n * n];
+        let reps = (2_000_000_000 / (2 * n * n * n)).max(2);
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                bptt::kernels::gemm(
+                    bptt::kernels::MatMut::rows(&mut c, n, n),
+                    bptt::kernels::Mat::rows(&a, n, n),
+                    bptt::kernels::Mat::rows(&b, n, n),
+                    false,
+                    threads,
+                );
+            }
+            best = best.min(t0.elapsed().as_secs_f64() / reps as f64);
+        }
+        let gflops = 2.0 * (n * n * n) as f64 / best / 1e9;
+        if json {
+            println!("{}", serde_json::json!({"system": "gemm-crate", "n": n, "threads": threads, "gflops": (gflops * 10.0).round() / 10.0, "cpu": cpu_model()}));
+        } else {
+            println!("gemm f32 {n}x{n}x{n}, {threads} threads: {gflops:.1} GFLOP/s");
+        }
+    }
 }
 
 /// The BENCHMARKS.md table: (cell, H, L, B, T).
@@ -82,6 +115,10 @@ fn cpu_model() -> String {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let threads = super::threads(a.threads)?;
+    if a.gemm_peak {
+        gemm_peak(threads, a.json);
+        return Ok(ExitCode::SUCCESS);
+    }
     if a.suite {
         let exe = std::env::current_exe().context("cannot find the bptt executable")?;
         for &(cell, h, l, b, t) in SUITE {
