@@ -72,7 +72,10 @@ fn gemm_peak(threads: usize, json: bool) {
         }
         let gflops = 2.0 * (n * n * n) as f64 / best / 1e9;
         if json {
-            println!("{}", serde_json::json!({"system": "gemm-crate", "n": n, "threads": threads, "gflops": (gflops * 10.0).round() / 10.0, "cpu": cpu_model()}));
+            println!(
+                "{}",
+                serde_json::json!({"system": "gemm-crate", "n": n, "threads": threads, "gflops": (gflops * 10.0).round() / 10.0, "cpu": cpu_model()})
+            );
         } else {
             println!("gemm f32 {n}x{n}x{n}, {threads} threads: {gflops:.1} GFLOP/s");
         }
