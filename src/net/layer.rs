@@ -65,27 +65,120 @@ pub(crate) fn forward<F: Float>(
     }
 
     let w_hh_t = Mat::rows(&cache.w_hh_t, h, gh); // (H, G·H)
+    let (b0, inner) = split_rows(b, threads);
+    let lstm = cell == CellKind::Lstm;
     for t in 0..steps {
         let (past, future) = cache.hs.split_at_mut((t + 1) * bh);
-        let (h_prev, h_t) = (&past[t * bh..], &mut future[..bh]);
-        let g_t = &mut cache.gates[t * bgh..(t + 1) * bgh];
-        match cell {
-            CellKind::RnnTanh | CellKind::RnnRelu => {
-                kernels::gemm(MatMut::rows(g_t, b, gh), Mat::rows(h_prev, b, h), w_hh_t, true, threads);
-                rnn::forward_step(cell == CellKind::RnnRelu, g_t, h_t);
-            }
-            CellKind::Lstm => {
-                kernels::gemm(MatMut::rows(g_t, b, gh), Mat::rows(h_prev, b, h), w_hh_t, true, threads);
-                let (c_past, c_future) = cache.cs.split_at_mut((t + 1) * bh);
-                let tanh_c = &mut cache.aux[t * bh..(t + 1) * bh];
-                lstm::forward_step(h, g_t, &c_past[t * bh..], &mut c_future[..bh], tanh_c, h_t);
-            }
-            CellKind::Gru => {
-                kernels::fill_rows(hproj, b_hh);
-                kernels::gemm(MatMut::rows(hproj, b, gh), Mat::rows(h_prev, b, h), w_hh_t, true, threads);
-                let hn = &mut cache.aux[t * bh..(t + 1) * bh];
-                gru::forward_step(h, g_t, hproj, h_prev, hn, h_t);
-            }
+        let (c_prev, c) = if lstm {
+            let (c_past, c_future) = cache.cs.split_at_mut((t + 1) * bh);
+            (&c_past[t * bh..], &mut c_future[..bh])
+        } else {
+            (&[][..], &mut [][..])
+        };
+        let aux = if cell == CellKind::RnnTanh || cell == CellKind::RnnRelu {
+            &mut [][..]
+        } else {
+            &mut cache.aux[t * bh..(t + 1) * bh]
+        };
+        let rows = FwdRows {
+            g: &mut cache.gates[t * bgh..(t + 1) * bgh],
+            h_prev: &past[t * bh..],
+            h: &mut future[..bh],
+            c_prev,
+            c,
+            aux,
+            hproj: &mut hproj[..],
+        };
+        if b0 == b {
+            forward_rows(cell, h, b_hh, w_hh_t, rows, threads);
+        } else {
+            let (top, bottom) = rows.split(b0, h, gh);
+            join(
+                threads > 1,
+                || forward_rows(cell, h, b_hh, w_hh_t, top, inner),
+                || forward_rows(cell, h, b_hh, w_hh_t, bottom, inner),
+            );
+        }
+    }
+}
+
+/// How a step's B rows are shared out: rows [0, b0) and [b0, B) run as two independent halves
+/// (in parallel when there are threads for it), each GEMM then on `inner` threads. The split
+/// depends on B only, never on the thread count, so results are the same at any setting.
+fn split_rows(b: usize, threads: usize) -> (usize, usize) {
+    if b >= 8 { (b / 2, 1) } else { (b, threads) }
+}
+
+/// Runs `a` and `b`, on two threads if `parallel`.
+fn join(parallel: bool, a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
+    if parallel {
+        rayon::join(a, b);
+    } else {
+        a();
+        b();
+    }
+}
+
+/// Step `t` (`bh` values) of a (T, B, H) buffer; empty if the cell does not use the buffer.
+fn step_of<F>(v: &[F], t: usize, bh: usize) -> &[F] {
+    if v.is_empty() { v } else { &v[t * bh..(t + 1) * bh] }
+}
+
+/// Splits a (rows, width) slice after `r0` rows; empty slices (unused by a cell) stay empty.
+fn cut<T>(v: &[T], r0: usize, width: usize) -> (&[T], &[T]) {
+    if v.is_empty() { (v, v) } else { v.split_at(r0 * width) }
+}
+
+/// Mutable [`cut`].
+fn cut_mut<T>(v: &mut [T], r0: usize, width: usize) -> (&mut [T], &mut [T]) {
+    if v.is_empty() { v.split_at_mut(0) } else { v.split_at_mut(r0 * width) }
+}
+
+/// One step's slices for a range of batch rows (forward).
+struct FwdRows<'a, F> {
+    g: &'a mut [F],     // (r, G·H) pre-activations → activated gates
+    h_prev: &'a [F],    // (r, H)
+    h: &'a mut [F],     // (r, H) out
+    c_prev: &'a [F],    // (r, H) LSTM
+    c: &'a mut [F],     // (r, H) LSTM, out
+    aux: &'a mut [F],   // (r, H) LSTM tanh(c), GRU h_n; out
+    hproj: &'a mut [F], // (r, G·H) GRU scratch
+}
+
+impl<'a, F> FwdRows<'a, F> {
+    fn split(self, r0: usize, h: usize, gh: usize) -> (Self, Self) {
+        let (g0, g1) = cut_mut(self.g, r0, gh);
+        let (hp0, hp1) = cut(self.h_prev, r0, h);
+        let (h0, h1) = cut_mut(self.h, r0, h);
+        let (cp0, cp1) = cut(self.c_prev, r0, h);
+        let (c0, c1) = cut_mut(self.c, r0, h);
+        let (a0, a1) = cut_mut(self.aux, r0, h);
+        let (p0, p1) = cut_mut(self.hproj, r0, gh);
+        (
+            FwdRows { g: g0, h_prev: hp0, h: h0, c_prev: cp0, c: c0, aux: a0, hproj: p0 },
+            FwdRows { g: g1, h_prev: hp1, h: h1, c_prev: cp1, c: c1, aux: a1, hproj: p1 },
+        )
+    }
+}
+
+/// The recurrent GEMM and the cell's fused step for some rows of one step.
+fn forward_rows<F: Float>(cell: CellKind, h: usize, b_hh: &[F], w_hh_t: Mat<'_, F>, s: FwdRows<'_, F>, threads: usize) {
+    let gh = b_hh.len();
+    let r = s.h.len() / h;
+    match cell {
+        CellKind::RnnTanh | CellKind::RnnRelu => {
+            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
+            rnn::forward_step(cell == CellKind::RnnRelu, s.g, s.h);
+        }
+        CellKind::Lstm => {
+            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
+            lstm::forward_step(h, s.g, s.c_prev, s.c, s.aux, s.h);
+        }
+        CellKind::Gru => {
+            let hproj = &mut s.hproj[..r * gh];
+            kernels::fill_rows(hproj, b_hh);
+            kernels::gemm(MatMut::rows(hproj, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
+            gru::forward_step(h, s.g, hproj, s.h_prev, s.aux, s.h);
         }
     }
 }
@@ -120,6 +213,7 @@ pub(crate) fn backward<F: Float>(
     dh_next.fill(F::zero());
     dc_next.fill(F::zero());
 
+    let (b0, inner) = split_rows(b, threads);
     for t in (0..steps).rev() {
         let dh_t = &mut cache.dh[t * bh..(t + 1) * bh];
         kernels::add_into(dh_t, dh_next);
@@ -127,27 +221,26 @@ pub(crate) fn backward<F: Float>(
             let total: f64 = dh_t.chunks_exact(h).map(|r| kernels::sum_sq(r).sqrt()).sum();
             norms[t] = F::of(total / b as f64);
         }
-        let dh_t = &cache.dh[t * bh..(t + 1) * bh];
-        let g_t = &mut cache.gates[t * bgh..(t + 1) * bgh];
-        let h_prev = &cache.hs[t * bh..(t + 1) * bh];
-        match cell {
-            CellKind::RnnTanh | CellKind::RnnRelu => {
-                let h_t = &cache.hs[(t + 1) * bh..(t + 2) * bh];
-                rnn::backward_step(cell == CellKind::RnnRelu, dh_t, h_t, g_t);
-                kernels::gemm(MatMut::rows(dh_next, b, h), Mat::rows(g_t, b, gh), w_hh, false, threads);
-            }
-            CellKind::Lstm => {
-                let c_prev = &cache.cs[t * bh..(t + 1) * bh];
-                let tanh_c = &cache.aux[t * bh..(t + 1) * bh];
-                lstm::backward_step(h, dh_t, dc_next, g_t, c_prev, tanh_c);
-                kernels::gemm(MatMut::rows(dh_next, b, h), Mat::rows(g_t, b, gh), w_hh, false, threads);
-            }
-            CellKind::Gru => {
-                let dgh_t = &mut cache.dgates_h[t * bgh..(t + 1) * bgh];
-                let hn = &cache.aux[t * bh..(t + 1) * bh];
-                gru::backward_step(h, dh_t, g_t, dgh_t, hn, h_prev, dh_next);
-                kernels::gemm(MatMut::rows(dh_next, b, h), Mat::rows(dgh_t, b, gh), w_hh, true, threads);
-            }
+        let rows = BwdRows {
+            dh: &cache.dh[t * bh..(t + 1) * bh],
+            g: &mut cache.gates[t * bgh..(t + 1) * bgh],
+            dgh: if cell == CellKind::Gru { &mut cache.dgates_h[t * bgh..(t + 1) * bgh] } else { &mut [][..] },
+            h_prev: &cache.hs[t * bh..(t + 1) * bh],
+            h: &cache.hs[(t + 1) * bh..(t + 2) * bh],
+            c_prev: step_of(&cache.cs, t, bh),
+            aux: step_of(&cache.aux, t, bh),
+            dc: &mut dc_next[..],
+            dh_next: &mut dh_next[..],
+        };
+        if b0 == b {
+            backward_rows(cell, h, gh, w_hh, rows, threads);
+        } else {
+            let (top, bottom) = rows.split(b0, h, gh);
+            join(
+                threads > 1,
+                || backward_rows(cell, h, gh, w_hh, top, inner),
+                || backward_rows(cell, h, gh, w_hh, bottom, inner),
+            );
         }
     }
 
@@ -181,5 +274,55 @@ pub(crate) fn backward<F: Float>(
             false,
             threads,
         );
+    }
+}
+
+/// One step's slices for a range of batch rows (backward).
+struct BwdRows<'a, F> {
+    dh: &'a [F],          // (r, H) total dL/dh_t
+    g: &'a mut [F],       // (r, G·H) activated gates → dL/d(input pre-activations)
+    dgh: &'a mut [F],     // (r, G·H) GRU dL/d(recurrent pre-activations)
+    h_prev: &'a [F],      // (r, H)
+    h: &'a [F],           // (r, H) h_t
+    c_prev: &'a [F],      // (r, H) LSTM
+    aux: &'a [F],         // (r, H) LSTM tanh(c_t), GRU h_n
+    dc: &'a mut [F],      // (r, H) LSTM dL/dc: in from t+1, out to t−1
+    dh_next: &'a mut [F], // (r, H) out: dL/dh_{t−1}
+}
+
+impl<'a, F> BwdRows<'a, F> {
+    fn split(self, r0: usize, h: usize, gh: usize) -> (Self, Self) {
+        let (dh0, dh1) = cut(self.dh, r0, h);
+        let (g0, g1) = cut_mut(self.g, r0, gh);
+        let (d0, d1) = cut_mut(self.dgh, r0, gh);
+        let (hp0, hp1) = cut(self.h_prev, r0, h);
+        let (h0, h1) = cut(self.h, r0, h);
+        let (cp0, cp1) = cut(self.c_prev, r0, h);
+        let (a0, a1) = cut(self.aux, r0, h);
+        let (dc0, dc1) = cut_mut(self.dc, r0, h);
+        let (n0, n1) = cut_mut(self.dh_next, r0, h);
+        (
+            BwdRows { dh: dh0, g: g0, dgh: d0, h_prev: hp0, h: h0, c_prev: cp0, aux: a0, dc: dc0, dh_next: n0 },
+            BwdRows { dh: dh1, g: g1, dgh: d1, h_prev: hp1, h: h1, c_prev: cp1, aux: a1, dc: dc1, dh_next: n1 },
+        )
+    }
+}
+
+/// The cell's backward step and the recurrent GEMM dh_next = dpre · W_hh for some rows.
+fn backward_rows<F: Float>(cell: CellKind, h: usize, gh: usize, w_hh: Mat<'_, F>, s: BwdRows<'_, F>, threads: usize) {
+    let r = s.dh.len() / h;
+    match cell {
+        CellKind::RnnTanh | CellKind::RnnRelu => {
+            rnn::backward_step(cell == CellKind::RnnRelu, s.dh, s.h, s.g);
+            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, threads);
+        }
+        CellKind::Lstm => {
+            lstm::backward_step(h, s.dh, s.dc, s.g, s.c_prev, s.aux);
+            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, threads);
+        }
+        CellKind::Gru => {
+            gru::backward_step(h, s.dh, s.g, s.dgh, s.aux, s.h_prev, s.dh_next);
+            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.dgh, r, gh), w_hh, true, threads);
+        }
     }
 }
