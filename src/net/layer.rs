@@ -65,7 +65,7 @@ pub(crate) fn forward<F: Float>(
     }
 
     let w_hh_t = Mat::rows(&cache.w_hh_t, h, gh); // (H, G·H)
-    let (b0, inner) = split_rows(b, threads);
+    let (b0, inner) = split_rows(b, gh, h, threads);
     let lstm = cell == CellKind::Lstm;
     for t in 0..steps {
         let (past, future) = cache.hs.split_at_mut((t + 1) * bh);
@@ -103,10 +103,11 @@ pub(crate) fn forward<F: Float>(
 }
 
 /// How a step's B rows are shared out: rows [0, b0) and [b0, B) run as two independent halves
-/// (in parallel when there are threads for it), each GEMM then on `inner` threads. The split
-/// depends on B only, never on the thread count, so results are the same at any setting.
-fn split_rows(b: usize, threads: usize) -> (usize, usize) {
-    if b >= 8 { (b / 2, 1) } else { (b, threads) }
+/// (in parallel when there are threads for it), each GEMM then on `inner` threads. Only steps
+/// with enough work are split (a thread hand-off costs a few µs). The split depends on the
+/// sizes only, never on the thread count, so results are the same at any setting.
+fn split_rows(b: usize, gh: usize, h: usize, threads: usize) -> (usize, usize) {
+    if b >= 8 && b * gh * h >= 1 << 21 { (b / 2, 1) } else { (b, threads) }
 }
 
 /// Runs `a` and `b`, on two threads if `parallel`.
@@ -213,7 +214,7 @@ pub(crate) fn backward<F: Float>(
     dh_next.fill(F::zero());
     dc_next.fill(F::zero());
 
-    let (b0, inner) = split_rows(b, threads);
+    let (b0, inner) = split_rows(b, gh, h, threads);
     for t in (0..steps).rev() {
         let dh_t = &mut cache.dh[t * bh..(t + 1) * bh];
         kernels::add_into(dh_t, dh_next);

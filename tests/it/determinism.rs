@@ -45,3 +45,41 @@ fn batch_split_and_thread_count_do_not_change_results() {
         assert!((mean - l1 as f64).abs() < 1e-5 * mean.abs().max(1.0), "{cell}: big batch {l1} vs sub-batches {mean}");
     }
 }
+
+/// Large enough steps are computed as two halves of rows (net/layer.rs); in f64 the gradient of
+/// such a batch equals the mean of the gradients of its halves, each computed unsplit.
+#[test]
+fn split_steps_give_the_gradient_of_their_halves() {
+    use bptt::{InputKind, LossKind, NetConfig};
+    for cell in CellKind::ALL {
+        let (t, b, h, i, o) = (4, 32, 256, 8, 5);
+        let cfg = NetConfig {
+            cell,
+            input: InputKind::Dense { size: i },
+            hidden: h,
+            layers: 2,
+            output: o,
+            loss: LossKind::CrossEntropy,
+        };
+        let net = Net::new(cfg).unwrap();
+        let p = net.init_params::<f64>(4);
+        let x: Vec<f64> = (0..t * b * i).map(|k| ((k * 37 % 101) as f64 / 50.0 - 1.0)).collect();
+        let y: Vec<u32> = (0..t * b).map(|k| (k * 7 % o) as u32).collect();
+        let grad = |bs: usize, part: usize| {
+            let xs: Vec<f64> =
+                (0..t).flat_map(|s| x[(s * b + part * bs) * i..(s * b + (part + 1) * bs) * i].to_vec()).collect();
+            let ys: Vec<u32> = (0..t).flat_map(|s| y[s * b + part * bs..s * b + (part + 1) * bs].to_vec()).collect();
+            let mut ws = net.workspace::<f64>(t, bs, 2).unwrap();
+            net.forward(&p, &mut ws, Input::Dense(&xs), Some(Targets::classes(&ys)), None).unwrap();
+            let mut g = vec![0.0; p.len()];
+            net.backward(&p, &mut ws, &mut g).unwrap();
+            g
+        };
+        let full = grad(b, 0);
+        let (g0, g1) = (grad(b / 2, 0), grad(b / 2, 1));
+        for (k, &f) in full.iter().enumerate() {
+            let half = (g0[k] + g1[k]) / 2.0;
+            assert!((f - half).abs() <= 1e-12 * f.abs().max(1e-6), "{cell}: grad[{k}] {f} vs {half}");
+        }
+    }
+}

@@ -110,7 +110,6 @@ fn check(p: &Problem) -> (f64, String) {
 
 fn check_all(cell: CellKind) {
     let modes = [Mode::ManyToManyCe, Mode::ManyToOneMse, Mode::WeightedCe];
-    // B = 8 and above splits each step into two halves of rows (see net/layer.rs).
     let shapes = [(1, 1), (2, 3), (3, 5), (9, 2)];
     let mut seed = 0;
     for layers in [1, 2] {
