@@ -63,7 +63,7 @@ fn split_steps_give_the_gradient_of_their_halves() {
         };
         let net = Net::new(cfg).unwrap();
         let p = net.init_params::<f64>(4);
-        let x: Vec<f64> = (0..t * b * i).map(|k| ((k * 37 % 101) as f64 / 50.0 - 1.0)).collect();
+        let x: Vec<f64> = (0..t * b * i).map(|k| (k * 37 % 101) as f64 / 50.0 - 1.0).collect();
         let y: Vec<u32> = (0..t * b).map(|k| (k * 7 % o) as u32).collect();
         let grad = |bs: usize, part: usize| {
             let xs: Vec<f64> =
