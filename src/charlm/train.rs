@@ -52,6 +52,30 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// `bptt train`'s defaults for `model`: T = 100, B = 32, Adam at 2e-3, constant rate,
+    /// clip-norm 5, 10% validation, seed 1337, 1 update.
+    pub fn new(model: crate::charlm::ModelSpec) -> Self {
+        TrainConfig {
+            model,
+            seq_len: 100,
+            k1: 100,
+            batch: 32,
+            optimizer: "adam".into(),
+            lr: 2e-3,
+            momentum: None,
+            weight_decay: None,
+            lr_schedule: "constant".into(),
+            warmup: 0,
+            clip_norm: 5.0,
+            clip_value: None,
+            steps: 1,
+            val_fraction: 0.1,
+            seed: 1337,
+            max_bad_steps: 10,
+            abort_loss_factor: None,
+        }
+    }
+
     /// The optimizer this config names, with its momentum and weight decay.
     pub fn optimizer(&self) -> Result<OptimizerConfig> {
         OptimizerConfig::by_name(&self.optimizer)?.with(self.momentum, self.weight_decay)

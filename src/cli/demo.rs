@@ -391,25 +391,8 @@ fn char_lm(cx: &Ctx, text: Option<&Path>, steps: u64, q: &str) -> Result<Section
     let vocab = Vocab::from_text(&raw)?;
     let ids = vocab.encode(&raw)?;
     let spec = ModelSpec { cell: CellKind::Lstm, embedding_dim: 32, hidden: 128, layers: 1 };
-    let cfg = TrainConfig {
-        model: spec,
-        seq_len: 64,
-        k1: 64,
-        batch: 32,
-        optimizer: "adam".into(),
-        lr: 3e-3,
-        momentum: None,
-        weight_decay: None,
-        lr_schedule: "constant".into(),
-        warmup: 0,
-        clip_norm: 5.0,
-        clip_value: None,
-        steps,
-        val_fraction: 0.02,
-        seed: 1,
-        max_bad_steps: 10,
-        abort_loss_factor: None,
-    };
+    let cfg =
+        TrainConfig { seq_len: 64, k1: 64, lr: 3e-3, steps, val_fraction: 0.02, seed: 1, ..TrainConfig::new(spec) };
     let model = CharModel::new(spec, vocab, 1)?;
     let mut t = Trainer::new(cfg, model, ids, cx.threads)?;
     let (mut train, mut val) = (Vec::new(), Vec::new());

@@ -29,23 +29,13 @@ fn lstm_learns_shakespeare_below_unigram_entropy() {
 
     let spec = ModelSpec { cell: CellKind::Lstm, embedding_dim: 32, hidden: 128, layers: 1 };
     let cfg = TrainConfig {
-        model: spec,
         seq_len: 64,
         k1: 64,
-        batch: 32,
-        optimizer: "adam".into(),
         lr: 3e-3,
-        momentum: None,
-        weight_decay: None,
-        lr_schedule: "constant".into(),
-        warmup: 0,
-        clip_norm: 5.0,
-        clip_value: None,
         steps: 250,
         val_fraction: 0.02,
         seed: 1,
-        max_bad_steps: 10,
-        abort_loss_factor: None,
+        ..TrainConfig::new(spec)
     };
     let model = CharModel::new(spec, vocab, 1).unwrap();
     let mut t = Trainer::new(cfg, model, ids, 2).unwrap();
