@@ -23,7 +23,7 @@ pub use error::{Error, Result};
 pub use float::Float;
 pub use net::{Input, InputKind, LossKind, Net, NetConfig, ParamInfo, State, Target, Targets, Workspace};
 pub use optim::{LrSchedule, Optimizer, OptimizerConfig, OptimizerState, Schedule};
-pub use train::{Clip, Tbptt, UpdateReport, apply_update};
+pub use train::{CheckpointedBptt, Clip, Tbptt, UpdateReport, apply_update};
 
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]

@@ -47,6 +47,10 @@ pub struct Args {
     /// Measure the GEMM crate's own peak GFLOP/s (f32, square matrices) instead.
     #[arg(long)]
     gemm_peak: bool,
+    /// Memory-efficient BPTT: keep the state every K steps and recompute segments in the
+    /// backward pass (0 = plain BPTT; `auto` = √T).
+    #[arg(long, default_value = "0")]
+    checkpoint_every: String,
 }
 
 /// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
@@ -147,7 +151,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let net = Net::new(spec.net_config(a.vocab))?;
     let mut params = net.init_params::<f32>(1);
     let mut grads = vec![0.0f32; params.len()];
-    let mut ws = net.workspace::<f32>(a.seq_len, a.batch, threads)?;
+    let k = match a.checkpoint_every.as_str() {
+        "auto" => (a.seq_len as f64).sqrt().round().max(1.0) as usize,
+        v => v
+            .parse::<usize>()
+            .map_err(|_| anyhow::anyhow!("--checkpoint-every takes a whole number or auto, got '{v}'"))?,
+    };
+    // Plain BPTT keeps a T-step workspace; checkpointed BPTT a K-step one plus T/K states.
+    let mut ws = net.workspace::<f32>(if k > 0 { 1 } else { a.seq_len }, a.batch, threads)?;
+    let mut ck = if k > 0 { Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads)?) } else { None };
     let mut opt = Optimizer::new(OptimizerConfig::adam(), params.len())?;
     let clip = Clip { max_norm: Some(5.0), max_value: None };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -159,11 +171,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
             *v = rng.random_range(0..a.vocab as u32);
         }
         let t0 = Instant::now();
-        net.forward(&params, &mut ws, Input::Tokens(&x), Some(Targets::classes(&y)), Some(&state))?;
         grads.fill(0.0);
-        net.backward(&params, &mut ws, &mut grads)?;
+        match ck.as_mut() {
+            Some(ck) => {
+                ck.run(&net, &params, Input::Tokens(&x), Targets::classes(&y), Some(&state), &mut grads)?;
+                // (The carried state is not needed to time the step; keep it at zero.)
+            }
+            None => {
+                net.forward(&params, &mut ws, Input::Tokens(&x), Some(Targets::classes(&y)), Some(&state))?;
+                net.backward(&params, &mut ws, &mut grads)?;
+                ws.state_at(a.seq_len, &mut state);
+            }
+        }
         apply_update(&mut params, &mut grads, &mut opt, 2e-3, clip);
-        ws.state_at(a.seq_len, &mut state);
         let dt = t0.elapsed().as_secs_f64();
         Ok(if timed { dt } else { 0.0 })
     };
@@ -192,7 +212,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "ms_per_step": (ms * 1000.0).round() / 1000.0,
         "gflops": (gflops * 10.0).round() / 10.0,
         "peak_rss_mb": (peak_rss_mb() * 10.0).round() / 10.0,
-        "activation_mb": (ws.bytes() as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "checkpoint_every": k,
+        "activation_mb": (ck.as_ref().map_or(ws.bytes(), |c| c.bytes()) as f64 / 1048576.0 * 10.0).round() / 10.0,
         "cpu": cpu_model(),
     });
     if a.json {

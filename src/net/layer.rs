@@ -190,7 +190,8 @@ fn forward_rows<F: Float>(cell: CellKind, h: usize, b_hh: &[F], w_hh_t: Mat<'_, 
 /// the future is added (`dh_t += dh_next`), the cell turns it into pre-activation gradients,
 /// and `dh_next = dpre_t · W_hh` (+ the GRU's direct term) carries it one step back. After the
 /// loop every weight gradient is one GEMM over all T·B rows. `dx` (T·B, I), when given,
-/// receives dL/dx; `dh0`/`dc0` (B, H) receive dL/d(initial state).
+/// receives dL/dx. `dh_next`/`dc_next` (B, H) hold dL/d(final state) on entry (zeros when the
+/// loss is all inside the window) and dL/d(initial state) on return.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<F: Float>(
     cfg: &NetConfig,
@@ -211,8 +212,6 @@ pub(crate) fn backward<F: Float>(
     let gh = cell.gates() * h;
     let (bh, bgh, n) = (b * h, b * gh, steps * b);
     let w_hh = Mat::rows(&p[lp.w_hh..], gh, h); // (G·H, H)
-    dh_next.fill(F::zero());
-    dc_next.fill(F::zero());
 
     let (b0, inner) = split_rows(b, gh, h, threads);
     for t in (0..steps).rev() {

@@ -431,15 +431,39 @@ impl Net {
     /// layout as the parameters; zero it first for a fresh gradient, as in PyTorch), and fills
     /// the workspace's input and initial-state gradients.
     pub fn backward<F: Float>(&self, params: &[F], ws: &mut Workspace<F>, grads: &mut [F]) -> Result<()> {
+        self.backward_from(params, ws, grads, None)
+    }
+
+    /// [`Net::backward`] with a gradient arriving at the final state as well: `dfinal` is
+    /// dL/d(state after the last step), e.g. from a later segment of the same sequence.
+    pub fn backward_from<F: Float>(
+        &self,
+        params: &[F],
+        ws: &mut Workspace<F>,
+        grads: &mut [F],
+        dfinal: Option<&State<F>>,
+    ) -> Result<()> {
         let cfg = &self.config;
         check_len("parameter slab", self.len, params.len())?;
         check_len("gradient slab", self.len, grads.len())?;
         if !ws.ready {
             return Err(Error::Config("backward needs a forward pass with targets first".into()));
         }
-        ws.ready = false;
         let (steps, b, h) = (ws.steps, ws.batch, cfg.hidden);
         let bh = b * h;
+        match dfinal {
+            Some(d) => {
+                check_len("final-state gradient h", ws.dh0.len(), d.h.len())?;
+                check_len("final-state gradient c", ws.dc0.len(), d.c.len())?;
+                ws.dh0.copy_from_slice(&d.h);
+                ws.dc0.copy_from_slice(&d.c);
+            }
+            None => {
+                ws.dh0.fill(F::zero());
+                ws.dc0.fill(F::zero());
+            }
+        }
+        ws.ready = false;
         let last = cfg.layers - 1;
         {
             let top = &mut ws.layers[last];

@@ -1,9 +1,11 @@
 //! Training machinery on top of `net` and `optim`: clipping, the guarded update (a non-finite
 //! gradient is never applied), and the truncated-BPTT driver.
 
+mod checkpointed;
 pub mod clip;
 mod tbptt;
 
+pub use checkpointed::CheckpointedBptt;
 pub use tbptt::Tbptt;
 
 use crate::error::{Error, Result};

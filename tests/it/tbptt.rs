@@ -132,3 +132,32 @@ fn bad_k_is_an_error() {
     assert!(Tbptt::<f32>::new(&s.net, 5, 3, 1, 1).is_err());
     assert!(Tbptt::<f32>::new(&s.net, 0, 3, 1, 1).is_err());
 }
+
+/// Checkpointed BPTT (recompute each segment in the backward pass) gives plain BPTT's loss and
+/// gradients, for every cell, input kind and segment length, masks included.
+#[test]
+fn checkpointed_bptt_equals_plain_bptt() {
+    use bptt::CheckpointedBptt;
+    for cell in CellKind::ALL {
+        for (tokens, mode) in [(false, Mode::WeightedCe), (true, Mode::ManyToManyCe), (false, Mode::ManyToOneMse)] {
+            let p = Problem::new(cell, 2, mode, tokens, 3, 11, 21);
+            let mut ws = p.net.workspace(11, 3, 1).unwrap();
+            let loss = p.net.forward(&p.params, &mut ws, p.input(), Some(p.targets()), Some(&p.init)).unwrap();
+            let mut plain = vec![0.0; p.net.num_params()];
+            p.net.backward(&p.params, &mut ws, &mut plain).unwrap();
+            for k in [1, 2, 3, 4, 11, 16] {
+                let mut ck = CheckpointedBptt::new(&p.net, k, 3, 1).unwrap();
+                let mut g = vec![0.0; p.net.num_params()];
+                let l = ck.run(&p.net, &p.params, p.input(), p.targets(), Some(&p.init), &mut g).unwrap();
+                assert!((l - loss).abs() <= 1e-13 * loss.abs(), "{cell} k={k}: loss {l} vs {loss}");
+                for (j, (a, b)) in g.iter().zip(&plain).enumerate() {
+                    assert!((a - b).abs() <= 1e-12 * b.abs().max(1e-3), "{cell} {mode:?} k={k}: grad[{j}] {a} vs {b}");
+                }
+                let d0 = ws.initial_state_grad();
+                for (a, b) in ck.initial_state_grad().h.iter().zip(&d0.h) {
+                    assert!((a - b).abs() <= 1e-12 * b.abs().max(1e-3), "{cell} k={k}: dh0 {a} vs {b}");
+                }
+            }
+        }
+    }
+}

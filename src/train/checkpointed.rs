@@ -1,0 +1,129 @@
+//! Memory-efficient BPTT by recomputation (Chen et al. 2016; Gruslys et al. 2016): the forward
+//! pass keeps only the state at every K-th step; the backward pass walks the segments from the
+//! last to the first, recomputes each segment's forward pass from its saved state and
+//! back-propagates through it, the gradient w.r.t. the segment's initial state carried to the
+//! segment before. Activation memory is O(K + T/K) steps instead of O(T) (K ≈ √T minimises
+//! it) for one extra forward pass; the gradient equals plain BPTT's up to rounding (the weight
+//! gradients are summed segment by segment).
+
+use crate::error::{Error, Result, check_len};
+use crate::float::Float;
+use crate::net::{Input, Net, State, Target, Targets, Workspace};
+
+/// The checkpointed BPTT driver for segments of `k` steps.
+pub struct CheckpointedBptt<F> {
+    k: usize,
+    ws: Workspace<F>,
+    /// The state at the start of each segment of the last sequence.
+    states: Vec<State<F>>,
+    /// dL/d(state at the end of the segment being back-propagated).
+    carry: State<F>,
+}
+
+impl<F: Float> CheckpointedBptt<F> {
+    /// A driver for `net` with batch `batch` and segments of `k` ≥ 1 steps.
+    pub fn new(net: &Net, k: usize, batch: usize, threads: usize) -> Result<Self> {
+        if k == 0 {
+            return Err(Error::Config("--checkpoint-every must be at least 1".into()));
+        }
+        Ok(CheckpointedBptt {
+            k,
+            ws: net.workspace(k, batch, threads)?,
+            states: Vec::new(),
+            carry: State::zeros(net.config(), batch),
+        })
+    }
+
+    /// The workspace (K steps) the segments run in.
+    pub fn workspace(&self) -> &Workspace<F> {
+        &self.ws
+    }
+
+    /// dL/d(initial state) of the last run.
+    pub fn initial_state_grad(&self) -> &State<F> {
+        &self.carry
+    }
+
+    /// Bytes of stored activations: the K-step workspace plus the saved segment states.
+    pub fn bytes(&self) -> usize {
+        self.ws.bytes() + self.states.iter().map(|s| (s.h.len() + s.c.len()) * std::mem::size_of::<F>()).sum::<usize>()
+    }
+
+    /// Loss of the whole sequence (as [`Net::forward`] defines it) and its gradient, added into
+    /// `grads`; the sequence may be any length.
+    pub fn run(
+        &mut self,
+        net: &Net,
+        params: &[F],
+        input: Input<'_, F>,
+        targets: Targets<'_, F>,
+        init: Option<&State<F>>,
+        grads: &mut [F],
+    ) -> Result<F> {
+        let cfg = net.config();
+        let b = self.ws.batch();
+        let (iw, o) = (cfg.input_width(), cfg.output);
+        let len = match input {
+            Input::Dense(x) => x.len(),
+            Input::Tokens(x) => x.len(),
+        };
+        let steps = len / (b * iw);
+        if steps == 0 || steps * b * iw != len {
+            return Err(Error::Config(format!("input of {len} values is not T·{} for some T ≥ 1", b * iw)));
+        }
+        if let Some(m) = targets.mask {
+            check_len("mask (T·B)", steps * b, m.len())?;
+        }
+        let weight = |s: usize, e: usize| -> f64 {
+            targets.mask.map_or(((e - s) * b) as f64, |m| m[s * b..e * b].iter().map(|w| w.f64()).sum())
+        };
+        let total = weight(0, steps);
+        let segments = steps.div_ceil(self.k);
+        let segment = |s: usize| -> (usize, usize, Input<'_, F>, Targets<'_, F>) {
+            let (from, to) = (s * self.k, ((s + 1) * self.k).min(steps));
+            let x = match input {
+                Input::Dense(x) => Input::Dense(&x[from * b * iw..to * b * iw]),
+                Input::Tokens(x) => Input::Tokens(&x[from * b..to * b]),
+            };
+            let target = match targets.target {
+                Target::Classes(y) => Target::Classes(&y[from * b..to * b]),
+                Target::Values(y) => Target::Values(&y[from * b * o..to * b * o]),
+            };
+            (from, to, x, Targets { target, mask: targets.mask.map(|m| &m[from * b..to * b]) })
+        };
+        while self.states.len() < segments {
+            self.states.push(State::zeros(cfg, b));
+        }
+        // Forward: keep only each segment's starting state.
+        match init {
+            Some(s) => self.states[0].clone_from(s),
+            None => self.states[0] = State::zeros(cfg, b),
+        }
+        let mut loss = 0.0;
+        for s in 0..segments {
+            let (from, to, x, y) = segment(s);
+            let l = net.forward(params, &mut self.ws, x, Some(y), Some(&self.states[s]))?;
+            if total > 0.0 {
+                loss += l.f64() * weight(from, to) / total;
+            }
+            if s + 1 < segments {
+                self.ws.state_at(to - from, &mut self.states[s + 1]);
+            }
+        }
+        // Backward, last segment first, recomputing each segment's forward pass.
+        self.carry.h.fill(F::zero());
+        self.carry.c.fill(F::zero());
+        for s in (0..segments).rev() {
+            let (from, to, x, y) = segment(s);
+            net.forward(params, &mut self.ws, x, Some(y), Some(&self.states[s]))?;
+            // The segment's loss is its own weighted mean: rescale dL/dlogits to the sequence's.
+            let scale = if total > 0.0 { F::of(weight(from, to) / total) } else { F::zero() };
+            let n = (to - from) * b * o;
+            self.ws.dlogits[..n].iter_mut().for_each(|d| *d *= scale);
+            net.backward_from(params, &mut self.ws, grads, Some(&self.carry))?;
+            self.carry.h.copy_from_slice(&self.ws.dh0);
+            self.carry.c.copy_from_slice(&self.ws.dc0);
+        }
+        Ok(F::of(loss))
+    }
+}
