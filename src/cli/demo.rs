@@ -315,7 +315,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                back-propagated through exactly k steps) is compared with the full-BPTT gradient of the same losses: \
                for small k it misses the long-range part and points elsewhere; as k grows to T it becomes exact."
             .into(),
-        command: format!("bptt diagnose --truncation --length {}", plan.adding_len),
+        command: format!("bptt diagnose --truncation --length {} --train-steps {}", plan.adding_len, plan.adding_steps),
         figures: vec![svg],
         table,
         ..Default::default()

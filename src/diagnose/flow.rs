@@ -25,7 +25,7 @@ pub struct FlowConfig {
     pub layers: usize,
     /// T.
     pub length: usize,
-    /// B (norms are averaged over it).
+    /// B of the measured batch (norms are averaged over it; training uses the task's B = 32).
     pub batch: usize,
     /// Seed of the initialisation and the data.
     pub seed: u64,
@@ -91,7 +91,6 @@ pub fn gradient_flow(cfg: &FlowConfig, mut progress: impl FnMut(&str)) -> Result
         let task = TaskConfig {
             hidden: cfg.hidden,
             layers: cfg.layers,
-            batch: cfg.batch,
             steps: cfg.train_steps,
             seed: cfg.seed,
             threads: cfg.threads,
