@@ -94,9 +94,11 @@ fn default_text() -> Option<PathBuf> {
 pub fn run(a: Args) -> Result<ExitCode> {
     let threads = super::threads(a.threads)?;
     let plan = if a.quick { &QUICK } else { &FULL };
+    let text = a.text.clone().or_else(default_text);
+    // Read the text now, so a bad --text fails before minutes of experiments, not after.
+    let raw = text.as_deref().map(fsio::read_text).transpose()?;
     let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("demo-{}", super::timestamp())));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let text = a.text.clone().or_else(default_text);
     let mut cx = Ctx { dir, threads, started: Instant::now(), section: 0, sections: 7 };
     let q = if a.quick { " --quick" } else { "" };
     let mut sections = Vec::new();
@@ -322,7 +324,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     });
 
     cx.step("a character language model");
-    sections.push(char_lm(&cx, text.as_deref(), plan.lm_steps, q)?);
+    sections.push(char_lm(&cx, text.as_deref().zip(raw.as_deref()), plan.lm_steps, q)?);
 
     let report = Report {
         title: "What backpropagation through time does — measured".into(),
@@ -377,9 +379,9 @@ fn flow_table(flows: &[CellFlow]) -> Vec<Vec<String>> {
 }
 
 /// Section 7: a short char-LM run on the text, if there is one.
-fn char_lm(cx: &Ctx, text: Option<&Path>, steps: u64, q: &str) -> Result<Section> {
+fn char_lm(cx: &Ctx, text: Option<(&Path, &str)>, steps: u64, q: &str) -> Result<Section> {
     let title = "7. A character language model".to_string();
-    let Some(path) = text else {
+    let Some((path, raw)) = text else {
         return Ok(Section {
             title,
             text: "Skipped: no text was found (../shared/data/tinyshakespeare.txt is absent and --text was not given)."
@@ -387,9 +389,8 @@ fn char_lm(cx: &Ctx, text: Option<&Path>, steps: u64, q: &str) -> Result<Section
             ..Default::default()
         });
     };
-    let raw = fsio::read_text(path)?;
-    let vocab = Vocab::from_text(&raw)?;
-    let ids = vocab.encode(&raw)?;
+    let vocab = Vocab::from_text(raw)?;
+    let ids = vocab.encode(raw)?;
     let spec = ModelSpec { cell: CellKind::Lstm, embedding_dim: 32, hidden: 128, layers: 1 };
     let cfg =
         TrainConfig { seq_len: 64, k1: 64, lr: 3e-3, steps, val_fraction: 0.02, seed: 1, ..TrainConfig::new(spec) };
