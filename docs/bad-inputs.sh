@@ -95,3 +95,6 @@ row "top-k 0" "$B" sample --model "$M" --top-k 0
 row "unknown task" "$B" task juggle
 row "unknown graph format" "$B" graph --format png
 row "plot a folder without metrics" "$B" plot "$W"
+row "demo with a missing --text" "$B" demo --quick --text "$W/missing.txt" --out "$W/demo"
+row "diagnose --model without --text" "$B" diagnose --model "$M"
+row "bench with zero batch" "$B" bench --batch 0

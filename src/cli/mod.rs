@@ -56,8 +56,16 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Err(e) => {
             // One line: clap's first line names the problem; --help shows the fix.
             let msg = e.render().to_string();
-            let first = msg.lines().next().unwrap_or("invalid command line").trim_start_matches("error: ");
-            eprintln!("error: {first} (see 'bptt --help' or 'bptt <command> --help')");
+            // clap's message up to its usage block, on one line.
+            let head: Vec<&str> = msg
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+                .collect();
+            let text = head.join(" ");
+            let text = text.trim_start_matches("error: ");
+            eprintln!("error: {text} (see 'bptt --help' or 'bptt <command> --help')");
             return Ok(ExitCode::from(2));
         }
     };
