@@ -51,9 +51,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     for _ in 0..a.length {
         let c = model.vocab.char(sampler.next(a.temperature, a.top_k)?);
         out.write_all(c.encode_utf8(&mut buf).as_bytes())?;
-        if c == '\n' {
-            out.flush()?;
-        }
+        out.flush()?; // stream each character as it is generated
     }
     writeln!(out)?;
     out.flush()?;

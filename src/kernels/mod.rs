@@ -145,6 +145,22 @@ pub fn gemm<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
     IN_GEMM.with(|f| f.set(false));
 }
 
+/// `dst` (cols, rows) = `src` (rows, cols)ᵀ, both row-major, in 32×32 tiles so that reads and
+/// writes both stay within a few cache lines.
+pub fn transpose<F: Copy>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let row = &src[r * cols..(r + 1) * cols];
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * rows + r] = row[c];
+                }
+            }
+        }
+    }
+}
+
 /// Adds `bias` (len n) to every row of the contiguous (rows, n) matrix `dst`.
 pub fn fill_rows<F: Float>(dst: &mut [F], bias: &[F]) {
     for row in dst.chunks_exact_mut(bias.len()) {

@@ -33,13 +33,11 @@ pub(crate) fn forward<F: Float>(
     let gh = cell.gates() * h;
     let (bh, bgh, n) = (b * h, b * gh, steps * b);
     let (b_ih, b_hh) = (&p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh]);
-    // W_hhᵀ (H, G·H), transposed once per pass (the GEMM would otherwise repack W_hh every step).
-    for (r, row) in p[lp.w_hh..lp.w_hh + gh * h].chunks_exact(h).enumerate() {
-        for (c, &v) in row.iter().enumerate() {
-            cache.w_hh_t[c * gh + r] = v;
-        }
+    // W_hhᵀ (H, G·H), transposed once per pass: the GEMM crate would otherwise repack W_hh at
+    // every step. A single step gains nothing from it, so it reads W_hh as it is.
+    if steps > 1 {
+        kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut cache.w_hh_t);
     }
-
     // Input projections of all T steps at once: gates (T·B, G·H) = bias + X · W_ihᵀ.
     // The GRU keeps b_hh on the recurrent side (it sits inside r ⊙ (W_hn h + b_hn)).
     let gates = &mut cache.gates[..n * gh];
@@ -64,7 +62,7 @@ pub(crate) fn forward<F: Float>(
         }
     }
 
-    let w_hh_t = Mat::rows(&cache.w_hh_t, h, gh); // (H, G·H)
+    let w_hh_t = if steps > 1 { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(&p[lp.w_hh..], gh, h).t() }; // (H, G·H)
     let (b0, inner) = split_rows(b, gh, h, threads);
     let lstm = cell == CellKind::Lstm;
     for t in 0..steps {

@@ -398,8 +398,20 @@ impl Net {
             }
             let x = if k > 0 {
                 layer::LayerInput::Rows(&below[k - 1].hs[bh..(steps + 1) * bh])
+            } else if let (Some(enc), Some((vocab, e))) = (self.encoder, embedding)
+                && steps * b < vocab
+            {
+                // Fewer tokens than vocabulary entries: gather their embedding rows (T·B, E)
+                // and project them like dense input.
+                ws.gathered = true;
+                for (row, &tok) in ws.input.chunks_exact_mut(e).zip(&ws.tokens[..steps * b]) {
+                    row.copy_from_slice(&params[enc + tok as usize * e..enc + (tok as usize + 1) * e]);
+                }
+                layer::LayerInput::Rows(&ws.input[..steps * b * e])
             } else if let (Some(enc), Some((vocab, embedding_dim))) = (self.encoder, embedding) {
-                // Fold the embedding into the input projection: table = E · W_ihᵀ, (V, G·H).
+                // Fold the embedding into the input projection: table = E · W_ihᵀ, (V, G·H),
+                // cheaper than projecting T·B ≥ V rows one by one.
+                ws.gathered = false;
                 let gh = cfg.cell.gates() * cfg.hidden;
                 kernels::gemm(
                     MatMut::rows(&mut ws.table, vocab, gh),
@@ -478,6 +490,9 @@ impl Net {
             let (x, dx) = if k > 0 {
                 let prev = &mut below[k - 1];
                 (layer::LayerInput::Rows(&prev.hs[bh..(steps + 1) * bh]), Some(&mut prev.dh[..steps * bh]))
+            } else if self.encoder.is_some() && ws.gathered {
+                let n = steps * b * lp.input;
+                (layer::LayerInput::Rows(&ws.input[..n]), Some(&mut ws.dinput[..n]))
             } else if self.encoder.is_some() {
                 (layer::LayerInput::Table { table: &ws.table, tokens: &ws.tokens[..steps * b] }, None)
             } else {
@@ -490,7 +505,15 @@ impl Net {
             if k == 0
                 && let Some(enc) = self.encoder
             {
-                self.embedding_backward(params, grads, ws, enc);
+                if ws.gathered {
+                    // dE[token] += dx row, for every (t, b).
+                    let e = lp.input;
+                    for (row, &tok) in ws.dinput.chunks_exact(e).zip(&ws.tokens[..steps * b]) {
+                        kernels::add_into(&mut grads[enc + tok as usize * e..enc + (tok as usize + 1) * e], row);
+                    }
+                } else {
+                    self.embedding_backward(params, grads, ws, enc);
+                }
             }
         }
         Ok(())

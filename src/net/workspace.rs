@@ -39,8 +39,11 @@ pub struct Workspace<F> {
     /// True after a forward pass with targets, until the backward pass consumes it.
     pub(crate) ready: bool,
     pub(crate) layers: Vec<LayerCache<F>>,
-    /// (T, B, I) copy of the dense input; empty for tokens.
+    /// (T, B, I) copy of the dense input; for tokens, (T, B, E) gathered embedding rows.
     pub(crate) input: Vec<F>,
+    /// Token input only: the last forward gathered embedding rows (T·B < V) instead of
+    /// folding the embedding into a (V, G·H) table.
+    pub(crate) gathered: bool,
     /// (T, B) copy of the token ids; empty for dense input.
     pub(crate) tokens: Vec<u32>,
     /// (V, G·H) embedding folded into layer 0's input projection; (V, G·H) its gradient.
@@ -82,9 +85,10 @@ impl<F: Float> Workspace<F> {
                 w_hh_t: z(h * gh),
             })
             .collect();
+        // Token input keeps `input`/`dinput` for the gathered embedding rows (T·B < V).
         let (input, tokens, table) = match cfg.input {
             InputKind::Dense { size } => (t * b * size, 0, 0),
-            InputKind::Tokens { vocab, .. } => (0, t * b, vocab * gh),
+            InputKind::Tokens { vocab, embedding_dim } => (t * b * embedding_dim, t * b, vocab * gh),
         };
         Workspace {
             max_steps,
@@ -94,6 +98,7 @@ impl<F: Float> Workspace<F> {
             ready: false,
             layers,
             input: z(input),
+            gathered: false,
             tokens: vec![0; tokens],
             table: z(table),
             dtable: z(table),
