@@ -177,3 +177,65 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     // The interrupted run is past step 2 already, so resuming to 2 steps just saves and exits.
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn task_bench_plot_and_diagnose_print_what_they_document() {
+    let o = bptt(&["task", "adding", "--length", "12", "--steps", "30", "--hidden", "8", "--json", "--threads", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["task", "cell", "length", "steps", "final_loss", "baseline", "solved", "seconds"] {
+        assert!(!v[key].is_null(), "task --json lacks {key}: {v}");
+    }
+    assert_eq!(v["baseline"].as_f64().unwrap(), 1.0 / 6.0);
+
+    let o = bptt(&[
+        "bench",
+        "--hidden",
+        "16",
+        "--batch",
+        "4",
+        "--seq-len",
+        "8",
+        "--steps",
+        "3",
+        "--json",
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in ["tokens_per_s", "ms_per_step", "gflops", "peak_rss_mb", "activation_mb", "cpu"] {
+        assert!(!v[key].is_null(), "bench --json lacks {key}: {v}");
+    }
+    assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    assert!(train(d.path(), &text, "run", &["--steps", "6", "--eval-every", "3"]).status.success());
+    let run = d.path().join("run");
+    let o = bptt(&["plot", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["loss.png", "loss.svg", "grad_norm.png", "grad_norm.svg"] {
+        assert!(std::fs::metadata(run.join(f)).map(|m| m.len() > 0).unwrap_or(false), "{f}");
+    }
+    let out = d.path().join("diag");
+    let o = bptt(&[
+        "diagnose",
+        "--length",
+        "10",
+        "--hidden",
+        "8",
+        "--batch",
+        "4",
+        "--out",
+        out.to_str().unwrap(),
+        "--threads",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["gradient_flow.png", "gradient_flow.svg", "gradient_flow.csv", "gradient_flow.json"] {
+        assert!(std::fs::metadata(out.join(f)).map(|m| m.len() > 0).unwrap_or(false), "{f}");
+    }
+    let csv = std::fs::read_to_string(out.join("gradient_flow.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 3 * 10, "header + 3 cells × 10 steps");
+}
