@@ -65,6 +65,22 @@ pub(crate) fn forward<F: Float>(
     let w_hh_t = if steps > 1 { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(&p[lp.w_hh..], gh, h).t() }; // (H, G·H)
     let (b0, inner) = split_rows(b, gh, h, threads);
     let lstm = cell == CellKind::Lstm;
+    if b0 < b && threads > 1 {
+        // Each thread owns one half of the batch rows for the whole pass: one hand-off per pass
+        // instead of one per step. Same arithmetic as the per-step split below.
+        let bufs = FwdBufs::new(&mut cache.gates, &mut cache.hs, &mut cache.cs, &mut cache.aux, hproj);
+        let half = |r0: usize, r1: usize| {
+            for t in 0..steps {
+                // SAFETY: this closure touches only rows [r0, r1) of each step (and of the
+                // (B, ·) scratch), the other thread only the other rows; every range is in
+                // bounds by construction (see `Bufs::rows`).
+                let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
+                forward_rows(cell, h, b_hh, w_hh_t, rows, inner);
+            }
+        };
+        rayon::join(|| half(0, b0), || half(b0, b));
+        return;
+    }
     for t in 0..steps {
         let (past, future) = cache.hs.split_at_mut((t + 1) * bh);
         let (c_prev, c) = if lstm {
@@ -212,33 +228,45 @@ pub(crate) fn backward<F: Float>(
     let w_hh = Mat::rows(&p[lp.w_hh..], gh, h); // (G·H, H)
 
     let (b0, inner) = split_rows(b, gh, h, threads);
-    for t in (0..steps).rev() {
-        let dh_t = &mut cache.dh[t * bh..(t + 1) * bh];
-        kernels::add_into(dh_t, dh_next);
-        if let Some(norms) = dh_norms.as_deref_mut() {
-            let total: f64 = dh_t.chunks_exact(h).map(|r| kernels::sum_sq(r).sqrt()).sum();
-            norms[t] = F::of(total / b as f64);
-        }
-        let rows = BwdRows {
-            dh: &cache.dh[t * bh..(t + 1) * bh],
-            g: &mut cache.gates[t * bgh..(t + 1) * bgh],
-            dgh: if cell == CellKind::Gru { &mut cache.dgates_h[t * bgh..(t + 1) * bgh] } else { &mut [][..] },
-            h_prev: &cache.hs[t * bh..(t + 1) * bh],
-            h: &cache.hs[(t + 1) * bh..(t + 2) * bh],
-            c_prev: step_of(&cache.cs, t, bh),
-            aux: step_of(&cache.aux, t, bh),
-            dc: &mut dc_next[..],
-            dh_next: &mut dh_next[..],
+    if b0 < b && threads > 1 && dh_norms.is_none() {
+        let bufs = BwdBufs::new(cache, dh_next, dc_next);
+        let half = |r0: usize, r1: usize| {
+            for t in (0..steps).rev() {
+                // SAFETY: as in `forward`: rows [r0, r1) of every buffer belong to this thread.
+                let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
+                backward_rows(cell, h, gh, w_hh, rows, inner);
+            }
         };
-        if b0 == b {
-            backward_rows(cell, h, gh, w_hh, rows, threads);
-        } else {
-            let (top, bottom) = rows.split(b0, h, gh);
-            join(
-                threads > 1,
-                || backward_rows(cell, h, gh, w_hh, top, inner),
-                || backward_rows(cell, h, gh, w_hh, bottom, inner),
-            );
+        rayon::join(|| half(0, b0), || half(b0, b));
+    } else {
+        for t in (0..steps).rev() {
+            let dh_t = &mut cache.dh[t * bh..(t + 1) * bh];
+            kernels::add_into(dh_t, dh_next);
+            if let Some(norms) = dh_norms.as_deref_mut() {
+                let total: f64 = dh_t.chunks_exact(h).map(|r| kernels::sum_sq(r).sqrt()).sum();
+                norms[t] = F::of(total / b as f64);
+            }
+            let rows = BwdRows {
+                dh: &cache.dh[t * bh..(t + 1) * bh],
+                g: &mut cache.gates[t * bgh..(t + 1) * bgh],
+                dgh: if cell == CellKind::Gru { &mut cache.dgates_h[t * bgh..(t + 1) * bgh] } else { &mut [][..] },
+                h_prev: &cache.hs[t * bh..(t + 1) * bh],
+                h: &cache.hs[(t + 1) * bh..(t + 2) * bh],
+                c_prev: step_of(&cache.cs, t, bh),
+                aux: step_of(&cache.aux, t, bh),
+                dc: &mut dc_next[..],
+                dh_next: &mut dh_next[..],
+            };
+            if b0 == b {
+                backward_rows(cell, h, gh, w_hh, rows, threads);
+            } else {
+                let (top, bottom) = rows.split(b0, h, gh);
+                join(
+                    threads > 1,
+                    || backward_rows(cell, h, gh, w_hh, top, inner),
+                    || backward_rows(cell, h, gh, w_hh, bottom, inner),
+                );
+            }
         }
     }
 
@@ -321,6 +349,125 @@ fn backward_rows<F: Float>(cell: CellKind, h: usize, gh: usize, w_hh: Mat<'_, F>
         CellKind::Gru => {
             gru::backward_step(h, s.dh, s.g, s.dgh, s.aux, s.h_prev, s.dh_next);
             kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.dgh, r, gh), w_hh, true, threads);
+        }
+    }
+}
+
+/// A raw pointer and length standing for a buffer that two threads share out by batch rows.
+#[derive(Clone, Copy)]
+struct Raw<F>(*mut F, usize);
+
+// SAFETY: a `Raw` is only turned into slices over row ranges that one thread owns (see the
+// `rows` methods' contracts); F itself is Send + Sync.
+unsafe impl<F: Send> Send for Raw<F> {}
+unsafe impl<F: Sync> Sync for Raw<F> {}
+
+impl<F> Raw<F> {
+    fn of(v: &mut [F]) -> Self {
+        Raw(v.as_mut_ptr(), v.len())
+    }
+
+    /// `len` elements from `at` (empty if the buffer is unused).
+    ///
+    /// # Safety
+    /// No other live reference may overlap the range; it must be in bounds (asserted).
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice<'a>(&self, at: usize, len: usize) -> &'a mut [F] {
+        if self.1 == 0 {
+            return &mut [];
+        }
+        assert!(at + len <= self.1, "row range out of bounds");
+        // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
+
+/// A layer's forward buffers, to be shared out by batch rows for a whole pass.
+struct FwdBufs<F> {
+    gates: Raw<F>,
+    hs: Raw<F>,
+    cs: Raw<F>,
+    aux: Raw<F>,
+    hproj: Raw<F>,
+}
+
+impl<F> FwdBufs<F> {
+    fn new(gates: &mut [F], hs: &mut [F], cs: &mut [F], aux: &mut [F], hproj: &mut [F]) -> Self {
+        FwdBufs { gates: Raw::of(gates), hs: Raw::of(hs), cs: Raw::of(cs), aux: Raw::of(aux), hproj: Raw::of(hproj) }
+    }
+
+    /// Rows [r0, r1) of step t.
+    ///
+    /// # Safety
+    /// While the result lives, nothing else may touch rows [r0, r1) of steps t and t+1 of these
+    /// buffers (or of the scratch); the constructor's borrow must still be live.
+    unsafe fn rows<'a>(&self, t: usize, r0: usize, r1: usize, b: usize, h: usize, gh: usize) -> FwdRows<'a, F> {
+        let (r, bh, bgh) = (r1 - r0, b * h, b * gh);
+        // SAFETY: distinct buffers, or distinct steps of one buffer (h_prev is step t, h is
+        // step t+1), each restricted to rows [r0, r1): no two slices overlap.
+        unsafe {
+            FwdRows {
+                g: self.gates.slice(t * bgh + r0 * gh, r * gh),
+                h_prev: self.hs.slice(t * bh + r0 * h, r * h),
+                h: self.hs.slice((t + 1) * bh + r0 * h, r * h),
+                c_prev: self.cs.slice(t * bh + r0 * h, r * h),
+                c: self.cs.slice((t + 1) * bh + r0 * h, r * h),
+                aux: self.aux.slice(t * bh + r0 * h, r * h),
+                hproj: self.hproj.slice(r0 * gh, r * gh),
+            }
+        }
+    }
+}
+
+/// A layer's backward buffers, to be shared out by batch rows for a whole pass.
+struct BwdBufs<F> {
+    dh: Raw<F>,
+    gates: Raw<F>,
+    dgh: Raw<F>,
+    hs: Raw<F>,
+    cs: Raw<F>,
+    aux: Raw<F>,
+    dc: Raw<F>,
+    dh_next: Raw<F>,
+}
+
+impl<F: Float> BwdBufs<F> {
+    fn new(cache: &mut LayerCache<F>, dh_next: &mut [F], dc_next: &mut [F]) -> Self {
+        BwdBufs {
+            dh: Raw::of(&mut cache.dh),
+            gates: Raw::of(&mut cache.gates),
+            dgh: Raw::of(&mut cache.dgates_h),
+            hs: Raw::of(&mut cache.hs),
+            cs: Raw::of(&mut cache.cs),
+            aux: Raw::of(&mut cache.aux),
+            dc: Raw::of(dc_next),
+            dh_next: Raw::of(dh_next),
+        }
+    }
+
+    /// Rows [r0, r1) of step t, after adding the gradient from the future into dh_t.
+    ///
+    /// # Safety
+    /// As [`FwdBufs::rows`].
+    unsafe fn rows<'a>(&self, t: usize, r0: usize, r1: usize, b: usize, h: usize, gh: usize) -> BwdRows<'a, F> {
+        let (r, bh, bgh) = (r1 - r0, b * h, b * gh);
+        // SAFETY: as in `FwdBufs::rows`: h_prev (step t) and h (step t+1) of `hs` are disjoint,
+        // every other slice is a distinct buffer, all restricted to rows [r0, r1).
+        unsafe {
+            let dh = self.dh.slice(t * bh + r0 * h, r * h);
+            let dh_next = self.dh_next.slice(r0 * h, r * h);
+            kernels::add_into(dh, dh_next);
+            BwdRows {
+                dh,
+                g: self.gates.slice(t * bgh + r0 * gh, r * gh),
+                dgh: self.dgh.slice(t * bgh + r0 * gh, r * gh),
+                h_prev: self.hs.slice(t * bh + r0 * h, r * h),
+                h: self.hs.slice((t + 1) * bh + r0 * h, r * h),
+                c_prev: self.cs.slice(t * bh + r0 * h, r * h),
+                aux: self.aux.slice(t * bh + r0 * h, r * h),
+                dc: self.dc.slice(r0 * h, r * h),
+                dh_next,
+            }
         }
     }
 }
