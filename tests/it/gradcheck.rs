@@ -148,3 +148,70 @@ fn lstm() {
 fn gru() {
     check_all(CellKind::Gru);
 }
+
+/// The two-thread split (net/layer.rs) only engages at sizes too large to check every
+/// coordinate; check 120 random parameter coordinates and every initial-state coordinate of
+/// one sequence there, with 2 threads, for every cell.
+#[test]
+fn split_path_matches_finite_differences() {
+    use bptt::{Input, InputKind, LossKind, NetConfig};
+    use rand::RngExt;
+    for cell in CellKind::ALL {
+        let (t, b, h) = (3, 32, 256); // B·G·H·H ≥ 2²¹ for every cell: the split engages
+        let cfg = NetConfig {
+            cell,
+            input: InputKind::Dense { size: 4 },
+            hidden: h,
+            layers: 1,
+            output: 3,
+            loss: LossKind::CrossEntropy,
+        };
+        let net = Net::new(cfg).unwrap();
+        let mut r = crate::common::rng(77);
+        let params: Vec<f64> = crate::common::uniform(&mut r, net.num_params(), 0.15);
+        let x = crate::common::uniform(&mut r, t * b * 4, 1.0);
+        let y: Vec<u32> = (0..t * b).map(|k| (k % 3) as u32).collect();
+        let mut init = State::zeros(&cfg, b);
+        init.h = crate::common::uniform(&mut r, init.h.len(), 0.5);
+        init.c = crate::common::uniform(&mut r, init.c.len(), 0.5);
+        let mut ws = net.workspace::<f64>(t, b, 2).unwrap();
+        let loss = |p: &[f64], s: &State<f64>, ws: &mut Workspace<f64>| {
+            net.forward(p, ws, Input::Dense(&x), Some(bptt::Targets::classes(&y)), Some(s)).unwrap()
+        };
+        loss(&params, &init, &mut ws);
+        let mut grads = vec![0.0; net.num_params()];
+        net.backward(&params, &mut ws, &mut grads).unwrap();
+        let d0 = ws.initial_state_grad();
+        let mut p = params.clone();
+        let mut kinks = 0;
+        for _ in 0..120 {
+            let k = r.random_range(0..p.len());
+            let n = numeric(&mut p, k, |v| loss(v, &init, &mut ws));
+            if cell == CellKind::RnnRelu && rel(grads[k], n) > TOL {
+                // A ReLU kink within the stencil: the two step sizes disagree (see KINK).
+                let fine = numeric_with(&mut p, k, STEP / 8.0, |v| loss(v, &init, &mut ws));
+                if rel(fine, n) > KINK {
+                    kinks += 1;
+                    continue;
+                }
+            }
+            assert!(rel(grads[k], n) < TOL, "{cell}: param {k}: analytic {} numeric {n}", grads[k]);
+        }
+        let mut h0 = init.h.clone();
+        for k in 0..h {
+            let f = |v: &[f64]| loss(&params, &State { h: v.to_vec(), c: init.c.clone() }, &mut ws);
+            let n = numeric(&mut h0, k, f);
+            if cell == CellKind::RnnRelu && rel(d0.h[k], n) > TOL {
+                let fine = numeric_with(&mut h0, k, STEP / 8.0, |v| {
+                    loss(&params, &State { h: v.to_vec(), c: init.c.clone() }, &mut ws)
+                });
+                if rel(fine, n) > KINK {
+                    kinks += 1;
+                    continue;
+                }
+            }
+            assert!(rel(d0.h[k], n) < TOL, "{cell}: h0[{k}]: analytic {} numeric {n}", d0.h[k]);
+        }
+        assert!(kinks * 10 < 120 + h, "{cell}: {kinks} coordinates sit on ReLU kinks");
+    }
+}
