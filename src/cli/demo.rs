@@ -57,7 +57,7 @@ const FULL: Plan = Plan {
     adding_len: 100,
     adding_steps: 2000,
     copy_len: 10,
-    copy_steps: 2000,
+    copy_steps: 5000,
     explode_steps: 300,
     lm_steps: 400,
 };
@@ -197,7 +197,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
             let cfg = TaskConfig {
                 steps: plan.copy_steps,
                 hidden: 128,
-                lr: 3e-3,
                 threads,
                 ..TaskConfig::new(TaskKind::Copy, cell, plan.copy_len)
             };
@@ -241,8 +240,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
                gradient vanishes before it reaches the first marker, stays near it."
             .into(),
         command: format!(
-            "bptt task adding --cell lstm --length {} --steps {}  (and --cell rnn_tanh, gru; bptt task copy --length {} --hidden 128 --lr 3e-3)",
-            plan.adding_len, plan.adding_steps, plan.copy_len.max(10)
+            "bptt task adding --cell lstm --length {} --steps {}  (and --cell rnn_tanh, gru; bptt task copy --length {} --hidden 128 --steps {})",
+            plan.adding_len, plan.adding_steps, FULL.copy_len, FULL.copy_steps
         ),
         figures,
         table,
