@@ -106,12 +106,11 @@ pub(crate) fn forward<F: Float>(
         if b0 == b {
             forward_rows(cell, h, b_hh, w_hh_t, rows, threads);
         } else {
+            // One thread (two threads took the per-pass path above): the halves in turn, so the
+            // arithmetic is the same as there.
             let (top, bottom) = rows.split(b0, h, gh);
-            join(
-                threads > 1,
-                || forward_rows(cell, h, b_hh, w_hh_t, top, inner),
-                || forward_rows(cell, h, b_hh, w_hh_t, bottom, inner),
-            );
+            forward_rows(cell, h, b_hh, w_hh_t, top, inner);
+            forward_rows(cell, h, b_hh, w_hh_t, bottom, inner);
         }
     }
 }

@@ -29,7 +29,8 @@ pub fn corpus(dir: &Path) -> PathBuf {
 const SMALL: &[&str] =
     &["--hidden", "16", "--embedding-dim", "8", "--layers", "2", "--batch", "4", "--seq-len", "16", "--threads", "1"];
 
-fn train(dir: &Path, text: &Path, out: &str, extra: &[&str]) -> Output {
+/// `bptt train` on `text` with a small model (SMALL), output in `dir/out`.
+pub fn train(dir: &Path, text: &Path, out: &str, extra: &[&str]) -> Output {
     let out = dir.join(out);
     let mut args = vec!["train", "--text", text.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend_from_slice(SMALL);

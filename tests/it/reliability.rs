@@ -2,7 +2,7 @@
 //! resuming gives the uninterrupted result; non-finite updates are skipped, then abort, and
 //! no NaN reaches a saved model; memory and file descriptors stay flat over a long run.
 
-use crate::cli::{bptt, corpus, stderr};
+use crate::cli::{bptt, corpus, stderr, train};
 use bptt::charlm::CharModel;
 use rand::{RngExt, SeedableRng};
 use std::path::Path;
@@ -111,35 +111,8 @@ fn non_finite_updates_are_skipped_then_abort_and_no_nan_is_saved() {
     let d = tempfile::tempdir().unwrap();
     let text = corpus(d.path());
     let out = d.path().join("run");
-    let o = bptt(&[
-        "train",
-        "--text",
-        text.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--steps",
-        "200",
-        "--hidden",
-        "16",
-        "--embedding-dim",
-        "8",
-        "--batch",
-        "4",
-        "--seq-len",
-        "16",
-        "--threads",
-        "1",
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "1e30",
-        "--clip-norm",
-        "0",
-        "--max-bad-steps",
-        "4",
-        "--eval-every",
-        "1",
-    ]);
+    let extra = ["--steps", "200", "--optimizer", "sgd", "--lr", "1e30", "--clip-norm", "0"];
+    let o = train(d.path(), &text, "run", &[&extra[..], &["--max-bad-steps", "4", "--eval-every", "1"]].concat());
     let err = stderr(&o);
     assert!(!o.status.success(), "an absurd learning rate should abort: {err}");
     assert!(err.contains("non-finite") && err.contains("lower --lr"), "{err}");
@@ -158,34 +131,8 @@ fn non_finite_updates_are_skipped_then_abort_and_no_nan_is_saved() {
     }
 
     // The char-rnn guard: stop when the loss runs away.
-    let out2 = d.path().join("run2");
-    let o = bptt(&[
-        "train",
-        "--text",
-        text.to_str().unwrap(),
-        "--out",
-        out2.to_str().unwrap(),
-        "--steps",
-        "200",
-        "--hidden",
-        "16",
-        "--embedding-dim",
-        "8",
-        "--batch",
-        "4",
-        "--seq-len",
-        "16",
-        "--threads",
-        "1",
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "50",
-        "--clip-norm",
-        "0",
-        "--abort-loss-factor",
-        "1.5",
-    ]);
+    let extra = ["--steps", "200", "--optimizer", "sgd", "--lr", "50", "--clip-norm", "0"];
+    let o = train(d.path(), &text, "run2", &[&extra[..], &["--abort-loss-factor", "1.5"]].concat());
     let err = stderr(&o);
     assert!(!o.status.success() && err.contains("diverging"), "{err}");
 }
