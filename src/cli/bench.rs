@@ -35,7 +35,7 @@ pub struct Args {
     /// Timed updates (after 3 warm-up updates).
     #[arg(long, default_value_t = 20)]
     steps: usize,
-    /// Threads [default: all cores].
+    /// Threads: 1, or 2 and more for two (the work splits in halves) [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
     /// Print one JSON line per config.

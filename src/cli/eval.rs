@@ -16,7 +16,7 @@ pub struct Args {
     /// Print one JSON line: {"loss", "bits_per_char", "perplexity", "tokens"}.
     #[arg(long)]
     json: bool,
-    /// Threads [default: all cores].
+    /// Threads: 1, or 2 and more for two (the work splits in halves) [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
 }

@@ -89,8 +89,6 @@ pub fn threads(flag: Option<usize>) -> anyhow::Result<usize> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    // The GEMM crate runs on rayon's global pool; size it once (a second call is a no-op).
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
     Ok(n)
 }
 

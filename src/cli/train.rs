@@ -98,7 +98,7 @@ pub struct Args {
     /// Seed of the initialisation and samples.
     #[arg(long, default_value_t = 1337, conflicts_with = "resume")]
     seed: u64,
-    /// Threads [default: all cores]. A given seed and thread count reproduce a run bit for bit.
+    /// Threads: 1, or 2 and more for two (the work splits in halves) [default: all cores]. A given seed and thread count reproduce a run bit for bit.
     #[arg(long)]
     threads: Option<usize>,
     /// Output folder [default: runs/<UTC timestamp>].

@@ -5,9 +5,11 @@
 //! so a transpose is a free view (`.t()`), never a copy.
 
 pub mod math;
+pub mod team;
 
 use crate::float::Float;
 use std::cell::Cell;
+use std::marker::PhantomData;
 
 /// A read-only matrix view: element (r, c) is `data[r * rs + c * cs]`.
 #[derive(Clone, Copy)]
@@ -19,13 +21,16 @@ pub struct Mat<'a, F> {
     cs: usize,
 }
 
-/// A mutable matrix view with the same addressing as [`Mat`].
+/// A mutable matrix view with the same addressing as [`Mat`]. It holds a pointer rather than a
+/// slice so that two threads may write interleaved column blocks of one buffer
+/// ([`MatMut::from_shared`]); the safe constructors borrow a slice exclusively.
 pub struct MatMut<'a, F> {
-    data: &'a mut [F],
+    data: *mut F,
     rows: usize,
     cols: usize,
     rs: usize,
     cs: usize,
+    _borrow: PhantomData<&'a mut [F]>,
 }
 
 /// Index one past the last element a (rows, cols, rs, cs) view touches; 0 for an empty view.
@@ -55,7 +60,16 @@ impl<'a, F> Mat<'a, F> {
     pub fn t(self) -> Self {
         Self { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
     }
+
+    /// Rows [r0, r0 + rows) as a view.
+    fn sub_rows(self, r0: usize, rows: usize) -> Self {
+        let data = if rows == 0 { &self.data[..0] } else { &self.data[r0 * self.rs..] };
+        Self { data, rows, ..self }
+    }
 }
+
+// SAFETY: a `MatMut` stands for an exclusive borrow of its elements (`&mut [F]`).
+unsafe impl<F: Send> Send for MatMut<'_, F> {}
 
 impl<'a, F> MatMut<'a, F> {
     /// A contiguous row-major (rows, cols) matrix over the first `rows * cols` elements.
@@ -69,7 +83,31 @@ impl<'a, F> MatMut<'a, F> {
     #[inline]
     pub fn strided(data: &'a mut [F], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
         assert!(extent(rows, cols, rs, cs) <= data.len(), "matrix view out of bounds");
-        Self { data, rows, cols, rs, cs }
+        Self { data: data.as_mut_ptr(), rows, cols, rs, cs, _borrow: PhantomData }
+    }
+
+    /// The view cut after row `r0` into two views over disjoint elements.
+    fn split_rows(self, r0: usize) -> (Self, Self) {
+        let top = Self { rows: r0, ..self };
+        // SAFETY: row r0 starts within the view's extent (or the bottom view is empty).
+        let data = if r0 < self.rows { unsafe { self.data.add(r0 * self.rs) } } else { self.data };
+        (top, Self { data, rows: self.rows - r0, ..self })
+    }
+
+    /// The transpose, as a view.
+    fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+
+    /// A strided view starting at element `at` of a buffer that threads share out.
+    ///
+    /// # Safety
+    /// While the view lives, no other thread may read or write the elements it addresses, and
+    /// the buffer must outlive it (the bounds are asserted).
+    pub unsafe fn from_shared(buf: team::Shared<F>, at: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        assert!(at + extent(rows, cols, rs, cs) <= buf.len(), "matrix view out of bounds");
+        // SAFETY: in bounds (asserted); exclusivity of the addressed elements is the contract.
+        Self { data: unsafe { buf.ptr().add(at) }, rows, cols, rs, cs, _borrow: PhantomData }
     }
 }
 
@@ -84,7 +122,14 @@ pub fn in_gemm() -> bool {
     IN_GEMM.with(Cell::get)
 }
 
-/// `c = a · b` (or `c += a · b` when `accumulate`), using up to `threads` threads.
+/// Multiply-adds from which a GEMM is computed as two halves of C (on two threads when there are
+/// two): a hand-off to the helper thread costs about a µs.
+const SPLIT_WORK: usize = 1 << 18;
+
+/// `c = a · b` (or `c += a · b` when `accumulate`), on two threads if `threads` > 1.
+///
+/// A large product is computed as two halves of C's rows or columns, whatever the thread count
+/// (one thread computes them in turn), so that results do not depend on it.
 ///
 /// # Panics
 /// If the shapes disagree: callers pass shapes derived from validated configs, so this is an
@@ -101,6 +146,27 @@ pub fn gemm<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
         b.cols
     );
     let (m, n, k) = (c.rows, c.cols, a.cols);
+    if m * n * k < SPLIT_WORK || m.max(n) < 32 {
+        return gemm_one(c, a, b, accumulate);
+    }
+    // Halves of the longer side, cut at a multiple of 16 (whole microkernel tiles).
+    if m >= n {
+        let m0 = m / 32 * 16;
+        let (c0, c1) = c.split_rows(m0);
+        let (a0, a1) = (a.sub_rows(0, m0), a.sub_rows(m0, m - m0));
+        team::join(threads > 1, || gemm_one(c0, a0, b, accumulate), || gemm_one(c1, a1, b, accumulate));
+    } else {
+        let n0 = n / 32 * 16;
+        let (c0, c1) = c.t().split_rows(n0);
+        let (b0, b1) = (b.t().sub_rows(0, n0), b.t().sub_rows(n0, n - n0));
+        let (c0, c1, b0, b1) = (c0.t(), c1.t(), b0.t(), b1.t());
+        team::join(threads > 1, || gemm_one(c0, a, b0, accumulate), || gemm_one(c1, a, b1, accumulate));
+    }
+}
+
+/// One call of the GEMM crate, single-threaded.
+fn gemm_one<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate: bool) {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
     if m == 0 || n == 0 {
         return;
     }
@@ -108,23 +174,24 @@ pub fn gemm<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
         if !accumulate {
             for r in 0..m {
                 for col in 0..n {
-                    c.data[r * c.rs + col * c.cs] = F::zero();
+                    // SAFETY: within the view's extent, checked on construction.
+                    unsafe { *c.data.add(r * c.rs + col * c.cs) = F::zero() };
                 }
             }
         }
         return;
     }
-    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     IN_GEMM.with(|f| f.set(true));
     // SAFETY: every view was bounds-checked on construction (`extent` ≤ len), the shapes agree
-    // (asserted above), `c` is a unique borrow, and F is f32 or f64 (the `Float` trait is only
-    // implemented for those), which the crate supports.
+    // (asserted by `gemm`), `c`'s elements are this call's alone (its constructors' contract),
+    // and F is f32 or f64 (the `Float` trait is only implemented for those), which the crate
+    // supports.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            c.data.as_mut_ptr(),
+            c.data,
             c.cs as isize,
             c.rs as isize,
             accumulate,
@@ -139,22 +206,24 @@ pub fn gemm<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         );
     }
     IN_GEMM.with(|f| f.set(false));
 }
 
-/// `dst` (cols, rows) = `src` (rows, cols)ᵀ, both row-major, in 32×32 tiles so that reads and
-/// writes both stay within a few cache lines.
+/// `dst` (cols, rows) = `src` (rows, cols)ᵀ, both row-major, in 16×16 tiles written one
+/// destination row segment at a time (sequential stores; the strided loads stay within 16 cache
+/// lines of the source).
 pub fn transpose<F: Copy>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
-    const TILE: usize = 32;
+    const TILE: usize = 16;
     for r0 in (0..rows).step_by(TILE) {
+        let r1 = (r0 + TILE).min(rows);
         for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                let row = &src[r * cols..(r + 1) * cols];
-                for c in c0..(c0 + TILE).min(cols) {
-                    dst[c * rows + r] = row[c];
+            for c in c0..(c0 + TILE).min(cols) {
+                let out = &mut dst[c * rows + r0..c * rows + r1];
+                for (k, v) in out.iter_mut().enumerate() {
+                    *v = src[(r0 + k) * cols + c];
                 }
             }
         }
@@ -200,4 +269,35 @@ pub fn sum_sq<F: Float>(x: &[F]) -> f64 {
         }
     }
     acc.iter().sum::<f64>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Mat, MatMut, gemm};
+
+    /// Every layout and size, split or not, on one or two threads, against the definition.
+    #[test]
+    fn gemm_matches_the_definition() {
+        let val = |i: usize| ((i * 7919) % 97) as f64 / 48.0 - 1.0;
+        for (m, n, k) in [(3, 5, 7), (64, 80, 70), (200, 40, 64), (40, 300, 33), (1, 512, 256), (33, 1, 600)] {
+            let a: Vec<f64> = (0..m * k).map(val).collect();
+            let b: Vec<f64> = (0..k * n).map(|i| val(i + 13)).collect();
+            let want: Vec<f64> =
+                (0..m * n).map(|ij| (0..k).map(|l| a[ij / n * k + l] * b[l * n + ij % n]).sum::<f64>() + 0.5).collect();
+            let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect(); // (n, k)
+            for threads in [1, 2] {
+                for transposed_b in [false, true] {
+                    let mut c = vec![0.5; m * n];
+                    let bv = if transposed_b { Mat::rows(&bt, n, k).t() } else { Mat::rows(&b, k, n) };
+                    gemm(MatMut::rows(&mut c, m, n), Mat::rows(&a, m, k), bv, true, threads);
+                    for (i, (x, y)) in c.iter().zip(&want).enumerate() {
+                        assert!(
+                            (x - y).abs() < 1e-9,
+                            "({m},{n},{k}) threads {threads} bt {transposed_b}: c[{i}] {x} vs {y}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

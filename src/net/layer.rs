@@ -4,6 +4,7 @@
 
 use crate::cell::{CellKind, gru, lstm, rnn};
 use crate::float::Float;
+use crate::kernels::team::{self, Shared};
 use crate::kernels::{self, Mat, MatMut};
 use crate::net::workspace::LayerCache;
 use crate::net::{LayerParams, NetConfig};
@@ -33,9 +34,12 @@ pub(crate) fn forward<F: Float>(
     let gh = cell.gates() * h;
     let (bh, bgh, n) = (b * h, b * gh, steps * b);
     let (b_ih, b_hh) = (&p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh]);
+    let split = plan(b, gh, h);
     // W_hhᵀ (H, G·H), transposed once per pass: the GEMM crate would otherwise repack W_hh at
-    // every step. A single step gains nothing from it, so it reads W_hh as it is.
-    if steps > 1 {
+    // every step. A single step gains nothing from it, so it reads W_hh as it is; so does a
+    // single row split by units (see `UnitWeights`).
+    let transposed = steps > 1 && !(b == 1 && matches!(split, Split::Units(_)));
+    if transposed {
         kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut cache.w_hh_t);
     }
     // Input projections of all T steps at once: gates (T·B, G·H) = bias + X · W_ihᵀ.
@@ -62,90 +66,193 @@ pub(crate) fn forward<F: Float>(
         }
     }
 
-    let w_hh_t = if steps > 1 { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(&p[lp.w_hh..], gh, h).t() }; // (H, G·H)
-    let (b0, inner) = split_rows(b, gh, h, threads);
+    let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
+    let w_hh_t = if transposed { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() }; // (H, G·H)
+    let parallel = threads > 1;
     let lstm = cell == CellKind::Lstm;
-    if b0 < b && threads > 1 {
-        // Each thread owns one half of the batch rows for the whole pass: one hand-off per pass
-        // instead of one per step. Same arithmetic as the per-step split below.
-        let bufs = FwdBufs::new(&mut cache.gates, &mut cache.hs, &mut cache.cs, &mut cache.aux, hproj);
-        let half = |r0: usize, r1: usize| {
+    match split {
+        Split::Whole => {
             for t in 0..steps {
-                // SAFETY: this closure touches only rows [r0, r1) of each step (and of the
-                // (B, ·) scratch), the other thread only the other rows; every range is in
-                // bounds by construction (see `Bufs::rows`).
-                let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
-                forward_rows(cell, h, b_hh, w_hh_t, rows, inner);
+                let (past, future) = cache.hs.split_at_mut((t + 1) * bh);
+                let (c_prev, c) = if lstm {
+                    let (c_past, c_future) = cache.cs.split_at_mut((t + 1) * bh);
+                    (&c_past[t * bh..], &mut c_future[..bh])
+                } else {
+                    (&[][..], &mut [][..])
+                };
+                let rows = FwdRows {
+                    g: &mut cache.gates[t * bgh..(t + 1) * bgh],
+                    h_prev: &past[t * bh..],
+                    h: &mut future[..bh],
+                    c_prev,
+                    c,
+                    aux: if cache.aux.is_empty() { &mut [][..] } else { &mut cache.aux[t * bh..(t + 1) * bh] },
+                    hproj: &mut hproj[..],
+                };
+                forward_rows(cell, h, b_hh, w_hh_t, rows);
             }
-        };
-        rayon::join(|| half(0, b0), || half(b0, b));
-        return;
-    }
-    for t in 0..steps {
-        let (past, future) = cache.hs.split_at_mut((t + 1) * bh);
-        let (c_prev, c) = if lstm {
-            let (c_past, c_future) = cache.cs.split_at_mut((t + 1) * bh);
-            (&c_past[t * bh..], &mut c_future[..bh])
-        } else {
-            (&[][..], &mut [][..])
-        };
-        let aux = if cell == CellKind::RnnTanh || cell == CellKind::RnnRelu {
-            &mut [][..]
-        } else {
-            &mut cache.aux[t * bh..(t + 1) * bh]
-        };
-        let rows = FwdRows {
-            g: &mut cache.gates[t * bgh..(t + 1) * bgh],
-            h_prev: &past[t * bh..],
-            h: &mut future[..bh],
-            c_prev,
-            c,
-            aux,
-            hproj: &mut hproj[..],
-        };
-        if b0 == b {
-            forward_rows(cell, h, b_hh, w_hh_t, rows, threads);
-        } else {
-            // One thread (two threads took the per-pass path above): the halves in turn, so the
-            // arithmetic is the same as there.
-            let (top, bottom) = rows.split(b0, h, gh);
-            forward_rows(cell, h, b_hh, w_hh_t, top, inner);
-            forward_rows(cell, h, b_hh, w_hh_t, bottom, inner);
+        }
+        Split::Rows(b0) => {
+            // Each half owns its batch rows for the whole pass: the halves never wait.
+            let bufs = FwdBufs::new(&mut cache.gates, &mut cache.hs, &mut cache.cs, &mut cache.aux, hproj);
+            let ranges = [(0, b0), (b0, b)];
+            team::lockstep(
+                parallel,
+                steps,
+                |_| false,
+                |half, t| {
+                    let (r0, r1) = ranges[half];
+                    // SAFETY: this half touches only rows [r0, r1) of each step (and of the (B, ·)
+                    // scratch), the other half only the other rows (see `FwdBufs::rows`).
+                    let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
+                    forward_rows(cell, h, b_hh, w_hh_t, rows);
+                },
+            );
+        }
+        Split::Units(u0) => {
+            // Each half owns units [u0, u1) of every row: its G column blocks of W_hh stay in its
+            // core's cache. Step t needs all of h_{t−1}, so the halves meet before each step.
+            let bufs = FwdBufs::new(&mut cache.gates, &mut cache.hs, &mut cache.cs, &mut cache.aux, hproj);
+            let w = UnitWeights { w_hh, w_hh_t: if transposed { &cache.w_hh_t[..] } else { &[] } };
+            let ranges = [(0, u0), (u0, h)];
+            team::lockstep(
+                parallel,
+                steps,
+                |_| true,
+                |half, t| {
+                    let (u0, u1) = ranges[half];
+                    // SAFETY: this half writes only units [u0, u1) of step t's gates and scratch and
+                    // of step t+1's states, and reads step t's states, which both halves finished
+                    // before this phase (the lockstep sync).
+                    unsafe { forward_units(cell, h, b, b_hh, &w, &bufs, t, u0, u1) };
+                },
+            );
         }
     }
 }
 
-/// How a step's B rows are shared out: rows [0, b0) and [b0, B) run as two independent halves
-/// (in parallel when there are threads for it), each GEMM then on `inner` threads. Only steps
-/// with enough work are split (a thread hand-off costs a few µs). The split depends on the
-/// sizes only, never on the thread count, so results are the same at any setting.
-fn split_rows(b: usize, gh: usize, h: usize, threads: usize) -> (usize, usize) {
-    if b >= 8 && b * gh * h >= 1 << 21 { (b / 2, 1) } else { (b, threads) }
+/// How the work of one step is shared between two halves, run on two threads when there are
+/// two. Chosen from the sizes alone, never the thread count, so that results are the same at any
+/// setting (one thread runs the two halves in turn).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Split {
+    /// Too little work per step to share (under ~0.5 µs).
+    Whole,
+    /// Batch rows [0, b0) and [b0, B): independent for the whole pass, no meeting at all. Each
+    /// half reads all of W_hh, so this needs enough rows to amortise that.
+    Rows(usize),
+    /// Hidden units [0, u0) and [u0, H) of every row: each half reads only its half of W_hh (it
+    /// stays in its core's cache), and the halves meet once per step.
+    Units(usize),
 }
 
-/// Runs `a` and `b`, on two threads if `parallel`.
-fn join(parallel: bool, a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
-    if parallel {
-        rayon::join(a, b);
+/// See [`Split`]: `b·G·H·H` multiply-adds per step decide.
+fn plan(b: usize, gh: usize, h: usize) -> Split {
+    let work = b * gh * h;
+    if b >= 8 && work >= 1 << 21 {
+        Split::Rows(b / 2)
+    } else if h >= 32 && work >= 1 << 16 {
+        Split::Units(h / 16 * 8) // half of the units, a multiple of 8 (whole SIMD vectors)
     } else {
-        a();
-        b();
+        Split::Whole
     }
 }
 
-/// Step `t` (`bh` values) of a (T, B, H) buffer; empty if the cell does not use the buffer.
-fn step_of<F>(v: &[F], t: usize, bh: usize) -> &[F] {
-    if v.is_empty() { v } else { &v[t * bh..(t + 1) * bh] }
+/// W_hh in the layout the unit split's GEMMs read best: a single row (B = 1) is a matrix-vector
+/// product that streams W_hh's rows (forward) or W_hhᵀ's rows (backward) as dot products; more
+/// rows are GEMMs that read W_hhᵀ (forward) and W_hh (backward) without repacking.
+struct UnitWeights<'a, F> {
+    w_hh: &'a [F],   // (G·H, H)
+    w_hh_t: &'a [F], // (H, G·H); empty when the layout in use does not need it
 }
 
-/// Splits a (rows, width) slice after `r0` rows; empty slices (unused by a cell) stay empty.
-fn cut<T>(v: &[T], r0: usize, width: usize) -> (&[T], &[T]) {
-    if v.is_empty() { (v, v) } else { v.split_at(r0 * width) }
+impl<'a, F> UnitWeights<'a, F> {
+    /// (H, u): the columns of W_hhᵀ for units [u0, u0 + u) of gate block q (forward).
+    fn forward(&self, b: usize, gh: usize, h: usize, q: usize, u0: usize, u: usize) -> Mat<'a, F> {
+        let row = q * h + u0;
+        if b == 1 || self.w_hh_t.is_empty() {
+            Mat::rows(&self.w_hh[row * h..], u, h).t()
+        } else {
+            Mat::strided(&self.w_hh_t[row..], h, u, gh, 1)
+        }
+    }
+
+    /// (G·H, u): the columns of W_hh for units [u0, u0 + u) (backward).
+    fn backward(&self, b: usize, gh: usize, h: usize, u0: usize, u: usize) -> Mat<'a, F> {
+        if b == 1 && !self.w_hh_t.is_empty() {
+            Mat::rows(&self.w_hh_t[u0 * gh..], u, gh).t()
+        } else {
+            Mat::strided(&self.w_hh[u0..], gh, u, h, 1)
+        }
+    }
 }
 
-/// Mutable [`cut`].
-fn cut_mut<T>(v: &mut [T], r0: usize, width: usize) -> (&mut [T], &mut [T]) {
-    if v.is_empty() { v.split_at_mut(0) } else { v.split_at_mut(r0 * width) }
+/// Units [u0, u1) of every row of forward step t: the recurrent GEMM of each gate block, then the
+/// cell's step.
+///
+/// # Safety
+/// Nothing else may touch units [u0, u1) of step t's gates, of the GRU scratch, or of step
+/// t+1's states while this runs, nor write step t's states.
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_units<F: Float>(
+    cell: CellKind,
+    h: usize,
+    b: usize,
+    b_hh: &[F],
+    w: &UnitWeights<'_, F>,
+    bufs: &FwdBufs<F>,
+    t: usize,
+    u0: usize,
+    u1: usize,
+) {
+    let (gh, u, bh) = (b_hh.len(), u1 - u0, b * h);
+    let gate_blocks = cell.gates();
+    // SAFETY (whole body): every range below is units [u0, u1) of one gate block or state of
+    // one row, which the contract gives to this call, or step t's states, read-only.
+    unsafe {
+        let h_prev = bufs.hs.read(t * bh, bh); // (B, H) step t, read-only
+        let (out, at) = if cell == CellKind::Gru { (bufs.hproj, 0) } else { (bufs.gates, t * b * gh) };
+        if cell == CellKind::Gru {
+            for r in 0..b {
+                for q in 0..gate_blocks {
+                    let k = r * gh + q * h + u0;
+                    out.slice(k, u).copy_from_slice(&b_hh[q * h + u0..q * h + u1]);
+                }
+            }
+        }
+        for q in 0..gate_blocks {
+            let c = MatMut::from_shared(out, at + q * h + u0, b, u, gh, 1);
+            kernels::gemm(c, Mat::rows(h_prev, b, h), w.forward(b, gh, h, q, u0, u), true, 1);
+        }
+        for r in 0..b {
+            let g = |q: usize| bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u);
+            let st = |buf: Shared<F>, step: usize| buf.slice(step * bh + r * h + u0, u);
+            match cell {
+                CellKind::RnnTanh | CellKind::RnnRelu => {
+                    rnn::forward_step(cell == CellKind::RnnRelu, g(0), st(bufs.hs, t + 1));
+                }
+                CellKind::Lstm => {
+                    let (c_prev, c) = (st(bufs.cs, t), st(bufs.cs, t + 1));
+                    lstm::forward_row(g(0), g(1), g(2), g(3), c_prev, c, st(bufs.aux, t), st(bufs.hs, t + 1));
+                }
+                CellKind::Gru => {
+                    let hp = |q: usize| bufs.hproj.read(r * gh + q * h + u0, u);
+                    let h_prev = &h_prev[r * h + u0..r * h + u1];
+                    gru::forward_row(
+                        g(0),
+                        g(1),
+                        g(2),
+                        hp(0),
+                        hp(1),
+                        hp(2),
+                        h_prev,
+                        st(bufs.aux, t),
+                        st(bufs.hs, t + 1),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// One step's slices for a range of batch rows (forward).
@@ -159,39 +266,23 @@ struct FwdRows<'a, F> {
     hproj: &'a mut [F], // (r, G·H) GRU scratch
 }
 
-impl<'a, F> FwdRows<'a, F> {
-    fn split(self, r0: usize, h: usize, gh: usize) -> (Self, Self) {
-        let (g0, g1) = cut_mut(self.g, r0, gh);
-        let (hp0, hp1) = cut(self.h_prev, r0, h);
-        let (h0, h1) = cut_mut(self.h, r0, h);
-        let (cp0, cp1) = cut(self.c_prev, r0, h);
-        let (c0, c1) = cut_mut(self.c, r0, h);
-        let (a0, a1) = cut_mut(self.aux, r0, h);
-        let (p0, p1) = cut_mut(self.hproj, r0, gh);
-        (
-            FwdRows { g: g0, h_prev: hp0, h: h0, c_prev: cp0, c: c0, aux: a0, hproj: p0 },
-            FwdRows { g: g1, h_prev: hp1, h: h1, c_prev: cp1, c: c1, aux: a1, hproj: p1 },
-        )
-    }
-}
-
 /// The recurrent GEMM and the cell's fused step for some rows of one step.
-fn forward_rows<F: Float>(cell: CellKind, h: usize, b_hh: &[F], w_hh_t: Mat<'_, F>, s: FwdRows<'_, F>, threads: usize) {
+fn forward_rows<F: Float>(cell: CellKind, h: usize, b_hh: &[F], w_hh_t: Mat<'_, F>, s: FwdRows<'_, F>) {
     let gh = b_hh.len();
     let r = s.h.len() / h;
     match cell {
         CellKind::RnnTanh | CellKind::RnnRelu => {
-            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
+            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, 1);
             rnn::forward_step(cell == CellKind::RnnRelu, s.g, s.h);
         }
         CellKind::Lstm => {
-            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
+            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, 1);
             lstm::forward_step(h, s.g, s.c_prev, s.c, s.aux, s.h);
         }
         CellKind::Gru => {
             let hproj = &mut s.hproj[..r * gh];
             kernels::fill_rows(hproj, b_hh);
-            kernels::gemm(MatMut::rows(hproj, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
+            kernels::gemm(MatMut::rows(hproj, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, 1);
             gru::forward_step(h, s.g, hproj, s.h_prev, s.aux, s.h);
         }
     }
@@ -224,48 +315,76 @@ pub(crate) fn backward<F: Float>(
     let (h, cell) = (cfg.hidden, cfg.cell);
     let gh = cell.gates() * h;
     let (bh, bgh, n) = (b * h, b * gh, steps * b);
-    let w_hh = Mat::rows(&p[lp.w_hh..], gh, h); // (G·H, H)
-
-    let (b0, inner) = split_rows(b, gh, h, threads);
-    if b0 < b && threads > 1 && dh_norms.is_none() {
-        let bufs = BwdBufs::new(cache, dh_next, dc_next);
-        let half = |r0: usize, r1: usize| {
+    let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
+    let parallel = threads > 1;
+    // The per-step norms need whole steps: that diagnostic runs unsplit.
+    let split = if dh_norms.is_some() { Split::Whole } else { plan(b, gh, h) };
+    match split {
+        Split::Whole => {
             for t in (0..steps).rev() {
-                // SAFETY: as in `forward`: rows [r0, r1) of every buffer belong to this thread.
-                let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
-                backward_rows(cell, h, gh, w_hh, rows, inner);
+                let dh_t = &mut cache.dh[t * bh..(t + 1) * bh];
+                kernels::add_into(dh_t, dh_next);
+                if let Some(norms) = dh_norms.as_deref_mut() {
+                    let total: f64 = dh_t.chunks_exact(h).map(|r| kernels::sum_sq(r).sqrt()).sum();
+                    norms[t] = F::of(total / b as f64);
+                }
+                let rows = BwdRows {
+                    dh: &cache.dh[t * bh..(t + 1) * bh],
+                    g: &mut cache.gates[t * bgh..(t + 1) * bgh],
+                    dgh: if cell == CellKind::Gru { &mut cache.dgates_h[t * bgh..(t + 1) * bgh] } else { &mut [][..] },
+                    h_prev: &cache.hs[t * bh..(t + 1) * bh],
+                    h: &cache.hs[(t + 1) * bh..(t + 2) * bh],
+                    c_prev: step_of(&cache.cs, t, bh),
+                    aux: step_of(&cache.aux, t, bh),
+                    dc: &mut dc_next[..],
+                    dh_next: &mut dh_next[..],
+                };
+                backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows);
             }
-        };
-        rayon::join(|| half(0, b0), || half(b0, b));
-    } else {
-        for t in (0..steps).rev() {
-            let dh_t = &mut cache.dh[t * bh..(t + 1) * bh];
-            kernels::add_into(dh_t, dh_next);
-            if let Some(norms) = dh_norms.as_deref_mut() {
-                let total: f64 = dh_t.chunks_exact(h).map(|r| kernels::sum_sq(r).sqrt()).sum();
-                norms[t] = F::of(total / b as f64);
+        }
+        Split::Rows(b0) => {
+            let (bufs, _) = BwdBufs::new(cache, dh_next, dc_next);
+            let ranges = [(0, b0), (b0, b)];
+            team::lockstep(
+                parallel,
+                steps,
+                |_| false,
+                |half, k| {
+                    let (r0, r1) = ranges[half];
+                    // SAFETY: as in `forward`: rows [r0, r1) of every buffer belong to this half.
+                    let rows = unsafe { bufs.rows(steps - 1 - k, r0, r1, b, h, gh) };
+                    backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows);
+                },
+            );
+        }
+        Split::Units(u0) => {
+            // Phase 2k: the cell's backward step for this half's units of step t = T−1−k;
+            // phase 2k+1, after both halves' dpre_t are in: dh_next for this half's units, a
+            // GEMM over all of dpre_t. A single row reads W_hhᵀ (see `UnitWeights`).
+            if b == 1 && steps > 1 {
+                kernels::transpose(w_hh, gh, h, &mut cache.w_hh_t);
             }
-            let rows = BwdRows {
-                dh: &cache.dh[t * bh..(t + 1) * bh],
-                g: &mut cache.gates[t * bgh..(t + 1) * bgh],
-                dgh: if cell == CellKind::Gru { &mut cache.dgates_h[t * bgh..(t + 1) * bgh] } else { &mut [][..] },
-                h_prev: &cache.hs[t * bh..(t + 1) * bh],
-                h: &cache.hs[(t + 1) * bh..(t + 2) * bh],
-                c_prev: step_of(&cache.cs, t, bh),
-                aux: step_of(&cache.aux, t, bh),
-                dc: &mut dc_next[..],
-                dh_next: &mut dh_next[..],
-            };
-            if b0 == b {
-                backward_rows(cell, h, gh, w_hh, rows, threads);
-            } else {
-                let (top, bottom) = rows.split(b0, h, gh);
-                join(
-                    threads > 1,
-                    || backward_rows(cell, h, gh, w_hh, top, inner),
-                    || backward_rows(cell, h, gh, w_hh, bottom, inner),
-                );
-            }
+            let (bufs, w_hh_t) = BwdBufs::new(cache, dh_next, dc_next);
+            let w = UnitWeights { w_hh, w_hh_t: if b == 1 && steps > 1 { w_hh_t } else { &[] } };
+            let ranges = [(0, u0), (u0, h)];
+            team::lockstep(
+                parallel,
+                2 * steps,
+                |p| p % 2 == 1,
+                |half, p| {
+                    let (t, (u0, u1)) = (steps - 1 - p / 2, ranges[half]);
+                    // SAFETY: the cell step writes only units [u0, u1) of step t and of dh_next/dc_next;
+                    // the GEMM reads all of step t's dpre, which both halves finished before this
+                    // phase (the lockstep sync), and writes units [u0, u1) of dh_next.
+                    unsafe {
+                        if p % 2 == 0 {
+                            backward_units_cell(cell, h, b, gh, &bufs, t, u0, u1);
+                        } else {
+                            backward_units_gemm(cell, h, b, gh, &w, &bufs, t, u0, u1);
+                        }
+                    }
+                },
+            );
         }
     }
 
@@ -302,6 +421,11 @@ pub(crate) fn backward<F: Float>(
     }
 }
 
+/// Step `t` (`bh` values) of a (T, B, H) buffer; empty if the cell does not use the buffer.
+fn step_of<F>(v: &[F], t: usize, bh: usize) -> &[F] {
+    if v.is_empty() { v } else { &v[t * bh..(t + 1) * bh] }
+}
+
 /// One step's slices for a range of batch rows (backward).
 struct BwdRows<'a, F> {
     dh: &'a [F],          // (r, H) total dL/dh_t
@@ -315,84 +439,110 @@ struct BwdRows<'a, F> {
     dh_next: &'a mut [F], // (r, H) out: dL/dh_{t−1}
 }
 
-impl<'a, F> BwdRows<'a, F> {
-    fn split(self, r0: usize, h: usize, gh: usize) -> (Self, Self) {
-        let (dh0, dh1) = cut(self.dh, r0, h);
-        let (g0, g1) = cut_mut(self.g, r0, gh);
-        let (d0, d1) = cut_mut(self.dgh, r0, gh);
-        let (hp0, hp1) = cut(self.h_prev, r0, h);
-        let (h0, h1) = cut(self.h, r0, h);
-        let (cp0, cp1) = cut(self.c_prev, r0, h);
-        let (a0, a1) = cut(self.aux, r0, h);
-        let (dc0, dc1) = cut_mut(self.dc, r0, h);
-        let (n0, n1) = cut_mut(self.dh_next, r0, h);
-        (
-            BwdRows { dh: dh0, g: g0, dgh: d0, h_prev: hp0, h: h0, c_prev: cp0, aux: a0, dc: dc0, dh_next: n0 },
-            BwdRows { dh: dh1, g: g1, dgh: d1, h_prev: hp1, h: h1, c_prev: cp1, aux: a1, dc: dc1, dh_next: n1 },
-        )
-    }
-}
-
 /// The cell's backward step and the recurrent GEMM dh_next = dpre · W_hh for some rows.
-fn backward_rows<F: Float>(cell: CellKind, h: usize, gh: usize, w_hh: Mat<'_, F>, s: BwdRows<'_, F>, threads: usize) {
+fn backward_rows<F: Float>(cell: CellKind, h: usize, gh: usize, w_hh: Mat<'_, F>, s: BwdRows<'_, F>) {
     let r = s.dh.len() / h;
     match cell {
         CellKind::RnnTanh | CellKind::RnnRelu => {
             rnn::backward_step(cell == CellKind::RnnRelu, s.dh, s.h, s.g);
-            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, threads);
+            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, 1);
         }
         CellKind::Lstm => {
             lstm::backward_step(h, s.dh, s.dc, s.g, s.c_prev, s.aux);
-            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, threads);
+            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, 1);
         }
         CellKind::Gru => {
             gru::backward_step(h, s.dh, s.g, s.dgh, s.aux, s.h_prev, s.dh_next);
-            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.dgh, r, gh), w_hh, true, threads);
+            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.dgh, r, gh), w_hh, true, 1);
         }
     }
 }
 
-/// A raw pointer and length standing for a buffer that two threads share out by batch rows.
-#[derive(Clone, Copy)]
-struct Raw<F>(*mut F, usize);
-
-// SAFETY: a `Raw` is only turned into slices over row ranges that one thread owns (see the
-// `rows` methods' contracts); F itself is Send + Sync.
-unsafe impl<F: Send> Send for Raw<F> {}
-unsafe impl<F: Sync> Sync for Raw<F> {}
-
-impl<F> Raw<F> {
-    fn of(v: &mut [F]) -> Self {
-        Raw(v.as_mut_ptr(), v.len())
-    }
-
-    /// `len` elements from `at` (empty if the buffer is unused).
-    ///
-    /// # Safety
-    /// No other live reference may overlap the range; it must be in bounds (asserted).
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn slice<'a>(&self, at: usize, len: usize) -> &'a mut [F] {
-        if self.1 == 0 {
-            return &mut [];
+/// Units [u0, u1) of every row of backward step t, first half: dh_t += dh_next, then the cell's
+/// backward step (dpre_t, dc, and the GRU's direct term into dh_next).
+///
+/// # Safety
+/// Nothing else may touch units [u0, u1) of step t's dh, dpre or of dh_next/dc_next while this
+/// runs, nor write step t's or t+1's states.
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_units_cell<F: Float>(
+    cell: CellKind,
+    h: usize,
+    b: usize,
+    gh: usize,
+    bufs: &BwdBufs<F>,
+    t: usize,
+    u0: usize,
+    u1: usize,
+) {
+    let (u, bh) = (u1 - u0, b * h);
+    // SAFETY (whole body): each slice is units [u0, u1) of one gate block or state of one row,
+    // given to this call by the contract, or a read of a cached state nobody writes now.
+    unsafe {
+        for r in 0..b {
+            let g = |q: usize| bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u);
+            let st = |step: usize| r * h + u0 + step * bh; // offset of these units in a (·, B, H) buffer
+            let dh = bufs.dh.slice(st(t), u);
+            let dh_next = bufs.dh_next.slice(st(0), u);
+            kernels::add_into(dh, dh_next);
+            match cell {
+                CellKind::RnnTanh | CellKind::RnnRelu => {
+                    rnn::backward_step(cell == CellKind::RnnRelu, dh, bufs.hs.read(st(t + 1), u), g(0));
+                }
+                CellKind::Lstm => {
+                    let (c_prev, tanh_c) = (bufs.cs.read(st(t), u), bufs.aux.read(st(t), u));
+                    lstm::backward_row(g(0), g(1), g(2), g(3), dh, bufs.dc.slice(st(0), u), c_prev, tanh_c);
+                }
+                CellKind::Gru => {
+                    let dg = |q: usize| bufs.dgh.slice(t * b * gh + r * gh + q * h + u0, u);
+                    let (hn, h_prev) = (bufs.aux.read(st(t), u), bufs.hs.read(st(t), u));
+                    gru::backward_row(g(0), g(1), g(2), dg(0), dg(1), dg(2), dh, hn, h_prev, dh_next);
+                }
+            }
         }
-        assert!(at + len <= self.1, "row range out of bounds");
-        // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
     }
 }
 
-/// A layer's forward buffers, to be shared out by batch rows for a whole pass.
+/// Units [u0, u1) of backward step t, second half: dh_next[:, u0..u1] (+)= dpre_t · W_hh[:, u0..u1]
+/// (the GRU adds to its direct term).
+///
+/// # Safety
+/// Nothing may write step t's dpre while this runs, nor touch units [u0, u1) of dh_next.
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_units_gemm<F: Float>(
+    cell: CellKind,
+    h: usize,
+    b: usize,
+    gh: usize,
+    w: &UnitWeights<'_, F>,
+    bufs: &BwdBufs<F>,
+    t: usize,
+    u0: usize,
+    u1: usize,
+) {
+    let gru = cell == CellKind::Gru;
+    let dpre = if gru { bufs.dgh } else { bufs.gates };
+    // SAFETY: the contract.
+    unsafe {
+        let dpre = dpre.read(t * b * gh, b * gh); // (B, G·H)
+        let c = MatMut::from_shared(bufs.dh_next, u0, b, u1 - u0, h, 1);
+        kernels::gemm(c, Mat::rows(dpre, b, gh), w.backward(b, gh, h, u0, u1 - u0), gru, 1);
+    }
+}
+
+/// A layer's forward buffers, to be shared out between the two halves of a pass.
 struct FwdBufs<F> {
-    gates: Raw<F>,
-    hs: Raw<F>,
-    cs: Raw<F>,
-    aux: Raw<F>,
-    hproj: Raw<F>,
+    gates: Shared<F>,
+    hs: Shared<F>,
+    cs: Shared<F>,
+    aux: Shared<F>,
+    hproj: Shared<F>,
 }
 
 impl<F> FwdBufs<F> {
     fn new(gates: &mut [F], hs: &mut [F], cs: &mut [F], aux: &mut [F], hproj: &mut [F]) -> Self {
-        FwdBufs { gates: Raw::of(gates), hs: Raw::of(hs), cs: Raw::of(cs), aux: Raw::of(aux), hproj: Raw::of(hproj) }
+        let s = Shared::of;
+        FwdBufs { gates: s(gates), hs: s(hs), cs: s(cs), aux: s(aux), hproj: s(hproj) }
     }
 
     /// Rows [r0, r1) of step t.
@@ -407,9 +557,9 @@ impl<F> FwdBufs<F> {
         unsafe {
             FwdRows {
                 g: self.gates.slice(t * bgh + r0 * gh, r * gh),
-                h_prev: self.hs.slice(t * bh + r0 * h, r * h),
+                h_prev: self.hs.read(t * bh + r0 * h, r * h),
                 h: self.hs.slice((t + 1) * bh + r0 * h, r * h),
-                c_prev: self.cs.slice(t * bh + r0 * h, r * h),
+                c_prev: self.cs.read(t * bh + r0 * h, r * h),
                 c: self.cs.slice((t + 1) * bh + r0 * h, r * h),
                 aux: self.aux.slice(t * bh + r0 * h, r * h),
                 hproj: self.hproj.slice(r0 * gh, r * gh),
@@ -418,30 +568,33 @@ impl<F> FwdBufs<F> {
     }
 }
 
-/// A layer's backward buffers, to be shared out by batch rows for a whole pass.
+/// A layer's backward buffers, to be shared out between the two halves of a pass.
 struct BwdBufs<F> {
-    dh: Raw<F>,
-    gates: Raw<F>,
-    dgh: Raw<F>,
-    hs: Raw<F>,
-    cs: Raw<F>,
-    aux: Raw<F>,
-    dc: Raw<F>,
-    dh_next: Raw<F>,
+    dh: Shared<F>,
+    gates: Shared<F>,
+    dgh: Shared<F>,
+    hs: Shared<F>,
+    cs: Shared<F>,
+    aux: Shared<F>,
+    dc: Shared<F>,
+    dh_next: Shared<F>,
 }
 
 impl<F: Float> BwdBufs<F> {
-    fn new(cache: &mut LayerCache<F>, dh_next: &mut [F], dc_next: &mut [F]) -> Self {
-        BwdBufs {
-            dh: Raw::of(&mut cache.dh),
-            gates: Raw::of(&mut cache.gates),
-            dgh: Raw::of(&mut cache.dgates_h),
-            hs: Raw::of(&mut cache.hs),
-            cs: Raw::of(&mut cache.cs),
-            aux: Raw::of(&mut cache.aux),
-            dc: Raw::of(dc_next),
-            dh_next: Raw::of(dh_next),
-        }
+    /// Shares out `cache` but its W_hhᵀ, which the halves read.
+    fn new<'c>(c: &'c mut LayerCache<F>, dh_next: &mut [F], dc_next: &mut [F]) -> (Self, &'c [F]) {
+        let s = Shared::of;
+        let bufs = BwdBufs {
+            dh: s(&mut c.dh),
+            gates: s(&mut c.gates),
+            dgh: s(&mut c.dgates_h),
+            hs: s(&mut c.hs),
+            cs: s(&mut c.cs),
+            aux: s(&mut c.aux),
+            dc: s(dc_next),
+            dh_next: s(dh_next),
+        };
+        (bufs, &c.w_hh_t)
     }
 
     /// Rows [r0, r1) of step t, after adding the gradient from the future into dh_t.
@@ -460,13 +613,30 @@ impl<F: Float> BwdBufs<F> {
                 dh,
                 g: self.gates.slice(t * bgh + r0 * gh, r * gh),
                 dgh: self.dgh.slice(t * bgh + r0 * gh, r * gh),
-                h_prev: self.hs.slice(t * bh + r0 * h, r * h),
-                h: self.hs.slice((t + 1) * bh + r0 * h, r * h),
-                c_prev: self.cs.slice(t * bh + r0 * h, r * h),
-                aux: self.aux.slice(t * bh + r0 * h, r * h),
+                h_prev: self.hs.read(t * bh + r0 * h, r * h),
+                h: self.hs.read((t + 1) * bh + r0 * h, r * h),
+                c_prev: self.cs.read(t * bh + r0 * h, r * h),
+                aux: self.aux.read(t * bh + r0 * h, r * h),
                 dc: self.dc.slice(r0 * h, r * h),
                 dh_next,
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Split, plan};
+
+    /// The sizes the integration tests use to reach each split do reach it, for every cell
+    /// (G = 1, 3, 4): tests/it/gradcheck.rs and tests/it/determinism.rs.
+    #[test]
+    fn test_sizes_engage_the_splits() {
+        for g in [1, 3, 4] {
+            assert!(matches!(plan(32, g * 256, 256), Split::Rows(16)));
+            assert_eq!(plan(1, g * 256, 256), Split::Units(128));
+            assert_eq!(plan(4, g * 128, 128), Split::Units(64));
+            assert_eq!(plan(2, g * 8, 8), Split::Whole);
         }
     }
 }

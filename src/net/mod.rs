@@ -323,8 +323,9 @@ impl Net {
         Ok(())
     }
 
-    /// A workspace for sequences of up to `max_steps` steps and batch `batch`, using up to
-    /// `threads` threads (1 = single-threaded, deterministic at any setting).
+    /// A workspace for sequences of up to `max_steps` steps and batch `batch`. `threads` ≥ 2 runs
+    /// the work on two threads, the caller's and one helper (see `kernels::team`); 1 runs it on
+    /// the caller's alone. Results are bit-identical either way.
     pub fn workspace<F: Float>(&self, max_steps: usize, batch: usize, threads: usize) -> Result<Workspace<F>> {
         if max_steps == 0 || batch == 0 {
             return Err(Error::Config("sequence length and batch size must be at least 1".into()));

@@ -46,6 +46,48 @@ fn batch_split_and_thread_count_do_not_change_results() {
     }
 }
 
+/// Small batches split the hidden units between the threads (net/layer.rs): the loss, the
+/// gradient and dL/dh_0 are still the same at 1 and 2 threads.
+#[test]
+fn unit_split_does_not_depend_on_the_thread_count() {
+    use bptt::{InputKind, LossKind, NetConfig};
+    for cell in CellKind::ALL {
+        for (b, h) in [(1, 256), (4, 128)] {
+            let (t, i, o) = (7, 5, 6);
+            let cfg = NetConfig {
+                cell,
+                input: InputKind::Dense { size: i },
+                hidden: h,
+                layers: 2,
+                output: o,
+                loss: LossKind::CrossEntropy,
+            };
+            let net = Net::new(cfg).unwrap();
+            let p = net.init_params::<f32>(3);
+            let x: Vec<f32> = (0..t * b * i).map(|k| (k * 37 % 101) as f32 / 50.0 - 1.0).collect();
+            let y: Vec<u32> = (0..t * b).map(|k| (k * 7 % o) as u32).collect();
+            let run = |threads: usize| {
+                let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
+                let mut g = vec![0.0f32; p.len()];
+                let mut loss = 0.0;
+                for _ in 0..3 {
+                    // Repeated passes on one workspace: every pass must start from its own inputs.
+                    loss = net.forward(&p, &mut ws, Input::Dense(&x), Some(Targets::classes(&y)), None).unwrap();
+                    g.fill(0.0);
+                    net.backward(&p, &mut ws, &mut g).unwrap();
+                }
+                (loss, g, ws.initial_state_grad().h)
+            };
+            let (l1, g1, d1) = run(1);
+            let (l2, g2, d2) = run(2);
+            assert_eq!(l1, l2, "{cell} B={b} H={h}: loss depends on the thread count");
+            assert_eq!(g1, g2, "{cell} B={b} H={h}: gradient depends on the thread count");
+            assert_eq!(d1, d2, "{cell} B={b} H={h}: dL/dh0 depends on the thread count");
+            assert!(g1.iter().all(|v| v.is_finite()) && g1.iter().any(|&v| v != 0.0));
+        }
+    }
+}
+
 /// Large enough steps are computed as two halves of rows (net/layer.rs); in f64 the gradient of
 /// such a batch equals the mean of the gradients of its halves, each computed unsplit.
 #[test]

@@ -149,15 +149,22 @@ fn gru() {
     check_all(CellKind::Gru);
 }
 
-/// The two-thread split (net/layer.rs) only engages at sizes too large to check every
+/// The two-thread splits (net/layer.rs) only engage at sizes too large to check every
 /// coordinate; check 120 random parameter coordinates and every initial-state coordinate of
-/// one sequence there, with 2 threads, for every cell.
+/// one sequence there, with 2 threads, for every cell: B = 32, H = 256 splits the batch rows;
+/// B = 1, H = 256 (matrix-vector products) and B = 4, H = 128 split the hidden units.
 #[test]
-fn split_path_matches_finite_differences() {
+fn split_paths_match_finite_differences() {
+    for (b, h) in [(32, 256), (1, 256), (4, 128)] {
+        split_path_matches_finite_differences(b, h);
+    }
+}
+
+fn split_path_matches_finite_differences(b: usize, h: usize) {
     use bptt::{Input, InputKind, LossKind, NetConfig};
     use rand::RngExt;
     for cell in CellKind::ALL {
-        let (t, b, h) = (3, 32, 256); // B·G·H·H ≥ 2²¹ for every cell: the split engages
+        let t = 3;
         let cfg = NetConfig {
             cell,
             input: InputKind::Dense { size: 4 },
@@ -195,7 +202,7 @@ fn split_path_matches_finite_differences() {
                     continue;
                 }
             }
-            assert!(rel(grads[k], n) < TOL, "{cell}: param {k}: analytic {} numeric {n}", grads[k]);
+            assert!(rel(grads[k], n) < TOL, "{cell} B={b} H={h}: param {k}: analytic {} numeric {n}", grads[k]);
         }
         let mut h0 = init.h.clone();
         for k in 0..h {
@@ -210,7 +217,7 @@ fn split_path_matches_finite_differences() {
                     continue;
                 }
             }
-            assert!(rel(d0.h[k], n) < TOL, "{cell}: h0[{k}]: analytic {} numeric {n}", d0.h[k]);
+            assert!(rel(d0.h[k], n) < TOL, "{cell} B={b} H={h}: h0[{k}]: analytic {} numeric {n}", d0.h[k]);
         }
         assert!(kinks * 10 < 120 + h, "{cell}: {kinks} coordinates sit on ReLU kinks");
     }
