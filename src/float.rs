@@ -36,6 +36,9 @@ pub trait Float:
 
     /// tanh(x): exact (std) for f64, a vectorisable ≤ 2 ulp version for f32.
     fn tanh_act(self) -> Self;
+
+    /// e^x: exact (std) for f64, a vectorisable ≤ 2 ulp version for f32.
+    fn exp_act(self) -> Self;
 }
 
 impl Float for f32 {
@@ -56,6 +59,10 @@ impl Float for f32 {
     fn tanh_act(self) -> Self {
         crate::kernels::math::tanh_f32(self)
     }
+    #[inline(always)]
+    fn exp_act(self) -> Self {
+        crate::kernels::math::exp_f32(self)
+    }
 }
 
 impl Float for f64 {
@@ -75,5 +82,9 @@ impl Float for f64 {
     #[inline(always)]
     fn tanh_act(self) -> Self {
         self.tanh()
+    }
+    #[inline(always)]
+    fn exp_act(self) -> Self {
+        self.exp()
     }
 }

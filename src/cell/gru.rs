@@ -23,6 +23,7 @@ use multiversion::multiversion;
 /// - `gates` (B, 3H): in, input pre-activations [x_r x_z x_n]; out, activated (r, z, n).
 /// - `hproj` (B, 3H): recurrent pre-activations [h_r h_z h_n] (biases included).
 /// - `h_prev` (B, H): h_{t−1}. `hn` (B, H): out, h_n (cached). `h` (B, H): out, h_t.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub fn forward_step<F: Float>(hidden: usize, gates: &mut [F], hproj: &[F], h_prev: &[F], hn: &mut [F], h: &mut [F]) {
     let rows = gates.chunks_exact_mut(3 * hidden).zip(hproj.chunks_exact(3 * hidden));
     let rows = rows.zip(h_prev.chunks_exact(hidden)).zip(hn.chunks_exact_mut(hidden));
@@ -37,8 +38,9 @@ pub fn forward_step<F: Float>(hidden: usize, gates: &mut [F], hproj: &[F], h_pre
 
 /// One row of [`forward_step`], or a block of its units (every slice then holds the same units
 /// of its gate or state). Separate slices as parameters tell the compiler they do not alias,
-/// which is what lets it vectorise the loop.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
+/// which is what lets it vectorise the loop; inlined into callers compiled for the CPU's SIMD
+/// (`multiversion`).
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn forward_row<F: Float>(
     gr: &mut [F],
@@ -73,6 +75,7 @@ pub fn forward_row<F: Float>(
 /// - `dgates_h` (B, 3H): out, dL/d[h_r h_z h_n].
 /// - `hn`, `h_prev` (B, H): from the forward cache.
 /// - `dh_prev` (B, H): out, the direct part of dL/dh_{t−1} (dh_t ⊙ z); the layer adds the GEMM.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub fn backward_step<F: Float>(
     hidden: usize,
     dh: &[F],
@@ -95,7 +98,7 @@ pub fn backward_step<F: Float>(
 }
 
 /// One row of [`backward_step`] (separate slices: see [`forward_row`]).
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn backward_row<F: Float>(
     gr: &mut [F],

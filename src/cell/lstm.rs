@@ -23,6 +23,7 @@ use multiversion::multiversion;
 ///
 /// - `gates` (B, 4H): in, pre-activations; out, activated gates (i, f, g, o).
 /// - `c_prev` (B, H): c_{t−1}. `c`, `tanh_c`, `h` (B, H): out, c_t, tanh(c_t), h_t.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub fn forward_step<F: Float>(
     hidden: usize,
     gates: &mut [F],
@@ -44,8 +45,9 @@ pub fn forward_step<F: Float>(
 
 /// One row of [`forward_step`], or a block of its units (every slice then holds the same units
 /// of its gate or state). Separate slices as parameters tell the compiler they do not alias,
-/// which is what lets it vectorise the loop.
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
+/// which is what lets it vectorise the loop; inlined into callers compiled for the CPU's SIMD
+/// (`multiversion`).
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn forward_row<F: Float>(
     gi: &mut [F],
@@ -80,6 +82,7 @@ pub fn forward_row<F: Float>(
 /// - `dc` (B, H): in, dL/dc_t from step t+1; out, dL/dc_{t−1}.
 /// - `gates` (B, 4H): in, the activated gates of step t; out, dL/da (i, f, g, o).
 /// - `c_prev`, `tanh_c` (B, H): c_{t−1} and tanh(c_t) from the forward cache.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub fn backward_step<F: Float>(hidden: usize, dh: &[F], dc: &mut [F], gates: &mut [F], c_prev: &[F], tanh_c: &[F]) {
     let rows = gates.chunks_exact_mut(4 * hidden).zip(dh.chunks_exact(hidden));
     let rows = rows.zip(dc.chunks_exact_mut(hidden)).zip(c_prev.chunks_exact(hidden));
@@ -92,7 +95,7 @@ pub fn backward_step<F: Float>(hidden: usize, dh: &[F], dc: &mut [F], gates: &mu
 }
 
 /// One row of [`backward_step`] (separate slices: see [`forward_row`]).
-#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn backward_row<F: Float>(
     gi: &mut [F],

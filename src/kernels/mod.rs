@@ -257,6 +257,19 @@ pub fn add_into<F: Float>(a: &mut [F], b: &[F]) {
     }
 }
 
+/// Σ x in 8 interleaved partial sums (a fixed order; independent sums let the loop vectorise).
+pub fn sum<F: Float>(x: &[F]) -> F {
+    let mut acc = [F::zero(); 8];
+    let chunks = x.chunks_exact(8);
+    let tail: F = chunks.remainder().iter().copied().sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().copied().sum::<F>() + tail
+}
+
 /// Σ x², accumulated in f64 over 8 interleaved partial sums (a fixed order, so the result is
 /// deterministic; independent sums let the loop vectorise).
 pub fn sum_sq<F: Float>(x: &[F]) -> f64 {

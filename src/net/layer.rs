@@ -13,7 +13,7 @@ use crate::net::{LayerParams, NetConfig};
 pub(crate) enum LayerInput<'a, F> {
     /// (T·B, I) rows: the dense input or the layer below's hidden states.
     Rows(&'a [F]),
-    /// Token ids (T·B) into a (V, G·H) table holding embedding · W_ihᵀ.
+    /// Token ids (T·B) into a (V, G·H) table holding the biases + embedding · W_ihᵀ.
     Table { table: &'a [F], tokens: &'a [u32] },
 }
 
@@ -43,25 +43,21 @@ pub(crate) fn forward<F: Float>(
         kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut cache.w_hh_t);
     }
     // Input projections of all T steps at once: gates (T·B, G·H) = bias + X · W_ihᵀ.
-    // The GRU keeps b_hh on the recurrent side (it sits inside r ⊙ (W_hn h + b_hn)).
     let gates = &mut cache.gates[..n * gh];
-    kernels::fill_rows(gates, b_ih);
-    if cell != CellKind::Gru {
-        for row in gates.chunks_exact_mut(gh) {
-            kernels::add_into(row, b_hh);
-        }
-    }
     match x {
-        LayerInput::Rows(x) => kernels::gemm(
-            MatMut::rows(gates, n, gh),
-            Mat::rows(x, n, lp.input),
-            Mat::rows(&p[lp.w_ih..], gh, lp.input).t(),
-            true,
-            threads,
-        ),
+        LayerInput::Rows(x) => {
+            fill_input_bias(cell, b_ih, b_hh, gates);
+            kernels::gemm(
+                MatMut::rows(gates, n, gh),
+                Mat::rows(x, n, lp.input),
+                Mat::rows(&p[lp.w_ih..], gh, lp.input).t(),
+                true,
+                threads,
+            );
+        }
         LayerInput::Table { table, tokens } => {
             for (row, &tok) in gates.chunks_exact_mut(gh).zip(tokens) {
-                kernels::add_into(row, &table[tok as usize * gh..(tok as usize + 1) * gh]);
+                row.copy_from_slice(&table[tok as usize * gh..(tok as usize + 1) * gh]);
             }
         }
     }
@@ -131,25 +127,39 @@ pub(crate) fn forward<F: Float>(
     }
 }
 
+/// Fills each (G·H) row of `dst` with the biases that join the input projection: b_ih + b_hh,
+/// or b_ih alone for the GRU, which keeps b_hh on the recurrent side (it sits inside
+/// r ⊙ (W_hn h + b_hn)).
+pub(crate) fn fill_input_bias<F: Float>(cell: CellKind, b_ih: &[F], b_hh: &[F], dst: &mut [F]) {
+    kernels::fill_rows(dst, b_ih);
+    if cell != CellKind::Gru {
+        for row in dst.chunks_exact_mut(b_hh.len()) {
+            kernels::add_into(row, b_hh);
+        }
+    }
+}
+
 /// How the work of one step is shared between two halves, run on two threads when there are
 /// two. Chosen from the sizes alone, never the thread count, so that results are the same at any
 /// setting (one thread runs the two halves in turn).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Split {
-    /// Too little work per step to share (under ~0.5 µs).
+    /// Too little work per step to share (under ~0.5 µs), or too few rows.
     Whole,
     /// Batch rows [0, b0) and [b0, B): independent for the whole pass, no meeting at all. Each
-    /// half reads all of W_hh, so this needs enough rows to amortise that.
+    /// half reads all of W_hh.
     Rows(usize),
     /// Hidden units [0, u0) and [u0, H) of every row: each half reads only its half of W_hh (it
     /// stays in its core's cache), and the halves meet once per step.
     Units(usize),
 }
 
-/// See [`Split`]: `b·G·H·H` multiply-adds per step decide.
+/// See [`Split`]: `b·G·H·H` multiply-adds per step and the size of W_hh decide. Rows need no
+/// meeting, so they win wherever each core can hold all of a small W_hh (≤ 256 KB in f32) or
+/// has enough rows to amortise reading a large one.
 fn plan(b: usize, gh: usize, h: usize) -> Split {
     let work = b * gh * h;
-    if b >= 8 && work >= 1 << 21 {
+    if b >= 8 && (work >= 1 << 21 || gh * h <= 1 << 16) {
         Split::Rows(b / 2)
     } else if h >= 32 && work >= 1 << 16 {
         Split::Units(h / 16 * 8) // half of the units, a multiple of 8 (whole SIMD vectors)
@@ -207,8 +217,9 @@ unsafe fn forward_units<F: Float>(
 ) {
     let (gh, u, bh) = (b_hh.len(), u1 - u0, b * h);
     let gate_blocks = cell.gates();
-    // SAFETY (whole body): every range below is units [u0, u1) of one gate block or state of
-    // one row, which the contract gives to this call, or step t's states, read-only.
+    // SAFETY (whole body): every range below is units [u0, u1) of one gate block of one row
+    // (or of the whole (B, ·) view of them), which the contract gives to this call, or step t's
+    // states, read-only.
     unsafe {
         let h_prev = bufs.hs.read(t * bh, bh); // (B, H) step t, read-only
         let (out, at) = if cell == CellKind::Gru { (bufs.hproj, 0) } else { (bufs.gates, t * b * gh) };
@@ -224,20 +235,44 @@ unsafe fn forward_units<F: Float>(
             let c = MatMut::from_shared(out, at + q * h + u0, b, u, gh, 1);
             kernels::gemm(c, Mat::rows(h_prev, b, h), w.forward(b, gh, h, q, u0, u), true, 1);
         }
+        forward_units_cell(cell, h, b, gh, bufs, t, u0, u1);
+    }
+}
+
+/// The cell's step for units [u0, u1) of every row of forward step t (see [`forward_units`]).
+///
+/// # Safety
+/// As [`forward_units`].
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_units_cell<F: Float>(
+    cell: CellKind,
+    h: usize,
+    b: usize,
+    gh: usize,
+    bufs: &FwdBufs<F>,
+    t: usize,
+    u0: usize,
+    u1: usize,
+) {
+    let (u, bh) = (u1 - u0, b * h);
+    // SAFETY (whole body): every range below is units [u0, u1) of one gate block or state of
+    // one row, which the contract gives to this call, or step t's states, read-only.
+    unsafe {
         for r in 0..b {
             let g = |q: usize| bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u);
-            let st = |buf: Shared<F>, step: usize| buf.slice(step * bh + r * h + u0, u);
+            let st = |buf: &Shared<F>, step: usize| buf.slice(step * bh + r * h + u0, u);
             match cell {
                 CellKind::RnnTanh | CellKind::RnnRelu => {
-                    rnn::forward_step(cell == CellKind::RnnRelu, g(0), st(bufs.hs, t + 1));
+                    rnn::forward_step(cell == CellKind::RnnRelu, g(0), st(&bufs.hs, t + 1));
                 }
                 CellKind::Lstm => {
-                    let (c_prev, c) = (st(bufs.cs, t), st(bufs.cs, t + 1));
-                    lstm::forward_row(g(0), g(1), g(2), g(3), c_prev, c, st(bufs.aux, t), st(bufs.hs, t + 1));
+                    let (c_prev, c) = (st(&bufs.cs, t), st(&bufs.cs, t + 1));
+                    lstm::forward_row(g(0), g(1), g(2), g(3), c_prev, c, st(&bufs.aux, t), st(&bufs.hs, t + 1));
                 }
                 CellKind::Gru => {
                     let hp = |q: usize| bufs.hproj.read(r * gh + q * h + u0, u);
-                    let h_prev = &h_prev[r * h + u0..r * h + u1];
+                    let h_prev = bufs.hs.read(t * bh + r * h + u0, u);
                     gru::forward_row(
                         g(0),
                         g(1),
@@ -246,8 +281,8 @@ unsafe fn forward_units<F: Float>(
                         hp(1),
                         hp(2),
                         h_prev,
-                        st(bufs.aux, t),
-                        st(bufs.hs, t + 1),
+                        st(&bufs.aux, t),
+                        st(&bufs.hs, t + 1),
                     );
                 }
             }
@@ -464,6 +499,7 @@ fn backward_rows<F: Float>(cell: CellKind, h: usize, gh: usize, w_hh: Mat<'_, F>
 /// # Safety
 /// Nothing else may touch units [u0, u1) of step t's dh, dpre or of dh_next/dc_next while this
 /// runs, nor write step t's or t+1's states.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn backward_units_cell<F: Float>(
     cell: CellKind,

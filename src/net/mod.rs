@@ -410,15 +410,18 @@ impl Net {
                 }
                 layer::LayerInput::Rows(&ws.input[..steps * b * e])
             } else if let (Some(enc), Some((vocab, embedding_dim))) = (self.encoder, embedding) {
-                // Fold the embedding into the input projection: table = E · W_ihᵀ, (V, G·H),
-                // cheaper than projecting T·B ≥ V rows one by one.
+                // Fold the embedding into the input projection: table = biases + E · W_ihᵀ,
+                // (V, G·H), cheaper than projecting T·B ≥ V rows one by one. (The same sums
+                // as the layer's own bias + X · W_ihᵀ, so the two paths agree bit for bit.)
                 ws.gathered = false;
                 let gh = cfg.cell.gates() * cfg.hidden;
+                let (b_ih, b_hh) = (&params[lp.b_ih..lp.b_ih + gh], &params[lp.b_hh..lp.b_hh + gh]);
+                layer::fill_input_bias(cfg.cell, b_ih, b_hh, &mut ws.table[..vocab * gh]);
                 kernels::gemm(
                     MatMut::rows(&mut ws.table, vocab, gh),
                     Mat::rows(&params[enc..], vocab, embedding_dim),
                     Mat::rows(&params[lp.w_ih..], gh, embedding_dim).t(),
-                    false,
+                    true,
                     ws.threads,
                 );
                 layer::LayerInput::Table { table: &ws.table, tokens: &ws.tokens[..steps * b] }
@@ -433,7 +436,7 @@ impl Net {
             None => Ok(F::zero()),
             Some(t) => {
                 let n = steps * b * cfg.output;
-                let loss = readout::loss(cfg, &ws.logits[..n], &mut ws.dlogits[..n], t, steps * b)?;
+                let loss = readout::loss(cfg, &ws.logits[..n], &mut ws.dlogits[..n], t, steps * b, ws.threads)?;
                 ws.ready = true;
                 Ok(loss)
             }

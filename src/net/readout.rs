@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::float::Float;
-use crate::kernels::{self, Mat, MatMut};
+use crate::kernels::{self, Mat, MatMut, team};
 use crate::net::{LossKind, Net, NetConfig, Target, Targets};
 
 /// logits (T·B, O) = bias + H_top (T·B, H) · W_outᵀ.
@@ -27,6 +27,7 @@ pub(crate) fn loss<F: Float>(
     dlogits: &mut [F],
     targets: Targets<'_, F>,
     rows: usize,
+    threads: usize,
 ) -> Result<F> {
     let o = cfg.output;
     let weights = match targets.mask {
@@ -40,8 +41,8 @@ pub(crate) fn loss<F: Float>(
         None => rows as f64,
     };
     let weight = |r: usize| targets.mask.map_or(1.0, |m| m[r].f64());
-    dlogits.fill(F::zero());
     if weights == 0.0 {
+        dlogits.fill(F::zero());
         return Ok(F::zero());
     }
     let mut total = 0.0f64;
@@ -51,25 +52,23 @@ pub(crate) fn loss<F: Float>(
             if let Some(bad) = y.iter().find(|&&c| c as usize >= o) {
                 return Err(Error::Data(format!("class target {bad} is outside 0..{o}")));
             }
-            for (r, (z, dz)) in logits.chunks_exact(o).zip(dlogits.chunks_exact_mut(o)).enumerate() {
-                let w = weight(r);
-                if w == 0.0 {
-                    continue;
-                }
-                let max = z.iter().fold(F::neg_infinity(), |m, &v| m.max(v));
-                let mut sum = F::zero();
-                for (d, &v) in dz.iter_mut().zip(z) {
-                    *d = (v - max).exp();
-                    sum += *d;
-                }
-                let y = y[r] as usize;
-                total += w * ((sum.ln() + max) - z[y]).f64();
-                let scale = F::of(w / weights) / sum;
-                for d in dz.iter_mut() {
-                    *d *= scale;
-                }
-                dz[y] -= F::of(w / weights);
-            }
+            // Two halves of the rows (on two threads when there are two), summed in a fixed
+            // order: the split depends on the sizes only.
+            let r0 = if rows * o >= 1 << 14 { rows / 2 } else { rows };
+            let (d0, d1) = dlogits.split_at_mut(r0 * o);
+            let (z0, z1) = logits.split_at(r0 * o);
+            let (y0, y1) = y.split_at(r0);
+            let (m0, m1) = match targets.mask {
+                Some(m) => (Some(&m[..r0]), Some(&m[r0..])),
+                None => (None, None),
+            };
+            let (mut t0, mut t1) = (0.0, 0.0);
+            team::join(
+                threads > 1,
+                || t0 = cross_entropy(o, z0, d0, y0, m0, weights),
+                || t1 = cross_entropy(o, z1, d1, y1, m1, weights),
+            );
+            total = t0 + t1;
         }
         (LossKind::Mse, Target::Values(y)) => {
             check_len("value targets (T·B·O)", rows * o, y.len())?;
@@ -79,6 +78,7 @@ pub(crate) fn loss<F: Float>(
             {
                 let w = weight(r);
                 if w == 0.0 {
+                    dz.fill(F::zero());
                     continue;
                 }
                 let scale = F::of(2.0 * inv_o * w / weights);
@@ -98,6 +98,33 @@ pub(crate) fn loss<F: Float>(
         }
     }
     Ok(F::of(total / weights))
+}
+
+/// Σ_r w_r · (−log softmax(z_r)[y_r]) over some rows, writing dL/dz (w_r / Σw · (softmax − onehot))
+/// into `dz`; `weights` is Σw over all rows.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
+fn cross_entropy<F: Float>(o: usize, z: &[F], dz: &mut [F], y: &[u32], mask: Option<&[F]>, weights: f64) -> f64 {
+    let mut total = 0.0;
+    for (r, (z, dz)) in z.chunks_exact(o).zip(dz.chunks_exact_mut(o)).enumerate() {
+        let w = mask.map_or(1.0, |m| m[r].f64());
+        if w == 0.0 {
+            dz.fill(F::zero());
+            continue;
+        }
+        let max = z.iter().fold(F::neg_infinity(), |m, &v| m.max(v));
+        for (d, &v) in dz.iter_mut().zip(z) {
+            *d = (v - max).exp_act();
+        }
+        let sum = kernels::sum(dz);
+        let y = y[r] as usize;
+        total += w * ((sum.ln() + max) - z[y]).f64();
+        let scale = F::of(w / weights) / sum;
+        for d in dz.iter_mut() {
+            *d *= scale;
+        }
+        dz[y] -= F::of(w / weights);
+    }
+    total
 }
 
 /// dW_out += dlogitsᵀ · H_top, db_out += Σ rows of dlogits, dH_top = dlogits · W_out.
