@@ -87,5 +87,5 @@ p.add_argument("--suite", action="store_true")
 a = p.parse_args()
 configs = SUITE if a.suite else [(a.cell, a.hidden, a.layers, a.batch, a.seq_len)]
 for cell, h, layers, b, t in configs:
-    steps = 10 if (a.suite and b == 1) else a.steps
+    steps = 50 if (a.suite and b == 1) else a.steps
     print(json.dumps(bench(cell, h, layers, b, t, a.embedding_dim, a.vocab, steps, a.threads)), flush=True)

@@ -208,7 +208,7 @@ impl Trainer {
         cfg.validate()?;
         let split = Split::new(ids, cfg.val_fraction)?;
         let streams = Streams::new(split.train.len(), cfg.batch, cfg.k1)?;
-        let optimizer = Optimizer::new(cfg.optimizer()?, model.params.len())?;
+        let optimizer = Optimizer::new(cfg.optimizer()?, model.params.len())?.with_threads(threads);
         let tbptt = Tbptt::new(&model.net, cfg.k1, cfg.seq_len, cfg.batch, threads)?;
         let n = cfg.k1 * cfg.batch;
         Ok(Trainer {

@@ -129,7 +129,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.suite {
         let exe = std::env::current_exe().context("cannot find the bptt executable")?;
         for &(cell, h, l, b, t) in SUITE {
-            let steps = if b == 1 { 10 } else { a.steps };
+            let steps = if b == 1 { 50 } else { a.steps };
             let (h, l, b, t) = (h.to_string(), l.to_string(), b.to_string(), t.to_string());
             let th = threads.to_string();
             let mut args =
@@ -160,7 +160,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     // Plain BPTT keeps a T-step workspace; checkpointed BPTT a K-step one plus T/K states.
     let mut ws = net.workspace::<f32>(if k > 0 { 1 } else { a.seq_len }, a.batch, threads)?;
     let mut ck = if k > 0 { Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads)?) } else { None };
-    let mut opt = Optimizer::new(OptimizerConfig::adam(), params.len())?;
+    let mut opt = Optimizer::new(OptimizerConfig::adam(), params.len())?.with_threads(threads);
     let clip = Clip { max_norm: Some(5.0), max_value: None };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let n = a.seq_len * a.batch;

@@ -254,6 +254,9 @@ pub struct Optimizer<F> {
     config: OptimizerConfig,
     step: u64,
     buffers: Vec<Vec<F>>,
+    /// 2+: Adam updates two halves of the slab on two threads (element-wise, so the result is
+    /// the same).
+    threads: usize,
 }
 
 /// PyTorch's `lerp(a, b, w)` (CPU kernel), so moving averages round the same way.
@@ -271,7 +274,13 @@ impl<F: Float> Optimizer<F> {
             _ => F::zero(),
         };
         let buffers = config.buffer_names().iter().map(|_| vec![init; n]).collect();
-        Ok(Optimizer { config, step: 0, buffers })
+        Ok(Optimizer { config, step: 0, buffers, threads: 1 })
+    }
+
+    /// Updates large slabs on two threads when `threads` ≥ 2 (bit-identical results).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
     }
 
     /// The configuration.
@@ -365,9 +374,25 @@ impl<F: Float> Optimizer<F> {
                     decoupled,
                     l2: weight_decay != 0.0,
                 };
-                match vmax.first_mut() {
-                    Some(vmax) => adam_update(params, grads, &mut m[0], &mut v[0], vmax, &k, true),
-                    None => adam_update(params, grads, &mut m[0], &mut v[0], &mut [], &k, false),
+                let (m, v) = (&mut m[0][..], &mut v[0][..]);
+                let (vmax, amsgrad) = match vmax.first_mut() {
+                    Some(vmax) => (&mut vmax[..], true),
+                    None => (&mut [][..], false),
+                };
+                if self.threads > 1 && params.len() >= 1 << 16 {
+                    let half = params.len() / 2;
+                    let (p0, p1) = params.split_at_mut(half);
+                    let (g0, g1) = grads.split_at(half);
+                    let (m0, m1) = m.split_at_mut(half);
+                    let (v0, v1) = v.split_at_mut(half);
+                    let (x0, x1) = if amsgrad { vmax.split_at_mut(half) } else { (&mut [][..], &mut [][..]) };
+                    crate::kernels::team::join(
+                        true,
+                        || adam_update(p0, g0, m0, v0, x0, &k, amsgrad),
+                        || adam_update(p1, g1, m1, v1, x1, &k, amsgrad),
+                    );
+                } else {
+                    adam_update(params, grads, m, v, vmax, &k, amsgrad);
                 }
             }
             OptimizerConfig::RmsProp { alpha, eps, momentum, centered, weight_decay } => {

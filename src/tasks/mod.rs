@@ -334,7 +334,7 @@ pub fn train(cfg: &TaskConfig, mut progress: impl FnMut(&TaskStep)) -> Result<(N
     let steps = cfg.kind.steps(cfg.length);
     let mut ws = net.workspace::<f32>(steps, cfg.batch, cfg.threads)?;
     let mut grads = vec![0.0f32; params.len()];
-    let mut opt = Optimizer::new(cfg.optimizer, params.len())?;
+    let mut opt = Optimizer::new(cfg.optimizer, params.len())?.with_threads(cfg.threads);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_da7a);
     let mut history = Vec::with_capacity(cfg.steps);
     for step in 1..=cfg.steps {

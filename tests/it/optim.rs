@@ -111,3 +111,29 @@ proptest! {
         }
     }
 }
+
+/// Large slabs are updated in two halves on two threads: the same bits as one thread, for
+/// Adam, AdamW and AMSGrad.
+#[test]
+fn two_thread_updates_equal_one_thread() {
+    let n = (1 << 16) + 5;
+    let amsgrad = OptimizerConfig::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        amsgrad: true,
+        decoupled: false,
+    };
+    for config in [OptimizerConfig::adam(), OptimizerConfig::adamw(), amsgrad] {
+        let run = |threads: usize| {
+            let mut p: Vec<f32> = (0..n).map(|k| (k as f32 * 0.37).cos()).collect();
+            let mut opt = Optimizer::<f32>::new(config, n).unwrap().with_threads(threads);
+            for s in 0..4 {
+                opt.step(&mut p, &grad(s, n), 0.01);
+            }
+            (p, opt.state().buffers)
+        };
+        assert_eq!(run(1), run(2), "{}: the update depends on the thread count", config.name());
+    }
+}

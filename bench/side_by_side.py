@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""bptt and PyTorch side by side on the BENCHMARKS.md configs (optional; needs torch).
+
+The machines this runs on are shared and their speed drifts from minute to minute, so every
+config is run in rounds — bptt, then PyTorch, right after each other — and the table reports
+the median of each system and the median (and range) of the per-round ratios.
+
+    cargo build --release
+    python3 bench/side_by_side.py --rounds 3 --threads 2 > /tmp/table.md
+
+Prints the markdown table of BENCHMARKS.md on stdout (progress on stderr) and, with --json,
+every measurement as JSON lines instead.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# (cell, H, L, B, T, target speed-up), as in the issue and `bptt bench --suite`.
+SUITE = [
+    ("lstm", 64, 1, 16, 50, 3.0),
+    ("lstm", 128, 1, 32, 64, 2.5),
+    ("lstm", 256, 1, 32, 100, 2.0),
+    ("gru", 256, 1, 32, 100, 2.0),
+    ("rnn_tanh", 256, 1, 32, 100, 2.0),
+    ("lstm", 256, 1, 1, 100, 5.0),
+    ("lstm", 512, 2, 64, 100, 1.2),
+]
+
+
+def run(cmd):
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bptt", default=os.path.join(HERE, "..", "target", "release", "bptt"))
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+
+    out = subprocess.run([a.bptt, "bench", "--gemm-peak", "--json", "--threads", str(a.threads)], check=True,
+                         capture_output=True, text=True).stdout
+    peak = max((json.loads(line) for line in out.splitlines() if line.strip()), key=lambda r: r["gflops"])
+    rows = []
+    for cell, h, l, b, t, target in SUITE:
+        steps = "50" if b == 1 else "20"
+        args = ["--cell", cell, "--hidden", str(h), "--layers", str(l), "--batch", str(b), "--seq-len", str(t),
+                "--steps", steps, "--threads", str(a.threads)]
+        ours, theirs = [], []
+        for r in range(a.rounds):
+            print(f"{cell} H={h} L={l} B={b} T={t}: round {r + 1}/{a.rounds}", file=sys.stderr)
+            ours.append(run([a.bptt, "bench", "--json"] + args))
+            theirs.append(run([sys.executable, os.path.join(HERE, "torch_reference.py")] + args))
+            if a.json:
+                print(json.dumps(ours[-1]))
+                print(json.dumps(theirs[-1]))
+        rows.append((cell, h, l, b, t, target, ours, theirs))
+    if a.json:
+        print(json.dumps(peak))
+        return
+
+    med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
+    print(f"GEMM crate peak (f32, {a.threads} threads, best square size): {peak['gflops']} GFLOP/s; "
+          f"{a.rounds} rounds per config; CPU: {ours_cpu(rows)}.\n")
+    print("| config | bptt tokens/s | PyTorch tokens/s | ratio (median) | ratio range | target | status "
+          "| bptt GFLOP/s (of GEMM peak) | PyTorch GFLOP/s | bptt peak RSS MB | PyTorch peak RSS MB "
+          "| bptt activations MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for cell, h, l, b, t, target, ours, theirs in rows:
+        ratios = sorted(o["tokens_per_s"] / p["tokens_per_s"] for o, p in zip(ours, theirs))
+        ratio = statistics.median(ratios)
+        gf = med(ours, "gflops")
+        status = "met" if ratio >= target else "missed"
+        print(f"| {cell} H={h} L={l} B={b} T={t} | {med(ours, 'tokens_per_s'):.0f} | {med(theirs, 'tokens_per_s'):.0f} "
+              f"| **{ratio:.2f}×** | {ratios[0]:.2f}–{ratios[-1]:.2f}× | ≥ {target:g}× | {status} "
+              f"| {gf:.1f} ({100 * gf / peak['gflops']:.0f}%) | {med(theirs, 'gflops'):.1f} "
+              f"| {med(ours, 'peak_rss_mb'):.1f} | {med(theirs, 'peak_rss_mb'):.1f} | {med(ours, 'activation_mb'):.1f} |")
+
+
+def ours_cpu(rows):
+    return rows[0][6][0].get("cpu", "unknown") if rows else "unknown"
+
+
+if __name__ == "__main__":
+    main()
