@@ -50,22 +50,11 @@ fn batch_split_and_thread_count_do_not_change_results() {
 /// gradient and dL/dh_0 are still the same at 1 and 2 threads.
 #[test]
 fn unit_split_does_not_depend_on_the_thread_count() {
-    use bptt::{InputKind, LossKind, NetConfig};
     for cell in CellKind::ALL {
         for (b, h) in [(1, 256), (4, 128)] {
-            let (t, i, o) = (7, 5, 6);
-            let cfg = NetConfig {
-                cell,
-                input: InputKind::Dense { size: i },
-                hidden: h,
-                layers: 2,
-                output: o,
-                loss: LossKind::CrossEntropy,
-            };
-            let net = Net::new(cfg).unwrap();
+            let t = 7;
+            let (net, x, y) = dense_problem::<f32>(cell, h, t, b, 5, 6);
             let p = net.init_params::<f32>(3);
-            let x: Vec<f32> = (0..t * b * i).map(|k| (k * 37 % 101) as f32 / 50.0 - 1.0).collect();
-            let y: Vec<u32> = (0..t * b).map(|k| (k * 7 % o) as u32).collect();
             let run = |threads: usize| {
                 let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
                 let mut g = vec![0.0f32; p.len()];
@@ -92,21 +81,10 @@ fn unit_split_does_not_depend_on_the_thread_count() {
 /// such a batch equals the mean of the gradients of its halves, each computed unsplit.
 #[test]
 fn split_steps_give_the_gradient_of_their_halves() {
-    use bptt::{InputKind, LossKind, NetConfig};
     for cell in CellKind::ALL {
-        let (t, b, h, i, o) = (4, 32, 256, 8, 5);
-        let cfg = NetConfig {
-            cell,
-            input: InputKind::Dense { size: i },
-            hidden: h,
-            layers: 2,
-            output: o,
-            loss: LossKind::CrossEntropy,
-        };
-        let net = Net::new(cfg).unwrap();
+        let (t, b, h, i) = (4, 32, 256, 8);
+        let (net, x, y) = dense_problem::<f64>(cell, h, t, b, i, 5);
         let p = net.init_params::<f64>(4);
-        let x: Vec<f64> = (0..t * b * i).map(|k| (k * 37 % 101) as f64 / 50.0 - 1.0).collect();
-        let y: Vec<u32> = (0..t * b).map(|k| (k * 7 % o) as u32).collect();
         let grad = |bs: usize, part: usize| {
             let xs: Vec<f64> =
                 (0..t).flat_map(|s| x[(s * b + part * bs) * i..(s * b + (part + 1) * bs) * i].to_vec()).collect();
@@ -124,4 +102,28 @@ fn split_steps_give_the_gradient_of_their_halves() {
             assert!((f - half).abs() <= 1e-12 * f.abs().max(1e-6), "{cell}: grad[{k}] {f} vs {half}");
         }
     }
+}
+
+/// A 2-layer cross-entropy net on dense input of width `i` with `o` classes, and fixed inputs
+/// (T·B, I) and targets (T·B) for it.
+fn dense_problem<F: bptt::Float>(
+    cell: CellKind,
+    h: usize,
+    t: usize,
+    b: usize,
+    i: usize,
+    o: usize,
+) -> (Net, Vec<F>, Vec<u32>) {
+    use bptt::{InputKind, LossKind, NetConfig};
+    let cfg = NetConfig {
+        cell,
+        input: InputKind::Dense { size: i },
+        hidden: h,
+        layers: 2,
+        output: o,
+        loss: LossKind::CrossEntropy,
+    };
+    let x = (0..t * b * i).map(|k| F::of((k * 37 % 101) as f64 / 50.0 - 1.0)).collect();
+    let y = (0..t * b).map(|k| (k * 7 % o) as u32).collect();
+    (Net::new(cfg).unwrap(), x, y)
 }
