@@ -212,16 +212,28 @@ fn gemm_one<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
     IN_GEMM.with(|f| f.set(false));
 }
 
-/// `dst` (cols, rows) = `src` (rows, cols)ᵀ, both row-major, in 16×16 tiles written one
-/// destination row segment at a time (sequential stores; the strided loads stay within 16 cache
-/// lines of the source).
-pub fn transpose<F: Copy>(src: &[F], rows: usize, cols: usize, dst: &mut [F]) {
+/// `dst` (cols, rows) = `src` (rows, cols)ᵀ, both row-major; on two threads if `threads` > 1,
+/// each writing half of `dst`'s rows.
+pub fn transpose<F: Copy + Send + Sync>(src: &[F], rows: usize, cols: usize, dst: &mut [F], threads: usize) {
+    let half = cols / 2;
+    let (top, bottom) = dst[..rows * cols].split_at_mut(half * rows);
+    team::join(
+        threads > 1 && rows * cols >= 1 << 16,
+        || transpose_cols(src, rows, cols, 0, top),
+        || transpose_cols(src, rows, cols, half, bottom),
+    );
+}
+
+/// Rows c0.. of `src`ᵀ into `dst` (as many as it holds), in 16×16 tiles written one destination
+/// row segment at a time (sequential stores; the strided loads stay within 16 cache lines).
+fn transpose_cols<F: Copy>(src: &[F], rows: usize, cols: usize, c0: usize, dst: &mut [F]) {
     const TILE: usize = 16;
+    let c_end = c0 + dst.len() / rows.max(1);
     for r0 in (0..rows).step_by(TILE) {
         let r1 = (r0 + TILE).min(rows);
-        for c0 in (0..cols).step_by(TILE) {
-            for c in c0..(c0 + TILE).min(cols) {
-                let out = &mut dst[c * rows + r0..c * rows + r1];
+        for ct in (c0..c_end).step_by(TILE) {
+            for c in ct..(ct + TILE).min(c_end) {
+                let out = &mut dst[(c - c0) * rows + r0..(c - c0) * rows + r1];
                 for (k, v) in out.iter_mut().enumerate() {
                     *v = src[(r0 + k) * cols + c];
                 }
@@ -287,6 +299,23 @@ pub fn sum_sq<F: Float>(x: &[F]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::{Mat, MatMut, gemm};
+
+    /// Both halves of a transpose, on one or two threads, odd sizes included.
+    #[test]
+    fn transpose_matches_the_definition() {
+        for (rows, cols) in [(1, 1), (3, 5), (37, 300), (1024, 256)] {
+            let src: Vec<u32> = (0..rows * cols).map(|k| k as u32).collect();
+            for threads in [1, 2] {
+                let mut dst = vec![0; rows * cols];
+                super::transpose(&src, rows, cols, &mut dst, threads);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        assert_eq!(dst[c * rows + r], src[r * cols + c], "({rows},{cols}) [{r},{c}]");
+                    }
+                }
+            }
+        }
+    }
 
     /// Every layout and size, split or not, on one or two threads, against the definition.
     #[test]

@@ -40,7 +40,7 @@ pub(crate) fn forward<F: Float>(
     // single row split by units (see `UnitWeights`).
     let transposed = steps > 1 && !(b == 1 && matches!(split, Split::Units(_)));
     if transposed {
-        kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut cache.w_hh_t);
+        kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut cache.w_hh_t, threads);
     }
     // Input projections of all T steps at once: gates (T·B, G·H) = bias + X · W_ihᵀ.
     let gates = &mut cache.gates[..n * gh];
@@ -397,7 +397,7 @@ pub(crate) fn backward<F: Float>(
             // phase 2k+1, after both halves' dpre_t are in: dh_next for this half's units, a
             // GEMM over all of dpre_t. A single row reads W_hhᵀ (see `UnitWeights`).
             if b == 1 && steps > 1 {
-                kernels::transpose(w_hh, gh, h, &mut cache.w_hh_t);
+                kernels::transpose(w_hh, gh, h, &mut cache.w_hh_t, threads);
             }
             let (bufs, w_hh_t) = BwdBufs::new(cache, dh_next, dc_next);
             let w = UnitWeights { w_hh, w_hh_t: if b == 1 && steps > 1 { w_hh_t } else { &[] } };
