@@ -59,6 +59,7 @@ row "text shorter than one window" "$B" train --text "$W/short.txt" --batch 2 --
 row "one distinct character" "$B" train --text "$W/one.txt" --batch 2 --seq-len 8
 row "k1 > k2" "$B" train --text "$W/ok.txt" --tbptt 20:10
 row "--tbptt not K1:K2" "$B" train --text "$W/ok.txt" --tbptt ten
+row "--checkpoint-every not a number" "$B" train --text "$W/ok.txt" --checkpoint-every some
 row "zero hidden size" "$B" train --text "$W/ok.txt" --hidden 0
 row "zero layers" "$B" train --text "$W/ok.txt" --layers 0
 row "zero batch" "$B" train --text "$W/ok.txt" --batch 0

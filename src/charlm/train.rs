@@ -49,6 +49,10 @@ pub struct TrainConfig {
     pub max_bad_steps: u32,
     /// Stop if the training loss exceeds this factor times the first one (char-rnn's guard).
     pub abort_loss_factor: Option<f64>,
+    /// Memory-efficient BPTT: keep the state every this many steps of a window and recompute
+    /// the segments in the backward pass (0 = plain BPTT); `--checkpoint-every`.
+    #[serde(default)]
+    pub checkpoint_every: usize,
 }
 
 impl TrainConfig {
@@ -73,6 +77,7 @@ impl TrainConfig {
             seed: 1337,
             max_bad_steps: 10,
             abort_loss_factor: None,
+            checkpoint_every: 0,
         }
     }
 
@@ -209,7 +214,7 @@ impl Trainer {
         let split = Split::new(ids, cfg.val_fraction)?;
         let streams = Streams::new(split.train.len(), cfg.batch, cfg.k1)?;
         let optimizer = Optimizer::new(cfg.optimizer()?, model.params.len())?.with_threads(threads);
-        let tbptt = Tbptt::new(&model.net, cfg.k1, cfg.seq_len, cfg.batch, threads)?;
+        let tbptt = Tbptt::with_checkpoints(&model.net, cfg.k1, cfg.seq_len, cfg.batch, threads, cfg.checkpoint_every)?;
         let n = cfg.k1 * cfg.batch;
         Ok(Trainer {
             schedule: cfg.schedule()?,
@@ -326,7 +331,10 @@ impl Trainer {
         if self.split.val.len() < 2 {
             return Ok(None);
         }
-        let e = self.model.evaluate(&self.split.val, self.cfg.batch, self.cfg.seq_len, self.threads)?;
+        // Forward-only, so any chunk length gives the same loss (to rounding): with checkpoints,
+        // chunks of K steps keep validation within the same memory.
+        let chunk = if self.cfg.checkpoint_every > 0 { self.cfg.checkpoint_every } else { self.cfg.seq_len };
+        let e = self.model.evaluate(&self.split.val, self.cfg.batch, chunk, self.threads)?;
         if self.best_val.is_none_or(|b| e.loss < b) {
             self.best_val = Some(e.loss);
         }

@@ -151,12 +151,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let net = Net::new(spec.net_config(a.vocab))?;
     let mut params = net.init_params::<f32>(1);
     let mut grads = vec![0.0f32; params.len()];
-    let k = match a.checkpoint_every.as_str() {
-        "auto" => (a.seq_len as f64).sqrt().round().max(1.0) as usize,
-        v => v
-            .parse::<usize>()
-            .map_err(|_| anyhow::anyhow!("--checkpoint-every takes a whole number or auto, got '{v}'"))?,
-    };
+    let k = super::checkpoint_every(&a.checkpoint_every, a.seq_len)?;
     // Plain BPTT keeps a T-step workspace; checkpointed BPTT a K-step one plus T/K states.
     let mut ws = net.workspace::<f32>(if k > 0 { 1 } else { a.seq_len }, a.batch, threads)?;
     let mut ck = if k > 0 { Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads)?) } else { None };

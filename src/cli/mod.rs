@@ -92,6 +92,16 @@ pub fn threads(flag: Option<usize>) -> anyhow::Result<usize> {
     Ok(n)
 }
 
+/// `--checkpoint-every`: a whole number of steps (0 = plain BPTT) or `auto`, √window rounded.
+pub fn checkpoint_every(flag: &str, window: usize) -> anyhow::Result<usize> {
+    match flag {
+        "auto" => Ok((window as f64).sqrt().round().max(1.0) as usize),
+        v => v
+            .parse::<usize>()
+            .map_err(|_| anyhow::anyhow!("--checkpoint-every takes a whole number or auto, got '{v}'")),
+    }
+}
+
 /// UTC time as `YYYYmmdd-HHMMSS`, for default run folder names.
 pub fn timestamp() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());

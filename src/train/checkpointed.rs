@@ -11,6 +11,7 @@ use crate::float::Float;
 use crate::net::{Input, Net, State, Target, Targets, Workspace};
 
 /// The checkpointed BPTT driver for segments of `k` steps.
+#[derive(Clone, Debug)]
 pub struct CheckpointedBptt<F> {
     k: usize,
     ws: Workspace<F>,
@@ -18,6 +19,9 @@ pub struct CheckpointedBptt<F> {
     states: Vec<State<F>>,
     /// dL/d(state at the end of the segment being back-propagated).
     carry: State<F>,
+    /// The state after step `keep_at` of the last sequence, if asked for.
+    keep_at: Option<usize>,
+    kept: State<F>,
 }
 
 impl<F: Float> CheckpointedBptt<F> {
@@ -31,7 +35,21 @@ impl<F: Float> CheckpointedBptt<F> {
             ws: net.workspace(k, batch, threads)?,
             states: Vec::new(),
             carry: State::zeros(net.config(), batch),
+            keep_at: None,
+            kept: State::zeros(net.config(), batch),
         })
+    }
+
+    /// Asks the next runs to keep the state after `steps` steps of the sequence (1 ≤ steps ≤
+    /// T; `None`: keep nothing), for [`CheckpointedBptt::kept_state`]. Truncated BPTT carries
+    /// that state to its next window.
+    pub fn keep_state_after(&mut self, steps: Option<usize>) {
+        self.keep_at = steps;
+    }
+
+    /// The state asked for with [`CheckpointedBptt::keep_state_after`], from the last run.
+    pub fn kept_state(&self) -> &State<F> {
+        &self.kept
     }
 
     /// The workspace (K steps) the segments run in.
@@ -108,6 +126,12 @@ impl<F: Float> CheckpointedBptt<F> {
             }
             if s + 1 < segments {
                 self.ws.state_at(to - from, &mut self.states[s + 1]);
+            }
+            if let Some(d) = self.keep_at
+                && from < d
+                && d <= to
+            {
+                self.ws.state_at(d - from, &mut self.kept);
             }
         }
         // Backward, last segment first, recomputing each segment's forward pass.

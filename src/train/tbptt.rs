@@ -13,6 +13,7 @@
 use crate::error::{Error, Result, check_len};
 use crate::float::Float;
 use crate::net::{Input, InputKind, LossKind, Net, State, Target, Targets, Workspace};
+use crate::train::CheckpointedBptt;
 
 /// The TBPTT(k1, k2) driver: keeps the last k2 steps of input and the carried state.
 #[derive(Clone, Debug)]
@@ -34,16 +35,33 @@ pub struct Tbptt<F> {
     weights: Vec<F>,
     /// The state at the start of the held history.
     start: State<F>,
+    /// Memory-efficient windows: each runs as checkpointed BPTT (`ws` then holds one step).
+    checkpointed: Option<CheckpointedBptt<F>>,
 }
 
 impl<F: Float> Tbptt<F> {
     /// A driver for `net` with batch `batch`, requiring 1 ≤ k1 ≤ k2.
     pub fn new(net: &Net, k1: usize, k2: usize, batch: usize, threads: usize) -> Result<Self> {
+        Self::with_checkpoints(net, k1, k2, batch, threads, 0)
+    }
+
+    /// As [`Tbptt::new`], but with `every` ≥ 1 each window runs as [`CheckpointedBptt`] with
+    /// segments of `every` steps: activation memory O(every + k2/every) steps instead of O(k2),
+    /// for one more forward pass (`every` = 0: plain BPTT windows).
+    pub fn with_checkpoints(
+        net: &Net,
+        k1: usize,
+        k2: usize,
+        batch: usize,
+        threads: usize,
+        every: usize,
+    ) -> Result<Self> {
         if k1 == 0 || k1 > k2 {
             return Err(Error::Config(format!("truncated BPTT needs 1 <= k1 <= k2, got k1={k1}, k2={k2}")));
         }
         let cfg = net.config();
-        let ws = net.workspace(k2, batch, threads)?;
+        let checkpointed = if every > 0 { Some(CheckpointedBptt::new(net, every, batch, threads)?) } else { None };
+        let ws = net.workspace(if every > 0 { 1 } else { k2 }, batch, threads)?;
         let n = k2 * batch;
         let (x_width, ids) = match cfg.input {
             InputKind::Dense { size } => (size, Vec::new()),
@@ -67,6 +85,7 @@ impl<F: Float> Tbptt<F> {
             values: vec![F::zero(); n * y_width],
             weights: vec![F::zero(); n],
             start: State::zeros(cfg, batch),
+            checkpointed,
         })
     }
 
@@ -97,7 +116,8 @@ impl<F: Float> Tbptt<F> {
         self.held
     }
 
-    /// The workspace of the last window (hidden states, ‖dL/dh_t‖, …).
+    /// The workspace of the last window (hidden states, ‖dL/dh_t‖, …); with checkpoints, a
+    /// one-step workspace that windows do not use.
     pub fn workspace(&self) -> &Workspace<F> {
         &self.ws
     }
@@ -195,13 +215,27 @@ impl<F: Float> Tbptt<F> {
             Target::Classes(&self.classes[..t * b])
         };
         let window = Targets { target, mask: Some(&self.weights[..t * b]) };
-        let loss = net.forward(params, &mut self.ws, input, Some(window), Some(&self.start))?;
-        net.backward(params, &mut self.ws, grads)?;
-
         // Slide: the next window ends k1 steps later and is at most k2 long.
         let drop = (t + self.k1).saturating_sub(self.k2);
+        let loss = match self.checkpointed.as_mut() {
+            None => {
+                let loss = net.forward(params, &mut self.ws, input, Some(window), Some(&self.start))?;
+                net.backward(params, &mut self.ws, grads)?;
+                if drop > 0 {
+                    self.ws.state_at(drop, &mut self.start);
+                }
+                loss
+            }
+            Some(ck) => {
+                ck.keep_state_after((drop > 0).then_some(drop));
+                let loss = ck.run(net, params, input, window, Some(&self.start), grads)?;
+                if drop > 0 {
+                    self.start.clone_from(ck.kept_state());
+                }
+                loss
+            }
+        };
         if drop > 0 {
-            self.ws.state_at(drop, &mut self.start);
             let (xw, yw) = (b * self.x_width, b * self.y_width);
             self.x.copy_within(drop * xw..t * xw, 0);
             self.values.copy_within(drop * yw..t * yw, 0);

@@ -91,6 +91,7 @@ fn impossible_flags() {
     };
     run(&["--tbptt", "20:10"], "K1 <= K2");
     run(&["--tbptt", "ten"], "K1:K2");
+    run(&["--checkpoint-every", "some"], "whole number or auto");
     run(&["--hidden", "0"], "hidden size");
     run(&["--layers", "0"], "layers");
     run(&["--embedding-dim", "0"], "embedding");

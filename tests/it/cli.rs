@@ -106,7 +106,9 @@ fn eval_matches_the_in_process_loss_and_sampling_is_deterministic() {
 fn resume_is_bit_exact() {
     let d = tempfile::tempdir().unwrap();
     let text = corpus(d.path());
-    for tb in [[].as_slice(), ["--tbptt", "6:16"].as_slice()] {
+    let variants =
+        [[].as_slice(), ["--tbptt", "6:16"].as_slice(), ["--tbptt", "6:16", "--checkpoint-every", "5"].as_slice()];
+    for tb in variants {
         let mut a = vec!["--steps", "14", "--eval-every", "4", "--optimizer", "rmsprop", "--momentum", "0.5"];
         a.extend_from_slice(tb);
         assert!(train(d.path(), &text, "straight", &a).status.success());
@@ -132,6 +134,32 @@ fn resume_is_bit_exact() {
         std::fs::remove_dir_all(d.path().join("straight")).unwrap();
         std::fs::remove_dir_all(&split).unwrap();
     }
+}
+
+/// `--checkpoint-every` (memory-efficient BPTT: windows recomputed segment by segment) trains
+/// like plain BPTT, to f32 rounding, and records itself in config.json.
+#[test]
+fn checkpointed_training_follows_plain_training() {
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    let losses = |dir: &str| -> Vec<f64> {
+        std::fs::read_to_string(d.path().join(dir).join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"].as_f64().unwrap())
+            .collect()
+    };
+    let a = ["--steps", "10", "--eval-every", "0"];
+    assert!(train(d.path(), &text, "plain", &a).status.success());
+    let o = train(d.path(), &text, "ck", &[&a[..], &["--checkpoint-every", "auto"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (p, c) = (losses("plain"), losses("ck"));
+    assert_eq!(p.len(), 10);
+    for (k, (x, y)) in p.iter().zip(&c).enumerate() {
+        assert!((x - y).abs() <= 1e-4 * x.abs(), "step {}: plain {x}, checkpointed {y}", k + 1);
+    }
+    let config = std::fs::read_to_string(d.path().join("ck").join("config.json")).unwrap();
+    assert!(config.contains("\"checkpoint_every\": 4"), "{config}"); // √16
 }
 
 #[test]

@@ -62,9 +62,14 @@ impl Stream {
 /// Runs TBPTT(k1, k2) with SGD over the whole stream with the driver; returns losses and the
 /// final parameters.
 fn driver(s: &Stream, n: usize, k1: usize, k2: usize) -> (Vec<f64>, Vec<f64>) {
+    driver_with(s, n, k1, k2, 0)
+}
+
+/// [`driver`] with checkpointed windows of segments of `every` steps (0: plain windows).
+fn driver_with(s: &Stream, n: usize, k1: usize, k2: usize, every: usize) -> (Vec<f64>, Vec<f64>) {
     let mut params = s.net.init_params::<f64>(3);
     let mut opt = Optimizer::new(OptimizerConfig::sgd(), params.len()).unwrap();
-    let mut tb = Tbptt::new(&s.net, k1, k2, s.b, 1).unwrap();
+    let mut tb = Tbptt::with_checkpoints(&s.net, k1, k2, s.b, 1, every).unwrap();
     let mut losses = Vec::new();
     let mut e = 0;
     while e < n {
@@ -122,6 +127,26 @@ fn k1_below_k2_equals_the_definition() {
             let (l2, p2) = naive(&s, n, k1, k2);
             assert_eq!(l1, l2, "{cell} n={n} k1={k1} k2={k2}: losses");
             assert_eq!(p1, p2, "{cell} n={n} k1={k1} k2={k2}: parameters");
+        }
+    }
+}
+
+/// Windows run as checkpointed BPTT (any segment length, carried states taken from the
+/// recomputed segments) train like plain windows, to rounding, for every cell and both k1 = k2
+/// and k1 < k2.
+#[test]
+fn checkpointed_windows_equal_plain_windows() {
+    for cell in CellKind::ALL {
+        for (n, k1, k2) in [(11, 3, 5), (13, 2, 7), (12, 4, 4), (10, 1, 3)] {
+            let s = Stream::new(cell, n, 2);
+            let (l1, p1) = driver(&s, n, k1, k2);
+            for every in [1, 2, 3, 10] {
+                let (l2, p2) = driver_with(&s, n, k1, k2, every);
+                let close =
+                    |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-12 * x.abs().max(1.0));
+                assert!(close(&l1, &l2), "{cell} n={n} k1={k1} k2={k2} K={every}: losses {l1:?} vs {l2:?}");
+                assert!(close(&p1, &p2), "{cell} n={n} k1={k1} k2={k2} K={every}: parameters differ");
+            }
         }
     }
 }
