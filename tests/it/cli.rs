@@ -29,6 +29,15 @@ pub fn corpus(dir: &Path) -> PathBuf {
 const SMALL: &[&str] =
     &["--hidden", "16", "--embedding-dim", "8", "--layers", "2", "--batch", "4", "--seq-len", "16", "--threads", "1"];
 
+/// The `train_loss` of every line of a run folder's metrics.jsonl.
+fn train_losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"].as_f64().unwrap())
+        .collect()
+}
+
 /// `bptt train` on `text` with a small model (SMALL), output in `dir/out`.
 pub fn train(dir: &Path, text: &Path, out: &str, extra: &[&str]) -> Output {
     let out = dir.join(out);
@@ -123,14 +132,7 @@ fn resume_is_bit_exact() {
             let y = std::fs::read(split.join(f)).unwrap();
             assert!(x == y, "{f} differs after resume ({tb:?})");
         }
-        let losses = |dir: &str| -> Vec<f64> {
-            std::fs::read_to_string(d.path().join(dir).join("metrics.jsonl"))
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"].as_f64().unwrap())
-                .collect()
-        };
-        assert_eq!(losses("straight"), losses("split"));
+        assert_eq!(train_losses(&d.path().join("straight")), train_losses(&split));
         std::fs::remove_dir_all(d.path().join("straight")).unwrap();
         std::fs::remove_dir_all(&split).unwrap();
     }
@@ -142,13 +144,7 @@ fn resume_is_bit_exact() {
 fn checkpointed_training_follows_plain_training() {
     let d = tempfile::tempdir().unwrap();
     let text = corpus(d.path());
-    let losses = |dir: &str| -> Vec<f64> {
-        std::fs::read_to_string(d.path().join(dir).join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"].as_f64().unwrap())
-            .collect()
-    };
+    let losses = |dir: &str| train_losses(&d.path().join(dir));
     let a = ["--steps", "10", "--eval-every", "0"];
     assert!(train(d.path(), &text, "plain", &a).status.success());
     let o = train(d.path(), &text, "ck", &[&a[..], &["--checkpoint-every", "auto"]].concat());
