@@ -42,10 +42,12 @@ pub(crate) fn forward<F: Float>(
     if transposed {
         kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut cache.w_hh_t, threads);
     }
-    // Input projections of all T steps at once: gates (T·B, G·H) = bias + X · W_ihᵀ.
-    let gates = &mut cache.gates[..n * gh];
-    match x {
+    // Input projections of all T steps at once: gates (T·B, G·H) = bias + X · W_ihᵀ. Token
+    // input reads its rows of the folded table instead, step by step just before each step's
+    // recurrent GEMM (while they are hot in cache, not in one pass over all of `gates`).
+    let table = match x {
         LayerInput::Rows(x) => {
+            let gates = &mut cache.gates[..n * gh];
             fill_input_bias(cell, b_ih, b_hh, gates);
             kernels::gemm(
                 MatMut::rows(gates, n, gh),
@@ -54,13 +56,10 @@ pub(crate) fn forward<F: Float>(
                 true,
                 threads,
             );
+            None
         }
-        LayerInput::Table { table, tokens } => {
-            for (row, &tok) in gates.chunks_exact_mut(gh).zip(tokens) {
-                row.copy_from_slice(&table[tok as usize * gh..(tok as usize + 1) * gh]);
-            }
-        }
-    }
+        LayerInput::Table { table, tokens } => Some(TableRows { table, tokens, b, gh }),
+    };
 
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
     let w_hh_t = if transposed { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() }; // (H, G·H)
@@ -76,6 +75,9 @@ pub(crate) fn forward<F: Float>(
                 } else {
                     (&[][..], &mut [][..])
                 };
+                if let Some(tr) = &table {
+                    tr.fill(t, 0, &mut cache.gates[t * bgh..(t + 1) * bgh]);
+                }
                 let rows = FwdRows {
                     g: &mut cache.gates[t * bgh..(t + 1) * bgh],
                     h_prev: &past[t * bh..],
@@ -101,6 +103,9 @@ pub(crate) fn forward<F: Float>(
                     // SAFETY: this half touches only rows [r0, r1) of each step (and of the (B, ·)
                     // scratch), the other half only the other rows (see `FwdBufs::rows`).
                     let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
+                    if let Some(tr) = &table {
+                        tr.fill(t, r0, rows.g);
+                    }
                     forward_rows(cell, h, b_hh, w_hh_t, rows);
                 },
             );
@@ -120,9 +125,33 @@ pub(crate) fn forward<F: Float>(
                     // SAFETY: this half writes only units [u0, u1) of step t's gates and scratch and
                     // of step t+1's states, and reads step t's states, which both halves finished
                     // before this phase (the lockstep sync).
-                    unsafe { forward_units(cell, h, b, b_hh, &w, &bufs, t, u0, u1) };
+                    unsafe { forward_units(cell, h, b, b_hh, &w, table.as_ref(), &bufs, t, u0, u1) };
                 },
             );
+        }
+    }
+}
+
+/// Token input's pre-activation rows: row (t, r) of `gates` starts as the folded table's row of
+/// token (t, r), which already holds the biases.
+struct TableRows<'a, F> {
+    table: &'a [F],    // (V, G·H)
+    tokens: &'a [u32], // (T, B)
+    b: usize,
+    gh: usize,
+}
+
+impl<F: Copy> TableRows<'_, F> {
+    /// The table row of token (t, r).
+    fn row(&self, t: usize, r: usize) -> &[F] {
+        let tok = self.tokens[t * self.b + r] as usize;
+        &self.table[tok * self.gh..(tok + 1) * self.gh]
+    }
+
+    /// Fills `g`, rows r0, r0 + 1, … of step t, with their table rows.
+    fn fill(&self, t: usize, r0: usize, g: &mut [F]) {
+        for (k, row) in g.chunks_exact_mut(self.gh).enumerate() {
+            row.copy_from_slice(self.row(t, r0 + k));
         }
     }
 }
@@ -210,6 +239,7 @@ unsafe fn forward_units<F: Float>(
     b: usize,
     b_hh: &[F],
     w: &UnitWeights<'_, F>,
+    table: Option<&TableRows<'_, F>>,
     bufs: &FwdBufs<F>,
     t: usize,
     u0: usize,
@@ -217,6 +247,16 @@ unsafe fn forward_units<F: Float>(
 ) {
     let (gh, u, bh) = (b_hh.len(), u1 - u0, b * h);
     let gate_blocks = cell.gates();
+    if let Some(tr) = table {
+        for r in 0..b {
+            for q in 0..gate_blocks {
+                let at = q * h + u0;
+                // SAFETY: units [u0, u1) of gate block q of row r of step t: this call's (contract).
+                let dst = unsafe { bufs.gates.slice(t * b * gh + r * gh + at, u) };
+                dst.copy_from_slice(&tr.row(t, r)[at..at + u]);
+            }
+        }
+    }
     // SAFETY (whole body): every range below is units [u0, u1) of one gate block of one row
     // (or of the whole (B, ·) view of them), which the contract gives to this call, or step t's
     // states, read-only.
