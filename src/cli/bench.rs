@@ -35,7 +35,7 @@ pub struct Args {
     /// Timed updates (after 3 warm-up updates).
     #[arg(long, default_value_t = 20)]
     steps: usize,
-    /// Threads: 1, or 2 and more for two (the work splits in halves) [default: all cores].
+    /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
     /// Print one JSON line per config.
@@ -185,10 +185,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
     for _ in 0..3 {
         step(false)?;
     }
+    // How the parts of every pass were shared between the threads, over the timed steps only.
+    let _ = bptt::kernels::team::take_shares();
     let mut total = 0.0;
     for _ in 0..a.steps {
         total += step(true)?;
     }
+    let parts_run = bptt::kernels::team::take_shares();
+    let all_parts: u64 = parts_run.iter().sum::<u64>().max(1);
+    let share: Vec<f64> = parts_run.iter().map(|&n| (n as f64 / all_parts as f64 * 1000.0).round() / 1000.0).collect();
     let ms = 1e3 * total / a.steps as f64;
     let tokens_per_s = n as f64 / (total / a.steps as f64);
     let gflops = flops_per_token(&spec, a.vocab) * tokens_per_s / 1e9;
@@ -210,12 +215,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "checkpoint_every": k,
         "activation_mb": (ck.as_ref().map_or(ws.bytes(), |c| c.bytes()) as f64 / 1048576.0 * 10.0).round() / 10.0,
         "cpu": cpu_model(),
+        "parts_per_thread": parts_run,
+        "thread_share": share,
     });
     if a.json {
         println!("{line}");
     } else {
         println!(
-            "{} H={} L={} B={} T={} threads={}: {:.0} tokens/s, {:.2} ms/step, {:.1} GFLOP/s, peak RSS {:.1} MB, activations {:.1} MB",
+            "{} H={} L={} B={} T={} threads={}: {:.0} tokens/s, {:.2} ms/step, {:.1} GFLOP/s, peak RSS {:.1} MB, activations {:.1} MB, parts per thread {}",
             cell.name(),
             a.hidden,
             a.layers,
@@ -226,7 +233,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ms,
             gflops,
             line["peak_rss_mb"].as_f64().unwrap_or(0.0),
-            line["activation_mb"].as_f64().unwrap_or(0.0)
+            line["activation_mb"].as_f64().unwrap_or(0.0),
+            share.iter().map(|f| format!("{:.0}%", f * 100.0)).collect::<Vec<_>>().join("/")
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -27,7 +27,7 @@ pub struct Args {
     /// Text for the char-LM section [default: ../shared/data/tinyshakespeare.txt if present].
     #[arg(long)]
     text: Option<PathBuf>,
-    /// Threads: 1, or 2 and more for two (the work splits in halves) [default: all cores].
+    /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
 }

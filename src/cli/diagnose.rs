@@ -44,7 +44,7 @@ pub struct Args {
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Threads: 1, or 2 and more for two (the work splits in halves) [default: all cores].
+    /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
     /// Measure a saved char model instead (with --text): windows of --length characters.

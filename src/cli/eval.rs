@@ -16,7 +16,7 @@ pub struct Args {
     /// Print one JSON line: {"loss", "bits_per_char", "perplexity", "tokens"}.
     #[arg(long)]
     json: bool,
-    /// Threads: 1, or 2 and more for two (the work splits in halves) [default: all cores].
+    /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
 }

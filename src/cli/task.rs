@@ -47,7 +47,7 @@ pub struct Args {
     /// Seed of the initialisation and the data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Threads: 1, or 2 and more for two (the work splits in halves) [default: all cores].
+    /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
     /// Print one JSON line: task, cell, length, steps, final_loss, baseline, solved, seconds.

@@ -103,7 +103,7 @@ pub struct Args {
     /// Seed of the initialisation and samples.
     #[arg(long, default_value_t = 1337, conflicts_with = "resume")]
     seed: u64,
-    /// Threads: 1, or 2 and more for two (the work splits in halves) [default: all cores]. A given seed and thread count reproduce a run bit for bit.
+    /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores]. A given seed reproduces a run bit for bit at any thread count.
     #[arg(long)]
     threads: Option<usize>,
     /// Output folder [default: runs/<UTC timestamp>].

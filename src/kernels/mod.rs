@@ -5,6 +5,7 @@
 //! so a transpose is a free view (`.t()`), never a copy.
 
 pub mod math;
+pub(crate) mod parts;
 pub mod team;
 
 use crate::float::Float;
@@ -86,17 +87,16 @@ impl<'a, F> MatMut<'a, F> {
         Self { data: data.as_mut_ptr(), rows, cols, rs, cs, _borrow: PhantomData }
     }
 
-    /// The view cut after row `r0` into two views over disjoint elements.
-    fn split_rows(self, r0: usize) -> (Self, Self) {
-        let top = Self { rows: r0, ..self };
-        // SAFETY: row r0 starts within the view's extent (or the bottom view is empty).
-        let data = if r0 < self.rows { unsafe { self.data.add(r0 * self.rs) } } else { self.data };
-        (top, Self { data, rows: self.rows - r0, ..self })
-    }
-
-    /// The transpose, as a view.
-    fn t(self) -> Self {
-        Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    /// The (rows, cols) block at (r0, c0), as a view.
+    ///
+    /// # Safety
+    /// The block must be in bounds (asserted), and while it lives no other view may touch its
+    /// elements.
+    unsafe fn block(&self, r0: usize, rows: usize, c0: usize, cols: usize) -> Self {
+        assert!(r0 + rows <= self.rows && c0 + cols <= self.cols, "block out of bounds");
+        let off = if rows == 0 || cols == 0 { 0 } else { r0 * self.rs + c0 * self.cs };
+        // SAFETY: in bounds (asserted); exclusivity is the caller's contract.
+        Self { data: unsafe { self.data.add(off) }, rows, cols, _borrow: PhantomData, ..*self }
     }
 
     /// A strided view starting at element `at` of a buffer that threads share out.
@@ -122,14 +122,20 @@ pub fn in_gemm() -> bool {
     IN_GEMM.with(Cell::get)
 }
 
-/// Multiply-adds from which a GEMM is computed as two halves of C (on two threads when there are
-/// two): a hand-off to the helper thread costs about a µs.
+/// Multiply-adds from which a GEMM is cut into tiles of C (run on the team when `threads` > 1):
+/// below this a hand-off costs more than it saves.
 const SPLIT_WORK: usize = 1 << 18;
+/// Multiply-adds per tile of a large GEMM (≈ 50 µs on one core).
+const TILE_WORK: usize = 1 << 22;
+/// The shortest side of a tile: the GEMM crate runs well below its peak on narrower tiles
+/// (64-wide tiles cost LSTM H = 256, B = 32 a quarter of its speed on two cores).
+const TILE_SIDE: usize = 256;
 
-/// `c = a · b` (or `c += a · b` when `accumulate`), on two threads if `threads` > 1.
+/// `c = a · b` (or `c += a · b` when `accumulate`), on up to `threads` threads.
 ///
-/// A large product is computed as two halves of C's rows or columns, whatever the thread count
-/// (one thread computes them in turn), so that results do not depend on it.
+/// A large product is cut into a grid of tiles of C chosen from (m, n, k) alone — each tile one
+/// single-threaded call of the GEMM crate — whatever the thread count (one thread computes the
+/// tiles in turn), so results do not depend on it.
 ///
 /// # Panics
 /// If the shapes disagree: callers pass shapes derived from validated configs, so this is an
@@ -145,22 +151,63 @@ pub fn gemm<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
         b.rows,
         b.cols
     );
-    let (m, n, k) = (c.rows, c.cols, a.cols);
-    if m * n * k < SPLIT_WORK || m.max(n) < 32 {
+    let (pm, pn) = tile_grid(c.rows, c.cols, a.cols);
+    if pm * pn == 1 {
         return gemm_one(c, a, b, accumulate);
     }
-    // Halves of the longer side, cut at a multiple of 16 (whole microkernel tiles).
-    if m >= n {
-        let m0 = m / 32 * 16;
-        let (c0, c1) = c.split_rows(m0);
-        let (a0, a1) = (a.sub_rows(0, m0), a.sub_rows(m0, m - m0));
-        team::join(threads > 1, || gemm_one(c0, a0, b, accumulate), || gemm_one(c1, a1, b, accumulate));
-    } else {
-        let n0 = n / 32 * 16;
-        let (c0, c1) = c.t().split_rows(n0);
-        let (b0, b1) = (b.t().sub_rows(0, n0), b.t().sub_rows(n0, n - n0));
-        let (c0, c1, b0, b1) = (c0.t(), c1.t(), b0.t(), b1.t());
-        team::join(threads > 1, || gemm_one(c0, a, b0, accumulate), || gemm_one(c1, a, b1, accumulate));
+    let (m, n) = (c.rows, c.cols);
+    let c = SharedMat(c);
+    team::for_each(threads, pm * pn, |t| {
+        let ((r0, r1), (c0, c1)) = (parts::range(m, pm, 16, t / pn), parts::range(n, pn, 16, t % pn));
+        // SAFETY: tiles of one grid are disjoint blocks of C, and each tile runs once.
+        let ct = unsafe { c.block(r0, r1 - r0, c0, c1 - c0) };
+        gemm_one(ct, a.sub_rows(r0, r1 - r0), b.t().sub_rows(c0, c1 - c0).t(), accumulate);
+    });
+}
+
+/// The tile grid (rows × columns of C) of an (m, n, k) product: about one tile per
+/// [`TILE_WORK`] (two from [`SPLIT_WORK`]), at most `team::MAX_PARTS`, tiles at least
+/// [`TILE_SIDE`] long on a cut side (else halves), a power of two per side, cut at whole
+/// 16-wide microkernel blocks, cutting the side whose tiles are longer.
+fn tile_grid(m: usize, n: usize, k: usize) -> (usize, usize) {
+    let work = m * n * k;
+    if work < SPLIT_WORK || m.max(n) < 32 {
+        return (1, 1);
+    }
+    let tiles = (work / TILE_WORK).clamp(2, team::MAX_PARTS);
+    // Powers of two on each side, so that 2, 4, 8, 16 threads share the tiles evenly.
+    let (mut pm, mut pn) = (1, 1);
+    while pm * pn < tiles {
+        let (can_m, can_n) = (m / (2 * pm) >= TILE_SIDE, n / (2 * pn) >= TILE_SIDE);
+        if can_m && (m * pn >= n * pm || !can_n) {
+            pm *= 2;
+        } else if can_n {
+            pn *= 2;
+        } else {
+            break;
+        }
+    }
+    match (pm * pn, m >= n) {
+        (1, true) => (2, 1), // halves, as narrow as they come
+        (1, false) => (1, 2),
+        _ => (pm, pn),
+    }
+}
+
+/// A matrix view whose disjoint blocks the tiles of one GEMM write from several threads.
+struct SharedMat<'a, F>(MatMut<'a, F>);
+
+// SAFETY: only turned into disjoint blocks, one per tile (`MatMut::block`'s contract).
+unsafe impl<F: Send> Sync for SharedMat<'_, F> {}
+
+impl<F> SharedMat<'_, F> {
+    /// See [`MatMut::block`].
+    ///
+    /// # Safety
+    /// As [`MatMut::block`].
+    unsafe fn block(&self, r0: usize, rows: usize, c0: usize, cols: usize) -> MatMut<'_, F> {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.block(r0, rows, c0, cols) }
     }
 }
 
@@ -212,16 +259,15 @@ fn gemm_one<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
     IN_GEMM.with(|f| f.set(false));
 }
 
-/// `dst` (cols, rows) = `src` (rows, cols)ᵀ, both row-major; on two threads if `threads` > 1,
-/// each writing half of `dst`'s rows.
+/// `dst` (cols, rows) = `src` (rows, cols)ᵀ, both row-major; in parts of `dst`'s rows (one per
+/// 32k elements, at most 16) on up to `threads` threads.
 pub fn transpose<F: Copy + Send + Sync>(src: &[F], rows: usize, cols: usize, dst: &mut [F], threads: usize) {
-    let half = cols / 2;
-    let (top, bottom) = dst[..rows * cols].split_at_mut(half * rows);
-    team::join(
-        threads > 1 && rows * cols >= 1 << 16,
-        || transpose_cols(src, rows, cols, 0, top),
-        || transpose_cols(src, rows, cols, half, bottom),
-    );
+    let parts = ((rows * cols) >> 15).clamp(1, 16).min(cols.max(1));
+    let at = |p: usize| parts::range(cols, parts, 1, p).0 * rows;
+    let mut chunks = parts::chunks(&mut dst[..rows * cols], parts, |p| if p == parts { rows * cols } else { at(p) });
+    team::for_each_mut(threads, &mut chunks[..parts], |p, out| {
+        transpose_cols(src, rows, cols, parts::range(cols, parts, 1, p).0, out)
+    });
 }
 
 /// Rows c0.. of `src`ᵀ into `dst` (as many as it holds), in 16×16 tiles written one destination
@@ -300,12 +346,12 @@ pub fn sum_sq<F: Float>(x: &[F]) -> f64 {
 mod tests {
     use super::{Mat, MatMut, gemm};
 
-    /// Both halves of a transpose, on one or two threads, odd sizes included.
+    /// Every part of a transpose, on 1 to 16 threads, odd sizes included.
     #[test]
     fn transpose_matches_the_definition() {
         for (rows, cols) in [(1, 1), (3, 5), (37, 300), (1024, 256)] {
             let src: Vec<u32> = (0..rows * cols).map(|k| k as u32).collect();
-            for threads in [1, 2] {
+            for threads in [1, 2, 3, 16] {
                 let mut dst = vec![0; rows * cols];
                 super::transpose(&src, rows, cols, &mut dst, threads);
                 for r in 0..rows {
@@ -317,17 +363,26 @@ mod tests {
         }
     }
 
-    /// Every layout and size, split or not, on one or two threads, against the definition.
+    /// Every layout and size, tiled or not, on 1 to 16 threads, against the definition.
     #[test]
     fn gemm_matches_the_definition() {
         let val = |i: usize| ((i * 7919) % 97) as f64 / 48.0 - 1.0;
-        for (m, n, k) in [(3, 5, 7), (64, 80, 70), (200, 40, 64), (40, 300, 33), (1, 512, 256), (33, 1, 600)] {
+        for (m, n, k) in [
+            (3, 5, 7),
+            (64, 80, 70),
+            (200, 40, 64),
+            (40, 300, 33),
+            (1, 512, 256),
+            (33, 1, 600),
+            (1040, 300, 70),
+            (530, 770, 40),
+        ] {
             let a: Vec<f64> = (0..m * k).map(val).collect();
             let b: Vec<f64> = (0..k * n).map(|i| val(i + 13)).collect();
             let want: Vec<f64> =
                 (0..m * n).map(|ij| (0..k).map(|l| a[ij / n * k + l] * b[l * n + ij % n]).sum::<f64>() + 0.5).collect();
             let bt: Vec<f64> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect(); // (n, k)
-            for threads in [1, 2] {
+            for threads in [1, 2, 3, 16] {
                 for transposed_b in [false, true] {
                     let mut c = vec![0.5; m * n];
                     let bv = if transposed_b { Mat::rows(&bt, n, k).t() } else { Mat::rows(&b, k, n) };
@@ -340,6 +395,26 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Large products are cut into at least four tiles, and the tiles give the same bits at
+    /// any thread count.
+    #[test]
+    fn tiles_do_not_depend_on_the_thread_count() {
+        let (pm, pn) = super::tile_grid(1040, 300, 70);
+        assert!(pm * pn >= 4, "grid {pm}x{pn}");
+        let (m, n, k) = (1040, 300, 70);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 101) as f32 / 50.0 - 1.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 17) % 89) as f32 / 44.0 - 1.0).collect();
+        let run = |threads| {
+            let mut c = vec![0.25f32; m * n];
+            gemm(MatMut::rows(&mut c, m, n), Mat::rows(&a, m, k), Mat::rows(&b, k, n), true, threads);
+            c
+        };
+        let one = run(1);
+        for threads in [2, 3, 4, 8, 16] {
+            assert!(run(threads) == one, "{threads} threads changed the bits");
         }
     }
 }

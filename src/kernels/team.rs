@@ -1,211 +1,150 @@
-//! Two halves of a pass in lockstep: `work(half, phase)` for phases 0, 1, …, on two threads
-//! that wait for each other only where the data needs it.
+//! A team of threads that runs the parts of a pass: `work(part, phase)` for every part and
+//! phase, on the calling thread plus up to N − 1 long-lived helpers, which wait for each other
+//! only where the data needs it.
 //!
-//! A recurrent pass is a chain of small steps: a thread hand-off per step (a thread pool wakes a
-//! worker through the kernel, tens of µs on a virtual machine) costs more than a step of a small
-//! model. Here each thread runs its half of every phase and, before a phase marked `sync`, spins
-//! until the other half has finished the phase before (≈ 0.3 µs between two cores). Which
-//! elements each half touches is the caller's affair; this module only orders the phases.
+//! *What is cut* is the caller's affair (`kernels::parts` and `net::layer` choose the parts from
+//! the sizes alone); this module decides only *who runs it*. A recurrent pass is a chain of small
+//! steps: a thread hand-off per step through the kernel (tens of µs on a virtual machine) costs
+//! more than a step of a small model. So helpers spin while passes are coming (≈ 0.1–0.3 µs to
+//! meet), park when idle for `IDLE`, and are woken when a pass is posted, before anyone waits.
 //!
-//! No deadlock whatever the pool does: the second half is claimed, not assigned. If no second
-//! thread has claimed it by the time the first one would wait for it, the first claims it and
-//! runs both halves itself, phase by phase — the same arithmetic in the same per-half order, so
-//! results never depend on how many threads showed up.
+//! Phases run in *segments*: a phase p with `sync(p)` starts only after every part has finished
+//! phase p − 1 (a barrier); between barriers each part runs its phases back to back on one
+//! thread. Part p belongs to lane `p % lanes` (lane 0 is the caller), so in the steady state a
+//! part runs on the same core at every step and its data (a slice of W_hh) stays in that core's
+//! cache.
+//!
+//! No deadlock whatever the threads do: parts are *claimed*, not assigned. A thread waiting at a
+//! barrier claims and runs any part whose owner has not joined the pass within `GRACE`, or any
+//! part still unclaimed after it has waited `GRACE` itself; a team with no helper at all runs
+//! every part on the caller. Each part's arithmetic is the same whoever runs it, so results
+//! never depend on the thread count.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Runs `work(half, p)` for half ∈ {0, 1} and p ∈ 0..phases. Phase p of a half starts after
-/// phase p − 1 of the same half and, if `sync(p)`, after phase p − 1 of the other half too.
-/// With `parallel` the calling thread runs half 0 and the helper thread (see [`Helper`]) half 1
-/// when it is free; otherwise (or if it is not) the calling thread runs half 0 then half 1 of
-/// each phase.
-pub fn lockstep(
-    parallel: bool,
+/// The most parts one pass may have (callers cap their cuts at this).
+pub(crate) const MAX_PARTS: usize = 64;
+/// The most threads (lanes) one pass runs on.
+pub(crate) const MAX_LANES: usize = 64;
+
+/// How long an idle helper spins for the next pass before it parks.
+const IDLE: Duration = Duration::from_millis(5);
+/// How long a waiting thread leaves an absent or late owner's parts alone before it runs them.
+const GRACE: Duration = Duration::from_micros(200);
+
+/// Runs `work(part, phase)` for every part in 0..parts and phase in 0..phases: phase p of a part
+/// after phase p − 1 of the same part and, if `sync(p)`, after phase p − 1 of every part. Up to
+/// `threads` threads (the caller and helpers) share the parts.
+///
+/// # Panics
+/// If `parts` > [`MAX_PARTS`] (a caller's invariant), or if a part panicked (on any thread).
+pub(crate) fn run(
+    threads: usize,
+    parts: usize,
     phases: usize,
     sync: impl Fn(usize) -> bool + Sync,
     work: impl Fn(usize, usize) + Sync,
 ) {
-    if !parallel {
-        for p in 0..phases {
-            work(0, p);
-            work(1, p);
+    assert!(parts <= MAX_PARTS, "a pass of {parts} parts (at most {MAX_PARTS})");
+    let lanes = threads.min(parts).min(MAX_LANES);
+    if lanes <= 1 || phases == 0 {
+        // The reference order: segment by segment, every part in turn.
+        let mut start = 0;
+        while start < phases {
+            let end = next_barrier(start, phases, &sync);
+            for p in 0..parts {
+                for ph in start..end {
+                    work(p, ph);
+                }
+            }
+            start = end;
+        }
+        if threads > 1 {
+            record(0, parts * segments(phases, &sync));
         }
         return;
     }
-    let team = Team {
-        claimed: [AtomicBool::new(false), AtomicBool::new(false)],
-        done: Default::default(),
-        failed: AtomicBool::new(false),
+    let team = Team::new(parts, lanes, phases, &sync, &work);
+    let join = || {
+        let lane = team.joined.fetch_add(1, Ordering::AcqRel);
+        if lane < lanes {
+            let ran = team.lane(lane);
+            record(lane, ran);
+        }
     };
-    Helper::get().with(&|| team.run(phases, &sync, &work));
-    // A panic on the helper was caught there (the helper lives on); report it here.
-    assert!(!team.failed.load(Ordering::Acquire), "a half of a two-thread pass panicked");
+    Pool::get().post(lanes - 1, &join, || {
+        let ran = team.lane(0);
+        record(0, ran);
+    });
+    // A panic on a helper was caught there (the helper lives on); report it here.
+    assert!(!team.failed.load(Ordering::Acquire), "a part of a parallel pass panicked");
 }
 
-/// Runs `a` and `b`, on the calling thread and the helper if `parallel` (and it is free).
-pub fn join(parallel: bool, a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
-    let (a, b) = (std::sync::Mutex::new(Some(a)), std::sync::Mutex::new(Some(b)));
-    let take = |half: usize| match half {
-        0 => a.lock().ok().and_then(|mut f| f.take()).map(|f| f()),
-        _ => b.lock().ok().and_then(|mut f| f.take()).map(|f| f()),
-    };
-    lockstep(
-        parallel,
-        1,
-        |_| false,
-        |half, _| {
-            take(half);
-        },
-    );
+/// Runs `work(part)` for every part in 0..parts, on up to `threads` threads.
+pub(crate) fn for_each(threads: usize, parts: usize, work: impl Fn(usize) + Sync) {
+    run(threads, parts, 1, |_| false, |p, _| work(p));
 }
 
-/// A job posted to the helper: a closure on the poster's stack, and whether the helper is done
-/// with it.
-struct Job<'a> {
-    run: &'a (dyn Fn() + Sync),
-    done: AtomicBool,
+/// Runs `work(p, &mut items[p])` for every item, each handed to exactly one thread.
+pub(crate) fn for_each_mut<X: Send + Sync>(threads: usize, items: &mut [X], work: impl Fn(usize, &mut X) + Sync) {
+    let parts = items.len();
+    let base = Shared::of(items);
+    // SAFETY: one phase, so `run` calls every part exactly once: each item is borrowed once, and
+    // `items` outlives the pass.
+    for_each(threads, parts, |p| work(p, unsafe { &mut base.slice(p, 1)[0] }));
 }
 
-/// One long-lived helper thread that spins while there is work about, so that the per-step
-/// meetings of a lockstep pass cost ≈ 0.3 µs and a pass starts without waking a sleeping thread
-/// (tens of µs on a virtual machine). After `IDLE` without a job it parks.
-///
-/// One job at a time: a poster that finds it busy runs both halves itself.
-pub struct Helper {
-    slot: AtomicPtr<Job<'static>>,
-    parked: AtomicBool,
-    thread: std::thread::Thread,
+/// Parts run by each lane (0: the calling thread) since the last [`take_shares`], over every pass
+/// of this process.
+static SHARES: [AtomicU64; MAX_LANES] = [const { AtomicU64::new(0) }; MAX_LANES];
+
+fn record(lane: usize, parts: usize) {
+    SHARES[lane].fetch_add(parts as u64, Ordering::Relaxed);
 }
 
-/// How long the helper spins for the next job before it parks.
-const IDLE: Duration = Duration::from_millis(5);
-
-impl Helper {
-    fn get() -> &'static Helper {
-        static HELPER: OnceLock<Helper> = OnceLock::new();
-        HELPER.get_or_init(|| {
-            // The thread's first `get` waits until this initialisation has finished.
-            let spawned = std::thread::Builder::new().name("bptt-helper".into()).spawn(|| Helper::get().serve());
-            // Without a helper thread (spawn failed) the slot is never served: posters take
-            // their jobs back and run both halves themselves.
-            let thread = match &spawned {
-                Ok(handle) => handle.thread().clone(),
-                Err(_) => std::thread::current(),
-            };
-            Helper { slot: AtomicPtr::new(std::ptr::null_mut()), parked: AtomicBool::new(false), thread }
-        })
-    }
-
-    /// Runs `f` on the calling thread and offers it to the helper too (every `f` here is a
-    /// `Team::run`, which either thread may join); returns when both are done with it.
-    fn with(&self, f: &(dyn Fn() + Sync)) {
-        let job = Job { run: f, done: AtomicBool::new(false) };
-        // SAFETY: the lifetime is erased for the slot only; `Posted` does not let this function
-        // return or unwind before the job is out of the slot and the helper is done with it.
-        let ptr = unsafe { std::mem::transmute::<*const Job<'_>, *mut Job<'static>>(&job) };
-        let slot = &self.slot;
-        // (Not `bool::then_some`: that would build, and so drop, a `Posted` for a failed post.)
-        let posted = match slot.compare_exchange(std::ptr::null_mut(), ptr, Ordering::SeqCst, Ordering::SeqCst) {
-            Ok(_) => Some(Posted { helper: self, job: &job, ptr, back: Default::default() }),
-            Err(_) => None,
-        };
-        if posted.is_some() && self.parked.load(Ordering::SeqCst) {
-            self.thread.unpark();
-        }
-        f();
-        if posted.as_ref().is_none_or(Posted::take_back) {
-            // No helper ran it: whatever `f` left unclaimed, the calling thread runs now.
-            f();
-        }
-    }
-
-    fn serve(&self) {
-        let mut idle_since = Instant::now();
-        loop {
-            let ptr = self.slot.load(Ordering::SeqCst);
-            if !ptr.is_null()
-                && self.slot.compare_exchange(ptr, std::ptr::null_mut(), Ordering::SeqCst, Ordering::SeqCst).is_ok()
-            {
-                // SAFETY: the poster keeps the job alive until `done` is set (`with`).
-                let job = unsafe { &*ptr };
-                // A panic in the job is the poster's to report (through `Team::failed`).
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)()));
-                job.done.store(true, Ordering::Release);
-                idle_since = Instant::now();
-                continue;
-            }
-            if idle_since.elapsed() < IDLE {
-                for _ in 0..64 {
-                    std::hint::spin_loop();
-                }
-                continue;
-            }
-            self.parked.store(true, Ordering::SeqCst);
-            if self.slot.load(Ordering::SeqCst).is_null() {
-                std::thread::park();
-            }
-            self.parked.store(false, Ordering::SeqCst);
-            idle_since = Instant::now();
-        }
-    }
+/// How many part-segments each lane (0: the calling thread, 1…: helpers) has run since the last
+/// call, in passes asked to run on more than one thread, up to the highest lane that ran any;
+/// resets the counts. `bptt bench` reports it.
+pub fn take_shares() -> Vec<u64> {
+    let all: Vec<u64> = SHARES.iter().map(|s| s.swap(0, Ordering::Relaxed)).collect();
+    let used = all.iter().rposition(|&n| n > 0).map_or(0, |k| k + 1);
+    all[..used].to_vec()
 }
 
-/// A job in the helper's slot; dropping it takes the job back or waits until the helper is done.
-struct Posted<'a> {
-    helper: &'a Helper,
-    job: &'a Job<'a>,
-    ptr: *mut Job<'static>,
-    /// The job is out of the slot and the helper never had it.
-    back: std::cell::Cell<bool>,
+/// The first phase after `start` that waits for every part (or `phases`).
+fn next_barrier(start: usize, phases: usize, sync: &impl Fn(usize) -> bool) -> usize {
+    (start + 1..phases).find(|&e| sync(e)).unwrap_or(phases)
 }
 
-impl Posted<'_> {
-    /// Takes the job back if the helper has not taken it; true if so.
-    fn take_back(&self) -> bool {
-        let slot = &self.helper.slot;
-        if !self.back.get() {
-            let ok = slot.compare_exchange(self.ptr, std::ptr::null_mut(), Ordering::SeqCst, Ordering::SeqCst).is_ok();
-            self.back.set(ok);
-        }
-        self.back.get()
-    }
+fn segments(phases: usize, sync: &impl Fn(usize) -> bool) -> usize {
+    (1..phases).filter(|&p| sync(p)).count() + usize::from(phases > 0)
 }
 
-impl Drop for Posted<'_> {
-    fn drop(&mut self) {
-        if !self.take_back() {
-            // The helper took the job: wait until it has finished with it.
-            let mut spins = 0u32;
-            while !self.job.done.load(Ordering::Acquire) {
-                spins = backoff(spins);
-            }
-        }
-    }
-}
+/// An atomic counter on a cache line of its own (threads claiming neighbouring parts do not
+/// contend for one line).
+#[repr(align(64))]
+#[derive(Default)]
+struct Padded(AtomicUsize);
 
-/// One round of waiting: spin first, then yield the core (the other thread was descheduled).
-fn backoff(spins: u32) -> u32 {
-    if spins < 1 << 14 {
-        std::hint::spin_loop();
-    } else {
-        std::thread::yield_now();
-    }
-    spins.saturating_add(1)
-}
-
-/// How long the first thread waits for a second one before it runs both halves.
-const GRACE: Duration = Duration::from_micros(200);
-
-struct Team {
-    /// Whether some thread has taken each half.
-    claimed: [AtomicBool; 2],
-    /// Phases finished by each half.
-    done: [AtomicUsize; 2],
-    /// Set when a half panicked, so that the other stops waiting (and panics too, so that the
-    /// caller sees it whichever thread had it).
+/// One pass in flight: the claims and the barrier counter, on the poster's stack.
+struct Team<'a, S, W> {
+    parts: usize,
+    lanes: usize,
+    phases: usize,
+    sync: &'a S,
+    work: &'a W,
+    /// Lanes taken so far (the caller holds lane 0 from the start).
+    joined: AtomicUsize,
+    /// Per part: segments claimed so far.
+    claimed: [Padded; MAX_PARTS],
+    /// Part-segments finished, over all parts.
+    finished: Padded,
+    /// Set when a part panicked, so that waiting threads stop waiting (and panic too).
     failed: AtomicBool,
+    started: Instant,
 }
 
 /// Sets `failed` if dropped during a panic.
@@ -219,66 +158,242 @@ impl Drop for PanicFlag<'_> {
     }
 }
 
-impl Team {
-    fn claim(&self, half: usize) -> bool {
-        !self.claimed[half].swap(true, Ordering::AcqRel)
-    }
-
-    fn run(&self, phases: usize, sync: &(impl Fn(usize) -> bool + Sync), work: &(impl Fn(usize, usize) + Sync)) {
-        let _flag = PanicFlag(&self.failed);
-        let mine = if self.claim(0) {
-            0
-        } else if self.claim(1) {
-            1
-        } else {
-            return; // both halves are being run already
-        };
-        let other = 1 - mine;
-        let mut solo = false;
-        for p in 0..phases {
-            if !solo && p > 0 && sync(p) {
-                solo = self.wait(other, p, work);
-            }
-            if solo {
-                // Half 0 first, as the single-threaded path does.
-                work(0, p);
-                work(1, p);
-            } else {
-                work(mine, p);
-                self.done[mine].store(p + 1, Ordering::Release);
-            }
+impl<'a, S: Fn(usize) -> bool + Sync, W: Fn(usize, usize) + Sync> Team<'a, S, W> {
+    fn new(parts: usize, lanes: usize, phases: usize, sync: &'a S, work: &'a W) -> Self {
+        Team {
+            parts,
+            lanes,
+            phases,
+            sync,
+            work,
+            joined: AtomicUsize::new(1),
+            claimed: std::array::from_fn(|_| Padded::default()),
+            finished: Padded::default(),
+            failed: AtomicBool::new(false),
+            started: Instant::now(),
         }
     }
 
-    /// Waits until half `other` has finished phase p − 1. Returns true if `other` had not been
-    /// claimed: then this thread has claimed it, caught it up to phase p − 1, and runs both.
-    fn wait(&self, other: usize, p: usize, work: &impl Fn(usize, usize)) -> bool {
-        let mut spins = 0u32;
-        let mut since: Option<Instant> = None;
-        while self.done[other].load(Ordering::Acquire) < p {
-            if self.failed.load(Ordering::Acquire) {
-                panic!("the other half of a lockstep pass panicked");
-            }
-            // A sleeping pool thread takes tens of µs to wake: give it GRACE before taking its
-            // half over.
-            if !self.claimed[other].load(Ordering::Acquire)
-                && since.get_or_insert_with(std::time::Instant::now).elapsed() > GRACE
-                && self.claim(other)
-            {
-                for q in 0..p {
-                    work(other, q);
+    /// Claims part p for segment `seg`; true if this thread is to run it.
+    fn claim(&self, p: usize, seg: usize) -> bool {
+        self.claimed[p].0.compare_exchange(seg, seg + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+    }
+
+    fn run_part(&self, p: usize, start: usize, end: usize) {
+        for ph in start..end {
+            (self.work)(p, ph);
+        }
+        self.finished.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Runs lane `lane`'s parts, segment by segment; returns how many part-segments it ran.
+    fn lane(&self, lane: usize) -> usize {
+        let _flag = PanicFlag(&self.failed);
+        let (mut ran, mut seg, mut start) = (0, 0, 0);
+        while start < self.phases {
+            let end = next_barrier(start, self.phases, self.sync);
+            for p in (lane..self.parts).step_by(self.lanes) {
+                if self.claim(p, seg) {
+                    self.run_part(p, start, end);
+                    ran += 1;
                 }
-                return true;
+            }
+            // Helpers need not wait for the last segment; the caller must (its results).
+            if end < self.phases || lane == 0 {
+                ran += self.barrier(seg, start, end);
+            }
+            start = end;
+            seg += 1;
+        }
+        ran
+    }
+
+    /// Waits until every part has finished segment `seg`, running the parts of absent or late
+    /// owners itself; returns how many it ran.
+    fn barrier(&self, seg: usize, start: usize, end: usize) -> usize {
+        let target = (seg + 1) * self.parts;
+        let (mut ran, mut spins) = (0, 0u32);
+        let mut since: Option<Instant> = None;
+        while self.finished.0.load(Ordering::Acquire) < target {
+            if self.failed.load(Ordering::Acquire) {
+                panic!("another part of a parallel pass panicked");
+            }
+            if spins % 64 == 63 {
+                let patient = since.get_or_insert_with(Instant::now).elapsed() > GRACE;
+                let absent_for = self.started.elapsed() > GRACE;
+                let joined = self.joined.load(Ordering::Acquire).min(self.lanes);
+                for p in 0..self.parts {
+                    if (patient || (absent_for && p % self.lanes >= joined)) && self.claim(p, seg) {
+                        self.run_part(p, start, end);
+                        ran += 1;
+                    }
+                }
             }
             spins = backoff(spins);
         }
-        false
+        ran
     }
 }
 
-/// A buffer that the two halves of a pass share out: each turns it into slices or matrix views
-/// over the elements it owns (rows of a batch, or columns of units), never overlapping the
-/// other's. A null-length buffer (unused by a cell) gives empty slices.
+/// One round of waiting: spin first, then yield the core (the thread we wait for was
+/// descheduled: tests run 16 threads on 2 cores).
+fn backoff(spins: u32) -> u32 {
+    if spins < 1 << 12 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+    spins.saturating_add(1)
+}
+
+/// A pass offered to the helpers: a closure on the poster's stack and how many helpers it wants.
+struct Job<'a> {
+    run: &'a (dyn Fn() + Sync),
+    want: usize,
+}
+
+/// The helper threads, spawned on first demand and kept for the life of the process. One job
+/// at a time: a poster that finds another pass in flight runs its own pass alone.
+struct Pool {
+    /// The job in flight (null: none).
+    slot: AtomicPtr<Job<'static>>,
+    /// Bumped after each post; helpers spin on it (a read-only cache line while idle).
+    seq: AtomicU64,
+    /// Helpers between noticing a post and leaving its job: a poster waits for 0 before its job
+    /// (on its stack) goes away.
+    active: AtomicUsize,
+    /// Helper i + 1's thread handle and whether it is parked.
+    helpers: [OnceLock<std::thread::Thread>; MAX_LANES],
+    parked: [AtomicBool; MAX_LANES],
+    /// Helpers spawned so far (grown under the lock, read without it).
+    spawned: AtomicUsize,
+    grow: Mutex<()>,
+}
+
+thread_local! {
+    /// True on helper threads: a pass posted from inside a part runs alone.
+    static IS_HELPER: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Pool {
+    fn get() -> &'static Pool {
+        static POOL: OnceLock<Pool> = OnceLock::new();
+        POOL.get_or_init(|| Pool {
+            slot: AtomicPtr::new(std::ptr::null_mut()),
+            seq: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+            helpers: std::array::from_fn(|_| OnceLock::new()),
+            parked: std::array::from_fn(|_| AtomicBool::new(false)),
+            spawned: AtomicUsize::new(0),
+            grow: Mutex::new(()),
+        })
+    }
+
+    /// Makes sure `want` helpers exist (fewer if threads cannot be spawned); returns how many do.
+    fn ensure(&'static self, want: usize) -> usize {
+        let have = self.spawned.load(Ordering::Acquire);
+        if have >= want {
+            return have;
+        }
+        let Ok(_guard) = self.grow.lock() else { return have };
+        let mut have = self.spawned.load(Ordering::Acquire);
+        while have < want.min(MAX_LANES - 1) {
+            let index = have + 1;
+            let spawned =
+                std::thread::Builder::new().name(format!("bptt-helper-{index}")).spawn(move || self.serve(index));
+            let Ok(handle) = spawned else { break };
+            let _ = self.helpers[index].set(handle.thread().clone());
+            have += 1;
+            self.spawned.store(have, Ordering::Release);
+        }
+        have
+    }
+
+    /// Runs `mine` on the calling thread while offering `join` to `want` helpers (each runs it
+    /// once); returns when the helpers that joined are done with it. Passes posted while another
+    /// is in flight, or from a helper, get no helpers (`mine` must then do all the work).
+    fn post(&'static self, want: usize, join: &(dyn Fn() + Sync), mine: impl FnOnce()) {
+        if IS_HELPER.with(Cell::get) {
+            return mine();
+        }
+        let want = want.min(self.ensure(want));
+        let job = Job { run: join, want };
+        // SAFETY: the lifetime is erased for the slot only; `Retract` does not let this function
+        // return or unwind before the job is out of the slot and no helper holds it.
+        let ptr = unsafe { std::mem::transmute::<*const Job<'_>, *mut Job<'static>>(&job) };
+        let posted = want > 0
+            && self.slot.compare_exchange(std::ptr::null_mut(), ptr, Ordering::SeqCst, Ordering::SeqCst).is_ok();
+        let _retract = posted.then(|| {
+            self.seq.fetch_add(1, Ordering::SeqCst);
+            for i in 1..=want {
+                if self.parked[i].load(Ordering::SeqCst)
+                    && let Some(t) = self.helpers[i].get()
+                {
+                    t.unpark();
+                }
+            }
+            Retract(self)
+        });
+        mine();
+    }
+
+    fn serve(&self, index: usize) {
+        IS_HELPER.with(|h| h.set(true));
+        let mut seen = self.seq.load(Ordering::SeqCst);
+        let mut idle_since = Instant::now();
+        loop {
+            let seq = self.seq.load(Ordering::SeqCst);
+            if seq != seen {
+                seen = seq;
+                self.active.fetch_add(1, Ordering::SeqCst);
+                let ptr = self.slot.load(Ordering::SeqCst);
+                if !ptr.is_null() {
+                    // SAFETY: the poster keeps the job alive until `active` is back to 0, which
+                    // it cannot be before the `fetch_sub` below (see `Retract`).
+                    let job = unsafe { &*ptr };
+                    if index <= job.want {
+                        // A panic is the poster's to report (through the team's `failed`).
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (job.run)()));
+                        idle_since = Instant::now();
+                    }
+                }
+                self.active.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            if idle_since.elapsed() < IDLE {
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            self.parked[index].store(true, Ordering::SeqCst);
+            if self.seq.load(Ordering::SeqCst) == seen {
+                std::thread::park();
+            }
+            self.parked[index].store(false, Ordering::SeqCst);
+            idle_since = Instant::now();
+        }
+    }
+}
+
+/// Takes a posted job out of the slot and waits until no helper holds it (on return or unwind).
+struct Retract(&'static Pool);
+
+impl Drop for Retract {
+    fn drop(&mut self) {
+        self.0.slot.store(std::ptr::null_mut(), Ordering::SeqCst);
+        // A helper that incremented `active` before the store may have the job; one that did so
+        // after it sees the null slot (sequentially consistent order).
+        let mut spins = 0u32;
+        while self.0.active.load(Ordering::SeqCst) != 0 {
+            spins = backoff(spins);
+        }
+    }
+}
+
+/// A buffer that the parts of a pass share out: each part turns it into slices or matrix views
+/// over the elements it owns (rows of a batch, or columns of units), never overlapping another's.
+/// A null-length buffer (unused by a cell) gives empty slices.
 pub struct Shared<F>(*mut F, usize);
 
 impl<F> Clone for Shared<F> {
@@ -346,56 +461,59 @@ impl<F> Shared<F> {
 
 #[cfg(test)]
 mod tests {
-    use super::lockstep;
+    use super::{for_each, run};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Every (half, phase) runs exactly once, in phase order per half, and a synced phase of one
-    /// half never starts before the previous phase of the other has finished.
+    /// Every (part, phase) runs exactly once, in phase order per part, and a synced phase of any
+    /// part never starts before every part has finished the phase before; at 1 to 16 threads.
     #[test]
     fn phases_run_once_in_order() {
-        for parallel in [false, true] {
-            let log = Mutex::new(Vec::new());
-            lockstep(parallel, 50, |p| p % 3 != 0, |half, p| log.lock().unwrap().push((half, p)));
-            let log = log.into_inner().unwrap();
-            assert_eq!(log.len(), 100);
-            for half in 0..2 {
-                let mine: Vec<usize> = log.iter().filter(|e| e.0 == half).map(|e| e.1).collect();
-                assert_eq!(mine, (0..50).collect::<Vec<_>>(), "half {half} ran out of order");
-            }
-            for (at, &(half, p)) in log.iter().enumerate() {
-                if p > 0 && p % 3 != 0 {
-                    let before = log[..at].contains(&(1 - half, p - 1));
-                    assert!(before, "half {half} phase {p} started before the other half's phase {}", p - 1);
+        for threads in [1, 2, 3, 4, 8, 16] {
+            for parts in [1, 2, 5, 16, 64] {
+                let log = Mutex::new(Vec::new());
+                let sync = |p: usize| !p.is_multiple_of(3);
+                run(threads, parts, 20, sync, |part, p| log.lock().unwrap().push((part, p)));
+                let log = log.into_inner().unwrap();
+                assert_eq!(log.len(), parts * 20);
+                for part in 0..parts {
+                    let mine: Vec<usize> = log.iter().filter(|e| e.0 == part).map(|e| e.1).collect();
+                    assert_eq!(mine, (0..20).collect::<Vec<_>>(), "part {part} ran out of order");
+                }
+                for (at, &(part, p)) in log.iter().enumerate() {
+                    if p > 0 && sync(p) {
+                        let done = (0..parts).all(|q| log[..at].contains(&(q, p - 1)));
+                        assert!(done, "{threads} threads: part {part} phase {p} started before the barrier");
+                    }
                 }
             }
         }
     }
 
-    /// Many threads posting at once (one helper): every pass still runs every (half, phase)
+    /// Many threads posting at once (one pool): every pass still runs every (part, phase)
     /// exactly once, and none hangs.
     #[test]
-    fn concurrent_passes_share_the_helper() {
-        use super::join;
-        use std::sync::atomic::{AtomicUsize, Ordering};
+    fn concurrent_passes_share_the_pool() {
         std::thread::scope(|s| {
             for id in 0..4 {
                 s.spawn(move || {
-                    for i in 0..3000 {
+                    for i in 0..2000 {
                         let count = AtomicUsize::new(0);
                         let add = || {
                             count.fetch_add(1, Ordering::Relaxed);
                         };
+                        let threads = 1 + (i + id) % 5;
                         let want = match (i + id) % 3 {
                             0 => {
-                                lockstep(true, 5, |p| p % 2 == 1, |_, _| add());
-                                10
+                                run(threads, 7, 5, |p| p % 2 == 1, |_, _| add());
+                                35
                             }
                             1 => {
-                                lockstep(true, 3, |_| false, |_, _| add());
-                                6
+                                run(threads, 3, 3, |_| false, |_, _| add());
+                                9
                             }
                             _ => {
-                                join(true, add, add);
+                                for_each(threads, 2, |_| add());
                                 2
                             }
                         };
@@ -406,17 +524,23 @@ mod tests {
         });
     }
 
-    /// A panic in either half reaches the caller, whichever thread ran it, and the helper keeps
+    /// A panic in any part reaches the caller, whichever thread ran it, and the helpers keep
     /// serving afterwards.
     #[test]
-    fn a_panicking_half_reaches_the_caller() {
-        use super::join;
-        for _ in 0..20 {
-            let r = std::panic::catch_unwind(|| join(true, || {}, || panic!("half 1 fails")));
-            assert!(r.is_err(), "a panic in a half was lost");
+    fn a_panicking_part_reaches_the_caller() {
+        for k in 0..20 {
+            let bad = k % 4;
+            let r = std::panic::catch_unwind(|| {
+                for_each(4, 4, |p| {
+                    if p == bad {
+                        panic!("part {p} fails")
+                    }
+                })
+            });
+            assert!(r.is_err(), "a panic in part {bad} was lost");
         }
-        let (mut x, mut y) = (0, 0);
-        join(true, || x = 1, || y = 2);
-        assert_eq!((x, y), (1, 2));
+        let cells: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+        for_each(4, 4, |p| cells[p].store(p + 1, Ordering::Relaxed));
+        assert_eq!(cells.iter().map(|c| c.load(Ordering::Relaxed)).collect::<Vec<_>>(), [1, 2, 3, 4]);
     }
 }

@@ -5,7 +5,7 @@
 use crate::cell::{CellKind, gru, lstm, rnn};
 use crate::float::Float;
 use crate::kernels::team::{self, Shared};
-use crate::kernels::{self, Mat, MatMut};
+use crate::kernels::{self, Mat, MatMut, parts};
 use crate::net::workspace::LayerCache;
 use crate::net::{LayerParams, NetConfig};
 
@@ -63,7 +63,6 @@ pub(crate) fn forward<F: Float>(
 
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
     let w_hh_t = if transposed { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() }; // (H, G·H)
-    let parallel = threads > 1;
     let lstm = cell == CellKind::Lstm;
     match split {
         Split::Whole => {
@@ -90,18 +89,18 @@ pub(crate) fn forward<F: Float>(
                 forward_rows(cell, h, b_hh, w_hh_t, rows);
             }
         }
-        Split::Rows(b0) => {
-            // Each half owns its batch rows for the whole pass: the halves never wait.
+        Split::Rows(parts) => {
+            // Each part owns its batch rows for the whole pass: the parts never wait.
             let bufs = FwdBufs::new(&mut cache.gates, &mut cache.hs, &mut cache.cs, &mut cache.aux, hproj);
-            let ranges = [(0, b0), (b0, b)];
-            team::lockstep(
-                parallel,
+            team::run(
+                threads,
+                parts,
                 steps,
                 |_| false,
-                |half, t| {
-                    let (r0, r1) = ranges[half];
-                    // SAFETY: this half touches only rows [r0, r1) of each step (and of the (B, ·)
-                    // scratch), the other half only the other rows (see `FwdBufs::rows`).
+                |part, t| {
+                    let (r0, r1) = parts::range(b, parts, 1, part);
+                    // SAFETY: this part touches only rows [r0, r1) of each step (and of the (B, ·)
+                    // scratch), every other part only other rows (see `FwdBufs::rows`).
                     let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
                     if let Some(tr) = &table {
                         tr.fill(t, r0, rows.g);
@@ -110,21 +109,21 @@ pub(crate) fn forward<F: Float>(
                 },
             );
         }
-        Split::Units(u0) => {
-            // Each half owns units [u0, u1) of every row: its G column blocks of W_hh stay in its
-            // core's cache. Step t needs all of h_{t−1}, so the halves meet before each step.
+        Split::Units(parts) => {
+            // Each part owns units [u0, u1) of every row: its G row blocks of W_hh stay in its
+            // core's cache. Step t needs all of h_{t−1}, so the parts meet before each step.
             let bufs = FwdBufs::new(&mut cache.gates, &mut cache.hs, &mut cache.cs, &mut cache.aux, hproj);
             let w = UnitWeights { w_hh, w_hh_t: if transposed { &cache.w_hh_t[..] } else { &[] } };
-            let ranges = [(0, u0), (u0, h)];
-            team::lockstep(
-                parallel,
+            team::run(
+                threads,
+                parts,
                 steps,
                 |_| true,
-                |half, t| {
-                    let (u0, u1) = ranges[half];
-                    // SAFETY: this half writes only units [u0, u1) of step t's gates and scratch and
-                    // of step t+1's states, and reads step t's states, which both halves finished
-                    // before this phase (the lockstep sync).
+                |part, t| {
+                    let (u0, u1) = parts::range(h, parts, UNIT_ALIGN, part);
+                    // SAFETY: this part writes only units [u0, u1) of step t's gates and scratch and
+                    // of step t+1's states, and reads step t's states, which every part finished
+                    // before this phase (the barrier).
                     unsafe { forward_units(cell, h, b, b_hh, &w, table.as_ref(), &bufs, t, u0, u1) };
                 },
             );
@@ -168,20 +167,29 @@ pub(crate) fn fill_input_bias<F: Float>(cell: CellKind, b_ih: &[F], b_hh: &[F], 
     }
 }
 
-/// How the work of one step is shared between two halves, run on two threads when there are
-/// two. Chosen from the sizes alone, never the thread count, so that results are the same at any
-/// setting (one thread runs the two halves in turn).
+/// How the work of one pass is cut into parts, run on up to `--threads` threads. Chosen from
+/// the sizes alone, never the thread count, so that results are the same at any setting (one
+/// thread runs the parts in turn).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Split {
     /// Too little work per step to share (under ~0.5 µs), or too few rows.
     Whole,
-    /// Batch rows [0, b0) and [b0, B): independent for the whole pass, no meeting at all. Each
-    /// half reads all of W_hh.
+    /// This many blocks of batch rows: independent for the whole pass, no meeting at all. Each
+    /// part reads all of W_hh.
     Rows(usize),
-    /// Hidden units [0, u0) and [u0, H) of every row: each half reads only its half of W_hh (it
-    /// stays in its core's cache), and the halves meet once per step.
+    /// This many blocks of hidden units (whole SIMD vectors) of every row: each part reads only
+    /// its rows of W_hh (they stay in its core's cache), and the parts meet once per step.
     Units(usize),
 }
+
+/// Rows per part of a row split: fewer and the per-step GEMM runs below its best rate (16-row
+/// parts cost LSTM H = 512, B = 64 about 10% on two cores).
+const ROWS_PER_PART: usize = 32;
+/// Units per part of a unit split: a part's G·u·H weights (64 units of an H = 256 LSTM:
+/// 256 KB in f32) stay in a core's L2 across all steps.
+const UNITS_PER_PART: usize = 64;
+/// Unit blocks start at multiples of this (whole AVX-512 vectors of f32 / AVX2 of f64).
+const UNIT_ALIGN: usize = 8;
 
 /// See [`Split`]: `b·G·H·H` multiply-adds per step and the size of W_hh decide. Rows need no
 /// meeting, so they win wherever each core can hold all of a small W_hh (≤ 256 KB in f32) or
@@ -189,9 +197,9 @@ enum Split {
 fn plan(b: usize, gh: usize, h: usize) -> Split {
     let work = b * gh * h;
     if b >= 8 && (work >= 1 << 21 || gh * h <= 1 << 16) {
-        Split::Rows(b / 2)
+        Split::Rows((b / ROWS_PER_PART).clamp(2, team::MAX_PARTS))
     } else if h >= 32 && work >= 1 << 16 {
-        Split::Units(h / 16 * 8) // half of the units, a multiple of 8 (whole SIMD vectors)
+        Split::Units(parts::count(h, UNITS_PER_PART, UNIT_ALIGN).max(2))
     } else {
         Split::Whole
     }
@@ -391,7 +399,6 @@ pub(crate) fn backward<F: Float>(
     let gh = cell.gates() * h;
     let (bh, bgh, n) = (b * h, b * gh, steps * b);
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
-    let parallel = threads > 1;
     // The per-step norms need whole steps: that diagnostic runs unsplit.
     let split = if dh_norms.is_some() { Split::Whole } else { plan(b, gh, h) };
     match split {
@@ -417,40 +424,40 @@ pub(crate) fn backward<F: Float>(
                 backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows);
             }
         }
-        Split::Rows(b0) => {
+        Split::Rows(parts) => {
             let (bufs, _) = BwdBufs::new(cache, dh_next, dc_next);
-            let ranges = [(0, b0), (b0, b)];
-            team::lockstep(
-                parallel,
+            team::run(
+                threads,
+                parts,
                 steps,
                 |_| false,
-                |half, k| {
-                    let (r0, r1) = ranges[half];
+                |part, k| {
+                    let (r0, r1) = parts::range(b, parts, 1, part);
                     // SAFETY: as in `forward`: rows [r0, r1) of every buffer belong to this half.
                     let rows = unsafe { bufs.rows(steps - 1 - k, r0, r1, b, h, gh) };
                     backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows);
                 },
             );
         }
-        Split::Units(u0) => {
-            // Phase 2k: the cell's backward step for this half's units of step t = T−1−k;
-            // phase 2k+1, after both halves' dpre_t are in: dh_next for this half's units, a
+        Split::Units(parts) => {
+            // Phase 2k: the cell's backward step for this part's units of step t = T−1−k;
+            // phase 2k+1, after every part's dpre_t is in: dh_next for this part's units, a
             // GEMM over all of dpre_t. A single row reads W_hhᵀ (see `UnitWeights`).
             if b == 1 && steps > 1 {
                 kernels::transpose(w_hh, gh, h, &mut cache.w_hh_t, threads);
             }
             let (bufs, w_hh_t) = BwdBufs::new(cache, dh_next, dc_next);
             let w = UnitWeights { w_hh, w_hh_t: if b == 1 && steps > 1 { w_hh_t } else { &[] } };
-            let ranges = [(0, u0), (u0, h)];
-            team::lockstep(
-                parallel,
+            team::run(
+                threads,
+                parts,
                 2 * steps,
                 |p| p % 2 == 1,
-                |half, p| {
-                    let (t, (u0, u1)) = (steps - 1 - p / 2, ranges[half]);
+                |part, p| {
+                    let (t, (u0, u1)) = (steps - 1 - p / 2, parts::range(h, parts, UNIT_ALIGN, part));
                     // SAFETY: the cell step writes only units [u0, u1) of step t and of dh_next/dc_next;
-                    // the GEMM reads all of step t's dpre, which both halves finished before this
-                    // phase (the lockstep sync), and writes units [u0, u1) of dh_next.
+                    // the GEMM reads all of step t's dpre, which every part finished before this
+                    // phase (the barrier), and writes units [u0, u1) of dh_next.
                     unsafe {
                         if p % 2 == 0 {
                             backward_units_cell(cell, h, b, gh, &bufs, t, u0, u1);
@@ -606,7 +613,7 @@ unsafe fn backward_units_gemm<F: Float>(
     }
 }
 
-/// A layer's forward buffers, to be shared out between the two halves of a pass.
+/// A layer's forward buffers, to be shared out between the parts of a pass.
 struct FwdBufs<F> {
     gates: Shared<F>,
     hs: Shared<F>,
@@ -644,7 +651,7 @@ impl<F> FwdBufs<F> {
     }
 }
 
-/// A layer's backward buffers, to be shared out between the two halves of a pass.
+/// A layer's backward buffers, to be shared out between the parts of a pass.
 struct BwdBufs<F> {
     dh: Shared<F>,
     gates: Shared<F>,
@@ -704,14 +711,16 @@ impl<F: Float> BwdBufs<F> {
 mod tests {
     use super::{Split, plan};
 
-    /// The sizes the integration tests use to reach each split do reach it, for every cell
-    /// (G = 1, 3, 4): tests/it/gradcheck.rs and tests/it/determinism.rs.
+    /// The sizes the integration tests use to reach each split do reach it with at least four
+    /// parts, for every cell (G = 1, 3, 4): tests/it/gradcheck.rs and tests/it/determinism.rs.
     #[test]
     fn test_sizes_engage_the_splits() {
         for g in [1, 3, 4] {
-            assert!(matches!(plan(32, g * 256, 256), Split::Rows(16)));
-            assert_eq!(plan(1, g * 256, 256), Split::Units(128));
-            assert_eq!(plan(4, g * 128, 128), Split::Units(64));
+            assert_eq!(plan(32, g * 256, 256), Split::Rows(2));
+            assert_eq!(plan(128, g * 16, 16), Split::Rows(4));
+            assert_eq!(plan(1, g * 256, 256), Split::Units(4));
+            assert_eq!(plan(4, g * 128, 128), Split::Units(2));
+            assert_eq!(plan(4, g * 256, 256), Split::Units(4));
             assert_eq!(plan(2, g * 8, 8), Split::Whole);
         }
     }

@@ -324,8 +324,8 @@ impl Net {
     }
 
     /// A workspace for sequences of up to `max_steps` steps and batch `batch`. `threads` ≥ 2 runs
-    /// the work on two threads, the caller's and one helper (see `kernels::team`); 1 runs it on
-    /// the caller's alone. Results are bit-identical either way.
+    /// the parts of every pass on up to that many threads, the caller's and helpers (see
+    /// `kernels::team`); 1 runs them on the caller's alone. Results are bit-identical either way.
     pub fn workspace<F: Float>(&self, max_steps: usize, batch: usize, threads: usize) -> Result<Workspace<F>> {
         if max_steps == 0 || batch == 0 {
             return Err(Error::Config("sequence length and batch size must be at least 1".into()));

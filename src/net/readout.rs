@@ -52,23 +52,19 @@ pub(crate) fn loss<F: Float>(
             if let Some(bad) = y.iter().find(|&&c| c as usize >= o) {
                 return Err(Error::Data(format!("class target {bad} is outside 0..{o}")));
             }
-            // Two halves of the rows (on two threads when there are two), summed in a fixed
-            // order: the split depends on the sizes only.
-            let r0 = if rows * o >= 1 << 14 { rows / 2 } else { rows };
-            let (d0, d1) = dlogits.split_at_mut(r0 * o);
-            let (z0, z1) = logits.split_at(r0 * o);
-            let (y0, y1) = y.split_at(r0);
-            let (m0, m1) = match targets.mask {
-                Some(m) => (Some(&m[..r0]), Some(&m[r0..])),
-                None => (None, None),
-            };
-            let (mut t0, mut t1) = (0.0, 0.0);
-            team::join(
-                threads > 1,
-                || t0 = cross_entropy(o, z0, d0, y0, m0, weights),
-                || t1 = cross_entropy(o, z1, d1, y1, m1, weights),
-            );
-            total = t0 + t1;
+            // Blocks of rows (one per 8k logits, from the sizes only), on up to `threads`
+            // threads; their sums are added in block order.
+            let parts = kernels::parts::count(rows * o, 1 << 13, o).min(rows.max(1));
+            let bound = |p: usize| kernels::parts::range(rows, parts, 1, p).0;
+            let mut dz = kernels::parts::chunks(dlogits, parts, |p| if p == parts { rows * o } else { bound(p) * o });
+            let mut items: [(&mut [F], f64); kernels::team::MAX_PARTS] =
+                std::array::from_fn(|p| (std::mem::take(&mut dz[p]), 0.0));
+            team::for_each_mut(threads, &mut items[..parts], |p, (d, t)| {
+                let (r0, r1) = kernels::parts::range(rows, parts, 1, p);
+                let m = targets.mask.map(|m| &m[r0..r1]);
+                *t = cross_entropy(o, &logits[r0 * o..r1 * o], d, &y[r0..r1], m, weights);
+            });
+            total = items[..parts].iter().map(|i| i.1).sum();
         }
         (LossKind::Mse, Target::Values(y)) => {
             check_len("value targets (T·B·O)", rows * o, y.len())?;

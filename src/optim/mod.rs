@@ -254,7 +254,7 @@ pub struct Optimizer<F> {
     config: OptimizerConfig,
     step: u64,
     buffers: Vec<Vec<F>>,
-    /// 2+: Adam updates two halves of the slab on two threads (element-wise, so the result is
+    /// 2+: Adam updates ranges of the slab on up to this many threads (element-wise, so the result is
     /// the same).
     threads: usize,
 }
@@ -277,7 +277,7 @@ impl<F: Float> Optimizer<F> {
         Ok(Optimizer { config, step: 0, buffers, threads: 1 })
     }
 
-    /// Updates large slabs on two threads when `threads` ≥ 2 (bit-identical results).
+    /// Updates large slabs on up to `threads` threads (bit-identical results at any count).
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads;
         self
@@ -379,21 +379,25 @@ impl<F: Float> Optimizer<F> {
                     Some(vmax) => (&mut vmax[..], true),
                     None => (&mut [][..], false),
                 };
-                if self.threads > 1 && params.len() >= 1 << 16 {
-                    let half = params.len() / 2;
-                    let (p0, p1) = params.split_at_mut(half);
-                    let (g0, g1) = grads.split_at(half);
-                    let (m0, m1) = m.split_at_mut(half);
-                    let (v0, v1) = v.split_at_mut(half);
-                    let (x0, x1) = if amsgrad { vmax.split_at_mut(half) } else { (&mut [][..], &mut [][..]) };
-                    crate::kernels::team::join(
-                        true,
-                        || adam_update(p0, g0, m0, v0, x0, &k, amsgrad),
-                        || adam_update(p1, g1, m1, v1, x1, &k, amsgrad),
-                    );
-                } else {
-                    adam_update(params, grads, m, v, vmax, &k, amsgrad);
-                }
+                // Slab ranges (one per 64k elements, from the size only) on up to `threads`
+                // threads: element-wise, so the same bits at any thread count.
+                use crate::kernels::{parts, team};
+                let n = params.len();
+                let cuts = parts::count(n, 1 << 16, 16);
+                let at = |p: usize| parts::range(n, cuts, 16, p).0;
+                let end = |p: usize| if p == cuts { n } else { at(p) };
+                let mut ps = parts::chunks(params, cuts, end);
+                let mut ms = parts::chunks(m, cuts, end);
+                let mut vs = parts::chunks(v, cuts, end);
+                let mut xs = parts::chunks(vmax, if amsgrad { cuts } else { 0 }, end);
+                type Slices<'s, F> = (&'s mut [F], &'s mut [F], &'s mut [F], &'s mut [F]);
+                let mut items: [Slices<'_, F>; team::MAX_PARTS] = std::array::from_fn(|p| {
+                    use std::mem::take;
+                    (take(&mut ps[p]), take(&mut ms[p]), take(&mut vs[p]), take(&mut xs[p]))
+                });
+                team::for_each_mut(self.threads, &mut items[..cuts], |p, (pp, mm, vv, xx)| {
+                    adam_update(pp, &grads[at(p)..end(p + 1)], mm, vv, xx, &k, amsgrad)
+                });
             }
             OptimizerConfig::RmsProp { alpha, eps, momentum, centered, weight_decay } => {
                 let (a, w, eps, wd, mom) =

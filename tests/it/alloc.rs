@@ -32,29 +32,38 @@ fn ours() -> usize {
 
 #[test]
 fn forward_backward_do_not_allocate_after_warm_up() {
-    for cell in CellKind::ALL {
-        for tokens in [false, true] {
-            let input =
-                if tokens { InputKind::Tokens { vocab: 7, embedding_dim: 5 } } else { InputKind::Dense { size: 5 } };
-            let cfg = NetConfig { cell, input, hidden: 16, layers: 2, output: 7, loss: LossKind::CrossEntropy };
-            let net = Net::new(cfg).unwrap();
-            let params = net.init_params::<f32>(1);
-            let mut grads = vec![0.0f32; net.num_params()];
-            let (t, b) = (20, 4);
-            let mut ws = net.workspace::<f32>(t, b, 1).unwrap();
-            ws.set_record_dh_norms(true);
-            let x: Vec<f32> = (0..t * b * 5).map(|k| (k as f32 * 0.37).sin()).collect();
-            let ids: Vec<u32> = (0..t * b).map(|k| (k % 7) as u32).collect();
-            let input = if tokens { Input::Tokens(&ids) } else { Input::Dense(&x) };
-            let mut run = || {
-                net.forward(&params, &mut ws, input, Some(Targets::classes(&ids)), None).unwrap();
-                net.backward(&params, &mut ws, &mut grads).unwrap();
-            };
-            run();
-            let before = ours();
-            run();
-            run();
-            assert_eq!(ours() - before, 0, "{cell} tokens={tokens}: bptt allocated during forward/backward");
+    // Unsplit on one thread; row blocks, unit blocks and GEMM tiles on four.
+    for (t, b, hidden, threads) in [(20, 4, 16, 1), (5, 128, 16, 4), (5, 1, 256, 4), (5, 4, 256, 4)] {
+        for cell in CellKind::ALL {
+            for tokens in [false, true] {
+                let input = if tokens {
+                    InputKind::Tokens { vocab: 7, embedding_dim: 5 }
+                } else {
+                    InputKind::Dense { size: 5 }
+                };
+                let cfg = NetConfig { cell, input, hidden, layers: 2, output: 7, loss: LossKind::CrossEntropy };
+                let net = Net::new(cfg).unwrap();
+                let params = net.init_params::<f32>(1);
+                let mut grads = vec![0.0f32; net.num_params()];
+                let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
+                ws.set_record_dh_norms(threads == 1); // (recording runs the backward pass unsplit)
+                let x: Vec<f32> = (0..t * b * 5).map(|k| (k as f32 * 0.37).sin()).collect();
+                let ids: Vec<u32> = (0..t * b).map(|k| (k % 7) as u32).collect();
+                let input = if tokens { Input::Tokens(&ids) } else { Input::Dense(&x) };
+                let mut run = || {
+                    net.forward(&params, &mut ws, input, Some(Targets::classes(&ids)), None).unwrap();
+                    net.backward(&params, &mut ws, &mut grads).unwrap();
+                };
+                run();
+                let before = ours();
+                run();
+                run();
+                assert_eq!(
+                    ours() - before,
+                    0,
+                    "{cell} tokens={tokens} B={b} H={hidden}: bptt allocated during forward/backward"
+                );
+            }
         }
     }
 }
