@@ -29,8 +29,67 @@ fn flow(cell: CellKind, length: usize, w_hh_scale: Option<f64>, forget_bias: Opt
     let (net, p) = tasks::trained(&task).unwrap();
     let p: Vec<f64> = p.iter().map(|&v| v as f64).collect();
     let f = measure(&net, &p, cell, &cfg, 0).unwrap();
-    assert!((f.w_hh_sigma_max[0][0] - w_hh_scale.unwrap_or(f.w_hh_sigma_max[0][0])).abs() < 1e-5);
+    // σmax of W_hh's first gate block: the scale it was set to, or, at PyTorch's init, what an
+    // independent computation (the Gram matrix's largest eigenvalue) says.
+    let w = net.param("rnn.weight_hh_l0").unwrap().of(&p);
+    let want = w_hh_scale.unwrap_or_else(|| gram_sigma_max(&w[..32 * 32], 32));
+    let got = f.w_hh_sigma_max[0][0];
+    assert!((got - want).abs() < 1e-6 * want, "σmax {got}, expected {want}");
     f.dh_norms[0].clone()
+}
+
+/// The largest singular value of an (n, n) matrix as √λmax(WᵀW), by power iteration on the
+/// explicit Gram matrix (a different computation from `spectral_norm`'s alternating products).
+fn gram_sigma_max(w: &[f64], n: usize) -> f64 {
+    let gram: Vec<f64> =
+        (0..n * n).map(|ij| (0..n).map(|r| w[r * n + ij / n] * w[r * n + ij % n]).sum()).collect();
+    let mut v: Vec<f64> = (0..n).map(|k| 1.0 + k as f64 / n as f64).collect();
+    let mut lambda = 0.0;
+    for _ in 0..5000 {
+        let gv: Vec<f64> = (0..n).map(|i| (0..n).map(|j| gram[i * n + j] * v[j]).sum()).collect();
+        let norm = gv.iter().map(|x| x * x).sum::<f64>().sqrt();
+        lambda = norm / v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v = gv.iter().map(|x| x / norm).collect();
+    }
+    lambda.sqrt()
+}
+
+/// A W_hh with known singular values (a permuted diagonal: σ = |d|) gives them back.
+#[test]
+fn sigma_max_of_a_known_matrix() {
+    let cell = CellKind::Lstm;
+    let task = TaskConfig { steps: 0, hidden: 32, ..TaskConfig::new(TaskKind::Adding, cell, 5) };
+    let (net, p) = tasks::trained(&task).unwrap();
+    let mut p: Vec<f64> = p.iter().map(|&v| v as f64).collect();
+    let (h, w) = (32, net.param("rnn.weight_hh_l0").unwrap().clone());
+    let w = w.of_mut(&mut p);
+    w.fill(0.0);
+    for q in 0..4 {
+        for r in 0..h {
+            // Row r of block q has one entry, in column (5r + q) mod H: d = ±(0.1 + 0.03 r) · (q + 1).
+            let d = (0.1 + 0.03 * r as f64) * (q + 1) as f64 * if r % 3 == 0 { -1.0 } else { 1.0 };
+            w[(q * h + r) * h + (5 * r + q) % h] = d;
+        }
+    }
+    let cfg = FlowConfig {
+        cells: vec![cell],
+        hidden: h,
+        layers: 1,
+        length: 5,
+        batch: 2,
+        seed: 3,
+        threads: 1,
+        train_steps: 0,
+        w_hh_scale: None,
+        forget_bias: None,
+        jacobian_samples: 1,
+    };
+    let f = measure(&net, &p, cell, &cfg, 0).unwrap();
+    for q in 0..4 {
+        let want = (0.1 + 0.03 * 31.0) * (q + 1) as f64;
+        let got = f.w_hh_sigma_max[0][q];
+        assert!((got - want).abs() < 1e-6 * want, "block {q}: σmax {got}, expected {want}");
+    }
 }
 
 #[test]
