@@ -99,6 +99,75 @@ case("LSTM_TOKENS", "lstm", True, "ce")
 case("GRU_TOKENS_MSE", "gru", True, "mse")
 case("RNN_TANH_MSE", "rnn_tanh", False, "mse")
 
+
+def big_case(name, cell, tokens, T, B, I, H, L, O, V=0):
+    """A case at sizes that engage bptt's parallel splits (row blocks, unit blocks, GEMM tiles).
+
+    Same closed forms, but the parameters are scaled to p[k] = (1.5 / sqrt(H)) sin(1.3 k + 0.5);
+    cross-entropy over every step. Too many gradients to list: the expected values are the loss,
+    the norm of every tensor's gradient, 8 entries of each (index (7919 j) mod len, j < 8), and
+    the norm and 16 entries of dh0 and dc0 (index (7919 j) mod len).
+    """
+    m = nn.Module()
+    if tokens:
+        m.encoder = nn.Embedding(V, I)
+    kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
+    kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
+    m.rnn = kind(I, H, num_layers=L, **kw)
+    m.decoder = nn.Linear(H, O)
+    slab = list(m.parameters())
+    n = sum(p.numel() for p in slab)
+    scale = 1.5 / math.sqrt(H)
+    k = torch.arange(n, dtype=torch.float64)
+    values = scale * torch.sin(1.3 * k + 0.5)
+    off = 0
+    with torch.no_grad():
+        for p in slab:
+            p.copy_(values[off:off + p.numel()].view_as(p))
+            off += p.numel()
+    if tokens:
+        x = m.encoder(torch.tensor([(5 * k + 1) % V for k in range(T * B)]).view(T, B))
+    else:
+        x = torch.sin(0.7 * torch.arange(T * B * I, dtype=torch.float64) + 0.3).view(T, B, I)
+    kh = torch.arange(L * B * H, dtype=torch.float64)
+    h0 = (0.3 * torch.sin(0.5 * kh + 1)).view(L, B, H).requires_grad_()
+    c0 = (0.3 * torch.cos(0.5 * kh + 1)).view(L, B, H).requires_grad_()
+    out, _ = m.rnn(x, (h0, c0) if cell == "lstm" else h0)
+    y = m.decoder(out)
+    t = torch.tensor([(7 * k + 3) % O for k in range(T * B)])
+    loss = nn.functional.cross_entropy(y.reshape(T * B, O), t)
+    loss.backward()
+
+    def picks(v, count):
+        v = v.reshape(-1)
+        return [((7919 * j) % v.numel(), float(v[(7919 * j) % v.numel()])) for j in range(count)]
+
+    print(f"pub const {name}: BigCase = BigCase {{")
+    print(f'    cell: "{cell}", tokens: {str(tokens).lower()}, t: {T}, b: {B}, i: {I}, h: {H}, l: {L}, o: {O}, v: {V},')
+    print(f"    loss: {loss.item()!r},")
+    print(f"    grad_norms: &[{', '.join(repr(float(p.grad.norm())) for p in slab)}],")
+    print(f"    grad_picks: &[{', '.join(f'({i}, {v!r})' for p in slab for i, v in picks(p.grad, 8))}],")
+    print(f"    dh0_norm: {float(h0.grad.norm())!r},")
+    print(f"    dh0_picks: &[{', '.join(f'({i}, {v!r})' for i, v in picks(h0.grad, 16))}],")
+    dc = c0.grad if cell == "lstm" else None
+    print(f"    dc0_norm: {float(dc.norm()) if dc is not None else 0.0!r},")
+    print(f"    dc0_picks: &[{', '.join(f'({i}, {v!r})' for i, v in picks(dc, 16)) if dc is not None else ''}],")
+    print("};")
+
+
+print("pub struct BigCase { pub cell: &'static str, pub tokens: bool, pub t: usize, pub b: usize, pub i: usize,")
+print("    pub h: usize, pub l: usize, pub o: usize, pub v: usize, pub loss: f64, pub grad_norms: &'static [f64],")
+print("    pub grad_picks: &'static [(usize, f64)], pub dh0_norm: f64, pub dh0_picks: &'static [(usize, f64)],")
+print("    pub dc0_norm: f64, pub dc0_picks: &'static [(usize, f64)] }")
+# Row blocks (B = 128: 4 parts), unit blocks (B = 1 and B = 4 at H = 256: 4 parts; H = 512: 8),
+# GEMM tiles and softmax row blocks (B = 32, H = 256, T = 8: 4 tiles for dW_hh).
+big_case("BIG_LSTM_ROWS", "lstm", False, 5, 128, 3, 16, 2, 5)
+big_case("BIG_GRU_TOKENS_UNITS_B1", "gru", True, 4, 1, 8, 256, 2, 11, 11)
+big_case("BIG_RNN_TANH_UNITS_B4", "rnn_tanh", False, 4, 4, 6, 256, 2, 7)
+big_case("BIG_LSTM_UNITS_H512", "lstm", False, 3, 2, 5, 512, 1, 4)
+big_case("BIG_LSTM_TOKENS_TILES", "lstm", True, 8, 32, 16, 256, 1, 70, 70)
+big_case("BIG_GRU_ROWS", "gru", False, 4, 128, 4, 16, 1, 6)
+
 O_ = torch.optim
 optims = {
     "SGD": lambda ps: O_.SGD(ps, lr=0.1),

@@ -722,6 +722,10 @@ mod tests {
             assert_eq!(plan(4, g * 128, 128), Split::Units(2));
             assert_eq!(plan(4, g * 256, 256), Split::Units(4));
             assert_eq!(plan(2, g * 8, 8), Split::Whole);
+            // tests/it/torch.rs: the PyTorch known answers at split sizes.
+            assert_eq!(plan(128, g * 16, 16), Split::Rows(4));
+            assert_eq!(plan(1, g * 256, 256), Split::Units(4));
+            assert_eq!(plan(2, g * 512, 512), Split::Units(8));
         }
     }
 }

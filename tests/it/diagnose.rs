@@ -41,8 +41,7 @@ fn flow(cell: CellKind, length: usize, w_hh_scale: Option<f64>, forget_bias: Opt
 /// The largest singular value of an (n, n) matrix as √λmax(WᵀW), by power iteration on the
 /// explicit Gram matrix (a different computation from `spectral_norm`'s alternating products).
 fn gram_sigma_max(w: &[f64], n: usize) -> f64 {
-    let gram: Vec<f64> =
-        (0..n * n).map(|ij| (0..n).map(|r| w[r * n + ij / n] * w[r * n + ij % n]).sum()).collect();
+    let gram: Vec<f64> = (0..n * n).map(|ij| (0..n).map(|r| w[r * n + ij / n] * w[r * n + ij % n]).sum()).collect();
     let mut v: Vec<f64> = (0..n).map(|k| 1.0 + k as f64 / n as f64).collect();
     let mut lambda = 0.0;
     for _ in 0..5000 {

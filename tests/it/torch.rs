@@ -2,7 +2,7 @@
 //! and a few optimizer steps. The numbers come from `reference/torch_reference.py`, whose
 //! docstring defines the closed-form inputs rebuilt here.
 
-use crate::torch_expected::{self as exp, Case};
+use crate::torch_expected::{self as exp, BigCase, Case};
 use bptt::{CellKind, Input, InputKind, LossKind, Net, NetConfig, Optimizer, OptimizerConfig, State, Targets};
 
 const T: usize = 4;
@@ -147,5 +147,74 @@ fn optimizers_match_pytorch() {
     for &(name, config, lr, want64, want32) in cases {
         assert_close(&format!("{name} f64"), &optim_run::<f64>(config, lr), want64, 1e-13);
         assert_close(&format!("{name} f32"), &optim_run::<f32>(config, lr), want32, 2e-6);
+    }
+}
+
+/// The known answers at sizes where the passes are cut into parts (row blocks at B = 128, unit
+/// blocks at B = 1, 4 with H = 256 and H = 512, GEMM tiles and softmax blocks at B = 32, H = 256),
+/// on 1, 2, 3, 4 and 8 threads: the loss, every tensor's gradient norm and sampled entries, and
+/// dL/d(initial state).
+fn run_big(case: &BigCase) {
+    let cell: CellKind = case.cell.parse().unwrap();
+    let (t, b, h, l) = (case.t, case.b, case.h, case.l);
+    let input = if case.tokens {
+        InputKind::Tokens { vocab: case.v, embedding_dim: case.i }
+    } else {
+        InputKind::Dense { size: case.i }
+    };
+    let cfg = NetConfig { cell, input, hidden: h, layers: l, output: case.o, loss: LossKind::CrossEntropy };
+    let net = Net::new(cfg).unwrap();
+    let scale = 1.5 / (h as f64).sqrt();
+    let params: Vec<f64> = (0..net.num_params()).map(|k| scale * (1.3 * k as f64 + 0.5).sin()).collect();
+    let x: Vec<f64> = (0..t * b * case.i).map(|k| (0.7 * k as f64 + 0.3).sin()).collect();
+    let ids: Vec<u32> = (0..t * b).map(|k| ((5 * k + 1) % case.v.max(1)) as u32).collect();
+    let classes: Vec<u32> = (0..t * b).map(|k| ((7 * k + 3) % case.o) as u32).collect();
+    let mut init = State::zeros(net.config(), b);
+    init.h = (0..l * b * h).map(|k| 0.3 * (0.5 * k as f64 + 1.0).sin()).collect();
+    if cell.has_cell_state() {
+        init.c = (0..l * b * h).map(|k| 0.3 * (0.5 * k as f64 + 1.0).cos()).collect();
+    }
+    let input = if case.tokens { Input::Tokens(&ids) } else { Input::Dense(&x) };
+    for threads in [1, 2, 3, 4, 8] {
+        let what = |s: &str| format!("{} B={b} H={h} {threads} threads: {s}", case.cell);
+        let mut ws = net.workspace(t, b, threads).unwrap();
+        let loss = net.forward(&params, &mut ws, input, Some(Targets::classes(&classes)), Some(&init)).unwrap();
+        let mut grads = vec![0.0; net.num_params()];
+        net.backward(&params, &mut ws, &mut grads).unwrap();
+        let d0 = ws.initial_state_grad();
+        assert_close(&what("loss"), &[loss], &[case.loss], 1e-12);
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let norms: Vec<f64> = net.params().iter().map(|p| norm(p.of(&grads))).collect();
+        assert_close(&what("gradient norms"), &norms, case.grad_norms, 1e-10);
+        let picks = |v: &[f64], at: &[(usize, f64)]| -> (Vec<f64>, Vec<f64>) {
+            at.iter().map(|&(i, want)| (v[i], want)).unzip()
+        };
+        let per = case.grad_picks.len() / net.params().len();
+        for (k, p) in net.params().iter().enumerate() {
+            let (got, want) = picks(p.of(&grads), &case.grad_picks[k * per..(k + 1) * per]);
+            assert_close(&what(&p.name), &got, &want, 1e-9);
+        }
+        assert_close(&what("dh0 norm"), &[norm(&d0.h)], &[case.dh0_norm], 1e-10);
+        let (got, want) = picks(&d0.h, case.dh0_picks);
+        assert_close(&what("dh0"), &got, &want, 1e-9);
+        if cell.has_cell_state() {
+            assert_close(&what("dc0 norm"), &[norm(&d0.c)], &[case.dc0_norm], 1e-10);
+            let (got, want) = picks(&d0.c, case.dc0_picks);
+            assert_close(&what("dc0"), &got, &want, 1e-9);
+        }
+    }
+}
+
+#[test]
+fn split_sizes_match_pytorch() {
+    for case in [
+        &exp::BIG_LSTM_ROWS,
+        &exp::BIG_GRU_ROWS,
+        &exp::BIG_GRU_TOKENS_UNITS_B1,
+        &exp::BIG_RNN_TANH_UNITS_B4,
+        &exp::BIG_LSTM_UNITS_H512,
+        &exp::BIG_LSTM_TOKENS_TILES,
+    ] {
+        run_big(case);
     }
 }
