@@ -167,6 +167,8 @@ big_case("BIG_RNN_TANH_UNITS_B4", "rnn_tanh", False, 4, 4, 6, 256, 2, 7)
 big_case("BIG_LSTM_UNITS_H512", "lstm", False, 3, 2, 5, 512, 1, 4)
 big_case("BIG_LSTM_TOKENS_TILES", "lstm", True, 8, 32, 16, 256, 1, 70, 70)
 big_case("BIG_GRU_ROWS", "gru", False, 4, 128, 4, 16, 1, 6)
+# Three layers over 10 steps: a wavefront in runs of 2 (unit blocks at B = 2, H = 256).
+big_case("BIG_LSTM_WAVEFRONT", "lstm", False, 10, 2, 5, 256, 3, 6)
 
 O_ = torch.optim
 optims = {

@@ -51,6 +51,9 @@ pub struct Args {
     /// backward pass (0 = plain BPTT; `auto` = √T).
     #[arg(long, default_value = "0")]
     checkpoint_every: String,
+    /// Stacked layers with small batches as a wavefront: auto (on with 4+ cores), on, off.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    wavefront: String,
 }
 
 /// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
@@ -154,6 +157,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let k = super::checkpoint_every(&a.checkpoint_every, a.seq_len)?;
     // Plain BPTT keeps a T-step workspace; checkpointed BPTT a K-step one plus T/K states.
     let mut ws = net.workspace::<f32>(if k > 0 { 1 } else { a.seq_len }, a.batch, threads)?;
+    if a.wavefront != "auto" {
+        ws.set_wavefront(a.wavefront == "on");
+    }
     let mut ck = if k > 0 { Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads)?) } else { None };
     let mut opt = Optimizer::new(OptimizerConfig::adam(), params.len())?.with_threads(threads);
     let clip = Clip { max_norm: Some(5.0), max_value: None };
@@ -215,6 +221,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "checkpoint_every": k,
         "activation_mb": (ck.as_ref().map_or(ws.bytes(), |c| c.bytes()) as f64 / 1048576.0 * 10.0).round() / 10.0,
         "cpu": cpu_model(),
+        "wavefront": a.wavefront,
         "parts_per_thread": parts_run,
         "thread_share": share,
     });

@@ -2,6 +2,8 @@
 //! step one recurrent GEMM plus the cell's fused step; backward mirrors it and ends with one
 //! GEMM per weight gradient.
 
+pub(crate) mod wavefront;
+
 use crate::cell::{CellKind, gru, lstm, rnn};
 use crate::float::Float;
 use crate::kernels::team::{self, Shared};
@@ -111,22 +113,10 @@ pub(crate) fn forward<F: Float>(
         }
         Split::Units(parts) => {
             // Each part owns units [u0, u1) of every row: its G row blocks of W_hh stay in its
-            // core's cache. Step t needs all of h_{t−1}, so the parts meet before each step.
-            let bufs = FwdBufs::new(&mut cache.gates, &mut cache.hs, &mut cache.cs, &mut cache.aux, hproj);
-            let w = UnitWeights { w_hh, w_hh_t: if transposed { &cache.w_hh_t[..] } else { &[] } };
-            team::run(
-                threads,
-                parts,
-                steps,
-                |_| true,
-                |part, t| {
-                    let (u0, u1) = parts::range(h, parts, UNIT_ALIGN, part);
-                    // SAFETY: this part writes only units [u0, u1) of step t's gates and scratch and
-                    // of step t+1's states, and reads step t's states, which every part finished
-                    // before this phase (the barrier).
-                    unsafe { forward_units(cell, h, b, b_hh, &w, table.as_ref(), &bufs, t, u0, u1) };
-                },
-            );
+            // core's cache. Step t needs all of h_{t−1}, so the parts meet before each step. (A
+            // wavefront of one layer: the same driver runs stacked layers at once.)
+            let (caches, lps) = (std::slice::from_mut(cache), std::slice::from_ref(lp));
+            wavefront::forward_steps(cfg, lps, p, caches, hproj, table.as_ref(), steps, b, threads, parts, steps);
         }
     }
 }
@@ -234,12 +224,23 @@ impl<'a, F> UnitWeights<'a, F> {
     }
 }
 
-/// Units [u0, u1) of every row of forward step t: the recurrent GEMM of each gate block, then the
-/// cell's step.
+/// The input projection of a run of steps [t0, t1) of a layer above the first, in a wavefront:
+/// rows (t1 − t0)·B of the layer below's hidden states and this layer's input weights.
+struct InputRows<'a, F> {
+    t0: usize,
+    x: &'a [F],    // ((t1 − t0)·B, I)
+    w_ih: &'a [F], // (G·H, I)
+    b_ih: &'a [F], // (G·H)
+    input: usize,  // I
+}
+
+/// Units [u0, u1) of every row of forward step t: (first, for a run of steps of an upper layer in
+/// a wavefront, the biases and input projections of these units of all its steps), the recurrent
+/// GEMM of each gate block, then the cell's step.
 ///
 /// # Safety
-/// Nothing else may touch units [u0, u1) of step t's gates, of the GRU scratch, or of step
-/// t+1's states while this runs, nor write step t's states.
+/// Nothing else may touch units [u0, u1) of step t's gates (of every step of `input`), of the GRU
+/// scratch, or of step t+1's states while this runs, nor write step t's states.
 #[allow(clippy::too_many_arguments)]
 unsafe fn forward_units<F: Float>(
     cell: CellKind,
@@ -248,6 +249,7 @@ unsafe fn forward_units<F: Float>(
     b_hh: &[F],
     w: &UnitWeights<'_, F>,
     table: Option<&TableRows<'_, F>>,
+    input: Option<InputRows<'_, F>>,
     bufs: &FwdBufs<F>,
     t: usize,
     u0: usize,
@@ -255,6 +257,27 @@ unsafe fn forward_units<F: Float>(
 ) {
     let (gh, u, bh) = (b_hh.len(), u1 - u0, b * h);
     let gate_blocks = cell.gates();
+    if let Some(x) = input {
+        // Bias (b_ih + b_hh, or b_ih for the GRU), then + x·W_ihᵀ: the layer-by-layer order.
+        let rows = x.x.len() / x.input;
+        for r in 0..rows {
+            for q in 0..gate_blocks {
+                let at = q * h + u0;
+                // SAFETY: units [u0, u1) of gate block q of a row of the run: this call's (contract).
+                let dst = unsafe { bufs.gates.slice(x.t0 * b * gh + r * gh + at, u) };
+                dst.copy_from_slice(&x.b_ih[at..at + u]);
+                if cell != CellKind::Gru {
+                    kernels::add_into(dst, &b_hh[at..at + u]);
+                }
+            }
+        }
+        for q in 0..gate_blocks {
+            // SAFETY: as above, the (rows, u) block of gate block q.
+            let c = unsafe { MatMut::from_shared(bufs.gates, x.t0 * b * gh + q * h + u0, rows, u, gh, 1) };
+            let w_ih = Mat::rows(&x.w_ih[(q * h + u0) * x.input..], u, x.input).t(); // (I, u)
+            kernels::gemm(c, Mat::rows(x.x, rows, x.input), w_ih, true, 1);
+        }
+    }
     if let Some(tr) = table {
         for r in 0..b {
             for q in 0..gate_blocks {
@@ -397,7 +420,7 @@ pub(crate) fn backward<F: Float>(
 ) {
     let (h, cell) = (cfg.hidden, cfg.cell);
     let gh = cell.gates() * h;
-    let (bh, bgh, n) = (b * h, b * gh, steps * b);
+    let (bh, bgh) = (b * h, b * gh);
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
     // The per-step norms need whole steps: that diagnostic runs unsplit.
     let split = if dh_norms.is_some() { Split::Whole } else { plan(b, gh, h) };
@@ -440,37 +463,35 @@ pub(crate) fn backward<F: Float>(
             );
         }
         Split::Units(parts) => {
-            // Phase 2k: the cell's backward step for this part's units of step t = T−1−k;
-            // phase 2k+1, after every part's dpre_t is in: dh_next for this part's units, a
-            // GEMM over all of dpre_t. A single row reads W_hhᵀ (see `UnitWeights`).
-            if b == 1 && steps > 1 {
-                kernels::transpose(w_hh, gh, h, &mut cache.w_hh_t, threads);
-            }
-            let (bufs, w_hh_t) = BwdBufs::new(cache, dh_next, dc_next);
-            let w = UnitWeights { w_hh, w_hh_t: if b == 1 && steps > 1 { w_hh_t } else { &[] } };
-            team::run(
-                threads,
-                parts,
-                2 * steps,
-                |p| p % 2 == 1,
-                |part, p| {
-                    let (t, (u0, u1)) = (steps - 1 - p / 2, parts::range(h, parts, UNIT_ALIGN, part));
-                    // SAFETY: the cell step writes only units [u0, u1) of step t and of dh_next/dc_next;
-                    // the GEMM reads all of step t's dpre, which every part finished before this
-                    // phase (the barrier), and writes units [u0, u1) of dh_next.
-                    unsafe {
-                        if p % 2 == 0 {
-                            backward_units_cell(cell, h, b, gh, &bufs, t, u0, u1);
-                        } else {
-                            backward_units_gemm(cell, h, b, gh, &w, &bufs, t, u0, u1);
-                        }
-                    }
-                },
-            );
+            // Per step, the cell's backward step for each part's units, then (after every part's
+            // dpre_t is in) dh_next for its units, a GEMM over all of dpre_t: a wavefront of one
+            // layer (net/layer/wavefront.rs).
+            let (caches, lps) = (std::slice::from_mut(cache), std::slice::from_ref(lp));
+            wavefront::backward_steps(cfg, lps, p, caches, dh_next, dc_next, steps, b, threads, parts, steps);
         }
     }
 
-    // Shared-weight gradients, accumulated over all steps: one GEMM each.
+    weight_grads(cfg, lp, p, grads, cache, x, dx, steps, b, threads);
+}
+
+/// The shared-weight gradients of a layer after its time loop, accumulated over all steps: one
+/// GEMM each over the T·B rows of pre-activation gradients; `dx` (T·B, I), when given, receives
+/// dL/dx.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn weight_grads<F: Float>(
+    cfg: &NetConfig,
+    lp: &LayerParams,
+    p: &[F],
+    grads: &mut [F],
+    cache: &LayerCache<F>,
+    x: LayerInput<'_, F>,
+    dx: Option<&mut [F]>,
+    steps: usize,
+    b: usize,
+    threads: usize,
+) {
+    let (h, cell) = (cfg.hidden, cfg.cell);
+    let (gh, n) = (cell.gates() * h, steps * b);
     let dpre_x = &cache.gates[..n * gh]; // (T·B, G·H)
     let dpre_h = if cell == CellKind::Gru { &cache.dgates_h[..n * gh] } else { dpre_x };
     let (g_lo, g_hi) = grads.split_at_mut(lp.w_hh);
@@ -540,15 +561,53 @@ fn backward_rows<F: Float>(cell: CellKind, h: usize, gh: usize, w_hh: Mat<'_, F>
     }
 }
 
-/// Units [u0, u1) of every row of backward step t, first half: dh_t += dh_next, then the cell's
-/// backward step (dpre_t, dc, and the GRU's direct term into dh_next).
+/// What a layer below receives from the layer above in a wavefront, for a run of steps
+/// [t0, t0 + n): dL/dh_t = dpre_t (of the layer above) · W_ih (of the layer above).
+struct FromAbove<'a, F> {
+    t0: usize,
+    n: usize,
+    dpre: Shared<F>, // the layer above's (T, B, G·H) input-side pre-activation gradients
+    w_ih: &'a [F],   // the layer above's (G·H, H)
+}
+
+/// Units [u0, u1) of every row of backward step t, first half: (for the last step of a run in a
+/// wavefront, dL/dh of these units for all the run's steps from the layer above), dh_t +=
+/// dh_next, then the cell's backward step (dpre_t, dc, and the GRU's direct term into dh_next).
 ///
 /// # Safety
-/// Nothing else may touch units [u0, u1) of step t's dh, dpre or of dh_next/dc_next while this
-/// runs, nor write step t's or t+1's states.
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
+/// Nothing else may touch units [u0, u1) of step t's dh (of every step of `above`), dpre or of
+/// dh_next/dc_next while this runs, nor write step t's or t+1's states or `above`'s dpre.
 #[allow(clippy::too_many_arguments)]
 unsafe fn backward_units_cell<F: Float>(
+    cell: CellKind,
+    h: usize,
+    b: usize,
+    gh: usize,
+    above: Option<FromAbove<'_, F>>,
+    bufs: &BwdBufs<F>,
+    t: usize,
+    u0: usize,
+    u1: usize,
+) {
+    if let Some(a) = above {
+        // SAFETY: the contract: these units of the run's dh are this call's, its dpre read-only.
+        unsafe {
+            let dpre = Mat::rows(a.dpre.read(a.t0 * b * gh, a.n * b * gh), a.n * b, gh);
+            let c = MatMut::from_shared(bufs.dh, a.t0 * b * h + u0, a.n * b, u1 - u0, h, 1);
+            kernels::gemm(c, dpre, Mat::strided(&a.w_ih[u0..], gh, u1 - u0, h, 1), false, 1);
+        }
+    }
+    // SAFETY: the contract.
+    unsafe { backward_units_rows(cell, h, b, gh, bufs, t, u0, u1) }
+}
+
+/// The cell part of [`backward_units_cell`], compiled per CPU.
+///
+/// # Safety
+/// As [`backward_units_cell`].
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn backward_units_rows<F: Float>(
     cell: CellKind,
     h: usize,
     b: usize,
@@ -726,6 +785,17 @@ mod tests {
             assert_eq!(plan(128, g * 16, 16), Split::Rows(4));
             assert_eq!(plan(1, g * 256, 256), Split::Units(4));
             assert_eq!(plan(2, g * 512, 512), Split::Units(8));
+        }
+        // tests/it/gradcheck.rs and torch.rs: the wavefront over layers.
+        use crate::net::{InputKind, LossKind, NetConfig};
+        for cell in crate::cell::CellKind::ALL {
+            let input = InputKind::Dense { size: 4 };
+            let cfg =
+                |layers, hidden| NetConfig { cell, input, hidden, layers, output: 3, loss: LossKind::CrossEntropy };
+            assert_eq!(super::wavefront::units(&cfg(3, 256), 1), Some(4));
+            assert_eq!(super::wavefront::units(&cfg(2, 256), 4), Some(4));
+            assert_eq!(super::wavefront::units(&cfg(1, 256), 4), None);
+            assert_eq!(super::wavefront::units(&cfg(2, 16), 128), None);
         }
     }
 }

@@ -381,9 +381,7 @@ impl Net {
             }
         }
         let bh = b * cfg.hidden;
-        for (k, lp) in self.layers.iter().enumerate() {
-            let (below, rest) = ws.layers.split_at_mut(k);
-            let cache = &mut rest[0];
+        for (k, cache) in ws.layers.iter_mut().enumerate() {
             match init {
                 Some(s) => {
                     cache.hs[..bh].copy_from_slice(&s.h[k * bh..(k + 1) * bh]);
@@ -397,6 +395,11 @@ impl Net {
                     cache.cs[..n].fill(F::zero());
                 }
             }
+        }
+        let gh = cfg.cell.gates() * cfg.hidden;
+        let wavefront = layer::wavefront::units(cfg, b).filter(|_| ws.wavefront);
+        for (k, lp) in self.layers.iter().enumerate() {
+            let (below, rest) = ws.layers.split_at_mut(k);
             let x = if k > 0 {
                 layer::LayerInput::Rows(&below[k - 1].hs[bh..(steps + 1) * bh])
             } else if let (Some(enc), Some((vocab, e))) = (self.encoder, embedding)
@@ -414,7 +417,6 @@ impl Net {
                 // (V, G·H), cheaper than projecting T·B ≥ V rows one by one. (The same sums
                 // as the layer's own bias + X · W_ihᵀ, so the two paths agree bit for bit.)
                 ws.gathered = false;
-                let gh = cfg.cell.gates() * cfg.hidden;
                 let (b_ih, b_hh) = (&params[lp.b_ih..lp.b_ih + gh], &params[lp.b_hh..lp.b_hh + gh]);
                 layer::fill_input_bias(cfg.cell, b_ih, b_hh, &mut ws.table[..vocab * gh]);
                 kernels::gemm(
@@ -428,7 +430,14 @@ impl Net {
             } else {
                 layer::LayerInput::Rows(&ws.input[..steps * per_step])
             };
-            layer::forward(cfg, lp, params, cache, &mut ws.hproj, x, steps, b, ws.threads);
+            if let Some(units) = wavefront {
+                // All layers at once (k = 0: `rest` is every layer), from the first one's input.
+                let hproj = &mut ws.hproj[..];
+                layer::wavefront::forward(cfg, &self.layers, params, rest, hproj, x, steps, b, ws.threads, units);
+                break;
+            }
+            let hproj = &mut ws.hproj[..if cfg.cell == CellKind::Gru { b * gh } else { 0 }];
+            layer::forward(cfg, lp, params, &mut rest[0], hproj, x, steps, b, ws.threads);
         }
         let top = &ws.layers[cfg.layers - 1].hs[bh..(steps + 1) * bh];
         readout::forward(self, params, top, &mut ws.logits[..steps * b * cfg.output], ws.threads);
@@ -486,6 +495,12 @@ impl Net {
             let (hs, dh) = (&top.hs[bh..(steps + 1) * bh], &mut top.dh[..steps * bh]);
             readout::backward(self, params, grads, hs, &ws.dlogits[..steps * b * cfg.output], dh, ws.threads);
         }
+        let wavefront = layer::wavefront::units(cfg, b).filter(|_| ws.wavefront && !ws.record_dh_norms);
+        if let Some(units) = wavefront {
+            // Every layer's time loop at once; the weight gradients below, layer by layer.
+            let (layers, dh0, dc0) = (&mut ws.layers[..], &mut ws.dh0[..], &mut ws.dc0[..]);
+            layer::wavefront::backward(cfg, &self.layers, params, layers, dh0, dc0, steps, b, ws.threads, units);
+        }
         for k in (0..cfg.layers).rev() {
             let lp = &self.layers[k];
             let (below, rest) = ws.layers.split_at_mut(k);
@@ -503,9 +518,15 @@ impl Net {
                 let n = steps * b * lp.input;
                 (layer::LayerInput::Rows(&ws.input[..n]), ws.input_grad.then(|| &mut ws.dinput[..n]))
             };
-            let (dh0, dc0) = (&mut ws.dh0[k * bh..(k + 1) * bh], &mut ws.dc0[..]);
-            let dc0 = if cfg.cell.has_cell_state() { &mut dc0[k * bh..(k + 1) * bh] } else { &mut dc0[..0] };
-            layer::backward(cfg, lp, params, grads, cache, x, dx, dh0, dc0, dh_norms, steps, b, ws.threads);
+            if wavefront.is_some() {
+                // dL/dx of the layers above the first went down step by step.
+                let dx = if k == 0 { dx } else { None };
+                layer::weight_grads(cfg, lp, params, grads, cache, x, dx, steps, b, ws.threads);
+            } else {
+                let (dh0, dc0) = (&mut ws.dh0[k * bh..(k + 1) * bh], &mut ws.dc0[..]);
+                let dc0 = if cfg.cell.has_cell_state() { &mut dc0[k * bh..(k + 1) * bh] } else { &mut dc0[..0] };
+                layer::backward(cfg, lp, params, grads, cache, x, dx, dh0, dc0, dh_norms, steps, b, ws.threads);
+            }
             if k == 0
                 && let Some(enc) = self.encoder
             {

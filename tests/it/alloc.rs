@@ -46,6 +46,7 @@ fn forward_backward_do_not_allocate_after_warm_up() {
                 let params = net.init_params::<f32>(1);
                 let mut grads = vec![0.0f32; net.num_params()];
                 let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
+                ws.set_wavefront(threads > 1);
                 ws.set_record_dh_norms(threads == 1); // (recording runs the backward pass unsplit)
                 let x: Vec<f32> = (0..t * b * 5).map(|k| (k as f32 * 0.37).sin()).collect();
                 let ids: Vec<u32> = (0..t * b).map(|k| (k % 7) as u32).collect();

@@ -49,19 +49,21 @@ fn batch_split_and_thread_count_do_not_change_results() {
 }
 
 /// Every split with at least four parts (net/layer.rs: row blocks at B = 128, unit blocks at
-/// B = 1 and B = 4, GEMM tiles and Adam ranges at H = 256): the loss, the gradient, dL/dh_0 and
+/// B = 1 and B = 4 — two layers one after the other or as a wavefront —, GEMM tiles and Adam
+/// ranges at H = 256): the loss, the gradient, dL/dh_0 and
 /// the weights after three clipped Adam updates are bit-identical at 1, 2, 3, 4, 8 and 16
 /// threads (oversubscribing a 2-core machine).
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
     use bptt::{Clip, Optimizer, OptimizerConfig, apply_update};
     for cell in CellKind::ALL {
-        for (b, h) in [(1, 256), (4, 256), (128, 16), (32, 256)] {
-            let t = 6;
+        for (b, h, wavefront) in [(1, 256, true), (1, 256, false), (4, 256, true), (128, 16, false), (32, 256, false)] {
+            let t = 11; // (a wavefront runs 11 steps in runs of 2, the last one short)
             let (net, x, y) = dense_problem::<f32>(cell, h, t, b, 5, 6);
             let run = |threads: usize| {
                 let mut p = net.init_params::<f32>(3);
                 let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
+                ws.set_wavefront(wavefront);
                 let mut opt = Optimizer::new(OptimizerConfig::adam(), p.len()).unwrap().with_threads(threads);
                 let mut g = vec![0.0f32; p.len()];
                 let (mut losses, mut grads) = (Vec::new(), Vec::new());
@@ -79,7 +81,7 @@ fn results_do_not_depend_on_the_thread_count() {
             assert!(g1[0].iter().all(|v| v.is_finite()) && g1[0].iter().any(|&v| v != 0.0));
             for threads in [2, 3, 4, 8, 16] {
                 let (l, g, d, p) = run(threads);
-                let at = format!("{cell} B={b} H={h} at {threads} threads");
+                let at = format!("{cell} B={b} H={h} wavefront {wavefront} at {threads} threads");
                 assert_eq!(l, l1, "{at}: loss differs from one thread");
                 assert!(g == g1, "{at}: gradient differs from one thread");
                 assert!(d == d1, "{at}: dL/dh0 differs from one thread");

@@ -157,34 +157,43 @@ fn gru() {
 #[test]
 fn split_paths_match_finite_differences() {
     for (b, h) in [(128, 16), (32, 256), (1, 256), (4, 256)] {
-        split_path_matches_finite_differences(b, h);
+        split_path_matches_finite_differences(b, h, 1, false, false);
     }
+    // Stacked layers one after the other (the default on 2-core machines), unit blocks.
+    split_path_matches_finite_differences(4, 256, 2, false, false);
 }
 
-fn split_path_matches_finite_differences(b: usize, h: usize) {
+/// The same check on the wavefront over layers (net/layer/wavefront.rs: 2–3 layers × 4 unit
+/// blocks = 8–12 parts, 11 steps in runs of 2), with dense input at B = 1 and token input (the
+/// folded embedding table) at B = 4.
+#[test]
+fn wavefront_matches_finite_differences() {
+    split_path_matches_finite_differences(1, 256, 3, false, true);
+    split_path_matches_finite_differences(4, 256, 2, true, true);
+}
+
+fn split_path_matches_finite_differences(b: usize, h: usize, layers: usize, tokens: bool, wavefront: bool) {
     use bptt::{Input, InputKind, LossKind, NetConfig};
     use rand::RngExt;
     for cell in CellKind::ALL {
         let t = 3;
-        let cfg = NetConfig {
-            cell,
-            input: InputKind::Dense { size: 4 },
-            hidden: h,
-            layers: 1,
-            output: 3,
-            loss: LossKind::CrossEntropy,
-        };
+        let input =
+            if tokens { InputKind::Tokens { vocab: 5, embedding_dim: 4 } } else { InputKind::Dense { size: 4 } };
+        let cfg = NetConfig { cell, input, hidden: h, layers, output: 3, loss: LossKind::CrossEntropy };
         let net = Net::new(cfg).unwrap();
         let mut r = crate::common::rng(77);
         let params: Vec<f64> = crate::common::uniform(&mut r, net.num_params(), 0.15);
         let x = crate::common::uniform(&mut r, t * b * 4, 1.0);
+        let ids: Vec<u32> = (0..t * b).map(|k| (k * 3 % 5) as u32).collect();
         let y: Vec<u32> = (0..t * b).map(|k| (k % 3) as u32).collect();
         let mut init = State::zeros(&cfg, b);
         init.h = crate::common::uniform(&mut r, init.h.len(), 0.5);
         init.c = crate::common::uniform(&mut r, init.c.len(), 0.5);
         let mut ws = net.workspace::<f64>(t, b, 2).unwrap();
+        ws.set_wavefront(wavefront);
         let loss = |p: &[f64], s: &State<f64>, ws: &mut Workspace<f64>| {
-            net.forward(p, ws, Input::Dense(&x), Some(bptt::Targets::classes(&y)), Some(s)).unwrap()
+            let input = if tokens { Input::Tokens(&ids) } else { Input::Dense(&x) };
+            net.forward(p, ws, input, Some(bptt::Targets::classes(&y)), Some(s)).unwrap()
         };
         loss(&params, &init, &mut ws);
         let mut grads = vec![0.0; net.num_params()];
@@ -209,7 +218,10 @@ fn split_path_matches_finite_differences(b: usize, h: usize) {
             assert!(rel(grads[k], n) < TOL, "{cell} B={b} H={h}: param {k}: analytic {} numeric {n}", grads[k]);
         }
         let mut h0 = init.h.clone();
-        for k in 0..h {
+        // Every unit of the first sequence of the first and (if another) the last layer.
+        let last = (layers - 1) * b * h;
+        let coords: Vec<usize> = if layers > 1 { (0..h).chain(last..last + h).collect() } else { (0..h).collect() };
+        for &k in &coords {
             let f = |v: &[f64]| loss(&params, &State { h: v.to_vec(), c: init.c.clone() }, &mut ws);
             let n = numeric(&mut h0, k, f);
             if cell == CellKind::RnnRelu && rel(d0.h[k], n) > TOL {

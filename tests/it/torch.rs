@@ -152,7 +152,7 @@ fn optimizers_match_pytorch() {
 
 /// The known answers at sizes where the passes are cut into parts (row blocks at B = 128, unit
 /// blocks at B = 1, 4 with H = 256 and H = 512, GEMM tiles and softmax blocks at B = 32, H = 256),
-/// on 1, 2, 3, 4 and 8 threads: the loss, every tensor's gradient norm and sampled entries, and
+/// on 1, 2, 3, 4 and 8 threads, and stacked layers as a wavefront: the loss, every tensor's gradient norm and sampled entries, and
 /// dL/d(initial state).
 fn run_big(case: &BigCase) {
     let cell: CellKind = case.cell.parse().unwrap();
@@ -175,9 +175,10 @@ fn run_big(case: &BigCase) {
         init.c = (0..l * b * h).map(|k| 0.3 * (0.5 * k as f64 + 1.0).cos()).collect();
     }
     let input = if case.tokens { Input::Tokens(&ids) } else { Input::Dense(&x) };
-    for threads in [1, 2, 3, 4, 8] {
-        let what = |s: &str| format!("{} B={b} H={h} {threads} threads: {s}", case.cell);
+    for (threads, wavefront) in [(1, false), (2, false), (3, false), (4, false), (8, false), (1, true), (4, true)] {
+        let what = |s: &str| format!("{} B={b} H={h} {threads} threads (wavefront {wavefront}): {s}", case.cell);
         let mut ws = net.workspace(t, b, threads).unwrap();
+        ws.set_wavefront(wavefront);
         let loss = net.forward(&params, &mut ws, input, Some(Targets::classes(&classes)), Some(&init)).unwrap();
         let mut grads = vec![0.0; net.num_params()];
         net.backward(&params, &mut ws, &mut grads).unwrap();
@@ -210,6 +211,7 @@ fn split_sizes_match_pytorch() {
     for case in [
         &exp::BIG_LSTM_ROWS,
         &exp::BIG_GRU_ROWS,
+        &exp::BIG_LSTM_WAVEFRONT,
         &exp::BIG_GRU_TOKENS_UNITS_B1,
         &exp::BIG_RNN_TANH_UNITS_B4,
         &exp::BIG_LSTM_UNITS_H512,
