@@ -169,6 +169,8 @@ big_case("BIG_LSTM_TOKENS_TILES", "lstm", True, 8, 32, 16, 256, 1, 70, 70)
 big_case("BIG_GRU_ROWS", "gru", False, 4, 128, 4, 16, 1, 6)
 # Three layers over 10 steps: a wavefront in runs of 2 (unit blocks at B = 2, H = 256).
 big_case("BIG_LSTM_WAVEFRONT", "lstm", False, 10, 2, 5, 256, 3, 6)
+# Whole steps with tiled recurrent products (W_hh of 4 MB in f32).
+big_case("BIG_LSTM_TILES", "lstm", False, 3, 16, 5, 512, 1, 6)
 
 O_ = torch.optim
 optims = {

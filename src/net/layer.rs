@@ -67,7 +67,8 @@ pub(crate) fn forward<F: Float>(
     let w_hh_t = if transposed { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() }; // (H, G·H)
     let lstm = cell == CellKind::Lstm;
     match split {
-        Split::Whole => {
+        Split::Whole | Split::Tiles => {
+            let gemm_threads = if split == Split::Tiles { threads } else { 1 };
             for t in 0..steps {
                 let (past, future) = cache.hs.split_at_mut((t + 1) * bh);
                 let (c_prev, c) = if lstm {
@@ -88,7 +89,7 @@ pub(crate) fn forward<F: Float>(
                     aux: if cache.aux.is_empty() { &mut [][..] } else { &mut cache.aux[t * bh..(t + 1) * bh] },
                     hproj: &mut hproj[..],
                 };
-                forward_rows(cell, h, b_hh, w_hh_t, rows);
+                forward_rows(cell, h, b_hh, w_hh_t, rows, gemm_threads);
             }
         }
         Split::Rows(parts) => {
@@ -107,7 +108,7 @@ pub(crate) fn forward<F: Float>(
                     if let Some(tr) = &table {
                         tr.fill(t, r0, rows.g);
                     }
-                    forward_rows(cell, h, b_hh, w_hh_t, rows);
+                    forward_rows(cell, h, b_hh, w_hh_t, rows, 1);
                 },
             );
         }
@@ -170,7 +171,17 @@ enum Split {
     /// This many blocks of hidden units (whole SIMD vectors) of every row: each part reads only
     /// its rows of W_hh (they stay in its core's cache), and the parts meet once per step.
     Units(usize),
+    /// The whole step, its recurrent products cut into GEMM tiles of W_hh's columns (`kernels::
+    /// gemm`): for a W_hh too large for any cache, each tile's slice is streamed once per step.
+    Tiles,
 }
+
+/// W_hh elements (4 MB in f32) from which a step with enough rows is cut into GEMM tiles
+/// instead of row blocks: every row block would stream all of W_hh at every step (at H = 1024,
+/// B = 64, two 32-row blocks on one core ran at 2.4k tokens/s, the whole step at 3.7k).
+const TILED_WEIGHTS: usize = 1 << 20;
+/// Multiply-adds per step from which [`Split::Tiles`] pays for one hand-off per product.
+const TILED_WORK: usize = 1 << 24;
 
 /// Rows per part of a row split: fewer and the per-step GEMM runs below its best rate (16-row
 /// parts cost LSTM H = 512, B = 64 about 10% on two cores).
@@ -186,6 +197,9 @@ const UNIT_ALIGN: usize = 8;
 /// has enough rows to amortise reading a large one.
 fn plan(b: usize, gh: usize, h: usize) -> Split {
     let work = b * gh * h;
+    if gh * h >= TILED_WEIGHTS && work >= TILED_WORK && b <= 512 {
+        return Split::Tiles;
+    }
     if b >= 8 && (work >= 1 << 21 || gh * h <= 1 << 16) {
         Split::Rows((b / ROWS_PER_PART).clamp(2, team::MAX_PARTS))
     } else if h >= 32 && work >= 1 << 16 {
@@ -257,41 +271,37 @@ unsafe fn forward_units<F: Float>(
 ) {
     let (gh, u, bh) = (b_hh.len(), u1 - u0, b * h);
     let gate_blocks = cell.gates();
-    if let Some(x) = input {
-        // Bias (b_ih + b_hh, or b_ih for the GRU), then + x·W_ihᵀ: the layer-by-layer order.
-        let rows = x.x.len() / x.input;
-        for r in 0..rows {
+    // SAFETY (whole body): every range below is units [u0, u1) of one gate block of one row
+    // (or of the whole (B, ·) view of them, or of every row of the input run), which the
+    // contract gives to this call, or step t's states, read-only.
+    unsafe {
+        if let Some(x) = input {
+            // Bias (b_ih + b_hh, or b_ih for the GRU), then + x·W_ihᵀ: the layer-by-layer order.
+            let rows = x.x.len() / x.input;
+            for r in 0..rows {
+                for q in 0..gate_blocks {
+                    let (at, dst) = (q * h + u0, bufs.gates.slice(x.t0 * b * gh + r * gh + q * h + u0, u));
+                    dst.copy_from_slice(&x.b_ih[at..at + u]);
+                    if cell != CellKind::Gru {
+                        kernels::add_into(dst, &b_hh[at..at + u]);
+                    }
+                }
+            }
             for q in 0..gate_blocks {
-                let at = q * h + u0;
-                // SAFETY: units [u0, u1) of gate block q of a row of the run: this call's (contract).
-                let dst = unsafe { bufs.gates.slice(x.t0 * b * gh + r * gh + at, u) };
-                dst.copy_from_slice(&x.b_ih[at..at + u]);
-                if cell != CellKind::Gru {
-                    kernels::add_into(dst, &b_hh[at..at + u]);
+                let c = MatMut::from_shared(bufs.gates, x.t0 * b * gh + q * h + u0, rows, u, gh, 1);
+                let w_ih = Mat::rows(&x.w_ih[(q * h + u0) * x.input..], u, x.input).t(); // (I, u)
+                kernels::gemm(c, Mat::rows(x.x, rows, x.input), w_ih, true, 1);
+            }
+        }
+        if let Some(tr) = table {
+            for r in 0..b {
+                for q in 0..gate_blocks {
+                    let at = q * h + u0;
+                    let dst = bufs.gates.slice(t * b * gh + r * gh + at, u);
+                    dst.copy_from_slice(&tr.row(t, r)[at..at + u]);
                 }
             }
         }
-        for q in 0..gate_blocks {
-            // SAFETY: as above, the (rows, u) block of gate block q.
-            let c = unsafe { MatMut::from_shared(bufs.gates, x.t0 * b * gh + q * h + u0, rows, u, gh, 1) };
-            let w_ih = Mat::rows(&x.w_ih[(q * h + u0) * x.input..], u, x.input).t(); // (I, u)
-            kernels::gemm(c, Mat::rows(x.x, rows, x.input), w_ih, true, 1);
-        }
-    }
-    if let Some(tr) = table {
-        for r in 0..b {
-            for q in 0..gate_blocks {
-                let at = q * h + u0;
-                // SAFETY: units [u0, u1) of gate block q of row r of step t: this call's (contract).
-                let dst = unsafe { bufs.gates.slice(t * b * gh + r * gh + at, u) };
-                dst.copy_from_slice(&tr.row(t, r)[at..at + u]);
-            }
-        }
-    }
-    // SAFETY (whole body): every range below is units [u0, u1) of one gate block of one row
-    // (or of the whole (B, ·) view of them), which the contract gives to this call, or step t's
-    // states, read-only.
-    unsafe {
         let h_prev = bufs.hs.read(t * bh, bh); // (B, H) step t, read-only
         let (out, at) = if cell == CellKind::Gru { (bufs.hproj, 0) } else { (bufs.gates, t * b * gh) };
         if cell == CellKind::Gru {
@@ -372,23 +382,24 @@ struct FwdRows<'a, F> {
     hproj: &'a mut [F], // (r, G·H) GRU scratch
 }
 
-/// The recurrent GEMM and the cell's fused step for some rows of one step.
-fn forward_rows<F: Float>(cell: CellKind, h: usize, b_hh: &[F], w_hh_t: Mat<'_, F>, s: FwdRows<'_, F>) {
+/// The recurrent GEMM (tiled on up to `threads` threads) and the cell's fused step for some rows
+/// of one step.
+fn forward_rows<F: Float>(cell: CellKind, h: usize, b_hh: &[F], w_hh_t: Mat<'_, F>, s: FwdRows<'_, F>, threads: usize) {
     let gh = b_hh.len();
     let r = s.h.len() / h;
     match cell {
         CellKind::RnnTanh | CellKind::RnnRelu => {
-            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, 1);
+            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
             rnn::forward_step(cell == CellKind::RnnRelu, s.g, s.h);
         }
         CellKind::Lstm => {
-            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, 1);
+            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
             lstm::forward_step(h, s.g, s.c_prev, s.c, s.aux, s.h);
         }
         CellKind::Gru => {
             let hproj = &mut s.hproj[..r * gh];
             kernels::fill_rows(hproj, b_hh);
-            kernels::gemm(MatMut::rows(hproj, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, 1);
+            kernels::gemm(MatMut::rows(hproj, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
             gru::forward_step(h, s.g, hproj, s.h_prev, s.aux, s.h);
         }
     }
@@ -425,7 +436,8 @@ pub(crate) fn backward<F: Float>(
     // The per-step norms need whole steps: that diagnostic runs unsplit.
     let split = if dh_norms.is_some() { Split::Whole } else { plan(b, gh, h) };
     match split {
-        Split::Whole => {
+        Split::Whole | Split::Tiles => {
+            let gemm_threads = if split == Split::Tiles { threads } else { 1 };
             for t in (0..steps).rev() {
                 let dh_t = &mut cache.dh[t * bh..(t + 1) * bh];
                 kernels::add_into(dh_t, dh_next);
@@ -444,7 +456,7 @@ pub(crate) fn backward<F: Float>(
                     dc: &mut dc_next[..],
                     dh_next: &mut dh_next[..],
                 };
-                backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows);
+                backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows, gemm_threads);
             }
         }
         Split::Rows(parts) => {
@@ -458,7 +470,7 @@ pub(crate) fn backward<F: Float>(
                     let (r0, r1) = parts::range(b, parts, 1, part);
                     // SAFETY: as in `forward`: rows [r0, r1) of every buffer belong to this half.
                     let rows = unsafe { bufs.rows(steps - 1 - k, r0, r1, b, h, gh) };
-                    backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows);
+                    backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows, 1);
                 },
             );
         }
@@ -542,21 +554,22 @@ struct BwdRows<'a, F> {
     dh_next: &'a mut [F], // (r, H) out: dL/dh_{t−1}
 }
 
-/// The cell's backward step and the recurrent GEMM dh_next = dpre · W_hh for some rows.
-fn backward_rows<F: Float>(cell: CellKind, h: usize, gh: usize, w_hh: Mat<'_, F>, s: BwdRows<'_, F>) {
+/// The cell's backward step and the recurrent GEMM dh_next = dpre · W_hh (tiled on up to
+/// `threads` threads) for some rows.
+fn backward_rows<F: Float>(cell: CellKind, h: usize, gh: usize, w_hh: Mat<'_, F>, s: BwdRows<'_, F>, threads: usize) {
     let r = s.dh.len() / h;
     match cell {
         CellKind::RnnTanh | CellKind::RnnRelu => {
             rnn::backward_step(cell == CellKind::RnnRelu, s.dh, s.h, s.g);
-            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, 1);
+            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, threads);
         }
         CellKind::Lstm => {
             lstm::backward_step(h, s.dh, s.dc, s.g, s.c_prev, s.aux);
-            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, 1);
+            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, threads);
         }
         CellKind::Gru => {
             gru::backward_step(h, s.dh, s.g, s.dgh, s.aux, s.h_prev, s.dh_next);
-            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.dgh, r, gh), w_hh, true, 1);
+            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.dgh, r, gh), w_hh, true, threads);
         }
     }
 }
@@ -577,6 +590,7 @@ struct FromAbove<'a, F> {
 /// # Safety
 /// Nothing else may touch units [u0, u1) of step t's dh (of every step of `above`), dpre or of
 /// dh_next/dc_next while this runs, nor write step t's or t+1's states or `above`'s dpre.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn backward_units_cell<F: Float>(
     cell: CellKind,
@@ -589,38 +603,16 @@ unsafe fn backward_units_cell<F: Float>(
     u0: usize,
     u1: usize,
 ) {
-    if let Some(a) = above {
-        // SAFETY: the contract: these units of the run's dh are this call's, its dpre read-only.
-        unsafe {
-            let dpre = Mat::rows(a.dpre.read(a.t0 * b * gh, a.n * b * gh), a.n * b, gh);
-            let c = MatMut::from_shared(bufs.dh, a.t0 * b * h + u0, a.n * b, u1 - u0, h, 1);
-            kernels::gemm(c, dpre, Mat::strided(&a.w_ih[u0..], gh, u1 - u0, h, 1), false, 1);
-        }
-    }
-    // SAFETY: the contract.
-    unsafe { backward_units_rows(cell, h, b, gh, bufs, t, u0, u1) }
-}
-
-/// The cell part of [`backward_units_cell`], compiled per CPU.
-///
-/// # Safety
-/// As [`backward_units_cell`].
-#[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn backward_units_rows<F: Float>(
-    cell: CellKind,
-    h: usize,
-    b: usize,
-    gh: usize,
-    bufs: &BwdBufs<F>,
-    t: usize,
-    u0: usize,
-    u1: usize,
-) {
     let (u, bh) = (u1 - u0, b * h);
-    // SAFETY (whole body): each slice is units [u0, u1) of one gate block or state of one row,
-    // given to this call by the contract, or a read of a cached state nobody writes now.
+    // SAFETY (whole body): each slice is units [u0, u1) of one gate block or state of one row
+    // (or the run's dh of these units), given to this call by the contract, or a read of a
+    // cached state or of the layer above's dpre, which nobody writes now.
     unsafe {
+        if let Some(a) = above {
+            let dpre = Mat::rows(a.dpre.read(a.t0 * b * gh, a.n * b * gh), a.n * b, gh);
+            let c = MatMut::from_shared(bufs.dh, a.t0 * b * h + u0, a.n * b, u, h, 1);
+            kernels::gemm(c, dpre, Mat::strided(&a.w_ih[u0..], gh, u, h, 1), false, 1);
+        }
         for r in 0..b {
             let g = |q: usize| bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u);
             let st = |step: usize| r * h + u0 + step * bh; // offset of these units in a (·, B, H) buffer
@@ -785,7 +777,11 @@ mod tests {
             assert_eq!(plan(128, g * 16, 16), Split::Rows(4));
             assert_eq!(plan(1, g * 256, 256), Split::Units(4));
             assert_eq!(plan(2, g * 512, 512), Split::Units(8));
+            assert_eq!(plan(16, g * 1024, 1024), Split::Tiles);
         }
+        assert_eq!(plan(16, 4 * 512, 512), Split::Tiles);
+        assert_eq!(plan(16, 3 * 592, 592), Split::Tiles);
+        assert_eq!(plan(32, 3 * 512, 512), Split::Rows(2));
         // tests/it/gradcheck.rs and torch.rs: the wavefront over layers.
         use crate::net::{InputKind, LossKind, NetConfig};
         for cell in crate::cell::CellKind::ALL {

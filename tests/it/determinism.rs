@@ -57,7 +57,10 @@ fn batch_split_and_thread_count_do_not_change_results() {
 fn results_do_not_depend_on_the_thread_count() {
     use bptt::{Clip, Optimizer, OptimizerConfig, apply_update};
     for cell in CellKind::ALL {
-        for (b, h, wavefront) in [(1, 256, true), (1, 256, false), (4, 256, true), (128, 16, false), (32, 256, false)] {
+        // (B = 16 at H = 1024: whole steps with tiled recurrent products, every cell.)
+        for (b, h, wavefront) in
+            [(1, 256, true), (1, 256, false), (4, 256, true), (128, 16, false), (32, 256, false), (16, 1024, false)]
+        {
             let t = 11; // (a wavefront runs 11 steps in runs of 2, the last one short)
             let (net, x, y) = dense_problem::<f32>(cell, h, t, b, 5, 6);
             let run = |threads: usize| {

@@ -212,6 +212,7 @@ fn split_sizes_match_pytorch() {
         &exp::BIG_LSTM_ROWS,
         &exp::BIG_GRU_ROWS,
         &exp::BIG_LSTM_WAVEFRONT,
+        &exp::BIG_LSTM_TILES,
         &exp::BIG_GRU_TOKENS_UNITS_B1,
         &exp::BIG_RNN_TANH_UNITS_B4,
         &exp::BIG_LSTM_UNITS_H512,
