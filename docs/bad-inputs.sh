@@ -76,6 +76,18 @@ row "not a number" "$B" train --text "$W/ok.txt" --hidden abc
 row "unknown flag" "$B" train --text "$W/ok.txt" --no-such-flag
 row "resume a folder without a run" "$B" train --resume "$W/missing"
 row "output folder already holds a run" "$B" train --text "$W/ok.txt" --out "$W/run"
+row "a character device as text" "$B" train --text /dev/zero --out "$W/dev"
+mkfifo "$W/fifo"
+row "a pipe (FIFO) as text" "$B" train --text "$W/fifo" --out "$W/fifo-run"
+row "a window that cannot fit in memory" "$B" train --text "$W/ok.txt" --tbptt 1:1000000000000 --out "$W/huge"
+row "bench steps that cannot fit in memory" "$B" bench --seq-len 1000000000 --steps 1
+row "a model that cannot fit in memory" "$B" bench --hidden 8192 --layers 3 --steps 1
+row "epochs beyond counting" "$B" train --text "$W/ok.txt" --epochs 18446744073709551615 --out "$W/epochs"
+"$B" train --text "$W/ok.txt" --hidden 8 --embedding-dim 4 --layers 1 --batch 2 --seq-len 8 --steps 100000 --threads 1 --out "$W/busy" >/dev/null 2>&1 &
+BUSY=$!
+while [ ! -s "$W/busy/metrics.jsonl" ]; do sleep 0.05; done
+row "a second run into a folder in use" "$B" train --text "$W/ok.txt" --out "$W/busy"
+kill -TERM $BUSY; wait $BUSY 2>/dev/null
 row "model file missing" "$B" eval --model "$W/missing.safetensors" --text "$W/ok.txt"
 row "model file of 3 bytes" "$B" eval --model "$W/tiny.bin" --text "$W/ok.txt"
 row "absurd header length" "$B" eval --model "$W/huge-header.bin" --text "$W/ok.txt"
@@ -99,3 +111,4 @@ row "plot a folder without metrics" "$B" plot "$W"
 row "demo with a missing --text" "$B" demo --quick --text "$W/missing.txt" --out "$W/demo"
 row "diagnose --model without --text" "$B" diagnose --model "$M"
 row "bench with zero batch" "$B" bench --batch 0
+row "standard output full (/dev/full)" sh -c '"$0" eval --model "$1" --text "$2" --json > /dev/full' "$B" "$M" "$W/ok.txt"

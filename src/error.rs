@@ -27,6 +27,16 @@ pub enum Error {
         /// What is wrong with it and what to do.
         msg: String,
     },
+    /// What was asked for needs more memory than the machine has available.
+    #[error("{what} needs about {} but {} of memory are available", human(*needed), human(*available))]
+    Memory {
+        /// What would have been allocated.
+        what: String,
+        /// Its estimated size in bytes.
+        needed: u64,
+        /// The memory available now (MemAvailable), in bytes.
+        available: u64,
+    },
     /// Reading or writing a file failed.
     #[error("{path}: {msg}")]
     Io {
@@ -41,6 +51,15 @@ impl Error {
     /// An [`Error::Io`] for `path`.
     pub fn io(path: &std::path::Path, e: std::io::Error) -> Self {
         Error::Io { path: path.display().to_string(), msg: e.to_string() }
+    }
+}
+
+/// A byte count as MB / GB (or "more than 16 EB" for an overflowed estimate).
+fn human(bytes: u64) -> String {
+    match bytes {
+        u64::MAX => "more than 16 EB".into(),
+        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / (1u64 << 30) as f64),
+        b => format!("{:.1} MB", b as f64 / (1u64 << 20) as f64),
     }
 }
 

@@ -53,6 +53,11 @@ pub struct TrainConfig {
     /// the segments in the backward pass (0 = plain BPTT); `--checkpoint-every`.
     #[serde(default)]
     pub checkpoint_every: usize,
+    /// The horizon of a cosine schedule when it differs from `steps`: a run whose total changes on
+    /// resume keeps its original horizon, so its learning rate does not jump back up; after the
+    /// horizon it stays at the minimum. `None`: `steps`. (Other schedules have no horizon.)
+    #[serde(default)]
+    pub schedule_steps: Option<u64>,
 }
 
 impl TrainConfig {
@@ -78,6 +83,7 @@ impl TrainConfig {
             max_bad_steps: 10,
             abort_loss_factor: None,
             checkpoint_every: 0,
+            schedule_steps: None,
         }
     }
 
@@ -97,8 +103,8 @@ impl TrainConfig {
             ["constant"] => Schedule::Constant,
             ["step", every, gamma] => Schedule::Step { every: num(every)? as u64, gamma: num(gamma)? },
             ["exp", gamma] => Schedule::Exponential { gamma: num(gamma)? },
-            ["cosine"] => Schedule::Cosine { total: self.steps, min_lr: 0.0 },
-            ["cosine", min] => Schedule::Cosine { total: self.steps, min_lr: num(min)? },
+            ["cosine"] => Schedule::Cosine { total: self.schedule_steps.unwrap_or(self.steps), min_lr: 0.0 },
+            ["cosine", min] => Schedule::Cosine { total: self.schedule_steps.unwrap_or(self.steps), min_lr: num(min)? },
             _ => {
                 return Err(Error::Config(format!(
                     "unknown --lr-schedule '{}': use constant, step:EVERY:GAMMA, exp:GAMMA or cosine[:MIN_LR]",
@@ -396,6 +402,10 @@ impl Trainer {
             return Err("checkpoint config does not match its model".into());
         }
         if let Some(s) = steps {
+            // A changed total keeps the schedule's original horizon (see `schedule_steps`).
+            if s != cfg.steps && cfg.schedule_steps.is_none() && cfg.lr_schedule.starts_with("cosine") {
+                cfg.schedule_steps = Some(cfg.steps);
+            }
             cfg.steps = s;
         }
         let model = file.model()?;

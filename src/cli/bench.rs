@@ -57,7 +57,7 @@ pub struct Args {
 }
 
 /// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
-fn gemm_peak(threads: usize, json: bool) {
+fn gemm_peak(threads: usize, json: bool) -> Result<()> {
     for n in [256usize, 512, 1024, 2048] {
         let a: Vec<f32> = (0..n * n).map(|k| (k % 7) as f32 * 0.1).collect();
         let b = a.clone();
@@ -79,14 +79,15 @@ fn gemm_peak(threads: usize, json: bool) {
         }
         let gflops = 2.0 * (n * n * n) as f64 / best / 1e9;
         if json {
-            println!(
+            super::outln!(
                 "{}",
                 serde_json::json!({"system": "gemm-crate", "n": n, "threads": threads, "gflops": (gflops * 10.0).round() / 10.0, "cpu": cpu_model()})
-            );
+            )?;
         } else {
-            println!("gemm f32 {n}x{n}x{n}, {threads} threads: {gflops:.1} GFLOP/s");
+            super::outln!("gemm f32 {n}x{n}x{n}, {threads} threads: {gflops:.1} GFLOP/s")?;
         }
     }
+    Ok(())
 }
 
 /// The BENCHMARKS.md table: (cell, H, L, B, T).
@@ -126,7 +127,7 @@ fn cpu_model() -> String {
 pub fn run(a: Args) -> Result<ExitCode> {
     let threads = super::threads(a.threads)?;
     if a.gemm_peak {
-        gemm_peak(threads, a.json);
+        gemm_peak(threads, a.json)?;
         return Ok(ExitCode::SUCCESS);
     }
     if a.suite {
@@ -151,16 +152,22 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden: a.hidden, layers: a.layers };
     spec.validate(a.vocab)?;
     anyhow::ensure!(a.batch > 0 && a.seq_len > 0 && a.steps > 0, "--batch, --seq-len and --steps must be at least 1");
+    super::check_model_memory(&spec, a.vocab)?;
     let net = Net::new(spec.net_config(a.vocab))?;
     let mut params = net.init_params::<f32>(1);
     let mut grads = vec![0.0f32; params.len()];
     let k = super::checkpoint_every(&a.checkpoint_every, a.seq_len)?;
     // Plain BPTT keeps a T-step workspace; checkpointed BPTT a K-step one plus T/K states.
-    let mut ws = net.workspace::<f32>(if k > 0 { 1 } else { a.seq_len }, a.batch, threads)?;
+    const HINT: &str = "lower --batch or --seq-len, or use --checkpoint-every auto";
+    let mut ws =
+        net.workspace::<f32>(if k > 0 { 1 } else { a.seq_len }, a.batch, threads).map_err(super::memory_hint(HINT))?;
     if a.wavefront != "auto" {
         ws.set_wavefront(a.wavefront == "on");
     }
-    let mut ck = if k > 0 { Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads)?) } else { None };
+    let mut ck = match k {
+        0 => None,
+        k => Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads).map_err(super::memory_hint(HINT))?),
+    };
     let mut opt = Optimizer::new(OptimizerConfig::adam(), params.len())?.with_threads(threads);
     let clip = Clip { max_norm: Some(5.0), max_value: None };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -226,9 +233,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "thread_share": share,
     });
     if a.json {
-        println!("{line}");
+        super::outln!("{line}")?;
     } else {
-        println!(
+        super::outln!(
             "{} H={} L={} B={} T={} threads={}: {:.0} tokens/s, {:.2} ms/step, {:.1} GFLOP/s, peak RSS {:.1} MB, activations {:.1} MB, parts per thread {}",
             cell.name(),
             a.hidden,
@@ -242,7 +249,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             line["peak_rss_mb"].as_f64().unwrap_or(0.0),
             line["activation_mb"].as_f64().unwrap_or(0.0),
             share.iter().map(|f| format!("{:.0}%", f * 100.0)).collect::<Vec<_>>().join("/")
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

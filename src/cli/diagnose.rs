@@ -107,20 +107,24 @@ pub fn run(a: Args) -> Result<ExitCode> {
     ex::flow_chart(&flows, &title).save(&dir.join("gradient_flow"))?;
     write(&dir.join("gradient_flow.csv"), &ex::flow_csv(&flows))?;
     write(&dir.join("gradient_flow.json"), &serde_json::to_string_pretty(&flows)?)?;
-    println!(
+    super::outln!(
         "{:<9} {:>14} {:>14} {:>12} {:>22}",
-        "cell", "|dL/dh_T-1|", "|dL/dh_0|", "survival", "sigma_max(dh_t/dh_t-1)"
-    );
+        "cell",
+        "|dL/dh_T-1|",
+        "|dL/dh_0|",
+        "survival",
+        "sigma_max(dh_t/dh_t-1)"
+    )?;
     for f in &flows {
         let n = &f.dh_norms[0];
-        println!(
+        super::outln!(
             "{:<9} {:>14.3e} {:>14.3e} {:>12.3e} {:>22.3}",
             f.cell,
             n[n.len() - 1],
             n[0],
             f.survival(),
             f.jacobian[0].geometric_mean
-        );
+        )?;
     }
     if a.explode {
         eprintln!("exploding-gradient experiment ...");
@@ -132,10 +136,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         for (r, name) in runs.iter().zip(["without clipping", "with clip-norm 1"]) {
             let skipped = r.history.iter().filter(|s| s.skipped).count();
             let clipped = r.history.iter().filter(|s| s.clipped).count();
-            println!(
+            super::outln!(
                 "explode {name:<17} final loss {:.4} (baseline {:.4}), {clipped} clipped, {skipped} skipped",
-                r.final_loss, r.baseline
-            );
+                r.final_loss,
+                r.baseline
+            )?;
         }
     }
     if a.truncation {
@@ -148,7 +153,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ex::truncation_chart(&pts, "LSTM on the adding task").save(&dir.join("truncation"))?;
         write(&dir.join("truncation.csv"), &ex::truncation_csv(&pts))?;
         for p in &pts {
-            println!("truncation k={:<4} cosine {:.4} relative norm {:.4}", p.k, p.cosine, p.relative_norm);
+            super::outln!("truncation k={:<4} cosine {:.4} relative norm {:.4}", p.k, p.cosine, p.relative_norm)?;
         }
     }
     eprintln!("wrote plots, CSV and JSON to {}", dir.display());

@@ -28,12 +28,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let ids = model.vocab.encode(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.text.display()))?;
     let e = model.evaluate_stream(&ids, threads)?;
     if a.json {
-        println!("{}", serde_json::to_string(&e)?);
+        super::outln!("{}", serde_json::to_string(&e)?)?;
     } else {
-        println!(
+        super::outln!(
             "loss {:.4} nats/char, {:.4} bits/char, perplexity {:.3} over {} characters",
-            e.loss, e.bits_per_char, e.perplexity, e.tokens
-        );
+            e.loss,
+            e.bits_per_char,
+            e.perplexity,
+            e.tokens
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

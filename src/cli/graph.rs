@@ -22,6 +22,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         anyhow::bail!("--steps must be 1..=64 and --layers 1..=16 (a bigger picture is unreadable)");
     }
     let format: GraphFormat = a.format.parse()?;
-    print!("{}", unrolled(a.steps, a.layers, format));
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_all(&mut out, unrolled(a.steps, a.layers, format).as_bytes())
+        .and_then(|()| std::io::Write::flush(&mut out))
+        .map_err(|e| anyhow::Error::new(e).context("cannot write to standard output"))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -82,6 +82,44 @@ pub fn run() -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `println!` that returns an error instead of panicking when standard output is closed (a
+/// broken pipe: `main` then exits quietly, like other Unix tools) or full (one line).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err(|e| anyhow::Error::new(e).context("cannot write to standard output"))
+    }};
+}
+pub(crate) use outln;
+
+/// True if `e` is (or was caused by) a write to a closed pipe.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// Adds the flags to change to a library memory error (others pass through).
+pub fn memory_hint(hint: &'static str) -> impl Fn(bptt::Error) -> anyhow::Error {
+    move |e| match e {
+        bptt::Error::Memory { .. } => anyhow::anyhow!("{e}: {hint}"),
+        e => e.into(),
+    }
+}
+
+/// Refuses a model whose training state — weights, gradients, the optimizer's two moments and
+/// the update's backup: six f32 slabs — exceeds the memory available, before allocating it.
+pub fn check_model_memory(spec: &bptt::charlm::ModelSpec, vocab: usize) -> anyhow::Result<()> {
+    spec.validate(vocab)?;
+    let net = bptt::Net::new(spec.net_config(vocab))?;
+    let needed = (net.num_params() as u64).saturating_mul(6 * 4);
+    let available = bptt::kernels::team::available_memory();
+    if needed > available {
+        let what = format!("training a model of {} parameters", net.num_params());
+        let e = bptt::Error::Memory { what, needed, available };
+        anyhow::bail!("{e}: lower --hidden, --layers or --embedding-dim");
+    }
+    Ok(())
+}
+
 /// The thread count to use: the flag, or every core.
 pub fn threads(flag: Option<usize>) -> anyhow::Result<usize> {
     let n = match flag {

@@ -46,14 +46,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
     sampler.feed(&[model.vocab.id('\n').unwrap_or(0)])?;
     sampler.feed(&prime)?;
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", a.prime)?;
+    let stdout = |r: std::io::Result<()>| r.context("cannot write to standard output");
+    stdout(write!(out, "{}", a.prime))?;
     let mut buf = [0u8; 4];
     for _ in 0..a.length {
         let c = model.vocab.char(sampler.next(a.temperature, a.top_k)?);
-        out.write_all(c.encode_utf8(&mut buf).as_bytes())?;
-        out.flush()?; // stream each character as it is generated
+        stdout(out.write_all(c.encode_utf8(&mut buf).as_bytes()))?;
+        stdout(out.flush())?; // stream each character as it is generated
     }
-    writeln!(out)?;
-    out.flush()?;
+    stdout(writeln!(out))?;
+    stdout(out.flush())?;
     Ok(ExitCode::SUCCESS)
 }

@@ -100,10 +100,10 @@ pub fn run(a: Args) -> Result<ExitCode> {
         {
             o.remove("accuracy");
         }
-        println!("{v}");
+        super::outln!("{v}")?;
     } else {
         let acc = r.accuracy.map_or(String::new(), |a| format!(", copied-symbol accuracy {:.1}%", 100.0 * a));
-        println!(
+        super::outln!(
             "{} T={} {}: held-out loss {:.4} vs baseline {:.4}{acc} -> {} ({} steps, {:.1} s)",
             r.task,
             r.length,
@@ -113,7 +113,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             if r.solved { "solved" } else { "not solved" },
             r.steps,
             r.seconds
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,5 @@
 //! `bptt train`: the char-LM training run — progress bar, metrics.jsonl, checkpoints, resume,
-//! and a clean stop on Ctrl-C.
+//! an exclusive claim on the run folder, and a clean stop on SIGINT, SIGTERM or SIGHUP.
 
 use anyhow::{Context, Result, bail};
 use bptt::CellKind;
@@ -11,7 +11,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Data semantics: the vocabulary is the text's distinct characters sorted by code point
@@ -121,6 +121,9 @@ pub struct Args {
     /// Stop if the training loss exceeds F x the first loss.
     #[arg(long, conflicts_with = "resume")]
     abort_loss_factor: Option<f64>,
+    /// Start a fresh run even if --out already holds run files (they are replaced).
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
 }
 
 /// `config.json`: the run's settings plus where its text is and what it hashed to.
@@ -169,16 +172,19 @@ fn read_text(path: &Path) -> Result<(String, String)> {
     Ok((text, hash))
 }
 
+/// The files a run writes into its folder: a fresh run refuses a folder that holds any of them.
+const RUN_FILES: [&str; 5] = ["config.json", METRICS, "model.safetensors", "best.safetensors", CHECKPOINT];
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let threads = super::threads(a.threads)?;
-    let (mut trainer, dir, cadence) = match &a.resume {
+    let (mut trainer, dir, cadence, _lock) = match &a.resume {
         Some(dir) => resume(&a, dir, threads)?,
         None => fresh(&a, threads)?,
     };
     train_loop(&mut trainer, &dir, cadence)
 }
 
-fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence)> {
+fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::RunLock)> {
     let text_path = a.text.clone().context("--text is required")?;
     let (text, hash) = read_text(&text_path)?;
     let (model, ids) = match &a.init {
@@ -194,6 +200,7 @@ fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence)> {
             let vocab = Vocab::from_text(&text)?;
             let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden: a.hidden, layers: a.layers };
             let ids = vocab.encode(&text)?;
+            super::check_model_memory(&spec, vocab.len())?;
             (CharModel::new(spec, vocab, a.seed)?, ids)
         }
     };
@@ -226,23 +233,47 @@ fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence)> {
         max_bad_steps: a.max_bad_steps.max(1),
         abort_loss_factor: a.abort_loss_factor,
         checkpoint_every: super::checkpoint_every(&a.checkpoint_every, k2)?,
+        schedule_steps: None,
     };
     cfg.validate()?;
     cfg.steps = total_steps(&cfg, ids.len(), a.steps, a.epochs)?.unwrap_or(cfg.updates_per_epoch(ids.len())? as u64);
-    let trainer = Trainer::new(cfg.clone(), model, ids, threads)?;
-    let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(super::timestamp()));
-    if dir.join(CHECKPOINT).exists() {
-        bail!("{} already holds a run: continue it with --resume {0} or choose another --out", dir.display());
+    const ACTIVATIONS: &str = "lower --batch or --seq-len (K2 of --tbptt), or use --checkpoint-every auto";
+    let trainer = Trainer::new(cfg.clone(), model, ids, threads).map_err(super::memory_hint(ACTIVATIONS))?;
+    let dir = match &a.out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+            dir.clone()
+        }
+        // A folder of its own, even for runs started in the same second.
+        None => fsio::create_unique_dir(&PathBuf::from("runs").join(super::timestamp()))?,
+    };
+    let lock = fsio::RunLock::acquire(&dir)?;
+    if let Some(file) = RUN_FILES.iter().find(|f| dir.join(f).exists())
+        && !a.force
+    {
+        let how = if dir.join(CHECKPOINT).exists() {
+            format!("continue it with --resume {}, ", dir.display())
+        } else {
+            String::new()
+        };
+        bail!("{} already holds a run ({file}): {how}replace it with --force, or choose another --out", dir.display());
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+    for f in RUN_FILES {
+        let _ = std::fs::remove_file(dir.join(f)); // --force: nothing of the old run survives
+    }
     let cadence = Cadence::from_flags(a, DEFAULT_CADENCE);
     let run = RunFile { train: cfg, cadence, text: text_path, text_fnv1a64: hash, init: a.init.clone() };
     fsio::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&run)?.as_bytes())?;
     fsio::write_atomic(&dir.join(METRICS), b"")?;
-    Ok((trainer, dir, cadence))
+    Ok((trainer, dir, cadence, lock))
 }
 
-fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cadence)> {
+fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::RunLock)> {
+    if !dir.is_dir() {
+        bail!("{}: no such run folder: give the --out folder of an earlier run", dir.display());
+    }
+    let lock = fsio::RunLock::acquire(dir)?;
     let cfg_path = dir.join("config.json");
     let run: RunFile = serde_json::from_slice(&fsio::read_bounded(&cfg_path, 1 << 24)?)
         .with_context(|| format!("{}: not a bptt run configuration", cfg_path.display()))?;
@@ -259,6 +290,16 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cad
     let vocab_model = CharModel::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
     let ids = vocab_model.vocab.encode(&text)?;
     let steps = total_steps(&run.train, ids.len(), a.steps, a.epochs)?;
+    if let Some(s) = steps
+        && s != run.train.steps
+        && run.train.lr_schedule.starts_with("cosine")
+    {
+        let horizon = run.train.schedule_steps.unwrap_or(run.train.steps);
+        eprintln!(
+            "warning: the run now ends at step {s}; its cosine schedule keeps its horizon of {horizon} updates \
+             (the learning rate stays at its minimum after it)"
+        );
+    }
     let trainer =
         Trainer::resume(&bytes, ids, steps, threads).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
     // Temp files of a write that was interrupted are garbage: the renamed files are intact.
@@ -272,7 +313,9 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cad
     }
     // Forget metrics logged after the checkpoint: those updates are about to be redone.
     let metrics_path = dir.join(METRICS);
-    let old = std::fs::read_to_string(&metrics_path).unwrap_or_default();
+    let old = fsio::read_bounded(&metrics_path, 1 << 32)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let kept: String = old
         .lines()
         .filter(|l| {
@@ -288,7 +331,7 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cad
     let cadence = Cadence::from_flags(a, run.cadence);
     let run = RunFile { train: trainer.cfg.clone(), cadence, text: text_path, ..run };
     fsio::write_atomic(&cfg_path, serde_json::to_string_pretty(&run)?.as_bytes())?;
-    Ok((trainer, dir.to_path_buf(), cadence))
+    Ok((trainer, dir.to_path_buf(), cadence, lock))
 }
 
 /// The total updates asked for by --steps or --epochs, if either was given.
@@ -297,7 +340,11 @@ fn total_steps(cfg: &TrainConfig, n: usize, steps: Option<u64>, epochs: Option<u
         (Some(0), _) => bail!("--steps must be at least 1"),
         (Some(s), _) => Some(s),
         (None, Some(0)) => bail!("--epochs must be at least 1"),
-        (None, Some(e)) => Some(e * cfg.updates_per_epoch(n)? as u64),
+        (None, Some(e)) => {
+            Some(e.checked_mul(cfg.updates_per_epoch(n)? as u64).ok_or_else(|| {
+                anyhow::anyhow!("--epochs {e} is more updates than can be counted: give fewer epochs")
+            })?)
+        }
         (None, None) => None,
     })
 }
@@ -315,18 +362,38 @@ fn sample_text(model: &CharModel, seed: u64, len: usize) -> Result<String> {
     (0..len).map(|_| Ok(model.vocab.char(s.next(0.8, None)?))).collect()
 }
 
-fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence) -> Result<ExitCode> {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // The first Ctrl-C asks for a clean stop after the current step; a second one exits at
-        // once (files are written atomically, so the last checkpoint stays intact).
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
+/// SIGINT, SIGTERM and SIGHUP (Ctrl-C, `kill`, `timeout`, a batch scheduler, a closed terminal):
+/// the first asks for a clean stop after the current step (checkpoint, then exit 128 + signal);
+/// a second one exits at once, saying so and which checkpoint is kept (files are written
+/// atomically, so the last checkpoint stays intact). Returns the first signal's number, 0 until
+/// one comes, and the step of the last checkpoint, which the loop keeps up to date.
+fn watch_signals(dir: &Path, saved_at: u64) -> Result<(Arc<AtomicUsize>, Arc<AtomicU64>)> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let (first, saved) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(saved_at)));
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install the signal handlers")?;
+    let (f, s, dir) = (first.clone(), saved.clone(), dir.to_path_buf());
+    std::thread::Builder::new()
+        .name("bptt-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if f.compare_exchange(0, sig as usize, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                    let ckpt = dir.join(CHECKPOINT);
+                    let kept = match s.load(Ordering::SeqCst) {
+                        0 if !ckpt.exists() => "no checkpoint was saved yet".to_string(),
+                        step => format!("the last checkpoint ({}, step {step}) is kept", ckpt.display()),
+                    };
+                    eprintln!("\nsecond signal: exiting without saving; {kept}");
+                    std::process::exit(128 + sig);
+                }
             }
-        });
-    }
+        })
+        .context("cannot start the signal watcher")?;
+    Ok((first, saved))
+}
+
+fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence) -> Result<ExitCode> {
+    let (signal, saved) = watch_signals(dir, if dir.join(CHECKPOINT).exists() { t.step } else { 0 })?;
     let tty = std::io::stderr().is_terminal();
     let pb = ProgressBar::with_draw_target(
         Some(t.cfg.steps),
@@ -373,6 +440,7 @@ fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence) -> Result<ExitCode> {
         if eval_now || (a.checkpoint_every_steps > 0 && m.step % a.checkpoint_every_steps == 0) {
             metrics.flush()?;
             save(t, dir)?;
+            saved.store(t.step, Ordering::SeqCst);
         }
         if a.sample_every > 0 && m.step % a.sample_every == 0 {
             let s = sample_text(&t.model, t.cfg.seed.wrapping_add(m.step), 200)?;
@@ -381,16 +449,23 @@ fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence) -> Result<ExitCode> {
         pb.set_position(m.step);
         let val = last_val.map_or(String::new(), |v| format!(" val {v:.4}"));
         pb.set_message(format!("ep {} loss {:.4}{val} {:.0} tok/s", m.epoch, m.train_loss, (k1 * b) as f64 / dt));
-        if stop.load(Ordering::SeqCst) && !last {
+        let sig = signal.load(Ordering::SeqCst);
+        if sig != 0 && !last {
             metrics.flush()?;
             save(t, dir)?;
+            saved.store(t.step, Ordering::SeqCst);
             pb.abandon();
+            let name = match sig as i32 {
+                signal_hook::consts::SIGTERM => "SIGTERM",
+                signal_hook::consts::SIGHUP => "SIGHUP",
+                _ => "SIGINT",
+            };
             eprintln!(
-                "interrupted at step {}: checkpoint saved; continue with: bptt train --resume {}",
+                "interrupted by {name} at step {}: checkpoint saved; continue with: bptt train --resume {}",
                 t.step,
                 dir.display()
             );
-            return Ok(ExitCode::from(130));
+            return Ok(ExitCode::from(128 + sig as u8));
         }
     }
     metrics.flush()?;

@@ -183,9 +183,12 @@ impl Chart {
         fonts();
         fsio::write_atomic(&stem.with_extension("svg"), self.svg()?.as_bytes())?;
         let png = stem.with_extension("png");
-        let name = png.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = png.with_file_name(format!(".{name}.tmp.png"));
-        self.draw(BitMapBackend::new(&tmp, SIZE).into_drawing_area())?;
-        std::fs::rename(&tmp, &png).map_err(|e| Error::io(&png, e))
+        // The PNG encoder picks its format from the extension: the temp name ends in .png.
+        let tmp = fsio::temp_path(&png)?.with_extension("tmp.png");
+        if let Err(e) = self.draw(BitMapBackend::new(&tmp, SIZE).into_drawing_area()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fsio::commit(&tmp, &png)
     }
 }

@@ -110,6 +110,18 @@ pub fn l2_bytes() -> usize {
     })
 }
 
+/// Memory the machine can give this process now without swapping (MemAvailable from
+/// /proc/meminfo), in bytes; `u64::MAX` where unknown. Checked before large allocations.
+pub fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(u64::MAX, |kb| kb.saturating_mul(1024))
+}
+
 /// Runs `work(p, &mut items[p])` for every item, each handed to exactly one thread.
 pub(crate) fn for_each_mut<X: Send + Sync>(threads: usize, items: &mut [X], work: impl Fn(usize, &mut X) + Sync) {
     let parts = items.len();

@@ -330,6 +330,13 @@ impl Net {
         if max_steps == 0 || batch == 0 {
             return Err(Error::Config("sequence length and batch size must be at least 1".into()));
         }
+        // Sizes that cannot exist here are an error, not an aborted allocation.
+        let (needed, available) =
+            (Workspace::<F>::estimate_bytes(&self.config, max_steps, batch), kernels::team::available_memory());
+        if needed > available {
+            let what = format!("a workspace for {max_steps} steps of {batch} sequences (H = {})", self.config.hidden);
+            return Err(Error::Memory { what, needed, available });
+        }
         Ok(Workspace::new(&self.config, max_steps, batch, threads.max(1)))
     }
 

@@ -137,6 +137,23 @@ impl<F: Float> Workspace<F> {
         }
     }
 
+    /// The bytes a workspace for `cfg`, `max_steps` and `batch` would hold, computed without
+    /// allocating (saturating at `u64::MAX` for sizes that cannot exist).
+    pub fn estimate_bytes(cfg: &NetConfig, max_steps: usize, batch: usize) -> u64 {
+        let (t, b, h) = (max_steps as u128, batch as u128, cfg.hidden as u128);
+        let (gh, l, o) = (cfg.cell.gates() as u128 * h, cfg.layers as u128, cfg.output as u128);
+        let per_layer = t * b * gh * 2 + (t + 1) * b * h * 2 + t * b * h * 2 + h * gh;
+        let (input, table) = match cfg.input {
+            InputKind::Dense { size } => (t * b * size as u128 * 2, 0),
+            InputKind::Tokens { vocab, embedding_dim } => {
+                (t * b * (embedding_dim as u128 * 2 + 1), vocab as u128 * gh * 2)
+            }
+        };
+        let rest = input + table + l * b * gh + 2 * t * b * o + 2 * l * b * h + l * t;
+        let bytes = (l * per_layer + rest) * std::mem::size_of::<F>() as u128;
+        u64::try_from(bytes).unwrap_or(u64::MAX)
+    }
+
     /// Bytes held by the workspace's buffers (activations, caches, gradients of activations).
     pub fn bytes(&self) -> usize {
         let f = std::mem::size_of::<F>();

@@ -60,6 +60,14 @@ impl<F: Float> Tbptt<F> {
             return Err(Error::Config(format!("truncated BPTT needs 1 <= k1 <= k2, got k1={k1}, k2={k2}")));
         }
         let cfg = net.config();
+        // The window's inputs and targets (k2 · B positions), checked before anything is allocated.
+        let per_position = (cfg.input_width() + cfg.output + 3) * std::mem::size_of::<F>() + 8;
+        let needed = (k2 as u128 * batch as u128 * per_position as u128).try_into().unwrap_or(u64::MAX);
+        let available = crate::kernels::team::available_memory();
+        if needed > available {
+            let what = format!("a truncated-BPTT window of {k2} steps of {batch} sequences");
+            return Err(Error::Memory { what, needed, available });
+        }
         let checkpointed = if every > 0 { Some(CheckpointedBptt::new(net, every, batch, threads)?) } else { None };
         let ws = net.workspace(if every > 0 { 1 } else { k2 }, batch, threads)?;
         let n = k2 * batch;

@@ -109,7 +109,7 @@ fn impossible_flags() {
     run(&["--no-such-flag"], "unexpected argument");
     fails(&["train", "--text", t, "--out", o, "--steps", "0"], "at least 1");
     fails(&["train", "--text", t, "--out", o, "--epochs", "0"], "at least 1");
-    fails(&["train", "--resume", d.path().join("nothing").to_str().unwrap()], "config.json");
+    fails(&["train", "--resume", d.path().join("nothing").to_str().unwrap()], "no such run folder");
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod determinism;
 mod diagnose;
 mod gradcheck;
 mod learning;
+mod never_lose;
 mod optim;
 mod reliability;
 mod shakespeare;

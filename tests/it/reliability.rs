@@ -46,6 +46,11 @@ fn check_files(dir: &Path) {
         }
         let bytes = std::fs::read(&p).unwrap();
         match name.as_str() {
+            "lock" => {
+                // A lock left by a killed process: "PID HOST" (or empty if killed while writing it).
+                let text = String::from_utf8(bytes).unwrap();
+                assert!(text.is_empty() || text.split_whitespace().next().unwrap().parse::<u32>().is_ok(), "{text:?}");
+            }
             "config.json" => {
                 serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
             }
