@@ -152,11 +152,11 @@ fn gru() {
 /// The parallel splits (net/layer.rs) only engage at sizes too large to check every
 /// coordinate; check 120 random parameter coordinates and every initial-state coordinate of
 /// one sequence there, on 2 threads, for every cell: B = 128, H = 16 cuts the batch rows into 4
-/// blocks; B = 32, H = 256 into 2 (and its weight-gradient GEMMs into 4 tiles); B = 1, H = 256
-/// (matrix-vector products) and B = 4, H = 256 cut the hidden units into 4 blocks.
+/// blocks; B = 32, H = 256 into 2 (and its weight-gradient GEMMs into 4 tiles); B = 1, H = 512
+/// (matrix-vector products) and B = 4, H = 512 cut the hidden units into 4 blocks.
 #[test]
 fn split_paths_match_finite_differences() {
-    for (b, h) in [(128, 16), (32, 256), (1, 256), (4, 256)] {
+    for (b, h) in [(128, 16), (32, 256), (1, 512), (4, 512)] {
         split_path_matches_finite_differences(b, h, 1, false, false);
     }
     // Stacked layers one after the other (the default on 2-core machines), unit blocks.
@@ -170,8 +170,8 @@ fn tiled_steps_match_finite_differences() {
     split_path_matches_finite_differences(16, 0, 1, false, false);
 }
 
-/// The same check on the wavefront over layers (net/layer/wavefront.rs: 2–3 layers × 4 unit
-/// blocks = 8–12 parts, 11 steps in runs of 2), with dense input at B = 1 and token input (the
+/// The same check on the wavefront over layers (net/layer/wavefront.rs: 2–3 layers × 2 unit
+/// blocks = 4–6 parts, 11 steps in runs of 2), with dense input at B = 1 and token input (the
 /// folded embedding table) at B = 4.
 #[test]
 fn wavefront_matches_finite_differences() {
