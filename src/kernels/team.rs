@@ -163,7 +163,7 @@ fn segments(phases: usize, sync: &impl Fn(usize) -> bool) -> usize {
 #[derive(Default)]
 struct Padded(AtomicUsize);
 
-/// One pass in flight: the claims and the barrier counter, on the poster's stack.
+/// One pass in flight: the claims and the barrier counters, on the poster's stack.
 struct Team<'a, S, W> {
     parts: usize,
     lanes: usize,
@@ -174,8 +174,9 @@ struct Team<'a, S, W> {
     joined: AtomicUsize,
     /// Per part: segments claimed so far.
     claimed: [Padded; MAX_PARTS],
-    /// Part-segments finished, over all parts.
-    finished: Padded,
+    /// Per part: segments finished so far (stored, not incremented: a waiting thread reads each
+    /// part's line, and no two threads ever contend to write one).
+    done: [Padded; MAX_PARTS],
     /// Set when a part panicked, so that waiting threads stop waiting (and panic too).
     failed: AtomicBool,
     started: Instant,
@@ -202,7 +203,7 @@ impl<'a, S: Fn(usize) -> bool + Sync, W: Fn(usize, usize) + Sync> Team<'a, S, W>
             work,
             joined: AtomicUsize::new(1),
             claimed: std::array::from_fn(|_| Padded::default()),
-            finished: Padded::default(),
+            done: std::array::from_fn(|_| Padded::default()),
             failed: AtomicBool::new(false),
             started: Instant::now(),
         }
@@ -213,11 +214,11 @@ impl<'a, S: Fn(usize) -> bool + Sync, W: Fn(usize, usize) + Sync> Team<'a, S, W>
         self.claimed[p].0.compare_exchange(seg, seg + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
-    fn run_part(&self, p: usize, start: usize, end: usize) {
+    fn run_part(&self, p: usize, seg: usize, start: usize, end: usize) {
         for ph in start..end {
             (self.work)(p, ph);
         }
-        self.finished.0.fetch_add(1, Ordering::AcqRel);
+        self.done[p].0.store(seg + 1, Ordering::Release);
     }
 
     /// Runs lane `lane`'s parts, segment by segment; returns how many part-segments it ran.
@@ -228,7 +229,7 @@ impl<'a, S: Fn(usize) -> bool + Sync, W: Fn(usize, usize) + Sync> Team<'a, S, W>
             let end = next_barrier(start, self.phases, self.sync);
             for p in (lane..self.parts).step_by(self.lanes) {
                 if self.claim(p, seg) {
-                    self.run_part(p, start, end);
+                    self.run_part(p, seg, start, end);
                     ran += 1;
                 }
             }
@@ -245,10 +246,16 @@ impl<'a, S: Fn(usize) -> bool + Sync, W: Fn(usize, usize) + Sync> Team<'a, S, W>
     /// Waits until every part has finished segment `seg`, running the parts of absent or late
     /// owners itself; returns how many it ran.
     fn barrier(&self, seg: usize, start: usize, end: usize) -> usize {
-        let target = (seg + 1) * self.parts;
-        let (mut ran, mut spins) = (0, 0u32);
+        let (mut ran, mut spins, mut next) = (0, 0u32, 0);
         let mut since: Option<Instant> = None;
-        while self.finished.0.load(Ordering::Acquire) < target {
+        loop {
+            // Parts before `next` are known to have finished the segment.
+            while next < self.parts && self.done[next].0.load(Ordering::Acquire) > seg {
+                next += 1;
+            }
+            if next == self.parts {
+                break;
+            }
             if self.failed.load(Ordering::Acquire) {
                 panic!("another part of a parallel pass panicked");
             }
@@ -258,7 +265,7 @@ impl<'a, S: Fn(usize) -> bool + Sync, W: Fn(usize, usize) + Sync> Team<'a, S, W>
                 let joined = self.joined.load(Ordering::Acquire).min(self.lanes);
                 for p in 0..self.parts {
                     if (patient || (absent_for && p % self.lanes >= joined)) && self.claim(p, seg) {
-                        self.run_part(p, start, end);
+                        self.run_part(p, seg, start, end);
                         ran += 1;
                     }
                 }
