@@ -146,33 +146,16 @@ pub(super) fn forward_steps<F: Float>(
     );
 }
 
-/// Backward (BPTT) over all layers of the last forward pass, as a wavefront. On entry the top
-/// cache's `dh` holds dL/dh_t from the readout and `dh0`/`dc0` (L, B, H) hold dL/d(final
-/// state); on return they hold dL/d(initial state), and every layer's `gates` (and GRU
-/// `dgates_h`) its pre-activation gradients, ready for `weight_grads`.
+/// Backward (BPTT) over the layers of the last forward pass as a wavefront (one layer: the unit
+/// split of `layer::backward`), top layer first: layer l runs its run r (of `chunk` steps, from
+/// the end) in super-step r + (L − 1 − l), starting it with dL/dh of the run's steps from the
+/// layer above. Each step has two phases: the cell for each part's units, then (after every
+/// part's dpre_t is in) dh_next for its units. On entry the top cache's `dh` holds dL/dh_t from
+/// the readout and `dh0`/`dc0` (L, B, H) hold dL/d(final state); on return they hold
+/// dL/d(initial state), and every layer's `gates` (and GRU `dgates_h`) its pre-activation
+/// gradients, ready for `weight_grads`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward<F: Float>(
-    cfg: &NetConfig,
-    lps: &[LayerParams],
-    p: &[F],
-    caches: &mut [LayerCache<F>],
-    dh0: &mut [F],
-    dc0: &mut [F],
-    steps: usize,
-    b: usize,
-    threads: usize,
-    units: usize,
-) {
-    backward_steps(cfg, lps, p, caches, dh0, dc0, steps, b, threads, units, chunk(steps));
-}
-
-/// The backward time loops of `caches.len()` layers as a wavefront (one layer: the unit split of
-/// `layer::backward`), top layer first: layer l runs its run r (of `chunk` steps, from the end)
-/// in super-step r + (L − 1 − l), starting it with dL/dh of the run's steps from the layer above.
-/// Each step has two phases: the cell for each part's units, then (after every part's dpre_t is
-/// in) dh_next for its units.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn backward_steps<F: Float>(
+pub(crate) fn backward_steps<F: Float>(
     cfg: &NetConfig,
     lps: &[LayerParams],
     p: &[F],
