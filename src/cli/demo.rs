@@ -2,7 +2,7 @@
 //! the PNG/SVG/CSV files behind it). Needs no downloads; the char-LM section uses
 //! tiny-shakespeare (or --text) only when present and says so.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bptt::CellKind;
 use bptt::charlm::train::TrainConfig;
 use bptt::charlm::{CharModel, ModelSpec, Sampler, Trainer, Vocab, fsio};
@@ -97,8 +97,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let text = a.text.clone().or_else(default_text);
     // Read the text now, so a bad --text fails before minutes of experiments, not after.
     let raw = text.as_deref().map(fsio::read_text).transpose()?;
-    let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("demo-{}", super::timestamp())));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = super::output_dir(a.out.as_deref(), "demo-")?;
     let mut cx = Ctx { dir, threads, started: Instant::now(), section: 0, sections: 7 };
     let q = if a.quick { " --quick" } else { "" };
     let mut sections = Vec::new();

@@ -1,7 +1,7 @@
 //! `bptt diagnose`: gradient flow through time (and the exploding / truncation experiments),
 //! written as PNG + SVG plots, CSV and JSON.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bptt::CellKind;
 use bptt::charlm::fsio;
 use bptt::diagnose::{FlowConfig, experiments as ex, gradient_flow};
@@ -68,8 +68,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.hidden == 0 || a.layers == 0 || a.batch == 0 || a.length < 2 {
         anyhow::bail!("--hidden, --layers and --batch must be at least 1 and --length at least 2");
     }
-    let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("diagnose-{}", super::timestamp())));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = super::output_dir(a.out.as_deref(), "diagnose-")?;
     let cfg = FlowConfig {
         cells,
         hidden: a.hidden,

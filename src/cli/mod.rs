@@ -140,6 +140,22 @@ pub fn checkpoint_every(flag: &str, window: usize) -> anyhow::Result<usize> {
     }
 }
 
+/// The output folder: `--out` (created if needed), or a fresh `runs/PREFIX<UTC time>` of its own
+/// (`-2`, `-3`, … for runs started in the same second).
+pub fn output_dir(out: Option<&std::path::Path>, prefix: &str) -> anyhow::Result<std::path::PathBuf> {
+    use anyhow::Context;
+    match out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+            Ok(dir.to_path_buf())
+        }
+        None => Ok(bptt::charlm::fsio::create_unique_dir(
+            &std::path::PathBuf::from("runs").join(format!("{prefix}{}", timestamp())),
+        )?),
+    }
+}
+
 /// UTC time as `YYYYmmdd-HHMMSS`, for default run folder names.
 pub fn timestamp() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
