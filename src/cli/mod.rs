@@ -111,7 +111,7 @@ pub fn check_model_memory(spec: &bptt::charlm::ModelSpec, vocab: usize) -> anyho
     spec.validate(vocab)?;
     let net = bptt::Net::new(spec.net_config(vocab))?;
     let needed = (net.num_params() as u64).saturating_mul(6 * 4);
-    let available = bptt::kernels::team::available_memory();
+    let available = bptt::kernels::machine::available_memory();
     if needed > available {
         let what = format!("training a model of {} parameters", net.num_params());
         let e = bptt::Error::Memory { what, needed, available };

@@ -4,6 +4,7 @@
 //! Matrices are row-major slices described by [`Mat`]/[`MatMut`] views with explicit strides,
 //! so a transpose is a free view (`.t()`), never a copy.
 
+pub mod machine;
 pub mod math;
 pub(crate) mod parts;
 pub mod team;

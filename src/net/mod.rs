@@ -332,7 +332,7 @@ impl Net {
         }
         // Sizes that cannot exist here are an error, not an aborted allocation.
         let (needed, available) =
-            (Workspace::<F>::estimate_bytes(&self.config, max_steps, batch), kernels::team::available_memory());
+            (Workspace::<F>::estimate_bytes(&self.config, max_steps, batch), kernels::machine::available_memory());
         if needed > available {
             let what = format!("a workspace for {max_steps} steps of {batch} sequences (H = {})", self.config.hidden);
             return Err(Error::Memory { what, needed, available });

@@ -34,7 +34,7 @@ const WAVEFRONT_CORES: usize = 4;
 /// every layer between them (each core then keeps its slice of every layer resident). On 2
 /// cores it gains nothing (±5% measured) and loses up to 2× when the weights do not fit.
 fn wavefront_by_default<F>(cfg: &NetConfig) -> bool {
-    use crate::kernels::team::{l2_bytes, machine_cores};
+    use crate::kernels::machine::{l2_bytes, machine_cores};
     let (gh, h, l) = (cfg.cell.gates() * cfg.hidden, cfg.hidden, cfg.layers);
     let weights = (2 * l).saturating_sub(1) * gh * h * std::mem::size_of::<F>();
     let cores = machine_cores();

@@ -63,7 +63,7 @@ impl<F: Float> Tbptt<F> {
         // The window's inputs and targets (k2 · B positions), checked before anything is allocated.
         let per_position = (cfg.input_width() + cfg.output + 3) * std::mem::size_of::<F>() + 8;
         let needed = (k2 as u128 * batch as u128 * per_position as u128).try_into().unwrap_or(u64::MAX);
-        let available = crate::kernels::team::available_memory();
+        let available = crate::kernels::machine::available_memory();
         if needed > available {
             let what = format!("a truncated-BPTT window of {k2} steps of {batch} sequences");
             return Err(Error::Memory { what, needed, available });

@@ -162,7 +162,7 @@ fn impossible_sizes_are_one_line_errors_not_aborts() {
     let o = bptt(&["bench", "--seq-len", "1000000000", "--steps", "1", "--threads", "1"]);
     one_line(&o, "lower --batch or --seq-len");
     // 1.3G parameters: 30 GB of training state, more than this machine (or CI) has.
-    if bptt::kernels::team::available_memory() < 29 << 30 {
+    if bptt::kernels::machine::available_memory() < 29 << 30 {
         let o = bptt(&["bench", "--hidden", "8192", "--layers", "3", "--steps", "1"]);
         one_line(&o, "lower --hidden");
     } else {
