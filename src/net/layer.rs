@@ -117,7 +117,8 @@ pub(crate) fn forward<F: Float>(
             // core's cache. Step t needs all of h_{t−1}, so the parts meet before each step. (A
             // wavefront of one layer: the same driver runs stacked layers at once.)
             let (caches, lps) = (std::slice::from_mut(cache), std::slice::from_ref(lp));
-            wavefront::forward_steps(cfg, lps, p, caches, hproj, table.as_ref(), steps, b, threads, parts, steps);
+            let wave = wavefront::Wave { steps, b, units: parts, chunk: steps, threads };
+            wavefront::forward_steps(cfg, lps, p, caches, hproj, table.as_ref(), wave);
         }
     }
 }
@@ -480,7 +481,8 @@ pub(crate) fn backward<F: Float>(
             // dpre_t is in) dh_next for its units, a GEMM over all of dpre_t: a wavefront of one
             // layer (net/layer/wavefront.rs).
             let (caches, lps) = (std::slice::from_mut(cache), std::slice::from_ref(lp));
-            wavefront::backward_steps(cfg, lps, p, caches, dh_next, dc_next, steps, b, threads, parts, steps);
+            let wave = wavefront::Wave { steps, b, units: parts, chunk: steps, threads };
+            wavefront::backward_steps(cfg, lps, p, caches, dh_next, dc_next, wave);
         }
     }
 

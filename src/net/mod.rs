@@ -506,20 +506,9 @@ impl Net {
         if let Some(units) = wavefront {
             // Every layer's time loop at once; the weight gradients below, layer by layer.
             let (layers, dh0, dc0) = (&mut ws.layers[..], &mut ws.dh0[..], &mut ws.dc0[..]);
-            let chunk = layer::wavefront::chunk(steps);
-            layer::wavefront::backward_steps(
-                cfg,
-                &self.layers,
-                params,
-                layers,
-                dh0,
-                dc0,
-                steps,
-                b,
-                ws.threads,
-                units,
-                chunk,
-            );
+            let wave =
+                layer::wavefront::Wave { steps, b, units, chunk: layer::wavefront::chunk(steps), threads: ws.threads };
+            layer::wavefront::backward_steps(cfg, &self.layers, params, layers, dh0, dc0, wave);
         }
         for k in (0..cfg.layers).rev() {
             let lp = &self.layers[k];

@@ -33,6 +33,17 @@ pub(crate) fn units(cfg: &NetConfig, b: usize) -> Option<usize> {
     }
 }
 
+/// The shape of a pass through [`forward_steps`] / [`backward_steps`]: T steps of B rows, each
+/// layer cut into `units` blocks, layers running `chunk` steps apart, on up to `threads` threads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Wave {
+    pub steps: usize,
+    pub b: usize,
+    pub units: usize,
+    pub chunk: usize,
+    pub threads: usize,
+}
+
 /// Steps per run of a wavefront: each layer above the first projects its input a run at a time
 /// (one GEMM of `chunk`·B rows instead of one per step), and a layer runs `chunk` steps behind the
 /// one below. Eight runs per pass: long enough runs for the GEMM, a short pipeline fill.
@@ -79,14 +90,14 @@ pub(crate) fn forward<F: Float>(
             kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut c.w_hh_t, threads);
         }
     }
-    forward_steps(cfg, lps, p, caches, hproj, table.as_ref(), steps, b, threads, units, chunk(steps));
+    let wave = Wave { steps, b, units, chunk: chunk(steps), threads };
+    forward_steps(cfg, lps, p, caches, hproj, table.as_ref(), wave);
 }
 
 /// The time loops of `caches.len()` layers as a wavefront (one layer: the unit split of
 /// `layer::forward`), once the first layer's input projection (or its `table`) and W_hhᵀ (if
 /// [`transposed`]) are in place: part (l, block) runs units `block` of layer l; layer l runs
 /// its run r of `chunk` steps in super-step r + l, starting it with the run's input projection.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn forward_steps<F: Float>(
     cfg: &NetConfig,
     lps: &[LayerParams],
@@ -94,12 +105,9 @@ pub(super) fn forward_steps<F: Float>(
     caches: &mut [LayerCache<F>],
     hproj: &mut [F],
     table: Option<&TableRows<'_, F>>,
-    steps: usize,
-    b: usize,
-    threads: usize,
-    units: usize,
-    chunk: usize,
+    wave: Wave,
 ) {
+    let Wave { steps, b, units, chunk, threads } = wave;
     let (h, cell, layers) = (cfg.hidden, cfg.cell, caches.len().min(MAX_LAYERS));
     let (gh, bh) = (cell.gates() * h, b * h);
     let mut bufs: [Option<FwdBufs<F>>; MAX_LAYERS] = Default::default();
@@ -154,7 +162,6 @@ pub(super) fn forward_steps<F: Float>(
 /// the readout and `dh0`/`dc0` (L, B, H) hold dL/d(final state); on return they hold
 /// dL/d(initial state), and every layer's `gates` (and GRU `dgates_h`) its pre-activation
 /// gradients, ready for `weight_grads`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_steps<F: Float>(
     cfg: &NetConfig,
     lps: &[LayerParams],
@@ -162,12 +169,9 @@ pub(crate) fn backward_steps<F: Float>(
     caches: &mut [LayerCache<F>],
     dh0: &mut [F],
     dc0: &mut [F],
-    steps: usize,
-    b: usize,
-    threads: usize,
-    units: usize,
-    chunk: usize,
+    wave: Wave,
 ) {
+    let Wave { steps, b, units, chunk, threads } = wave;
     let (h, cell, layers) = (cfg.hidden, cfg.cell, caches.len().min(MAX_LAYERS));
     let (gh, bh) = (cell.gates() * h, b * h);
     let mut bufs: [Option<BwdBufs<F>>; MAX_LAYERS] = Default::default();
