@@ -24,14 +24,14 @@ def fill(values, f):
 
 
 class Model(nn.Module):
-    def __init__(self, cell, tokens):
+    def __init__(self, cell, tokens, v=V, i=I, h=H, layers=L, o=O):
         super().__init__()
         if tokens:
-            self.encoder = nn.Embedding(V, I)
+            self.encoder = nn.Embedding(v, i)
         kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
         kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
-        self.rnn = kind(I, H, num_layers=L, **kw)
-        self.decoder = nn.Linear(H, O)
+        self.rnn = kind(i, h, num_layers=layers, **kw)
+        self.decoder = nn.Linear(h, o)
         self.tokens = tokens
 
     def forward(self, x, state):
@@ -108,13 +108,7 @@ def big_case(name, cell, tokens, T, B, I, H, L, O, V=0):
     the norm of every tensor's gradient, 8 entries of each (index (7919 j) mod len, j < 8), and
     the norm and 16 entries of dh0 and dc0 (index (7919 j) mod len).
     """
-    m = nn.Module()
-    if tokens:
-        m.encoder = nn.Embedding(V, I)
-    kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
-    kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
-    m.rnn = kind(I, H, num_layers=L, **kw)
-    m.decoder = nn.Linear(H, O)
+    m = Model(cell, tokens, V, I, H, L, O)
     slab = list(m.parameters())
     n = sum(p.numel() for p in slab)
     scale = 1.5 / math.sqrt(H)
