@@ -75,6 +75,13 @@ row "zero steps" "$B" train --text "$W/ok.txt" --steps 0
 row "not a number" "$B" train --text "$W/ok.txt" --hidden abc
 row "unknown flag" "$B" train --text "$W/ok.txt" --no-such-flag
 row "resume a folder without a run" "$B" train --resume "$W/missing"
+cp -r "$W/run" "$W/badcfg"; printf '{"train": {' > "$W/badcfg/config.json"
+row "resume with a cut config.json" "$B" train --resume "$W/badcfg"
+cp -r "$W/run" "$W/zerocfg"; python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['train']['batch']=0; json.dump(c, open(p,'w'))" "$W/zerocfg/config.json"
+row "resume with batch 0 in config.json" "$B" train --resume "$W/zerocfg"
+cp -r "$W/run" "$W/badmetrics"; printf '{"step": 1, "train_loss": 2}\n{"step": \n' > "$W/badmetrics/metrics.jsonl"
+row "plot a metrics.jsonl with a cut line" "$B" plot "$W/badmetrics"
+row "training larger than ulimit -v allows" sh -c 'ulimit -v 300000; exec "$0" train --text "$1" --hidden 2048 --out "$2"' "$B" "$W/ok.txt" "$W/ulimit"
 row "output folder already holds a run" "$B" train --text "$W/ok.txt" --out "$W/run"
 row "a character device as text" "$B" train --text /dev/zero --out "$W/dev"
 mkfifo "$W/fifo"

@@ -57,9 +57,9 @@ impl Error {
 /// A byte count as MB / GB (or "more than 16 EB" for an overflowed estimate).
 fn human(bytes: u64) -> String {
     match bytes {
-        u64::MAX => "more than 16 EB".into(),
-        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / (1u64 << 30) as f64),
-        b => format!("{:.1} MB", b as f64 / (1u64 << 20) as f64),
+        u64::MAX => "more than 16 EiB".into(),
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
     }
 }
 

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     // A fixed text of 2 000 characters over a small alphabet, as token ids.
     let ids: Vec<u32> = (0..2000u32).map(|k| (k * 7 + k / 13) % 5).collect();
-    if let Ok(mut t) = Trainer::resume(data, ids, Some(3), 1)
+    if let Ok(mut t) = Trainer::resume(data, ids.into(), Some(3), 1)
         && t.model.params.len() < 1 << 16
         && !t.done()
     {

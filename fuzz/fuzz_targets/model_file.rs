@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(m.params.iter().all(|v| v.is_finite()));
         if m.params.len() < 1 << 16 {
             let ids = [0u32, (m.vocab.len() - 1) as u32, 0];
-            if let Ok(e) = m.evaluate(&ids, 1, 2, 1) {
+            if let Ok(e) = m.evaluate(&ids[..].into(), 1, 2, 1) {
                 assert!(e.loss.is_finite());
             }
             let mut s = Sampler::new(&m, 1, 1).unwrap();

@@ -69,6 +69,11 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
     if meta.len() > limit {
         return Err(too_big(meta.len().to_string()));
     }
+    let available = crate::kernels::machine::available_memory();
+    if meta.len() > available {
+        let what = format!("reading {}", path.display());
+        return Err(Error::Memory { what, needed: meta.len(), available });
+    }
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(limit.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| Error::io(path, e))?;

@@ -4,12 +4,14 @@
 pub mod data;
 pub mod fsio;
 pub mod model;
+pub mod run;
 pub mod sample;
 pub mod train;
 pub mod vocab;
 
-pub use data::{Split, Streams};
+pub use data::{Split, Streams, TokenIds};
 pub use model::{CharModel, Eval, ModelSpec};
+pub use run::{Cadence, Metrics, RunFile};
 pub use sample::Sampler;
 pub use train::{StepMetrics, TrainConfig, Trainer};
 pub use vocab::Vocab;

@@ -7,6 +7,7 @@
 //! `embedding_dim`, `hidden_size`, `num_layers` as decimal integers.
 
 use crate::cell::CellKind;
+use crate::charlm::data::TokenIds;
 use crate::charlm::fsio;
 use crate::charlm::vocab::{Vocab, show};
 use crate::error::{Error, Result};
@@ -171,14 +172,23 @@ impl CharModel {
 
     /// `bptt eval`: the whole text as one stream from a zero state, `ids[..n-1]` predicting
     /// `ids[1..]` (run in chunks of 1024 steps with the state carried).
-    pub fn evaluate_stream(&self, ids: &[u32], threads: usize) -> Result<Eval> {
+    pub fn evaluate_stream(&self, ids: &TokenIds, threads: usize) -> Result<Eval> {
         self.evaluate(ids, 1, 1024, threads)
+    }
+
+    /// The bytes [`CharModel::evaluate`] allocates for `n` ids (its workspace and batch),
+    /// computed without allocating.
+    pub fn evaluate_bytes(&self, n: usize, streams: usize, chunk: usize) -> u64 {
+        let b = streams.clamp(1, n.saturating_sub(1).max(1));
+        let chunk = chunk.clamp(1, (n.saturating_sub(1) / b).max(1));
+        let batch = (chunk * b) as u64 * 8;
+        crate::net::Workspace::<f32>::estimate_bytes(self.net.config(), chunk, b).saturating_add(batch)
     }
 
     /// Mean cross-entropy of predicting `ids[1..]` from `ids[..n-1]`, with the ids cut into
     /// `streams` contiguous streams (1 = the whole text as one stream) each run from a zero
     /// state in chunks of up to `chunk` steps with the state carried.
-    pub fn evaluate(&self, ids: &[u32], streams: usize, chunk: usize, threads: usize) -> Result<Eval> {
+    pub fn evaluate(&self, ids: &TokenIds, streams: usize, chunk: usize, threads: usize) -> Result<Eval> {
         if ids.len() < 2 {
             return Err(Error::Data("the text needs at least 2 characters to predict one".into()));
         }
@@ -194,8 +204,8 @@ impl CharModel {
             let t = chunk.min(s - start);
             for k in 0..t {
                 for j in 0..b {
-                    x[k * b + j] = ids[j * s + start + k];
-                    y[k * b + j] = ids[j * s + start + k + 1];
+                    x[k * b + j] = ids.get(j * s + start + k);
+                    y[k * b + j] = ids.get(j * s + start + k + 1);
                 }
             }
             let loss = self.net.forward(

@@ -24,6 +24,12 @@ pub struct Sampler<'m> {
 }
 
 impl<'m> Sampler<'m> {
+    /// The bytes [`Sampler::new`] allocates for `model`, computed without allocating.
+    pub fn estimate_bytes(model: &CharModel) -> u64 {
+        let scratch = model.vocab.len() as u64 * 16;
+        Workspace::<f32>::estimate_bytes(model.net.config(), PRIME_CHUNK, 1).saturating_add(scratch)
+    }
+
     /// A sampler from a zero state, drawing from a ChaCha8 stream seeded with `seed`.
     pub fn new(model: &'m CharModel, seed: u64, threads: usize) -> Result<Self> {
         let v = model.vocab.len();

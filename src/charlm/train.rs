@@ -1,7 +1,7 @@
 //! The char-LM training loop: TBPTT over B contiguous streams (see `data`), the scheduled,
 //! clipped, guarded update, validation, and checkpoints that resume bit for bit.
 
-use crate::charlm::data::{Split, Streams};
+use crate::charlm::data::{Split, Streams, TokenIds};
 use crate::charlm::model::{CharModel, Eval, ModelFile};
 use crate::error::{Error, Result};
 use crate::net::{Input, State, Targets};
@@ -127,6 +127,27 @@ impl TrainConfig {
         Ok(clip)
     }
 
+    /// The bytes a [`Trainer`] for this run holds besides the text's ids, computed without
+    /// allocating: the weights, gradients, undo copy and optimizer buffers, the checkpoint file
+    /// image built while saving (weights and buffers again), the TBPTT window and its
+    /// activations, and the validation workspace.
+    pub fn estimate_bytes(&self, vocab: usize) -> Result<u64> {
+        let net = self.model.net_config(vocab);
+        let params = crate::net::Net::new(net)?.num_params() as u128;
+        let buffers = self.optimizer()?.buffer_names().len() as u128;
+        let slabs = params * (3 + buffers + 1 + buffers) * 4;
+        let step = (self.k1 * self.batch) as u128 * 8;
+        let window = Tbptt::<f32>::estimate_bytes(&net, self.seq_len, self.batch, self.checkpoint_every) as u128;
+        let chunk = if self.checkpoint_every > 0 { self.checkpoint_every } else { self.seq_len };
+        let validation = if self.val_fraction > 0.0 {
+            crate::net::Workspace::<f32>::estimate_bytes(&net, chunk, self.batch) as u128
+                + (chunk * self.batch) as u128 * 8
+        } else {
+            0
+        };
+        Ok(u64::try_from(slabs + step + window + validation).unwrap_or(u64::MAX))
+    }
+
     /// Updates per epoch on a text of `n` characters (after the validation split).
     pub fn updates_per_epoch(&self, n: usize) -> Result<usize> {
         let n_train = n - (n as f64 * self.val_fraction.clamp(0.0, 1.0)) as usize;
@@ -215,7 +236,7 @@ pub struct Trainer {
 
 impl Trainer {
     /// A run at step 0 training `model` on the text `ids` (already encoded with its vocab).
-    pub fn new(cfg: TrainConfig, model: CharModel, ids: Vec<u32>, threads: usize) -> Result<Self> {
+    pub fn new(cfg: TrainConfig, model: CharModel, ids: TokenIds, threads: usize) -> Result<Self> {
         cfg.validate()?;
         let split = Split::new(ids, cfg.val_fraction)?;
         let streams = Streams::new(split.train.len(), cfg.batch, cfg.k1)?;
@@ -349,11 +370,10 @@ impl Trainer {
 
     /// The checkpoint file's bytes: the model, optimizer buffers, carried state and counters.
     pub fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
-        let opt = self.optimizer.state();
         let state = self.tbptt.carried_state();
         let n = self.model.params.len();
         let mut extra: Vec<(String, Vec<usize>, &[f32])> =
-            opt.buffers.iter().map(|(name, v)| (format!("optim.{name}"), vec![n], v.as_slice())).collect();
+            self.optimizer.buffers().map(|(name, v)| (format!("optim.{name}"), vec![n], v)).collect();
         extra.push(("state.h".into(), vec![state.h.len()], &state.h));
         if !state.c.is_empty() {
             extra.push(("state.c".into(), vec![state.c.len()], &state.c));
@@ -365,7 +385,7 @@ impl Trainer {
             ("epoch", self.epoch.to_string()),
             ("epoch_update", self.epoch_update.to_string()),
             ("tokens", self.tokens.to_string()),
-            ("optim_step", opt.step.to_string()),
+            ("optim_step", self.optimizer.steps().to_string()),
             ("best_val", self.best_val.map_or("none".into(), |v| format!("{v:?}"))),
             ("first_loss", self.first_loss.map_or("none".into(), |v| format!("{v:?}"))),
             ("bad_steps", self.bad_steps.to_string()),
@@ -378,7 +398,7 @@ impl Trainer {
     /// Rebuilds a run from checkpoint bytes and the same text ids; `steps` replaces the total.
     pub fn resume(
         bytes: &[u8],
-        ids: Vec<u32>,
+        ids: TokenIds,
         steps: Option<u64>,
         threads: usize,
     ) -> std::result::Result<Self, String> {

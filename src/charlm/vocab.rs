@@ -1,21 +1,33 @@
 //! The character vocabulary: distinct characters sorted by code point, ids in that order.
 
+use crate::charlm::data::TokenIds;
 use crate::error::{Error, Result};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// A character ↔ id mapping.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vocab {
     chars: Vec<char>,
     index: HashMap<char, u32>,
+    /// Ids of the ASCII characters (`u32::MAX` if absent): the common case without hashing.
+    ascii: [u32; 128],
 }
 
 impl Vocab {
-    /// The distinct characters of `text`, sorted by code point.
+    /// The distinct characters of `text`, sorted by code point (in memory proportional to the
+    /// vocabulary, not the text).
     pub fn from_text(text: &str) -> Result<Self> {
-        let mut chars: Vec<char> = text.chars().collect();
-        chars.sort_unstable();
-        chars.dedup();
+        let mut ascii = [false; 128];
+        let mut other = BTreeSet::new();
+        for c in text.chars() {
+            match ascii.get_mut(c as usize) {
+                Some(seen) => *seen = true,
+                None => {
+                    other.insert(c);
+                }
+            }
+        }
+        let chars = (0u8..128).filter(|&b| ascii[b as usize]).map(char::from).chain(other).collect();
         Self::from_chars(chars)
     }
 
@@ -28,12 +40,16 @@ impl Vocab {
             return Err(Error::Data("the vocabulary is too large".into()));
         }
         let mut index = HashMap::with_capacity(chars.len());
+        let mut ascii = [u32::MAX; 128];
         for (id, &c) in chars.iter().enumerate() {
             if index.insert(c, id as u32).is_some() {
                 return Err(Error::Data(format!("the vocabulary lists {} twice", show(c))));
             }
+            if let Some(slot) = ascii.get_mut(c as usize) {
+                *slot = id as u32;
+            }
         }
-        Ok(Vocab { chars, index })
+        Ok(Vocab { chars, index, ascii })
     }
 
     /// V, the number of characters.
@@ -53,7 +69,10 @@ impl Vocab {
 
     /// The id of `c`, if it is in the vocabulary.
     pub fn id(&self, c: char) -> Option<u32> {
-        self.index.get(&c).copied()
+        match self.ascii.get(c as usize) {
+            Some(&id) => (id != u32::MAX).then_some(id),
+            None => self.index.get(&c).copied(),
+        }
     }
 
     /// The character with id `id` (ids come from this vocabulary, so it exists).
@@ -61,21 +80,21 @@ impl Vocab {
         self.chars[id as usize]
     }
 
-    /// Maps every character of `text` to its id; the first unknown character is an error that
-    /// names it and its position.
-    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        text.chars()
-            .enumerate()
-            .map(|(pos, c)| {
-                self.id(c).ok_or_else(|| {
-                    Error::Data(format!(
-                        "character {} at position {pos} is not in the model's vocabulary of {} characters",
-                        show(c),
-                        self.len()
-                    ))
-                })
-            })
-            .collect()
+    /// Maps every character of `text` to its id, stored as compactly as the vocabulary allows
+    /// (see [`TokenIds`]); the first unknown character is an error that names it and its position.
+    pub fn encode(&self, text: &str) -> Result<TokenIds> {
+        let mut ids = TokenIds::with_capacity(self.len(), text.chars().count());
+        for (pos, c) in text.chars().enumerate() {
+            let id = self.id(c).ok_or_else(|| {
+                Error::Data(format!(
+                    "character {} at position {pos} is not in the model's vocabulary of {} characters",
+                    show(c),
+                    self.len()
+                ))
+            })?;
+            ids.push(id);
+        }
+        Ok(ids)
     }
 }
 

@@ -2,9 +2,10 @@
 //! tokens, timed after a warm-up; tokens/s, ms/step, GFLOP/s and memory. `--suite` runs the
 //! BENCHMARKS.md table, each config in a fresh process so peak RSS is its own.
 
+use super::memory;
 use anyhow::{Context, Result};
 use bptt::charlm::ModelSpec;
-use bptt::{CellKind, Clip, Input, Net, Optimizer, OptimizerConfig, State, Targets, apply_update};
+use bptt::{CellKind, Clip, Input, Net, Optimizer, OptimizerConfig, State, Targets, Workspace, apply_update};
 use rand::{RngExt, SeedableRng};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -109,14 +110,6 @@ pub fn flops_per_token(spec: &ModelSpec, vocab: usize) -> f64 {
     3.0 * (layers + 2.0 * vocab as f64 * h)
 }
 
-/// Peak resident memory of this process, from /proc (0 where unavailable).
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -152,21 +145,31 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden: a.hidden, layers: a.layers };
     spec.validate(a.vocab)?;
     anyhow::ensure!(a.batch > 0 && a.seq_len > 0 && a.steps > 0, "--batch, --seq-len and --steps must be at least 1");
-    super::check_model_memory(&spec, a.vocab)?;
     let net = Net::new(spec.net_config(a.vocab))?;
-    let mut params = net.init_params::<f32>(1);
-    let mut grads = vec![0.0f32; params.len()];
     let k = super::checkpoint_every(&a.checkpoint_every, a.seq_len)?;
     // Plain BPTT keeps a T-step workspace; checkpointed BPTT a K-step one plus T/K states.
-    const HINT: &str = "lower --batch or --seq-len, or use --checkpoint-every auto";
+    const HINT: &str = "lower --hidden, --layers, --batch or --seq-len, or use --checkpoint-every auto";
+    let cfg = net.config();
+    let activations = match k {
+        0 => Workspace::<f32>::estimate_bytes(cfg, a.seq_len, a.batch),
+        k => bptt::CheckpointedBptt::<f32>::estimate_bytes(cfg, k, a.seq_len, a.batch)
+            .saturating_add(Workspace::<f32>::estimate_bytes(cfg, 1, a.batch)),
+    };
+    memory::Estimate::new(threads)
+        .add("weights, gradients, Adam", (net.num_params() as u64).saturating_mul(4 * 4))
+        .add("activations", activations)
+        .add("batch", (a.seq_len as u64).saturating_mul(a.batch as u64).saturating_mul(8))
+        .check(HINT)?;
+    let mut params = net.init_params::<f32>(1);
+    let mut grads = vec![0.0f32; params.len()];
     let mut ws =
-        net.workspace::<f32>(if k > 0 { 1 } else { a.seq_len }, a.batch, threads).map_err(super::memory_hint(HINT))?;
+        net.workspace::<f32>(if k > 0 { 1 } else { a.seq_len }, a.batch, threads).map_err(memory::hint(HINT))?;
     if a.wavefront != "auto" {
         ws.set_wavefront(a.wavefront == "on");
     }
     let mut ck = match k {
         0 => None,
-        k => Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads).map_err(super::memory_hint(HINT))?),
+        k => Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads).map_err(memory::hint(HINT))?),
     };
     let mut opt = Optimizer::new(OptimizerConfig::adam(), params.len())?.with_threads(threads);
     let clip = Clip { max_norm: Some(5.0), max_value: None };
@@ -224,7 +227,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "tokens_per_s": tokens_per_s.round(),
         "ms_per_step": (ms * 1000.0).round() / 1000.0,
         "gflops": (gflops * 10.0).round() / 10.0,
-        "peak_rss_mb": (peak_rss_mb() * 10.0).round() / 10.0,
+        "peak_rss_mb": (memory::peak_mib() * 10.0).round() / 10.0,
         "checkpoint_every": k,
         "activation_mb": (ck.as_ref().map_or(ws.bytes(), |c| c.bytes()) as f64 / 1048576.0 * 10.0).round() / 10.0,
         "cpu": cpu_model(),

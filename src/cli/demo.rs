@@ -2,10 +2,11 @@
 //! the PNG/SVG/CSV files behind it). Needs no downloads; the char-LM section uses
 //! tiny-shakespeare (or --text) only when present and says so.
 
+use super::memory;
 use anyhow::Result;
 use bptt::CellKind;
 use bptt::charlm::train::TrainConfig;
-use bptt::charlm::{CharModel, ModelSpec, Sampler, Trainer, Vocab, fsio};
+use bptt::charlm::{CharModel, ModelSpec, Sampler, TokenIds, Trainer, Vocab, fsio};
 use bptt::diagnose::experiments as ex;
 use bptt::diagnose::flow::{CellFlow, FlowConfig, measure};
 use bptt::diagnose::graph::{GraphFormat, unrolled};
@@ -97,6 +98,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let text = a.text.clone().or_else(default_text);
     // Read the text now, so a bad --text fails before minutes of experiments, not after.
     let raw = text.as_deref().map(fsio::read_text).transpose()?;
+    estimate(plan, threads, raw.as_deref())?.check("use a shorter --text or fewer --threads")?;
     let dir = super::output_dir(a.out.as_deref(), "demo-")?;
     let mut cx = Ctx { dir, threads, started: Instant::now(), section: 0, sections: 7 };
     let q = if a.quick { " --quick" } else { "" };
@@ -118,19 +120,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     cx.write("unrolled.mmd", &unrolled(4, 1, GraphFormat::Mermaid))?;
 
     cx.step("gradient flow at initialisation");
-    let flow_cfg = |len: usize| FlowConfig {
-        cells: vec![],
-        hidden: 64,
-        layers: 1,
-        length: len,
-        batch: 16,
-        seed: 1,
-        threads,
-        train_steps: 0,
-        w_hh_scale: None,
-        forget_bias: None,
-        jacobian_samples: 6,
-    };
+    let flow_cfg = |len: usize| flow_config(len, threads);
     let mut init_flows = Vec::new();
     for (cell, fb) in
         [(CellKind::RnnTanh, None), (CellKind::Lstm, None), (CellKind::Gru, None), (CellKind::Lstm, Some(3.0))]
@@ -377,6 +367,54 @@ fn flow_table(flows: &[CellFlow]) -> Vec<Vec<String>> {
 }
 
 /// Section 7: a short char-LM run on the text, if there is one.
+/// The gradient-flow measurements' settings (H = 64, B = 16) at length `len`, cells to fill in.
+fn flow_config(len: usize, threads: usize) -> FlowConfig {
+    FlowConfig {
+        cells: vec![],
+        hidden: 64,
+        layers: 1,
+        length: len,
+        batch: 16,
+        seed: 1,
+        threads,
+        train_steps: 0,
+        w_hh_scale: None,
+        forget_bias: None,
+        jacobian_samples: 6,
+    }
+}
+
+/// The char-LM section's run.
+fn lm_config(steps: u64) -> TrainConfig {
+    let spec = ModelSpec { cell: CellKind::Lstm, embedding_dim: 32, hidden: 128, layers: 1 };
+    TrainConfig { seq_len: 64, k1: 64, lr: 3e-3, steps, val_fraction: 0.02, seed: 1, ..TrainConfig::new(spec) }
+}
+
+/// The most any one section holds (they run one after another), and the text's bytes.
+fn estimate(plan: &Plan, threads: usize, raw: Option<&str>) -> Result<memory::Estimate> {
+    let task = |kind, hidden, len| TaskConfig { hidden, threads, ..TaskConfig::new(kind, CellKind::Lstm, len) };
+    let flow = FlowConfig {
+        cells: vec![CellKind::RnnTanh, CellKind::Lstm, CellKind::Gru],
+        ..flow_config(plan.flow_len.max(plan.adding_len), threads)
+    };
+    let mut most = [
+        task(TaskKind::Adding, 64, plan.adding_len).estimate_bytes(),
+        task(TaskKind::Copy, 128, plan.copy_len).estimate_bytes(),
+        flow.estimate_bytes(),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0);
+    let mut ids = 0;
+    if let Some(raw) = raw {
+        // (The text itself is in the program's resident memory already.)
+        let vocab = Vocab::from_text(raw)?.len();
+        most = most.max(lm_config(plan.lm_steps).estimate_bytes(vocab)?);
+        ids = TokenIds::with_capacity(vocab, 0).id_bytes() as u64 * raw.chars().count() as u64;
+    }
+    Ok(memory::Estimate::new(threads).add("token ids", ids).add("experiments", most).add("charts", memory::CHART))
+}
+
 fn char_lm(cx: &Ctx, text: Option<(&Path, &str)>, steps: u64, q: &str) -> Result<Section> {
     let title = "7. A character language model".to_string();
     let Some((path, raw)) = text else {
@@ -389,10 +427,8 @@ fn char_lm(cx: &Ctx, text: Option<(&Path, &str)>, steps: u64, q: &str) -> Result
     };
     let vocab = Vocab::from_text(raw)?;
     let ids = vocab.encode(raw)?;
-    let spec = ModelSpec { cell: CellKind::Lstm, embedding_dim: 32, hidden: 128, layers: 1 };
-    let cfg =
-        TrainConfig { seq_len: 64, k1: 64, lr: 3e-3, steps, val_fraction: 0.02, seed: 1, ..TrainConfig::new(spec) };
-    let model = CharModel::new(spec, vocab, 1)?;
+    let cfg = lm_config(steps);
+    let model = CharModel::new(cfg.model, vocab, 1)?;
     let mut t = Trainer::new(cfg, model, ids, cx.threads)?;
     let (mut train, mut val) = (Vec::new(), Vec::new());
     let started = Instant::now();

@@ -1,10 +1,12 @@
 //! `bptt diagnose`: gradient flow through time (and the exploding / truncation experiments),
 //! written as PNG + SVG plots, CSV and JSON.
 
+use super::memory;
 use anyhow::Result;
 use bptt::CellKind;
 use bptt::charlm::fsio;
 use bptt::diagnose::{FlowConfig, experiments as ex, gradient_flow};
+use bptt::tasks::{TaskConfig, TaskKind};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -68,7 +70,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.hidden == 0 || a.layers == 0 || a.batch == 0 || a.length < 2 {
         anyhow::bail!("--hidden, --layers and --batch must be at least 1 and --length at least 2");
     }
-    let dir = super::output_dir(a.out.as_deref(), "diagnose-")?;
     let cfg = FlowConfig {
         cells,
         hidden: a.hidden,
@@ -82,12 +83,44 @@ pub fn run(a: Args) -> Result<ExitCode> {
         forget_bias: a.forget_bias,
         jacobian_samples: 8,
     };
+    const HINT: &str = "lower --hidden, --layers, --length or --batch";
+    let mut most = 0u64;
+    if a.model.is_none() {
+        most = cfg.estimate_bytes();
+    }
+    if a.explode {
+        let explode = TaskConfig { steps: 300, ..TaskConfig::new(TaskKind::Adding, CellKind::RnnTanh, 30) };
+        most = most.max(explode.estimate_bytes());
+    }
+    if a.truncation {
+        most = most.max(ex::truncation_bytes(
+            CellKind::Lstm,
+            a.hidden,
+            a.length,
+            if a.train_steps > 0 { a.train_steps } else { 2000 },
+        ));
+    }
+    let (model_bytes, text_bytes) =
+        (a.model.as_deref().map_or(0, memory::file_bytes), a.text.as_deref().map_or(0, memory::file_bytes));
+    memory::Estimate::new(threads)
+        .add("model file and weights", model_bytes.saturating_mul(2))
+        .add("text and its ids", text_bytes.saturating_mul(2))
+        .add("experiments", most)
+        .add("charts", memory::CHART)
+        .check(HINT)?;
+    let dir = super::output_dir(a.out.as_deref(), "diagnose-")?;
     let (flows, when, hidden) = match (&a.model, &a.text) {
         (Some(m), Some(t)) => {
             let model = bptt::charlm::CharModel::load(m)?;
             let text = fsio::read_text(t)?;
             let ids = model.vocab.encode(&text).map_err(|e| anyhow::anyhow!("{}: {e}", t.display()))?;
+            drop(text);
             let cfg = FlowConfig { hidden: model.spec.hidden, layers: model.spec.layers, ..cfg };
+            // (The program's resident memory now includes the model and the ids.)
+            memory::Estimate::new(threads)
+                .add("measurement", cfg.measure_bytes(model.net.config()))
+                .add("charts", memory::CHART)
+                .check("lower --length or --batch")?;
             let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let flow = bptt::diagnose::flow::measure_text(&model, &ids, &cfg)?;
             (vec![flow], format!("{name} on its text"), model.spec.hidden)

@@ -1,5 +1,6 @@
 //! `bptt eval`: the whole text as one stream from a zero state; loss, bits/char, perplexity.
 
+use super::memory;
 use anyhow::Result;
 use bptt::charlm::{CharModel, fsio};
 use std::path::PathBuf;
@@ -23,9 +24,19 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let threads = super::threads(a.threads)?;
+    let text_bytes = memory::file_bytes(&a.text);
+    memory::Estimate::new(threads)
+        .add("model file and weights", memory::file_bytes(&a.model).saturating_mul(2))
+        .add("text and its ids", text_bytes.saturating_mul(2))
+        .check("use a shorter --text")?;
     let model = CharModel::load(&a.model)?;
     let text = fsio::read_text(&a.text)?;
     let ids = model.vocab.encode(&text).map_err(|e| anyhow::anyhow!("{}: {e}", a.text.display()))?;
+    drop(text);
+    // (The program's resident memory now includes the model and the ids.)
+    memory::Estimate::new(threads)
+        .add("activations", model.evaluate_bytes(ids.len(), 1, 1024))
+        .check("the model is too large for this machine")?;
     let e = model.evaluate_stream(&ids, threads)?;
     if a.json {
         super::outln!("{}", serde_json::to_string(&e)?)?;

@@ -22,6 +22,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         anyhow::bail!("--steps must be 1..=64 and --layers 1..=16 (a bigger picture is unreadable)");
     }
     let format: GraphFormat = a.format.parse()?;
+    super::memory::Estimate::new(1).add("graph text", (a.steps * a.layers) as u64 * 4096).check("lower --steps")?;
     let mut out = std::io::stdout().lock();
     std::io::Write::write_all(&mut out, unrolled(a.steps, a.layers, format).as_bytes())
         .and_then(|()| std::io::Write::flush(&mut out))

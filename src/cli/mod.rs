@@ -6,6 +6,7 @@ mod demo;
 mod diagnose;
 mod eval;
 mod graph;
+mod memory;
 mod plot;
 mod sample;
 mod task;
@@ -20,6 +21,10 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Print the command's memory estimate before it allocates, and its peak resident memory
+    /// at exit (stderr)
+    #[arg(long, global = true)]
+    memory: bool,
 }
 
 #[derive(Subcommand)]
@@ -69,7 +74,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    match cli.command {
+    memory::show(cli.memory);
+    let result = match cli.command {
         Command::Demo(a) => demo::run(a),
         Command::Train(a) => train::run(*a),
         Command::Sample(a) => sample::run(a),
@@ -79,7 +85,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Graph(a) => graph::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Bench(a) => bench::run(a),
-    }
+    };
+    memory::report();
+    result
 }
 
 /// `println!` that returns an error instead of panicking when standard output is closed (a
@@ -95,29 +103,6 @@ pub(crate) use outln;
 /// True if `e` is (or was caused by) a write to a closed pipe.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
-}
-
-/// Adds the flags to change to a library memory error (others pass through).
-pub fn memory_hint(hint: &'static str) -> impl Fn(bptt::Error) -> anyhow::Error {
-    move |e| match e {
-        bptt::Error::Memory { .. } => anyhow::anyhow!("{e}: {hint}"),
-        e => e.into(),
-    }
-}
-
-/// Refuses a model whose training state — weights, gradients, the optimizer's two moments and
-/// the update's backup: six f32 slabs — exceeds the memory available, before allocating it.
-pub fn check_model_memory(spec: &bptt::charlm::ModelSpec, vocab: usize) -> anyhow::Result<()> {
-    spec.validate(vocab)?;
-    let net = bptt::Net::new(spec.net_config(vocab))?;
-    let needed = (net.num_params() as u64).saturating_mul(6 * 4);
-    let available = bptt::kernels::machine::available_memory();
-    if needed > available {
-        let what = format!("training a model of {} parameters", net.num_params());
-        let e = bptt::Error::Memory { what, needed, available };
-        anyhow::bail!("{e}: lower --hidden, --layers or --embedding-dim");
-    }
-    Ok(())
 }
 
 /// The thread count to use: the flag, or every core.

@@ -2,7 +2,7 @@
 //! metrics.jsonl, as DIR/loss.{png,svg} and DIR/grad_norm.{png,svg}.
 
 use anyhow::{Context, Result};
-use bptt::charlm::fsio;
+use bptt::charlm::{Metrics, fsio};
 use bptt::diagnose::plot::{Chart, Series};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,28 +15,8 @@ pub struct Args {
 
 /// The loss and gradient-norm charts of a metrics.jsonl text.
 pub fn charts(metrics: &str, source: &Path) -> Result<(Chart, Chart)> {
-    let (mut train, mut val, mut norm, mut clipped, mut skipped) = (vec![], vec![], vec![], vec![], vec![]);
-    for (k, line) in metrics.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", source.display(), k + 1))?;
-        let step = v["step"].as_f64().with_context(|| format!("{} line {}: no step", source.display(), k + 1))?;
-        let f = |key: &str| v[key].as_f64();
-        if let Some(l) = f("train_loss") {
-            train.push((step, l));
-        }
-        if let Some(l) = f("val_loss") {
-            val.push((step, l));
-        }
-        if let Some(g) = f("grad_norm") {
-            norm.push((step, g));
-            if v["clipped"].as_bool() == Some(true) {
-                clipped.push((step, g));
-            }
-            if v["skipped"].as_bool() == Some(true) {
-                skipped.push((step, g));
-            }
-        }
-    }
+    let Metrics { train_loss: train, val_loss: val, grad_norm: norm, clipped, skipped } =
+        Metrics::parse(metrics, source)?;
     if train.is_empty() {
         anyhow::bail!("{}: no training steps logged yet", source.display());
     }
@@ -69,6 +49,11 @@ pub fn charts(metrics: &str, source: &Path) -> Result<(Chart, Chart)> {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let path = a.dir.join("metrics.jsonl");
+    // The file's text, its parsed points (no more bytes than the text) and the two charts.
+    super::memory::Estimate::new(1)
+        .add("metrics and points", super::memory::file_bytes(&path).saturating_mul(2))
+        .add("charts", super::memory::CHART)
+        .check("plot a shorter metrics.jsonl")?;
     let text = String::from_utf8(fsio::read_bounded(&path, 1 << 30)?)
         .with_context(|| format!("{}: not UTF-8", path.display()))?;
     let (loss, grad) = charts(&text, &path)?;

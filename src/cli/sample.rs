@@ -1,5 +1,6 @@
 //! `bptt sample`: stream characters from a model to stdout.
 
+use super::memory;
 use anyhow::{Context, Result, bail};
 use bptt::charlm::{CharModel, Sampler};
 use std::io::Write;
@@ -40,11 +41,18 @@ pub fn run(a: Args) -> Result<ExitCode> {
         bail!("--top-k must be at least 1");
     }
     let threads = super::threads(Some(a.threads))?;
+    memory::Estimate::new(threads)
+        .add("model file and weights", memory::file_bytes(&a.model).saturating_mul(2))
+        .check("the model is too large for this machine")?;
     let model = CharModel::load(&a.model)?;
     let prime = model.vocab.encode(&a.prime).context("--prime")?;
+    // (The program's resident memory now includes the model.)
+    memory::Estimate::new(threads)
+        .add("activations", Sampler::estimate_bytes(&model))
+        .check("the model is too large for this machine")?;
     let mut sampler = Sampler::new(&model, a.seed, threads)?;
     sampler.feed(&[model.vocab.id('\n').unwrap_or(0)])?;
-    sampler.feed(&prime)?;
+    sampler.feed(&prime.to_vec())?;
     let mut out = std::io::stdout().lock();
     let stdout = |r: std::io::Result<()>| r.context("cannot write to standard output");
     stdout(write!(out, "{}", a.prime))?;

@@ -83,6 +83,9 @@ pub fn config(a: &Args) -> Result<TaskConfig> {
 
 pub fn run(a: Args) -> Result<ExitCode> {
     let cfg = config(&a)?;
+    super::memory::Estimate::new(cfg.threads)
+        .add("training", cfg.estimate_bytes())
+        .check("lower --hidden, --layers, --length or --batch")?;
     let target =
         if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
     let pb = ProgressBar::with_draw_target(Some(cfg.steps as u64), target);

@@ -1,12 +1,12 @@
 //! `bptt train`: the char-LM training run — progress bar, metrics.jsonl, checkpoints, resume,
 //! an exclusive claim on the run folder, and a clean stop on SIGINT, SIGTERM or SIGHUP.
 
+use super::memory;
 use anyhow::{Context, Result, bail};
 use bptt::CellKind;
 use bptt::charlm::train::TrainConfig;
-use bptt::charlm::{CharModel, ModelSpec, Sampler, Trainer, Vocab, fsio};
+use bptt::charlm::{Cadence, CharModel, Metrics, ModelSpec, RunFile, Sampler, Trainer, Vocab, fsio};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -126,33 +126,12 @@ pub struct Args {
     force: bool,
 }
 
-/// `config.json`: the run's settings plus where its text is and what it hashed to.
-#[derive(Serialize, Deserialize)]
-struct RunFile {
-    train: TrainConfig,
-    cadence: Cadence,
-    text: PathBuf,
-    text_fnv1a64: String,
-    init: Option<PathBuf>,
-}
-
-/// When the loop evaluates, samples and checkpoints (kept across resumes, so a resumed run
-/// takes the same path as an uninterrupted one).
-#[derive(Clone, Copy, Serialize, Deserialize)]
-struct Cadence {
-    eval_every: u64,
-    sample_every: u64,
-    checkpoint_every_steps: u64,
-}
-
-impl Cadence {
-    /// The flags where given, else `base`.
-    fn from_flags(a: &Args, base: Cadence) -> Cadence {
-        Cadence {
-            eval_every: a.eval_every.unwrap_or(base.eval_every),
-            sample_every: a.sample_every.unwrap_or(base.sample_every),
-            checkpoint_every_steps: a.checkpoint_every_steps.unwrap_or(base.checkpoint_every_steps),
-        }
+/// The flags where given, else `base`.
+fn cadence_from_flags(a: &Args, base: Cadence) -> Cadence {
+    Cadence {
+        eval_every: a.eval_every.unwrap_or(base.eval_every),
+        sample_every: a.sample_every.unwrap_or(base.sample_every),
+        checkpoint_every_steps: a.checkpoint_every_steps.unwrap_or(base.checkpoint_every_steps),
     }
 }
 
@@ -172,6 +151,10 @@ fn read_text(path: &Path) -> Result<(String, String)> {
     Ok((text, hash))
 }
 
+/// The flags that lower the memory a text needs, and a run's training state.
+const TEXT: &str = "use a shorter --text";
+const TRAINING: &str = "lower --hidden, --layers, --batch or --seq-len (K2 of --tbptt), or use --checkpoint-every auto";
+
 /// The files a run writes into its folder: a fresh run refuses a folder that holds any of them.
 const RUN_FILES: [&str; 5] = ["config.json", METRICS, "model.safetensors", "best.safetensors", CHECKPOINT];
 
@@ -186,24 +169,31 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
 fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::RunLock)> {
     let text_path = a.text.clone().context("--text is required")?;
+    let text_bytes = memory::file_bytes(&text_path);
+    memory::Estimate::new(threads).add("text and its ids", text_bytes.saturating_mul(2)).check(TEXT)?;
     let (text, hash) = read_text(&text_path)?;
-    let (model, ids) = match &a.init {
-        Some(init) => {
-            let m = CharModel::load(init)?;
-            let ids = m.vocab.encode(&text).map_err(|e| {
-                anyhow::anyhow!("{}: {e}; the vocabulary comes from --init {}", text_path.display(), init.display())
-            })?;
-            (m, ids)
+    // A model from --init, or the spec and vocabulary of a new one (created once its
+    // training state is known to fit).
+    let (spec, vocab, init) = match &a.init {
+        Some(path) => {
+            let m = CharModel::load(path)?;
+            (m.spec, m.vocab.clone(), Some(m))
         }
         None => {
             let cell: CellKind = a.cell.parse()?;
-            let vocab = Vocab::from_text(&text)?;
             let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden: a.hidden, layers: a.layers };
-            let ids = vocab.encode(&text)?;
-            super::check_model_memory(&spec, vocab.len())?;
-            (CharModel::new(spec, vocab, a.seed)?, ids)
+            let vocab = Vocab::from_text(&text)?;
+            spec.validate(vocab.len())?;
+            (spec, vocab, None)
         }
     };
+    let ids = vocab.encode(&text).map_err(|e| match &a.init {
+        Some(init) => {
+            anyhow::anyhow!("{}: {e}; the vocabulary comes from --init {}", text_path.display(), init.display())
+        }
+        None => e.into(),
+    })?;
+    drop(text); // the ids are all that is trained on: at most 2× the text at the peak
     let (k1, k2) = match &a.tbptt {
         None => (a.seq_len, a.seq_len),
         Some(s) => {
@@ -215,7 +205,7 @@ fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::R
         }
     };
     let mut cfg = TrainConfig {
-        model: model.spec,
+        model: spec,
         seq_len: k2,
         k1,
         batch: a.batch,
@@ -237,8 +227,13 @@ fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::R
     };
     cfg.validate()?;
     cfg.steps = total_steps(&cfg, ids.len(), a.steps, a.epochs)?.unwrap_or(cfg.updates_per_epoch(ids.len())? as u64);
-    const ACTIVATIONS: &str = "lower --batch or --seq-len (K2 of --tbptt), or use --checkpoint-every auto";
-    let trainer = Trainer::new(cfg.clone(), model, ids, threads).map_err(super::memory_hint(ACTIVATIONS))?;
+    // (The program's resident memory now includes the ids.)
+    memory::Estimate::new(threads).add("training", cfg.estimate_bytes(vocab.len())?).check(TRAINING)?;
+    let model = match init {
+        Some(m) => m,
+        None => CharModel::new(spec, vocab, a.seed)?,
+    };
+    let trainer = Trainer::new(cfg.clone(), model, ids, threads).map_err(memory::hint(TRAINING))?;
     let dir = match &a.out {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -262,9 +257,9 @@ fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::R
     for f in RUN_FILES {
         let _ = std::fs::remove_file(dir.join(f)); // --force: nothing of the old run survives
     }
-    let cadence = Cadence::from_flags(a, DEFAULT_CADENCE);
+    let cadence = cadence_from_flags(a, DEFAULT_CADENCE);
     let run = RunFile { train: cfg, cadence, text: text_path, text_fnv1a64: hash, init: a.init.clone() };
-    fsio::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&run)?.as_bytes())?;
+    fsio::write_atomic(&dir.join("config.json"), run.to_json()?.as_bytes())?;
     fsio::write_atomic(&dir.join(METRICS), b"")?;
     Ok((trainer, dir, cadence, lock))
 }
@@ -275,9 +270,13 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cad
     }
     let lock = fsio::RunLock::acquire(dir)?;
     let cfg_path = dir.join("config.json");
-    let run: RunFile = serde_json::from_slice(&fsio::read_bounded(&cfg_path, 1 << 24)?)
-        .with_context(|| format!("{}: not a bptt run configuration", cfg_path.display()))?;
+    let run = RunFile::parse(&fsio::read_bounded(&cfg_path, 1 << 24)?, &cfg_path)?;
     let text_path = a.text.clone().unwrap_or(run.text.clone());
+    let ckpt_path = dir.join(CHECKPOINT);
+    memory::Estimate::new(threads)
+        .add("text and its ids", memory::file_bytes(&text_path).saturating_mul(2))
+        .add("checkpoint", memory::file_bytes(&ckpt_path))
+        .check(TEXT)?;
     let (text, hash) = read_text(&text_path)?;
     if hash != run.text_fnv1a64 {
         bail!(
@@ -285,10 +284,10 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cad
             text_path.display()
         );
     }
-    let ckpt_path = dir.join(CHECKPOINT);
     let bytes = fsio::read_bounded(&ckpt_path, 1 << 36)?;
     let vocab_model = CharModel::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
     let ids = vocab_model.vocab.encode(&text)?;
+    drop(text); // the ids are all that is trained on: at most 2× the text at the peak
     let steps = total_steps(&run.train, ids.len(), a.steps, a.epochs)?;
     if let Some(s) = steps
         && s != run.train.steps
@@ -300,6 +299,11 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cad
              (the learning rate stays at its minimum after it)"
         );
     }
+    // (The program's resident memory now includes the ids and the checkpoint's bytes.)
+    let training = TrainConfig { steps: steps.unwrap_or(run.train.steps), ..run.train.clone() };
+    memory::Estimate::new(threads)
+        .add("training", training.estimate_bytes(vocab_model.vocab.len())?)
+        .check(TRAINING)?;
     let trainer =
         Trainer::resume(&bytes, ids, steps, threads).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
     // Temp files of a write that was interrupted are garbage: the renamed files are intact.
@@ -316,21 +320,12 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cad
     let old = fsio::read_bounded(&metrics_path, 1 << 32)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
-    let kept: String = old
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["step"].as_u64())
-                .is_some_and(|s| s <= trainer.step)
-        })
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let kept = Metrics::until(&old, trainer.step);
     fsio::write_atomic(&metrics_path, kept.as_bytes())?;
     // Flags given now (cadence, total steps) become the run's settings for later resumes too.
-    let cadence = Cadence::from_flags(a, run.cadence);
+    let cadence = cadence_from_flags(a, run.cadence);
     let run = RunFile { train: trainer.cfg.clone(), cadence, text: text_path, ..run };
-    fsio::write_atomic(&cfg_path, serde_json::to_string_pretty(&run)?.as_bytes())?;
+    fsio::write_atomic(&cfg_path, run.to_json()?.as_bytes())?;
     Ok((trainer, dir.to_path_buf(), cadence, lock))
 }
 

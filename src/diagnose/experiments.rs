@@ -162,6 +162,24 @@ pub fn truncation(
     truncation_of(&net, &params, TaskKind::Adding, length, ks, seed, threads)
 }
 
+/// The bytes [`truncation`] holds at most, computed without allocating: the training run, then
+/// the f64 full-gradient workspace and a truncated-BPTT driver over the whole length.
+pub fn truncation_bytes(cell: CellKind, hidden: usize, length: usize, train_steps: usize) -> u64 {
+    let cfg = TaskConfig { hidden, steps: train_steps, ..TaskConfig::new(TaskKind::Adding, cell, length) };
+    let net = TaskKind::Adding.net_config(cell, hidden, 1);
+    let params = crate::Net::new(net).map_or(u64::MAX, |n| n.num_params() as u64);
+    let b = 32;
+    [
+        cfg.estimate_bytes(),
+        crate::net::Workspace::<f64>::estimate_bytes(&net, length, b),
+        crate::train::Tbptt::<f64>::estimate_bytes(&net, length, b, 0),
+        params.saturating_mul(8 * 5),
+        (length * b * 5 * 8) as u64,
+    ]
+    .into_iter()
+    .fold(0, u64::saturating_add)
+}
+
 /// The truncation bias of a task network (f32 parameters, measured in f64) on a fresh batch.
 pub fn truncation_of(
     net: &crate::Net,

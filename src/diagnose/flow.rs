@@ -9,7 +9,7 @@
 
 use crate::cell::CellKind;
 use crate::error::Result;
-use crate::net::{Input, Net, State};
+use crate::net::{Input, Net, NetConfig, State, Workspace};
 use crate::tasks::{self, Batch, TaskConfig, TaskKind, spectral_norm};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -88,21 +88,49 @@ pub fn gradient_flow(cfg: &FlowConfig, mut progress: impl FnMut(&str)) -> Result
     let mut out = Vec::with_capacity(cfg.cells.len());
     for &cell in &cfg.cells {
         progress(cell.name());
-        let task = TaskConfig {
-            hidden: cfg.hidden,
-            layers: cfg.layers,
-            steps: cfg.train_steps,
-            seed: cfg.seed,
-            threads: cfg.threads,
-            w_hh_scale: cfg.w_hh_scale,
-            forget_bias: cfg.forget_bias.filter(|_| cell == CellKind::Lstm),
-            ..TaskConfig::new(TaskKind::Adding, cell, cfg.length)
-        };
-        let (net, params32) = tasks::trained(&task)?;
+        let (net, params32) = tasks::trained(&cfg.task(cell))?;
         let params: Vec<f64> = params32.iter().map(|&v| v as f64).collect();
         out.push(measure(&net, &params, cell, cfg, cfg.train_steps)?);
     }
     Ok(out)
+}
+
+impl FlowConfig {
+    /// The adding-task run that trains the network of `cell` before it is measured.
+    fn task(&self, cell: CellKind) -> TaskConfig {
+        TaskConfig {
+            hidden: self.hidden,
+            layers: self.layers,
+            steps: self.train_steps,
+            seed: self.seed,
+            threads: self.threads,
+            w_hh_scale: self.w_hh_scale,
+            forget_bias: self.forget_bias.filter(|_| cell == CellKind::Lstm),
+            ..TaskConfig::new(TaskKind::Adding, cell, self.length)
+        }
+    }
+
+    /// The bytes measuring a network of shape `net` holds, computed without allocating: the
+    /// f64 workspace for T × B with its weights, gradients and batch, and a one-step workspace.
+    pub fn measure_bytes(&self, net: &NetConfig) -> u64 {
+        let params = Net::new(*net).map_or(u64::MAX as u128, |n| n.num_params() as u128);
+        let positions = (self.length * self.batch) as u128;
+        let total = Workspace::<f64>::estimate_bytes(net, self.length, self.batch) as u128
+            + Workspace::<f64>::estimate_bytes(net, 1, 1) as u128
+            + params * 3 * 8
+            + positions * (net.input_width() as u128 + 4) * 8;
+        u64::try_from(total).unwrap_or(u64::MAX)
+    }
+
+    /// The bytes [`gradient_flow`] holds at most: one cell's training run and its measurement.
+    pub fn estimate_bytes(&self) -> u64 {
+        let one = |&cell: &CellKind| {
+            let task = self.task(cell);
+            let net = task.kind.net_config(cell, self.hidden, self.layers);
+            task.estimate_bytes().saturating_add(self.measure_bytes(&net))
+        };
+        self.cells.iter().map(one).max().unwrap_or(0)
+    }
 }
 
 /// The measurements of one network (f64) on a fresh adding batch.
@@ -114,7 +142,11 @@ pub fn measure(net: &Net, params: &[f64], cell: CellKind, cfg: &FlowConfig, trai
 
 /// The measurements of a char model (f64) on `cfg.batch` windows of `cfg.length` characters
 /// spread evenly over `ids`, the loss on the last character of each window only.
-pub fn measure_text(model: &crate::charlm::CharModel, ids: &[u32], cfg: &FlowConfig) -> Result<CellFlow> {
+pub fn measure_text(
+    model: &crate::charlm::CharModel,
+    ids: &crate::charlm::data::TokenIds,
+    cfg: &FlowConfig,
+) -> Result<CellFlow> {
     let (t, b) = (cfg.length, cfg.batch);
     if ids.len() < t + 2 {
         return Err(crate::Error::Data(format!("the text needs more than {} characters for windows of {t}", t + 1)));
@@ -123,8 +155,8 @@ pub fn measure_text(model: &crate::charlm::CharModel, ids: &[u32], cfg: &FlowCon
     for j in 0..b {
         let start = j * (ids.len() - t - 1) / b.max(1);
         for s in 0..t {
-            x[s * b + j] = ids[start + s];
-            y[s * b + j] = ids[start + s + 1];
+            x[s * b + j] = ids.get(start + s);
+            y[s * b + j] = ids.get(start + s + 1);
         }
         mask[(t - 1) * b + j] = 1.0;
     }

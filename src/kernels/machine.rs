@@ -25,14 +25,35 @@ pub fn l2_bytes() -> usize {
     })
 }
 
-/// Memory the machine can give this process now without swapping (MemAvailable from
-/// /proc/meminfo), in bytes; `u64::MAX` where unknown. Checked before large allocations.
+/// Memory this process can still get now without swapping or being refused, in bytes; checked
+/// before large allocations. The least of: the machine's MemAvailable (/proc/meminfo), what
+/// the cgroup's `memory.max` leaves (a container's limit), and what the address-space limit
+/// (`ulimit -v`) leaves of this process's virtual size. `u64::MAX` where none is known.
 pub fn available_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            line.split_whitespace().nth(1)?.parse::<u64>().ok()
-        })
-        .map_or(u64::MAX, |kb| kb.saturating_mul(1024))
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    // A field of a /proc table in kB (or bytes for the limits table), as bytes.
+    let field = |text: &str, name: &str, nth: usize, scale: u64| -> Option<u64> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..].split_whitespace().nth(nth)?.parse::<u64>().ok().map(|v| v.saturating_mul(scale))
+    };
+    let machine = read("/proc/meminfo").and_then(|m| field(&m, "MemAvailable:", 0, 1024));
+    let cgroup = (|| {
+        let max = read("/sys/fs/cgroup/memory.max")?.trim().parse::<u64>().ok()?;
+        let current = read("/sys/fs/cgroup/memory.current")?.trim().parse::<u64>().ok()?;
+        Some(max.saturating_sub(current))
+    })();
+    let address_space = (|| {
+        let size = field(&read("/proc/self/status")?, "VmSize:", 0, 1024)?;
+        Some(address_space_limit()?.saturating_sub(size))
+    })();
+    [machine, cgroup, address_space].into_iter().flatten().min().unwrap_or(u64::MAX)
+}
+
+/// The address-space limit of this process (`ulimit -v`) in bytes, if one is set. Under it,
+/// virtual reservations count as well as resident memory: each thread's stack and the malloc
+/// arena of each thread that allocates (64 MiB with glibc).
+pub fn address_space_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max address space"))?;
+    line["Max address space".len()..].split_whitespace().next()?.parse::<u64>().ok()
 }

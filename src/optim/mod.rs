@@ -222,7 +222,7 @@ impl OptimizerConfig {
     }
 
     /// Names of the state buffers (each the size of the slab), in save order.
-    fn buffer_names(&self) -> &'static [&'static str] {
+    pub fn buffer_names(&self) -> &'static [&'static str] {
         match *self {
             OptimizerConfig::Sgd { momentum, .. } if momentum != 0.0 => &["momentum_buffer"],
             OptimizerConfig::Sgd { .. } => &[],
@@ -291,6 +291,11 @@ impl<F: Float> Optimizer<F> {
     /// Updates applied so far.
     pub fn steps(&self) -> u64 {
         self.step
+    }
+
+    /// The named state buffers, borrowed (for writing a checkpoint without copying them).
+    pub fn buffers(&self) -> impl Iterator<Item = (&'static str, &[F])> {
+        self.config.buffer_names().iter().copied().zip(self.buffers.iter().map(Vec::as_slice))
     }
 
     /// A copy of the complete state, for saving.

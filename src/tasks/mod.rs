@@ -196,6 +196,25 @@ impl TaskConfig {
     }
 }
 
+impl TaskConfig {
+    /// The bytes a run of this task holds, computed without allocating: weights, gradients and
+    /// optimizer buffers, the training and held-out (512 sequences) workspaces, one batch of
+    /// each, and the per-update history. Saturates for sizes that cannot exist.
+    pub fn estimate_bytes(&self) -> u64 {
+        let net = self.kind.net_config(self.cell, self.hidden, self.layers);
+        let params = Net::new(net).map_or(u64::MAX as u128, |n| n.num_params() as u128);
+        let steps = self.kind.steps(self.length);
+        let per_sequence = (steps * (net.input_width() + 3)) as u128 * 4;
+        let held_out = 512;
+        let total = params * (2 + self.optimizer.buffer_names().len() as u128) * 4
+            + Workspace::<f32>::estimate_bytes(&net, steps, self.batch) as u128
+            + Workspace::<f32>::estimate_bytes(&net, steps, held_out) as u128
+            + (self.batch + held_out) as u128 * per_sequence
+            + self.steps as u128 * std::mem::size_of::<TaskStep>() as u128;
+        u64::try_from(total).unwrap_or(u64::MAX)
+    }
+}
+
 /// One update of a task run.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct TaskStep {

@@ -40,6 +40,15 @@ impl<F: Float> CheckpointedBptt<F> {
         })
     }
 
+    /// The bytes a driver with segments of `k` steps holds for sequences of up to `max_steps`
+    /// steps: its K-step workspace and one saved state per segment, computed without allocating.
+    pub fn estimate_bytes(cfg: &crate::net::NetConfig, k: usize, max_steps: usize, batch: usize) -> u64 {
+        let segments = max_steps.div_ceil(k.max(1)) as u128 + 3; // + carry, kept, a spare
+        let state = (cfg.layers * batch * cfg.hidden) as u128 * if cfg.cell.has_cell_state() { 2 } else { 1 };
+        let states = segments * state * std::mem::size_of::<F>() as u128;
+        Workspace::<F>::estimate_bytes(cfg, k, batch).saturating_add(u64::try_from(states).unwrap_or(u64::MAX))
+    }
+
     /// Asks the next runs to keep the state after `steps` steps of the sequence (1 ≤ steps ≤
     /// T; `None`: keep nothing), for [`CheckpointedBptt::kept_state`]. Truncated BPTT carries
     /// that state to its next window.

@@ -12,7 +12,7 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::float::Float;
-use crate::net::{Input, InputKind, LossKind, Net, State, Target, Targets, Workspace};
+use crate::net::{Input, InputKind, LossKind, Net, NetConfig, State, Target, Targets, Workspace};
 use crate::train::CheckpointedBptt;
 
 /// The TBPTT(k1, k2) driver: keeps the last k2 steps of input and the carried state.
@@ -60,9 +60,8 @@ impl<F: Float> Tbptt<F> {
             return Err(Error::Config(format!("truncated BPTT needs 1 <= k1 <= k2, got k1={k1}, k2={k2}")));
         }
         let cfg = net.config();
-        // The window's inputs and targets (k2 · B positions), checked before anything is allocated.
-        let per_position = (cfg.input_width() + cfg.output + 3) * std::mem::size_of::<F>() + 8;
-        let needed = (k2 as u128 * batch as u128 * per_position as u128).try_into().unwrap_or(u64::MAX);
+        // The window's inputs and targets, checked before anything is allocated.
+        let needed = Self::window_bytes(cfg, k2, batch);
         let available = crate::kernels::machine::available_memory();
         if needed > available {
             let what = format!("a truncated-BPTT window of {k2} steps of {batch} sequences");
@@ -95,6 +94,24 @@ impl<F: Float> Tbptt<F> {
             start: State::zeros(cfg, batch),
             checkpointed,
         })
+    }
+
+    /// The bytes of the window's inputs and targets (k2 · B positions).
+    fn window_bytes(cfg: &NetConfig, k2: usize, batch: usize) -> u64 {
+        let per_position = (cfg.input_width() + cfg.output + 3) * std::mem::size_of::<F>() + 8;
+        (k2 as u128 * batch as u128 * per_position as u128).try_into().unwrap_or(u64::MAX)
+    }
+
+    /// The bytes [`Tbptt::with_checkpoints`] allocates for these sizes (window buffers and
+    /// activations), computed without allocating; saturates for sizes that cannot exist.
+    pub fn estimate_bytes(cfg: &NetConfig, k2: usize, batch: usize, every: usize) -> u64 {
+        let activations = if every > 0 {
+            CheckpointedBptt::<F>::estimate_bytes(cfg, every, k2, batch)
+                .saturating_add(Workspace::<F>::estimate_bytes(cfg, 1, batch))
+        } else {
+            Workspace::<F>::estimate_bytes(cfg, k2, batch)
+        };
+        Self::window_bytes(cfg, k2, batch).saturating_add(activations)
     }
 
     /// (k1, k2).

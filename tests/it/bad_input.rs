@@ -173,7 +173,7 @@ fn bad_model_files_and_vocabulary() {
 fn fuzz_regression_huge_finite_weights() {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz-huge-weights.safetensors");
     let m = bptt::charlm::CharModel::load(&p).unwrap();
-    let err = m.evaluate(&[0, 3, 0], 1, 2, 1).unwrap_err().to_string();
+    let err = m.evaluate(&bptt::charlm::TokenIds::from(vec![0, 3, 0]), 1, 2, 1).unwrap_err().to_string();
     assert!(err.contains("overflow"), "{err}");
     let mut s = bptt::charlm::Sampler::new(&m, 1, 1).unwrap();
     s.feed(&[0, 3]).unwrap();

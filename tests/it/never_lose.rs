@@ -160,7 +160,7 @@ fn impossible_sizes_are_one_line_errors_not_aborts() {
     let o = train(d.path(), &text, "b", &["--tbptt", "1:1000000000000", "--checkpoint-every", "5"]);
     one_line(&o, "memory are available");
     let o = bptt(&["bench", "--seq-len", "1000000000", "--steps", "1", "--threads", "1"]);
-    one_line(&o, "lower --batch or --seq-len");
+    one_line(&o, "--seq-len");
     // 1.3G parameters: 30 GB of training state, more than this machine (or CI) has.
     if bptt::kernels::machine::available_memory() < 29 << 30 {
         let o = bptt(&["bench", "--hidden", "8192", "--layers", "3", "--steps", "1"]);
@@ -249,5 +249,161 @@ fn sigterm_and_sighup_then_resume_equal_an_uninterrupted_run() {
             std::fs::read(straight.join(f)).unwrap() == std::fs::read(run.join(f)).unwrap(),
             "{f}: interrupted-and-resumed run differs from the straight run"
         );
+    }
+}
+
+/// The peak and the estimate (MiB) that `--memory` printed.
+fn peak_and_estimate(o: &std::process::Output) -> (f64, f64) {
+    let err = stderr(o);
+    assert!(o.status.success(), "failed: {err}");
+    let line = err.lines().find(|l| l.starts_with("memory: peak")).unwrap_or_else(|| panic!("no peak in: {err}"));
+    let nums: Vec<f64> =
+        line.split(|c: char| !(c.is_ascii_digit() || c == '.')).filter_map(|w| w.parse().ok()).collect();
+    (nums[0], nums[1])
+}
+
+#[test]
+fn every_command_stays_within_its_printed_memory_estimate() {
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    let (t, run) = (text.to_str().unwrap(), d.path().join("run"));
+    let r = run.to_str().unwrap();
+    let model = run.join("model.safetensors");
+    let m = model.to_str().unwrap();
+    let diag = d.path().join("diag");
+    let dg = diag.to_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["train", "--text", t, "--out", r, "--hidden", "32", "--batch", "8", "--seq-len", "32", "--steps", "3"],
+        vec!["train", "--resume", r, "--steps", "5"],
+        vec!["eval", "--model", m, "--text", t],
+        vec!["sample", "--model", m, "--length", "50"],
+        vec!["graph", "--steps", "64", "--layers", "16"],
+        vec!["plot", r],
+        vec!["task", "adding", "--length", "20", "--steps", "5"],
+        vec!["diagnose", "--length", "20", "--out", dg],
+        vec!["diagnose", "--model", m, "--text", t, "--length", "20", "--out", dg],
+        vec!["bench", "--hidden", "128", "--batch", "8", "--seq-len", "20", "--steps", "2"],
+        vec![
+            "bench",
+            "--hidden",
+            "64",
+            "--batch",
+            "4",
+            "--seq-len",
+            "400",
+            "--steps",
+            "2",
+            "--checkpoint-every",
+            "auto",
+        ],
+    ];
+    for args in cases {
+        let threads: &[&str] = if ["graph", "plot"].contains(&args[0]) { &[] } else { &["--threads", "2"] };
+        let o = bptt(&[&args[..], &["--memory"], threads].concat());
+        let (peak, estimate) = peak_and_estimate(&o);
+        eprintln!("{args:?}: peak {peak} MiB, estimated {estimate} MiB");
+        assert!(peak <= 1.2 * estimate, "{args:?}: peak {peak} MiB exceeds the estimate {estimate} MiB by over 20%");
+    }
+}
+
+#[test]
+fn a_large_text_costs_at_most_twice_its_size() {
+    let d = tempfile::tempdir().unwrap();
+    let small = std::fs::read(corpus(d.path())).unwrap();
+    let big = d.path().join("big.txt");
+    let n = 24 << 20;
+    std::fs::write(&big, small.iter().copied().cycle().take(n).collect::<Vec<u8>>()).unwrap();
+    let out = d.path().join("run");
+    let o = bptt(&[
+        "train",
+        "--memory",
+        "--text",
+        big.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--hidden",
+        "8",
+        "--embedding-dim",
+        "4",
+        "--steps",
+        "1",
+        "--val-fraction",
+        "0",
+        "--threads",
+        "1",
+    ]);
+    let (peak, estimate) = peak_and_estimate(&o);
+    let text_mib = n as f64 / 1048576.0;
+    eprintln!("a {text_mib} MiB text: peak {peak} MiB, estimated {estimate} MiB");
+    assert!(peak <= 1.2 * estimate, "peak {peak} MiB over the estimate {estimate} MiB");
+    // Twice the text, plus the program (a few MiB) and a tiny model.
+    assert!(peak <= 2.0 * text_mib + 12.0, "peak {peak} MiB for a {text_mib} MiB text: more than twice its size");
+}
+
+#[test]
+fn token_ids_take_the_narrowest_integer_the_vocabulary_allows() {
+    use bptt::charlm::{TokenIds, Vocab};
+    // ASCII and a few accents: one byte per character, same ids as u32s.
+    let text = "héllo wörld, the cat sat\n".repeat(50);
+    let vocab = Vocab::from_text(&text).unwrap();
+    let ids = vocab.encode(&text).unwrap();
+    assert_eq!(ids.id_bytes(), 1);
+    assert_eq!(ids.len(), text.chars().count());
+    let want: Vec<u32> = text.chars().map(|c| vocab.id(c).unwrap()).collect();
+    assert_eq!(ids.to_vec(), want);
+    assert_eq!(TokenIds::from(want.clone()), ids);
+    // Sorted by code point: ASCII first, then the rest.
+    let chars = vocab.chars();
+    assert!(chars.windows(2).all(|w| w[0] < w[1]), "{chars:?}");
+    // 300 distinct characters: two bytes each, ids intact above 255.
+    let wide: String = (0..300u32).map(|k| char::from_u32(0x4e00 + k).unwrap()).collect();
+    let v = Vocab::from_text(&wide).unwrap();
+    let ids = v.encode(&wide).unwrap();
+    assert_eq!((ids.id_bytes(), v.len()), (2, 300));
+    assert_eq!(ids.get(299), 299);
+    assert_eq!(ids.iter().collect::<Vec<_>>(), (0..300).collect::<Vec<u32>>());
+    // Beyond 65,536: four bytes.
+    assert_eq!(TokenIds::from(vec![0, 70_000]).id_bytes(), 4);
+    let mut split = TokenIds::from(vec![1, 2, 3, 4]);
+    assert_eq!(split.split_off(3).to_vec(), vec![4]);
+    assert_eq!(split.to_vec(), vec![1, 2, 3]);
+}
+
+#[cfg(unix)]
+#[test]
+fn under_ulimit_v_a_command_runs_or_says_why_in_one_line() {
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    let t = text.to_str().unwrap();
+    // Limits (KiB) from too small for anything to enough for all: each run exits 0, or 1 with one
+    // line; never an abort (134), a panic (101) or a signal.
+    for limit in [60_000, 150_000, 250_000, 400_000] {
+        for (k, args) in [
+            vec!["train", "--text", t, "--hidden", "256", "--batch", "32", "--seq-len", "64", "--steps", "2"],
+            vec!["bench", "--hidden", "512", "--batch", "32", "--steps", "1"],
+            vec!["task", "adding", "--length", "50", "--steps", "2"],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let out = d.path().join(format!("run-{limit}-{k}"));
+            let script = r#"ulimit -v "$1"; shift; exec "$@""#;
+            let mut cmd = Command::new("sh");
+            cmd.args(["-c", script, "sh", &limit.to_string(), env!("CARGO_BIN_EXE_bptt")]);
+            cmd.args(&args).args(["--threads", "2"]);
+            if args[0] == "train" {
+                cmd.arg("--out").arg(&out);
+            }
+            let o = cmd.output().unwrap();
+            let err = stderr(&o);
+            match o.status.code() {
+                Some(0) => {}
+                Some(1) => {
+                    assert_eq!(err.trim_end().lines().count(), 1, "ulimit -v {limit} {args:?}: {err}");
+                    assert!(err.contains("memory are available"), "ulimit -v {limit} {args:?}: {err}");
+                }
+                c => panic!("ulimit -v {limit} {args:?}: exit {c:?}: {err}"),
+            }
+        }
     }
 }

@@ -23,7 +23,7 @@ fn lstm_learns_shakespeare_below_unigram_entropy() {
     let vocab = Vocab::from_text(&text).unwrap();
     let ids = vocab.encode(&text).unwrap();
     let mut counts = vec![0usize; vocab.len()];
-    ids.iter().for_each(|&i| counts[i as usize] += 1);
+    ids.iter().for_each(|i| counts[i as usize] += 1);
     let n = ids.len() as f64;
     let unigram: f64 = counts.iter().filter(|&&c| c > 0).map(|&c| -(c as f64 / n) * (c as f64 / n).ln()).sum();
 
