@@ -70,6 +70,9 @@ row "unknown optimizer" "$B" train --text "$W/ok.txt" --optimizer lbfgs
 row "momentum for adam" "$B" train --text "$W/ok.txt" --momentum 0.9
 row "negative clip norm" "$B" train --text "$W/ok.txt" --clip-norm -1
 row "validation fraction 1.5" "$B" train --text "$W/ok.txt" --val-fraction 1.5
+row "dropout 1" "$B" train --text "$W/ok.txt" --dropout 1
+row "dropout with --checkpoint-every" "$B" train --text "$W/ok.txt" --dropout 0.2 --checkpoint-every 4
+row "both dropout kinds" "$B" train --text "$W/ok.txt" --dropout 0.2 --locked-dropout 0.2
 row "unknown schedule" "$B" train --text "$W/ok.txt" --lr-schedule wiggly
 row "zero steps" "$B" train --text "$W/ok.txt" --steps 0
 row "not a number" "$B" train --text "$W/ok.txt" --hidden abc

@@ -58,6 +58,14 @@ pub struct TrainConfig {
     /// horizon it stays at the minimum. `None`: `steps`. (Other schedules have no horizon.)
     #[serde(default)]
     pub schedule_steps: Option<u64>,
+    /// Dropout on the non-recurrent connections — the embedding output, between layers, before
+    /// the readout — in [0, 1), 0 = none (`--dropout`, or `--locked-dropout`).
+    #[serde(default)]
+    pub dropout: f64,
+    /// One dropout mask per stream and unit for a whole update (variational) instead of one
+    /// per step.
+    #[serde(default)]
+    pub locked_dropout: bool,
 }
 
 impl TrainConfig {
@@ -84,7 +92,16 @@ impl TrainConfig {
             abort_loss_factor: None,
             checkpoint_every: 0,
             schedule_steps: None,
+            dropout: 0.0,
+            locked_dropout: false,
         }
+    }
+
+    /// The dropout of update `step`: masks seeded by the run's seed and the step alone, so a
+    /// resumed run draws the same masks as an uninterrupted one.
+    fn dropout_at(&self, step: u64) -> Option<crate::net::Dropout> {
+        let seed = (self.seed ^ 0xd2b7_4407_b1ce_6e93).wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        (self.dropout > 0.0).then_some(crate::net::Dropout { p: self.dropout, locked: self.locked_dropout, seed })
     }
 
     /// The optimizer this config names, with its momentum and weight decay.
@@ -139,13 +156,19 @@ impl TrainConfig {
         let step = (self.k1 * self.batch) as u128 * 8;
         let window = Tbptt::<f32>::estimate_bytes(&net, self.seq_len, self.batch, self.checkpoint_every) as u128;
         let chunk = if self.checkpoint_every > 0 { self.checkpoint_every } else { self.seq_len };
+        let masks = if self.dropout > 0.0 {
+            let tb = (self.seq_len * self.batch) as u128;
+            (2 * net.layers as u128 * tb * net.hidden as u128 + tb * net.input_width() as u128) * 4
+        } else {
+            0
+        };
         let validation = if self.val_fraction > 0.0 {
             crate::net::Workspace::<f32>::estimate_bytes(&net, chunk, self.batch) as u128
                 + (chunk * self.batch) as u128 * 8
         } else {
             0
         };
-        Ok(u64::try_from(slabs + step + window + validation).unwrap_or(u64::MAX))
+        Ok(u64::try_from(slabs + step + window + masks + validation).unwrap_or(u64::MAX))
     }
 
     /// Updates per epoch on a text of `n` characters (after the validation split).
@@ -172,6 +195,14 @@ impl TrainConfig {
             && !(f.is_finite() && f > 1.0)
         {
             return Err(Error::Config(format!("--abort-loss-factor must be > 1, got {f}")));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Config(format!("--dropout must be in [0, 1), got {}", self.dropout)));
+        }
+        if self.dropout > 0.0 && self.checkpoint_every > 0 {
+            return Err(Error::Config(
+                "--dropout with --checkpoint-every is not supported yet: use one of them".into(),
+            ));
         }
         self.optimizer()?;
         self.schedule()?;
@@ -241,7 +272,10 @@ impl Trainer {
         let split = Split::new(ids, cfg.val_fraction)?;
         let streams = Streams::new(split.train.len(), cfg.batch, cfg.k1)?;
         let optimizer = Optimizer::new(cfg.optimizer()?, model.params.len())?.with_threads(threads);
-        let tbptt = Tbptt::with_checkpoints(&model.net, cfg.k1, cfg.seq_len, cfg.batch, threads, cfg.checkpoint_every)?;
+        let mut tbptt =
+            Tbptt::with_checkpoints(&model.net, cfg.k1, cfg.seq_len, cfg.batch, threads, cfg.checkpoint_every)?;
+        // Allocates the masks now, not in the training loop.
+        tbptt.workspace_mut().set_dropout(cfg.dropout_at(0))?;
         let n = cfg.k1 * cfg.batch;
         Ok(Trainer {
             schedule: cfg.schedule()?,
@@ -310,6 +344,7 @@ impl Trainer {
         }
         self.streams.chunk(&self.split.train, self.epoch_update, &mut self.x, &mut self.y);
         self.grads.fill(0.0);
+        self.tbptt.workspace_mut().set_dropout(self.cfg.dropout_at(self.step))?;
         let net = &self.model.net;
         let loss = self.tbptt.step(
             net,

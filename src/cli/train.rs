@@ -121,6 +121,14 @@ pub struct Args {
     /// Stop if the training loss exceeds F x the first loss.
     #[arg(long, conflicts_with = "resume")]
     abort_loss_factor: Option<f64>,
+    /// Dropout P on the non-recurrent connections: the embedding output, between layers and
+    /// before the readout (PyTorch's word-language-model example; a fresh mask per step).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with_all = ["resume", "locked_dropout"])]
+    dropout: f64,
+    /// As --dropout, with one mask per stream and unit for the whole window (variational
+    /// dropout, Gal & Ghahramani 2016).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with = "resume")]
+    locked_dropout: f64,
     /// Start a fresh run even if --out already holds run files (they are replaced).
     #[arg(long, conflicts_with = "resume")]
     force: bool,
@@ -224,6 +232,8 @@ fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::R
         abort_loss_factor: a.abort_loss_factor,
         checkpoint_every: super::checkpoint_every(&a.checkpoint_every, k2)?,
         schedule_steps: None,
+        dropout: if a.locked_dropout != 0.0 { a.locked_dropout } else { a.dropout },
+        locked_dropout: a.locked_dropout > 0.0,
     };
     cfg.validate()?;
     cfg.steps = total_steps(&cfg, ids.len(), a.steps, a.epochs)?.unwrap_or(cfg.updates_per_epoch(ids.len())? as u64);

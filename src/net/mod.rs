@@ -10,10 +10,12 @@
 //! cross-entropy (`CrossEntropy`) or the mean over the O outputs of the squared error (`Mse`),
 //! so `Mse` equals PyTorch's `MSELoss()` over the counted positions.
 
+mod dropout;
 mod layer;
 mod readout;
 mod workspace;
 
+pub use dropout::Dropout;
 pub use workspace::Workspace;
 
 use crate::cell::CellKind;
@@ -388,6 +390,22 @@ impl Net {
             }
         }
         let bh = b * cfg.hidden;
+        // Dropout: every mask of this pass, in a fixed order (the input, then each layer's output).
+        let stride = ws.max_steps * bh;
+        ws.masked = false;
+        if let Some(d) = ws.dropout {
+            let mut rng = dropout::stream(&d);
+            let width = embedding.map_or(per_step, |(_, e)| b * e);
+            dropout::fill(&mut ws.mask_x, steps, width, &d, &mut rng);
+            for k in 0..cfg.layers {
+                dropout::fill(&mut ws.mask_h[k * stride..], steps, bh, &d, &mut rng);
+            }
+            if embedding.is_none() {
+                dropout::scale(&mut ws.input[..steps * per_step], &ws.mask_x);
+            }
+            ws.masked = true;
+        }
+        let masked = ws.masked;
         for (k, cache) in ws.layers.iter_mut().enumerate() {
             match init {
                 Some(s) => {
@@ -404,19 +422,26 @@ impl Net {
             }
         }
         let gh = cfg.cell.gates() * cfg.hidden;
-        let wavefront = layer::wavefront::units(cfg, b).filter(|_| ws.wavefront);
+        let wavefront = layer::wavefront::units(cfg, b).filter(|_| ws.wavefront && !masked);
         for (k, lp) in self.layers.iter().enumerate() {
             let (below, rest) = ws.layers.split_at_mut(k);
-            let x = if k > 0 {
+            let x = if k > 0 && masked {
+                let dropped = &mut ws.dropped[(k - 1) * stride..(k - 1) * stride + steps * bh];
+                dropout::apply(dropped, &below[k - 1].hs[bh..(steps + 1) * bh], &ws.mask_h[(k - 1) * stride..]);
+                layer::LayerInput::Rows(dropped)
+            } else if k > 0 {
                 layer::LayerInput::Rows(&below[k - 1].hs[bh..(steps + 1) * bh])
             } else if let (Some(enc), Some((vocab, e))) = (self.encoder, embedding)
-                && steps * b < vocab
+                && (steps * b < vocab || masked)
             {
-                // Fewer tokens than vocabulary entries: gather their embedding rows (T·B, E)
-                // and project them like dense input.
+                // Fewer tokens than vocabulary entries (or dropout on the embedding output):
+                // gather their embedding rows (T·B, E) and project them like dense input.
                 ws.gathered = true;
                 for (row, &tok) in ws.input.chunks_exact_mut(e).zip(&ws.tokens[..steps * b]) {
                     row.copy_from_slice(&params[enc + tok as usize * e..enc + (tok as usize + 1) * e]);
+                }
+                if masked {
+                    dropout::scale(&mut ws.input[..steps * b * e], &ws.mask_x);
                 }
                 layer::LayerInput::Rows(&ws.input[..steps * b * e])
             } else if let (Some(enc), Some((vocab, embedding_dim))) = (self.encoder, embedding) {
@@ -446,7 +471,13 @@ impl Net {
             let hproj = &mut ws.hproj[..if cfg.cell == CellKind::Gru { b * gh } else { 0 }];
             layer::forward(cfg, lp, params, &mut rest[0], hproj, x, steps, b, ws.threads);
         }
-        let top = &ws.layers[cfg.layers - 1].hs[bh..(steps + 1) * bh];
+        let mut top = &ws.layers[cfg.layers - 1].hs[bh..(steps + 1) * bh];
+        if masked {
+            let slot = (cfg.layers - 1) * stride;
+            let dropped = &mut ws.dropped[slot..slot + steps * bh];
+            dropout::apply(dropped, top, &ws.mask_h[slot..]);
+            top = dropped;
+        }
         readout::forward(self, params, top, &mut ws.logits[..steps * b * cfg.output], ws.threads);
         match targets {
             None => Ok(F::zero()),
@@ -497,12 +528,18 @@ impl Net {
         }
         ws.ready = false;
         let last = cfg.layers - 1;
+        let (masked, stride) = (ws.masked, ws.max_steps * bh);
         {
             let top = &mut ws.layers[last];
-            let (hs, dh) = (&top.hs[bh..(steps + 1) * bh], &mut top.dh[..steps * bh]);
+            let slot = last * stride;
+            let hs = if masked { &ws.dropped[slot..slot + steps * bh] } else { &top.hs[bh..(steps + 1) * bh] };
+            let dh = &mut top.dh[..steps * bh];
             readout::backward(self, params, grads, hs, &ws.dlogits[..steps * b * cfg.output], dh, ws.threads);
+            if masked {
+                dropout::scale(dh, &ws.mask_h[slot..]);
+            }
         }
-        let wavefront = layer::wavefront::units(cfg, b).filter(|_| ws.wavefront && !ws.record_dh_norms);
+        let wavefront = layer::wavefront::units(cfg, b).filter(|_| ws.wavefront && !ws.record_dh_norms && !masked);
         if let Some(units) = wavefront {
             // Every layer's time loop at once; the weight gradients below, layer by layer.
             let (layers, dh0, dc0) = (&mut ws.layers[..], &mut ws.dh0[..], &mut ws.dc0[..]);
@@ -517,7 +554,12 @@ impl Net {
             let dh_norms = ws.record_dh_norms.then(|| &mut ws.dh_norms[k * ws.max_steps..k * ws.max_steps + steps]);
             let (x, dx) = if k > 0 {
                 let prev = &mut below[k - 1];
-                (layer::LayerInput::Rows(&prev.hs[bh..(steps + 1) * bh]), Some(&mut prev.dh[..steps * bh]))
+                let x = if masked {
+                    &ws.dropped[(k - 1) * stride..(k - 1) * stride + steps * bh]
+                } else {
+                    &prev.hs[bh..(steps + 1) * bh]
+                };
+                (layer::LayerInput::Rows(x), Some(&mut prev.dh[..steps * bh]))
             } else if self.encoder.is_some() && ws.gathered {
                 let n = steps * b * lp.input;
                 (layer::LayerInput::Rows(&ws.input[..n]), Some(&mut ws.dinput[..n]))
@@ -535,6 +577,13 @@ impl Net {
                 let (dh0, dc0) = (&mut ws.dh0[k * bh..(k + 1) * bh], &mut ws.dc0[..]);
                 let dc0 = if cfg.cell.has_cell_state() { &mut dc0[k * bh..(k + 1) * bh] } else { &mut dc0[..0] };
                 layer::backward(cfg, lp, params, grads, cache, x, dx, dh0, dc0, dh_norms, steps, b, ws.threads);
+            }
+            // Through the dropout below this layer (its output's, or the first layer's input's).
+            if masked && k > 0 {
+                dropout::scale(&mut below[k - 1].dh[..steps * bh], &ws.mask_h[(k - 1) * stride..]);
+            } else if masked && (self.encoder.is_some() || ws.input_grad) {
+                let n = steps * b * lp.input;
+                dropout::scale(&mut ws.dinput[..n], &ws.mask_x);
             }
             if k == 0
                 && let Some(enc) = self.encoder

@@ -2,8 +2,9 @@
 //! needs for sequences of up to `max_steps` steps and a fixed batch, allocated once.
 
 use crate::cell::CellKind;
+use crate::error::Result;
 use crate::float::Float;
-use crate::net::{InputKind, NetConfig, State};
+use crate::net::{Dropout, InputKind, NetConfig, State};
 
 /// Per-layer cache: what the backward pass of one layer needs, plus its gradient inputs.
 #[derive(Clone, Debug)]
@@ -81,6 +82,15 @@ pub struct Workspace<F> {
     pub(crate) record_dh_norms: bool,
     /// Run stacked layers as a wavefront where the sizes allow (net/layer/wavefront.rs).
     pub(crate) wavefront: bool,
+    /// Dropout of the next forward passes (net/dropout.rs); the buffers below exist only then:
+    /// (T, B, I) the first layer's input mask, (L, T, B, H) each layer's output mask and the
+    /// dropped outputs (slot k feeds layer k + 1; the top slot feeds the readout).
+    pub(crate) dropout: Option<Dropout>,
+    /// The last forward pass dropped (its masks are in the buffers below).
+    pub(crate) masked: bool,
+    pub(crate) mask_x: Vec<F>,
+    pub(crate) mask_h: Vec<F>,
+    pub(crate) dropped: Vec<F>,
     pub(crate) hidden: usize,
     pub(crate) layers_n: usize,
     pub(crate) output: usize,
@@ -129,6 +139,11 @@ impl<F: Float> Workspace<F> {
             dc0: z(if lstm { cfg.layers * b * h } else { 0 }),
             dh_norms: z(cfg.layers * t),
             record_dh_norms: false,
+            dropout: None,
+            masked: false,
+            mask_x: Vec::new(),
+            mask_h: Vec::new(),
+            dropped: Vec::new(),
             wavefront: wavefront_by_default::<F>(cfg),
             hidden: h,
             layers_n: cfg.layers,
@@ -171,7 +186,10 @@ impl<F: Float> Workspace<F> {
             + self.dinput.len()
             + self.dh0.len()
             + self.dc0.len()
-            + self.dh_norms.len();
+            + self.dh_norms.len()
+            + self.mask_x.len()
+            + self.mask_h.len()
+            + self.dropped.len();
         (layers + rest) * f + self.tokens.len() * 4
     }
 
@@ -203,6 +221,24 @@ impl<F: Float> Workspace<F> {
     /// way, do not depend on the thread count.
     pub fn set_wavefront(&mut self, on: bool) {
         self.wavefront = on;
+    }
+
+    /// Sets (or with `None` clears) dropout for the following forward passes; a training loop
+    /// sets a fresh seed for each update. The first call with dropout allocates its masks
+    /// (about two more activations per layer), so do it before the time loop. The backward pass
+    /// uses the masks of the forward pass before it.
+    pub fn set_dropout(&mut self, dropout: Option<Dropout>) -> Result<()> {
+        if let Some(d) = &dropout {
+            d.validate()?;
+            if self.mask_x.is_empty() {
+                let tbh = self.max_steps * self.batch * self.hidden;
+                self.mask_x = vec![F::zero(); self.input.len()];
+                self.mask_h = vec![F::zero(); self.layers_n * tbh];
+                self.dropped = vec![F::zero(); self.layers_n * tbh];
+            }
+        }
+        self.dropout = dropout.filter(|d| d.p > 0.0);
+        Ok(())
     }
 
     /// Changes the thread count (results are identical at any setting).

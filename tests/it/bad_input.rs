@@ -105,6 +105,11 @@ fn impossible_flags() {
     run(&["--clip-norm", "-1"], "clip-norm");
     run(&["--val-fraction", "1.5"], "val-fraction");
     run(&["--lr-schedule", "wiggly"], "lr-schedule");
+    run(&["--dropout", "1"], "--dropout must be in [0, 1)");
+    run(&["--dropout", "nan"], "--dropout must be in [0, 1)");
+    run(&["--locked-dropout", "-0.5"], "--dropout must be in [0, 1)");
+    run(&["--dropout", "0.2", "--locked-dropout", "0.2"], "cannot be used with");
+    run(&["--dropout", "0.2", "--checkpoint-every", "4"], "not supported yet");
     run(&["--hidden", "abc"], "invalid value");
     run(&["--no-such-flag"], "unexpected argument");
     fails(&["train", "--text", t, "--out", o, "--steps", "0"], "at least 1");

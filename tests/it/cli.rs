@@ -115,8 +115,13 @@ fn eval_matches_the_in_process_loss_and_sampling_is_deterministic() {
 fn resume_is_bit_exact() {
     let d = tempfile::tempdir().unwrap();
     let text = corpus(d.path());
-    let variants =
-        [[].as_slice(), ["--tbptt", "6:16"].as_slice(), ["--tbptt", "6:16", "--checkpoint-every", "5"].as_slice()];
+    let variants = [
+        [].as_slice(),
+        ["--tbptt", "6:16"].as_slice(),
+        ["--tbptt", "6:16", "--checkpoint-every", "5"].as_slice(),
+        ["--dropout", "0.3"].as_slice(),
+        ["--tbptt", "6:16", "--locked-dropout", "0.3"].as_slice(),
+    ];
     for tb in variants {
         let mut a = vec!["--steps", "14", "--eval-every", "4", "--optimizer", "rmsprop", "--momentum", "0.5"];
         a.extend_from_slice(tb);

@@ -4,6 +4,7 @@
 #![allow(clippy::needless_range_loop)] // coordinates are perturbed by index
 
 use crate::common::{Mode, Problem};
+use bptt::net::Dropout;
 use bptt::{CellKind, Net, State, Workspace};
 
 /// The relative error we accept: |a − n| / max(|a|, |n|, FLOOR).
@@ -49,9 +50,16 @@ fn rel(a: f64, n: f64) -> f64 {
 
 /// Runs the check and returns the worst relative error with a description of where it is.
 fn check(p: &Problem) -> (f64, String) {
+    check_with(p, None)
+}
+
+/// [`check`] with dropout: its seed is fixed, so every forward pass draws the same masks and
+/// the loss is a smooth function of the parameters, inputs and initial state.
+fn check_with(p: &Problem, dropout: Option<Dropout>) -> (f64, String) {
     let net: &Net = &p.net;
     let mut ws = net.workspace::<f64>(p.steps, p.batch, 1).unwrap();
     ws.set_input_grad(true);
+    ws.set_dropout(dropout).unwrap();
     loss(p, &p.params, &p.x, &p.init, &mut ws);
     let mut grads = vec![0.0; net.num_params()];
     net.backward(&p.params, &mut ws, &mut grads).unwrap();
@@ -252,5 +260,51 @@ fn split_path_matches_finite_differences(b: usize, h: usize, layers: usize, toke
             assert!(rel(d0.h[k], n) < TOL, "{cell} B={b} H={h}: h0[{k}]: analytic {} numeric {n}", d0.h[k]);
         }
         assert!(kinks * 10 < 120 + coords.len(), "{cell}: {kinks} coordinates sit on ReLU kinks");
+    }
+}
+
+/// Dropout on the first layer's input, between layers and before the readout, per step and
+/// locked, for every cell, dense and token input, 1–3 layers: f64 finite differences with the
+/// masks held fixed (the same seed).
+#[test]
+fn dropout_matches_finite_differences() {
+    let mut seed = 500;
+    for cell in [CellKind::RnnTanh, CellKind::RnnRelu, CellKind::Lstm, CellKind::Gru] {
+        for layers in [1, 2, 3] {
+            for tokens in [false, true] {
+                for locked in [false, true] {
+                    seed += 1;
+                    let p = Problem::new(cell, layers, Mode::WeightedCe, tokens, 3, 4, seed);
+                    let d = Dropout { p: 0.4, locked, seed };
+                    let (err, at) = check_with(&p, Some(d));
+                    assert!(
+                        err < TOL,
+                        "{cell} layers={layers} tokens={tokens} locked={locked}: max rel error {err:.3e} at {at}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The masks drop values (the loss changes), p = 0 is no dropout at all, and clearing dropout
+/// gives back the plain network bit for bit.
+#[test]
+fn dropout_changes_training_passes_only() {
+    let p = Problem::new(CellKind::Lstm, 2, Mode::ManyToManyCe, true, 4, 6, 77);
+    let mut ws = p.net.workspace::<f64>(p.steps, p.batch, 1).unwrap();
+    let plain = loss(&p, &p.params, &p.x, &p.init, &mut ws);
+    ws.set_dropout(Some(Dropout { p: 0.0, locked: false, seed: 1 })).unwrap();
+    assert_eq!(loss(&p, &p.params, &p.x, &p.init, &mut ws).to_bits(), plain.to_bits());
+    ws.set_dropout(Some(Dropout { p: 0.5, locked: false, seed: 1 })).unwrap();
+    let dropped = loss(&p, &p.params, &p.x, &p.init, &mut ws);
+    assert!((dropped - plain).abs() > 1e-3, "dropout 0.5 left the loss at {dropped} (plain {plain})");
+    assert_eq!(loss(&p, &p.params, &p.x, &p.init, &mut ws).to_bits(), dropped.to_bits(), "same seed, same masks");
+    ws.set_dropout(Some(Dropout { p: 0.5, locked: false, seed: 2 })).unwrap();
+    assert_ne!(loss(&p, &p.params, &p.x, &p.init, &mut ws).to_bits(), dropped.to_bits(), "a new seed, new masks");
+    ws.set_dropout(None).unwrap();
+    assert_eq!(loss(&p, &p.params, &p.x, &p.init, &mut ws).to_bits(), plain.to_bits());
+    for bad in [1.0, -0.1, f64::NAN] {
+        assert!(ws.set_dropout(Some(Dropout { p: bad, locked: false, seed: 1 })).is_err(), "p = {bad} accepted");
     }
 }
