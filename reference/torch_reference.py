@@ -10,6 +10,12 @@ parameters, in state_dict order over one slab, are p[k] = 0.6 sin(1.3 k + 0.5); 
 inputs x[k] = sin(0.7 k + 0.3); class targets y[k] = (7 k + 3) mod O; value targets
 v[k] = cos(0.9 k); token ids (5 k + 1) mod V; h0[k] = 0.3 sin(0.5 k + 1), c0[k] =
 0.3 cos(0.5 k + 1). Everything is float64 unless stated.
+
+Dropout cases (DROP_*) apply fixed masks where bptt drops (PyTorch's word-language-model
+placement): the first layer's input (the embedding output for tokens), each layer's output
+feeding the next, and the top layer's output before the decoder. The masks are 0 or 1/(1 - 0.4):
+the input mask (T, B, I) is 0 where (3 k + 1) mod 5 = 0, the layer-output masks (L, T, B, H)
+where (7 k + 2) mod 4 = 0.
 """
 import math
 import torch
@@ -33,15 +39,27 @@ class Model(nn.Module):
         self.rnn = kind(i, h, num_layers=layers, **kw)
         self.decoder = nn.Linear(h, o)
         self.tokens = tokens
+        # One-layer modules that run layer k with rnn's weights (not registered: the
+        # parameters stay those of rnn, in state_dict order), to drop between layers.
+        self.__dict__["one"] = [kind(i if k == 0 else h, h, num_layers=1, **kw) for k in range(layers)]
 
-    def forward(self, x, state):
+    def forward(self, x, state, masks=None):
         if self.tokens:
             x = self.encoder(x)
-        out, _ = self.rnn(x, state)
-        return self.decoder(out)
+        if masks is None:
+            out, _ = self.rnn(x, state)
+            return self.decoder(out)
+        mx, mh = masks
+        x = x * mx
+        for k, one in enumerate(self.one):
+            w = {f"{n}_l0": getattr(self.rnn, f"{n}_l{k}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+            st = (state[0][k:k + 1], state[1][k:k + 1]) if isinstance(state, tuple) else state[k:k + 1]
+            out, _ = torch.func.functional_call(one, w, (x, st))
+            x = out * mh[k]
+        return self.decoder(x)
 
 
-def case(name, cell, tokens, loss):
+def case(name, cell, tokens, loss, dropout=False):
     m = Model(cell, tokens)
     slab = [p for p in m.parameters()]
     n = sum(p.numel() for p in slab)
@@ -58,7 +76,13 @@ def case(name, cell, tokens, loss):
     h0 = fill(L * B * H, lambda k: 0.3 * math.sin(0.5 * k + 1)).view(L, B, H).requires_grad_()
     c0 = fill(L * B * H, lambda k: 0.3 * math.cos(0.5 * k + 1)).view(L, B, H).requires_grad_()
     state = (h0, c0) if cell == "lstm" else h0
-    y = m(x, state)
+    masks = None
+    if dropout:
+        keep = 1 / (1 - 0.4)
+        mx = fill(T * B * I, lambda k: 0.0 if (3 * k + 1) % 5 == 0 else keep).view(T, B, I)
+        mh = fill(L * T * B * H, lambda k: 0.0 if (7 * k + 2) % 4 == 0 else keep).view(L, T, B, H)
+        masks = (mx, mh)
+    y = m(x, state, masks)
     if loss == "ce":
         t = torch.tensor([(7 * k + 3) % O for k in range(T * B)])
         out = nn.functional.cross_entropy(y.reshape(T * B, O), t)
@@ -98,6 +122,10 @@ case("GRU", "gru", False, "ce")
 case("LSTM_TOKENS", "lstm", True, "ce")
 case("GRU_TOKENS_MSE", "gru", True, "mse")
 case("RNN_TANH_MSE", "rnn_tanh", False, "mse")
+case("DROP_RNN_TANH", "rnn_tanh", False, "ce", dropout=True)
+case("DROP_LSTM_TOKENS", "lstm", True, "ce", dropout=True)
+case("DROP_GRU", "gru", False, "ce", dropout=True)
+case("DROP_GRU_TOKENS_MSE", "gru", True, "mse", dropout=True)
 
 
 def big_case(name, cell, tokens, T, B, I, H, L, O, V=0):

@@ -4,7 +4,7 @@
 use crate::charlm::data::{Split, Streams, TokenIds};
 use crate::charlm::model::{CharModel, Eval, ModelFile};
 use crate::error::{Error, Result};
-use crate::net::{Input, State, Targets};
+use crate::net::{Input, State, Targets, WeightDrop};
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig, OptimizerState, Schedule};
 use crate::train::{Clip, Tbptt, apply_update};
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,10 @@ pub struct TrainConfig {
     /// per step.
     #[serde(default)]
     pub locked_dropout: bool,
+    /// DropConnect on every W_hh, one mask per update (AWD-LSTM's weight drop), in [0, 1);
+    /// `--weight-drop`.
+    #[serde(default)]
+    pub weight_drop: f64,
 }
 
 impl TrainConfig {
@@ -94,6 +98,7 @@ impl TrainConfig {
             schedule_steps: None,
             dropout: 0.0,
             locked_dropout: false,
+            weight_drop: 0.0,
         }
     }
 
@@ -102,6 +107,12 @@ impl TrainConfig {
     fn dropout_at(&self, step: u64) -> Option<crate::net::Dropout> {
         let seed = (self.seed ^ 0xd2b7_4407_b1ce_6e93).wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         (self.dropout > 0.0).then_some(crate::net::Dropout { p: self.dropout, locked: self.locked_dropout, seed })
+    }
+
+    /// The weight drop of update `step`, seeded like [`TrainConfig::dropout_at`].
+    fn weight_drop_at(&self, step: u64) -> Option<WeightDrop> {
+        let seed = (self.seed ^ 0x7c3a_91d4_e0f2_5b68).wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        (self.weight_drop > 0.0).then_some(WeightDrop { p: self.weight_drop, seed })
     }
 
     /// The optimizer this config names, with its momentum and weight decay.
@@ -152,7 +163,9 @@ impl TrainConfig {
         let net = self.model.net_config(vocab);
         let params = crate::net::Net::new(net)?.num_params() as u128;
         let buffers = self.optimizer()?.buffer_names().len() as u128;
-        let slabs = params * (3 + buffers + 1 + buffers) * 4;
+        // Weight drop: a dropped copy of the weights and the W_hh mask.
+        let dropped = if self.weight_drop > 0.0 { params * 2 } else { 0 };
+        let slabs = (params * (3 + buffers + 1 + buffers) + dropped) * 4;
         let step = (self.k1 * self.batch) as u128 * 8;
         let window = Tbptt::<f32>::estimate_bytes(&net, self.seq_len, self.batch, self.checkpoint_every) as u128;
         let chunk = if self.checkpoint_every > 0 { self.checkpoint_every } else { self.seq_len };
@@ -199,6 +212,9 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(Error::Config(format!("--dropout must be in [0, 1), got {}", self.dropout)));
         }
+        if !(0.0..1.0).contains(&self.weight_drop) {
+            return Err(Error::Config(format!("--weight-drop must be in [0, 1), got {}", self.weight_drop)));
+        }
         if self.dropout > 0.0 && self.checkpoint_every > 0 {
             return Err(Error::Config(
                 "--dropout with --checkpoint-every is not supported yet: use one of them".into(),
@@ -241,6 +257,9 @@ pub struct Trainer {
     grads: Vec<f32>,
     /// The parameters before the last update, to undo one that left a non-finite value.
     backup: Vec<f32>,
+    /// Weight drop: the parameters with each W_hh masked, and the mask (empty without).
+    dropped: Vec<f32>,
+    w_hh_mask: Vec<f32>,
     optimizer: Optimizer<f32>,
     schedule: LrSchedule,
     clip: Clip,
@@ -282,6 +301,8 @@ impl Trainer {
             clip: cfg.clip()?,
             grads: vec![0.0; model.params.len()],
             backup: vec![0.0; model.params.len()],
+            dropped: if cfg.weight_drop > 0.0 { vec![0.0; model.params.len()] } else { Vec::new() },
+            w_hh_mask: if cfg.weight_drop > 0.0 { vec![0.0; WeightDrop::mask_len(&model.net)] } else { Vec::new() },
             optimizer,
             tbptt,
             split,
@@ -346,13 +367,18 @@ impl Trainer {
         self.grads.fill(0.0);
         self.tbptt.workspace_mut().set_dropout(self.cfg.dropout_at(self.step))?;
         let net = &self.model.net;
-        let loss = self.tbptt.step(
-            net,
-            &self.model.params,
-            Input::Tokens(&self.x),
-            Targets::classes(&self.y),
-            &mut self.grads,
-        )?;
+        let weight_drop = self.cfg.weight_drop_at(self.step);
+        let params = match &weight_drop {
+            Some(wd) => {
+                wd.apply(net, &self.model.params, &mut self.dropped, &mut self.w_hh_mask)?;
+                &self.dropped
+            }
+            None => &self.model.params,
+        };
+        let loss = self.tbptt.step(net, params, Input::Tokens(&self.x), Targets::classes(&self.y), &mut self.grads)?;
+        if weight_drop.is_some() {
+            WeightDrop::backward(net, &mut self.grads, &self.w_hh_mask)?;
+        }
         let lr = self.schedule.lr(self.step);
         self.backup.copy_from_slice(&self.model.params);
         let mut report = apply_update(&mut self.model.params, &mut self.grads, &mut self.optimizer, lr, self.clip);

@@ -129,6 +129,9 @@ pub struct Args {
     /// dropout, Gal & Ghahramani 2016).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with = "resume")]
     locked_dropout: f64,
+    /// DropConnect P on every layer's W_hh, one mask per update (AWD-LSTM's weight drop).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with = "resume")]
+    weight_drop: f64,
     /// Start a fresh run even if --out already holds run files (they are replaced).
     #[arg(long, conflicts_with = "resume")]
     force: bool,
@@ -234,6 +237,7 @@ fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::R
         schedule_steps: None,
         dropout: if a.locked_dropout != 0.0 { a.locked_dropout } else { a.dropout },
         locked_dropout: a.locked_dropout > 0.0,
+        weight_drop: a.weight_drop,
     };
     cfg.validate()?;
     cfg.steps = total_steps(&cfg, ids.len(), a.steps, a.epochs)?.unwrap_or(cfg.updates_per_epoch(ids.len())? as u64);

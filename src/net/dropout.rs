@@ -7,8 +7,9 @@
 //! dropout draws one mask per sequence and unit and reuses it at every step (Gal & Ghahramani
 //! 2016).
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, check_len};
 use crate::float::Float;
+use crate::net::Net;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -66,5 +67,65 @@ pub(crate) fn apply<F: Float>(out: &mut [F], x: &[F], mask: &[F]) {
 pub(crate) fn scale<F: Float>(g: &mut [F], mask: &[F]) {
     for (v, &m) in g.iter_mut().zip(mask) {
         *v *= m;
+    }
+}
+
+/// DropConnect on the recurrent weights (the weight drop of AWD-LSTM, Merity et al. 2018):
+/// every layer's W_hh is masked elementwise with one mask per update, shared by all sequences
+/// and steps, and scaled by 1/(1 − p). The network then runs unchanged on the dropped copy of
+/// the weights; the gradient w.r.t. the raw W_hh is the mask times the gradient at the copy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WeightDrop {
+    /// The probability that a recurrent weight is dropped, in [0, 1).
+    pub p: f64,
+    /// The seed of the mask: a training loop sets a fresh one for each update.
+    pub seed: u64,
+}
+
+impl WeightDrop {
+    /// Ok if `p` is in [0, 1).
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.p) {
+            return Err(Error::Config(format!("weight drop must be in [0, 1), got {}", self.p)));
+        }
+        Ok(())
+    }
+
+    /// The number of recurrent weights (the length of a mask).
+    pub fn mask_len(net: &Net) -> usize {
+        net.w_hh_ranges().map(|r| r.len()).sum()
+    }
+
+    /// Copies `params` into `dropped` with every W_hh masked, and writes the mask (the W_hh
+    /// entries in slab order, [`WeightDrop::mask_len`] of them).
+    pub fn apply<F: Float>(&self, net: &Net, params: &[F], dropped: &mut [F], mask: &mut [F]) -> Result<()> {
+        self.validate()?;
+        check_len("parameter slab", net.num_params(), params.len())?;
+        check_len("dropped parameter slab", net.num_params(), dropped.len())?;
+        check_len("weight-drop mask", Self::mask_len(net), mask.len())?;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ 0x5eed_0d20_9c0e_11aa);
+        let d = Dropout { p: self.p, locked: false, seed: 0 };
+        dropped.copy_from_slice(params);
+        let mut at = 0;
+        for r in net.w_hh_ranges() {
+            let m = &mut mask[at..at + r.len()];
+            fill(m, 1, r.len(), &d, &mut rng);
+            scale(&mut dropped[r.clone()], m);
+            at += r.len();
+        }
+        Ok(())
+    }
+
+    /// Turns the gradient at the dropped weights into the gradient at the raw ones: each W_hh
+    /// entry of `grads` times its mask (the other entries are unchanged).
+    pub fn backward<F: Float>(net: &Net, grads: &mut [F], mask: &[F]) -> Result<()> {
+        check_len("gradient slab", net.num_params(), grads.len())?;
+        check_len("weight-drop mask", Self::mask_len(net), mask.len())?;
+        let mut at = 0;
+        for r in net.w_hh_ranges() {
+            scale(&mut grads[r.clone()], &mask[at..at + r.len()]);
+            at += r.len();
+        }
+        Ok(())
     }
 }

@@ -15,7 +15,7 @@ mod layer;
 mod readout;
 mod workspace;
 
-pub use dropout::Dropout;
+pub use dropout::{Dropout, WeightDrop};
 pub use workspace::Workspace;
 
 use crate::cell::CellKind;
@@ -279,6 +279,12 @@ impl Net {
         &self.params
     }
 
+    /// The slab ranges of every layer's W_hh, layer by layer (what weight drop masks).
+    pub(crate) fn w_hh_ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let gh = self.config.cell.gates() * self.config.hidden;
+        self.layers.iter().map(move |lp| lp.w_hh..lp.w_hh + gh * self.config.hidden)
+    }
+
     /// The tensor called `name`, if any.
     pub fn param(&self, name: &str) -> Option<&ParamInfo> {
         self.params.iter().find(|p| p.name == name)
@@ -393,17 +399,22 @@ impl Net {
         // Dropout: every mask of this pass, in a fixed order (the input, then each layer's output).
         let stride = ws.max_steps * bh;
         ws.masked = false;
-        if let Some(d) = ws.dropout {
+        if let Some(t) = ws.fixed_masks {
+            if t != steps {
+                return Err(Error::Config(format!("the dropout masks set are for {t} steps, the input has {steps}")));
+            }
+            ws.masked = true;
+        } else if let Some(d) = ws.dropout {
             let mut rng = dropout::stream(&d);
             let width = embedding.map_or(per_step, |(_, e)| b * e);
             dropout::fill(&mut ws.mask_x, steps, width, &d, &mut rng);
             for k in 0..cfg.layers {
                 dropout::fill(&mut ws.mask_h[k * stride..], steps, bh, &d, &mut rng);
             }
-            if embedding.is_none() {
-                dropout::scale(&mut ws.input[..steps * per_step], &ws.mask_x);
-            }
             ws.masked = true;
+        }
+        if ws.masked && embedding.is_none() {
+            dropout::scale(&mut ws.input[..steps * per_step], &ws.mask_x);
         }
         let masked = ws.masked;
         for (k, cache) in ws.layers.iter_mut().enumerate() {

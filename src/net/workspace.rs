@@ -88,6 +88,8 @@ pub struct Workspace<F> {
     pub(crate) dropout: Option<Dropout>,
     /// The last forward pass dropped (its masks are in the buffers below).
     pub(crate) masked: bool,
+    /// Masks set by [`Workspace::set_dropout_masks`], for passes of this many steps.
+    pub(crate) fixed_masks: Option<usize>,
     pub(crate) mask_x: Vec<F>,
     pub(crate) mask_h: Vec<F>,
     pub(crate) dropped: Vec<F>,
@@ -141,6 +143,7 @@ impl<F: Float> Workspace<F> {
             record_dh_norms: false,
             dropout: None,
             masked: false,
+            fixed_masks: None,
             mask_x: Vec::new(),
             mask_h: Vec::new(),
             dropped: Vec::new(),
@@ -230,15 +233,50 @@ impl<F: Float> Workspace<F> {
     pub fn set_dropout(&mut self, dropout: Option<Dropout>) -> Result<()> {
         if let Some(d) = &dropout {
             d.validate()?;
-            if self.mask_x.is_empty() {
-                let tbh = self.max_steps * self.batch * self.hidden;
-                self.mask_x = vec![F::zero(); self.input.len()];
-                self.mask_h = vec![F::zero(); self.layers_n * tbh];
-                self.dropped = vec![F::zero(); self.layers_n * tbh];
-            }
+            self.alloc_masks();
         }
         self.dropout = dropout.filter(|d| d.p > 0.0);
+        self.fixed_masks = None;
         Ok(())
+    }
+
+    /// Fixed dropout masks for the following forward passes of T steps, instead of drawn ones
+    /// (to compare with another framework given the same masks): `input` (T, B, I) multiplies
+    /// the first layer's input (for tokens, the embedding output, I = E) and `outputs`
+    /// (L, T, B, H) each layer's output, the top one's before the readout. The values are the
+    /// scaled masks (0 or 1/(1 − p)). [`Workspace::set_dropout`] replaces them.
+    pub fn set_dropout_masks(&mut self, input: &[F], outputs: &[F]) -> Result<()> {
+        let (b, h) = (self.batch, self.hidden);
+        let width = self.input.len() / (self.max_steps * b).max(1);
+        let t = input.len() / (b * width).max(1);
+        if t == 0 || t > self.max_steps || input.len() != t * b * width {
+            return Err(crate::Error::Config(format!(
+                "an input dropout mask of {} values is not T·{} for a T between 1 and {}",
+                input.len(),
+                b * width,
+                self.max_steps
+            )));
+        }
+        crate::error::check_len("layer-output dropout masks (L·T·B·H)", self.layers_n * t * b * h, outputs.len())?;
+        self.alloc_masks();
+        self.mask_x[..input.len()].copy_from_slice(input);
+        let stride = self.max_steps * b * h;
+        for (k, m) in outputs.chunks_exact(t * b * h).enumerate() {
+            self.mask_h[k * stride..k * stride + m.len()].copy_from_slice(m);
+        }
+        self.dropout = None;
+        self.fixed_masks = Some(t);
+        Ok(())
+    }
+
+    /// The mask buffers, allocated on first use.
+    fn alloc_masks(&mut self) {
+        if self.mask_x.is_empty() {
+            let tbh = self.max_steps * self.batch * self.hidden;
+            self.mask_x = vec![F::zero(); self.input.len()];
+            self.mask_h = vec![F::zero(); self.layers_n * tbh];
+            self.dropped = vec![F::zero(); self.layers_n * tbh];
+        }
     }
 
     /// Changes the thread count (results are identical at any setting).

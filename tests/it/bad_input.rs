@@ -110,6 +110,7 @@ fn impossible_flags() {
     run(&["--locked-dropout", "-0.5"], "--dropout must be in [0, 1)");
     run(&["--dropout", "0.2", "--locked-dropout", "0.2"], "cannot be used with");
     run(&["--dropout", "0.2", "--checkpoint-every", "4"], "not supported yet");
+    run(&["--weight-drop", "1.5"], "--weight-drop must be in [0, 1)");
     run(&["--hidden", "abc"], "invalid value");
     run(&["--no-such-flag"], "unexpected argument");
     fails(&["train", "--text", t, "--out", o, "--steps", "0"], "at least 1");

@@ -22,6 +22,20 @@ fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
 }
 
 fn run(case: &Case) {
+    run_masked(case, false);
+}
+
+/// The dropout masks of the DROP_* cases (see the reference script): the input's and the
+/// layers' outputs', 0 or 1/(1 − 0.4) by closed form.
+fn masks() -> (Vec<f64>, Vec<f64>) {
+    let keep = 1.0 / (1.0 - 0.4);
+    let x = (0..T * B * I).map(|k| if (3 * k + 1) % 5 == 0 { 0.0 } else { keep }).collect();
+    let h = (0..L * T * B * H).map(|k| if (7 * k + 2) % 4 == 0 { 0.0 } else { keep }).collect();
+    (x, h)
+}
+
+/// With `dropped`, the forward passes use the fixed masks of [`masks`].
+fn run_masked(case: &Case, dropped: bool) {
     let cell: CellKind = case.cell.parse().unwrap();
     let input =
         if case.tokens { InputKind::Tokens { vocab: V, embedding_dim: I } } else { InputKind::Dense { size: I } };
@@ -42,6 +56,10 @@ fn run(case: &Case) {
     let targets = if case.mse { Targets::values(&values).with_mask(&mask) } else { Targets::classes(&classes) };
 
     let mut ws = net.workspace(T, B, 1).unwrap();
+    let (mx, mh) = masks();
+    if dropped {
+        ws.set_dropout_masks(&mx, &mh).unwrap();
+    }
     let loss = net.forward(&params, &mut ws, input, Some(targets), Some(&init)).unwrap();
     let mut grads = vec![0.0; net.num_params()];
     net.backward(&params, &mut ws, &mut grads).unwrap();
@@ -60,6 +78,10 @@ fn run(case: &Case) {
     let input = if case.tokens { Input::Tokens(&ids) } else { Input::Dense(&x32) };
     let targets = if case.mse { Targets::values(&v32).with_mask(&m32) } else { Targets::classes(&classes) };
     let mut ws = net.workspace(T, B, 1).unwrap();
+    if dropped {
+        let f32s = |v: &[f64]| v.iter().map(|&m| m as f32).collect::<Vec<f32>>();
+        ws.set_dropout_masks(&f32s(&mx), &f32s(&mh)).unwrap();
+    }
     let loss = net.forward(&p32, &mut ws, input, Some(targets), Some(&init32)).unwrap();
     let mut g32 = vec![0.0f32; net.num_params()];
     net.backward(&p32, &mut ws, &mut g32).unwrap();
@@ -89,6 +111,18 @@ fn lstm_matches_pytorch() {
 fn gru_matches_pytorch() {
     run(&exp::GRU);
     run(&exp::GRU_TOKENS_MSE);
+}
+
+/// Dropout where PyTorch's word-language-model example puts it (input, between layers, before
+/// the decoder), fed the same masks: loss, every gradient, dh0 and dc0.
+#[test]
+fn dropout_matches_pytorch_given_the_same_masks() {
+    for case in [&exp::DROP_RNN_TANH, &exp::DROP_LSTM_TOKENS, &exp::DROP_GRU, &exp::DROP_GRU_TOKENS_MSE] {
+        run_masked(case, true);
+    }
+    // The masks matter: without them the answer differs.
+    let r = std::panic::catch_unwind(|| run_masked(&exp::DROP_LSTM_TOKENS, false));
+    assert!(r.is_err(), "the dropout case passed without its masks");
 }
 
 fn optim_run<F: bptt::Float>(config: OptimizerConfig, lr: f64) -> Vec<f64> {
