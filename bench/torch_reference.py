@@ -37,20 +37,31 @@ def cpu_model():
     return "unknown"
 
 
-def bench(cell, h, layers, b, t, e, v, steps, threads):
+def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=0.0):
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
-    rnn = kind(e, h, layers) if kind else nn.RNN(e, h, layers, nonlinearity=cell[4:])
+    kw = {} if kind else {"nonlinearity": cell[4:]}
+    rnn = (kind or nn.RNN)(e, h, layers, dropout=dropout if layers > 1 else 0.0, **kw)
     model = nn.ModuleDict({"encoder": nn.Embedding(v, e), "rnn": rnn, "decoder": nn.Linear(h, v)})
+    drop = nn.Dropout(dropout)  # the embedding output and the decoder input, as bptt
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     state = None
+
+    def run_rnn(x, state):
+        if weight_drop == 0.0:
+            return model["rnn"](x, state)
+        # AWD-LSTM's weight drop: W_hh dropped for this step (one mask), the raw weights learn.
+        w = {f"weight_hh_l{k}": nn.functional.dropout(getattr(rnn, f"weight_hh_l{k}"), weight_drop)
+             for k in range(layers)}
+        return torch.func.functional_call(rnn, w, (x, state))
 
     def step():
         nonlocal state
         x = torch.randint(0, v, (t, b))
         y = torch.randint(0, v, (t * b,))
-        out, state = model["rnn"](model["encoder"](x), state)
+        out, state = run_rnn(drop(model["encoder"](x)), state)
+        out = drop(out)
         state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
         loss = nn.functional.cross_entropy(model["decoder"](out).view(-1, v), y)
         opt.zero_grad(set_to_none=True)
@@ -70,6 +81,7 @@ def bench(cell, h, layers, b, t, e, v, steps, threads):
         "vocab": v, "batch": b, "seq_len": t, "threads": threads, "steps": steps, "tokens_per_s": round(tps),
         "ms_per_step": round(dt * 1e3, 3), "gflops": round(flops_per_token(cell, h, layers, e, v) * tps / 1e9, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "cpu": cpu_model(),
+        "dropout": dropout, "weight_drop": weight_drop,
     }
 
 
@@ -84,8 +96,11 @@ p.add_argument("--seq-len", type=int, default=100)
 p.add_argument("--steps", type=int, default=20)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--suite", action="store_true")
+p.add_argument("--dropout", type=float, default=0.0)
+p.add_argument("--weight-drop", type=float, default=0.0)
 a = p.parse_args()
 configs = SUITE if a.suite else [(a.cell, a.hidden, a.layers, a.batch, a.seq_len)]
 for cell, h, layers, b, t in configs:
     steps = 50 if (a.suite and b == 1) else a.steps
-    print(json.dumps(bench(cell, h, layers, b, t, a.embedding_dim, a.vocab, steps, a.threads)), flush=True)
+    out = bench(cell, h, layers, b, t, a.embedding_dim, a.vocab, steps, a.threads, a.dropout, a.weight_drop)
+    print(json.dumps(out), flush=True)

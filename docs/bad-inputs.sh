@@ -71,7 +71,6 @@ row "momentum for adam" "$B" train --text "$W/ok.txt" --momentum 0.9
 row "negative clip norm" "$B" train --text "$W/ok.txt" --clip-norm -1
 row "validation fraction 1.5" "$B" train --text "$W/ok.txt" --val-fraction 1.5
 row "dropout 1" "$B" train --text "$W/ok.txt" --dropout 1
-row "dropout with --checkpoint-every" "$B" train --text "$W/ok.txt" --dropout 0.2 --checkpoint-every 4
 row "both dropout kinds" "$B" train --text "$W/ok.txt" --dropout 0.2 --locked-dropout 0.2
 row "weight drop 1.5" "$B" train --text "$W/ok.txt" --weight-drop 1.5
 row "unknown schedule" "$B" train --text "$W/ok.txt" --lr-schedule wiggly

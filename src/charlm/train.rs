@@ -170,7 +170,8 @@ impl TrainConfig {
         let window = Tbptt::<f32>::estimate_bytes(&net, self.seq_len, self.batch, self.checkpoint_every) as u128;
         let chunk = if self.checkpoint_every > 0 { self.checkpoint_every } else { self.seq_len };
         let masks = if self.dropout > 0.0 {
-            let tb = (self.seq_len * self.batch) as u128;
+            let window = if self.checkpoint_every > 0 { self.checkpoint_every } else { self.seq_len };
+            let tb = (window * self.batch) as u128;
             (2 * net.layers as u128 * tb * net.hidden as u128 + tb * net.input_width() as u128) * 4
         } else {
             0
@@ -214,11 +215,6 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.weight_drop) {
             return Err(Error::Config(format!("--weight-drop must be in [0, 1), got {}", self.weight_drop)));
-        }
-        if self.dropout > 0.0 && self.checkpoint_every > 0 {
-            return Err(Error::Config(
-                "--dropout with --checkpoint-every is not supported yet: use one of them".into(),
-            ));
         }
         self.optimizer()?;
         self.schedule()?;
@@ -294,7 +290,7 @@ impl Trainer {
         let mut tbptt =
             Tbptt::with_checkpoints(&model.net, cfg.k1, cfg.seq_len, cfg.batch, threads, cfg.checkpoint_every)?;
         // Allocates the masks now, not in the training loop.
-        tbptt.workspace_mut().set_dropout(cfg.dropout_at(0))?;
+        tbptt.set_dropout(cfg.dropout_at(0))?;
         let n = cfg.k1 * cfg.batch;
         Ok(Trainer {
             schedule: cfg.schedule()?,
@@ -365,7 +361,7 @@ impl Trainer {
         }
         self.streams.chunk(&self.split.train, self.epoch_update, &mut self.x, &mut self.y);
         self.grads.fill(0.0);
-        self.tbptt.workspace_mut().set_dropout(self.cfg.dropout_at(self.step))?;
+        self.tbptt.set_dropout(self.cfg.dropout_at(self.step))?;
         let net = &self.model.net;
         let weight_drop = self.cfg.weight_drop_at(self.step);
         let params = match &weight_drop {

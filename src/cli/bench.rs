@@ -5,6 +5,7 @@
 use super::memory;
 use anyhow::{Context, Result};
 use bptt::charlm::ModelSpec;
+use bptt::net::{Dropout, WeightDrop};
 use bptt::{CellKind, Clip, Input, Net, Optimizer, OptimizerConfig, State, Targets, Workspace, apply_update};
 use rand::{RngExt, SeedableRng};
 use std::process::{Command, ExitCode};
@@ -52,6 +53,13 @@ pub struct Args {
     /// backward pass (0 = plain BPTT; `auto` = √T).
     #[arg(long, default_value = "0")]
     checkpoint_every: String,
+    /// Dropout P on the non-recurrent connections (as `train --dropout`), a fresh mask per
+    /// update.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    dropout: f64,
+    /// DropConnect P on every W_hh, one mask per update (as `train --weight-drop`).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    weight_drop: f64,
     /// Stacked layers with small batches as a wavefront: auto (on with 4+ cores), on, off.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     wavefront: String,
@@ -171,6 +179,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
         0 => None,
         k => Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads).map_err(memory::hint(HINT))?),
     };
+    // Dropout and weight drop: validated (and their buffers allocated) before the timed loop.
+    let dropout = |seed: u64| (a.dropout > 0.0).then_some(Dropout { p: a.dropout, locked: false, seed });
+    match ck.as_mut() {
+        Some(ck) => ck.set_dropout(dropout(0))?,
+        None => ws.set_dropout(dropout(0))?,
+    }
+    let weight_drop = |seed: u64| (a.weight_drop > 0.0).then_some(WeightDrop { p: a.weight_drop, seed });
+    if let Some(wd) = weight_drop(0) {
+        wd.validate()?;
+    }
+    let mut dropped = if a.weight_drop > 0.0 { params.clone() } else { Vec::new() };
+    let mut w_hh_mask = vec![0.0f32; if a.weight_drop > 0.0 { WeightDrop::mask_len(&net) } else { 0 }];
+    let mut update = 0u64;
     let mut opt = Optimizer::new(OptimizerConfig::adam(), params.len())?.with_threads(threads);
     let clip = Clip { max_norm: Some(5.0), max_value: None };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -183,16 +204,29 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         let t0 = Instant::now();
         grads.fill(0.0);
+        update += 1;
+        let p = match weight_drop(update) {
+            Some(wd) => {
+                wd.apply(&net, &params, &mut dropped, &mut w_hh_mask)?;
+                &dropped
+            }
+            None => &params,
+        };
         match ck.as_mut() {
             Some(ck) => {
-                ck.run(&net, &params, Input::Tokens(&x), Targets::classes(&y), Some(&state), &mut grads)?;
+                ck.set_dropout(dropout(update))?;
+                ck.run(&net, p, Input::Tokens(&x), Targets::classes(&y), Some(&state), &mut grads)?;
                 // (The carried state is not needed to time the step; keep it at zero.)
             }
             None => {
-                net.forward(&params, &mut ws, Input::Tokens(&x), Some(Targets::classes(&y)), Some(&state))?;
-                net.backward(&params, &mut ws, &mut grads)?;
+                ws.set_dropout(dropout(update))?;
+                net.forward(p, &mut ws, Input::Tokens(&x), Some(Targets::classes(&y)), Some(&state))?;
+                net.backward(p, &mut ws, &mut grads)?;
                 ws.state_at(a.seq_len, &mut state);
             }
+        }
+        if weight_drop(update).is_some() {
+            WeightDrop::backward(&net, &mut grads, &w_hh_mask)?;
         }
         apply_update(&mut params, &mut grads, &mut opt, 2e-3, clip);
         let dt = t0.elapsed().as_secs_f64();
@@ -232,6 +266,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "activation_mb": (ck.as_ref().map_or(ws.bytes(), |c| c.bytes()) as f64 / 1048576.0 * 10.0).round() / 10.0,
         "cpu": cpu_model(),
         "wavefront": a.wavefront,
+        "dropout": a.dropout,
+        "weight_drop": a.weight_drop,
         "parts_per_thread": parts_run,
         "thread_share": share,
     });

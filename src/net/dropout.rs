@@ -36,14 +36,17 @@ impl Dropout {
 
 /// Fills `mask` (T, B, W), for `steps` steps of `b` rows of width `w`, with 0 (dropped, with
 /// probability p) or 1/(1 − p), drawing from `rng`: T·B·W draws, or B·W reused at every step
-/// when locked.
+/// when locked. Each draw is 16 bits (four from one 64-bit word): a value is dropped when its
+/// draw falls below p · 2¹⁶ rounded, so p is honoured to 1/65,536.
 pub(crate) fn fill<F: Float>(mask: &mut [F], steps: usize, bw: usize, d: &Dropout, rng: &mut ChaCha8Rng) {
-    // Drop when a uniform 32-bit draw falls below p · 2³².
-    let threshold = (d.p * 4_294_967_296.0) as u64;
+    let threshold = (d.p * 65_536.0).round() as u64;
     let keep = F::of(1.0 / (1.0 - d.p));
     let draws = if d.locked { bw } else { steps * bw };
-    for v in &mut mask[..draws] {
-        *v = if (rng.next_u32() as u64) < threshold { F::zero() } else { keep };
+    for chunk in mask[..draws].chunks_mut(4) {
+        let word = rng.next_u64();
+        for (k, v) in chunk.iter_mut().enumerate() {
+            *v = if (word >> (16 * k)) & 0xffff < threshold { F::zero() } else { keep };
+        }
     }
     if d.locked {
         let (first, rest) = mask[..steps * bw].split_at_mut(bw);

@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::float::Float;
-use crate::net::{Input, Net, State, Target, Targets, Workspace};
+use crate::net::{Dropout, Input, Net, State, Target, Targets, Workspace};
 
 /// The checkpointed BPTT driver for segments of `k` steps.
 #[derive(Clone, Debug)]
@@ -22,6 +22,9 @@ pub struct CheckpointedBptt<F> {
     /// The state after step `keep_at` of the last sequence, if asked for.
     keep_at: Option<usize>,
     kept: State<F>,
+    /// Dropout of the next runs: each segment draws its masks from its own seed, the same in
+    /// the forward pass and the recomputation, so the gradient is that of the masks used.
+    dropout: Option<Dropout>,
 }
 
 impl<F: Float> CheckpointedBptt<F> {
@@ -37,7 +40,28 @@ impl<F: Float> CheckpointedBptt<F> {
             carry: State::zeros(net.config(), batch),
             keep_at: None,
             kept: State::zeros(net.config(), batch),
+            dropout: None,
         })
+    }
+
+    /// Sets (or clears) dropout for the next runs (see [`Workspace::set_dropout`]). Segment s
+    /// draws per-step masks from a seed of its own; locked masks are the same in every
+    /// segment, so a locked run equals plain BPTT with the same dropout.
+    pub fn set_dropout(&mut self, dropout: Option<Dropout>) -> Result<()> {
+        self.ws.set_dropout(dropout)?;
+        self.dropout = dropout;
+        Ok(())
+    }
+
+    /// Points the workspace's dropout at segment `s`'s masks.
+    fn dropout_for_segment(&mut self, s: usize) -> Result<()> {
+        if let Some(d) = self.dropout
+            && !d.locked
+        {
+            let seed = d.seed ^ (s as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            self.ws.set_dropout(Some(Dropout { seed, ..d }))?;
+        }
+        Ok(())
     }
 
     /// The bytes a driver with segments of `k` steps holds for sequences of up to `max_steps`
@@ -106,8 +130,9 @@ impl<F: Float> CheckpointedBptt<F> {
         };
         let total = weight(0, steps);
         let segments = steps.div_ceil(self.k);
+        let k = self.k;
         let segment = |s: usize| -> (usize, usize, Input<'_, F>, Targets<'_, F>) {
-            let (from, to) = (s * self.k, ((s + 1) * self.k).min(steps));
+            let (from, to) = (s * k, ((s + 1) * k).min(steps));
             let x = match input {
                 Input::Dense(x) => Input::Dense(&x[from * b * iw..to * b * iw]),
                 Input::Tokens(x) => Input::Tokens(&x[from * b..to * b]),
@@ -129,6 +154,7 @@ impl<F: Float> CheckpointedBptt<F> {
         let mut loss = 0.0;
         for s in 0..segments {
             let (from, to, x, y) = segment(s);
+            self.dropout_for_segment(s)?;
             let l = net.forward(params, &mut self.ws, x, Some(y), Some(&self.states[s]))?;
             if total > 0.0 {
                 loss += l.f64() * weight(from, to) / total;
@@ -148,6 +174,7 @@ impl<F: Float> CheckpointedBptt<F> {
         self.carry.c.fill(F::zero());
         for s in (0..segments).rev() {
             let (from, to, x, y) = segment(s);
+            self.dropout_for_segment(s)?;
             net.forward(params, &mut self.ws, x, Some(y), Some(&self.states[s]))?;
             // The segment's loss is its own weighted mean: rescale dL/dlogits to the sequence's.
             let scale = if total > 0.0 { F::of(weight(from, to) / total) } else { F::zero() };

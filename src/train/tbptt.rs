@@ -147,6 +147,15 @@ impl<F: Float> Tbptt<F> {
         &self.ws
     }
 
+    /// Sets (or clears) dropout for the next windows, in whichever workspace runs them (with
+    /// checkpoints, segment by segment: see [`CheckpointedBptt::set_dropout`]).
+    pub fn set_dropout(&mut self, dropout: Option<crate::net::Dropout>) -> Result<()> {
+        match &mut self.checkpointed {
+            Some(ck) => ck.set_dropout(dropout),
+            None => self.ws.set_dropout(dropout),
+        }
+    }
+
     /// Mutable access to the workspace settings (threads, recording).
     pub fn workspace_mut(&mut self) -> &mut Workspace<F> {
         &mut self.ws

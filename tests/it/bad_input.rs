@@ -109,7 +109,6 @@ fn impossible_flags() {
     run(&["--dropout", "nan"], "--dropout must be in [0, 1)");
     run(&["--locked-dropout", "-0.5"], "--dropout must be in [0, 1)");
     run(&["--dropout", "0.2", "--locked-dropout", "0.2"], "cannot be used with");
-    run(&["--dropout", "0.2", "--checkpoint-every", "4"], "not supported yet");
     run(&["--weight-drop", "1.5"], "--weight-drop must be in [0, 1)");
     run(&["--hidden", "abc"], "invalid value");
     run(&["--no-such-flag"], "unexpected argument");

@@ -119,7 +119,7 @@ fn resume_is_bit_exact() {
         [].as_slice(),
         ["--tbptt", "6:16"].as_slice(),
         ["--tbptt", "6:16", "--checkpoint-every", "5"].as_slice(),
-        ["--dropout", "0.3"].as_slice(),
+        ["--dropout", "0.3", "--tbptt", "6:16", "--checkpoint-every", "5"].as_slice(),
         ["--tbptt", "6:16", "--locked-dropout", "0.3", "--weight-drop", "0.4"].as_slice(),
     ];
     for tb in variants {

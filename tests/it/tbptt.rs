@@ -186,3 +186,46 @@ fn checkpointed_bptt_equals_plain_bptt() {
         }
     }
 }
+
+/// Dropout under checkpointed BPTT: locked masks are the same in every segment, so the run
+/// equals plain BPTT with the same dropout; per-step masks differ by segment but are drawn
+/// again identically when a segment is recomputed, so the gradient matches f64 finite
+/// differences of the run's own loss.
+#[test]
+fn checkpointed_bptt_with_dropout() {
+    use bptt::CheckpointedBptt;
+    use bptt::net::Dropout;
+    for cell in CellKind::ALL {
+        let p = Problem::new(cell, 2, Mode::WeightedCe, true, 3, 7, 33);
+        let locked = Dropout { p: 0.3, locked: true, seed: 5 };
+        let mut ws = p.net.workspace(7, 3, 1).unwrap();
+        ws.set_dropout(Some(locked)).unwrap();
+        let loss = p.net.forward(&p.params, &mut ws, p.input(), Some(p.targets()), Some(&p.init)).unwrap();
+        let mut plain = vec![0.0; p.net.num_params()];
+        p.net.backward(&p.params, &mut ws, &mut plain).unwrap();
+        let mut ck = CheckpointedBptt::new(&p.net, 3, 3, 1).unwrap();
+        ck.set_dropout(Some(locked)).unwrap();
+        let mut g = vec![0.0; p.net.num_params()];
+        let l = ck.run(&p.net, &p.params, p.input(), p.targets(), Some(&p.init), &mut g).unwrap();
+        assert!((l - loss).abs() <= 1e-13 * loss.abs(), "{cell} locked: loss {l} vs {loss}");
+        for (j, (a, b)) in g.iter().zip(&plain).enumerate() {
+            assert!((a - b).abs() <= 1e-12 * b.abs().max(1e-3), "{cell} locked: grad[{j}] {a} vs {b}");
+        }
+        // Per-step masks: finite differences of θ ↦ run(θ).
+        ck.set_dropout(Some(Dropout { locked: false, ..locked })).unwrap();
+        let mut g = vec![0.0; p.net.num_params()];
+        ck.run(&p.net, &p.params, p.input(), p.targets(), Some(&p.init), &mut g).unwrap();
+        let mut theta = p.params.clone();
+        let mut scratch = vec![0.0; p.net.num_params()];
+        let h = 1e-5;
+        for k in (0..theta.len()).step_by(7) {
+            let mut at = |d: f64| {
+                theta[k] = p.params[k] + d;
+                ck.run(&p.net, &theta, p.input(), p.targets(), Some(&p.init), &mut scratch).unwrap()
+            };
+            let n = (at(h) - at(-h)) / (2.0 * h);
+            theta[k] = p.params[k];
+            assert!((n - g[k]).abs() <= 1e-6 * n.abs().max(1e-2), "{cell} per step: grad[{k}] {} vs numeric {n}", g[k]);
+        }
+    }
+}
