@@ -16,6 +16,11 @@ placement): the first layer's input (the embedding output for tokens), each laye
 feeding the next, and the top layer's output before the decoder. The masks are 0 or 1/(1 - 0.4):
 the input mask (T, B, I) is 0 where (3 k + 1) mod 5 = 0, the layer-output masks (L, T, B, H)
 where (7 k + 2) mod 4 = 0.
+
+Packed cases (PACKED_*) run sequences of lengths (4, 1) through pack_padded_sequence
+(enforce_sorted=False): the loss is the mean cross-entropy over the valid positions plus
+sum_k w[k] (h_n[k] + c_n[k]) with w[k] = 0.1 cos(0.3 k + 0.2), so the gradients check the final
+states taken at each length; h_n and c_n are given too.
 """
 import math
 import torch
@@ -59,7 +64,8 @@ class Model(nn.Module):
         return self.decoder(x)
 
 
-def case(name, cell, tokens, loss, dropout=False):
+def setup(cell, tokens):
+    """The model with the closed-form weights, its parameter slab, the input and h0, c0."""
     m = Model(cell, tokens)
     slab = [p for p in m.parameters()]
     n = sum(p.numel() for p in slab)
@@ -75,6 +81,11 @@ def case(name, cell, tokens, loss, dropout=False):
         x = fill(T * B * I, lambda k: math.sin(0.7 * k + 0.3)).view(T, B, I)
     h0 = fill(L * B * H, lambda k: 0.3 * math.sin(0.5 * k + 1)).view(L, B, H).requires_grad_()
     c0 = fill(L * B * H, lambda k: 0.3 * math.cos(0.5 * k + 1)).view(L, B, H).requires_grad_()
+    return m, slab, x, h0, c0
+
+
+def case(name, cell, tokens, loss, dropout=False):
+    m, slab, x, h0, c0 = setup(cell, tokens)
     state = (h0, c0) if cell == "lstm" else h0
     masks = None
     if dropout:
@@ -97,6 +108,35 @@ def case(name, cell, tokens, loss, dropout=False):
     print(f'    cell: "{cell}", tokens: {str(tokens).lower()}, mse: {str(loss == "mse").lower()},')
     print(f"    loss: {out.item()!r},")
     for label, v in [("grads", grads), ("dh0", dh0), ("dc0", dc0)]:
+        print(f"    {label}: &[{', '.join(repr(float(a)) for a in v)}],")
+    print("};")
+
+
+def packed_case(name, cell, tokens):
+    m, slab, x, h0, c0 = setup(cell, tokens)
+    lengths = [4, 1]
+    if tokens:
+        x = m.encoder(x)
+    state = (h0, c0) if cell == "lstm" else h0
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, last = m.rnn(packed, state)
+    out, _ = nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+    y = m.decoder(out)
+    t = torch.tensor([(7 * k + 3) % O for k in range(T * B)])
+    valid = torch.tensor([1.0 if k // B < lengths[k % B] else 0.0 for k in range(T * B)])
+    ce = nn.functional.cross_entropy(y.reshape(T * B, O), t, reduction="none")
+    loss = (ce * valid).sum() / valid.sum()
+    h_n, c_n = last if cell == "lstm" else (last, torch.zeros(0))
+    w = fill(L * B * H, lambda k: 0.1 * math.cos(0.3 * k + 0.2))
+    loss = loss + (w * h_n.reshape(-1)).sum() + ((w * c_n.reshape(-1)).sum() if cell == "lstm" else 0.0)
+    loss.backward()
+    grads = torch.cat([p.grad.reshape(-1) for p in slab])
+    dc0 = c0.grad.reshape(-1) if cell == "lstm" else torch.zeros(0)
+    print(f"pub const {name}: PackedCase = PackedCase {{")
+    print(f'    cell: "{cell}", tokens: {str(tokens).lower()}, lengths: &[4, 1],')
+    print(f"    loss: {loss.item()!r},")
+    for label, v in [("grads", grads), ("dh0", h0.grad.reshape(-1)), ("dc0", dc0),
+                     ("h_n", h_n.detach().reshape(-1)), ("c_n", c_n.detach().reshape(-1))]:
         print(f"    {label}: &[{', '.join(repr(float(a)) for a in v)}],")
     print("};")
 
@@ -126,6 +166,12 @@ case("DROP_RNN_TANH", "rnn_tanh", False, "ce", dropout=True)
 case("DROP_LSTM_TOKENS", "lstm", True, "ce", dropout=True)
 case("DROP_GRU", "gru", False, "ce", dropout=True)
 case("DROP_GRU_TOKENS_MSE", "gru", True, "mse", dropout=True)
+print("pub struct PackedCase { pub cell: &'static str, pub tokens: bool, pub lengths: &'static [usize],")
+print("    pub loss: f64, pub grads: &'static [f64], pub dh0: &'static [f64], pub dc0: &'static [f64],")
+print("    pub h_n: &'static [f64], pub c_n: &'static [f64] }")
+packed_case("PACKED_LSTM", "lstm", False)
+packed_case("PACKED_GRU_TOKENS", "gru", True)
+packed_case("PACKED_RNN_TANH", "rnn_tanh", False)
 
 
 def big_case(name, cell, tokens, T, B, I, H, L, O, V=0):

@@ -31,12 +31,13 @@ pub(crate) fn forward<F: Float>(
     steps: usize,
     b: usize,
     threads: usize,
+    lengths: &[usize],
 ) {
     let (h, cell) = (cfg.hidden, cfg.cell);
     let gh = cell.gates() * h;
     let (bh, bgh, n) = (b * h, b * gh, steps * b);
     let (b_ih, b_hh) = (&p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh]);
-    let split = plan(b, gh, h);
+    let split = plan_with(b, gh, h, lengths);
     // W_hhᵀ (H, G·H), transposed once per pass: the GEMM crate would otherwise repack W_hh at
     // every step. A single step gains nothing from it, so it reads W_hh as it is; so does a
     // single row split by units (see `UnitWeights`).
@@ -80,7 +81,7 @@ pub(crate) fn forward<F: Float>(
                 if let Some(tr) = &table {
                     tr.fill(t, 0, &mut cache.gates[t * bgh..(t + 1) * bgh]);
                 }
-                let rows = FwdRows {
+                let mut rows = FwdRows {
                     g: &mut cache.gates[t * bgh..(t + 1) * bgh],
                     h_prev: &past[t * bh..],
                     h: &mut future[..bh],
@@ -89,7 +90,8 @@ pub(crate) fn forward<F: Float>(
                     aux: if cache.aux.is_empty() { &mut [][..] } else { &mut cache.aux[t * bh..(t + 1) * bh] },
                     hproj: &mut hproj[..],
                 };
-                forward_rows(cell, h, b_hh, w_hh_t, rows, gemm_threads);
+                forward_rows(cell, h, b_hh, w_hh_t, &mut rows, gemm_threads);
+                rows.hold_ended(lengths, t, 0, h);
             }
         }
         Split::Rows(parts) => {
@@ -104,11 +106,12 @@ pub(crate) fn forward<F: Float>(
                     let (r0, r1) = parts::range(b, parts, 1, part);
                     // SAFETY: this part touches only rows [r0, r1) of each step (and of the (B, ·)
                     // scratch), every other part only other rows (see `FwdBufs::rows`).
-                    let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
+                    let mut rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
                     if let Some(tr) = &table {
                         tr.fill(t, r0, rows.g);
                     }
-                    forward_rows(cell, h, b_hh, w_hh_t, rows, 1);
+                    forward_rows(cell, h, b_hh, w_hh_t, &mut rows, 1);
+                    rows.hold_ended(lengths, t, r0, h);
                 },
             );
         }
@@ -193,6 +196,20 @@ const ROWS_PER_PART: usize = 32;
 const UNITS_PER_PART: usize = 128;
 /// Unit blocks start at multiples of this (whole AVX-512 vectors of f32 / AVX2 of f64).
 const UNIT_ALIGN: usize = 8;
+
+/// [`plan`], except that variable lengths run whole steps or row blocks (the unit split and
+/// the wavefront do not know them yet).
+fn plan_with(b: usize, gh: usize, h: usize, lengths: &[usize]) -> Split {
+    match plan(b, gh, h) {
+        Split::Units(_) if !lengths.is_empty() => Split::Whole,
+        split => split,
+    }
+}
+
+/// Whether row `r` has ended before step `t` (`lengths` empty: no row ends).
+fn ended(lengths: &[usize], t: usize, r: usize) -> bool {
+    lengths.get(r).is_some_and(|&len| t >= len)
+}
 
 /// See [`Split`]: `b·G·H·H` multiply-adds per step and the size of W_hh decide. Rows need no
 /// meeting, so they win wherever each core can hold all of a small W_hh (≤ 256 KB in f32) or
@@ -384,9 +401,31 @@ struct FwdRows<'a, F> {
     hproj: &'a mut [F], // (r, G·H) GRU scratch
 }
 
+impl<F: Copy> FwdRows<'_, F> {
+    /// Rows (from r0) whose sequence ended before step t keep their state: h_t = h_{t−1} (and
+    /// c), so padding never touches the state and the last state is each sequence's own.
+    fn hold_ended(&mut self, lengths: &[usize], t: usize, r0: usize, h: usize) {
+        for k in 0..self.h.len() / h {
+            if ended(lengths, t, r0 + k) {
+                self.h[k * h..(k + 1) * h].copy_from_slice(&self.h_prev[k * h..(k + 1) * h]);
+                if !self.c.is_empty() {
+                    self.c[k * h..(k + 1) * h].copy_from_slice(&self.c_prev[k * h..(k + 1) * h]);
+                }
+            }
+        }
+    }
+}
+
 /// The recurrent GEMM (tiled on up to `threads` threads) and the cell's fused step for some rows
 /// of one step.
-fn forward_rows<F: Float>(cell: CellKind, h: usize, b_hh: &[F], w_hh_t: Mat<'_, F>, s: FwdRows<'_, F>, threads: usize) {
+fn forward_rows<F: Float>(
+    cell: CellKind,
+    h: usize,
+    b_hh: &[F],
+    w_hh_t: Mat<'_, F>,
+    s: &mut FwdRows<'_, F>,
+    threads: usize,
+) {
     let gh = b_hh.len();
     let r = s.h.len() / h;
     match cell {
@@ -430,13 +469,14 @@ pub(crate) fn backward<F: Float>(
     steps: usize,
     b: usize,
     threads: usize,
+    lengths: &[usize],
 ) {
     let (h, cell) = (cfg.hidden, cfg.cell);
     let gh = cell.gates() * h;
     let (bh, bgh) = (b * h, b * gh);
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
     // The per-step norms need whole steps: that diagnostic runs unsplit.
-    let split = if dh_norms.is_some() { Split::Whole } else { plan(b, gh, h) };
+    let split = if dh_norms.is_some() { Split::Whole } else { plan_with(b, gh, h, lengths) };
     match split {
         Split::Whole | Split::Tiles => {
             let gemm_threads = if split == Split::Tiles { threads } else { 1 };
@@ -458,7 +498,7 @@ pub(crate) fn backward<F: Float>(
                     dc: &mut dc_next[..],
                     dh_next: &mut dh_next[..],
                 };
-                backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows, gemm_threads);
+                backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows, gemm_threads, Ended { lengths, t, r0: 0 });
             }
         }
         Split::Rows(parts) => {
@@ -471,8 +511,9 @@ pub(crate) fn backward<F: Float>(
                 |part, k| {
                     let (r0, r1) = parts::range(b, parts, 1, part);
                     // SAFETY: as in `forward`: rows [r0, r1) of every buffer belong to this half.
-                    let rows = unsafe { bufs.rows(steps - 1 - k, r0, r1, b, h, gh) };
-                    backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows, 1);
+                    let t = steps - 1 - k;
+                    let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
+                    backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows, 1, Ended { lengths, t, r0 });
                 },
             );
         }
@@ -557,22 +598,76 @@ struct BwdRows<'a, F> {
     dh_next: &'a mut [F], // (r, H) out: dL/dh_{t−1}
 }
 
+/// Which rows of a step's row range [r0, …) have ended (their sequence is shorter than t + 1).
+#[derive(Clone, Copy)]
+struct Ended<'a> {
+    lengths: &'a [usize],
+    t: usize,
+    r0: usize,
+}
+
+impl Ended<'_> {
+    /// The maximal runs [a, b) of rows (counted from r0) still running, among the first `rows`
+    /// (all of them in one run when no lengths are set). Allocates nothing.
+    fn running(self, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let mut k = 0;
+        std::iter::from_fn(move || {
+            while k < rows && ended(self.lengths, self.t, self.r0 + k) {
+                k += 1;
+            }
+            let a = k;
+            while k < rows && !ended(self.lengths, self.t, self.r0 + k) {
+                k += 1;
+            }
+            (a < k).then_some(a..k)
+        })
+    }
+}
+
 /// The cell's backward step and the recurrent GEMM dh_next = dpre · W_hh (tiled on up to
-/// `threads` threads) for some rows.
-fn backward_rows<F: Float>(cell: CellKind, h: usize, gh: usize, w_hh: Mat<'_, F>, s: BwdRows<'_, F>, threads: usize) {
+/// `threads` threads) for some rows. A row whose sequence has ended (`ended`) held its state
+/// through this step, so its gradient passes straight through: dpre = 0, dh_{t−1} = dh_t and
+/// dc unchanged.
+fn backward_rows<F: Float>(
+    cell: CellKind,
+    h: usize,
+    gh: usize,
+    w_hh: Mat<'_, F>,
+    s: BwdRows<'_, F>,
+    threads: usize,
+    ended: Ended<'_>,
+) {
     let r = s.dh.len() / h;
-    match cell {
-        CellKind::RnnTanh | CellKind::RnnRelu => {
-            rnn::backward_step(cell == CellKind::RnnRelu, s.dh, s.h, s.g);
-            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, threads);
+    let all = ended.lengths.is_empty();
+    let is_ended = |k: usize| ended.lengths.get(ended.r0 + k).is_some_and(|&len| ended.t >= len);
+    for k in (0..r).filter(|&k| !all && is_ended(k)) {
+        s.g[k * gh..(k + 1) * gh].fill(F::zero());
+        if !s.dgh.is_empty() {
+            s.dgh[k * gh..(k + 1) * gh].fill(F::zero());
         }
-        CellKind::Lstm => {
-            lstm::backward_step(h, s.dh, s.dc, s.g, s.c_prev, s.aux);
-            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.g, r, gh), w_hh, false, threads);
+    }
+    let rows = |a: usize, b: usize, w: usize| a * w..b * w;
+    for run in ended.running(r) {
+        let (hr, gr) = (rows(run.start, run.end, h), rows(run.start, run.end, gh));
+        match cell {
+            CellKind::RnnTanh | CellKind::RnnRelu => {
+                rnn::backward_step(cell == CellKind::RnnRelu, &s.dh[hr.clone()], &s.h[hr.clone()], &mut s.g[gr]);
+            }
+            CellKind::Lstm => {
+                let (dh, c_prev, aux) = (&s.dh[hr.clone()], &s.c_prev[hr.clone()], &s.aux[hr.clone()]);
+                lstm::backward_step(h, dh, &mut s.dc[hr.clone()], &mut s.g[gr], c_prev, aux);
+            }
+            CellKind::Gru => {
+                let (dh, aux, h_prev) = (&s.dh[hr.clone()], &s.aux[hr.clone()], &s.h_prev[hr.clone()]);
+                gru::backward_step(h, dh, &mut s.g[gr.clone()], &mut s.dgh[gr], aux, h_prev, &mut s.dh_next[hr]);
+            }
         }
-        CellKind::Gru => {
-            gru::backward_step(h, s.dh, s.g, s.dgh, s.aux, s.h_prev, s.dh_next);
-            kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.dgh, r, gh), w_hh, true, threads);
+    }
+    let (dpre, gru) = if cell == CellKind::Gru { (&*s.dgh, true) } else { (&*s.g, false) };
+    kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(dpre, r, gh), w_hh, gru, threads);
+    if !all {
+        for k in (0..r).filter(|&k| is_ended(k)) {
+            s.dh_next[k * h..(k + 1) * h].copy_from_slice(&s.dh[k * h..(k + 1) * h]);
         }
     }
 }

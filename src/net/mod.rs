@@ -433,7 +433,7 @@ impl Net {
             }
         }
         let gh = cfg.cell.gates() * cfg.hidden;
-        let wavefront = layer::wavefront::units(cfg, b).filter(|_| ws.wavefront && !masked);
+        let wavefront = layer::wavefront::units(cfg, b).filter(|_| ws.wavefront && !masked && ws.lengths.is_empty());
         for (k, lp) in self.layers.iter().enumerate() {
             let (below, rest) = ws.layers.split_at_mut(k);
             let x = if k > 0 && masked {
@@ -480,7 +480,7 @@ impl Net {
                 break;
             }
             let hproj = &mut ws.hproj[..if cfg.cell == CellKind::Gru { b * gh } else { 0 }];
-            layer::forward(cfg, lp, params, &mut rest[0], hproj, x, steps, b, ws.threads);
+            layer::forward(cfg, lp, params, &mut rest[0], hproj, x, steps, b, ws.threads, &ws.lengths);
         }
         let mut top = &ws.layers[cfg.layers - 1].hs[bh..(steps + 1) * bh];
         if masked {
@@ -492,8 +492,19 @@ impl Net {
         readout::forward(self, params, top, &mut ws.logits[..steps * b * cfg.output], ws.threads);
         match targets {
             None => Ok(F::zero()),
-            Some(t) => {
+            Some(mut t) => {
                 let n = steps * b * cfg.output;
+                if !ws.lengths.is_empty() {
+                    // Padding never counts: weight 0 from each sequence's length on.
+                    if let Some(m) = t.mask {
+                        check_len("mask (T·B)", steps * b, m.len())?;
+                    }
+                    for (k, w) in ws.length_mask[..steps * b].iter_mut().enumerate() {
+                        let live = k / b < ws.lengths[k % b];
+                        *w = if live { t.mask.map_or(F::one(), |m| m[k]) } else { F::zero() };
+                    }
+                    t.mask = Some(&ws.length_mask[..steps * b]);
+                }
                 let loss = readout::loss(cfg, &ws.logits[..n], &mut ws.dlogits[..n], t, steps * b, ws.threads)?;
                 ws.ready = true;
                 Ok(loss)
@@ -550,7 +561,8 @@ impl Net {
                 dropout::scale(dh, &ws.mask_h[slot..]);
             }
         }
-        let wavefront = layer::wavefront::units(cfg, b).filter(|_| ws.wavefront && !ws.record_dh_norms && !masked);
+        let wavefront = layer::wavefront::units(cfg, b)
+            .filter(|_| ws.wavefront && !ws.record_dh_norms && !masked && ws.lengths.is_empty());
         if let Some(units) = wavefront {
             // Every layer's time loop at once; the weight gradients below, layer by layer.
             let (layers, dh0, dc0) = (&mut ws.layers[..], &mut ws.dh0[..], &mut ws.dc0[..]);
@@ -587,7 +599,10 @@ impl Net {
             } else {
                 let (dh0, dc0) = (&mut ws.dh0[k * bh..(k + 1) * bh], &mut ws.dc0[..]);
                 let dc0 = if cfg.cell.has_cell_state() { &mut dc0[k * bh..(k + 1) * bh] } else { &mut dc0[..0] };
-                layer::backward(cfg, lp, params, grads, cache, x, dx, dh0, dc0, dh_norms, steps, b, ws.threads);
+                let lengths = &ws.lengths;
+                layer::backward(
+                    cfg, lp, params, grads, cache, x, dx, dh0, dc0, dh_norms, steps, b, ws.threads, lengths,
+                );
             }
             // Through the dropout below this layer (its output's, or the first layer's input's).
             if masked && k > 0 {

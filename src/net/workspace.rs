@@ -93,6 +93,10 @@ pub struct Workspace<F> {
     pub(crate) mask_x: Vec<F>,
     pub(crate) mask_h: Vec<F>,
     pub(crate) dropped: Vec<F>,
+    /// (B) per-sequence lengths of the next passes (empty: every sequence runs all T steps),
+    /// and the (T, B) loss weights they imply.
+    pub(crate) lengths: Vec<usize>,
+    pub(crate) length_mask: Vec<F>,
     pub(crate) hidden: usize,
     pub(crate) layers_n: usize,
     pub(crate) output: usize,
@@ -142,6 +146,8 @@ impl<F: Float> Workspace<F> {
             dh_norms: z(cfg.layers * t),
             record_dh_norms: false,
             dropout: None,
+            lengths: Vec::new(),
+            length_mask: Vec::new(),
             masked: false,
             fixed_masks: None,
             mask_x: Vec::new(),
@@ -237,6 +243,29 @@ impl<F: Float> Workspace<F> {
         }
         self.dropout = dropout.filter(|d| d.p > 0.0);
         self.fixed_masks = None;
+        Ok(())
+    }
+
+    /// Per-sequence lengths for the following passes (`None`: every sequence runs all T steps),
+    /// with packed-sequence semantics: from step `lengths[b]` on, sequence b's state is held
+    /// (its final state is the one after its last step), its positions count nothing in the
+    /// loss (whatever the targets' mask says) and no gradient flows through them. A length
+    /// beyond a pass's T means the whole pass. Allocates the (T, B) weights on first use.
+    pub fn set_lengths(&mut self, lengths: Option<&[usize]>) -> Result<()> {
+        match lengths {
+            None => self.lengths.clear(),
+            Some(l) => {
+                crate::error::check_len("sequence lengths (B)", self.batch, l.len())?;
+                if let Some(k) = l.iter().position(|&len| len == 0) {
+                    return Err(crate::Error::Data(format!("sequence {k} has length 0: every sequence needs a step")));
+                }
+                if self.length_mask.is_empty() {
+                    self.length_mask = vec![F::zero(); self.max_steps * self.batch];
+                }
+                self.lengths.clear();
+                self.lengths.extend_from_slice(l);
+            }
+        }
         Ok(())
     }
 

@@ -32,10 +32,11 @@ fn ours() -> usize {
 
 #[test]
 fn forward_backward_do_not_allocate_after_warm_up() {
-    // Unsplit on one thread; row blocks, unit blocks and GEMM tiles on four.
+    // Unsplit on one thread; row blocks, unit blocks and GEMM tiles on four; dropout and
+    // variable lengths (row blocks and whole steps) on two of the shapes.
     for (t, b, hidden, threads) in [(20, 4, 16, 1), (5, 128, 16, 4), (5, 1, 256, 4), (5, 4, 256, 4)] {
         for cell in CellKind::ALL {
-            for tokens in [false, true] {
+            for (tokens, extras) in [(false, false), (true, false), (true, b >= 4)] {
                 let input = if tokens {
                     InputKind::Tokens { vocab: 7, embedding_dim: 5 }
                 } else {
@@ -48,6 +49,11 @@ fn forward_backward_do_not_allocate_after_warm_up() {
                 let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
                 ws.set_wavefront(threads > 1);
                 ws.set_record_dh_norms(threads == 1); // (recording runs the backward pass unsplit)
+                if extras {
+                    let lengths: Vec<usize> = (0..b).map(|r| 1 + r % t).collect();
+                    ws.set_lengths(Some(&lengths)).unwrap();
+                    ws.set_dropout(Some(bptt::net::Dropout { p: 0.3, locked: false, seed: 3 })).unwrap();
+                }
                 let x: Vec<f32> = (0..t * b * 5).map(|k| (k as f32 * 0.37).sin()).collect();
                 let ids: Vec<u32> = (0..t * b).map(|k| (k % 7) as u32).collect();
                 let input = if tokens { Input::Tokens(&ids) } else { Input::Dense(&x) };

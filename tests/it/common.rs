@@ -35,6 +35,8 @@ pub struct Problem {
     pub init: State<f64>,
     pub steps: usize,
     pub batch: usize,
+    /// A loss term Σ w·(final state) with these weights, besides the targets' (`None`: none).
+    pub final_weights: Option<State<f64>>,
 }
 
 impl Problem {
@@ -68,7 +70,18 @@ impl Problem {
         let mut init = State::zeros(&cfg, batch);
         init.h = uniform(&mut r, init.h.len(), 0.5);
         init.c = uniform(&mut r, init.c.len(), 0.5);
-        Problem { net, params, x, tokens, classes, values, mask, init, steps, batch }
+        Problem { net, params, x, tokens, classes, values, mask, init, steps, batch, final_weights: None }
+    }
+
+    /// Adds a loss term on the final state (h and, for the LSTM, c) with random weights: what a
+    /// classifier reading the last state, or a later window, puts there.
+    pub fn with_final_loss(mut self, seed: u64) -> Self {
+        let mut r = rng(seed);
+        let mut w = State::zeros(self.net.config(), self.batch);
+        w.h = uniform(&mut r, w.h.len(), 1.0);
+        w.c = uniform(&mut r, w.c.len(), 1.0);
+        self.final_weights = Some(w);
+        self
     }
 
     pub fn input(&self) -> Input<'_, f64> {

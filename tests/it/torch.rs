@@ -125,6 +125,48 @@ fn dropout_matches_pytorch_given_the_same_masks() {
     assert!(r.is_err(), "the dropout case passed without its masks");
 }
 
+/// Packed variable-length batches (`pack_padded_sequence`, lengths 4 and 1, unsorted): the
+/// loss over the valid positions plus a term on the final states, every gradient, dh0, dc0 and
+/// the final states themselves, taken at each sequence's length.
+#[test]
+fn packed_sequences_match_pytorch() {
+    for case in [&exp::PACKED_LSTM, &exp::PACKED_GRU_TOKENS, &exp::PACKED_RNN_TANH] {
+        let cell: CellKind = case.cell.parse().unwrap();
+        let input =
+            if case.tokens { InputKind::Tokens { vocab: V, embedding_dim: I } } else { InputKind::Dense { size: I } };
+        let loss = LossKind::CrossEntropy;
+        let net = Net::new(NetConfig { cell, input, hidden: H, layers: L, output: O, loss }).unwrap();
+        let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
+        let x: Vec<f64> = (0..T * B * I).map(|k| (0.7 * k as f64 + 0.3).sin()).collect();
+        let ids: Vec<u32> = (0..T * B).map(|k| ((5 * k + 1) % V) as u32).collect();
+        let classes: Vec<u32> = (0..T * B).map(|k| ((7 * k + 3) % O) as u32).collect();
+        let mut init = State::zeros(net.config(), B);
+        init.h = (0..L * B * H).map(|k| 0.3 * (0.5 * k as f64 + 1.0).sin()).collect();
+        if cell.has_cell_state() {
+            init.c = (0..L * B * H).map(|k| 0.3 * (0.5 * k as f64 + 1.0).cos()).collect();
+        }
+        let w: Vec<f64> = (0..L * B * H).map(|k| 0.1 * (0.3 * k as f64 + 0.2).cos()).collect();
+        let input = if case.tokens { Input::Tokens(&ids) } else { Input::Dense(&x) };
+        let mut ws = net.workspace(T, B, 1).unwrap();
+        ws.set_lengths(Some(case.lengths)).unwrap();
+        let ce = net.forward(&params, &mut ws, input, Some(Targets::classes(&classes)), Some(&init)).unwrap();
+        let mut last = State::zeros(net.config(), B);
+        ws.state_at(T, &mut last);
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let loss = ce + dot(&w, &last.h) + if cell.has_cell_state() { dot(&w, &last.c) } else { 0.0 };
+        let dfinal = State { h: w.clone(), c: if cell.has_cell_state() { w.clone() } else { Vec::new() } };
+        let mut grads = vec![0.0; net.num_params()];
+        net.backward_from(&params, &mut ws, &mut grads, Some(&dfinal)).unwrap();
+        let d0 = ws.initial_state_grad();
+        assert_close(&format!("{} packed loss", case.cell), &[loss], &[case.loss], 1e-12);
+        assert_close(&format!("{} packed h_n", case.cell), &last.h, case.h_n, 1e-10);
+        assert_close(&format!("{} packed c_n", case.cell), &last.c, case.c_n, 1e-10);
+        assert_close(&format!("{} packed grads", case.cell), &grads, case.grads, 1e-10);
+        assert_close(&format!("{} packed dh0", case.cell), &d0.h, case.dh0, 1e-10);
+        assert_close(&format!("{} packed dc0", case.cell), &d0.c, case.dc0, 1e-10);
+    }
+}
+
 fn optim_run<F: bptt::Float>(config: OptimizerConfig, lr: f64) -> Vec<f64> {
     let n = 6;
     let mut p: Vec<F> = (0..n).map(|k| F::of(0.5 * (0.8 * k as f64 + 0.2).sin())).collect();
