@@ -15,6 +15,7 @@ pub mod float;
 pub mod kernels;
 pub mod net;
 pub mod optim;
+pub mod seq;
 pub mod tasks;
 pub mod train;
 

@@ -11,6 +11,7 @@ mod learning;
 mod never_lose;
 mod optim;
 mod reliability;
+mod seq;
 mod shakespeare;
 mod tbptt;
 mod torch;

@@ -1,0 +1,78 @@
+//! Your own sequences: a dataset of variable-length multivariate sequences with class labels or
+//! target values, read from files (`ts`: the UEA/UCR `.ts` format), and cut into time-major
+//! padded batches with per-sequence lengths for [`crate::Workspace::set_lengths`].
+
+pub mod ts;
+
+/// The labels of a dataset's sequences.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Labels {
+    /// None (data to predict on).
+    None,
+    /// A class per sequence: `ids[i]` indexes `names`.
+    Classes {
+        /// The class names, in the file's order.
+        names: Vec<String>,
+        /// Each sequence's class.
+        ids: Vec<usize>,
+    },
+    /// A real target per sequence (regression).
+    Values(Vec<f32>),
+}
+
+/// Variable-length sequences of `features` values per step, stored back to back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataset {
+    /// F, values per step.
+    pub features: usize,
+    /// Each sequence's number of steps (≥ 1).
+    pub lengths: Vec<usize>,
+    /// All sequences' steps back to back, each step F values.
+    pub values: Vec<f32>,
+    /// The labels.
+    pub labels: Labels,
+}
+
+impl Dataset {
+    /// The number of sequences.
+    pub fn len(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// True if there are no sequences.
+    pub fn is_empty(&self) -> bool {
+        self.lengths.is_empty()
+    }
+
+    /// The longest sequence's length.
+    pub fn max_len(&self) -> usize {
+        self.lengths.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Sequence `i` as (steps, F) values.
+    pub fn sequence(&self, i: usize) -> &[f32] {
+        let start: usize = self.lengths[..i].iter().sum::<usize>() * self.features;
+        &self.values[start..start + self.lengths[i] * self.features]
+    }
+
+    /// The sequences `which` as a time-major padded batch for a network: `x` (T, B, F) with
+    /// T = their longest length and zeros after each sequence's end, and their lengths.
+    pub fn batch(&self, which: &[usize]) -> (Vec<f32>, Vec<usize>) {
+        let (b, f) = (which.len(), self.features);
+        let lengths: Vec<usize> = which.iter().map(|&i| self.lengths[i]).collect();
+        let t = lengths.iter().copied().max().unwrap_or(0);
+        let mut starts = Vec::with_capacity(self.len());
+        self.lengths.iter().fold(0, |at, &len| {
+            starts.push(at);
+            at + len * f
+        });
+        let mut x = vec![0.0; t * b * f];
+        for (j, &i) in which.iter().enumerate() {
+            let seq = &self.values[starts[i]..starts[i] + self.lengths[i] * f];
+            for (s, step) in seq.chunks_exact(f).enumerate() {
+                x[(s * b + j) * f..(s * b + j + 1) * f].copy_from_slice(step);
+            }
+        }
+        (x, lengths)
+    }
+}
