@@ -64,17 +64,21 @@ class Model(nn.Module):
         return self.decoder(x)
 
 
-def setup(cell, tokens):
-    """The model with the closed-form weights, its parameter slab, the input and h0, c0."""
-    m = Model(cell, tokens)
-    slab = [p for p in m.parameters()]
-    n = sum(p.numel() for p in slab)
-    values = fill(n, lambda k: 0.6 * math.sin(1.3 * k + 0.5))
+def load(slab, values):
+    """Copies one flat tensor of values over the parameters, in state_dict order."""
     off = 0
     with torch.no_grad():
         for p in slab:
             p.copy_(values[off:off + p.numel()].view_as(p))
             off += p.numel()
+
+
+def setup(cell, tokens):
+    """The model with the closed-form weights, its parameter slab, the input and h0, c0."""
+    m = Model(cell, tokens)
+    slab = [p for p in m.parameters()]
+    n = sum(p.numel() for p in slab)
+    load(slab, fill(n, lambda k: 0.6 * math.sin(1.3 * k + 0.5)))
     if tokens:
         x = torch.tensor([(5 * k + 1) % V for k in range(T * B)]).view(T, B)
     else:
@@ -187,12 +191,7 @@ def big_case(name, cell, tokens, T, B, I, H, L, O, V=0):
     n = sum(p.numel() for p in slab)
     scale = 1.5 / math.sqrt(H)
     k = torch.arange(n, dtype=torch.float64)
-    values = scale * torch.sin(1.3 * k + 0.5)
-    off = 0
-    with torch.no_grad():
-        for p in slab:
-            p.copy_(values[off:off + p.numel()].view_as(p))
-            off += p.numel()
+    load(slab, scale * torch.sin(1.3 * k + 0.5))
     if tokens:
         x = m.encoder(torch.tensor([(5 * k + 1) % V for k in range(T * B)]).view(T, B))
     else:

@@ -105,14 +105,19 @@ impl TrainConfig {
     /// The dropout of update `step`: masks seeded by the run's seed and the step alone, so a
     /// resumed run draws the same masks as an uninterrupted one.
     fn dropout_at(&self, step: u64) -> Option<crate::net::Dropout> {
-        let seed = (self.seed ^ 0xd2b7_4407_b1ce_6e93).wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let seed = self.mask_seed(0xd2b7_4407_b1ce_6e93, step);
         (self.dropout > 0.0).then_some(crate::net::Dropout { p: self.dropout, locked: self.locked_dropout, seed })
     }
 
     /// The weight drop of update `step`, seeded like [`TrainConfig::dropout_at`].
     fn weight_drop_at(&self, step: u64) -> Option<WeightDrop> {
-        let seed = (self.seed ^ 0x7c3a_91d4_e0f2_5b68).wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        (self.weight_drop > 0.0).then_some(WeightDrop { p: self.weight_drop, seed })
+        (self.weight_drop > 0.0)
+            .then_some(WeightDrop { p: self.weight_drop, seed: self.mask_seed(0x7c3a_91d4_e0f2_5b68, step) })
+    }
+
+    /// The seed of one kind (`salt`) of mask at update `step`: the run's seed and the step alone.
+    fn mask_seed(&self, salt: u64, step: u64) -> u64 {
+        (self.seed ^ salt).wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15))
     }
 
     /// The optimizer this config names, with its momentum and weight decay.

@@ -27,11 +27,16 @@ pub struct Dropout {
 impl Dropout {
     /// Ok if `p` is in [0, 1).
     pub fn validate(&self) -> Result<()> {
-        if !(0.0..1.0).contains(&self.p) {
-            return Err(Error::Config(format!("dropout must be in [0, 1), got {}", self.p)));
-        }
-        Ok(())
+        check_rate("dropout", self.p)
     }
+}
+
+/// A drop probability must lie in [0, 1) (NaN included in the refusal).
+fn check_rate(what: &str, p: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&p) {
+        return Err(Error::Config(format!("{what} must be in [0, 1), got {p}")));
+    }
+    Ok(())
 }
 
 /// Fills `mask` (T, B, W), for `steps` steps of `b` rows of width `w`, with 0 (dropped, with
@@ -88,10 +93,7 @@ pub struct WeightDrop {
 impl WeightDrop {
     /// Ok if `p` is in [0, 1).
     pub fn validate(&self) -> Result<()> {
-        if !(0.0..1.0).contains(&self.p) {
-            return Err(Error::Config(format!("weight drop must be in [0, 1), got {}", self.p)));
-        }
-        Ok(())
+        check_rate("weight drop", self.p)
     }
 
     /// The number of recurrent weights (the length of a mask).

@@ -607,16 +607,21 @@ struct Ended<'a> {
 }
 
 impl Ended<'_> {
+    /// Whether row k (counted from r0) has ended.
+    fn at(self, k: usize) -> bool {
+        ended(self.lengths, self.t, self.r0 + k)
+    }
+
     /// The maximal runs [a, b) of rows (counted from r0) still running, among the first `rows`
     /// (all of them in one run when no lengths are set). Allocates nothing.
     fn running(self, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
         let mut k = 0;
         std::iter::from_fn(move || {
-            while k < rows && ended(self.lengths, self.t, self.r0 + k) {
+            while k < rows && self.at(k) {
                 k += 1;
             }
             let a = k;
-            while k < rows && !ended(self.lengths, self.t, self.r0 + k) {
+            while k < rows && !self.at(k) {
                 k += 1;
             }
             (a < k).then_some(a..k)
@@ -639,8 +644,7 @@ fn backward_rows<F: Float>(
 ) {
     let r = s.dh.len() / h;
     let all = ended.lengths.is_empty();
-    let is_ended = |k: usize| ended.lengths.get(ended.r0 + k).is_some_and(|&len| ended.t >= len);
-    for k in (0..r).filter(|&k| !all && is_ended(k)) {
+    for k in (0..r).filter(|&k| !all && ended.at(k)) {
         s.g[k * gh..(k + 1) * gh].fill(F::zero());
         if !s.dgh.is_empty() {
             s.dgh[k * gh..(k + 1) * gh].fill(F::zero());
@@ -666,7 +670,7 @@ fn backward_rows<F: Float>(
     let (dpre, gru) = if cell == CellKind::Gru { (&*s.dgh, true) } else { (&*s.g, false) };
     kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(dpre, r, gh), w_hh, gru, threads);
     if !all {
-        for k in (0..r).filter(|&k| is_ended(k)) {
+        for k in (0..r).filter(|&k| ended.at(k)) {
             s.dh_next[k * h..(k + 1) * h].copy_from_slice(&s.dh[k * h..(k + 1) * h]);
         }
     }
