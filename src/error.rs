@@ -37,6 +37,9 @@ pub enum Error {
         /// The memory available now (MemAvailable), in bytes.
         available: u64,
     },
+    /// Data-parallel training failed: a rank stopped answering, or the ranks disagree.
+    #[error("{0}")]
+    Dist(String),
     /// Reading or writing a file failed.
     #[error("{path}: {msg}")]
     Io {

@@ -10,6 +10,7 @@
 pub mod cell;
 pub mod charlm;
 pub mod diagnose;
+pub mod dist;
 pub mod error;
 pub mod float;
 pub mod kernels;

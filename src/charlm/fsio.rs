@@ -107,7 +107,7 @@ impl RunLock {
                     let mut words = owner.split_whitespace();
                     let (pid, owner_host) = (words.next().and_then(|p| p.parse::<u32>().ok()), words.next());
                     let alive = match (pid, owner_host) {
-                        (Some(pid), Some(h)) if h == host() => Path::new(&format!("/proc/{pid}")).exists(),
+                        (Some(pid), Some(h)) if h == host() => running(pid),
                         (Some(_), Some(_)) => true, // another host's process: assume it runs
                         _ => false,                 // half-written by a process killed at once
                     };
@@ -183,4 +183,14 @@ pub fn decode_text(bytes: Vec<u8>) -> std::result::Result<String, String> {
         return Err(format!("contains a NUL byte at offset {pos}: this looks like a binary file, not text"));
     }
     Ok(text)
+}
+
+/// True if process `pid` of this host runs: it exists and is not a zombie (a killed process
+/// whose parent is gone stays a zombie in a container whose first process reaps nothing).
+fn running(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S …": the state follows the last ')'.
+        Ok(stat) => stat.rsplit_once(')').is_none_or(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => Path::new(&format!("/proc/{pid}")).exists(),
+    }
 }

@@ -3,11 +3,13 @@
 
 use crate::charlm::data::{Split, Streams, TokenIds};
 use crate::charlm::model::{CharModel, Eval, ModelFile};
+use crate::dist::{GradReducer, Group};
 use crate::error::{Error, Result};
 use crate::net::{Input, State, Targets, WeightDrop};
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig, OptimizerState, Schedule};
 use crate::train::{Clip, Tbptt, apply_update};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The value of the `bptt.checkpoint` metadata key of a checkpoint file.
 pub const CHECKPOINT_FORMAT: &str = "charlm-checkpoint/1";
@@ -104,12 +106,14 @@ impl TrainConfig {
 
     /// The dropout of update `step`: masks seeded by the run's seed and the step alone, so a
     /// resumed run draws the same masks as an uninterrupted one.
-    fn dropout_at(&self, step: u64) -> Option<crate::net::Dropout> {
-        let seed = self.mask_seed(0xd2b7_4407_b1ce_6e93, step);
+    /// Under data parallelism each rank draws its own streams' masks (`rank` salts the seed).
+    fn dropout_at(&self, step: u64, rank: usize) -> Option<crate::net::Dropout> {
+        let seed = self.mask_seed(0xd2b7_4407_b1ce_6e93, step) ^ (rank as u64).wrapping_mul(0xa076_1d64_78bd_642f);
         (self.dropout > 0.0).then_some(crate::net::Dropout { p: self.dropout, locked: self.locked_dropout, seed })
     }
 
-    /// The weight drop of update `step`, seeded like [`TrainConfig::dropout_at`].
+    /// The weight drop of update `step`, seeded like [`TrainConfig::dropout_at`] (the same on
+    /// every rank: the weights are shared).
     fn weight_drop_at(&self, step: u64) -> Option<WeightDrop> {
         (self.weight_drop > 0.0)
             .then_some(WeightDrop { p: self.weight_drop, seed: self.mask_seed(0x7c3a_91d4_e0f2_5b68, step) })
@@ -267,10 +271,16 @@ pub struct Trainer {
     tbptt: Tbptt<f32>,
     split: Split,
     streams: Streams,
-    /// (k1, B) inputs and targets of the current update.
+    /// (k1, B/N) inputs and targets of this rank's streams in the current update.
     x: Vec<u32>,
     y: Vec<u32>,
+    /// (k1, B) inputs and targets of every stream (data parallel only).
+    x_all: Vec<u32>,
+    y_all: Vec<u32>,
     threads: usize,
+    /// The ranks sharing the batch (one without data parallelism) and the gradient average.
+    group: Arc<Group>,
+    reducer: GradReducer<f32>,
     /// Updates done.
     pub step: u64,
     /// Current epoch and the next update's index within it.
@@ -288,15 +298,40 @@ pub struct Trainer {
 impl Trainer {
     /// A run at step 0 training `model` on the text `ids` (already encoded with its vocab).
     pub fn new(cfg: TrainConfig, model: CharModel, ids: TokenIds, threads: usize) -> Result<Self> {
+        Self::new_in(Arc::new(Group::single()), cfg, model, ids, threads)
+    }
+
+    /// [`Trainer::new`] as one rank of `group`: every rank builds the same model and streams,
+    /// trains its contiguous share of the B streams (B/N each; N must divide B) and applies the
+    /// update of the gradient averaged over the ranks.
+    pub fn new_in(
+        group: Arc<Group>,
+        cfg: TrainConfig,
+        model: CharModel,
+        ids: TokenIds,
+        threads: usize,
+    ) -> Result<Self> {
         cfg.validate()?;
+        let ranks = group.size();
+        if !cfg.batch.is_multiple_of(ranks) {
+            return Err(Error::Config(format!(
+                "--batch {} cannot be shared by {ranks} ranks: give a --batch that is a multiple of {ranks} (it is the \
+                 global batch) or another mpirun -np",
+                cfg.batch
+            )));
+        }
+        let local = cfg.batch / ranks;
         let split = Split::new(ids, cfg.val_fraction)?;
         let streams = Streams::new(split.train.len(), cfg.batch, cfg.k1)?;
         let optimizer = Optimizer::new(cfg.optimizer()?, model.params.len())?.with_threads(threads);
-        let mut tbptt =
-            Tbptt::with_checkpoints(&model.net, cfg.k1, cfg.seq_len, cfg.batch, threads, cfg.checkpoint_every)?;
+        let mut tbptt = Tbptt::with_checkpoints(&model.net, cfg.k1, cfg.seq_len, local, threads, cfg.checkpoint_every)?;
         // Allocates the masks now, not in the training loop.
-        tbptt.set_dropout(cfg.dropout_at(0))?;
-        let n = cfg.k1 * cfg.batch;
+        tbptt.set_dropout(cfg.dropout_at(0, group.rank()))?;
+        // One bucket per layer and one for the readout.
+        let reducer = group.reducer(model.params.len(), cfg.model.layers + 1);
+        tbptt.workspace_mut().set_grad_ready(reducer.hook());
+        let all = if ranks > 1 { cfg.k1 * cfg.batch } else { 0 };
+        let n = cfg.k1 * local;
         Ok(Trainer {
             schedule: cfg.schedule()?,
             clip: cfg.clip()?,
@@ -310,7 +345,11 @@ impl Trainer {
             streams,
             x: vec![0; n],
             y: vec![0; n],
+            x_all: vec![0; all],
+            y_all: vec![0; all],
             threads,
+            group,
+            reducer,
             step: 0,
             epoch: 0,
             epoch_update: 0,
@@ -322,6 +361,35 @@ impl Trainer {
             cfg,
             model,
         })
+    }
+
+    /// This rank's (k1, B/N) inputs and targets of update `u` of the epoch into `x`, `y`.
+    fn chunk(&mut self, u: usize) {
+        if self.group.size() == 1 {
+            self.streams.chunk(&self.split.train, u, &mut self.x, &mut self.y);
+            return;
+        }
+        self.streams.chunk(&self.split.train, u, &mut self.x_all, &mut self.y_all);
+        let (b, local) = (self.cfg.batch, self.cfg.batch / self.group.size());
+        let first = self.group.rank() * local;
+        for (src, dst) in [(&self.x_all, &mut self.x), (&self.y_all, &mut self.y)] {
+            for (row, out) in src.chunks_exact(b).zip(dst.chunks_exact_mut(local)) {
+                out.copy_from_slice(&row[first..first + local]);
+            }
+        }
+    }
+
+    /// Data parallelism: average each layer's gradient while the layers below are still being
+    /// differentiated (`true`, the default), or the whole slab after the backward pass. With
+    /// more than two ranks the two may round differently (MPI may sum a bucket in another
+    /// order than the whole slab).
+    pub fn set_overlap(&mut self, on: bool) {
+        self.tbptt.workspace_mut().set_grad_ready(if on { self.reducer.hook() } else { None });
+    }
+
+    /// The ranks this run is shared by.
+    pub fn group(&self) -> &Group {
+        &self.group
     }
 
     /// Updates in one epoch.
@@ -364,9 +432,9 @@ impl Trainer {
             self.epoch_update = 0;
             self.tbptt.reset(None);
         }
-        self.streams.chunk(&self.split.train, self.epoch_update, &mut self.x, &mut self.y);
+        self.chunk(self.epoch_update);
         self.grads.fill(0.0);
-        self.tbptt.set_dropout(self.cfg.dropout_at(self.step))?;
+        self.tbptt.set_dropout(self.cfg.dropout_at(self.step, self.group.rank()))?;
         let net = &self.model.net;
         let weight_drop = self.cfg.weight_drop_at(self.step);
         let params = match &weight_drop {
@@ -376,7 +444,10 @@ impl Trainer {
             }
             None => &self.model.params,
         };
-        let loss = self.tbptt.step(net, params, Input::Tokens(&self.x), Targets::classes(&self.y), &mut self.grads)?;
+        let (tbptt, x, y) = (&mut self.tbptt, &self.x, &self.y);
+        let loss = self
+            .reducer
+            .reduce(&mut self.grads, |grads| tbptt.step(net, params, Input::Tokens(x), Targets::classes(y), grads))?;
         if weight_drop.is_some() {
             WeightDrop::backward(net, &mut self.grads, &self.w_hh_mask)?;
         }
@@ -389,13 +460,17 @@ impl Trainer {
             report.skipped = true;
         }
         let carried = self.tbptt.carried_state();
-        if carried.h.iter().chain(&carried.c).any(|v| !v.is_finite()) {
+        let bad_state = carried.h.iter().chain(&carried.c).any(|v| !v.is_finite());
+        // The mean loss over every rank's streams, and whether any rank's state broke.
+        let mut control = [loss as f64, if bad_state { 1.0 } else { 0.0 }];
+        self.group.sum(&mut control)?;
+        if control[1] > 0.0 {
             self.tbptt.reset(None);
         }
         self.step += 1;
         self.epoch_update += 1;
         self.tokens += (self.cfg.k1 * self.cfg.batch) as u64;
-        let loss = loss as f64;
+        let loss = if self.group.size() > 1 { control[0] / self.group.size() as f64 } else { loss as f64 };
         if report.skipped || !loss.is_finite() {
             self.bad_steps += 1;
         } else {
@@ -431,8 +506,11 @@ impl Trainer {
     }
 
     /// The checkpoint file's bytes: the model, optimizer buffers, carried state and counters.
+    /// With data parallelism every rank must call it (the carried state of all B streams is
+    /// gathered: (L, B, H), as one process would hold it); every rank gets the same bytes.
     pub fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
-        let state = self.tbptt.carried_state();
+        let local = self.tbptt.carried_state();
+        let state = self.global_state(local)?;
         let n = self.model.params.len();
         let mut extra: Vec<(String, Vec<usize>, &[f32])> =
             self.optimizer.buffers().map(|(name, v)| (format!("optim.{name}"), vec![n], v)).collect();
@@ -451,10 +529,38 @@ impl Trainer {
             ("best_val", self.best_val.map_or("none".into(), |v| format!("{v:?}"))),
             ("first_loss", self.first_loss.map_or("none".into(), |v| format!("{v:?}"))),
             ("bad_steps", self.bad_steps.to_string()),
+            ("ranks", self.group.size().to_string()),
             ("config", config),
         ];
         let meta: Vec<(String, String)> = meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         self.model.to_bytes_with(&extra, &meta)
+    }
+
+    /// The carried state of every stream, (L, B, H), from this rank's (L, B/N, H).
+    fn global_state(&self, local: &State<f32>) -> Result<State<f32>> {
+        let ranks = self.group.size();
+        if ranks == 1 {
+            return Ok(local.clone());
+        }
+        let (l, h) = (self.cfg.model.layers, self.cfg.model.hidden);
+        let rows = self.cfg.batch / ranks;
+        let gather = |part: &[f32]| -> Result<Vec<f32>> {
+            if part.is_empty() {
+                return Ok(Vec::new());
+            }
+            // (N, L, B/N, H) → (L, B, H).
+            let all = self.group.gather(part)?;
+            let mut out = vec![0.0; all.len()];
+            let block = rows * h;
+            for r in 0..ranks {
+                for k in 0..l {
+                    let src = &all[(r * l + k) * block..(r * l + k + 1) * block];
+                    out[(k * ranks + r) * block..(k * ranks + r + 1) * block].copy_from_slice(src);
+                }
+            }
+            Ok(out)
+        };
+        Ok(State { h: gather(&local.h)?, c: gather(&local.c)? })
     }
 
     /// Rebuilds a run from checkpoint bytes and the same text ids; `steps` replaces the total.
@@ -463,6 +569,20 @@ impl Trainer {
         ids: TokenIds,
         steps: Option<u64>,
         threads: usize,
+    ) -> std::result::Result<Self, String> {
+        Self::resume_in(Arc::new(Group::single()), bytes, ids, steps, threads, false)
+    }
+
+    /// [`Trainer::resume`] as one rank of `group`. A checkpoint written by another number of
+    /// ranks is refused unless `reshard` (the run then goes on with the new split of the batch,
+    /// no longer bit for bit the run it would have been).
+    pub fn resume_in(
+        group: Arc<Group>,
+        bytes: &[u8],
+        ids: TokenIds,
+        steps: Option<u64>,
+        threads: usize,
+        reshard: bool,
     ) -> std::result::Result<Self, String> {
         let file = ModelFile::parse(bytes)?;
         let meta = |k: &str| file.metadata.get(k).ok_or_else(|| format!("checkpoint metadata '{k}' is missing"));
@@ -490,8 +610,21 @@ impl Trainer {
             }
             cfg.steps = s;
         }
+        let written_by = match file.metadata.get("ranks") {
+            Some(v) => {
+                v.parse::<usize>().map_err(|_| "checkpoint metadata 'ranks' is not a whole number".to_string())?
+            }
+            None => 1,
+        };
+        if written_by != group.size() && !reshard {
+            return Err(format!(
+                "the checkpoint was written by {written_by} rank(s) and this job has {}: resume with mpirun -np \
+                 {written_by}, or pass --reshard to continue with the new split (not bit for bit)",
+                group.size()
+            ));
+        }
         let model = file.model()?;
-        let mut t = Trainer::new(cfg, model, ids, threads).map_err(|e| e.to_string())?;
+        let mut t = Trainer::new_in(group, cfg, model, ids, threads).map_err(|e| e.to_string())?;
         let names = t.optimizer.state().buffers;
         let mut buffers = Vec::with_capacity(names.len());
         for (name, _) in names {
@@ -506,26 +639,34 @@ impl Trainer {
         if t.epoch_update > t.streams.updates_per_epoch() {
             return Err("checkpoint position lies beyond the end of the epoch: was the text changed?".into());
         }
-        let mut start = State::zeros(t.model.net.config(), t.cfg.batch);
+        let global = State::<f32>::zeros(t.model.net.config(), t.cfg.batch);
         let h = file.floats("state.h")?;
-        let c = if start.c.is_empty() { Vec::new() } else { file.floats("state.c")? };
-        if h.len() != start.h.len() || c.len() != start.c.len() {
+        let c = if global.c.is_empty() { Vec::new() } else { file.floats("state.c")? };
+        if h.len() != global.h.len() || c.len() != global.c.len() {
             return Err("checkpoint carried state has the wrong size".into());
         }
-        (start.h, start.c) = (h, c);
+        // This rank's streams of the (L, B, H) state.
+        let (ranks, rank) = (t.group.size(), t.group.rank());
+        let (l, hid, b) = (t.cfg.model.layers, t.cfg.model.hidden, t.cfg.batch / ranks);
+        let mine = |all: &[f32]| -> Vec<f32> {
+            if all.is_empty() {
+                return Vec::new();
+            }
+            let block = b * hid;
+            (0..l).flat_map(|k| &all[(k * ranks + rank) * block..(k * ranks + rank + 1) * block]).copied().collect()
+        };
+        let start = State { h: mine(&h), c: mine(&c) };
         // The history the next window still covers: the last min(u·k1, k2 − k1) steps.
-        let (k1, k2, b) = (t.cfg.k1, t.cfg.seq_len, t.cfg.batch);
+        let (k1, k2) = (t.cfg.k1, t.cfg.seq_len);
         let held = (t.epoch_update * k1).min(k2 - k1);
         let (mut hx, mut hy) = (vec![0u32; held * b], vec![0u32; held * b]);
         let first = t.epoch_update * k1 - held;
-        let mut cx = vec![0u32; k1 * b];
-        let mut cy = vec![0u32; k1 * b];
         for s in 0..held {
-            // Step (first + s) of every stream: fetch it from the chunk of its update.
+            // Step (first + s) of this rank's streams: fetch it from the chunk of its update.
             let (u, off) = ((first + s) / k1, (first + s) % k1);
-            t.streams.chunk(&t.split.train, u, &mut cx, &mut cy);
-            hx[s * b..(s + 1) * b].copy_from_slice(&cx[off * b..(off + 1) * b]);
-            hy[s * b..(s + 1) * b].copy_from_slice(&cy[off * b..(off + 1) * b]);
+            t.chunk(u);
+            hx[s * b..(s + 1) * b].copy_from_slice(&t.x[off * b..(off + 1) * b]);
+            hy[s * b..(s + 1) * b].copy_from_slice(&t.y[off * b..(off + 1) * b]);
         }
         t.tbptt.restore(start, Input::Tokens(&hx), Targets::classes(&hy)).map_err(|e| e.to_string())?;
         Ok(t)

@@ -110,9 +110,34 @@ pub fn threads(flag: Option<usize>) -> anyhow::Result<usize> {
     let n = match flag {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
         Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // Ranks of an mpirun on this host share its cores.
+        None => (std::thread::available_parallelism().map_or(1, |n| n.get()) / local_ranks()).max(1),
     };
     Ok(n)
+}
+
+/// The processes `mpirun` started on this host (1 outside mpirun).
+fn local_ranks() -> usize {
+    std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1)
+}
+
+/// The ranks of this job: those of `mpirun` (feature `mpi`), else one process. `interrupt`
+/// is the signal flag a wait for the other ranks watches.
+pub fn group(interrupt: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> anyhow::Result<bptt::dist::Group> {
+    let under_mpirun = std::env::var_os("OMPI_COMM_WORLD_SIZE").is_some() || std::env::var_os("PMI_SIZE").is_some();
+    #[cfg(feature = "mpi")]
+    if under_mpirun {
+        return Ok(bptt::dist::Group::mpi(interrupt)?);
+    }
+    #[cfg(not(feature = "mpi"))]
+    if under_mpirun && std::env::var("OMPI_COMM_WORLD_SIZE").is_ok_and(|n| n != "1") {
+        anyhow::bail!(
+            "this bptt was built without MPI, so mpirun would start independent copies: rebuild with \
+             `cargo build --release --features mpi` (needs Open MPI, see README)"
+        );
+    }
+    let _ = interrupt;
+    Ok(bptt::dist::Group::single())
 }
 
 /// `--checkpoint-every`: a whole number of steps (0 = plain BPTT) or `auto`, √window rounded.

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use bptt::CellKind;
 use bptt::charlm::train::TrainConfig;
 use bptt::charlm::{Cadence, CharModel, Metrics, ModelSpec, RunFile, Sampler, Trainer, Vocab, fsio};
+use bptt::dist::Group;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -135,6 +136,14 @@ pub struct Args {
     /// Start a fresh run even if --out already holds run files (they are replaced).
     #[arg(long, conflicts_with = "resume")]
     force: bool,
+    /// With --resume under mpirun: continue a checkpoint written by another number of ranks
+    /// (the batch is split anew; the run is no longer bit for bit the one it would have been).
+    #[arg(long, requires = "resume")]
+    reshard: bool,
+    /// Under mpirun: average the gradient layer by layer while the backward pass goes on
+    /// (`overlap`), or in one all-reduce after it (`after`).
+    #[arg(long, value_name = "overlap|after", default_value = "overlap")]
+    grad_sync: String,
 }
 
 /// The flags where given, else `base`.
@@ -169,16 +178,55 @@ const TRAINING: &str = "lower --hidden, --layers, --batch or --seq-len (K2 of --
 /// The files a run writes into its folder: a fresh run refuses a folder that holds any of them.
 const RUN_FILES: [&str; 5] = ["config.json", METRICS, "model.safetensors", "best.safetensors", CHECKPOINT];
 
+/// A run being set up: the trainer, its folder, cadence and (rank 0) the folder's lock.
+type Setup = (Trainer, PathBuf, Cadence, Option<fsio::RunLock>);
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let threads = super::threads(a.threads)?;
-    let (mut trainer, dir, cadence, _lock) = match &a.resume {
-        Some(dir) => resume(&a, dir, threads)?,
-        None => fresh(&a, threads)?,
+    let overlap = match a.grad_sync.as_str() {
+        "overlap" => true,
+        "after" => false,
+        other => bail!("--grad-sync takes overlap or after, got '{other}'"),
     };
-    train_loop(&mut trainer, &dir, cadence)
+    // The first signal's number; a wait for the other ranks watches it too.
+    let signal = Arc::new(AtomicUsize::new(0));
+    let group = Arc::new(super::group(signal.clone())?);
+    let setup = match &a.resume {
+        Some(dir) => resume(&a, dir, threads, &group),
+        None => fresh(&a, threads, &group),
+    };
+    if group.size() > 1 && !group.all_ok(setup.is_ok())? {
+        // Every rank starts, or none: one left waiting for a rank that failed would hang.
+        return match setup {
+            Err(e) => Err(e.context(format!("rank {}", group.rank()))),
+            Ok(_) if group.is_root() => bail!("another rank could not start the run (see its message)"),
+            Ok(_) => Ok(ExitCode::FAILURE),
+        };
+    }
+    let (mut trainer, dir, cadence, _lock) = setup?;
+    trainer.set_overlap(overlap);
+    match train_loop(&mut trainer, &dir, cadence, signal) {
+        Err(e) if group.size() > 1 => {
+            if e.downcast_ref::<bptt::Error>().is_some_and(|e| matches!(e, bptt::Error::Dist(_))) {
+                // The other ranks are gone: nobody is left to wait, and MPI cannot be closed.
+                if group.is_root() {
+                    eprintln!(
+                        "error: rank 0: {e:#}: continue with: mpirun -np {} bptt train --resume {}",
+                        group.size(),
+                        dir.display()
+                    );
+                }
+                std::process::exit(1);
+            }
+            eprintln!("error: rank {}: {e:#}", group.rank());
+            // The other ranks may be waiting for this one: end the whole job.
+            group.abort(1)
+        }
+        r => r,
+    }
 }
 
-fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::RunLock)> {
+fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<Setup> {
     let text_path = a.text.clone().context("--text is required")?;
     let text_bytes = memory::file_bytes(&text_path);
     memory::Estimate::new(threads).add("text and its ids", text_bytes.saturating_mul(2)).check(TEXT)?;
@@ -247,7 +295,11 @@ fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::R
         Some(m) => m,
         None => CharModel::new(spec, vocab, a.seed)?,
     };
-    let trainer = Trainer::new(cfg.clone(), model, ids, threads).map_err(memory::hint(TRAINING))?;
+    let trainer = Trainer::new_in(group.clone(), cfg.clone(), model, ids, threads).map_err(memory::hint(TRAINING))?;
+    if !group.is_root() {
+        // Rank 0 alone writes the run folder.
+        return Ok((trainer, a.out.clone().unwrap_or_default(), cadence_from_flags(a, DEFAULT_CADENCE), None));
+    }
     let dir = match &a.out {
         Some(dir) => {
             std::fs::create_dir_all(dir)
@@ -275,14 +327,14 @@ fn fresh(a: &Args, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::R
     let run = RunFile { train: cfg, cadence, text: text_path, text_fnv1a64: hash, init: a.init.clone() };
     fsio::write_atomic(&dir.join("config.json"), run.to_json()?.as_bytes())?;
     fsio::write_atomic(&dir.join(METRICS), b"")?;
-    Ok((trainer, dir, cadence, lock))
+    Ok((trainer, dir, cadence, Some(lock)))
 }
 
-fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cadence, fsio::RunLock)> {
+fn resume(a: &Args, dir: &Path, threads: usize, group: &Arc<Group>) -> Result<Setup> {
     if !dir.is_dir() {
         bail!("{}: no such run folder: give the --out folder of an earlier run", dir.display());
     }
-    let lock = fsio::RunLock::acquire(dir)?;
+    let lock = if group.is_root() { Some(fsio::RunLock::acquire(dir)?) } else { None };
     let cfg_path = dir.join("config.json");
     let run = RunFile::parse(&fsio::read_bounded(&cfg_path, 1 << 24)?, &cfg_path)?;
     let text_path = a.text.clone().unwrap_or(run.text.clone());
@@ -306,6 +358,7 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cad
     if let Some(s) = steps
         && s != run.train.steps
         && run.train.lr_schedule.starts_with("cosine")
+        && group.is_root()
     {
         let horizon = run.train.schedule_steps.unwrap_or(run.train.steps);
         eprintln!(
@@ -318,8 +371,12 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cad
     memory::Estimate::new(threads)
         .add("training", training.estimate_bytes(vocab_model.vocab.len())?)
         .check(TRAINING)?;
-    let trainer =
-        Trainer::resume(&bytes, ids, steps, threads).map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
+    let trainer = Trainer::resume_in(group.clone(), &bytes, ids, steps, threads, a.reshard)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
+    let cadence = cadence_from_flags(a, run.cadence);
+    if !group.is_root() {
+        return Ok((trainer, dir.to_path_buf(), cadence, None));
+    }
     // Temp files of a write that was interrupted are garbage: the renamed files are intact.
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -337,7 +394,6 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Trainer, PathBuf, Cad
     let kept = Metrics::until(&old, trainer.step);
     fsio::write_atomic(&metrics_path, kept.as_bytes())?;
     // Flags given now (cadence, total steps) become the run's settings for later resumes too.
-    let cadence = cadence_from_flags(a, run.cadence);
     let run = RunFile { train: trainer.cfg.clone(), cadence, text: text_path, ..run };
     fsio::write_atomic(&cfg_path, run.to_json()?.as_bytes())?;
     Ok((trainer, dir.to_path_buf(), cadence, lock))
@@ -358,10 +414,14 @@ fn total_steps(cfg: &TrainConfig, n: usize, steps: Option<u64>, epochs: Option<u
     })
 }
 
-/// Saves model.safetensors and the checkpoint (atomically, checkpoint last).
+/// Saves model.safetensors and the checkpoint (atomically, checkpoint last). Every rank calls
+/// it (the checkpoint gathers every rank's carried state); rank 0 writes.
 fn save(trainer: &Trainer, dir: &Path) -> Result<()> {
-    trainer.model.save(&dir.join("model.safetensors"))?;
-    fsio::write_atomic(&dir.join(CHECKPOINT), &trainer.checkpoint_bytes()?)?;
+    let bytes = trainer.checkpoint_bytes()?;
+    if trainer.group().is_root() {
+        trainer.model.save(&dir.join("model.safetensors"))?;
+        fsio::write_atomic(&dir.join(CHECKPOINT), &bytes)?;
+    }
     Ok(())
 }
 
@@ -376,9 +436,9 @@ fn sample_text(model: &CharModel, seed: u64, len: usize) -> Result<String> {
 /// a second one exits at once, saying so and which checkpoint is kept (files are written
 /// atomically, so the last checkpoint stays intact). Returns the first signal's number, 0 until
 /// one comes, and the step of the last checkpoint, which the loop keeps up to date.
-fn watch_signals(dir: &Path, saved_at: u64) -> Result<(Arc<AtomicUsize>, Arc<AtomicU64>)> {
+fn watch_signals(first: Arc<AtomicUsize>, dir: &Path, saved_at: u64) -> Result<Arc<AtomicU64>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let (first, saved) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicU64::new(saved_at)));
+    let saved = Arc::new(AtomicU64::new(saved_at));
     let mut signals =
         signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install the signal handlers")?;
     let (f, s, dir) = (first.clone(), saved.clone(), dir.to_path_buf());
@@ -398,12 +458,15 @@ fn watch_signals(dir: &Path, saved_at: u64) -> Result<(Arc<AtomicUsize>, Arc<Ato
             }
         })
         .context("cannot start the signal watcher")?;
-    Ok((first, saved))
+    Ok(saved)
 }
 
-fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence) -> Result<ExitCode> {
-    let (signal, saved) = watch_signals(dir, if dir.join(CHECKPOINT).exists() { t.step } else { 0 })?;
-    let tty = std::io::stderr().is_terminal();
+/// The training loop. Under mpirun every rank runs it in step; rank 0 alone prints, validates
+/// and writes files.
+fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence, signal: Arc<AtomicUsize>) -> Result<ExitCode> {
+    let root = t.group().is_root();
+    let saved = watch_signals(signal.clone(), dir, if root && dir.join(CHECKPOINT).exists() { t.step } else { 0 })?;
+    let tty = std::io::stderr().is_terminal() && root;
     let pb = ProgressBar::with_draw_target(
         Some(t.cfg.steps),
         if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
@@ -413,11 +476,18 @@ fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence) -> Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb.set_position(t.step);
-    let mut metrics = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(dir.join(METRICS))
-        .with_context(|| format!("cannot open {}", dir.join(METRICS).display()))?;
+    // Other ranks write nothing (their metrics go nowhere).
+    let mut metrics: Box<dyn Write> = if root {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(dir.join(METRICS))
+                .with_context(|| format!("cannot open {}", dir.join(METRICS).display()))?,
+        )
+    } else {
+        Box::new(std::io::sink())
+    };
     let start = Instant::now();
     let mut last_val: Option<f64> = None;
     let (k1, b) = (t.cfg.k1, t.cfg.batch);
@@ -425,10 +495,19 @@ fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence) -> Result<ExitCode> {
         let t0 = Instant::now();
         let m = t.train_step()?;
         let dt = t0.elapsed().as_secs_f64();
+        let mut sig = signal.load(Ordering::SeqCst);
+        // Stop together: a signal on any rank stops every rank after this step (agreed here,
+        // right after the step's own exchange, so no rank waits long with a signal pending).
+        if t.group().size() > 1 && !t.group().all_ok(sig == 0)? && sig == 0 {
+            sig = signal_hook::consts::SIGTERM as usize;
+        }
         let last = t.done();
         let eval_now = last || (a.eval_every > 0 && m.step % a.eval_every == 0);
         let mut line = serde_json::to_value(m)?;
-        if eval_now && let Some(e) = t.validate()? {
+        if eval_now
+            && root
+            && let Some(e) = t.validate()?
+        {
             line["val_loss"] = e.loss.into();
             if t.best_val == Some(e.loss) {
                 t.model.save(&dir.join("best.safetensors"))?;
@@ -439,7 +518,7 @@ fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence) -> Result<ExitCode> {
         line["elapsed_s"] = start.elapsed().as_secs_f64().into();
         // One write call per line, so a kill leaves whole lines only.
         metrics.write_all(format!("{line}\n").as_bytes())?;
-        if m.skipped {
+        if m.skipped && root {
             pb.println(format!("warning: step {}: non-finite gradient or update, skipped", m.step));
         }
         if let Err(e) = t.health() {
@@ -451,19 +530,21 @@ fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence) -> Result<ExitCode> {
             save(t, dir)?;
             saved.store(t.step, Ordering::SeqCst);
         }
-        if a.sample_every > 0 && m.step % a.sample_every == 0 {
+        if a.sample_every > 0 && m.step % a.sample_every == 0 && root {
             let s = sample_text(&t.model, t.cfg.seed.wrapping_add(m.step), 200)?;
             pb.println(format!("--- sample at step {} ---\n{s}\n---", m.step));
         }
         pb.set_position(m.step);
         let val = last_val.map_or(String::new(), |v| format!(" val {v:.4}"));
         pb.set_message(format!("ep {} loss {:.4}{val} {:.0} tok/s", m.epoch, m.train_loss, (k1 * b) as f64 / dt));
-        let sig = signal.load(Ordering::SeqCst);
         if sig != 0 && !last {
             metrics.flush()?;
             save(t, dir)?;
             saved.store(t.step, Ordering::SeqCst);
             pb.abandon();
+            if !root {
+                return Ok(ExitCode::from(128 + sig as u8));
+            }
             let name = match sig as i32 {
                 signal_hook::consts::SIGTERM => "SIGTERM",
                 signal_hook::consts::SIGHUP => "SIGHUP",
@@ -480,6 +561,9 @@ fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence) -> Result<ExitCode> {
     metrics.flush()?;
     save(t, dir)?;
     pb.finish_and_clear();
+    if !root {
+        return Ok(ExitCode::SUCCESS);
+    }
     let val = t.best_val.map_or(String::new(), |v| format!(", best val loss {v:.4}"));
     eprintln!("trained {} steps{val}; model in {}", t.step, dir.join("model.safetensors").display());
     Ok(ExitCode::SUCCESS)

@@ -101,6 +101,35 @@ pub struct Workspace<F> {
     pub(crate) layers_n: usize,
     pub(crate) output: usize,
     pub(crate) cell: CellKind,
+    /// Told, during a backward pass, each slab range of the gradient that is final.
+    pub(crate) grad_ready: GradHook,
+}
+
+/// Receives the slab ranges of the gradient that a backward pass has finished, in the order
+/// they finish: the readout's first, then each layer's from the top down (the bottom layer's
+/// with the embedding). A range is never written again by that pass, so it can be sent over
+/// the network while the pass goes on (`dist::GradReducer`). Called outside the time loop.
+pub trait GradReady: Send + Sync {
+    /// `range` of the gradient slab is final for this backward pass.
+    fn ready(&self, range: std::ops::Range<usize>);
+}
+
+/// The workspace's optional [`GradReady`] (a wrapper, so the workspace stays `Clone + Debug`).
+#[derive(Clone, Default)]
+pub(crate) struct GradHook(pub(crate) Option<std::sync::Arc<dyn GradReady>>);
+
+impl std::fmt::Debug for GradHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "GradHook(set)" } else { "GradHook(none)" })
+    }
+}
+
+impl GradHook {
+    pub(crate) fn ready(&self, range: std::ops::Range<usize>) {
+        if let Some(h) = &self.0 {
+            h.ready(range);
+        }
+    }
 }
 
 impl<F: Float> Workspace<F> {
@@ -158,6 +187,7 @@ impl<F: Float> Workspace<F> {
             layers_n: cfg.layers,
             output: cfg.output,
             cell: cfg.cell,
+            grad_ready: GradHook::default(),
         }
     }
 
@@ -311,6 +341,11 @@ impl<F: Float> Workspace<F> {
     /// Changes the thread count (results are identical at any setting).
     pub fn set_threads(&mut self, threads: usize) {
         self.threads = threads.max(1);
+    }
+
+    /// Sets (or clears) the receiver of finished gradient ranges (see [`GradReady`]).
+    pub fn set_grad_ready(&mut self, hook: Option<std::sync::Arc<dyn GradReady>>) {
+        self.grad_ready = GradHook(hook);
     }
 
     /// Also compute dL/dinput (dense input only) in the backward pass.

@@ -8,6 +8,8 @@ mod determinism;
 mod diagnose;
 mod gradcheck;
 mod learning;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod never_lose;
 mod optim;
 mod reliability;
