@@ -58,12 +58,12 @@ fn metrics_dict<'py>(
     Ok(d)
 }
 
-/// Every tensor of a slab as a dict of float32 arrays named as in PyTorch's `state_dict`.
-fn state_dict<'py>(py: Python<'py>, net: &Net, params: &[f32]) -> PyResult<Bound<'py, PyDict>> {
+/// Every tensor of a slab as a dict of arrays named as in PyTorch's `state_dict`.
+fn state_dict<'py, T: numpy::Element + Copy>(py: Python<'py>, net: &Net, slab: &[T]) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     for p in net.params() {
         let n: usize = p.shape.iter().product();
-        let a = ArrayD::from_shape_vec(IxDyn(&p.shape), params[p.offset..p.offset + n].to_vec())
+        let a = ArrayD::from_shape_vec(IxDyn(&p.shape), slab[p.offset..p.offset + n].to_vec())
             .map_err(|e| value_err(e.to_string()))?;
         d.set_item(&p.name, a.into_pyarray(py))?;
     }
@@ -410,17 +410,7 @@ fn gradient<'py>(
             Ok((l, g))
         })
         .map_err(py_err)?;
-    let to_dict = |slab: &[f64]| -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for info in net.params() {
-            let n: usize = info.shape.iter().product();
-            let a = ArrayD::from_shape_vec(IxDyn(&info.shape), slab[info.offset..info.offset + n].to_vec())
-                .map_err(|e| value_err(e.to_string()))?;
-            d.set_item(&info.name, a.into_pyarray(py))?;
-        }
-        Ok(d)
-    };
-    Ok((loss_value, to_dict(&grads)?, to_dict(&p)?))
+    Ok((loss_value, state_dict(py, &net, &grads)?, state_dict(py, &net, &p)?))
 }
 
 /// The weights of a model file (`bptt train`'s `model.safetensors`, or `CharLM.save`) as a

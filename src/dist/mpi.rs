@@ -35,27 +35,29 @@ macro_rules! poll {
     }};
 }
 
+impl Mpi {
+    /// Sums `data` over the ranks in place, through `scratch`.
+    fn sum<T: Equivalence + Copy>(&self, data: &mut [T], scratch: &mut [T], w: &Waiter<'_>) -> Result<(), String> {
+        mpi::request::scope(|scope| {
+            let req = self.world.immediate_all_reduce_into(scope, &*data, &mut *scratch, SystemOperation::sum());
+            poll!(req, w)
+        })?;
+        data.copy_from_slice(scratch);
+        Ok(())
+    }
+}
+
 impl Transport for Mpi {
     fn size(&self) -> usize {
         self.world.size() as usize
     }
 
     fn sum_f32(&self, data: &mut [f32], scratch: &mut [f32], w: &Waiter<'_>) -> Result<(), String> {
-        mpi::request::scope(|scope| {
-            let req = self.world.immediate_all_reduce_into(scope, &*data, &mut *scratch, SystemOperation::sum());
-            poll!(req, w)
-        })?;
-        data.copy_from_slice(scratch);
-        Ok(())
+        self.sum(data, scratch, w)
     }
 
     fn sum_f64(&self, data: &mut [f64], scratch: &mut [f64], w: &Waiter<'_>) -> Result<(), String> {
-        mpi::request::scope(|scope| {
-            let req = self.world.immediate_all_reduce_into(scope, &*data, &mut *scratch, SystemOperation::sum());
-            poll!(req, w)
-        })?;
-        data.copy_from_slice(scratch);
-        Ok(())
+        self.sum(data, scratch, w)
     }
 
     fn gather_f32(&self, local: &[f32], all: &mut [f32], w: &Waiter<'_>) -> Result<(), String> {

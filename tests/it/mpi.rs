@@ -91,7 +91,7 @@ fn two_and_four_ranks_match_one_process_with_the_same_global_batch() {
 #[test]
 fn f64_ranks_agree_with_one_process_to_1e_12() {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_bptt")).parent().unwrap().join("examples/dist_check");
-    assert!(exe.exists(), "{} is built by `cargo test --features mpi`", exe.display());
+    assert!(exe.exists(), "{} is missing: cargo build --release --features mpi --example dist_check", exe.display());
     let d = tempfile::tempdir().unwrap();
     let read = |p: &Path| -> Vec<f64> {
         std::fs::read(p).unwrap().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
