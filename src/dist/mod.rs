@@ -259,6 +259,9 @@ impl Group {
 
     /// Sums `values` over the ranks, in place (small control vectors: losses, flags).
     pub fn sum(&self, values: &mut [f64]) -> Result<()> {
+        if self.link.is_none() {
+            return Ok(()); // one rank: the sums are the values
+        }
         if let Job::SumF64(v) = self.call(Job::SumF64(values.to_vec()))? {
             values.copy_from_slice(&v);
         }
@@ -283,6 +286,9 @@ impl Group {
 
     /// Rank 0's `bytes` on every rank (others pass a buffer of the same length).
     pub fn broadcast(&self, bytes: &mut [u8]) -> Result<()> {
+        if self.link.is_none() {
+            return Ok(());
+        }
         if let Job::BroadcastBytes(v) = self.call(Job::BroadcastBytes(bytes.to_vec()))? {
             bytes.copy_from_slice(&v);
         }
