@@ -6,7 +6,7 @@
 //! `mpirun -np 2 target/release/examples/dist_check f64 /tmp/w2.bin`
 
 use bptt::dist::Group;
-use bptt::{Clip, Float, Input, InputKind, LossKind, Net, NetConfig, Optimizer, OptimizerConfig, Targets, Tbptt};
+use bptt::{Clip, Float, Head, Input, InputKind, LossKind, Net, NetConfig, Optimizer, OptimizerConfig, Targets, Tbptt};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ fn train<F: Float>(group: &Group) -> anyhow::Result<Vec<f64>> {
         layers: 2,
         output: O,
         loss: LossKind::Mse,
+        head: Head::PerStep,
     };
     let net = Net::new(cfg)?;
     let mut params: Vec<F> = net.init_params(7);

@@ -7,7 +7,7 @@
 
 use bptt::charlm::train::TrainConfig;
 use bptt::charlm::{CharModel, ModelSpec, Sampler, Trainer, Vocab};
-use bptt::{CellKind, Error, Input, InputKind, LossKind, Net, NetConfig, Targets};
+use bptt::{CellKind, Error, Head, Input, InputKind, LossKind, Net, NetConfig, Targets};
 use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{IntoPyArray, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyOSError, PyValueError};
@@ -388,7 +388,15 @@ fn gradient<'py>(
         }
         other => return Err(value_err(format!("loss must be 'mse' or 'cross_entropy', got '{other}'"))),
     };
-    let cfg = NetConfig { cell, input: InputKind::Dense { size: i }, hidden, layers, output: out, loss: loss_kind };
+    let cfg = NetConfig {
+        cell,
+        input: InputKind::Dense { size: i },
+        hidden,
+        layers,
+        output: out,
+        loss: loss_kind,
+        head: Head::PerStep,
+    };
     let net = Net::new(cfg).map_err(py_err)?;
     let mut p: Vec<f64> = net.init_params(seed);
     if let Some(given) = params {

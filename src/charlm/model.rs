@@ -11,7 +11,7 @@ use crate::charlm::data::TokenIds;
 use crate::charlm::fsio;
 use crate::charlm::vocab::{Vocab, show};
 use crate::error::{Error, Result};
-use crate::net::{Input, InputKind, LossKind, Net, NetConfig, State, Targets};
+use crate::net::{Head, Input, InputKind, LossKind, Net, NetConfig, State, Targets};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -61,6 +61,7 @@ impl ModelSpec {
             layers: self.layers,
             output: vocab,
             loss: LossKind::CrossEntropy,
+            head: Head::PerStep,
         }
     }
 

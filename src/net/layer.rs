@@ -885,11 +885,18 @@ mod tests {
         assert_eq!(plan(16, 3 * 592, 592), Split::Tiles);
         assert_eq!(plan(32, 3 * 512, 512), Split::Rows(2));
         // tests/it/gradcheck.rs and torch.rs: the wavefront over layers.
-        use crate::net::{InputKind, LossKind, NetConfig};
+        use crate::net::{Head, InputKind, LossKind, NetConfig};
         for cell in crate::cell::CellKind::ALL {
             let input = InputKind::Dense { size: 4 };
-            let cfg =
-                |layers, hidden| NetConfig { cell, input, hidden, layers, output: 3, loss: LossKind::CrossEntropy };
+            let cfg = |layers, hidden| NetConfig {
+                cell,
+                input,
+                hidden,
+                layers,
+                output: 3,
+                loss: LossKind::CrossEntropy,
+                head: Head::PerStep,
+            };
             assert_eq!(super::wavefront::units(&cfg(3, 256), 1), Some(2));
             assert_eq!(super::wavefront::units(&cfg(2, 256), 4), Some(2));
             assert_eq!(super::wavefront::units(&cfg(1, 256), 4), None);

@@ -51,6 +51,72 @@ pub enum LossKind {
     Mse,
 }
 
+/// Which top-layer outputs the readout reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Head {
+    /// A readout at every step: logits (T, B, O), a loss per position (language models,
+    /// per-step labels). Its tensors are `decoder.weight` (O, H) and `decoder.bias`.
+    #[default]
+    PerStep,
+    /// One readout per sequence from features pooled over each sequence's own steps (see
+    /// [`Pool`]): logits (B, O), a loss per sequence (classification, regression). Its tensors
+    /// are `head.weight` (O, P·H) and `head.bias`, P the number of poolings.
+    Pooled(Pool),
+}
+
+/// The poolings of a [`Head::Pooled`] readout over the top layer's outputs h_1..h_len of each
+/// sequence (len its own length, so padding never counts): each chosen one gives H features,
+/// concatenated in the order last, mean, max.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// h_len, the output after the sequence's last step.
+    pub last: bool,
+    /// (1/len) Σ_t h_t.
+    pub mean: bool,
+    /// The element-wise maximum over t (its gradient goes to the step that attained it; the
+    /// first one on ties).
+    pub max: bool,
+}
+
+impl Pool {
+    /// P, the number of poolings chosen.
+    pub fn count(&self) -> usize {
+        usize::from(self.last) + usize::from(self.mean) + usize::from(self.max)
+    }
+
+    /// `last`, `mean`, `max` joined by `+`, e.g. `last+mean`.
+    pub fn name(&self) -> String {
+        let names = [(self.last, "last"), (self.mean, "mean"), (self.max, "max")];
+        names.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect::<Vec<_>>().join("+")
+    }
+}
+
+impl std::str::FromStr for Pool {
+    type Err = Error;
+
+    /// Parses `last`, `mean`, `max` joined by `+` (any order, each at most once).
+    fn from_str(s: &str) -> Result<Self> {
+        let mut pool = Pool { last: false, mean: false, max: false };
+        for part in s.split('+') {
+            let slot = match part.trim() {
+                "last" => &mut pool.last,
+                "mean" => &mut pool.mean,
+                "max" => &mut pool.max,
+                other => {
+                    return Err(Error::Config(format!(
+                        "pooling '{other}' is unknown: use last, mean, max or a sum such as last+mean"
+                    )));
+                }
+            };
+            if *slot {
+                return Err(Error::Config(format!("pooling '{s}' names '{}' twice", part.trim())));
+            }
+            *slot = true;
+        }
+        Ok(pool)
+    }
+}
+
 /// Sizes and kinds: plain data, everything a [`Net`] is built from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NetConfig {
@@ -64,8 +130,10 @@ pub struct NetConfig {
     pub layers: usize,
     /// O, the readout width (classes for cross-entropy).
     pub output: usize,
-    /// The per-step loss.
+    /// The loss (per step or per sequence, see `head`).
     pub loss: LossKind,
+    /// What the readout reads: every step, or features pooled per sequence.
+    pub head: Head,
 }
 
 /// One named tensor in the parameter slab.
@@ -201,6 +269,23 @@ impl<'a, F> Targets<'a, F> {
 }
 
 impl NetConfig {
+    /// The readout's input width: H per step, or P·H pooled features per sequence.
+    pub fn readout_width(&self) -> usize {
+        match self.head {
+            Head::PerStep => self.hidden,
+            Head::Pooled(pool) => pool.count() * self.hidden,
+        }
+    }
+
+    /// Rows of logits (and of targets) for a pass of `steps` steps of `batch` sequences: T·B per
+    /// step, B pooled.
+    pub fn readout_rows(&self, steps: usize, batch: usize) -> usize {
+        match self.head {
+            Head::PerStep => steps * batch,
+            Head::Pooled(_) => batch,
+        }
+    }
+
     /// Values per (t, b) row of the input: I for dense input, 1 for token ids.
     pub fn input_width(&self) -> usize {
         match self.input {
@@ -223,6 +308,11 @@ impl NetConfig {
                 positive("vocabulary size", vocab)?;
                 positive("embedding dimension", embedding_dim)?;
             }
+        }
+        if let Head::Pooled(pool) = self.head
+            && pool.count() == 0
+        {
+            return Err(Error::Config("a pooled head needs at least one pooling (last, mean or max)".into()));
         }
         if self.loss == LossKind::CrossEntropy && self.output < 2 {
             return Err(Error::Config("cross-entropy needs an output size of at least 2".into()));
@@ -259,8 +349,9 @@ impl Net {
             let b_hh = push(format!("rnn.bias_hh_l{k}"), vec![g * h]);
             layers.push(LayerParams { input, w_ih, w_hh, b_ih, b_hh });
         }
-        let w_out = push("decoder.weight".into(), vec![config.output, h]);
-        let b_out = push("decoder.bias".into(), vec![config.output]);
+        let head = if config.head == Head::PerStep { "decoder" } else { "head" };
+        let w_out = push(format!("{head}.weight"), vec![config.output, config.readout_width()]);
+        let b_out = push(format!("{head}.bias"), vec![config.output]);
         Ok(Net { config, params, layers, encoder, w_out, b_out, len })
     }
 
@@ -292,8 +383,9 @@ impl Net {
 
     /// A fresh parameter slab initialised like PyTorch, from `seed`:
     /// `encoder.weight` ~ N(0, 1) (`nn.Embedding`); every recurrent tensor and the readout
-    /// ~ U(−1/√H, 1/√H) (`nn.LSTM` etc. and `nn.Linear` with H inputs). Tensors are drawn in
-    /// slab order from a ChaCha8 stream.
+    /// ~ U(−1/√H, 1/√H) (`nn.LSTM` etc. and `nn.Linear` with H inputs; a pooled head's
+    /// `nn.Linear` has P·H inputs, so U(−1/√(P·H), 1/√(P·H))). Tensors are drawn in slab order
+    /// from a ChaCha8 stream.
     pub fn init_params<F: Float>(&self, seed: u64) -> Vec<F> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let bound = 1.0 / (self.config.hidden as f64).sqrt();
@@ -308,6 +400,8 @@ impl Net {
                     *v = F::of((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos());
                 }
             } else {
+                let bound =
+                    if p.offset >= self.w_out { 1.0 / (self.config.readout_width() as f64).sqrt() } else { bound };
                 for v in dst.iter_mut() {
                     *v = F::of(rng.random_range(-bound..bound));
                 }
@@ -363,6 +457,7 @@ impl Net {
     ) -> Result<F> {
         let cfg = &self.config;
         check_len("parameter slab", self.len, params.len())?;
+        self.check_workspace(ws)?;
         let b = ws.batch;
         // (V, E) of the embedding for token input.
         let (per_step, embedding) = match (cfg.input, input) {
@@ -489,12 +584,20 @@ impl Net {
             dropout::apply(dropped, top, &ws.mask_h[slot..]);
             top = dropped;
         }
-        readout::forward(self, params, top, &mut ws.logits[..steps * b * cfg.output], ws.threads);
+        let rows = cfg.readout_rows(steps, b);
+        let n = rows * cfg.output;
+        match cfg.head {
+            Head::PerStep => readout::forward(self, params, top, &mut ws.logits[..n], ws.threads),
+            Head::Pooled(pool) => {
+                let feats = &mut ws.features[..b * cfg.readout_width()];
+                readout::pool(pool, top, steps, b, cfg.hidden, &ws.lengths, feats, &mut ws.argmax);
+                readout::forward(self, params, feats, &mut ws.logits[..n], ws.threads);
+            }
+        }
         match targets {
             None => Ok(F::zero()),
             Some(mut t) => {
-                let n = steps * b * cfg.output;
-                if !ws.lengths.is_empty() {
+                if cfg.head == Head::PerStep && !ws.lengths.is_empty() {
                     // Padding never counts: weight 0 from each sequence's length on.
                     if let Some(m) = t.mask {
                         check_len("mask (T·B)", steps * b, m.len())?;
@@ -505,7 +608,7 @@ impl Net {
                     }
                     t.mask = Some(&ws.length_mask[..steps * b]);
                 }
-                let loss = readout::loss(cfg, &ws.logits[..n], &mut ws.dlogits[..n], t, steps * b, ws.threads)?;
+                let loss = readout::loss(cfg, &ws.logits[..n], &mut ws.dlogits[..n], t, rows, ws.threads)?;
                 ws.ready = true;
                 Ok(loss)
             }
@@ -531,8 +634,12 @@ impl Net {
         let cfg = &self.config;
         check_len("parameter slab", self.len, params.len())?;
         check_len("gradient slab", self.len, grads.len())?;
+        self.check_workspace(ws)?;
         if !ws.ready {
-            return Err(Error::Config("backward needs a forward pass with targets first".into()));
+            return Err(Error::Config(
+                "backward needs a forward pass with targets first, with the workspace's settings unchanged since"
+                    .into(),
+            ));
         }
         let (steps, b, h) = (ws.steps, ws.batch, cfg.hidden);
         let bh = b * h;
@@ -556,7 +663,16 @@ impl Net {
             let slot = last * stride;
             let hs = if masked { &ws.dropped[slot..slot + steps * bh] } else { &top.hs[bh..(steps + 1) * bh] };
             let dh = &mut top.dh[..steps * bh];
-            readout::backward(self, params, grads, hs, &ws.dlogits[..steps * b * cfg.output], dh, ws.threads);
+            let dlogits = &ws.dlogits[..cfg.readout_rows(steps, b) * cfg.output];
+            match cfg.head {
+                Head::PerStep => readout::backward(self, params, grads, hs, dlogits, dh, ws.threads),
+                Head::Pooled(pool) => {
+                    let w = b * cfg.readout_width();
+                    let (feats, dfeats) = (&ws.features[..w], &mut ws.dfeatures[..w]);
+                    readout::backward(self, params, grads, feats, dlogits, dfeats, ws.threads);
+                    readout::unpool(pool, dfeats, steps, b, h, &ws.lengths, &ws.argmax, dh);
+                }
+            }
             if masked {
                 dropout::scale(dh, &ws.mask_h[slot..]);
             }
@@ -629,6 +745,19 @@ impl Net {
             let gh = cfg.cell.gates() * cfg.hidden;
             let first = if k == 0 { 0 } else { lp.w_ih };
             ws.grad_ready.ready(first..lp.b_hh + gh);
+        }
+        Ok(())
+    }
+
+    /// A workspace built by another network's [`Net::workspace`] is refused: its buffers have
+    /// other sizes.
+    fn check_workspace<F: Float>(&self, ws: &Workspace<F>) -> Result<()> {
+        if ws.config != self.config {
+            return Err(Error::Config(format!(
+                "this workspace was built for another network ({:?}, H = {}, {} layers, input {:?}, head {:?}); \
+                 make one with this network's Net::workspace",
+                ws.config.cell, ws.config.hidden, ws.config.layers, ws.config.input, ws.config.head
+            )));
         }
         Ok(())
     }

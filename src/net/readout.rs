@@ -1,14 +1,104 @@
-//! The linear readout y_t = W_out h_t + b_out over all T·B rows (one GEMM each way) and the
-//! per-step losses with their gradient dL/dy.
+//! The linear readout y = W_out f + b_out (one GEMM each way) and the losses with their
+//! gradient dL/dy. Its rows f are the top layer's outputs h_t, T·B of them (a per-step head),
+//! or B features pooled over each sequence's own steps (a pooled head: `pool` above `unpool`).
 
 use crate::error::{Error, Result, check_len};
 use crate::float::Float;
 use crate::kernels::{self, Mat, MatMut, team};
-use crate::net::{LossKind, Net, NetConfig, Target, Targets};
+use crate::net::{LossKind, Net, NetConfig, Pool, Target, Targets};
 
-/// logits (T·B, O) = bias + H_top (T·B, H) · W_outᵀ.
+/// The length of sequence `r` within a pass of `steps` steps (all of them without lengths).
+fn length(lengths: &[usize], r: usize, steps: usize) -> usize {
+    lengths.get(r).map_or(steps, |&l| l.min(steps))
+}
+
+/// features (B, P·H) from the top outputs (T, B, H): per sequence r of length len, the chosen
+/// poolings of h_1..h_len in the order last, mean, max; `argmax` (B, H) records the step of
+/// each maximum (the first on ties) for the backward pass.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pool<F: Float>(
+    pool: Pool,
+    top: &[F],
+    steps: usize,
+    b: usize,
+    h: usize,
+    lengths: &[usize],
+    feats: &mut [F],
+    argmax: &mut [u32],
+) {
+    let p = pool.count();
+    let row = |t: usize, r: usize| &top[(t * b + r) * h..(t * b + r + 1) * h];
+    for (r, f) in feats.chunks_exact_mut(p * h).enumerate().take(b) {
+        let len = length(lengths, r, steps);
+        let mut slots = f.chunks_exact_mut(h);
+        if let (true, Some(last)) = (pool.last, slots.next()) {
+            last.copy_from_slice(row(len - 1, r));
+        }
+        if let (true, Some(mean)) = (pool.mean, slots.next()) {
+            mean.copy_from_slice(row(0, r));
+            for t in 1..len {
+                kernels::add_into(mean, row(t, r));
+            }
+            let inv = F::one() / F::of(len as f64);
+            mean.iter_mut().for_each(|v| *v *= inv);
+        }
+        if let (true, Some(max)) = (pool.max, slots.next()) {
+            let at = &mut argmax[r * h..(r + 1) * h];
+            max.copy_from_slice(row(0, r));
+            at.fill(0);
+            for t in 1..len {
+                for ((m, a), &v) in max.iter_mut().zip(at.iter_mut()).zip(row(t, r)) {
+                    if v > *m {
+                        (*m, *a) = (v, t as u32);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dL/dtop (T, B, H) from dL/dfeatures (B, P·H): the last step's share to h_len, the mean's
+/// spread as 1/len over h_1..h_len, the maximum's to the step that attained it. Padded steps
+/// get zero.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn unpool<F: Float>(
+    pool: Pool,
+    dfeats: &[F],
+    steps: usize,
+    b: usize,
+    h: usize,
+    lengths: &[usize],
+    argmax: &[u32],
+    dtop: &mut [F],
+) {
+    let p = pool.count();
+    dtop.fill(F::zero());
+    for (r, d) in dfeats.chunks_exact(p * h).enumerate().take(b) {
+        let len = length(lengths, r, steps);
+        let at = |t: usize| (t * b + r) * h;
+        let mut slots = d.chunks_exact(h);
+        if let (true, Some(last)) = (pool.last, slots.next()) {
+            kernels::add_into(&mut dtop[at(len - 1)..at(len - 1) + h], last);
+        }
+        if let (true, Some(mean)) = (pool.mean, slots.next()) {
+            let inv = F::one() / F::of(len as f64);
+            for t in 0..len {
+                for (g, &v) in dtop[at(t)..at(t) + h].iter_mut().zip(mean) {
+                    *g += v * inv;
+                }
+            }
+        }
+        if let (true, Some(max)) = (pool.max, slots.next()) {
+            for (j, &v) in max.iter().enumerate() {
+                dtop[at(argmax[r * h + j] as usize) + j] += v;
+            }
+        }
+    }
+}
+
+/// logits (rows, O) = bias + rows (rows, W) · W_outᵀ, W the readout width (H, or P·H pooled).
 pub(crate) fn forward<F: Float>(net: &Net, p: &[F], top: &[F], logits: &mut [F], threads: usize) {
-    let (o, h) = (net.config.output, net.config.hidden);
+    let (o, h) = (net.config.output, net.config.readout_width());
     let rows = logits.len() / o;
     kernels::fill_rows(logits, &p[net.b_out..net.b_out + o]);
     kernels::gemm(
@@ -123,7 +213,7 @@ fn cross_entropy<F: Float>(o: usize, z: &[F], dz: &mut [F], y: &[u32], mask: Opt
     total
 }
 
-/// dW_out += dlogitsᵀ · H_top, db_out += Σ rows of dlogits, dH_top = dlogits · W_out.
+/// dW_out += dlogitsᵀ · rows, db_out += Σ rows of dlogits, drows = dlogits · W_out.
 pub(crate) fn backward<F: Float>(
     net: &Net,
     p: &[F],
@@ -133,7 +223,7 @@ pub(crate) fn backward<F: Float>(
     dtop: &mut [F],
     threads: usize,
 ) {
-    let (o, h) = (net.config.output, net.config.hidden);
+    let (o, h) = (net.config.output, net.config.readout_width());
     let rows = dlogits.len() / o;
     kernels::gemm(
         MatMut::rows(&mut grads[net.w_out..net.w_out + o * h], o, h),

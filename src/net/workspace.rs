@@ -4,7 +4,7 @@
 use crate::cell::CellKind;
 use crate::error::Result;
 use crate::float::Float;
-use crate::net::{Dropout, InputKind, NetConfig, State};
+use crate::net::{Dropout, Head, InputKind, NetConfig, State};
 
 /// Per-layer cache: what the backward pass of one layer needs, plus its gradient inputs.
 #[derive(Clone, Debug)]
@@ -68,9 +68,16 @@ pub struct Workspace<F> {
     /// (L, B, G·H) GRU per-step recurrent projection scratch, one per layer (a wavefront runs
     /// layers at once).
     pub(crate) hproj: Vec<F>,
-    /// (T, B, O) readout outputs and dL/dlogits.
+    /// (T, B, O) readout outputs and dL/dlogits ((B, O) for a pooled head).
     pub(crate) logits: Vec<F>,
     pub(crate) dlogits: Vec<F>,
+    /// A pooled head's (B, P·H) features and their gradient, and (B, H) the step of each
+    /// maximum; empty for a per-step head.
+    pub(crate) features: Vec<F>,
+    pub(crate) dfeatures: Vec<F>,
+    pub(crate) argmax: Vec<u32>,
+    /// The network this workspace was built for (a pass of another is refused).
+    pub(crate) config: NetConfig,
     /// (T, B, I) dL/dinput for dense input, filled when `input_grad` is set.
     pub(crate) dinput: Vec<F>,
     pub(crate) input_grad: bool,
@@ -168,6 +175,10 @@ impl<F: Float> Workspace<F> {
             hproj: z(if cfg.cell == CellKind::Gru { cfg.layers * b * gh } else { 0 }),
             logits: z(t * b * cfg.output),
             dlogits: z(t * b * cfg.output),
+            features: z(if cfg.head == Head::PerStep { 0 } else { b * cfg.readout_width() }),
+            dfeatures: z(if cfg.head == Head::PerStep { 0 } else { b * cfg.readout_width() }),
+            argmax: vec![0; if matches!(cfg.head, Head::Pooled(p) if p.max) { b * h } else { 0 }],
+            config: *cfg,
             dinput: z(input),
             input_grad: false,
             dh0: z(cfg.layers * b * h),
@@ -203,7 +214,8 @@ impl<F: Float> Workspace<F> {
                 (t * b * (embedding_dim as u128 * 2 + 1), vocab as u128 * gh * 2)
             }
         };
-        let rest = input + table + l * b * gh + 2 * t * b * o + 2 * l * b * h + l * t;
+        let pooled = if cfg.head == Head::PerStep { 0 } else { b * (2 * cfg.readout_width() as u128 + h) };
+        let rest = input + table + l * b * gh + 2 * t * b * o + 2 * l * b * h + l * t + pooled;
         let bytes = (l * per_layer + rest) * std::mem::size_of::<F>() as u128;
         u64::try_from(bytes).unwrap_or(u64::MAX)
     }
@@ -222,6 +234,9 @@ impl<F: Float> Workspace<F> {
             + self.hproj.len()
             + self.logits.len()
             + self.dlogits.len()
+            + self.features.len()
+            + self.dfeatures.len()
+            + self.argmax.len()
             + self.dinput.len()
             + self.dh0.len()
             + self.dc0.len()
@@ -259,6 +274,7 @@ impl<F: Float> Workspace<F> {
     /// of the thread count). Results agree with the layer-by-layer path to rounding and, either
     /// way, do not depend on the thread count.
     pub fn set_wavefront(&mut self, on: bool) {
+        self.ready &= self.wavefront == on;
         self.wavefront = on;
     }
 
@@ -273,6 +289,8 @@ impl<F: Float> Workspace<F> {
         }
         self.dropout = dropout.filter(|d| d.p > 0.0);
         self.fixed_masks = None;
+        // A forward pass made with other masks cannot be differentiated with these.
+        self.ready = false;
         Ok(())
     }
 
@@ -282,6 +300,8 @@ impl<F: Float> Workspace<F> {
     /// loss (whatever the targets' mask says) and no gradient flows through them. A length
     /// beyond a pass's T means the whole pass. Allocates the (T, B) weights on first use.
     pub fn set_lengths(&mut self, lengths: Option<&[usize]>) -> Result<()> {
+        // The next backward pass must follow a forward pass made with these lengths.
+        self.ready = false;
         match lengths {
             None => self.lengths.clear(),
             Some(l) => {
@@ -325,6 +345,7 @@ impl<F: Float> Workspace<F> {
         }
         self.dropout = None;
         self.fixed_masks = Some(t);
+        self.ready = false;
         Ok(())
     }
 
@@ -358,9 +379,10 @@ impl<F: Float> Workspace<F> {
         self.record_dh_norms = on;
     }
 
-    /// (T, B, O) readout outputs of the last forward pass (logits for cross-entropy).
+    /// The readout outputs of the last forward pass (logits for cross-entropy): (T, B, O) for a
+    /// per-step head, (B, O) for a pooled one.
     pub fn logits(&self) -> &[F] {
-        &self.logits[..self.steps * self.batch * self.output]
+        &self.logits[..self.config.readout_rows(self.steps, self.batch) * self.output]
     }
 
     /// (T, B, H) hidden states of layer `layer` for steps 1..=T of the last forward pass.

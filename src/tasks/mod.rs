@@ -5,7 +5,7 @@
 use crate::cell::CellKind;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::net::{Input, InputKind, LossKind, Net, NetConfig, Targets, Workspace};
+use crate::net::{Head, Input, InputKind, LossKind, Net, NetConfig, Targets, Workspace};
 use crate::optim::{Optimizer, OptimizerConfig};
 use crate::train::{Clip, apply_update};
 use rand::{RngExt, SeedableRng};
@@ -54,7 +54,7 @@ impl TaskKind {
             TaskKind::Adding => (2, 1, LossKind::Mse),
             TaskKind::Copy => (10, 10, LossKind::CrossEntropy),
         };
-        NetConfig { cell, input: InputKind::Dense { size: input }, hidden, layers, output, loss }
+        NetConfig { cell, input: InputKind::Dense { size: input }, hidden, layers, output, loss, head: Head::PerStep }
     }
 }
 

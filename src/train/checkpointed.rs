@@ -31,7 +31,12 @@ impl<F: Float> CheckpointedBptt<F> {
     /// A driver for `net` with batch `batch` and segments of `k` ≥ 1 steps.
     pub fn new(net: &Net, k: usize, batch: usize, threads: usize) -> Result<Self> {
         if k == 0 {
-            return Err(Error::Config("--checkpoint-every must be at least 1".into()));
+            return Err(Error::Config("checkpointed BPTT needs segments of at least 1 step".into()));
+        }
+        if net.config().head != crate::net::Head::PerStep {
+            return Err(Error::Config(
+                "checkpointed BPTT needs a per-step head: a pooled head reads whole sequences".into(),
+            ));
         }
         Ok(CheckpointedBptt {
             k,

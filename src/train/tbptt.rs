@@ -60,6 +60,13 @@ impl<F: Float> Tbptt<F> {
             return Err(Error::Config(format!("truncated BPTT needs 1 <= k1 <= k2, got k1={k1}, k2={k2}")));
         }
         let cfg = net.config();
+        if cfg.head != crate::net::Head::PerStep {
+            return Err(Error::Config(
+                "truncated BPTT needs a per-step head: a pooled head reads whole sequences (run Net::forward and \
+                 Net::backward over each batch)"
+                    .into(),
+            ));
+        }
         // The window's inputs and targets, checked before anything is allocated.
         let needed = Self::window_bytes(cfg, k2, batch);
         let available = crate::kernels::machine::available_memory();

@@ -1,7 +1,7 @@
 //! A counting global allocator: after a warm-up pass, forward + backward must not allocate
 //! (allocations made inside the GEMM crate's own calls are counted apart).
 
-use bptt::{CellKind, Input, InputKind, LossKind, Net, NetConfig, Targets};
+use bptt::{CellKind, Head, Input, InputKind, LossKind, Net, NetConfig, Targets};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -42,7 +42,15 @@ fn forward_backward_do_not_allocate_after_warm_up() {
                 } else {
                     InputKind::Dense { size: 5 }
                 };
-                let cfg = NetConfig { cell, input, hidden, layers: 2, output: 7, loss: LossKind::CrossEntropy };
+                let cfg = NetConfig {
+                    cell,
+                    input,
+                    hidden,
+                    layers: 2,
+                    output: 7,
+                    loss: LossKind::CrossEntropy,
+                    head: Head::PerStep,
+                };
                 let net = Net::new(cfg).unwrap();
                 let params = net.init_params::<f32>(1);
                 let mut grads = vec![0.0f32; net.num_params()];

@@ -1,6 +1,6 @@
 //! Helpers shared by the test modules: small random problems and a seeded generator.
 
-use bptt::{CellKind, Input, InputKind, LossKind, Net, NetConfig, State, Targets};
+use bptt::{CellKind, Head, Input, InputKind, LossKind, Net, NetConfig, State, Targets};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -49,7 +49,7 @@ impl Problem {
         };
         let input =
             if tokens { InputKind::Tokens { vocab: v, embedding_dim: i } } else { InputKind::Dense { size: i } };
-        let cfg = NetConfig { cell, input, hidden: h, layers, output: o, loss };
+        let cfg = NetConfig { cell, input, hidden: h, layers, output: o, loss, head: Head::PerStep };
         let net = Net::new(cfg).unwrap();
         let mut r = rng(seed);
         // Larger than default weights so gates are away from their linear regime.
@@ -71,6 +71,34 @@ impl Problem {
         init.h = uniform(&mut r, init.h.len(), 0.5);
         init.c = uniform(&mut r, init.c.len(), 0.5);
         Problem { net, params, x, tokens, classes, values, mask, init, steps, batch, final_weights: None }
+    }
+
+    /// A problem for a pooled head (one readout per sequence): the same random inputs and
+    /// initial state, targets (B) classes or (B, O) values, and with `weighted` random per-sequence
+    /// weights (class weights).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pooled(
+        cell: CellKind,
+        layers: usize,
+        pool: bptt::Pool,
+        loss: LossKind,
+        weighted: bool,
+        tokens: bool,
+        batch: usize,
+        steps: usize,
+        seed: u64,
+    ) -> Self {
+        let mode = if loss == LossKind::Mse { Mode::ManyToOneMse } else { Mode::ManyToManyCe };
+        let mut p = Problem::new(cell, layers, mode, tokens, batch, steps, seed);
+        let cfg = NetConfig { head: Head::Pooled(pool), ..*p.net.config() };
+        p.net = Net::new(cfg).unwrap();
+        let mut r = rng(seed ^ 0x5eed);
+        p.params = uniform(&mut r, p.net.num_params(), 0.8);
+        let o = cfg.output;
+        p.classes = (0..batch).map(|_| r.random_range(0..o as u32)).collect();
+        p.values = uniform(&mut r, batch * o, 1.0);
+        p.mask = weighted.then(|| (0..batch).map(|_| r.random_range(0.5..2.0)).collect());
+        p
     }
 
     /// Adds a loss term on the final state (h and, for the LSTM, c) with random weights: what a

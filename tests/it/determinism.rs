@@ -131,7 +131,7 @@ fn dense_problem<F: bptt::Float>(
     i: usize,
     o: usize,
 ) -> (Net, Vec<F>, Vec<u32>) {
-    use bptt::{InputKind, LossKind, NetConfig};
+    use bptt::{Head, InputKind, LossKind, NetConfig};
     let cfg = NetConfig {
         cell,
         input: InputKind::Dense { size: i },
@@ -139,6 +139,7 @@ fn dense_problem<F: bptt::Float>(
         layers: 2,
         output: o,
         loss: LossKind::CrossEntropy,
+        head: Head::PerStep,
     };
     let x = (0..t * b * i).map(|k| F::of((k * 37 % 101) as f64 / 50.0 - 1.0)).collect();
     let y = (0..t * b).map(|k| (k * 7 % o) as u32).collect();

@@ -218,7 +218,7 @@ fn split_path_matches_finite_differences(
     wavefront: bool,
     lengths: bool,
 ) {
-    use bptt::{Input, InputKind, LossKind, NetConfig};
+    use bptt::{Head, Input, InputKind, LossKind, NetConfig};
     use rand::RngExt;
     for cell in CellKind::ALL {
         let h = match (h, cell) {
@@ -230,7 +230,8 @@ fn split_path_matches_finite_differences(
         let t = 3;
         let input =
             if tokens { InputKind::Tokens { vocab: 5, embedding_dim: 4 } } else { InputKind::Dense { size: 4 } };
-        let cfg = NetConfig { cell, input, hidden: h, layers, output: 3, loss: LossKind::CrossEntropy };
+        let cfg =
+            NetConfig { cell, input, hidden: h, layers, output: 3, loss: LossKind::CrossEntropy, head: Head::PerStep };
         let net = Net::new(cfg).unwrap();
         let mut r = crate::common::rng(77);
         let params: Vec<f64> = crate::common::uniform(&mut r, net.num_params(), 0.15);
@@ -442,5 +443,56 @@ fn variable_lengths_match_finite_differences() {
                 }
             }
         }
+    }
+}
+
+/// Pooled heads (one readout per sequence from the last state, the mean and/or the maximum over
+/// each sequence's own steps) for every cell × 1–2 layers × dense/token input × cross-entropy
+/// (plain and class-weighted) and MSE, with and without variable lengths: every parameter, input
+/// and initial-state coordinate against f64 finite differences.
+#[test]
+fn pooled_heads_match_finite_differences() {
+    use bptt::{LossKind, Pool};
+    let pools = ["last", "mean", "max", "last+mean", "last+mean+max"].map(|s| s.parse::<Pool>().unwrap());
+    let mut seed = 2100;
+    for cell in CellKind::ALL {
+        for layers in [1, 2] {
+            for (k, pool) in pools.iter().enumerate() {
+                for (loss, weighted) in
+                    [(LossKind::CrossEntropy, false), (LossKind::CrossEntropy, true), (LossKind::Mse, false)]
+                {
+                    seed += 1;
+                    let tokens = (seed + k as u64).is_multiple_of(2);
+                    let (b, t, lengths) =
+                        [(3, 5, Some(vec![5, 1, 3])), (2, 4, None), (1, 1, None)][seed as usize % 3].clone();
+                    let p = Problem::pooled(cell, layers, *pool, loss, weighted, tokens, b, t, seed);
+                    let (err, at) = check_with(&p, &|ws| ws.set_lengths(lengths.as_deref()).unwrap());
+                    assert!(
+                        err < TOL,
+                        "{cell} layers={layers} pool={} {loss:?} weighted={weighted} tokens={tokens} lengths={lengths:?}: \
+                         max rel error {err:.3e} at {at}",
+                        pool.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Pooled heads with dropout on the layer outputs (fixed masks): the top output's mask is
+/// applied before pooling, so the gradient flows back through it.
+#[test]
+fn pooled_heads_with_dropout_match_finite_differences() {
+    use bptt::{LossKind, Pool};
+    let pool: Pool = "last+mean+max".parse().unwrap();
+    for (seed, cell) in CellKind::ALL.into_iter().enumerate() {
+        let seed = 2300 + seed as u64;
+        let p = Problem::pooled(cell, 2, pool, LossKind::CrossEntropy, false, false, 3, 4, seed);
+        let d = Dropout { p: 0.3, locked: false, seed };
+        let (err, at) = check_with(&p, &|ws| {
+            ws.set_dropout(Some(d)).unwrap();
+            ws.set_lengths(Some(&[4, 2, 3])).unwrap();
+        });
+        assert!(err < TOL, "{cell}: max rel error {err:.3e} at {at}");
     }
 }

@@ -1,7 +1,7 @@
 //! A small learning test: an LSTM learns to echo the input it saw 5 steps earlier.
 
 use bptt::{
-    CellKind, Clip, Input, InputKind, LossKind, Net, NetConfig, Optimizer, OptimizerConfig, Targets, apply_update,
+    CellKind, Clip, Head, Input, InputKind, LossKind, Net, NetConfig, Optimizer, OptimizerConfig, Targets, apply_update,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -16,6 +16,7 @@ fn lstm_learns_to_echo_five_steps_back() {
         layers: 1,
         output: v,
         loss: LossKind::CrossEntropy,
+        head: Head::PerStep,
     };
     let net = Net::new(cfg).unwrap();
     let mut params = net.init_params::<f32>(42);

@@ -8,6 +8,7 @@ mod determinism;
 mod diagnose;
 mod gradcheck;
 mod learning;
+mod misuse;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod never_lose;

@@ -2,7 +2,9 @@
 //! state carried; k1 < k2 equals a naive reference written from the definition.
 
 use crate::common::{Mode, Problem};
-use bptt::{CellKind, Input, InputKind, LossKind, Net, NetConfig, Optimizer, OptimizerConfig, State, Targets, Tbptt};
+use bptt::{
+    CellKind, Head, Input, InputKind, LossKind, Net, NetConfig, Optimizer, OptimizerConfig, State, Targets, Tbptt,
+};
 use std::collections::HashMap;
 
 #[test]
@@ -46,6 +48,7 @@ impl Stream {
             layers: 2,
             output: 4,
             loss: LossKind::CrossEntropy,
+            head: Head::PerStep,
         };
         let x = (0..n * b * i).map(|k| (0.61 * k as f64).sin()).collect();
         let y = (0..n * b).map(|k| ((k * 7 + k / 5) % 4) as u32).collect();

@@ -3,7 +3,7 @@
 //! docstring defines the closed-form inputs rebuilt here.
 
 use crate::torch_expected::{self as exp, BigCase, Case};
-use bptt::{CellKind, Input, InputKind, LossKind, Net, NetConfig, Optimizer, OptimizerConfig, State, Targets};
+use bptt::{CellKind, Head, Input, InputKind, LossKind, Net, NetConfig, Optimizer, OptimizerConfig, State, Targets};
 
 const T: usize = 4;
 const B: usize = 2;
@@ -40,7 +40,7 @@ fn run_masked(case: &Case, dropped: bool) {
     let input =
         if case.tokens { InputKind::Tokens { vocab: V, embedding_dim: I } } else { InputKind::Dense { size: I } };
     let loss = if case.mse { LossKind::Mse } else { LossKind::CrossEntropy };
-    let net = Net::new(NetConfig { cell, input, hidden: H, layers: L, output: O, loss }).unwrap();
+    let net = Net::new(NetConfig { cell, input, hidden: H, layers: L, output: O, loss, head: Head::PerStep }).unwrap();
     let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
     let x: Vec<f64> = (0..T * B * I).map(|k| (0.7 * k as f64 + 0.3).sin()).collect();
     let ids: Vec<u32> = (0..T * B).map(|k| ((5 * k + 1) % V) as u32).collect();
@@ -135,7 +135,8 @@ fn packed_sequences_match_pytorch() {
         let input =
             if case.tokens { InputKind::Tokens { vocab: V, embedding_dim: I } } else { InputKind::Dense { size: I } };
         let loss = LossKind::CrossEntropy;
-        let net = Net::new(NetConfig { cell, input, hidden: H, layers: L, output: O, loss }).unwrap();
+        let net =
+            Net::new(NetConfig { cell, input, hidden: H, layers: L, output: O, loss, head: Head::PerStep }).unwrap();
         let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
         let x: Vec<f64> = (0..T * B * I).map(|k| (0.7 * k as f64 + 0.3).sin()).collect();
         let ids: Vec<u32> = (0..T * B).map(|k| ((5 * k + 1) % V) as u32).collect();
@@ -238,7 +239,15 @@ fn run_big(case: &BigCase) {
     } else {
         InputKind::Dense { size: case.i }
     };
-    let cfg = NetConfig { cell, input, hidden: h, layers: l, output: case.o, loss: LossKind::CrossEntropy };
+    let cfg = NetConfig {
+        cell,
+        input,
+        hidden: h,
+        layers: l,
+        output: case.o,
+        loss: LossKind::CrossEntropy,
+        head: Head::PerStep,
+    };
     let net = Net::new(cfg).unwrap();
     let scale = 1.5 / (h as f64).sqrt();
     let params: Vec<f64> = (0..net.num_params()).map(|k| scale * (1.3 * k as f64 + 0.5).sin()).collect();
