@@ -12,6 +12,7 @@ pub mod charlm;
 pub mod diagnose;
 pub mod dist;
 pub mod error;
+pub mod files;
 pub mod float;
 pub mod kernels;
 pub mod net;

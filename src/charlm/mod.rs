@@ -2,7 +2,7 @@
 //! sampling and the training loop (`bptt train | sample | eval` are thin shells over this).
 
 pub mod data;
-pub mod fsio;
+pub use crate::files::fsio;
 pub mod model;
 pub mod run;
 pub mod sample;

@@ -8,9 +8,9 @@
 
 use crate::cell::CellKind;
 use crate::charlm::data::TokenIds;
-use crate::charlm::fsio;
 use crate::charlm::vocab::{Vocab, show};
 use crate::error::{Error, Result};
+use crate::files::{fsio, tensors};
 use crate::net::{Head, Input, InputKind, LossKind, Net, NetConfig, State, Targets};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
@@ -18,8 +18,6 @@ use std::path::Path;
 
 /// The value of the `bptt.format` metadata key of a model file.
 pub const FORMAT: &str = "charlm/1";
-/// The largest header a model file may have (the vocabulary lives there).
-const MAX_HEADER: u64 = 16 << 20;
 /// Bounds on the sizes a model file may declare, checked before anything is allocated.
 const MAX_WIDTH: usize = 1 << 16;
 const MAX_LAYERS: usize = 64;
@@ -150,7 +148,7 @@ impl CharModel {
         tensors.extend(extra.iter().map(|(n, s, v)| (n.clone(), (s.clone(), *v))));
         let mut metadata: BTreeMap<String, String> = self.metadata().into_iter().collect();
         metadata.extend(meta.iter().cloned());
-        Ok(safetensors_bytes(&tensors, &metadata))
+        Ok(tensors::to_bytes(&tensors, &metadata))
     }
 
     /// Saves the model to `path` atomically.
@@ -161,7 +159,7 @@ impl CharModel {
     /// Loads a model file written by `bptt` or by PyTorch with the documented names and
     /// metadata. Every size is checked against sane bounds before anything is allocated.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = fsio::read_bounded(path, 8 + MAX_HEADER + 4 * MAX_PARAMS as u64)?;
+        let bytes = fsio::read_bounded(path, 8 + tensors::MAX_HEADER + 4 * MAX_PARAMS as u64)?;
         Self::from_bytes(&bytes).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
     }
 
@@ -243,38 +241,15 @@ impl<'a> ModelFile<'a> {
     /// Checks the header size, the metadata, the declared shapes (against the metadata, before
     /// anything is allocated) and the total size, then parses the tensors.
     pub fn parse(bytes: &'a [u8]) -> std::result::Result<Self, String> {
-        let too_short = "file is too short to be a safetensors model (truncated?)";
-        let head: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or(too_short)?;
-        let n = u64::from_le_bytes(head);
-        if n > MAX_HEADER {
-            return Err(format!("header declares {n} bytes, more than {MAX_HEADER}: not a bptt model file"));
-        }
-        let header = bytes.get(8..8 + n as usize).ok_or(too_short)?;
-        let json: serde_json::Value = serde_json::from_slice(header)
-            .map_err(|e| format!("header is not valid JSON ({e}): not a safetensors file"))?;
-        let meta = json
-            .get("__metadata__")
-            .and_then(|m| m.as_object())
-            .ok_or("no __metadata__ in the header: a model file needs the bptt metadata (see README)")?;
-        let metadata: HashMap<String, String> =
-            meta.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect();
-        let get = |k: &str| metadata.get(k).ok_or_else(|| format!("metadata '{k}' is missing"));
-        let format = get("bptt.format")?;
-        if format != FORMAT {
-            return Err(format!("metadata bptt.format is '{format}', expected '{FORMAT}'"));
-        }
-        let num = |k: &str| -> std::result::Result<usize, String> {
-            let v = get(k)?;
-            v.parse::<usize>().map_err(|_| format!("metadata '{k}' = '{v}' is not a whole number"))
-        };
-        let cell: CellKind = get("cell")?.parse().map_err(|e: Error| format!("metadata 'cell': {e}"))?;
+        let header = tensors::Header::parse(bytes, FORMAT)?;
+        let cell: CellKind = header.get("cell")?.parse().map_err(|e: Error| format!("metadata 'cell': {e}"))?;
         let spec = ModelSpec {
             cell,
-            embedding_dim: num("embedding_dim")?,
-            hidden: num("hidden_size")?,
-            layers: num("num_layers")?,
+            embedding_dim: header.num("embedding_dim")?,
+            hidden: header.num("hidden_size")?,
+            layers: header.num("num_layers")?,
         };
-        let chars: Vec<String> = serde_json::from_str(get("vocab")?)
+        let chars: Vec<String> = serde_json::from_str(header.get("vocab")?)
             .map_err(|_| "metadata 'vocab' is not a JSON array of strings".to_string())?;
         let mut vocab_chars = Vec::with_capacity(chars.len().min(MAX_VOCAB));
         for s in &chars {
@@ -286,53 +261,16 @@ impl<'a> ModelFile<'a> {
         }
         spec.validate(vocab_chars.len()).map_err(|e| format!("metadata: {e}"))?;
         let vocab = Vocab::from_chars(vocab_chars).map_err(|e| e.to_string())?;
-
         // Every declared tensor must be f32; those of the model must have the expected shapes.
         let net = Net::new(spec.net_config(vocab.len())).map_err(|e| e.to_string())?;
-        let declared = json.as_object().ok_or("header is not a JSON object")?;
-        let mut data_bytes: u128 = 0;
-        for (name, info) in declared.iter().filter(|(k, _)| *k != "__metadata__") {
-            let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
-            if dtype != "F32" {
-                return Err(format!("tensor '{name}' is {dtype}; model files hold F32 tensors"));
-            }
-            let shape: Vec<u128> = info
-                .get("shape")
-                .and_then(|s| s.as_array())
-                .map(|a| a.iter().filter_map(|d| d.as_u64().map(u128::from)).collect())
-                .ok_or_else(|| format!("tensor '{name}' has no shape"))?;
-            data_bytes += 4 * shape.iter().product::<u128>();
-            if let Some(p) = net.param(name) {
-                let want: Vec<u128> = p.shape.iter().map(|&d| d as u128).collect();
-                if shape != want {
-                    return Err(format!("tensor '{name}' has shape {shape:?}, the metadata implies {:?}", p.shape));
-                }
-            }
-        }
-        for p in net.params() {
-            if !declared.contains_key(&p.name) {
-                return Err(format!("tensor '{}' is missing", p.name));
-            }
-        }
-        let expected = 8 + n as u128 + data_bytes;
-        if bytes.len() as u128 != expected {
-            return Err(format!(
-                "file is {} bytes but its header describes {expected}: the file is truncated or corrupt",
-                bytes.len()
-            ));
-        }
-        let tensors = SafeTensors::deserialize(bytes).map_err(|e| format!("malformed safetensors data: {e}"))?;
-        Ok(ModelFile { tensors, metadata, spec, vocab })
+        let expected: Vec<(&str, &[usize])> = net.params().iter().map(|p| (p.name.as_str(), &p.shape[..])).collect();
+        let tensors = header.tensors(bytes, &expected)?;
+        Ok(ModelFile { tensors, metadata: header.metadata, spec, vocab })
     }
 
     /// The f32 values of tensor `name`, checked finite.
     pub fn floats(&self, name: &str) -> std::result::Result<Vec<f32>, String> {
-        let t = self.tensors.tensor(name).map_err(|_| format!("tensor '{name}' is missing"))?;
-        let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
-            return Err(format!("tensor '{name}' contains {bad}: the model is corrupt (diverged training?)"));
-        }
-        Ok(v)
+        tensors::floats(&self.tensors, name)
     }
 
     /// The model held by the file.
@@ -349,27 +287,4 @@ impl<'a> ModelFile<'a> {
 /// Describes a character for messages (re-exported for the CLI).
 pub fn describe_char(c: char) -> String {
     show(c)
-}
-
-/// Serialises f32 tensors in the safetensors layout: an 8-byte little-endian header length, a
-/// JSON header (keys sorted, padded with spaces to a multiple of 8), then the tensors' bytes in
-/// key order. Written by hand (the format is that small) so that files are reproducible.
-fn safetensors_bytes(tensors: &BTreeMap<String, (Vec<usize>, &[f32])>, metadata: &BTreeMap<String, String>) -> Vec<u8> {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), serde_json::json!(metadata));
-    let mut offset = 0usize;
-    for (name, (shape, values)) in tensors {
-        let end = offset + 4 * values.len();
-        header.insert(name.clone(), serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}));
-        offset = end;
-    }
-    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
-    json.resize(json.len().next_multiple_of(8), b' ');
-    let mut out = Vec::with_capacity(8 + json.len() + offset);
-    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    out.extend_from_slice(&json);
-    for (_, values) in tensors.values() {
-        out.extend(values.iter().flat_map(|x| x.to_le_bytes()));
-    }
-    out
 }

@@ -6,8 +6,8 @@ use crate::charlm::model::{CharModel, Eval, ModelFile};
 use crate::dist::{GradReducer, Group};
 use crate::error::{Error, Result};
 use crate::net::{Input, State, Targets, WeightDrop};
-use crate::optim::{LrSchedule, Optimizer, OptimizerConfig, OptimizerState, Schedule};
-use crate::train::{Clip, Tbptt, apply_update};
+use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
+use crate::train::{Clip, Tbptt, Updater};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -131,27 +131,9 @@ impl TrainConfig {
 
     /// The learning-rate schedule over `steps` updates.
     pub fn schedule(&self) -> Result<LrSchedule> {
-        let parts: Vec<&str> = self.lr_schedule.split(':').collect();
-        let num = |s: &str| {
-            s.parse::<f64>()
-                .map_err(|_| Error::Config(format!("--lr-schedule '{}': '{s}' is not a number", self.lr_schedule)))
-        };
-        let schedule = match parts.as_slice() {
-            ["constant"] => Schedule::Constant,
-            ["step", every, gamma] => Schedule::Step { every: num(every)? as u64, gamma: num(gamma)? },
-            ["exp", gamma] => Schedule::Exponential { gamma: num(gamma)? },
-            ["cosine"] => Schedule::Cosine { total: self.schedule_steps.unwrap_or(self.steps), min_lr: 0.0 },
-            ["cosine", min] => Schedule::Cosine { total: self.schedule_steps.unwrap_or(self.steps), min_lr: num(min)? },
-            _ => {
-                return Err(Error::Config(format!(
-                    "unknown --lr-schedule '{}': use constant, step:EVERY:GAMMA, exp:GAMMA or cosine[:MIN_LR]",
-                    self.lr_schedule
-                )));
-            }
-        };
-        let s = LrSchedule { base_lr: self.lr, schedule, warmup: self.warmup };
-        s.validate()?;
-        Ok(s)
+        let total = self.schedule_steps.unwrap_or(self.steps);
+        LrSchedule::parse(&self.lr_schedule, self.lr, self.warmup, total)
+            .map_err(|e| Error::Config(format!("--lr-schedule: {e}")))
     }
 
     /// The clipping settings.
@@ -260,14 +242,11 @@ pub struct Trainer {
     /// The model being trained.
     pub model: CharModel,
     grads: Vec<f32>,
-    /// The parameters before the last update, to undo one that left a non-finite value.
-    backup: Vec<f32>,
     /// Weight drop: the parameters with each W_hh masked, and the mask (empty without).
     dropped: Vec<f32>,
     w_hh_mask: Vec<f32>,
-    optimizer: Optimizer<f32>,
-    schedule: LrSchedule,
-    clip: Clip,
+    /// Schedule, clipping, the guarded optimizer step and the health counters.
+    updater: Updater,
     tbptt: Tbptt<f32>,
     split: Split,
     streams: Streams,
@@ -290,9 +269,6 @@ pub struct Trainer {
     pub tokens: u64,
     /// Best validation loss so far.
     pub best_val: Option<f64>,
-    first_loss: Option<f64>,
-    last_loss: f64,
-    bad_steps: u32,
 }
 
 impl Trainer {
@@ -332,14 +308,19 @@ impl Trainer {
         tbptt.workspace_mut().set_grad_ready(reducer.hook());
         let all = if ranks > 1 { cfg.k1 * cfg.batch } else { 0 };
         let n = cfg.k1 * local;
+        let updater = Updater::new(
+            model.params.len(),
+            optimizer,
+            cfg.schedule()?,
+            cfg.clip()?,
+            cfg.max_bad_steps,
+            cfg.abort_loss_factor,
+        )?;
         Ok(Trainer {
-            schedule: cfg.schedule()?,
-            clip: cfg.clip()?,
             grads: vec![0.0; model.params.len()],
-            backup: vec![0.0; model.params.len()],
             dropped: if cfg.weight_drop > 0.0 { vec![0.0; model.params.len()] } else { Vec::new() },
             w_hh_mask: if cfg.weight_drop > 0.0 { vec![0.0; WeightDrop::mask_len(&model.net)] } else { Vec::new() },
-            optimizer,
+            updater,
             tbptt,
             split,
             streams,
@@ -355,9 +336,6 @@ impl Trainer {
             epoch_update: 0,
             tokens: 0,
             best_val: None,
-            first_loss: None,
-            last_loss: 0.0,
-            bad_steps: 0,
             cfg,
             model,
         })
@@ -406,23 +384,7 @@ impl Trainer {
     /// skipped or the loss exceeds `abort_loss_factor` × the first loss. Check it after each
     /// [`Trainer::train_step`] (the update itself has been logged and nothing bad applied).
     pub fn health(&self) -> Result<()> {
-        if self.bad_steps >= self.cfg.max_bad_steps {
-            return Err(Error::Data(format!(
-                "{} consecutive updates had a non-finite gradient or update (last at step {}): lower --lr or \
-                 use --clip-norm; the last good checkpoint is kept",
-                self.bad_steps, self.step
-            )));
-        }
-        if let (Some(f), Some(first)) = (self.cfg.abort_loss_factor, self.first_loss)
-            && self.last_loss > f * first
-        {
-            return Err(Error::Data(format!(
-                "training loss {:.4} at step {} exceeds {f} x the first loss {first:.4}: the run is diverging; \
-                 lower --lr",
-                self.last_loss, self.step
-            )));
-        }
-        Ok(())
+        self.updater.health(self.step)
     }
 
     /// One update: the next k1 steps of every stream, TBPTT, clip, optimizer step.
@@ -451,14 +413,7 @@ impl Trainer {
         if weight_drop.is_some() {
             WeightDrop::backward(net, &mut self.grads, &self.w_hh_mask)?;
         }
-        let lr = self.schedule.lr(self.step);
-        self.backup.copy_from_slice(&self.model.params);
-        let mut report = apply_update(&mut self.model.params, &mut self.grads, &mut self.optimizer, lr, self.clip);
-        if !report.skipped && self.model.params.iter().any(|v| !v.is_finite()) {
-            // A finite gradient can still overflow an update (absurd learning rate): undo it.
-            self.model.params.copy_from_slice(&self.backup);
-            report.skipped = true;
-        }
+        let (report, lr) = self.updater.apply(self.step, &mut self.model.params, &mut self.grads);
         let carried = self.tbptt.carried_state();
         let bad_state = carried.h.iter().chain(&carried.c).any(|v| !v.is_finite());
         // The mean loss over every rank's streams, and whether any rank's state broke.
@@ -471,13 +426,7 @@ impl Trainer {
         self.epoch_update += 1;
         self.tokens += (self.cfg.k1 * self.cfg.batch) as u64;
         let loss = if self.group.size() > 1 { control[0] / self.group.size() as f64 } else { loss as f64 };
-        if report.skipped || !loss.is_finite() {
-            self.bad_steps += 1;
-        } else {
-            self.bad_steps = 0;
-            self.first_loss.get_or_insert(loss);
-        }
-        self.last_loss = loss;
+        self.updater.record(loss, report.skipped);
         Ok(StepMetrics {
             step: self.step,
             epoch: self.epoch,
@@ -511,9 +460,7 @@ impl Trainer {
     pub fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
         let local = self.tbptt.carried_state();
         let state = self.global_state(local)?;
-        let n = self.model.params.len();
-        let mut extra: Vec<(String, Vec<usize>, &[f32])> =
-            self.optimizer.buffers().map(|(name, v)| (format!("optim.{name}"), vec![n], v)).collect();
+        let (mut extra, updater_meta) = self.updater.checkpoint();
         extra.push(("state.h".into(), vec![state.h.len()], &state.h));
         if !state.c.is_empty() {
             extra.push(("state.c".into(), vec![state.c.len()], &state.c));
@@ -525,14 +472,12 @@ impl Trainer {
             ("epoch", self.epoch.to_string()),
             ("epoch_update", self.epoch_update.to_string()),
             ("tokens", self.tokens.to_string()),
-            ("optim_step", self.optimizer.steps().to_string()),
             ("best_val", self.best_val.map_or("none".into(), |v| format!("{v:?}"))),
-            ("first_loss", self.first_loss.map_or("none".into(), |v| format!("{v:?}"))),
-            ("bad_steps", self.bad_steps.to_string()),
             ("ranks", self.group.size().to_string()),
             ("config", config),
         ];
-        let meta: Vec<(String, String)> = meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let mut meta: Vec<(String, String)> = meta.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        meta.extend(updater_meta);
         self.model.to_bytes_with(&extra, &meta)
     }
 
@@ -625,17 +570,10 @@ impl Trainer {
         }
         let model = file.model()?;
         let mut t = Trainer::new_in(group, cfg, model, ids, threads).map_err(|e| e.to_string())?;
-        let names = t.optimizer.state().buffers;
-        let mut buffers = Vec::with_capacity(names.len());
-        for (name, _) in names {
-            buffers.push((name.clone(), file.floats(&format!("optim.{name}"))?));
-        }
-        t.optimizer.load_state(OptimizerState { step: int("optim_step")?, buffers }).map_err(|e| e.to_string())?;
+        t.updater.restore(&file.tensors, &file.metadata)?;
         (t.step, t.epoch, t.tokens) = (int("step")?, int("epoch")?, int("tokens")?);
         t.epoch_update = int("epoch_update")? as usize;
         t.best_val = float("best_val")?;
-        t.first_loss = float("first_loss")?;
-        t.bad_steps = int("bad_steps")? as u32;
         if t.epoch_update > t.streams.updates_per_epoch() {
             return Err("checkpoint position lies beyond the end of the epoch: was the text changed?".into());
         }

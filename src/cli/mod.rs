@@ -8,6 +8,7 @@ mod eval;
 mod graph;
 mod memory;
 mod plot;
+mod run;
 mod sample;
 mod task;
 mod train;

@@ -1,19 +1,17 @@
-//! `bptt train`: the char-LM training run — progress bar, metrics.jsonl, checkpoints, resume,
-//! an exclusive claim on the run folder, and a clean stop on SIGINT, SIGTERM or SIGHUP.
+//! `bptt train`: the char-LM training run — its settings, data and resume — driven by the loop
+//! shared with `fit` (`run.rs`: progress bar, metrics.jsonl, checkpoints, resume,
+//! an exclusive claim on the run folder, and a clean stop on SIGINT, SIGTERM or SIGHUP).
 
 use super::memory;
 use anyhow::{Context, Result, bail};
 use bptt::CellKind;
 use bptt::charlm::train::TrainConfig;
-use bptt::charlm::{Cadence, CharModel, Metrics, ModelSpec, RunFile, Sampler, Trainer, Vocab, fsio};
+use bptt::charlm::{Cadence, CharModel, ModelSpec, RunFile, Sampler, Trainer, Vocab, fsio};
 use bptt::dist::Group;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::AtomicUsize;
 
 /// Data semantics: the vocabulary is the text's distinct characters sorted by code point
 /// (unless --init gives one); the last --val-fraction of the text is validation; the rest is
@@ -157,26 +155,15 @@ fn cadence_from_flags(a: &Args, base: Cadence) -> Cadence {
 
 const DEFAULT_CADENCE: Cadence = Cadence { eval_every: 200, sample_every: 0, checkpoint_every_steps: 0 };
 
-const CHECKPOINT: &str = "checkpoint.safetensors";
-const METRICS: &str = "metrics.jsonl";
-
-fn fnv1a64(bytes: &[u8]) -> String {
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    format!("{h:016x}")
-}
-
 fn read_text(path: &Path) -> Result<(String, String)> {
     let text = fsio::read_text(path)?;
-    let hash = fnv1a64(text.as_bytes());
+    let hash = super::run::fnv1a64(text.as_bytes());
     Ok((text, hash))
 }
 
 /// The flags that lower the memory a text needs, and a run's training state.
 const TEXT: &str = "use a shorter --text";
 const TRAINING: &str = "lower --hidden, --layers, --batch or --seq-len (K2 of --tbptt), or use --checkpoint-every auto";
-
-/// The files a run writes into its folder: a fresh run refuses a folder that holds any of them.
-const RUN_FILES: [&str; 5] = ["config.json", METRICS, "model.safetensors", "best.safetensors", CHECKPOINT];
 
 /// A run being set up: the trainer, its folder, cadence and (rank 0) the folder's lock.
 type Setup = (Trainer, PathBuf, Cadence, Option<fsio::RunLock>);
@@ -205,7 +192,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let (mut trainer, dir, cadence, _lock) = setup?;
     trainer.set_overlap(overlap);
-    match train_loop(&mut trainer, &dir, cadence, signal) {
+    match super::run::train_loop(&mut trainer, &dir, cadence, signal) {
         Err(e) if group.size() > 1 => {
             if e.downcast_ref::<bptt::Error>().is_some_and(|e| matches!(e, bptt::Error::Dist(_))) {
                 // The other ranks are gone: nobody is left to wait, and MPI cannot be closed.
@@ -300,33 +287,11 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<Setup> {
         // Rank 0 alone writes the run folder.
         return Ok((trainer, a.out.clone().unwrap_or_default(), cadence_from_flags(a, DEFAULT_CADENCE), None));
     }
-    let dir = match &a.out {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
-            dir.clone()
-        }
-        // A folder of its own, even for runs started in the same second.
-        None => fsio::create_unique_dir(&PathBuf::from("runs").join(super::timestamp()))?,
-    };
-    let lock = fsio::RunLock::acquire(&dir)?;
-    if let Some(file) = RUN_FILES.iter().find(|f| dir.join(f).exists())
-        && !a.force
-    {
-        let how = if dir.join(CHECKPOINT).exists() {
-            format!("continue it with --resume {}, ", dir.display())
-        } else {
-            String::new()
-        };
-        bail!("{} already holds a run ({file}): {how}replace it with --force, or choose another --out", dir.display());
-    }
-    for f in RUN_FILES {
-        let _ = std::fs::remove_file(dir.join(f)); // --force: nothing of the old run survives
-    }
+    let (dir, lock) = super::run::claim_folder(a.out.as_deref(), "", a.force)?;
     let cadence = cadence_from_flags(a, DEFAULT_CADENCE);
     let run = RunFile { train: cfg, cadence, text: text_path, text_fnv1a64: hash, init: a.init.clone() };
     fsio::write_atomic(&dir.join("config.json"), run.to_json()?.as_bytes())?;
-    fsio::write_atomic(&dir.join(METRICS), b"")?;
+    fsio::write_atomic(&dir.join(super::run::METRICS), b"")?;
     Ok((trainer, dir, cadence, Some(lock)))
 }
 
@@ -338,7 +303,7 @@ fn resume(a: &Args, dir: &Path, threads: usize, group: &Arc<Group>) -> Result<Se
     let cfg_path = dir.join("config.json");
     let run = RunFile::parse(&fsio::read_bounded(&cfg_path, 1 << 24)?, &cfg_path)?;
     let text_path = a.text.clone().unwrap_or(run.text.clone());
-    let ckpt_path = dir.join(CHECKPOINT);
+    let ckpt_path = dir.join(super::run::CHECKPOINT);
     memory::Estimate::new(threads)
         .add("text and its ids", memory::file_bytes(&text_path).saturating_mul(2))
         .add("checkpoint", memory::file_bytes(&ckpt_path))
@@ -377,22 +342,7 @@ fn resume(a: &Args, dir: &Path, threads: usize, group: &Arc<Group>) -> Result<Se
     if !group.is_root() {
         return Ok((trainer, dir.to_path_buf(), cadence, None));
     }
-    // Temp files of a write that was interrupted are garbage: the renamed files are intact.
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".tmp") {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-    // Forget metrics logged after the checkpoint: those updates are about to be redone.
-    let metrics_path = dir.join(METRICS);
-    let old = fsio::read_bounded(&metrics_path, 1 << 32)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let kept = Metrics::until(&old, trainer.step);
-    fsio::write_atomic(&metrics_path, kept.as_bytes())?;
+    super::run::reopen_folder(dir, trainer.step)?;
     // Flags given now (cadence, total steps) become the run's settings for later resumes too.
     let run = RunFile { train: trainer.cfg.clone(), cadence, text: text_path, ..run };
     fsio::write_atomic(&cfg_path, run.to_json()?.as_bytes())?;
@@ -414,157 +364,68 @@ fn total_steps(cfg: &TrainConfig, n: usize, steps: Option<u64>, epochs: Option<u
     })
 }
 
-/// Saves model.safetensors and the checkpoint (atomically, checkpoint last). Every rank calls
-/// it (the checkpoint gathers every rank's carried state); rank 0 writes.
-fn save(trainer: &Trainer, dir: &Path) -> Result<()> {
-    let bytes = trainer.checkpoint_bytes()?;
-    if trainer.group().is_root() {
-        trainer.model.save(&dir.join("model.safetensors"))?;
-        fsio::write_atomic(&dir.join(CHECKPOINT), &bytes)?;
-    }
-    Ok(())
-}
-
 fn sample_text(model: &CharModel, seed: u64, len: usize) -> Result<String> {
     let mut s = Sampler::new(model, seed, 1)?;
     s.feed(&[model.vocab.id('\n').unwrap_or(0)])?;
     (0..len).map(|_| Ok(model.vocab.char(s.next(0.8, None)?))).collect()
 }
 
-/// SIGINT, SIGTERM and SIGHUP (Ctrl-C, `kill`, `timeout`, a batch scheduler, a closed terminal):
-/// the first asks for a clean stop after the current step (checkpoint, then exit 128 + signal);
-/// a second one exits at once, saying so and which checkpoint is kept (files are written
-/// atomically, so the last checkpoint stays intact). Returns the first signal's number, 0 until
-/// one comes, and the step of the last checkpoint, which the loop keeps up to date.
-fn watch_signals(first: Arc<AtomicUsize>, dir: &Path, saved_at: u64) -> Result<Arc<AtomicU64>> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let saved = Arc::new(AtomicU64::new(saved_at));
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install the signal handlers")?;
-    let (f, s, dir) = (first.clone(), saved.clone(), dir.to_path_buf());
-    std::thread::Builder::new()
-        .name("bptt-signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if f.compare_exchange(0, sig as usize, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-                    let ckpt = dir.join(CHECKPOINT);
-                    let kept = match s.load(Ordering::SeqCst) {
-                        0 if !ckpt.exists() => "no checkpoint was saved yet".to_string(),
-                        step => format!("the last checkpoint ({}, step {step}) is kept", ckpt.display()),
-                    };
-                    eprintln!("\nsecond signal: exiting without saving; {kept}");
-                    std::process::exit(128 + sig);
-                }
-            }
-        })
-        .context("cannot start the signal watcher")?;
-    Ok(saved)
-}
+impl super::run::Job for Trainer {
+    const COMMAND: &'static str = "train";
+    const UNIT: &'static str = "tok";
 
-/// The training loop. Under mpirun every rank runs it in step; rank 0 alone prints, validates
-/// and writes files.
-fn train_loop(t: &mut Trainer, dir: &Path, a: Cadence, signal: Arc<AtomicUsize>) -> Result<ExitCode> {
-    let root = t.group().is_root();
-    let saved = watch_signals(signal.clone(), dir, if root && dir.join(CHECKPOINT).exists() { t.step } else { 0 })?;
-    let tty = std::io::stderr().is_terminal() && root;
-    let pb = ProgressBar::with_draw_target(
-        Some(t.cfg.steps),
-        if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
-    );
-    pb.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb.set_position(t.step);
-    // Other ranks write nothing (their metrics go nowhere).
-    let mut metrics: Box<dyn Write> = if root {
-        Box::new(
-            std::fs::OpenOptions::new()
-                .append(true)
-                .create(true)
-                .open(dir.join(METRICS))
-                .with_context(|| format!("cannot open {}", dir.join(METRICS).display()))?,
-        )
-    } else {
-        Box::new(std::io::sink())
-    };
-    let start = Instant::now();
-    let mut last_val: Option<f64> = None;
-    let (k1, b) = (t.cfg.k1, t.cfg.batch);
-    while !t.done() {
-        let t0 = Instant::now();
-        let m = t.train_step()?;
-        let dt = t0.elapsed().as_secs_f64();
-        let mut sig = signal.load(Ordering::SeqCst);
-        // Stop together: a signal on any rank stops every rank after this step (agreed here,
-        // right after the step's own exchange, so no rank waits long with a signal pending).
-        if t.group().size() > 1 && !t.group().all_ok(sig == 0)? && sig == 0 {
-            sig = signal_hook::consts::SIGTERM as usize;
-        }
-        let last = t.done();
-        let eval_now = last || (a.eval_every > 0 && m.step % a.eval_every == 0);
-        let mut line = serde_json::to_value(m)?;
-        if eval_now
-            && root
-            && let Some(e) = t.validate()?
-        {
-            line["val_loss"] = e.loss.into();
-            if t.best_val == Some(e.loss) {
-                t.model.save(&dir.join("best.safetensors"))?;
-            }
-            last_val = Some(e.loss);
-        }
-        line["tokens_per_s"] = ((k1 * b) as f64 / dt).into();
-        line["elapsed_s"] = start.elapsed().as_secs_f64().into();
-        // One write call per line, so a kill leaves whole lines only.
-        metrics.write_all(format!("{line}\n").as_bytes())?;
-        if m.skipped && root {
-            pb.println(format!("warning: step {}: non-finite gradient or update, skipped", m.step));
-        }
-        if let Err(e) = t.health() {
-            pb.abandon();
-            bail!("{e} (last checkpoint: {})", dir.join(CHECKPOINT).display());
-        }
-        if eval_now || (a.checkpoint_every_steps > 0 && m.step % a.checkpoint_every_steps == 0) {
-            metrics.flush()?;
-            save(t, dir)?;
-            saved.store(t.step, Ordering::SeqCst);
-        }
-        if a.sample_every > 0 && m.step % a.sample_every == 0 && root {
-            let s = sample_text(&t.model, t.cfg.seed.wrapping_add(m.step), 200)?;
-            pb.println(format!("--- sample at step {} ---\n{s}\n---", m.step));
-        }
-        pb.set_position(m.step);
-        let val = last_val.map_or(String::new(), |v| format!(" val {v:.4}"));
-        pb.set_message(format!("ep {} loss {:.4}{val} {:.0} tok/s", m.epoch, m.train_loss, (k1 * b) as f64 / dt));
-        if sig != 0 && !last {
-            metrics.flush()?;
-            save(t, dir)?;
-            saved.store(t.step, Ordering::SeqCst);
-            pb.abandon();
-            if !root {
-                return Ok(ExitCode::from(128 + sig as u8));
-            }
-            let name = match sig as i32 {
-                signal_hook::consts::SIGTERM => "SIGTERM",
-                signal_hook::consts::SIGHUP => "SIGHUP",
-                _ => "SIGINT",
-            };
-            eprintln!(
-                "interrupted by {name} at step {}: checkpoint saved; continue with: bptt train --resume {}",
-                t.step,
-                dir.display()
-            );
-            return Ok(ExitCode::from(128 + sig as u8));
-        }
+    fn position(&self) -> (u64, u64) {
+        (self.step, self.cfg.steps)
     }
-    metrics.flush()?;
-    save(t, dir)?;
-    pb.finish_and_clear();
-    if !root {
-        return Ok(ExitCode::SUCCESS);
+
+    fn done(&self) -> bool {
+        Trainer::done(self)
     }
-    let val = t.best_val.map_or(String::new(), |v| format!(", best val loss {v:.4}"));
-    eprintln!("trained {} steps{val}; model in {}", t.step, dir.join("model.safetensors").display());
-    Ok(ExitCode::SUCCESS)
+
+    fn update(&mut self) -> Result<super::run::Update> {
+        let m = self.train_step()?;
+        let work = (self.cfg.k1 * self.cfg.batch) as f64;
+        Ok(super::run::Update { line: serde_json::to_value(m)?, step: m.step, skipped: m.skipped, work })
+    }
+
+    fn eval_due(&self, step: u64, cadence: &Cadence) -> bool {
+        cadence.eval_every > 0 && step.is_multiple_of(cadence.eval_every)
+    }
+
+    fn validate(&mut self) -> Result<Option<(serde_json::Map<String, serde_json::Value>, bool)>> {
+        Ok(Trainer::validate(self)?.map(|e| {
+            let fields = serde_json::Map::from_iter([("val_loss".to_string(), e.loss.into())]);
+            (fields, self.best_val == Some(e.loss))
+        }))
+    }
+
+    fn health(&self) -> bptt::Result<()> {
+        Trainer::health(self)
+    }
+
+    fn model_bytes(&self) -> Result<Vec<u8>> {
+        Ok(self.model.to_bytes_with(&[], &[])?)
+    }
+
+    fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
+        Ok(Trainer::checkpoint_bytes(self)?)
+    }
+
+    fn sample(&self, step: u64) -> Result<Option<String>> {
+        sample_text(&self.model, self.cfg.seed.wrapping_add(step), 200).map(Some)
+    }
+
+    fn message(&self, loss: f64, val: Option<f64>, rate: f64) -> String {
+        let val = val.map_or(String::new(), |v| format!(" val {v:.4}"));
+        format!("ep {} loss {loss:.4}{val} {rate:.0} tok/s", self.epoch)
+    }
+
+    fn summary(&self, dir: &Path) -> String {
+        let val = self.best_val.map_or(String::new(), |v| format!(", best val loss {v:.4}"));
+        format!("trained {} steps{val}; model in {}", self.step, dir.join("model.safetensors").display())
+    }
+
+    fn group(&self) -> &Group {
+        Trainer::group(self)
+    }
 }

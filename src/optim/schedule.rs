@@ -41,6 +41,33 @@ pub struct LrSchedule {
 }
 
 impl LrSchedule {
+    /// Parses `constant`, `step:EVERY:GAMMA`, `exp:GAMMA` or `cosine[:MIN_LR]` (a cosine over
+    /// `total` updates) for the peak rate `base_lr` after `warmup` updates of linear warm-up.
+    pub fn parse(spec: &str, base_lr: f64, warmup: u64, total: u64) -> crate::error::Result<Self> {
+        use crate::error::Error;
+        let num = |s: &str| {
+            s.parse::<f64>()
+                .map_err(|_| Error::Config(format!("learning-rate schedule '{spec}': '{s}' is not a number")))
+        };
+        let parts: Vec<&str> = spec.split(':').collect();
+        let schedule = match parts.as_slice() {
+            ["constant"] => Schedule::Constant,
+            ["step", every, gamma] => Schedule::Step { every: num(every)? as u64, gamma: num(gamma)? },
+            ["exp", gamma] => Schedule::Exponential { gamma: num(gamma)? },
+            ["cosine"] => Schedule::Cosine { total, min_lr: 0.0 },
+            ["cosine", min] => Schedule::Cosine { total, min_lr: num(min)? },
+            _ => {
+                return Err(Error::Config(format!(
+                    "learning-rate schedule '{spec}' is unknown: use constant, step:EVERY:GAMMA, exp:GAMMA or \
+                     cosine[:MIN_LR]"
+                )));
+            }
+        };
+        let s = LrSchedule { base_lr, schedule, warmup };
+        s.validate()?;
+        Ok(s)
+    }
+
     /// A constant rate.
     pub fn constant(lr: f64) -> Self {
         LrSchedule { base_lr: lr, schedule: Schedule::Constant, warmup: 0 }

@@ -2,7 +2,12 @@
 //! target values, read from files (`ts`: the UEA/UCR `.ts` format), and cut into time-major
 //! padded batches with per-sequence lengths for [`crate::Workspace::set_lengths`].
 
+pub mod fit;
+pub mod model;
 pub mod ts;
+
+pub use fit::{FitConfig, Fitter};
+pub use model::{SeqModel, SeqSpec, Task};
 
 /// The labels of a dataset's sequences.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +52,37 @@ impl Dataset {
     /// The longest sequence's length.
     pub fn max_len(&self) -> usize {
         self.lengths.iter().copied().max().unwrap_or(0)
+    }
+
+    /// The sequences `which` (in that order), with their labels, as a dataset of their own.
+    pub fn subset(&self, which: &[usize]) -> Dataset {
+        let starts = self.starts();
+        let f = self.features;
+        let mut values = Vec::with_capacity(which.iter().map(|&i| self.lengths[i] * f).sum());
+        for &i in which {
+            values.extend_from_slice(&self.values[starts[i]..starts[i] + self.lengths[i] * f]);
+        }
+        let labels = match &self.labels {
+            Labels::None => Labels::None,
+            Labels::Classes { names, ids } => {
+                Labels::Classes { names: names.clone(), ids: which.iter().map(|&i| ids[i]).collect() }
+            }
+            Labels::Values(v) => Labels::Values(which.iter().map(|&i| v[i]).collect()),
+        };
+        Dataset { features: f, lengths: which.iter().map(|&i| self.lengths[i]).collect(), values, labels }
+    }
+
+    /// Where each sequence starts in `values`.
+    pub fn starts(&self) -> Vec<usize> {
+        let mut at = 0;
+        self.lengths
+            .iter()
+            .map(|&len| {
+                let s = at;
+                at += len * self.features;
+                s
+            })
+            .collect()
     }
 
     /// Sequence `i` as (steps, F) values.

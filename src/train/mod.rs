@@ -1,12 +1,15 @@
 //! Training machinery on top of `net` and `optim`: clipping, the guarded update (a non-finite
-//! gradient is never applied), and the truncated-BPTT driver.
+//! gradient is never applied) and the `Updater` every training loop shares, and the
+//! truncated-BPTT driver.
 
 mod checkpointed;
 pub mod clip;
 mod tbptt;
+mod updater;
 
 pub use checkpointed::CheckpointedBptt;
 pub use tbptt::Tbptt;
+pub use updater::Updater;
 
 use crate::error::{Error, Result};
 use crate::float::Float;

@@ -1,4 +1,4 @@
-//! Explicit file IO for the char-LM: atomic writes (temp name, fsync, rename), bounded reads of
+//! Explicit file IO of the library: atomic writes (temp name, fsync, rename), bounded reads of
 //! regular files, and the exclusive lock on a run folder.
 
 use crate::error::{Error, Result};

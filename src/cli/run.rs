@@ -1,0 +1,278 @@
+//! The one training loop of the command line, shared by `train` (the char-LM) and `fit` (your
+//! own sequences): the run folder (its lock, its files, what a fresh run refuses to replace),
+//! the progress bar, metrics.jsonl, validation with the best model kept, checkpoints, and a clean
+//! stop on SIGINT, SIGTERM or SIGHUP that a `--resume` continues bit for bit.
+
+use anyhow::{Context, Result, bail};
+use bptt::charlm::{Cadence, fsio};
+use bptt::dist::Group;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const METRICS: &str = "metrics.jsonl";
+/// The files a run writes into its folder: a fresh run refuses a folder that holds any of them.
+pub const RUN_FILES: [&str; 5] = ["config.json", METRICS, "model.safetensors", "best.safetensors", CHECKPOINT];
+
+/// What one update reports to the loop.
+pub struct Update {
+    /// Its metrics.jsonl line (the loop adds timing and validation).
+    pub line: serde_json::Value,
+    /// Its number (updates done, counting it).
+    pub step: u64,
+    /// The update was skipped (non-finite gradient or update).
+    pub skipped: bool,
+    /// Tokens or sequences it trained on (for the rate).
+    pub work: f64,
+}
+
+/// A training job the loop drives: one update at a time, validation, files. Under mpirun every
+/// rank runs the loop in step; rank 0 alone prints, validates and writes.
+pub trait Job {
+    /// The command that resumes it (`train` or `fit`).
+    const COMMAND: &'static str;
+    /// What `work` counts (`tok` or `seq`).
+    const UNIT: &'static str;
+    /// Updates done and in all.
+    fn position(&self) -> (u64, u64);
+    /// True once the run is over.
+    fn done(&self) -> bool;
+    /// One update.
+    fn update(&mut self) -> Result<Update>;
+    /// True if the loop should validate after update `step` (besides the last one).
+    fn eval_due(&self, step: u64, cadence: &Cadence) -> bool;
+    /// Validation: the fields to add to the metrics line and whether this is the best model so
+    /// far (`None`: no validation data).
+    fn validate(&mut self) -> Result<Option<(serde_json::Map<String, serde_json::Value>, bool)>>;
+    /// Ok while training is healthy.
+    fn health(&self) -> bptt::Result<()>;
+    /// The model file's bytes, and the checkpoint's (every rank calls it).
+    fn model_bytes(&self) -> Result<Vec<u8>>;
+    /// The checkpoint's bytes (every rank calls it: data parallelism may gather state).
+    fn checkpoint_bytes(&self) -> Result<Vec<u8>>;
+    /// A sample to print at update `step`, if the job has such a thing.
+    fn sample(&self, _step: u64) -> Result<Option<String>> {
+        Ok(None)
+    }
+    /// The progress bar's message after an update.
+    fn message(&self, loss: f64, val: Option<f64>, rate: f64) -> String;
+    /// The last line printed: what was trained, where the model is.
+    fn summary(&self, dir: &Path) -> String;
+    /// The ranks sharing the run.
+    fn group(&self) -> &Group;
+}
+
+/// A fresh run's folder: `--out` (created if needed) or a unique `runs/PREFIX<time>`, locked,
+/// refused if it holds an earlier run's files (unless `force`, which removes them).
+pub fn claim_folder(out: Option<&Path>, prefix: &str, force: bool) -> Result<(PathBuf, fsio::RunLock)> {
+    let dir = match out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+            dir.to_path_buf()
+        }
+        // A folder of its own, even for runs started in the same second.
+        None => fsio::create_unique_dir(&PathBuf::from("runs").join(format!("{prefix}{}", super::timestamp())))?,
+    };
+    let lock = fsio::RunLock::acquire(&dir)?;
+    if let Some(file) = RUN_FILES.iter().find(|f| dir.join(f).exists())
+        && !force
+    {
+        let how = if dir.join(CHECKPOINT).exists() {
+            format!("continue it with --resume {}, ", dir.display())
+        } else {
+            String::new()
+        };
+        bail!("{} already holds a run ({file}): {how}replace it with --force, or choose another --out", dir.display());
+    }
+    for f in RUN_FILES {
+        let _ = std::fs::remove_file(dir.join(f)); // --force: nothing of the old run survives
+    }
+    Ok((dir, lock))
+}
+
+/// Before a resumed run goes on: temp files of an interrupted write are removed, and metrics
+/// logged after the checkpoint (updates about to be redone) are forgotten.
+pub fn reopen_folder(dir: &Path, step: u64) -> Result<()> {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let metrics_path = dir.join(METRICS);
+    let old = fsio::read_bounded(&metrics_path, 1 << 32)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let kept = bptt::charlm::Metrics::until(&old, step);
+    fsio::write_atomic(&metrics_path, kept.as_bytes())?;
+    Ok(())
+}
+
+/// FNV-1a 64 of `bytes` as 16 hex digits (what a run folder records of its data).
+pub fn fnv1a64(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    format!("{h:016x}")
+}
+
+/// Saves model.safetensors and the checkpoint (atomically, checkpoint last). Every rank calls
+/// it; rank 0 writes.
+fn save<J: Job>(job: &J, dir: &Path) -> Result<()> {
+    let ckpt = job.checkpoint_bytes()?;
+    if job.group().is_root() {
+        fsio::write_atomic(&dir.join("model.safetensors"), &job.model_bytes()?)?;
+        fsio::write_atomic(&dir.join(CHECKPOINT), &ckpt)?;
+    }
+    Ok(())
+}
+
+/// SIGINT, SIGTERM and SIGHUP (Ctrl-C, `kill`, `timeout`, a batch scheduler, a closed terminal):
+/// the first asks for a clean stop after the current update (checkpoint, then exit 128 +
+/// signal); a second one exits at once, saying so and which checkpoint is kept (files are
+/// written atomically, so the last checkpoint stays intact). Returns the step of the last
+/// checkpoint, which the loop keeps up to date.
+fn watch_signals(first: Arc<AtomicUsize>, dir: &Path, saved_at: u64) -> Result<Arc<AtomicU64>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let saved = Arc::new(AtomicU64::new(saved_at));
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("cannot install the signal handlers")?;
+    let (f, s, dir) = (first.clone(), saved.clone(), dir.to_path_buf());
+    std::thread::Builder::new()
+        .name("bptt-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if f.compare_exchange(0, sig as usize, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+                    let ckpt = dir.join(CHECKPOINT);
+                    let kept = match s.load(Ordering::SeqCst) {
+                        0 if !ckpt.exists() => "no checkpoint was saved yet".to_string(),
+                        step => format!("the last checkpoint ({}, step {step}) is kept", ckpt.display()),
+                    };
+                    eprintln!("\nsecond signal: exiting without saving; {kept}");
+                    std::process::exit(128 + sig);
+                }
+            }
+        })
+        .context("cannot start the signal watcher")?;
+    Ok(saved)
+}
+
+/// The training loop (see the module docs).
+pub fn train_loop<J: Job>(t: &mut J, dir: &Path, a: Cadence, signal: Arc<AtomicUsize>) -> Result<ExitCode> {
+    let root = t.group().is_root();
+    let (step0, total) = t.position();
+    let saved = watch_signals(signal.clone(), dir, if root && dir.join(CHECKPOINT).exists() { step0 } else { 0 })?;
+    let tty = std::io::stderr().is_terminal() && root;
+    let pb = ProgressBar::with_draw_target(
+        Some(total),
+        if tty { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() },
+    );
+    pb.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed_precise}<{eta_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_position(step0);
+    // Other ranks write nothing (their metrics go nowhere).
+    let mut metrics: Box<dyn Write> = if root {
+        Box::new(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(dir.join(METRICS))
+                .with_context(|| format!("cannot open {}", dir.join(METRICS).display()))?,
+        )
+    } else {
+        Box::new(std::io::sink())
+    };
+    let start = Instant::now();
+    let mut last_val: Option<f64> = None;
+    while !t.done() {
+        let t0 = Instant::now();
+        let m = t.update()?;
+        let dt = t0.elapsed().as_secs_f64();
+        let mut sig = signal.load(Ordering::SeqCst);
+        // Stop together: a signal on any rank stops every rank after this step (agreed here,
+        // right after the step's own exchange, so no rank waits long with a signal pending).
+        if t.group().size() > 1 && !t.group().all_ok(sig == 0)? && sig == 0 {
+            sig = signal_hook::consts::SIGTERM as usize;
+        }
+        let eval_now = t.done() || t.eval_due(m.step, &a);
+        let mut line = m.line;
+        if eval_now
+            && root
+            && let Some((fields, best)) = t.validate()?
+        {
+            last_val = fields.get("val_loss").and_then(|v| v.as_f64());
+            for (k, v) in fields {
+                line[k] = v;
+            }
+            if best {
+                fsio::write_atomic(&dir.join("best.safetensors"), &t.model_bytes()?)?;
+            }
+        }
+        // Validation may end a run (early stopping).
+        let last = t.done();
+        let rate = m.work / dt;
+        line[format!("{}_per_s", if J::UNIT == "tok" { "tokens" } else { "sequences" })] = rate.into();
+        line["elapsed_s"] = start.elapsed().as_secs_f64().into();
+        // One write call per line, so a kill leaves whole lines only.
+        metrics.write_all(format!("{line}\n").as_bytes())?;
+        if m.skipped && root {
+            pb.println(format!("warning: step {}: non-finite gradient or update, skipped", m.step));
+        }
+        if let Err(e) = t.health() {
+            pb.abandon();
+            bail!("{e} (last checkpoint: {})", dir.join(CHECKPOINT).display());
+        }
+        if eval_now || (a.checkpoint_every_steps > 0 && m.step.is_multiple_of(a.checkpoint_every_steps)) {
+            metrics.flush()?;
+            save(t, dir)?;
+            saved.store(m.step, Ordering::SeqCst);
+        }
+        if a.sample_every > 0
+            && m.step.is_multiple_of(a.sample_every)
+            && root
+            && let Some(s) = t.sample(m.step)?
+        {
+            pb.println(format!("--- sample at step {} ---\n{s}\n---", m.step));
+        }
+        pb.set_position(m.step);
+        let loss = line["train_loss"].as_f64().unwrap_or(f64::NAN);
+        pb.set_message(t.message(loss, last_val, rate));
+        if sig != 0 && !last {
+            metrics.flush()?;
+            save(t, dir)?;
+            saved.store(m.step, Ordering::SeqCst);
+            pb.abandon();
+            if !root {
+                return Ok(ExitCode::from(128 + sig as u8));
+            }
+            let name = match sig as i32 {
+                signal_hook::consts::SIGTERM => "SIGTERM",
+                signal_hook::consts::SIGHUP => "SIGHUP",
+                _ => "SIGINT",
+            };
+            eprintln!(
+                "interrupted by {name} at step {}: checkpoint saved; continue with: bptt {} --resume {}",
+                m.step,
+                J::COMMAND,
+                dir.display()
+            );
+            return Ok(ExitCode::from(128 + sig as u8));
+        }
+    }
+    metrics.flush()?;
+    save(t, dir)?;
+    pb.finish_and_clear();
+    if !root {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("{}", t.summary(dir));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,671 @@
+//! Training a [`SeqModel`] on a [`Dataset`]: epochs of shuffled mini-batches (padded, with each
+//! sequence's length, so padding never counts), one loss per sequence (optionally class-weighted),
+//! the shared guarded update ([`Updater`]), validation after each epoch with the best model kept
+//! and early stopping, and checkpoints that resume bit for bit (the order of every epoch and the
+//! dropout of every update come from the seed and their number alone).
+
+use crate::cell::CellKind;
+use crate::error::{Error, Result};
+use crate::net::{Dropout, Input, Target, Targets, Workspace};
+use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
+use crate::seq::model::{Batch, SeqModel, SeqSpec, Task, feature_stats};
+use crate::seq::{Dataset, Labels};
+use crate::train::{Clip, Updater};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// The value of the `bptt.checkpoint` metadata key of a `fit` checkpoint.
+pub const CHECKPOINT_FORMAT: &str = "seq-checkpoint/1";
+
+/// Everything that defines a `fit` run (written to `config.json`); see `bptt fit --help` for
+/// the defaults and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FitConfig {
+    /// classify or regress.
+    pub task: Task,
+    /// The recurrent cell.
+    #[serde(with = "cell_name")]
+    pub cell: CellKind,
+    /// H.
+    pub hidden: usize,
+    /// L.
+    pub layers: usize,
+    /// Poolings over time (`last`, `mean`, `max` joined by `+`).
+    pub pool: String,
+    /// Steps per RNN step; 0 = chosen from the data ([`FitConfig::auto_patch`]).
+    pub patch: usize,
+    /// Passes over the training sequences.
+    pub epochs: u64,
+    /// Sequences per update.
+    pub batch: usize,
+    /// `sgd`, `adam`, `adamw`, `rmsprop` or `adagrad`.
+    pub optimizer: String,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: Option<f64>,
+    /// `constant`, `step:EVERY:GAMMA`, `exp:GAMMA` or `cosine[:MIN_LR]` over all updates.
+    pub lr_schedule: String,
+    /// Global-norm clip threshold, 0 = off.
+    pub clip_norm: f64,
+    /// Dropout on the inputs, between layers and before the head, in [0, 1).
+    pub dropout: f64,
+    /// Weight each class by n / (C · n_c) (scikit-learn's `class_weight="balanced"`).
+    pub balanced: bool,
+    /// Fraction of the training sequences held out for validation (stratified by class) when
+    /// no validation file is given; 0 = none.
+    pub valid_fraction: f64,
+    /// Stop after this many epochs without a better validation loss (0 = never).
+    pub patience: u64,
+    /// Seed of the initialisation, the split, the order of each epoch and the dropout.
+    pub seed: u64,
+    /// Stop after this many consecutive skipped (non-finite) updates.
+    pub max_bad_steps: u32,
+}
+
+mod cell_name {
+    use crate::cell::CellKind;
+    pub fn serialize<S: serde::Serializer>(c: &CellKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.name())
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CellKind, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl FitConfig {
+    /// `bptt fit`'s defaults for `task`.
+    pub fn new(task: Task) -> Self {
+        FitConfig {
+            task,
+            cell: CellKind::Lstm,
+            hidden: 128,
+            layers: 1,
+            pool: "last+mean".into(),
+            patch: 0,
+            epochs: 60,
+            batch: 16,
+            optimizer: "adam".into(),
+            lr: 3e-3,
+            weight_decay: None,
+            lr_schedule: "cosine".into(),
+            clip_norm: 5.0,
+            dropout: 0.3,
+            balanced: false,
+            valid_fraction: 0.0,
+            patience: 0,
+            seed: 1,
+            max_bad_steps: 10,
+        }
+    }
+
+    /// The patch that makes a series of `max_len` steps of `features` values about 10–30 RNN
+    /// steps when it is long: 1 up to 64 steps, else ⌈max_len / 20⌉ (at most 512 values per RNN
+    /// step). Reading one value per step, an RNN cannot learn long univariate series.
+    pub fn auto_patch(max_len: usize, features: usize) -> usize {
+        if max_len <= 64 { 1 } else { max_len.div_ceil(20).min((512 / features.max(1)).max(1)) }
+    }
+
+    /// Checks every value; the message names the setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if self.batch == 0 {
+            return bad("batch must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("learning rate must be positive, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
+        }
+        if !(0.0..1.0).contains(&self.valid_fraction) {
+            return bad(format!("validation fraction must be in [0, 1), got {}", self.valid_fraction));
+        }
+        if !(self.clip_norm.is_finite() && self.clip_norm >= 0.0) {
+            return bad(format!("clip norm must be 0 (off) or positive, got {}", self.clip_norm));
+        }
+        if self.balanced && self.task != Task::Classify {
+            return bad("class weights apply to classification only".into());
+        }
+        self.pool.parse::<crate::net::Pool>()?;
+        self.optimizer()?;
+        self.schedule(1)?;
+        Ok(())
+    }
+
+    /// The optimizer this config names.
+    pub fn optimizer(&self) -> Result<OptimizerConfig> {
+        OptimizerConfig::by_name(&self.optimizer)?.with(None, self.weight_decay)
+    }
+
+    /// The learning-rate schedule over `total` updates.
+    pub fn schedule(&self, total: u64) -> Result<LrSchedule> {
+        LrSchedule::parse(&self.lr_schedule, self.lr, 0, total.max(1))
+    }
+
+    /// The dropout of update `step`: its seed from the run's seed and the step alone.
+    fn dropout_at(&self, step: u64) -> Option<Dropout> {
+        let seed = (self.seed ^ 0x3c6e_f372_fe94_f82b).wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        (self.dropout > 0.0).then_some(Dropout { p: self.dropout, locked: false, seed })
+    }
+}
+
+/// Splits sequence indices `0..n` into training and validation: `fraction` of each class (of
+/// all, for regression) goes to validation, chosen by a permutation seeded with `seed`; every
+/// class keeps at least one training sequence.
+pub fn split(data: &Dataset, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let n = data.len();
+    if fraction <= 0.0 {
+        return ((0..n).collect(), Vec::new());
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x51ed_270b_2721_4f3f);
+    let groups: Vec<Vec<usize>> = match &data.labels {
+        Labels::Classes { names, ids } => (0..names.len()).map(|c| (0..n).filter(|&i| ids[i] == c).collect()).collect(),
+        _ => vec![(0..n).collect()],
+    };
+    let (mut train, mut valid) = (Vec::new(), Vec::new());
+    for mut g in groups {
+        g.shuffle(&mut rng);
+        let k = ((g.len() as f64 * fraction).round() as usize).min(g.len().saturating_sub(1));
+        valid.extend_from_slice(&g[..k]);
+        train.extend_from_slice(&g[k..]);
+    }
+    train.sort_unstable();
+    valid.sort_unstable();
+    (train, valid)
+}
+
+/// What one update did (one line of `metrics.jsonl`, less timing).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct FitStep {
+    /// Updates done, counting this one.
+    pub step: u64,
+    /// The epoch this update belongs to (from 0).
+    pub epoch: u64,
+    /// Sequences trained on so far.
+    pub sequences: u64,
+    /// Mean loss of this update's sequences.
+    pub train_loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Clipping changed the gradient.
+    pub clipped: bool,
+    /// The gradient was not finite and was not applied.
+    pub skipped: bool,
+    /// The learning rate used.
+    pub lr: f64,
+}
+
+/// Loss and quality of a model on labelled data.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Score {
+    /// Mean loss per sequence (cross-entropy in nats, or squared error in the target's units²).
+    pub loss: f64,
+    /// Classification: the fraction of sequences whose most probable class is right.
+    pub accuracy: Option<f64>,
+    /// Regression: mean absolute error in the target's units.
+    pub mae: Option<f64>,
+}
+
+/// The targets of a model's task for labelled data: class ids in the model's order, or values.
+#[derive(Clone, Debug)]
+pub enum Truth {
+    /// Class ids (the model's order).
+    Classes(Vec<usize>),
+    /// Target values.
+    Values(Vec<f32>),
+}
+
+impl SeqModel {
+    /// The labels of `data` for this model's task (errors name an unseen class or a missing
+    /// label).
+    pub fn truth(&self, data: &Dataset) -> Result<Truth> {
+        match (self.spec.task, &data.labels) {
+            (Task::Classify, Labels::Classes { .. }) => Ok(Truth::Classes(self.class_ids(data)?)),
+            (Task::Regress, Labels::Values(v)) => Ok(Truth::Values(v.clone())),
+            (Task::Classify, _) => Err(Error::Data("the model classifies but the data has no class labels".into())),
+            (Task::Regress, _) => Err(Error::Data("the model regresses but the data has no target values".into())),
+        }
+    }
+
+    /// The loss and accuracy (or MAE) of this model on `data`, from [`SeqModel::predict`].
+    pub fn score(&self, data: &Dataset, batch: usize, threads: usize) -> Result<Score> {
+        let truth = self.truth(data)?;
+        let out = self.predict(data, batch, threads)?;
+        Ok(score_of(&truth, &out, self.spec.outputs()))
+    }
+}
+
+/// Mean loss and accuracy or MAE of predictions `out` (N, O) against `truth`.
+pub fn score_of(truth: &Truth, out: &[f32], o: usize) -> Score {
+    match truth {
+        Truth::Classes(y) => {
+            let n = y.len().max(1) as f64;
+            let (mut loss, mut right) = (0.0, 0usize);
+            for (p, &c) in out.chunks_exact(o).zip(y) {
+                loss -= (p[c].max(f32::MIN_POSITIVE) as f64).ln();
+                let best = (0..o).fold(0, |b, k| if p[k] > p[b] { k } else { b });
+                right += usize::from(best == c);
+            }
+            Score { loss: loss / n, accuracy: Some(right as f64 / n), mae: None }
+        }
+        Truth::Values(y) => {
+            let n = y.len().max(1) as f64;
+            let (se, ae) = out.iter().zip(y).fold((0.0, 0.0), |(s, a), (&p, &t)| {
+                let d = (p - t) as f64;
+                (s + d * d, a + d.abs())
+            });
+            Score { loss: se / n, accuracy: None, mae: Some(ae / n) }
+        }
+    }
+}
+
+/// A `fit` run in memory: the model, its training and validation data, and the position.
+pub struct Fitter {
+    /// The run's settings.
+    pub cfg: FitConfig,
+    /// The model being trained.
+    pub model: SeqModel,
+    train: Dataset,
+    starts: Vec<usize>,
+    valid: Option<Dataset>,
+    /// Training targets: class ids (as u32) or standardised values, and per-class weights.
+    classes: Vec<u32>,
+    values: Vec<f32>,
+    class_weights: Vec<f32>,
+    ws: Workspace<f32>,
+    tail: Option<Workspace<f32>>,
+    grads: Vec<f32>,
+    updater: Updater,
+    buf: Batch,
+    yb: Vec<u32>,
+    vb: Vec<f32>,
+    wb: Vec<f32>,
+    order: Vec<usize>,
+    threads: usize,
+    /// Updates done.
+    pub step: u64,
+    /// Sequences trained on so far.
+    pub seen: u64,
+    /// Total updates of the run (epochs × updates per epoch).
+    pub total: u64,
+    /// The current epoch and the next update's index within it.
+    pub epoch: u64,
+    epoch_update: usize,
+    /// Best validation loss so far.
+    pub best_val: Option<f64>,
+    /// Epochs since the best validation loss.
+    pub since_best: u64,
+    stopped_early: bool,
+}
+
+impl Fitter {
+    /// A run at step 0 on `train` (and `valid`, a separate validation set, if given; else
+    /// `cfg.valid_fraction` of `train` is held out).
+    pub fn new(cfg: FitConfig, train: Dataset, valid: Option<Dataset>, threads: usize) -> Result<Self> {
+        cfg.validate()?;
+        if train.is_empty() {
+            return Err(Error::Data("the training data holds no sequences".into()));
+        }
+        let (train, valid) = match valid {
+            Some(v) => (train, Some(v)),
+            None if cfg.valid_fraction > 0.0 => {
+                let (t, v) = split(&train, cfg.valid_fraction, cfg.seed);
+                let valid = (!v.is_empty()).then(|| train.subset(&v));
+                (train.subset(&t), valid)
+            }
+            None => (train, None),
+        };
+        let (task_ok, classes, target) = match (&train.labels, cfg.task) {
+            (Labels::Classes { names, ids }, Task::Classify) => {
+                let mut count = vec![0usize; names.len()];
+                ids.iter().for_each(|&c| count[c] += 1);
+                if let Some(c) = count.iter().position(|&k| k == 0) {
+                    return Err(Error::Data(format!(
+                        "class '{}' has no training sequence: drop it from the file's @classLabel list or add \
+                         examples",
+                        names[c]
+                    )));
+                }
+                (true, names.clone(), (0.0, 1.0))
+            }
+            (Labels::Values(v), Task::Regress) => {
+                let n = v.len().max(1) as f64;
+                let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+                let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+                let std = if var.sqrt() < 1e-12 { 1.0 } else { var.sqrt() };
+                (true, Vec::new(), (mean, std))
+            }
+            _ => (false, Vec::new(), (0.0, 1.0)),
+        };
+        if !task_ok {
+            return Err(Error::Data(match cfg.task {
+                Task::Classify => "classification needs class labels in the training data (a .ts file with @classLabel true, or a label column)".into(),
+                Task::Regress => "regression needs a target value per sequence (a .ts file with @targetLabel true, or a target column)".into(),
+            }));
+        }
+        let max_len = train.max_len().max(valid.as_ref().map_or(0, |v| v.max_len()));
+        let patch = if cfg.patch == 0 { FitConfig::auto_patch(max_len, train.features) } else { cfg.patch };
+        let spec = SeqSpec {
+            task: cfg.task,
+            cell: cfg.cell,
+            hidden_size: cfg.hidden,
+            num_layers: cfg.layers,
+            pool: cfg.pool.clone(),
+            patch,
+            features: train.features,
+            classes,
+            target_mean: target.0,
+            target_std: target.1,
+        };
+        let all: Vec<usize> = (0..train.len()).collect();
+        let (mean, std) = feature_stats(&train, &all);
+        let model = SeqModel::new(spec, mean, std, cfg.seed)?;
+        if let Some(v) = &valid {
+            model.check_data(v)?;
+            model.truth(v)?;
+        }
+        Self::with_model(cfg, model, train, valid, threads)
+    }
+
+    /// A run at step 0 training `model` (its spec and statistics kept) on `train`.
+    fn with_model(
+        cfg: FitConfig,
+        model: SeqModel,
+        train: Dataset,
+        valid: Option<Dataset>,
+        threads: usize,
+    ) -> Result<Self> {
+        let n = train.len();
+        let b = cfg.batch.min(n);
+        let per_epoch = n.div_ceil(b) as u64;
+        let total = cfg.epochs.checked_mul(per_epoch).ok_or_else(|| {
+            Error::Config(format!("{} epochs are more updates than can be counted: give fewer", cfg.epochs))
+        })?;
+        let truth = model.truth(&train)?;
+        let (classes, values) = match &truth {
+            super::fit::Truth::Classes(y) => (y.iter().map(|&c| c as u32).collect(), Vec::new()),
+            super::fit::Truth::Values(v) => {
+                let (m, s) = (model.spec.target_mean, model.spec.target_std);
+                (Vec::new(), v.iter().map(|&x| ((x as f64 - m) / s) as f32).collect())
+            }
+        };
+        let o = model.spec.outputs();
+        let class_weights = if cfg.balanced {
+            let mut count = vec![0usize; o];
+            classes.iter().for_each(|&c: &u32| count[c as usize] += 1);
+            count.iter().map(|&k| (n as f64 / (o as f64 * k.max(1) as f64)) as f32).collect()
+        } else {
+            Vec::new()
+        };
+        let max_steps = train.lengths.iter().map(|&l| model.steps_of(l)).max().unwrap_or(1).max(1);
+        let mut ws = model.net.workspace::<f32>(max_steps, b, threads)?;
+        let mut tail =
+            if !n.is_multiple_of(b) { Some(model.net.workspace::<f32>(max_steps, n % b, threads)?) } else { None };
+        // Allocate the dropout masks now, not in the training loop.
+        ws.set_dropout(cfg.dropout_at(0))?;
+        if let Some(t) = tail.as_mut() {
+            t.set_dropout(cfg.dropout_at(0))?;
+        }
+        let slab = model.params.len();
+        let optimizer = Optimizer::new(cfg.optimizer()?, slab)?.with_threads(threads);
+        let clip = Clip { max_norm: (cfg.clip_norm > 0.0).then_some(cfg.clip_norm), max_value: None };
+        let updater = Updater::new(slab, optimizer, cfg.schedule(total)?, clip, cfg.max_bad_steps, None)?;
+        let mut f = Fitter {
+            starts: train.starts(),
+            train,
+            valid,
+            classes,
+            values,
+            class_weights,
+            ws,
+            tail,
+            grads: vec![0.0; slab],
+            updater,
+            buf: Batch::default(),
+            yb: Vec::with_capacity(b),
+            vb: Vec::with_capacity(b * o),
+            wb: Vec::with_capacity(b),
+            order: Vec::with_capacity(n),
+            threads,
+            step: 0,
+            seen: 0,
+            total,
+            epoch: 0,
+            epoch_update: 0,
+            best_val: None,
+            since_best: 0,
+            stopped_early: false,
+            model,
+            cfg,
+        };
+        f.shuffle();
+        Ok(f)
+    }
+
+    /// The order of the current epoch: a permutation seeded by the run's seed and the epoch.
+    fn shuffle(&mut self) {
+        self.order.clear();
+        self.order.extend(0..self.train.len());
+        let seed = (self.cfg.seed ^ 0x2545_f491_4f6c_dd1d).wrapping_add(self.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        self.order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    }
+
+    /// Sequences per update (the last update of an epoch may have fewer).
+    pub fn batch(&self) -> usize {
+        self.ws.batch()
+    }
+
+    /// Updates in one epoch.
+    pub fn updates_per_epoch(&self) -> usize {
+        self.train.len().div_ceil(self.batch())
+    }
+
+    /// The training and validation sequences.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.train.len(), self.valid.as_ref().map_or(0, Dataset::len))
+    }
+
+    /// True once every update is done, or early stopping ended the run.
+    pub fn done(&self) -> bool {
+        self.step >= self.total || self.stopped_early
+    }
+
+    /// True if the last update ended an epoch.
+    pub fn epoch_ended(&self) -> bool {
+        self.epoch_update == 0 && self.step > 0
+    }
+
+    /// True if early stopping ended the run.
+    pub fn stopped_early(&self) -> bool {
+        self.stopped_early
+    }
+
+    /// Ok while training is healthy (see [`Updater::health`]).
+    pub fn health(&self) -> Result<()> {
+        self.updater.health(self.step)
+    }
+
+    /// One update: the next batch of the epoch's order, forward, backward, clip, step.
+    pub fn step(&mut self) -> Result<FitStep> {
+        let b = self.batch();
+        let start = self.epoch_update * b;
+        let end = (start + b).min(self.train.len());
+        let rows = end - start;
+        let ws = match self.tail.as_mut() {
+            Some(t) if rows < b => t,
+            _ => &mut self.ws,
+        };
+        let which = &self.order[start..end];
+        self.model.fill_batch(&self.train, which, &self.starts, &mut self.buf);
+        ws.set_lengths(Some(&self.buf.lengths))?;
+        ws.set_dropout(self.cfg.dropout_at(self.step))?;
+        self.yb.clear();
+        self.vb.clear();
+        self.wb.clear();
+        let target = match self.model.spec.task {
+            Task::Classify => {
+                self.yb.extend(which.iter().map(|&i| self.classes[i]));
+                Target::Classes(&self.yb)
+            }
+            Task::Regress => {
+                self.vb.extend(which.iter().map(|&i| self.values[i]));
+                Target::Values(&self.vb)
+            }
+        };
+        let mut targets = Targets { target, mask: None };
+        if !self.class_weights.is_empty() {
+            self.wb.extend(self.yb.iter().map(|&c| self.class_weights[c as usize]));
+            targets.mask = Some(&self.wb);
+        }
+        let net = &self.model.net;
+        let loss = net.forward(&self.model.params, ws, Input::Dense(&self.buf.x), Some(targets), None)? as f64;
+        self.grads.fill(0.0);
+        net.backward(&self.model.params, ws, &mut self.grads)?;
+        let (report, lr) = self.updater.apply(self.step, &mut self.model.params, &mut self.grads);
+        self.updater.record(loss, report.skipped);
+        self.step += 1;
+        self.seen += rows as u64;
+        self.epoch_update += 1;
+        let epoch = self.epoch;
+        if self.epoch_update >= self.updates_per_epoch() {
+            self.epoch += 1;
+            self.epoch_update = 0;
+            self.shuffle();
+        }
+        Ok(FitStep {
+            step: self.step,
+            epoch,
+            sequences: self.seen,
+            train_loss: loss,
+            grad_norm: report.grad_norm,
+            clipped: report.clipped,
+            skipped: report.skipped,
+            lr,
+        })
+    }
+
+    /// Scores the model on the validation data (`None` without one); keeps the best loss and
+    /// counts the epochs since it for early stopping (call it once per epoch).
+    pub fn validate(&mut self) -> Result<Option<Score>> {
+        let Some(valid) = &self.valid else { return Ok(None) };
+        let s = self.model.score(valid, self.cfg.batch.max(64), self.threads)?;
+        if self.best_val.is_none_or(|b| s.loss < b) {
+            self.best_val = Some(s.loss);
+            self.since_best = 0;
+        } else {
+            self.since_best += 1;
+            if self.cfg.patience > 0 && self.since_best >= self.cfg.patience {
+                self.stopped_early = true;
+            }
+        }
+        Ok(Some(s))
+    }
+
+    /// The checkpoint file's bytes: the model, the updater's state and the position.
+    pub fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
+        let (extra, mut meta) = self.updater.checkpoint();
+        let config = serde_json::to_string(&self.cfg).map_err(|e| Error::Config(e.to_string()))?;
+        meta.extend([
+            ("bptt.checkpoint".to_string(), CHECKPOINT_FORMAT.to_string()),
+            ("step".to_string(), self.step.to_string()),
+            ("seen".to_string(), self.seen.to_string()),
+            ("epoch".to_string(), self.epoch.to_string()),
+            ("epoch_update".to_string(), self.epoch_update.to_string()),
+            ("best_val".to_string(), self.best_val.map_or("none".into(), |v| format!("{v:?}"))),
+            ("since_best".to_string(), self.since_best.to_string()),
+            ("stopped_early".to_string(), self.stopped_early.to_string()),
+            ("config".to_string(), config),
+        ]);
+        self.model.to_bytes_with(&extra, &meta)
+    }
+
+    /// Rebuilds a run from checkpoint bytes and the same data (`valid` as given to
+    /// [`Fitter::new`]); `epochs` replaces the total.
+    pub fn resume(
+        bytes: &[u8],
+        train: Dataset,
+        valid: Option<Dataset>,
+        epochs: Option<u64>,
+        threads: usize,
+    ) -> std::result::Result<Self, String> {
+        let (model, file) = SeqModel::parse(bytes)?;
+        let meta = |k: &str| file.metadata.get(k).ok_or_else(|| format!("checkpoint metadata '{k}' is missing"));
+        if meta("bptt.checkpoint")? != CHECKPOINT_FORMAT {
+            return Err(format!("not a {CHECKPOINT_FORMAT} checkpoint"));
+        }
+        let int = |k: &str| -> std::result::Result<u64, String> {
+            meta(k)?.parse().map_err(|_| format!("checkpoint metadata '{k}' is not a whole number"))
+        };
+        let mut cfg: FitConfig =
+            serde_json::from_str(meta("config")?).map_err(|e| format!("checkpoint config is unreadable: {e}"))?;
+        if let Some(e) = epochs {
+            cfg.epochs = e;
+        }
+        cfg.validate().map_err(|e| e.to_string())?;
+        // The same split of the same data as the run that wrote the checkpoint.
+        let (train, valid) = match valid {
+            Some(v) => (train, Some(v)),
+            None if cfg.valid_fraction > 0.0 => {
+                let (t, v) = split(&train, cfg.valid_fraction, cfg.seed);
+                let valid = (!v.is_empty()).then(|| train.subset(&v));
+                (train.subset(&t), valid)
+            }
+            None => (train, None),
+        };
+        model.check_data(&train).map_err(|e| e.to_string())?;
+        let mut f = Fitter::with_model(cfg, model, train, valid, threads).map_err(|e| e.to_string())?;
+        f.updater.restore(&file.tensors, &file.metadata)?;
+        (f.step, f.epoch, f.seen) = (int("step")?, int("epoch")?, int("seen")?);
+        f.epoch_update = int("epoch_update")? as usize;
+        f.since_best = int("since_best")?;
+        f.stopped_early = meta("stopped_early")? == "true";
+        f.best_val = match meta("best_val")?.as_str() {
+            "none" => None,
+            v => Some(v.parse().map_err(|_| "checkpoint metadata 'best_val' is not a number".to_string())?),
+        };
+        if f.epoch_update >= f.updates_per_epoch() {
+            return Err("checkpoint position lies beyond the end of the epoch: was the data changed?".into());
+        }
+        f.shuffle();
+        Ok(f)
+    }
+
+    /// The memory a run needs beyond its data, in bytes (workspaces, slabs, optimizer state),
+    /// computed without allocating.
+    pub fn estimate_bytes(cfg: &FitConfig, data: &Dataset) -> Result<u64> {
+        let max_len = data.max_len().max(1);
+        let patch = if cfg.patch == 0 { FitConfig::auto_patch(max_len, data.features) } else { cfg.patch };
+        let classes = match &data.labels {
+            Labels::Classes { names, .. } => names.len().max(2),
+            _ => 1,
+        };
+        let net = crate::net::NetConfig {
+            cell: cfg.cell,
+            input: crate::net::InputKind::Dense { size: data.features.saturating_mul(patch) },
+            hidden: cfg.hidden,
+            layers: cfg.layers,
+            output: classes,
+            loss: if cfg.task == Task::Classify {
+                crate::net::LossKind::CrossEntropy
+            } else {
+                crate::net::LossKind::Mse
+            },
+            head: crate::net::Head::Pooled(cfg.pool.parse()?),
+        };
+        let steps = max_len.div_ceil(patch);
+        let b = cfg.batch.clamp(1, data.len().max(1)) as u64;
+        let ws = Workspace::<f32>::estimate_bytes(&net, steps, b as usize);
+        let params = crate::Net::new(net)?.num_params() as u64;
+        // Two workspaces (the last batch's), dropout masks (≈ one more), four slabs (params,
+        // grads, backup, the updater's) plus the optimizer's buffers, the data copy of a split.
+        let slabs = params * 4 * (4 + 2);
+        Ok(ws.saturating_mul(3).saturating_add(slabs).saturating_add((data.values.len() * 4) as u64))
+    }
+}
