@@ -25,7 +25,7 @@ pub struct Args {
     /// Output folder [default: runs/demo-<UTC timestamp>].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Text for the char-LM section [default: ../shared/data/tinyshakespeare.txt if present].
+    /// Text for the char-LM section [default: data/tinyshakespeare.txt, shipped in the repository].
     #[arg(long)]
     text: Option<PathBuf>,
     /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
@@ -87,9 +87,11 @@ impl Ctx {
 }
 
 fn default_text() -> Option<PathBuf> {
+    // The repository's copy, from the clone's root (or the binary's folder's grandparent).
+    let exe_root = std::env::current_exe().ok().and_then(|e| e.parent()?.parent()?.parent().map(PathBuf::from));
     let candidates =
-        [PathBuf::from("../shared/data/tinyshakespeare.txt"), PathBuf::from("shared/data/tinyshakespeare.txt")];
-    candidates.into_iter().find(|p| p.is_file())
+        [Some(PathBuf::from("data/tinyshakespeare.txt")), exe_root.map(|r| r.join("data/tinyshakespeare.txt"))];
+    candidates.into_iter().flatten().find(|p| p.is_file())
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -420,8 +422,7 @@ fn char_lm(cx: &Ctx, text: Option<(&Path, &str)>, steps: u64, q: &str) -> Result
     let Some((path, raw)) = text else {
         return Ok(Section {
             title,
-            text: "Skipped: no text was found (../shared/data/tinyshakespeare.txt is absent and --text was not given)."
-                .into(),
+            text: "Skipped: no text was found (data/tinyshakespeare.txt is absent and --text was not given).".into(),
             ..Default::default()
         });
     };

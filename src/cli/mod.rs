@@ -5,9 +5,12 @@ mod bench;
 mod demo;
 mod diagnose;
 mod eval;
+mod evaluate;
+mod fit;
 mod graph;
 mod memory;
 mod plot;
+mod predict;
 mod run;
 mod sample;
 mod task;
@@ -38,6 +41,12 @@ enum Command {
     Sample(sample::Args),
     /// Report a model's loss, bits per character and perplexity on a text.
     Eval(eval::Args),
+    /// Train a classifier or regressor on your own sequences (.ts or long-form CSV).
+    Fit(Box<fit::Args>),
+    /// Predict with a `fit` model: class and probabilities, or value, per sequence.
+    Predict(predict::Args),
+    /// Score a `fit` model on labelled sequences: accuracy, per-class F1, confusion; MSE/MAE.
+    Evaluate(evaluate::Args),
     /// Train on a long-range benchmark (adding problem, copy task) and compare with its baseline.
     Task(task::Args),
     /// Measure gradient flow through time (vanishing, exploding, truncation) and plot it.
@@ -81,6 +90,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Train(a) => train::run(*a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Fit(a) => fit::run(*a),
+        Command::Predict(a) => predict::run(a),
+        Command::Evaluate(a) => evaluate::run(a),
         Command::Task(a) => task::run(a),
         Command::Diagnose(a) => diagnose::run(a),
         Command::Graph(a) => graph::run(a),

@@ -78,7 +78,21 @@ pub struct Pool {
     pub max: bool,
 }
 
+/// One pooling over time (see [`Pool`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pooling {
+    Last,
+    Mean,
+    Max,
+}
+
 impl Pool {
+    /// The poolings chosen, in feature order (last, mean, max).
+    pub(crate) fn kinds(&self) -> impl Iterator<Item = Pooling> + use<> {
+        let chosen = [(self.last, Pooling::Last), (self.mean, Pooling::Mean), (self.max, Pooling::Max)];
+        chosen.into_iter().filter(|(on, _)| *on).map(|(_, k)| k)
+    }
+
     /// P, the number of poolings chosen.
     pub fn count(&self) -> usize {
         usize::from(self.last) + usize::from(self.mean) + usize::from(self.max)

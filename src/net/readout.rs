@@ -5,7 +5,7 @@
 use crate::error::{Error, Result, check_len};
 use crate::float::Float;
 use crate::kernels::{self, Mat, MatMut, team};
-use crate::net::{LossKind, Net, NetConfig, Pool, Target, Targets};
+use crate::net::{LossKind, Net, NetConfig, Pool, Pooling, Target, Targets};
 
 /// The length of sequence `r` within a pass of `steps` steps (all of them without lengths).
 fn length(lengths: &[usize], r: usize, steps: usize) -> usize {
@@ -30,26 +30,27 @@ pub(crate) fn pool<F: Float>(
     let row = |t: usize, r: usize| &top[(t * b + r) * h..(t * b + r + 1) * h];
     for (r, f) in feats.chunks_exact_mut(p * h).enumerate().take(b) {
         let len = length(lengths, r, steps);
-        let mut slots = f.chunks_exact_mut(h);
-        if let (true, Some(last)) = (pool.last, slots.next()) {
-            last.copy_from_slice(row(len - 1, r));
-        }
-        if let (true, Some(mean)) = (pool.mean, slots.next()) {
-            mean.copy_from_slice(row(0, r));
-            for t in 1..len {
-                kernels::add_into(mean, row(t, r));
-            }
-            let inv = F::one() / F::of(len as f64);
-            mean.iter_mut().for_each(|v| *v *= inv);
-        }
-        if let (true, Some(max)) = (pool.max, slots.next()) {
-            let at = &mut argmax[r * h..(r + 1) * h];
-            max.copy_from_slice(row(0, r));
-            at.fill(0);
-            for t in 1..len {
-                for ((m, a), &v) in max.iter_mut().zip(at.iter_mut()).zip(row(t, r)) {
-                    if v > *m {
-                        (*m, *a) = (v, t as u32);
+        for (kind, slot) in pool.kinds().zip(f.chunks_exact_mut(h)) {
+            match kind {
+                Pooling::Last => slot.copy_from_slice(row(len - 1, r)),
+                Pooling::Mean => {
+                    slot.copy_from_slice(row(0, r));
+                    for t in 1..len {
+                        kernels::add_into(slot, row(t, r));
+                    }
+                    let inv = F::one() / F::of(len as f64);
+                    slot.iter_mut().for_each(|v| *v *= inv);
+                }
+                Pooling::Max => {
+                    let at = &mut argmax[r * h..(r + 1) * h];
+                    slot.copy_from_slice(row(0, r));
+                    at.fill(0);
+                    for t in 1..len {
+                        for ((m, a), &v) in slot.iter_mut().zip(at.iter_mut()).zip(row(t, r)) {
+                            if v > *m {
+                                (*m, *a) = (v, t as u32);
+                            }
+                        }
                     }
                 }
             }
@@ -76,21 +77,22 @@ pub(crate) fn unpool<F: Float>(
     for (r, d) in dfeats.chunks_exact(p * h).enumerate().take(b) {
         let len = length(lengths, r, steps);
         let at = |t: usize| (t * b + r) * h;
-        let mut slots = d.chunks_exact(h);
-        if let (true, Some(last)) = (pool.last, slots.next()) {
-            kernels::add_into(&mut dtop[at(len - 1)..at(len - 1) + h], last);
-        }
-        if let (true, Some(mean)) = (pool.mean, slots.next()) {
-            let inv = F::one() / F::of(len as f64);
-            for t in 0..len {
-                for (g, &v) in dtop[at(t)..at(t) + h].iter_mut().zip(mean) {
-                    *g += v * inv;
+        for (kind, slot) in pool.kinds().zip(d.chunks_exact(h)) {
+            match kind {
+                Pooling::Last => kernels::add_into(&mut dtop[at(len - 1)..at(len - 1) + h], slot),
+                Pooling::Mean => {
+                    let inv = F::one() / F::of(len as f64);
+                    for t in 0..len {
+                        for (g, &v) in dtop[at(t)..at(t) + h].iter_mut().zip(slot) {
+                            *g += v * inv;
+                        }
+                    }
                 }
-            }
-        }
-        if let (true, Some(max)) = (pool.max, slots.next()) {
-            for (j, &v) in max.iter().enumerate() {
-                dtop[at(argmax[r * h + j] as usize) + j] += v;
+                Pooling::Max => {
+                    for (j, &v) in slot.iter().enumerate() {
+                        dtop[at(argmax[r * h + j] as usize) + j] += v;
+                    }
+                }
             }
         }
     }

@@ -326,6 +326,12 @@ impl Fitter {
             (Labels::Classes { names, ids }, Task::Classify) => {
                 let mut count = vec![0usize; names.len()];
                 ids.iter().for_each(|&c| count[c] += 1);
+                if names.len() < 2 {
+                    return Err(Error::Data(format!(
+                        "classification needs at least 2 classes, the training data has {}",
+                        names.len()
+                    )));
+                }
                 if let Some(c) = count.iter().position(|&k| k == 0) {
                     return Err(Error::Data(format!(
                         "class '{}' has no training sequence: drop it from the file's @classLabel list or add \
@@ -667,5 +673,45 @@ impl Fitter {
         // grads, backup, the updater's) plus the optimizer's buffers, the data copy of a split.
         let slabs = params * 4 * (4 + 2);
         Ok(ws.saturating_mul(3).saturating_add(slabs).saturating_add((data.values.len() * 4) as u64))
+    }
+}
+
+/// A `fit` run folder's `config.json`: the settings, the data files and their hashes (resuming
+/// needs the same data), and the CSV column names used.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FitRun {
+    /// The training settings (also stored in every checkpoint).
+    pub fit: FitConfig,
+    /// The training data.
+    pub train: std::path::PathBuf,
+    /// FNV-1a 64 of its bytes, as 16 hex digits.
+    pub train_fnv1a64: String,
+    /// The validation data, if a file was given.
+    pub valid: Option<std::path::PathBuf>,
+    /// FNV-1a 64 of its bytes.
+    pub valid_fnv1a64: Option<String>,
+    /// The CSV id column given, if any.
+    pub id_column: Option<String>,
+    /// The CSV label column given, if any.
+    pub label_column: Option<String>,
+    /// Write a checkpoint every this many updates besides each epoch's (0 = only those).
+    pub checkpoint_every_steps: u64,
+}
+
+impl FitRun {
+    /// Parses and checks `config.json`'s bytes (`path` names the file in errors).
+    pub fn parse(bytes: &[u8], path: &std::path::Path) -> Result<FitRun> {
+        let bad = |msg: String| Error::Format { path: path.display().to_string(), msg };
+        let run: FitRun = serde_json::from_slice(bytes)
+            .map_err(|e| bad(format!("not a bptt fit configuration ({e}): restore it or start a new run")))?;
+        run.fit
+            .validate()
+            .map_err(|e| bad(format!("{e} (in the stored settings: restore the file or start a new run)")))?;
+        Ok(run)
+    }
+
+    /// The file's text (pretty JSON).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
     }
 }

@@ -2,12 +2,28 @@
 //! target values, read from files (`ts`: the UEA/UCR `.ts` format), and cut into time-major
 //! padded batches with per-sequence lengths for [`crate::Workspace::set_lengths`].
 
+pub mod csv;
 pub mod fit;
+pub mod metrics;
 pub mod model;
 pub mod ts;
 
 pub use fit::{FitConfig, Fitter};
 pub use model::{SeqModel, SeqSpec, Task};
+
+/// Reads a dataset by its file's extension: `.ts` (UEA/UCR) or `.csv` (long form, see
+/// [`csv`]); `columns` names the CSV's columns and says whether labels are values.
+pub fn read(path: &std::path::Path, columns: &csv::Columns) -> crate::Result<Dataset> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "ts" => ts::read(path),
+        "csv" => csv::read(path, columns),
+        _ => Err(crate::Error::Format {
+            path: path.display().to_string(),
+            msg: "unknown data format: give a .ts (UEA/UCR) or .csv (long form: id, features, label) file".into(),
+        }),
+    }
+}
 
 /// The labels of a dataset's sequences.
 #[derive(Clone, Debug, PartialEq)]

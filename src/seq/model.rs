@@ -272,7 +272,8 @@ impl SeqModel {
         let max_steps = data.lengths.iter().map(|&l| self.steps_of(l)).max().unwrap_or(1).max(1);
         let starts = data.starts();
         let mut ws = self.net.workspace::<f32>(max_steps, b, threads)?;
-        let mut tail = if !n.is_multiple_of(b) { Some(self.net.workspace::<f32>(max_steps, n % b, threads)?) } else { None };
+        let mut tail =
+            if !n.is_multiple_of(b) { Some(self.net.workspace::<f32>(max_steps, n % b, threads)?) } else { None };
         let mut buf = Batch::default();
         let order: Vec<usize> = (0..n).collect();
         for (c, which) in order.chunks(b).enumerate() {

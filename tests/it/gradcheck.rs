@@ -15,8 +15,9 @@ const FLOOR: f64 = 1e-5;
 const STEP: f64 = 1e-4;
 
 /// ReLU has kinks: where a pre-activation sits within a few STEP of 0 the finite difference is
-/// meaningless. Such a coordinate is recognised by two stencils (STEP and STEP/8) disagreeing;
-/// it is excluded only for `rnn_relu`, and only a few may be.
+/// meaningless (so has max pooling where two steps nearly tie). Such a coordinate is recognised
+/// by two stencils (STEP and STEP/8) disagreeing; it is excluded only for `rnn_relu` and max
+/// pooling, and only a few may be.
 const KINK: f64 = 1e-4;
 
 fn loss(p: &Problem, params: &[f64], x: &[f64], init: &State<f64>, ws: &mut Workspace<f64>) -> f64 {
@@ -82,7 +83,9 @@ fn check_with(p: &Problem, setup: &dyn Fn(&mut Workspace<f64>)) -> (f64, String)
             worst = (e, what);
         }
     };
-    let relu = net.config().cell == CellKind::RnnRelu;
+    // ReLU and max pooling have kinks (see KINK): there a coordinate may be excluded.
+    let relu =
+        net.config().cell == CellKind::RnnRelu || matches!(net.config().head, bptt::Head::Pooled(pool) if pool.max);
     let mut kinks = 0;
     let mut params = p.params.clone();
     for info in net.params() {
@@ -103,26 +106,38 @@ fn check_with(p: &Problem, setup: &dyn Fn(&mut Workspace<f64>)) -> (f64, String)
         let mut x = p.x.clone();
         for k in 0..x.len() {
             let n = numeric(&mut x, k, |v| loss(p, &p.params, v, &p.init, &mut ws));
+            if relu && rel(dx[k], n) > TOL {
+                let fine = numeric_with(&mut x, k, STEP / 8.0, |v| loss(p, &p.params, v, &p.init, &mut ws));
+                if rel(fine, n) > KINK {
+                    kinks += 1;
+                    continue;
+                }
+            }
             note(rel(dx[k], n), format!("input[{k}]: analytic {} numeric {n}", dx[k]));
         }
     }
-    let mut h0 = p.init.h.clone();
-    for k in 0..h0.len() {
-        let n = numeric(&mut h0, k, |v| {
-            let s = State { h: v.to_vec(), c: p.init.c.clone() };
-            loss(p, &p.params, &p.x, &s, &mut ws)
-        });
-        note(rel(d0.h[k], n), format!("h0[{k}]: analytic {} numeric {n}", d0.h[k]));
+    for (which, analytic) in [("h0", &d0.h), ("c0", &d0.c)] {
+        let at = |v: &[f64]| match which {
+            "h0" => State { h: v.to_vec(), c: p.init.c.clone() },
+            _ => State { h: p.init.h.clone(), c: v.to_vec() },
+        };
+        let mut s0 = if which == "h0" { p.init.h.clone() } else { p.init.c.clone() };
+        for k in 0..s0.len() {
+            let n = numeric(&mut s0, k, |v| loss(p, &p.params, &p.x, &at(v), &mut ws));
+            if relu && rel(analytic[k], n) > TOL {
+                let fine = numeric_with(&mut s0, k, STEP / 8.0, |v| loss(p, &p.params, &p.x, &at(v), &mut ws));
+                if rel(fine, n) > KINK {
+                    kinks += 1;
+                    continue;
+                }
+            }
+            note(rel(analytic[k], n), format!("{which}[{k}]: analytic {} numeric {n}", analytic[k]));
+        }
     }
-    let mut c0 = p.init.c.clone();
-    for k in 0..c0.len() {
-        let n = numeric(&mut c0, k, |v| {
-            let s = State { h: p.init.h.clone(), c: v.to_vec() };
-            loss(p, &p.params, &p.x, &s, &mut ws)
-        });
-        note(rel(d0.c[k], n), format!("c0[{k}]: analytic {} numeric {n}", d0.c[k]));
-    }
-    assert!(kinks * 10 <= net.num_params(), "{kinks} parameters sit on ReLU kinks: pick another seed");
+    assert!(
+        kinks * 10 <= net.num_params(),
+        "{kinks} coordinates sit on kinks (ReLU or max-pooling ties): pick another seed"
+    );
     worst
 }
 
@@ -454,7 +469,7 @@ fn variable_lengths_match_finite_differences() {
 fn pooled_heads_match_finite_differences() {
     use bptt::{LossKind, Pool};
     let pools = ["last", "mean", "max", "last+mean", "last+mean+max"].map(|s| s.parse::<Pool>().unwrap());
-    let mut seed = 2100;
+    let mut seed = 2200; // (from 2100 one max-pooling case sits on a near-tie: 18 kinks)
     for cell in CellKind::ALL {
         for layers in [1, 2] {
             for (k, pool) in pools.iter().enumerate() {
@@ -494,5 +509,48 @@ fn pooled_heads_with_dropout_match_finite_differences() {
             ws.set_lengths(Some(&[4, 2, 3])).unwrap();
         });
         assert!(err < TOL, "{cell}: max rel error {err:.3e} at {at}");
+    }
+}
+
+/// The pooled features follow their definition (a forward-pass check the finite differences
+/// cannot make: a pooling that wrote nothing would have a consistent, zero, gradient): for every
+/// combination of poolings, logits = head.weight · [h_len; mean_t h_t; max_t h_t] + head.bias,
+/// each over the sequence's own steps only.
+#[test]
+fn pooled_features_follow_their_definition() {
+    use bptt::{Input, LossKind, Pool};
+    let names = ["last", "mean", "max", "last+mean", "last+max", "mean+max", "last+mean+max"];
+    for (k, name) in names.iter().enumerate() {
+        let pool: Pool = name.parse().unwrap();
+        let (b, t, lengths) = (3, 6, [6usize, 2, 4]);
+        let p = Problem::pooled(CellKind::Gru, 2, pool, LossKind::CrossEntropy, false, false, b, t, 40 + k as u64);
+        let net = &p.net;
+        let (h, o) = (net.config().hidden, net.config().output);
+        let mut ws = net.workspace::<f64>(t, b, 1).unwrap();
+        ws.set_lengths(Some(&lengths)).unwrap();
+        net.forward(&p.params, &mut ws, Input::Dense(&p.x), None, Some(&p.init)).unwrap();
+        let top = ws.hidden_states(1).to_vec();
+        let w = net.param("head.weight").unwrap().of(&p.params);
+        let bias = net.param("head.bias").unwrap().of(&p.params);
+        for r in 0..b {
+            let len = lengths[r];
+            let at = |s: usize, j: usize| top[(s * b + r) * h + j];
+            let mut feats = Vec::new();
+            if pool.last {
+                feats.extend((0..h).map(|j| at(len - 1, j)));
+            }
+            if pool.mean {
+                feats.extend((0..h).map(|j| (0..len).map(|s| at(s, j)).sum::<f64>() / len as f64));
+            }
+            if pool.max {
+                feats.extend((0..h).map(|j| (0..len).map(|s| at(s, j)).fold(f64::NEG_INFINITY, f64::max)));
+            }
+            assert_eq!(feats.len(), pool.count() * h);
+            for c in 0..o {
+                let want = bias[c] + (0..feats.len()).map(|j| w[c * feats.len() + j] * feats[j]).sum::<f64>();
+                let got = ws.logits()[r * o + c];
+                assert!((want - got).abs() < 1e-12, "{name}: row {r} class {c}: {got} vs {want}");
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! A learning test on tiny-shakespeare (skipped, with a message, when the corpus is absent):
+//! A learning test on tiny-shakespeare (`data/tinyshakespeare.txt`, shipped in the repository):
 //! validation loss falls well below the unigram entropy within a bounded number of updates.
 
 use bptt::CellKind;
@@ -6,20 +6,14 @@ use bptt::charlm::train::TrainConfig;
 use bptt::charlm::{CharModel, ModelSpec, Trainer, Vocab};
 use std::path::Path;
 
-pub fn corpus() -> Option<String> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/tinyshakespeare.txt");
-    match std::fs::read_to_string(&p) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            eprintln!("skipping: {} is not readable ({e})", p.display());
-            None
-        }
-    }
+pub fn corpus() -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/tinyshakespeare.txt");
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{} is part of the repository: {e}", p.display()))
 }
 
 #[test]
 fn lstm_learns_shakespeare_below_unigram_entropy() {
-    let Some(text) = corpus() else { return };
+    let text = corpus();
     let vocab = Vocab::from_text(&text).unwrap();
     let ids = vocab.encode(&text).unwrap();
     let mut counts = vec![0usize; vocab.len()];

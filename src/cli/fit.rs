@@ -1,0 +1,371 @@
+//! `bptt fit`: train a classifier or regressor on your own sequences (`.ts` or long-form CSV),
+//! driven by the loop shared with `train` (`run.rs`): progress, metrics.jsonl, validation each
+//! epoch with the best model kept, early stopping, checkpoints, resume and signals.
+
+use super::memory;
+use super::run::{self, Job, Update};
+use anyhow::{Context, Result, bail};
+use bptt::charlm::{Cadence, fsio};
+use bptt::dist::Group;
+use bptt::seq::csv::Columns;
+use bptt::seq::fit::{FitConfig, FitRun, Fitter};
+use bptt::seq::{Dataset, Task};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+#[derive(clap::Args)]
+#[command(after_help = "Data: a .ts file (UEA/UCR: one sequence per line, its label last) or a long-form CSV \
+(a header; one row per time step: a sequence id, the feature columns, the label or target). Sequences may have \
+different lengths: batches are padded, and padding never counts in the loss or the pooling. Each feature is \
+standardised with the training data's mean and standard deviation (stored in the model). Long series are fed \
+--patch steps at a time (auto: 1 up to 64 steps, else about 20 RNN steps per series). The head reads the last \
+state and the mean over each sequence's own steps (--pool). Defaults: a 1-layer LSTM, H 128, dropout 0.3, \
+Adam 3e-3 with a cosine decay, batch 16, 60 epochs.")]
+pub struct Args {
+    /// Training data: a .ts or long-form .csv file.
+    #[arg(long, required_unless_present = "resume")]
+    train: Option<PathBuf>,
+    /// Validation data (else --valid-fraction of --train is held out).
+    #[arg(long, conflicts_with = "resume")]
+    valid: Option<PathBuf>,
+    /// Fraction of the training sequences held out for validation, per class (0 = none).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with_all = ["resume", "valid"])]
+    valid_fraction: f64,
+    /// classify (one class per sequence) or regress (one value per sequence).
+    #[arg(long, default_value = "classify", conflicts_with = "resume")]
+    task: String,
+    /// Recurrent cell: lstm, gru, rnn_tanh, rnn_relu.
+    #[arg(long, default_value = "lstm", conflicts_with = "resume")]
+    cell: String,
+    /// Hidden width H.
+    #[arg(long, default_value_t = 128, conflicts_with = "resume")]
+    hidden: usize,
+    /// Stacked layers L.
+    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
+    layers: usize,
+    /// What the head reads: last, mean, max, or a sum such as last+mean.
+    #[arg(long, default_value = "last+mean", conflicts_with = "resume")]
+    pool: String,
+    /// Consecutive steps fed as one RNN step (auto: 1 up to 64 steps, else ⌈T/20⌉).
+    #[arg(long, default_value = "auto", conflicts_with = "resume")]
+    patch: String,
+    /// Passes over the training data [default: 60]; with --resume, the new total.
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Sequences per update.
+    #[arg(long, default_value_t = 16, conflicts_with = "resume")]
+    batch: usize,
+    /// sgd, adam, adamw, rmsprop, adagrad.
+    #[arg(long, default_value = "adam", conflicts_with = "resume")]
+    optimizer: String,
+    /// Learning rate.
+    #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true, conflicts_with = "resume")]
+    lr: f64,
+    /// Weight decay (L2 for adam, decoupled for adamw).
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume")]
+    weight_decay: Option<f64>,
+    /// constant, step:EVERY:GAMMA, exp:GAMMA, cosine[:MIN_LR] (over all updates).
+    #[arg(long, default_value = "cosine", conflicts_with = "resume")]
+    lr_schedule: String,
+    /// Clip the global gradient norm to this (0 = off).
+    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true, conflicts_with = "resume")]
+    clip_norm: f64,
+    /// Dropout P on the inputs, between layers and before the head.
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true, conflicts_with = "resume")]
+    dropout: f64,
+    /// none, or balanced: weight each class by n / (classes · its count).
+    #[arg(long, default_value = "none", conflicts_with = "resume")]
+    class_weight: String,
+    /// Stop after this many epochs without a better validation loss (0 = never).
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    patience: u64,
+    /// Seed of the initialisation, the split, the order of each epoch and the dropout.
+    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
+    seed: u64,
+    /// CSV: the sequence-id column [default: id, series or sequence].
+    #[arg(long, conflicts_with = "resume")]
+    id_column: Option<String>,
+    /// CSV: the label or target column [default: label, class, target or y].
+    #[arg(long, conflicts_with = "resume")]
+    label_column: Option<String>,
+    /// Also checkpoint every N updates (besides each epoch's end).
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    checkpoint_every_steps: u64,
+    /// Stop after N consecutive updates with a non-finite gradient.
+    #[arg(long, default_value_t = 10, conflicts_with = "resume")]
+    max_bad_steps: u32,
+    /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores]. A given seed reproduces a run bit for bit at any thread count.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Output folder [default: runs/fit-<UTC timestamp>].
+    #[arg(long, conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Start a fresh run even if --out already holds run files (they are replaced).
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Continue the run in DIR from its checkpoint (bit-exact).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+}
+
+/// The flags that lower the memory a run needs.
+const TRAINING: &str = "lower --hidden, --layers or --batch, or raise --patch";
+
+/// Reads a data file (its memory estimated first) and its hash.
+pub fn read_data(path: &Path, columns: &Columns, threads: usize) -> Result<(Dataset, String)> {
+    memory::Estimate::new(threads)
+        .add("data file and its values", memory::file_bytes(path).saturating_mul(3))
+        .check("use a smaller data file")?;
+    let bytes = fsio::read_bounded(path, 1 << 30)?;
+    let hash = run::fnv1a64(&bytes);
+    drop(bytes);
+    Ok((bptt::seq::read(path, columns)?, hash))
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let threads = super::threads(a.threads)?;
+    let signal = Arc::new(AtomicUsize::new(0));
+    let group = super::group(signal.clone())?;
+    if group.size() > 1 {
+        bail!("bptt fit runs in one process for now: start it without mpirun");
+    }
+    let (mut fitter, dir, _lock) = match &a.resume {
+        Some(dir) => resume(&a, dir, threads)?,
+        None => fresh(&a, threads)?,
+    };
+    let (n_train, n_valid) = fitter.sizes();
+    let patch = fitter.model.spec.patch;
+    eprintln!(
+        "fit: {n_train} training and {n_valid} validation sequences, {} features, patch {patch}, {} updates of {} \
+         in {} epochs; writing {}",
+        fitter.model.spec.features,
+        fitter.total,
+        fitter.batch(),
+        fitter.cfg.epochs,
+        dir.display()
+    );
+    let cadence = Cadence { eval_every: 0, sample_every: 0, checkpoint_every_steps: a.checkpoint_every_steps };
+    let mut job = FitJob { f: &mut fitter, group: Group::single() };
+    run::train_loop(&mut job, &dir, cadence, signal)
+}
+
+fn columns(a: &Args, task: Task) -> Columns {
+    Columns { id: a.id_column.clone(), label: a.label_column.clone(), values: task == Task::Regress }
+}
+
+fn fresh(a: &Args, threads: usize) -> Result<(Fitter, PathBuf, fsio::RunLock)> {
+    let task: Task = a.task.parse()?;
+    let cols = columns(a, task);
+    let train_path = a.train.clone().context("--train is required")?;
+    let (train, train_hash) = read_data(&train_path, &cols, threads)?;
+    let valid = match &a.valid {
+        Some(p) => Some(read_data(p, &cols, threads)?),
+        None => None,
+    };
+    let patch = match a.patch.as_str() {
+        "auto" => 0,
+        v => match v.parse::<usize>() {
+            Ok(k) if k >= 1 => k,
+            _ => bail!("--patch takes a whole number ≥ 1 or auto, got '{v}'"),
+        },
+    };
+    let balanced = match a.class_weight.as_str() {
+        "none" => false,
+        "balanced" => true,
+        other => bail!("--class-weight takes none or balanced, got '{other}'"),
+    };
+    let cfg = FitConfig {
+        task,
+        cell: a.cell.parse()?,
+        hidden: a.hidden,
+        layers: a.layers,
+        pool: a.pool.clone(),
+        patch,
+        epochs: a.epochs.unwrap_or(60),
+        batch: a.batch,
+        optimizer: a.optimizer.clone(),
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        lr_schedule: a.lr_schedule.clone(),
+        clip_norm: a.clip_norm,
+        dropout: a.dropout,
+        balanced,
+        valid_fraction: a.valid_fraction,
+        patience: a.patience,
+        seed: a.seed,
+        max_bad_steps: a.max_bad_steps.max(1),
+    };
+    cfg.validate().map_err(flag_names)?;
+    memory::Estimate::new(threads).add("training", Fitter::estimate_bytes(&cfg, &train)?).check(TRAINING)?;
+    let (valid_path, valid_hash) = (a.valid.clone(), valid.as_ref().map(|(_, h)| h.clone()));
+    let fitter = Fitter::new(cfg.clone(), train, valid.map(|(d, _)| d), threads)
+        .map_err(|e| data_error(e, &train_path, a.valid.as_deref()))?;
+    let (dir, lock) = run::claim_folder(a.out.as_deref(), "fit-", a.force)?;
+    let config = FitRun {
+        fit: cfg,
+        train: train_path,
+        train_fnv1a64: train_hash,
+        valid: valid_path,
+        valid_fnv1a64: valid_hash,
+        id_column: a.id_column.clone(),
+        label_column: a.label_column.clone(),
+        checkpoint_every_steps: a.checkpoint_every_steps,
+    };
+    fsio::write_atomic(&dir.join("config.json"), config.to_json()?.as_bytes())?;
+    fsio::write_atomic(&dir.join(run::METRICS), b"")?;
+    Ok((fitter, dir, lock))
+}
+
+/// A library error about the data, with the file it concerns.
+fn data_error(e: bptt::Error, train: &Path, valid: Option<&Path>) -> anyhow::Error {
+    match (&e, valid) {
+        (bptt::Error::Data(m), Some(v))
+            if m.contains("the model was trained on") || m.contains("not one the model") =>
+        {
+            anyhow::anyhow!("{}: {m}", v.display())
+        }
+        (bptt::Error::Data(m), _) => anyhow::anyhow!("{}: {m}", train.display()),
+        _ => flag_names(e),
+    }
+}
+
+/// Library messages name settings; the command line names its flags.
+fn flag_names(e: bptt::Error) -> anyhow::Error {
+    let m = e.to_string();
+    let flag = [
+        ("epochs", "--epochs"),
+        ("batch", "--batch"),
+        ("learning rate", "--lr"),
+        ("dropout", "--dropout"),
+        ("validation fraction", "--valid-fraction"),
+        ("clip norm", "--clip-norm"),
+        ("pooling", "--pool"),
+        ("learning-rate schedule", "--lr-schedule"),
+        ("hidden size", "--hidden"),
+        ("number of layers", "--layers"),
+        ("patch", "--patch"),
+        ("class weights", "--class-weight"),
+    ]
+    .iter()
+    .find(|(k, _)| m.starts_with(k) || m.contains(&format!(" {k} ")))
+    .map(|(_, f)| *f);
+    match flag {
+        Some(f) => anyhow::anyhow!("{f}: {m}"),
+        None => anyhow::anyhow!(m),
+    }
+}
+
+fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Fitter, PathBuf, fsio::RunLock)> {
+    if !dir.is_dir() {
+        bail!("{}: no such run folder: give the --out folder of an earlier fit", dir.display());
+    }
+    let lock = fsio::RunLock::acquire(dir)?;
+    let cfg_path = dir.join("config.json");
+    let config = FitRun::parse(&fsio::read_bounded(&cfg_path, 1 << 24)?, &cfg_path)?;
+    let cols = Columns {
+        id: config.id_column.clone(),
+        label: config.label_column.clone(),
+        values: config.fit.task == Task::Regress,
+    };
+    let (train, hash) = read_data(&config.train, &cols, threads)?;
+    if hash != config.train_fnv1a64 {
+        bail!("{} differs from the data this run was trained on: resume with the same file", config.train.display());
+    }
+    let valid = match (&config.valid, &config.valid_fnv1a64) {
+        (Some(p), Some(h)) => {
+            let (v, hv) = read_data(p, &cols, threads)?;
+            if &hv != h {
+                bail!("{} differs from the validation data of this run: resume with the same file", p.display());
+            }
+            Some(v)
+        }
+        _ => None,
+    };
+    let ckpt_path = dir.join(run::CHECKPOINT);
+    let bytes = fsio::read_bounded(&ckpt_path, 1 << 36)?;
+    let fitter = Fitter::resume(&bytes, train, valid, a.epochs, threads)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
+    run::reopen_folder(dir, fitter.step)?;
+    Ok((fitter, dir.to_path_buf(), lock))
+}
+
+/// A [`Fitter`] as the loop's job.
+struct FitJob<'a> {
+    f: &'a mut Fitter,
+    group: Group,
+}
+
+impl Job for FitJob<'_> {
+    const COMMAND: &'static str = "fit";
+    const UNIT: &'static str = "seq";
+
+    fn position(&self) -> (u64, u64) {
+        (self.f.step, self.f.total)
+    }
+
+    fn done(&self) -> bool {
+        self.f.done()
+    }
+
+    fn update(&mut self) -> Result<Update> {
+        let m = self.f.step()?;
+        let work = self.f.batch() as f64;
+        Ok(Update { line: serde_json::to_value(m)?, step: m.step, skipped: m.skipped, work })
+    }
+
+    fn eval_due(&self, _step: u64, _cadence: &Cadence) -> bool {
+        self.f.epoch_ended()
+    }
+
+    fn validate(&mut self) -> Result<Option<(serde_json::Map<String, serde_json::Value>, bool)>> {
+        Ok(self.f.validate()?.map(|s| {
+            let mut fields = serde_json::Map::from_iter([("val_loss".to_string(), s.loss.into())]);
+            if let Some(acc) = s.accuracy {
+                fields.insert("val_accuracy".into(), acc.into());
+            }
+            if let Some(mae) = s.mae {
+                fields.insert("val_mae".into(), mae.into());
+            }
+            (fields, self.f.since_best == 0)
+        }))
+    }
+
+    fn health(&self) -> bptt::Result<()> {
+        self.f.health()
+    }
+
+    fn model_bytes(&self) -> Result<Vec<u8>> {
+        Ok(self.f.model.to_bytes_with(&[], &[])?)
+    }
+
+    fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
+        Ok(self.f.checkpoint_bytes()?)
+    }
+
+    fn message(&self, loss: f64, val: Option<f64>, rate: f64) -> String {
+        let val = val.map_or(String::new(), |v| format!(" val {v:.4}"));
+        format!("ep {} loss {loss:.4}{val} {rate:.0} seq/s", self.f.epoch)
+    }
+
+    fn summary(&self, dir: &Path) -> String {
+        let early = if self.f.stopped_early() { " (stopped early: no better validation loss)" } else { "" };
+        let best = match self.f.best_val {
+            Some(v) => {
+                format!("; best validation loss {v:.4}, that model in {}", dir.join("best.safetensors").display())
+            }
+            None => String::new(),
+        };
+        format!(
+            "trained {} epochs ({} updates){early}; model in {}{best}",
+            self.f.epoch,
+            self.f.step,
+            dir.join("model.safetensors").display()
+        )
+    }
+
+    fn group(&self) -> &Group {
+        &self.group
+    }
+}

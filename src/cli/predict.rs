@@ -1,0 +1,114 @@
+//! `bptt predict`: a `fit` model's predictions for every sequence of a data file — the class and
+//! its probabilities, or the value — as CSV (stdout or `--out FILE.csv`) or JSON (`--out
+//! FILE.json`).
+
+use super::memory;
+use anyhow::{Result, bail};
+use bptt::charlm::fsio;
+use bptt::seq::csv::Columns;
+use bptt::seq::{SeqModel, Task};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A model written by `bptt fit` (model.safetensors or best.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// The sequences: a .ts or long-form .csv file (labels, if any, are ignored).
+    #[arg(long)]
+    data: PathBuf,
+    /// Write to this .csv or .json file instead of printing CSV.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// CSV: the sequence-id column [default: id, series or sequence].
+    #[arg(long)]
+    id_column: Option<String>,
+    /// CSV: the label column to ignore [default: label, class, target or y].
+    #[arg(long)]
+    label_column: Option<String>,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// Loads a `fit` model and the data to run it on (memory estimated first), checked to match.
+pub fn load(
+    model: &Path,
+    data: &Path,
+    id: Option<String>,
+    label: Option<String>,
+    threads: usize,
+) -> Result<(SeqModel, bptt::seq::Dataset)> {
+    memory::Estimate::new(threads)
+        .add("model file and weights", memory::file_bytes(model).saturating_mul(2))
+        .check("the model is too large for this machine")?;
+    let m = SeqModel::load(model)?;
+    let columns = Columns { id, label, values: m.spec.task == Task::Regress };
+    let (d, _) = super::fit::read_data(data, &columns, threads)?;
+    m.check_data(&d).map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+    Ok((m, d))
+}
+
+pub fn run(a: Args) -> Result<ExitCode> {
+    let threads = super::threads(a.threads)?;
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let (m, data) = load(&a.model, &a.data, a.id_column.clone(), a.label_column.clone(), threads)?;
+    let out = m.predict(&data, a.batch, threads)?;
+    let o = m.spec.outputs();
+    let json = a.out.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")));
+    let text = if json {
+        let rows: Vec<serde_json::Value> = out
+            .chunks_exact(o)
+            .enumerate()
+            .map(|(i, p)| match m.spec.task {
+                Task::Classify => {
+                    let best = (0..o).fold(0, |b, k| if p[k] > p[b] { k } else { b });
+                    let probs: serde_json::Map<String, serde_json::Value> =
+                        m.spec.classes.iter().zip(p).map(|(c, &v)| (c.clone(), (v as f64).into())).collect();
+                    serde_json::json!({"index": i, "class": m.spec.classes[best], "probabilities": probs})
+                }
+                Task::Regress => serde_json::json!({"index": i, "value": p[0] as f64}),
+            })
+            .collect();
+        serde_json::to_string(&rows)? + "\n"
+    } else {
+        let mut s = match m.spec.task {
+            Task::Classify => {
+                let cols: Vec<String> = m.spec.classes.iter().map(|c| format!("p_{c}")).collect();
+                format!("index,class,{}\n", cols.join(","))
+            }
+            Task::Regress => "index,value\n".to_string(),
+        };
+        for (i, p) in out.chunks_exact(o).enumerate() {
+            match m.spec.task {
+                Task::Classify => {
+                    let best = (0..o).fold(0, |b, k| if p[k] > p[b] { k } else { b });
+                    let probs: Vec<String> = p.iter().map(|v| format!("{v:.6}")).collect();
+                    s.push_str(&format!("{i},{},{}\n", m.spec.classes[best], probs.join(",")));
+                }
+                Task::Regress => s.push_str(&format!("{i},{}\n", p[0])),
+            }
+        }
+        s
+    };
+    match &a.out {
+        Some(path) => {
+            fsio::write_atomic(path, text.as_bytes())?;
+            eprintln!("wrote {} predictions to {}", data.len(), path.display());
+        }
+        None => {
+            use std::io::Write as _;
+            std::io::stdout()
+                .lock()
+                .write_all(text.as_bytes())
+                .map_err(|e| anyhow::Error::new(e).context("cannot write to standard output"))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

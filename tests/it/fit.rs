@@ -1,0 +1,244 @@
+//! `bptt fit` / `predict` / `evaluate` end to end on the shipped JapaneseVowels set: learning,
+//! files, formats (.ts and CSV give the same model), bit-exact resume after SIGTERM and kill -9,
+//! and one-line errors for bad data.
+
+use crate::cli::{bptt, stderr};
+use bptt::seq::{Labels, SeqModel, ts};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/JapaneseVowels").join(name)
+}
+
+/// A small, quick model.
+const QUICK: &[&str] = &["--hidden", "32", "--threads", "1"];
+
+fn fit(out: &Path, train: &Path, extra: &[&str]) -> std::process::Output {
+    let mut a = vec!["fit", "--train", train.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    a.extend_from_slice(QUICK);
+    a.extend_from_slice(extra);
+    bptt(&a)
+}
+
+fn json(o: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+#[test]
+fn fit_learns_japanese_vowels_then_predicts_and_evaluates() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let o =
+        fit(&run, &data("JapaneseVowels_TRAIN.ts"), &["--epochs", "20", "--valid-fraction", "0.2", "--patience", "30"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("216 training and 54 validation sequences"), "{}", stderr(&o));
+    for f in ["model.safetensors", "best.safetensors", "config.json", "metrics.jsonl", "checkpoint.safetensors"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    // One line per update, validation on the last update of each epoch.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20 * 216usize.div_ceil(16));
+    assert_eq!(lines.iter().filter(|l| l.get("val_accuracy").is_some()).count(), 20);
+    let model = run.join("model.safetensors");
+    let test = data("JapaneseVowels_TEST.ts");
+    let e = bptt(&["evaluate", "--model", model.to_str().unwrap(), "--data", test.to_str().unwrap(), "--json"]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    let r = json(&e);
+    let acc = r["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.93, "test accuracy {acc} after 20 epochs");
+    assert_eq!(r["n"], 370);
+    assert_eq!(r["confusion"].as_array().unwrap().len(), 9);
+    let recall: f64 = r["per_class"].as_array().unwrap().iter().map(|c| c["recall"].as_f64().unwrap()).sum();
+    assert!((recall / 9.0 - r["balanced_accuracy"].as_f64().unwrap()).abs() < 1e-12);
+    // predict: a row per sequence, its class the most probable, the probabilities summing to 1.
+    let p = bptt(&["predict", "--model", model.to_str().unwrap(), "--data", test.to_str().unwrap()]);
+    assert!(p.status.success(), "{}", stderr(&p));
+    let text = String::from_utf8(p.stdout).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 371);
+    assert!(rows[0].starts_with("index,class,p_1,p_2"), "{}", rows[0]);
+    let truth = ts::read(&test).unwrap();
+    let Labels::Classes { names, ids } = &truth.labels else { panic!() };
+    let mut right = 0;
+    for (i, row) in rows[1..].iter().enumerate() {
+        let f: Vec<&str> = row.split(',').collect();
+        let probs: Vec<f64> = f[2..].iter().map(|v| v.parse().unwrap()).collect();
+        assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4);
+        right += usize::from(f[1] == names[ids[i]]);
+    }
+    assert!((right as f64 / 370.0 - acc).abs() < 1e-12, "predict and evaluate disagree");
+    // JSON output to a file.
+    let out = d.path().join("p.json");
+    let p = bptt(&[
+        "predict",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(p.status.success(), "{}", stderr(&p));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 370);
+}
+
+/// The same data as .ts and as long-form CSV give the same model file, byte for byte.
+#[test]
+fn ts_and_csv_of_the_same_data_give_the_same_model() {
+    let d = tempfile::tempdir().unwrap();
+    let train = ts::read(&data("JapaneseVowels_TRAIN.ts")).unwrap();
+    let csv = d.path().join("train.csv");
+    std::fs::write(&csv, bptt::seq::csv::to_csv(&train)).unwrap();
+    let back = bptt::seq::csv::read(&csv, &Default::default()).unwrap();
+    assert_eq!(back, train, "the CSV reads back as the same dataset");
+    let (a, b) = (d.path().join("ts"), d.path().join("csv"));
+    let extra = ["--epochs", "2"];
+    assert!(fit(&a, &data("JapaneseVowels_TRAIN.ts"), &extra).status.success());
+    let o = fit(&b, &csv, &extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let x = std::fs::read(a.join("model.safetensors")).unwrap();
+    assert!(x == std::fs::read(b.join("model.safetensors")).unwrap(), "the models differ");
+    // The thread count changes nothing either.
+    let c = d.path().join("threads");
+    let (cs, csvs) = (c.to_str().unwrap(), csv.to_str().unwrap());
+    let o = bptt(&["fit", "--train", csvs, "--out", cs, "--hidden", "32", "--epochs", "2", "--threads", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(x == std::fs::read(c.join("model.safetensors")).unwrap(), "2 threads gave another model");
+}
+
+/// A run stopped by SIGTERM, and one killed with kill -9, resume to the uninterrupted run's
+/// files, byte for byte (validation split, dropout, class weights, cosine schedule).
+#[test]
+fn fit_resumes_bit_exactly_after_sigterm_and_kill_9() {
+    let d = tempfile::tempdir().unwrap();
+    let train = data("JapaneseVowels_TRAIN.ts");
+    let extra =
+        ["--epochs", "12", "--valid-fraction", "0.1", "--class-weight", "balanced", "--checkpoint-every-steps", "1"];
+    let straight = d.path().join("straight");
+    let o = fit(&straight, &train, &extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (k, signal) in ["-TERM", "-KILL"].iter().enumerate() {
+        let run = d.path().join(format!("stopped{k}"));
+        let mut a = vec!["fit", "--train", train.to_str().unwrap(), "--out", run.to_str().unwrap()];
+        a.extend_from_slice(QUICK);
+        a.extend_from_slice(&extra);
+        let mut child =
+            Command::new(env!("CARGO_BIN_EXE_bptt")).args(&a).stderr(Stdio::piped()).spawn().expect("run bptt");
+        // Wait for the first checkpoints, then stop it mid-run.
+        let t0 = Instant::now();
+        while !run.join("checkpoint.safetensors").exists() && t0.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(Command::new("kill").args([*signal, &child.id().to_string()]).status().unwrap().success());
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        if *signal == "-TERM" {
+            assert_eq!(status.code(), Some(143), "{err}");
+            assert!(err.contains("bptt fit --resume"), "{err}");
+        }
+        let o = bptt(&["fit", "--resume", run.to_str().unwrap(), "--threads", "1"]);
+        assert!(o.status.success(), "{signal}: {}", stderr(&o));
+        for f in ["model.safetensors", "best.safetensors", "checkpoint.safetensors"] {
+            let x = std::fs::read(straight.join(f)).unwrap();
+            assert!(x == std::fs::read(run.join(f)).unwrap(), "{signal}: {f} differs after resume");
+        }
+        let losses = |p: &Path| -> Vec<f64> {
+            std::fs::read_to_string(p.join("metrics.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["train_loss"].as_f64().unwrap())
+                .collect()
+        };
+        assert_eq!(losses(&straight), losses(&run), "{signal}: the metrics differ");
+    }
+}
+
+/// A model file round trip keeps everything, and loading refuses other files in one line.
+#[test]
+fn model_files_round_trip_and_refuse_others() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    assert!(fit(&run, &data("JapaneseVowels_TRAIN.ts"), &["--epochs", "1"]).status.success());
+    let m = SeqModel::load(&run.join("model.safetensors")).unwrap();
+    assert_eq!(m.spec.classes.len(), 9);
+    assert_eq!((m.spec.features, m.spec.patch, m.spec.pool.as_str()), (12, 1, "last+mean"));
+    let bytes = m.to_bytes_with(&[], &[]).unwrap();
+    assert_eq!(bytes, std::fs::read(run.join("model.safetensors")).unwrap());
+    // A char-LM file is not a sequence model.
+    let e = SeqModel::from_bytes(&bytes[..bytes.len() - 4]).err().unwrap();
+    assert!(e.contains("truncated"), "{e}");
+}
+
+/// Every bad input is one line on stderr naming the file or flag and a non-zero exit.
+#[test]
+fn bad_sequence_data_gives_one_line() {
+    let d = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = d.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ok_csv = write("ok.csv", "id,a,b,label\n1,0.5,1,x\n1,0.7,2,x\n2,0.1,1,y\n3,0.2,0,y\n3,1,1,y\n4,2,2,x\n");
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (write("ragged.csv", "id,a,b,label\n1,0.5,x\n"), "line 2: 3 fields, the header has 4"),
+        (write("nan.csv", "id,a,b,label\n1,0.5,nan,x\n2,1,1,y\n"), "line 2: missing value in column 'b'"),
+        (write("empty.csv", "id,a,b,label\n1,0.5,,x\n2,1,1,y\n"), "line 2: missing value in column 'b'"),
+        (write("twolabels.csv", "id,a,label\n1,0.5,x\n1,0.6,y\n2,1,y\n"), "line 3: sequence '1' has label 'y'"),
+        (write("noid.csv", "a,b,label\n1,2,x\n"), "no sequence-id column"),
+        (write("text.csv", "id,a,label\n1,abc,x\n"), "'abc' in column 'a' is not a number"),
+        (write("one.csv", "id,a,label\n1,0.5,x\n2,0.6,x\n"), "at least 2 classes"),
+        (write("bad.ts", "@dimensions 1\n@classLabel true a b\n@data\n1,2:c\n"), "label 'c' is not among"),
+        (write("x.npz", "PK"), "unknown data format"),
+        (
+            write("noclass.ts", "@dimensions 1\n@classLabel true a b c\n@data\n1,2:a\n3,4:b\n"),
+            "class 'c' has no training sequence",
+        ),
+    ];
+    for (path, want) in cases {
+        let o = fit(&d.path().join("out"), &path, &["--force", "--epochs", "1"]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{}: accepted", path.display());
+        assert_eq!(err.trim_end().lines().count(), 1, "{}: {err}", path.display());
+        assert!(
+            err.contains(want) && err.contains(path.file_name().unwrap().to_str().unwrap()),
+            "{}: {err}",
+            path.display()
+        );
+    }
+    // Flags.
+    for (flag, value, want) in [
+        ("--pool", "median", "--pool"),
+        ("--patch", "0", "--patch"),
+        ("--dropout", "1.5", "--dropout"),
+        ("--task", "cluster", "classify or regress"),
+        ("--class-weight", "heavy", "--class-weight"),
+    ] {
+        let o = fit(&d.path().join("out"), &ok_csv, &["--force", "--epochs", "1", flag, value]);
+        let err = stderr(&o);
+        assert!(!o.status.success() && err.trim_end().lines().count() == 1 && err.contains(want), "{flag}: {err}");
+    }
+    // A model used on data of another shape, and test data with a class it never saw.
+    let run = d.path().join("run");
+    assert!(fit(&run, &ok_csv, &["--epochs", "1"]).status.success());
+    let model = run.join("model.safetensors");
+    let wide = write("wide.csv", "id,a,b,c,label\n1,0,1,2,x\n");
+    let unseen = write("unseen.csv", "id,a,b,label\n1,0.5,1,z\n");
+    for (path, want) in [(wide, "3 values per step but the model was trained on 2"), (unseen, "class 'z' is not one")] {
+        let o = bptt(&["evaluate", "--model", model.to_str().unwrap(), "--data", path.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert!(!o.status.success() && err.trim_end().lines().count() == 1 && err.contains(want), "{err}");
+        assert!(err.contains(path.file_name().unwrap().to_str().unwrap()), "{err}");
+    }
+    // A char-LM model given to evaluate.
+    let o = bptt(&["evaluate", "--model", ok_csv.to_str().unwrap(), "--data", ok_csv.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).trim_end().lines().count() == 1, "{}", stderr(&o));
+}
