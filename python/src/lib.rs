@@ -7,6 +7,8 @@
 
 use bptt::charlm::train::TrainConfig;
 use bptt::charlm::{CharModel, ModelSpec, Sampler, Trainer, Vocab};
+use bptt::seq::fit::{FitConfig, FitStep, Fitter, Score};
+use bptt::seq::{Dataset, Labels, SeqModel};
 use bptt::{CellKind, Error, Head, Input, InputKind, LossKind, Net, NetConfig, Targets};
 use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{IntoPyArray, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
@@ -429,9 +431,236 @@ fn load_state_dict(py: Python<'_>, path: PathBuf) -> PyResult<Bound<'_, PyDict>>
     state_dict(py, &m.net, &m.params)
 }
 
+/// Sequences from Python: `values` a 1-D float32 array of every sequence's steps back to back
+/// (each step `features` values), `lengths` their step counts; checked for size and finiteness.
+fn dataset(
+    values: &PyReadonlyArrayDyn<'_, f32>,
+    lengths: Vec<usize>,
+    features: usize,
+    labels: Labels,
+) -> PyResult<Dataset> {
+    if features == 0 {
+        return Err(value_err("sequences need at least one feature per step"));
+    }
+    if let Some(i) = lengths.iter().position(|&l| l == 0) {
+        return Err(value_err(format!("sequence {i} has no steps: every sequence needs at least one")));
+    }
+    let total = lengths.iter().try_fold(0usize, |a, &l| a.checked_add(l.checked_mul(features)?));
+    if total != Some(values.len()) {
+        return Err(value_err(format!(
+            "the sequences hold {} values, their lengths × {features} features make {total:?}",
+            values.len()
+        )));
+    }
+    let v: Vec<f32> = values.as_array().iter().copied().collect();
+    if let Some(k) = v.iter().position(|x| !x.is_finite()) {
+        let (mut seq, mut at) = (0, k / features);
+        while seq < lengths.len() && at >= lengths[seq] {
+            at -= lengths[seq];
+            seq += 1;
+        }
+        return Err(value_err(format!(
+            "sequence {seq} step {at} holds a missing or non-finite value (NaN or infinity): fill or drop it first"
+        )));
+    }
+    Ok(Dataset { features, lengths, values: v, labels })
+}
+
+/// The labels from Python: class ids with their names, or target values, or none.
+fn labels(
+    class_names: Option<Vec<String>>,
+    class_ids: Option<Vec<usize>>,
+    targets: Option<Vec<f32>>,
+) -> PyResult<Labels> {
+    match (class_names, class_ids, targets) {
+        (Some(names), Some(ids), None) => {
+            if let Some(bad) = ids.iter().find(|&&i| i >= names.len()) {
+                return Err(value_err(format!("class id {bad} is outside the {} classes", names.len())));
+            }
+            Ok(Labels::Classes { names, ids })
+        }
+        (None, None, Some(v)) => {
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(value_err("y holds a missing or non-finite target (NaN or infinity)"));
+            }
+            Ok(Labels::Values(v))
+        }
+        _ => Ok(Labels::None),
+    }
+}
+
+/// One update's metrics (and the epoch's validation) as a dict.
+fn fit_dict<'py>(py: Python<'py>, m: &FitStep, val: Option<&Score>) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("step", m.step)?;
+    d.set_item("epoch", m.epoch)?;
+    d.set_item("sequences", m.sequences)?;
+    d.set_item("train_loss", m.train_loss)?;
+    d.set_item("grad_norm", m.grad_norm)?;
+    d.set_item("clipped", m.clipped)?;
+    d.set_item("skipped", m.skipped)?;
+    d.set_item("lr", m.lr)?;
+    if let Some(s) = val {
+        d.set_item("val_loss", s.loss)?;
+        if let Some(a) = s.accuracy {
+            d.set_item("val_accuracy", a)?;
+        }
+        if let Some(a) = s.mae {
+            d.set_item("val_mae", a)?;
+        }
+    }
+    Ok(d)
+}
+
+/// A fitted sequence model: the engine behind `bptt.SequenceModel` (which handles the
+/// scikit-learn conventions and the array layouts). Its files are `bptt fit`'s.
+#[pyclass(name = "SeqCore", module = "bptt")]
+struct SeqCore {
+    model: SeqModel,
+    history: Vec<(FitStep, Option<Score>)>,
+}
+
+#[pymethods]
+impl SeqCore {
+    /// Fits a model as `bptt fit` does: `config` is the JSON of its settings (`FitConfig`);
+    /// the data as `dataset` takes it; the best-on-validation weights are kept when there is
+    /// validation data, else the last. GIL released; `callback(step, metrics)` after every
+    /// update (returning False stops); Ctrl-C raises KeyboardInterrupt after the update.
+    #[staticmethod]
+    #[pyo3(signature = (config, values, lengths, features, class_names=None, class_ids=None, targets=None,
+        valid=None, threads=None, callback=None))]
+    fn fit(
+        py: Python<'_>,
+        config: &str,
+        values: PyReadonlyArrayDyn<'_, f32>,
+        lengths: Vec<usize>,
+        features: usize,
+        class_names: Option<Vec<String>>,
+        class_ids: Option<Vec<usize>>,
+        targets: Option<Vec<f32>>,
+        valid: Option<(PyReadonlyArrayDyn<'_, f32>, Vec<usize>, Option<Vec<usize>>, Option<Vec<f32>>)>,
+        threads: Option<usize>,
+        callback: Option<Py<PyAny>>,
+    ) -> PyResult<SeqCore> {
+        let threads = self::threads(threads)?;
+        let cfg: FitConfig = serde_json::from_str(config).map_err(|e| value_err(format!("settings: {e}")))?;
+        let train = dataset(&values, lengths, features, labels(class_names.clone(), class_ids, targets)?)?;
+        let valid = match valid {
+            Some((v, l, ids, t)) => {
+                Some(dataset(&v, l, features, labels(ids.as_ref().and(class_names.clone()), ids, t)?)?)
+            }
+            None => None,
+        };
+        let mut f = Fitter::new(cfg, train, valid, threads).map_err(py_err)?;
+        let mut history = Vec::new();
+        let mut best: Option<Vec<f32>> = None;
+        while !f.done() {
+            let (m, val) = py
+                .detach(|| -> bptt::Result<_> {
+                    let m = f.step()?;
+                    f.health()?;
+                    let val = if f.epoch_ended() || f.done() { f.validate()? } else { None };
+                    Ok((m, val))
+                })
+                .map_err(py_err)?;
+            if val.is_some() && f.since_best == 0 {
+                best = Some(f.model.params.clone());
+            }
+            history.push((m, val));
+            py.check_signals()?;
+            if let Some(cb) = &callback {
+                let go_on = cb.call1(py, (m.step, fit_dict(py, &m, val.as_ref())?))?;
+                if go_on.bind(py).is_instance_of::<pyo3::types::PyBool>() && !go_on.extract::<bool>(py)? {
+                    break;
+                }
+            }
+        }
+        let mut model = f.model;
+        if let Some(p) = best {
+            model.params = p;
+        }
+        Ok(SeqCore { model, history })
+    }
+
+    /// (N, O) class probabilities or predicted values for sequences given as `dataset` takes
+    /// them.
+    #[pyo3(signature = (values, lengths, features, batch=256, threads=None))]
+    fn predict<'py>(
+        &self,
+        py: Python<'py>,
+        values: PyReadonlyArrayDyn<'py, f32>,
+        lengths: Vec<usize>,
+        features: usize,
+        batch: usize,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+        let threads = self::threads(threads)?;
+        if batch == 0 {
+            return Err(value_err("batch must be at least 1"));
+        }
+        let data = dataset(&values, lengths, features, Labels::None)?;
+        let n = data.len();
+        let out = py.detach(|| self.model.predict(&data, batch, threads)).map_err(py_err)?;
+        let a = ArrayD::from_shape_vec(IxDyn(&[n, self.model.spec.outputs()]), out)
+            .map_err(|e| value_err(e.to_string()))?;
+        Ok(a.into_pyarray(py))
+    }
+
+    /// Loads a `bptt fit` model file.
+    #[staticmethod]
+    fn load(path: PathBuf) -> PyResult<SeqCore> {
+        Ok(SeqCore { model: SeqModel::load(&path).map_err(py_err)?, history: Vec::new() })
+    }
+
+    /// Writes the model file (`bptt predict --model` reads it), atomically.
+    fn save(&self, path: PathBuf) -> PyResult<()> {
+        self.model.save(&path).map_err(py_err)
+    }
+
+    /// The model's spec as JSON (task, cell, sizes, pool, patch, features, classes).
+    #[getter]
+    fn spec(&self) -> PyResult<String> {
+        serde_json::to_string(&self.model.spec).map_err(|e| value_err(e.to_string()))
+    }
+
+    /// The weights as a dict of float32 arrays with PyTorch names (`rnn.*`, `head.*`).
+    fn state_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        state_dict(py, &self.model.net, &self.model.params)
+    }
+
+    /// One dict per update of the fit (with `val_loss`, `val_accuracy` at each epoch's end).
+    #[getter]
+    fn history<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.history.iter().map(|(m, v)| fit_dict(py, m, v.as_ref())).collect()
+    }
+}
+
+/// Reads a `.ts` or long-form `.csv` file as `bptt fit` does: (values float32 1-D, lengths,
+/// features, labels) where labels is ("classes", names, ids), ("values", targets) or None.
+#[pyfunction]
+#[pyo3(signature = (path, regress=false))]
+fn read_sequences<'py>(
+    py: Python<'py>,
+    path: PathBuf,
+    regress: bool,
+) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Vec<usize>, usize, Bound<'py, PyAny>)> {
+    let columns = bptt::seq::csv::Columns { id: None, label: None, values: regress };
+    let d = py.detach(|| bptt::seq::read(&path, &columns)).map_err(py_err)?;
+    let labels = match d.labels {
+        Labels::None => py.None().into_bound(py),
+        Labels::Classes { names, ids } => ("classes", names, ids).into_pyobject(py)?.into_any(),
+        Labels::Values(v) => ("values", v).into_pyobject(py)?.into_any(),
+    };
+    let n = d.values.len();
+    let values = ArrayD::from_shape_vec(IxDyn(&[n]), d.values).map_err(|e| value_err(e.to_string()))?;
+    Ok((values.into_pyarray(py), d.lengths, d.features, labels))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CharLM>()?;
+    m.add_class::<SeqCore>()?;
+    m.add_function(wrap_pyfunction!(read_sequences, m)?)?;
     m.add_function(wrap_pyfunction!(gradient, m)?)?;
     m.add_function(wrap_pyfunction!(load_state_dict, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -8,7 +8,10 @@ The engine is Rust (`bptt._core`); this package gives it NumPy in and out:
 - ``gradient(x, y, ...)``: loss and gradients of a net on given data (float64), to compare with
   your own autograd;
 - ``diagnose(model, text)``: the gradient flow, ||dL/dh_t|| per layer and step;
-- ``load_state_dict(path)``: a model file's weights with PyTorch names.
+- ``load_state_dict(path)``: a model file's weights with PyTorch names;
+- ``SequenceModel(task="classify"|"regress", ...)``: ``bptt fit`` with scikit-learn's conventions
+  (``fit``, ``predict``, ``predict_proba``, ``score``, ``get_params``, ``classes_``, ``save``/``load``
+  of the CLI's model files), and ``read_sequences(path)`` for ``.ts`` / CSV files.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import numpy as np
 
 from . import _core
 from ._core import CharLM, load_state_dict
+from .sequence import SequenceModel, read_sequences
 
-__all__ = ["CharLM", "gradient", "diagnose", "load_state_dict", "__version__"]
+__all__ = ["CharLM", "SequenceModel", "read_sequences", "gradient", "diagnose", "load_state_dict", "__version__"]
 __version__ = _core.__version__
 
 

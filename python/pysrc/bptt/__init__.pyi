@@ -1,4 +1,4 @@
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -75,3 +75,54 @@ def gradient(
 ) -> tuple[float, dict[str, npt.NDArray[np.float64]], dict[str, npt.NDArray[np.float64]]]: ...
 def diagnose(model: CharLM, text: str, seq_len: int = 100) -> dict: ...
 def load_state_dict(path: str) -> dict[str, npt.NDArray[np.float32]]: ...
+
+class SequenceModel:
+    """``bptt fit`` with scikit-learn's conventions (see ``bptt.sequence``)."""
+
+    classes_: npt.NDArray[Any]
+    n_features_in_: int
+    def __init__(
+        self,
+        task: str = "classify",
+        cell: str = "lstm",
+        hidden: int = 128,
+        layers: int = 1,
+        pool: str = "last+mean",
+        patch: Union[str, int] = "auto",
+        epochs: int = 60,
+        batch: int = 16,
+        optimizer: str = "adam",
+        lr: float = 3e-3,
+        weight_decay: Optional[float] = None,
+        lr_schedule: str = "cosine",
+        clip_norm: float = 5.0,
+        dropout: float = 0.3,
+        class_weight: Optional[str] = None,
+        valid_fraction: float = 0.0,
+        patience: int = 0,
+        seed: int = 1,
+        threads: Optional[int] = None,
+        callback: Optional[Callable[[int, dict], Any]] = None,
+    ) -> None: ...
+    def get_params(self, deep: bool = True) -> dict[str, Any]: ...
+    def set_params(self, **params: Any) -> SequenceModel: ...
+    def fit(
+        self,
+        X: Any,
+        y: npt.ArrayLike,
+        lengths: Optional[npt.ArrayLike] = None,
+        X_valid: Any = None,
+        y_valid: Optional[npt.ArrayLike] = None,
+        lengths_valid: Optional[npt.ArrayLike] = None,
+    ) -> SequenceModel: ...
+    def predict(self, X: Any, lengths: Optional[npt.ArrayLike] = None) -> npt.NDArray[Any]: ...
+    def predict_proba(self, X: Any, lengths: Optional[npt.ArrayLike] = None) -> npt.NDArray[np.float32]: ...
+    def score(self, X: Any, y: npt.ArrayLike, lengths: Optional[npt.ArrayLike] = None) -> float: ...
+    def state_dict(self) -> dict[str, npt.NDArray[np.float32]]: ...
+    def save(self, path: str) -> None: ...
+    @classmethod
+    def load(cls, path: str) -> SequenceModel: ...
+    @property
+    def history_(self) -> list[dict]: ...
+
+def read_sequences(path: str, regress: bool = False) -> tuple[list[npt.NDArray[np.float32]], Optional[npt.NDArray[Any]]]: ...
