@@ -512,6 +512,12 @@ fn fit_dict<'py>(py: Python<'py>, m: &FitStep, val: Option<&Score>) -> PyResult<
     Ok(d)
 }
 
+/// Validation data from Python: values, lengths, class ids or targets.
+type ValidSet<'py> = (PyReadonlyArrayDyn<'py, f32>, Vec<usize>, Option<Vec<usize>>, Option<Vec<f32>>);
+
+/// A file's sequences for Python: values, lengths, features, labels.
+type SequencesRead<'py> = (Bound<'py, PyArrayDyn<f32>>, Vec<usize>, usize, Bound<'py, PyAny>);
+
 /// A fitted sequence model: the engine behind `bptt.SequenceModel` (which handles the
 /// scikit-learn conventions and the array layouts). Its files are `bptt fit`'s.
 #[pyclass(name = "SeqCore", module = "bptt")]
@@ -538,7 +544,7 @@ impl SeqCore {
         class_names: Option<Vec<String>>,
         class_ids: Option<Vec<usize>>,
         targets: Option<Vec<f32>>,
-        valid: Option<(PyReadonlyArrayDyn<'_, f32>, Vec<usize>, Option<Vec<usize>>, Option<Vec<f32>>)>,
+        valid: Option<ValidSet<'_>>,
         threads: Option<usize>,
         callback: Option<Py<PyAny>>,
     ) -> PyResult<SeqCore> {
@@ -643,7 +649,7 @@ fn read_sequences<'py>(
     py: Python<'py>,
     path: PathBuf,
     regress: bool,
-) -> PyResult<(Bound<'py, PyArrayDyn<f32>>, Vec<usize>, usize, Bound<'py, PyAny>)> {
+) -> PyResult<SequencesRead<'py>> {
     let columns = bptt::seq::csv::Columns { id: None, label: None, values: regress };
     let d = py.detach(|| bptt::seq::read(&path, &columns)).map_err(py_err)?;
     let labels = match d.labels {
