@@ -645,11 +645,7 @@ impl SeqCore {
 /// features, labels) where labels is ("classes", names, ids), ("values", targets) or None.
 #[pyfunction]
 #[pyo3(signature = (path, regress=false))]
-fn read_sequences<'py>(
-    py: Python<'py>,
-    path: PathBuf,
-    regress: bool,
-) -> PyResult<SequencesRead<'py>> {
+fn read_sequences<'py>(py: Python<'py>, path: PathBuf, regress: bool) -> PyResult<SequencesRead<'py>> {
     let columns = bptt::seq::csv::Columns { id: None, label: None, values: regress };
     let d = py.detach(|| bptt::seq::read(&path, &columns)).map_err(py_err)?;
     let labels = match d.labels {

@@ -132,8 +132,10 @@ impl TrainConfig {
     /// The learning-rate schedule over `steps` updates.
     pub fn schedule(&self) -> Result<LrSchedule> {
         let total = self.schedule_steps.unwrap_or(self.steps);
-        LrSchedule::parse(&self.lr_schedule, self.lr, self.warmup, total)
-            .map_err(|e| Error::Config(format!("--lr-schedule: {e}")))
+        LrSchedule::parse(&self.lr_schedule, self.lr, self.warmup, total).map_err(|e| match e {
+            Error::Config(m) if m.starts_with("learning-rate schedule") => Error::Config(format!("--lr-schedule: {m}")),
+            e => e,
+        })
     }
 
     /// The clipping settings.

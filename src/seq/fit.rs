@@ -81,13 +81,13 @@ impl FitConfig {
     pub fn new(task: Task) -> Self {
         FitConfig {
             task,
-            cell: CellKind::Lstm,
-            hidden: 128,
+            cell: CellKind::Gru,
+            hidden: 256,
             layers: 1,
             pool: "last+mean".into(),
             patch: 0,
             epochs: 60,
-            batch: 16,
+            batch: 8,
             optimizer: "adam".into(),
             lr: 3e-3,
             weight_decay: None,

@@ -43,7 +43,7 @@ fn fit_learns_japanese_vowels_then_predicts_and_evaluates() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 20 * 216usize.div_ceil(16));
+    assert_eq!(lines.len(), 20 * 216usize.div_ceil(8));
     assert_eq!(lines.iter().filter(|l| l.get("val_accuracy").is_some()).count(), 20);
     let model = run.join("model.safetensors");
     let test = data("JapaneseVowels_TEST.ts");

@@ -93,8 +93,8 @@ class SequenceModel(_Base):
     of the epoch with the best validation loss are kept.
     """
 
-    def __init__(self, task="classify", cell="lstm", hidden=128, layers=1, pool="last+mean", patch="auto",
-                 epochs=60, batch=16, optimizer="adam", lr=3e-3, weight_decay=None, lr_schedule="cosine",
+    def __init__(self, task="classify", cell="gru", hidden=256, layers=1, pool="last+mean", patch="auto",
+                 epochs=60, batch=8, optimizer="adam", lr=3e-3, weight_decay=None, lr_schedule="cosine",
                  clip_norm=5.0, dropout=0.3, class_weight=None, valid_fraction=0.0, patience=0, seed=1,
                  threads=None, callback=None):
         self.task = task
