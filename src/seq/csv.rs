@@ -157,18 +157,22 @@ pub fn parse(text: &str, columns: &Columns) -> std::result::Result<Dataset, Stri
             }
             Labels::Values(out)
         }
-        Some(_) => {
-            let mut names: Vec<String> = labels.iter().flatten().map(|(v, _)| v.clone()).collect();
-            names.sort();
-            names.dedup();
-            if names.iter().all(|n| n.parse::<f64>().is_ok()) {
-                names.sort_by(|a, b| a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse::<f64>().unwrap_or(0.0)));
-            }
-            let ids = labels.iter().flatten().map(|(v, _)| names.iter().position(|n| n == v).unwrap_or(0)).collect();
-            Labels::Classes { names, ids }
-        }
+        Some(_) => classes_of(&labels.into_iter().flatten().map(|(v, _)| v).collect::<Vec<_>>()),
     };
     Ok(Dataset { features: f, lengths, values, labels })
+}
+
+/// Class labels from one label per sequence: the distinct labels sorted (numerically when every
+/// one is a number, as scikit-learn's `LabelEncoder` orders them), and each sequence's id.
+pub fn classes_of(labels: &[String]) -> Labels {
+    let mut names: Vec<String> = labels.to_vec();
+    names.sort();
+    names.dedup();
+    if names.iter().all(|n| n.parse::<f64>().is_ok()) {
+        names.sort_by(|a, b| a.parse::<f64>().unwrap_or(0.0).total_cmp(&b.parse::<f64>().unwrap_or(0.0)));
+    }
+    let ids = labels.iter().map(|v| names.iter().position(|n| n == v).unwrap_or(0)).collect();
+    Labels::Classes { names, ids }
 }
 
 /// Writes `data` as long-form CSV (`id`, `f1`…`fF`, then `label` if labelled): what [`parse`]

@@ -6,21 +6,26 @@ pub mod csv;
 pub mod fit;
 pub mod metrics;
 pub mod model;
+pub mod npy;
 pub mod ts;
 
 pub use fit::{FitConfig, Fitter};
 pub use model::{SeqModel, SeqSpec, Task};
 
-/// Reads a dataset by its file's extension: `.ts` (UEA/UCR) or `.csv` (long form, see
-/// [`csv`]); `columns` names the CSV's columns and says whether labels are values.
+/// Reads a dataset by its file's extension: `.ts` (UEA/UCR), `.csv` (long form, see [`csv`]),
+/// `.npz` / `.npy` (NumPy, see [`npy`]); `columns` names the CSV's columns and says whether
+/// labels are values.
 pub fn read(path: &std::path::Path, columns: &csv::Columns) -> crate::Result<Dataset> {
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
         "ts" => ts::read(path),
         "csv" => csv::read(path, columns),
+        "npz" | "npy" => npy::read(path, columns.values),
         _ => Err(crate::Error::Format {
             path: path.display().to_string(),
-            msg: "unknown data format: give a .ts (UEA/UCR) or .csv (long form: id, features, label) file".into(),
+            msg: "unknown data format: give a .ts (UEA/UCR), .csv (long form: id, features, label) or .npz (X, y, \
+                  lengths) file"
+                .into(),
         }),
     }
 }

@@ -89,7 +89,88 @@ fn fit_learns_japanese_vowels_then_predicts_and_evaluates() {
     assert_eq!(v.as_array().unwrap().len(), 370);
 }
 
-/// The same data as .ts and as long-form CSV give the same model file, byte for byte.
+/// A `.npy` array: `descr` (e.g. `<f4`), shape, raw little-endian bytes.
+fn npy(descr: &str, shape: &[usize], data: &[u8], fortran: bool) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let order = if fortran { "True" } else { "False" };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+/// A zip of stored members, as `np.savez` writes (`method` 0; 8 pretends deflate). The CRC is
+/// left 0: the reader does not need it.
+fn zip(members: &[(&str, Vec<u8>)], method: u16) -> Vec<u8> {
+    let (mut out, mut cd) = (Vec::new(), Vec::new());
+    for (name, data) in members {
+        let offset = out.len() as u32;
+        let fixed = |sig: u32, extra: &[u8]| {
+            let mut h = sig.to_le_bytes().to_vec();
+            h.extend(extra);
+            h
+        };
+        let mut common = vec![20, 0, 0, 0];
+        common.extend(method.to_le_bytes());
+        common.extend([0u8; 8]); // time, date, crc
+        common.extend((data.len() as u32).to_le_bytes());
+        common.extend((data.len() as u32).to_le_bytes());
+        common.extend((name.len() as u16).to_le_bytes());
+        common.extend([0u8, 0]); // extra length
+        out.extend(fixed(0x0403_4b50, &common));
+        out.extend(name.as_bytes());
+        out.extend(data);
+        let mut c = fixed(0x0201_4b50, &[20, 0]);
+        c.extend(&common);
+        c.extend([0u8; 6]); // comment length, disk, internal attributes
+        c.extend([0u8; 4]); // external attributes
+        c.extend(offset.to_le_bytes());
+        c.extend(name.as_bytes());
+        cd.extend(c);
+    }
+    let at = out.len() as u32;
+    out.extend(&cd);
+    out.extend(0x0605_4b50u32.to_le_bytes());
+    out.extend([0u8; 4]);
+    out.extend((members.len() as u16).to_le_bytes());
+    out.extend((members.len() as u16).to_le_bytes());
+    out.extend((cd.len() as u32).to_le_bytes());
+    out.extend(at.to_le_bytes());
+    out.extend([0u8, 0]);
+    out
+}
+
+/// `data` as an .npz: X (N, T, F) float32 zero-padded, y (N) int64 class names, lengths (N) int64.
+fn npz_of(data: &bptt::seq::Dataset) -> Vec<u8> {
+    let (n, t, f) = (data.len(), data.max_len(), data.features);
+    let mut x = vec![0f32; n * t * f];
+    let starts = data.starts();
+    for i in 0..n {
+        let seq = &data.values[starts[i]..starts[i] + data.lengths[i] * f];
+        x[i * t * f..i * t * f + seq.len()].copy_from_slice(seq);
+    }
+    let Labels::Classes { names, ids } = &data.labels else { panic!() };
+    let y: Vec<u8> = ids.iter().flat_map(|&c| names[c].parse::<i64>().unwrap().to_le_bytes()).collect();
+    let l: Vec<u8> = data.lengths.iter().flat_map(|&k| (k as i64).to_le_bytes()).collect();
+    let xb: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    zip(
+        &[
+            ("X.npy", npy("<f4", &[n, t, f], &xb, false)),
+            ("y.npy", npy("<i8", &[n], &y, false)),
+            ("lengths.npy", npy("<i8", &[n], &l, false)),
+        ],
+        0,
+    )
+}
+
+/// The same data as .ts, as long-form CSV and as .npz give the same model file, byte for byte.
 #[test]
 fn ts_and_csv_of_the_same_data_give_the_same_model() {
     let d = tempfile::tempdir().unwrap();
@@ -98,6 +179,9 @@ fn ts_and_csv_of_the_same_data_give_the_same_model() {
     std::fs::write(&csv, bptt::seq::csv::to_csv(&train)).unwrap();
     let back = bptt::seq::csv::read(&csv, &Default::default()).unwrap();
     assert_eq!(back, train, "the CSV reads back as the same dataset");
+    let npz = d.path().join("train.npz");
+    std::fs::write(&npz, npz_of(&train)).unwrap();
+    assert_eq!(bptt::seq::read(&npz, &Default::default()).unwrap(), train, "the .npz reads back as the same dataset");
     let (a, b) = (d.path().join("ts"), d.path().join("csv"));
     let extra = ["--epochs", "2"];
     assert!(fit(&a, &data("JapaneseVowels_TRAIN.ts"), &extra).status.success());
@@ -105,6 +189,9 @@ fn ts_and_csv_of_the_same_data_give_the_same_model() {
     assert!(o.status.success(), "{}", stderr(&o));
     let x = std::fs::read(a.join("model.safetensors")).unwrap();
     assert!(x == std::fs::read(b.join("model.safetensors")).unwrap(), "the models differ");
+    let n = d.path().join("npz");
+    assert!(fit(&n, &npz, &extra).status.success());
+    assert!(x == std::fs::read(n.join("model.safetensors")).unwrap(), "the .npz model differs");
     // The thread count changes nothing either.
     let c = d.path().join("threads");
     let (cs, csvs) = (c.to_str().unwrap(), csv.to_str().unwrap());
@@ -197,7 +284,8 @@ fn bad_sequence_data_gives_one_line() {
         (write("text.csv", "id,a,label\n1,abc,x\n"), "'abc' in column 'a' is not a number"),
         (write("one.csv", "id,a,label\n1,0.5,x\n2,0.6,x\n"), "at least 2 classes"),
         (write("bad.ts", "@dimensions 1\n@classLabel true a b\n@data\n1,2:c\n"), "label 'c' is not among"),
-        (write("x.npz", "PK"), "unknown data format"),
+        (write("x.parquet", "PAR1"), "unknown data format"),
+        (write("x.npz", "PK"), "not a .npz file"),
         (
             write("noclass.ts", "@dimensions 1\n@classLabel true a b c\n@data\n1,2:a\n3,4:b\n"),
             "class 'c' has no training sequence",
@@ -213,6 +301,47 @@ fn bad_sequence_data_gives_one_line() {
             "{}: {err}",
             path.display()
         );
+    }
+    // NumPy files: a compressed member, Fortran order, an integer X, a cut array, NaN inside.
+    let f4 = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let y2: Vec<u8> = [0i64, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let yy = npy("<i8", &[2], &y2, false);
+    let npz_cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "deflated.npz",
+            zip(&[("X.npy", npy("<f4", &[2, 1, 1], &f4(&[1.0, 2.0]), false))], 8),
+            "np.savez (not np.savez_compressed)",
+        ),
+        (
+            "fortran.npz",
+            zip(&[("X.npy", npy("<f4", &[2, 1, 1], &f4(&[1.0, 2.0]), true)), ("y.npy", yy.clone())], 0),
+            "Fortran order",
+        ),
+        (
+            "int.npz",
+            zip(&[("X.npy", npy("<i8", &[2, 1, 1], &y2, false)), ("y.npy", yy.clone())], 0),
+            "save the values as float32",
+        ),
+        (
+            "cut.npz",
+            zip(&[("X.npy", npy("<f4", &[2, 3, 1], &f4(&[1.0, 2.0]), false)), ("y.npy", yy.clone())], 0),
+            "cut short",
+        ),
+        (
+            "nan.npz",
+            zip(&[("X.npy", npy("<f4", &[2, 2, 1], &f4(&[f32::NAN, 2.0, 1.0, 1.0]), false)), ("y.npy", yy.clone())], 0),
+            "X[0, 0, 0] is NaN",
+        ),
+        ("noX.npz", zip(&[("y.npy", yy.clone())], 0), "no array 'X'"),
+        ("big.npz", zip(&[("X.npy", npy("<f4", &[1 << 40, 1 << 30, 1], &[], false))], 0), "too large"),
+    ];
+    for (name, bytes, want) in npz_cases {
+        let path = d.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let o = fit(&d.path().join("out"), &path, &["--force", "--epochs", "1"]);
+        let err = stderr(&o);
+        assert!(!o.status.success() && err.trim_end().lines().count() == 1, "{name}: {err}");
+        assert!(err.contains(want) && err.contains(name), "{name}: {err}");
     }
     // Flags.
     for (flag, value, want) in [
