@@ -3,8 +3,9 @@
 //! (regression); `--json` prints one line.
 
 use anyhow::{Result, bail};
-use bptt::seq::{Task, metrics};
-use std::path::PathBuf;
+use bptt::seq::forecast::{self, ForecastSpec};
+use bptt::seq::{Labels, SeqModel, Task, metrics};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -32,10 +33,93 @@ pub struct Args {
     threads: Option<usize>,
 }
 
+/// Mean absolute and squared errors of `pred` against `truth`.
+fn errors(truth: &[f32], pred: &[f32]) -> (f64, f64) {
+    let r = metrics::regression(truth, pred);
+    (r.mae, r.mse)
+}
+
+/// A forecaster's errors on the windows of `series` from step `from` on, beside the naive and
+/// seasonal-naive baselines': (model, naive, seasonal) as (MAE, MSE), and the window count.
+fn forecast_errors(
+    m: &SeqModel,
+    series: &forecast::Series,
+    spec: &ForecastSpec,
+    from: usize,
+    threads: usize,
+) -> Result<([(f64, f64); 3], usize)> {
+    let windows = series.windows(spec, from, series.len());
+    if windows.is_empty() {
+        bail!("the series has no window of {} + {} steps to forecast", spec.window, spec.horizon);
+    }
+    let Labels::Values(truth) = &windows.labels else { bail!("no targets") };
+    let pred = m.predict(&windows, 256, threads)?;
+    let (naive, seasonal) = series.baselines(spec, from, series.len());
+    Ok(([errors(truth, &pred), errors(truth, &naive), errors(truth, &seasonal)], windows.len()))
+}
+
+/// After `fit --task forecast`: the held-out MAE (the last `fraction` of the series at `path`)
+/// of the model beside the baselines', printed as a table.
+pub fn forecast_table(
+    m: &SeqModel,
+    path: &Path,
+    spec: &ForecastSpec,
+    fraction: f64,
+    threads: usize,
+    model: &Path,
+) -> Result<()> {
+    let series = forecast::read_series(path)?;
+    let cut = ((series.len() as f64) * (1.0 - fraction)).round() as usize;
+    let ([ours, naive, seasonal], n) = forecast_errors(m, &series, spec, cut, threads)?;
+    super::outln!(
+        "held-out forecasts: {n} windows of the last {:.0}% of {} (horizon {}, window {})",
+        fraction * 100.0,
+        path.display(),
+        spec.horizon,
+        spec.window
+    )?;
+    super::outln!("| forecaster | MAE | MSE |")?;
+    super::outln!("|---|---|---|")?;
+    super::outln!("| bptt ({}) | {:.4} | {:.4} |", model.display(), ours.0, ours.1)?;
+    super::outln!("| naive (last value) | {:.4} | {:.4} |", naive.0, naive.1)?;
+    super::outln!("| seasonal naive (season {}) | {:.4} | {:.4} |", spec.season, seasonal.0, seasonal.1)?;
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let threads = super::threads(a.threads)?;
     if a.batch == 0 {
         bail!("--batch must be at least 1");
+    }
+    if let Some(spec) = super::predict::forecaster(&a.model, threads)? {
+        let m = SeqModel::load(&a.model)?;
+        let series = forecast::read_series(&a.data)?;
+        if series.names.len() != m.spec.features {
+            bail!(
+                "{}: the series has {} numeric columns but the model was trained on {}",
+                a.data.display(),
+                series.names.len(),
+                m.spec.features
+            );
+        }
+        let ([ours, naive, seasonal], n) =
+            forecast_errors(&m, &series, &spec, 0, threads).map_err(|e| e.context(a.data.display().to_string()))?;
+        if a.json {
+            let v = serde_json::json!({"n": n, "mae": ours.0, "mse": ours.1, "naive_mae": naive.0, "naive_mse": naive.1,
+                "seasonal_naive_mae": seasonal.0, "seasonal_naive_mse": seasonal.1});
+            super::outln!("{v}")?;
+        } else {
+            super::outln!(
+                "mae {:.4}, mse {:.4} over {n} forecasts of {} steps; naive mae {:.4}, seasonal naive (season {}) mae {:.4}",
+                ours.0,
+                ours.1,
+                spec.horizon,
+                naive.0,
+                spec.season,
+                seasonal.0
+            )?;
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let (m, data) = super::predict::load(&a.model, &a.data, a.id_column.clone(), a.label_column.clone(), threads)?;
     let truth = m.truth(&data).map_err(|e| anyhow::anyhow!("{}: {e}", a.data.display()))?;

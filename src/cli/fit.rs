@@ -9,6 +9,7 @@ use bptt::charlm::{Cadence, fsio};
 use bptt::dist::Group;
 use bptt::seq::csv::Columns;
 use bptt::seq::fit::{FitConfig, FitRun, Fitter};
+use bptt::seq::forecast::{self, ForecastSpec};
 use bptt::seq::{Dataset, Task};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -30,12 +31,26 @@ pub struct Args {
     /// Validation data (else --valid-fraction of --train is held out).
     #[arg(long, conflicts_with = "resume")]
     valid: Option<PathBuf>,
-    /// Fraction of the training sequences held out for validation, per class (0 = none).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with_all = ["resume", "valid"])]
-    valid_fraction: f64,
-    /// classify (one class per sequence) or regress (one value per sequence).
+    /// Fraction of the training sequences held out for validation, per class [default: 0 = none;
+    /// forecast: the last 0.2 of the series, whose MAE is printed beside the baselines'].
+    #[arg(long, allow_negative_numbers = true, conflicts_with_all = ["resume", "valid"])]
+    valid_fraction: Option<f64>,
+    /// classify (one class per sequence), regress (one value per sequence) or forecast (the next
+    /// --horizon values of a series, from windows of its last --window steps).
     #[arg(long, default_value = "classify", conflicts_with = "resume")]
     task: String,
+    /// forecast: values forecast at once.
+    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
+    horizon: usize,
+    /// forecast: steps of history per forecast [default: 3 × --season, at least 12].
+    #[arg(long, conflicts_with = "resume")]
+    window: Option<usize>,
+    /// forecast: the season of the seasonal-naive baseline (e.g. 12 for monthly data).
+    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
+    season: usize,
+    /// forecast: the column to forecast [default: the last numeric one].
+    #[arg(long, conflicts_with = "resume")]
+    target_column: Option<String>,
     /// Recurrent cell: gru, lstm, rnn_tanh, rnn_relu.
     #[arg(long, default_value = "gru", conflicts_with = "resume")]
     cell: String,
@@ -148,21 +163,72 @@ pub fn run(a: Args) -> Result<ExitCode> {
     );
     let cadence = Cadence { eval_every: 0, sample_every: 0, checkpoint_every_steps: a.checkpoint_every_steps };
     let mut job = FitJob { f: &mut fitter, group: Group::single() };
-    run::train_loop(&mut job, &dir, cadence, signal)
+    let code = run::train_loop(&mut job, &dir, cadence, signal)?;
+    if code == ExitCode::SUCCESS
+        && let Some(spec) = fitter.cfg.forecast
+    {
+        let config = FitRun::parse(&fsio::read_bounded(&dir.join("config.json"), 1 << 24)?, &dir.join("config.json"))?;
+        // The last model, not best.safetensors: that one was chosen on these same windows.
+        let last = dir.join("model.safetensors");
+        let model = bptt::seq::SeqModel::load(&last)?;
+        let fraction = config.forecast_fraction.unwrap_or(0.2);
+        super::evaluate::forecast_table(&model, &config.train, &spec, fraction, threads, &last)?;
+    }
+    Ok(code)
 }
 
 fn columns(a: &Args, task: Task) -> Columns {
     Columns { id: a.id_column.clone(), label: a.label_column.clone(), values: task == Task::Regress }
 }
 
+/// A forecaster's training and held-out windows of the series at `path` (the last `fraction`).
+pub fn forecast_windows(path: &Path, spec: &ForecastSpec, fraction: f64) -> Result<(Dataset, Dataset, usize)> {
+    let series = forecast::read_series(path)?;
+    let t = series.len();
+    let cut = ((t as f64) * (1.0 - fraction)).round() as usize;
+    let (train, valid) = (series.windows(spec, 0, cut), series.windows(spec, cut, t));
+    if train.is_empty() || valid.is_empty() {
+        bail!(
+            "{}: {t} steps leave no training or held-out window of {} + {} steps: give a longer series, a smaller \
+             --window or --horizon, or another --valid-fraction",
+            path.display(),
+            spec.window,
+            spec.horizon
+        );
+    }
+    Ok((train, valid, cut))
+}
+
 fn fresh(a: &Args, threads: usize) -> Result<(Fitter, PathBuf, fsio::RunLock)> {
-    let task: Task = a.task.parse()?;
+    let forecasting = a.task == "forecast";
+    let task: Task = if forecasting { Task::Regress } else { a.task.parse()? };
     let cols = columns(a, task);
     let train_path = a.train.clone().context("--train is required")?;
-    let (train, train_hash) = read_data(&train_path, &cols, threads)?;
-    let valid = match &a.valid {
-        Some(p) => Some(read_data(p, &cols, threads)?),
-        None => None,
+    let valid_fraction = a.valid_fraction.unwrap_or(if forecasting { 0.2 } else { 0.0 });
+    let mut forecast_spec = None;
+    let (train, train_hash, valid) = if forecasting {
+        if a.valid.is_some() {
+            bail!("--task forecast holds out the end of the series (--valid-fraction), not a --valid file");
+        }
+        if a.horizon == 0 || a.season == 0 || a.window == Some(0) {
+            bail!("--horizon, --season and --window must be at least 1");
+        }
+        let series = forecast::read_series(&train_path)?;
+        let target =
+            series.column(a.target_column.as_deref()).map_err(|m| anyhow::anyhow!("{}: {m}", train_path.display()))?;
+        let window = a.window.unwrap_or((3 * a.season).max(12));
+        let spec = ForecastSpec { window, horizon: a.horizon, season: a.season, target };
+        forecast_spec = Some(spec);
+        let (train, valid, _) = forecast_windows(&train_path, &spec, valid_fraction)?;
+        let hash = run::fnv1a64(&fsio::read_bounded(&train_path, 1 << 30)?);
+        (train, hash, Some((valid, String::new())))
+    } else {
+        let (train, hash) = read_data(&train_path, &cols, threads)?;
+        let valid = match &a.valid {
+            Some(p) => Some(read_data(p, &cols, threads)?),
+            None => None,
+        };
+        (train, hash, valid)
     };
     let patch = match a.patch.as_str() {
         "auto" => 0,
@@ -192,18 +258,20 @@ fn fresh(a: &Args, threads: usize) -> Result<(Fitter, PathBuf, fsio::RunLock)> {
         clip_norm: a.clip_norm,
         dropout: a.dropout,
         balanced,
-        valid_fraction: a.valid_fraction,
+        valid_fraction: if forecasting { 0.0 } else { valid_fraction },
         patience: a.patience,
         seed: a.seed,
         max_bad_steps: a.max_bad_steps.max(1),
+        forecast: forecast_spec,
     };
     cfg.validate().map_err(flag_names)?;
     memory::Estimate::new(threads).add("training", Fitter::estimate_bytes(&cfg, &train)?).check(TRAINING)?;
-    let (valid_path, valid_hash) = (a.valid.clone(), valid.as_ref().map(|(_, h)| h.clone()));
+    let (valid_path, valid_hash) = (a.valid.clone(), a.valid.as_ref().and(valid.as_ref()).map(|(_, h)| h.clone()));
     let fitter = Fitter::new(cfg.clone(), train, valid.map(|(d, _)| d), threads)
         .map_err(|e| data_error(e, &train_path, a.valid.as_deref()))?;
     let (dir, lock) = run::claim_folder(a.out.as_deref(), "fit-", a.force)?;
     let config = FitRun {
+        forecast_fraction: forecasting.then_some(valid_fraction),
         fit: cfg,
         train: train_path,
         train_fnv1a64: train_hash,
@@ -269,19 +337,16 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Fitter, PathBuf, fsio
         label: config.label_column.clone(),
         values: config.fit.task == Task::Regress,
     };
-    let (train, hash) = read_data(&config.train, &cols, threads)?;
+    let hash = run::fnv1a64(&fsio::read_bounded(&config.train, 1 << 30)?);
     if hash != config.train_fnv1a64 {
         bail!("{} differs from the data this run was trained on: resume with the same file", config.train.display());
     }
-    let valid = match (&config.valid, &config.valid_fnv1a64) {
-        (Some(p), Some(h)) => {
-            let (v, hv) = read_data(p, &cols, threads)?;
-            if &hv != h {
-                bail!("{} differs from the validation data of this run: resume with the same file", p.display());
-            }
-            Some(v)
+    let (train, valid) = match (config.fit.forecast, config.forecast_fraction) {
+        (Some(spec), Some(fraction)) => {
+            let (t, v, _) = forecast_windows(&config.train, &spec, fraction)?;
+            (t, Some(v))
         }
-        _ => None,
+        _ => (read_data(&config.train, &cols, threads)?.0, resume_valid(&config, &cols, threads)?),
     };
     let ckpt_path = dir.join(run::CHECKPOINT);
     let bytes = fsio::read_bounded(&ckpt_path, 1 << 36)?;
@@ -289,6 +354,20 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Fitter, PathBuf, fsio
         .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
     run::reopen_folder(dir, fitter.step)?;
     Ok((fitter, dir.to_path_buf(), lock))
+}
+
+/// The validation file of a run being resumed, checked to be the one it started with.
+fn resume_valid(config: &FitRun, cols: &Columns, threads: usize) -> Result<Option<Dataset>> {
+    Ok(match (&config.valid, &config.valid_fnv1a64) {
+        (Some(p), Some(h)) => {
+            let (v, hv) = read_data(p, cols, threads)?;
+            if &hv != h {
+                bail!("{} differs from the validation data of this run: resume with the same file", p.display());
+            }
+            Some(v)
+        }
+        _ => None,
+    })
 }
 
 /// A [`Fitter`] as the loop's job.

@@ -53,10 +53,44 @@ pub fn load(
     Ok((m, d))
 }
 
+/// The forecast spec of the model at `path`, if it is a forecaster.
+pub fn forecaster(path: &Path, threads: usize) -> Result<Option<bptt::seq::forecast::ForecastSpec>> {
+    memory::Estimate::new(threads)
+        .add("model file and weights", memory::file_bytes(path).saturating_mul(2))
+        .check("the model is too large for this machine")?;
+    Ok(SeqModel::load(path)?.spec.forecast)
+}
+
 pub fn run(a: Args) -> Result<ExitCode> {
     let threads = super::threads(a.threads)?;
     if a.batch == 0 {
         bail!("--batch must be at least 1");
+    }
+    if let Some(spec) = forecaster(&a.model, threads)? {
+        // The next `horizon` values after the series' last `window` steps.
+        let m = SeqModel::load(&a.model)?;
+        let series = bptt::seq::forecast::read_series(&a.data)?;
+        let (t, f) = (series.len(), series.names.len());
+        if f != m.spec.features || t < spec.window {
+            bail!(
+                "{}: the model reads {} steps of {} numeric columns; the series has {t} steps of {f}",
+                a.data.display(),
+                spec.window,
+                m.spec.features
+            );
+        }
+        let last = bptt::seq::Dataset {
+            features: f,
+            lengths: vec![spec.window],
+            values: series.values[(t - spec.window) * f..].to_vec(),
+            labels: bptt::seq::Labels::None,
+        };
+        let out = m.predict(&last, 1, threads)?;
+        let mut text = String::from("step,value\n");
+        for (k, v) in out.iter().enumerate() {
+            text.push_str(&format!("{},{v}\n", t + k));
+        }
+        return write_out(a.out.as_deref(), &text, out.len());
     }
     let (m, data) = load(&a.model, &a.data, a.id_column.clone(), a.label_column.clone(), threads)?;
     let out = m.predict(&data, a.batch, threads)?;
@@ -97,10 +131,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         s
     };
-    match &a.out {
+    write_out(a.out.as_deref(), &text, data.len())
+}
+
+/// Writes the predictions to `out` (atomically) or standard output.
+fn write_out(out: Option<&Path>, text: &str, n: usize) -> Result<ExitCode> {
+    match out {
         Some(path) => {
             fsio::write_atomic(path, text.as_bytes())?;
-            eprintln!("wrote {} predictions to {}", data.len(), path.display());
+            eprintln!("wrote {n} predictions to {}", path.display());
         }
         None => {
             use std::io::Write as _;

@@ -63,6 +63,9 @@ pub struct FitConfig {
     pub seed: u64,
     /// Stop after this many consecutive skipped (non-finite) updates.
     pub max_bad_steps: u32,
+    /// A forecaster's windows (the data are then windows of a series, see `seq::forecast`).
+    #[serde(default)]
+    pub forecast: Option<crate::seq::forecast::ForecastSpec>,
 }
 
 mod cell_name {
@@ -99,6 +102,7 @@ impl FitConfig {
             patience: 0,
             seed: 1,
             max_bad_steps: 10,
+            forecast: None,
         }
     }
 
@@ -342,6 +346,13 @@ impl Fitter {
                 (true, names.clone(), (0.0, 1.0))
             }
             (Labels::Values(v), Task::Regress) => {
+                if v.len() % train.len() != 0 {
+                    return Err(Error::Data(format!(
+                        "{} target values for {} sequences: give the same number of targets for each",
+                        v.len(),
+                        train.len()
+                    )));
+                }
                 let n = v.len().max(1) as f64;
                 let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
                 let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
@@ -369,6 +380,11 @@ impl Fitter {
             classes,
             target_mean: target.0,
             target_std: target.1,
+            outputs: match &train.labels {
+                Labels::Values(v) => (v.len() / train.len()).max(1),
+                _ => 1,
+            },
+            forecast: cfg.forecast,
         };
         let all: Vec<usize> = (0..train.len()).collect();
         let (mean, std) = feature_stats(&train, &all);
@@ -521,7 +537,8 @@ impl Fitter {
                 Target::Classes(&self.yb)
             }
             Task::Regress => {
-                self.vb.extend(which.iter().map(|&i| self.values[i]));
+                let o = self.model.spec.outputs;
+                self.vb.extend(which.iter().flat_map(|&i| self.values[i * o..(i + 1) * o].iter().copied()));
                 Target::Values(&self.vb)
             }
         };
@@ -650,7 +667,8 @@ impl Fitter {
         let patch = if cfg.patch == 0 { FitConfig::auto_patch(max_len, data.features) } else { cfg.patch };
         let classes = match &data.labels {
             Labels::Classes { names, .. } => names.len().max(2),
-            _ => 1,
+            Labels::Values(v) => (v.len() / data.len().max(1)).max(1),
+            Labels::None => 1,
         };
         let net = crate::net::NetConfig {
             cell: cfg.cell,
@@ -696,6 +714,9 @@ pub struct FitRun {
     pub label_column: Option<String>,
     /// Write a checkpoint every this many updates besides each epoch's (0 = only those).
     pub checkpoint_every_steps: u64,
+    /// A forecaster: the fraction of the series at its end held out (its windows validate).
+    #[serde(default)]
+    pub forecast_fraction: Option<f64>,
 }
 
 impl FitRun {

@@ -4,6 +4,7 @@
 
 pub mod csv;
 pub mod fit;
+pub mod forecast;
 pub mod metrics;
 pub mod model;
 pub mod npy;
@@ -42,7 +43,7 @@ pub enum Labels {
         /// Each sequence's class.
         ids: Vec<usize>,
     },
-    /// A real target per sequence (regression).
+    /// O real targets per sequence, N·O values (regression; O > 1 for a forecast's horizon).
     Values(Vec<f32>),
 }
 
@@ -88,7 +89,11 @@ impl Dataset {
             Labels::Classes { names, ids } => {
                 Labels::Classes { names: names.clone(), ids: which.iter().map(|&i| ids[i]).collect() }
             }
-            Labels::Values(v) => Labels::Values(which.iter().map(|&i| v[i]).collect()),
+            Labels::Values(v) => {
+                // O values per sequence (a forecast's horizon).
+                let o = v.len() / self.len().max(1);
+                Labels::Values(which.iter().flat_map(|&i| v[i * o..(i + 1) * o].iter().copied()).collect())
+            }
         };
         Dataset { features: f, lengths: which.iter().map(|&i| self.lengths[i]).collect(), values, labels }
     }

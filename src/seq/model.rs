@@ -4,7 +4,7 @@
 //! etc. with `batch_first` irrelevant, `head.weight`/`head.bias` as `nn.Linear(P·H, O)`) and two
 //! more tensors, `standardize.mean` and `standardize.std` (F); metadata `bptt.format` = `seq/1`
 //! and `spec` (a JSON object: task, cell, hidden_size, num_layers, pool, patch, features,
-//! classes, target_mean, target_std).
+//! classes, target_mean, target_std, outputs, forecast).
 
 use crate::cell::CellKind;
 use crate::error::{Error, Result};
@@ -68,6 +68,16 @@ pub struct SeqSpec {
     pub target_mean: f64,
     /// See `target_mean`.
     pub target_std: f64,
+    /// Regression: values predicted per sequence (a forecast's horizon).
+    #[serde(default = "one")]
+    pub outputs: usize,
+    /// A forecaster: how it reads a series.
+    #[serde(default)]
+    pub forecast: Option<crate::seq::forecast::ForecastSpec>,
+}
+
+fn one() -> usize {
+    1
 }
 
 mod cell_name {
@@ -87,11 +97,11 @@ impl SeqSpec {
         self.pool.parse()
     }
 
-    /// O, the head's outputs: the classes, or 1 value.
+    /// O, the head's outputs: the classes, or the values predicted.
     pub fn outputs(&self) -> usize {
         match self.task {
             Task::Classify => self.classes.len(),
-            Task::Regress => 1,
+            Task::Regress => self.outputs,
         }
     }
 
@@ -134,6 +144,7 @@ impl SeqSpec {
             }
             Task::Classify => check("number of classes", self.classes.len(), MAX_CLASSES)?,
             Task::Regress => {
+                check("outputs", self.outputs, MAX_CLASSES)?;
                 if !(self.target_mean.is_finite() && self.target_std.is_finite() && self.target_std > 0.0) {
                     return Err(Error::Config("the target's mean and standard deviation must be finite".into()));
                 }
