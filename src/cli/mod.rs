@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 /// Train recurrent networks by backpropagation through time, and see what BPTT does.
 #[derive(Parser)]
-#[command(name = "bptt", version, about, propagate_version = true)]
+#[command(name = "bptt", version, about, propagate_version = true, arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,6 +67,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
             // --help and --version: print them as clap does.
             e.print()?;
             return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `bptt` alone: the commands, as --help lists them.
+            e.print()?;
+            return Ok(ExitCode::from(2));
         }
         Err(e) => {
             // One line: clap's first line names the problem; --help shows the fix.

@@ -215,6 +215,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
 
 fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<Setup> {
     let text_path = a.text.clone().context("--text is required")?;
+    let ext = text_path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if matches!(ext.as_str(), "ts" | "csv" | "npz" | "npy" | "arff" | "parquet") && group.is_root() {
+        eprintln!(
+            "warning: {} looks like a data file, not a text: `bptt train` learns its characters; for labelled \
+             sequences use `bptt fit --train {}`",
+            text_path.display(),
+            text_path.display()
+        );
+    }
     let text_bytes = memory::file_bytes(&text_path);
     memory::Estimate::new(threads).add("text and its ids", text_bytes.saturating_mul(2)).check(TEXT)?;
     let (text, hash) = read_text(&text_path)?;

@@ -269,3 +269,21 @@ fn task_bench_plot_and_diagnose_print_what_they_document() {
     let csv = std::fs::read_to_string(out.join("gradient_flow.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 3 * 10, "header + 3 cells × 10 steps");
 }
+
+/// `bptt` alone lists the commands (and exits 2, as for a usage error); `train --text` on a
+/// sequence data file warns that it is not a text and names `fit`.
+#[test]
+fn bare_bptt_lists_the_commands_and_train_warns_on_data_files() {
+    let o = bptt(&[]);
+    assert_eq!(o.status.code(), Some(2));
+    let all = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+    for cmd in ["demo", "train", "fit", "predict", "evaluate", "diagnose", "bench"] {
+        assert!(all.lines().any(|l| l.trim_start().starts_with(cmd)), "{cmd} not listed: {all}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let ts = d.path().join("data.ts");
+    std::fs::copy(corpus(d.path()), &ts).unwrap();
+    let o = train(d.path(), &ts, "run", &["--steps", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("looks like a data file") && stderr(&o).contains("bptt fit"), "{}", stderr(&o));
+}
