@@ -49,12 +49,16 @@ pub struct Args {
     /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
-    /// Measure a saved char model instead (with --text): windows of --length characters.
-    #[arg(long, requires = "text", conflicts_with_all = ["train_steps", "w_hh_scale", "forget_bias"])]
+    /// Measure a saved model instead: a char model with --text (windows of --length characters),
+    /// or a `fit` model with --data (up to --batch of its sequences of the most common length).
+    #[arg(long, conflicts_with_all = ["train_steps", "w_hh_scale", "forget_bias"])]
     model: Option<PathBuf>,
-    /// The text for --model.
-    #[arg(long, requires = "model")]
+    /// The text for a char --model.
+    #[arg(long, requires = "model", conflicts_with = "data")]
     text: Option<PathBuf>,
+    /// The labelled sequences (.ts, .csv, .npz) for a `fit` --model.
+    #[arg(long, requires = "model")]
+    data: Option<PathBuf>,
     /// Output folder [default: runs/diagnose-<UTC timestamp>].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -100,8 +104,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
             if a.train_steps > 0 { a.train_steps } else { 2000 },
         ));
     }
-    let (model_bytes, text_bytes) =
-        (a.model.as_deref().map_or(0, memory::file_bytes), a.text.as_deref().map_or(0, memory::file_bytes));
+    if a.model.is_some() && a.text.is_none() && a.data.is_none() {
+        anyhow::bail!("--model needs --text (a char model) or --data (a `fit` model)");
+    }
+    let (model_bytes, text_bytes) = (
+        a.model.as_deref().map_or(0, memory::file_bytes),
+        a.text.as_deref().or(a.data.as_deref()).map_or(0, memory::file_bytes),
+    );
     memory::Estimate::new(threads)
         .add("model file and weights", model_bytes.saturating_mul(2))
         .add("text and its ids", text_bytes.saturating_mul(2))
@@ -109,7 +118,21 @@ pub fn run(a: Args) -> Result<ExitCode> {
         .add("charts", memory::CHART)
         .check(HINT)?;
     let dir = super::output_dir(a.out.as_deref(), "diagnose-")?;
+    let mut length = a.length;
     let (flows, when, hidden) = match (&a.model, &a.text) {
+        (Some(m), None) => {
+            let (model, data) =
+                super::predict::load(m, a.data.as_deref().unwrap_or(Path::new("")), None, None, threads)?;
+            let probe = FlowConfig { hidden: model.spec.hidden_size, layers: model.spec.num_layers, ..cfg.clone() };
+            memory::Estimate::new(threads)
+                .add("measurement", probe.measure_bytes(model.net.config()))
+                .add("charts", memory::CHART)
+                .check("lower --batch")?;
+            let (flow, t) = bptt::diagnose::flow::measure_seq(&model, &data, &cfg)?;
+            length = t;
+            let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (vec![flow], format!("{name} on its data"), model.spec.hidden_size)
+        }
         (Some(m), Some(t)) => {
             let model = bptt::charlm::CharModel::load(m)?;
             let text = fsio::read_text(t)?;
@@ -135,8 +158,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
             (flows, when, a.hidden)
         }
     };
-    let title = format!("Gradient flow through time, T = {}, H = {hidden}, {when}", a.length);
-    ex::flow_chart(&flows, &title).save(&dir.join("gradient_flow"))?;
+    let title = format!("Gradient flow through time, T = {length}, H = {hidden}, {when}");
+    let mut chart = ex::flow_chart(&flows, &title);
+    if a.data.is_some() {
+        // A `fit` model's loss reads every step (pooled), not only the last.
+        chart.x_label = "time step t (RNN steps; the pooled head reads every step)".into();
+        chart.y_label = "‖∂L/∂h_t‖ (mean over the sequences)".into();
+    }
+    chart.save(&dir.join("gradient_flow"))?;
     write(&dir.join("gradient_flow.csv"), &ex::flow_csv(&flows))?;
     write(&dir.join("gradient_flow.json"), &serde_json::to_string_pretty(&flows)?)?;
     super::outln!(

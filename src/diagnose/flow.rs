@@ -165,6 +165,57 @@ pub fn measure_text(
     measure_on(&model.net, &params, model.spec.cell, cfg, 0, Input::Tokens(&x), targets)
 }
 
+/// The measurements of a sequence model (f64) on its own data: up to `cfg.batch` sequences of
+/// the most common length (in RNN steps, after patching), so every sequence runs every step; the
+/// loss is the model's own per-sequence loss on their labels. Returns the flow and that length.
+pub fn measure_seq(
+    model: &crate::seq::SeqModel,
+    data: &crate::seq::Dataset,
+    cfg: &FlowConfig,
+) -> Result<(CellFlow, usize)> {
+    use crate::seq::fit::Truth;
+    model.check_data(data)?;
+    let truth = model.truth(data)?;
+    let steps: Vec<usize> = data.lengths.iter().map(|&l| model.steps_of(l)).collect();
+    let mut counts = std::collections::BTreeMap::new();
+    steps.iter().for_each(|&t| *counts.entry(t).or_insert(0usize) += 1);
+    // The most common length; among equals, the longest.
+    let (&t, _) =
+        counts.iter().max_by_key(|&(&t, &c)| (c, t)).ok_or_else(|| crate::Error::Data("no sequences".into()))?;
+    if t < 2 {
+        return Err(crate::Error::Data(
+            "the sequences are 1 RNN step long: there is no flow through time to measure".into(),
+        ));
+    }
+    let which: Vec<usize> = (0..data.len()).filter(|&i| steps[i] == t).take(cfg.batch.max(1)).collect();
+    let mut batch = crate::seq::model::Batch::default();
+    model.fill_batch(data, &which, &data.starts(), &mut batch);
+    let x: Vec<f64> = batch.x.iter().map(|&v| v as f64).collect();
+    let o = model.spec.outputs();
+    let (classes, values): (Vec<u32>, Vec<f64>) = match &truth {
+        Truth::Classes(y) => (which.iter().map(|&i| y[i] as u32).collect(), Vec::new()),
+        Truth::Values(v) => {
+            let (m, s) = (model.spec.target_mean, model.spec.target_std);
+            (
+                Vec::new(),
+                which.iter().flat_map(|&i| v[i * o..(i + 1) * o].iter().map(move |&y| (y as f64 - m) / s)).collect(),
+            )
+        }
+    };
+    let targets =
+        if classes.is_empty() { crate::net::Targets::values(&values) } else { crate::net::Targets::classes(&classes) };
+    let params: Vec<f64> = model.params.iter().map(|&v| v as f64).collect();
+    let cfg = FlowConfig {
+        hidden: model.spec.hidden_size,
+        layers: model.spec.num_layers,
+        length: t,
+        batch: which.len(),
+        ..cfg.clone()
+    };
+    let flow = measure_on(&model.net, &params, model.spec.cell, &cfg, 0, Input::Dense(&x), targets)?;
+    Ok((flow, t))
+}
+
 /// The measurements of `net` on one batch (T = `cfg.length`, B = `cfg.batch`).
 fn measure_on(
     net: &Net,

@@ -421,3 +421,31 @@ fn forecasting_beats_the_baselines_on_held_out_data() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&model).unwrap(), std::fs::read(split.join("model.safetensors")).unwrap());
 }
+
+/// `diagnose --model M --data FILE` measures the gradient flow of a `fit` model on its own data.
+#[test]
+fn diagnose_measures_a_fit_model_on_its_data() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    assert!(fit(&run, &data("JapaneseVowels_TRAIN.ts"), &["--epochs", "1"]).status.success());
+    let out = d.path().join("diag");
+    let model = run.join("model.safetensors");
+    let test = data("JapaneseVowels_TEST.ts");
+    let o = bptt(&[
+        "diagnose",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(out.join("gradient_flow.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(rows.len() >= 7, "{csv}");
+    assert!(rows.iter().all(|r| r.starts_with("gru,0,") && r.split(',').nth(3).unwrap().parse::<f64>().unwrap() > 0.0));
+    assert!(out.join("gradient_flow.png").is_file());
+    let o = bptt(&["diagnose", "--model", model.to_str().unwrap()]);
+    assert!(!o.status.success() && stderr(&o).contains("--data"), "{}", stderr(&o));
+}
