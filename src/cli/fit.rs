@@ -142,29 +142,47 @@ pub fn read_data(path: &Path, columns: &Columns, threads: usize) -> Result<(Data
 pub fn run(a: Args) -> Result<ExitCode> {
     let threads = super::threads(a.threads)?;
     let signal = Arc::new(AtomicUsize::new(0));
-    let group = super::group(signal.clone())?;
-    if group.size() > 1 {
-        bail!("bptt fit runs in one process for now: start it without mpirun");
-    }
-    let (mut fitter, dir, _lock) = match &a.resume {
-        Some(dir) => resume(&a, dir, threads)?,
-        None => fresh(&a, threads)?,
+    let group = Arc::new(super::group(signal.clone())?);
+    let setup = match &a.resume {
+        Some(dir) => resume(&a, dir, threads, &group),
+        None => fresh(&a, threads, &group),
     };
+    if group.size() > 1 && !group.all_ok(setup.is_ok())? {
+        // Every rank starts, or none: one left waiting for a rank that failed would hang.
+        return match setup {
+            Err(e) => Err(e.context(format!("rank {}", group.rank()))),
+            Ok(_) if group.is_root() => bail!("another rank could not start the run (see its message)"),
+            Ok(_) => Ok(ExitCode::FAILURE),
+        };
+    }
+    let (mut fitter, dir, _lock) = setup?;
+    let root = group.is_root();
     let (n_train, n_valid) = fitter.sizes();
     let patch = fitter.model.spec.patch;
-    eprintln!(
-        "fit: {n_train} training and {n_valid} validation sequences, {} features, patch {patch}, {} updates of {} \
-         in {} epochs; writing {}",
-        fitter.model.spec.features,
-        fitter.total,
-        fitter.batch(),
-        fitter.cfg.epochs,
-        dir.display()
-    );
+    let ranks = if group.size() > 1 { format!(" on {} ranks", group.size()) } else { String::new() };
+    if root {
+        eprintln!(
+            "fit: {n_train} training and {n_valid} validation sequences, {} features, patch {patch}, {} updates of {} \
+         in {} epochs{ranks}; writing {}",
+            fitter.model.spec.features,
+            fitter.total,
+            fitter.batch(),
+            fitter.cfg.epochs,
+            dir.display()
+        );
+    }
     let cadence = Cadence { eval_every: 0, sample_every: 0, checkpoint_every_steps: a.checkpoint_every_steps };
-    let mut job = FitJob { f: &mut fitter, group: Group::single() };
-    let code = run::train_loop(&mut job, &dir, cadence, signal)?;
+    let mut job = FitJob { f: &mut fitter };
+    let code = match run::train_loop(&mut job, &dir, cadence, signal) {
+        Err(e) if group.size() > 1 => {
+            eprintln!("error: rank {}: {e:#}", group.rank());
+            // The other ranks may be waiting for this one: end the whole job.
+            group.abort(1)
+        }
+        r => r?,
+    };
     if code == ExitCode::SUCCESS
+        && root
         && let Some(spec) = fitter.cfg.forecast
     {
         let config = FitRun::parse(&fsio::read_bounded(&dir.join("config.json"), 1 << 24)?, &dir.join("config.json"))?;
@@ -199,7 +217,7 @@ pub fn forecast_windows(path: &Path, spec: &ForecastSpec, fraction: f64) -> Resu
     Ok((train, valid, cut))
 }
 
-fn fresh(a: &Args, threads: usize) -> Result<(Fitter, PathBuf, fsio::RunLock)> {
+fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<(Fitter, PathBuf, Option<fsio::RunLock>)> {
     let forecasting = a.task == "forecast";
     let task: Task = if forecasting { Task::Regress } else { a.task.parse()? };
     let cols = columns(a, task);
@@ -267,8 +285,12 @@ fn fresh(a: &Args, threads: usize) -> Result<(Fitter, PathBuf, fsio::RunLock)> {
     cfg.validate().map_err(flag_names)?;
     memory::Estimate::new(threads).add("training", Fitter::estimate_bytes(&cfg, &train)?).check(TRAINING)?;
     let (valid_path, valid_hash) = (a.valid.clone(), a.valid.as_ref().and(valid.as_ref()).map(|(_, h)| h.clone()));
-    let fitter = Fitter::new(cfg.clone(), train, valid.map(|(d, _)| d), threads)
+    let fitter = Fitter::new_in(group.clone(), cfg.clone(), train, valid.map(|(d, _)| d), threads)
         .map_err(|e| data_error(e, &train_path, a.valid.as_deref()))?;
+    if !group.is_root() {
+        // Rank 0 alone writes the run folder.
+        return Ok((fitter, a.out.clone().unwrap_or_default(), None));
+    }
     let (dir, lock) = run::claim_folder(a.out.as_deref(), "fit-", a.force)?;
     let config = FitRun {
         forecast_fraction: forecasting.then_some(valid_fraction),
@@ -283,7 +305,7 @@ fn fresh(a: &Args, threads: usize) -> Result<(Fitter, PathBuf, fsio::RunLock)> {
     };
     fsio::write_atomic(&dir.join("config.json"), config.to_json()?.as_bytes())?;
     fsio::write_atomic(&dir.join(run::METRICS), b"")?;
-    Ok((fitter, dir, lock))
+    Ok((fitter, dir, Some(lock)))
 }
 
 /// A library error about the data, with the file it concerns.
@@ -325,11 +347,16 @@ fn flag_names(e: bptt::Error) -> anyhow::Error {
     }
 }
 
-fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Fitter, PathBuf, fsio::RunLock)> {
+fn resume(
+    a: &Args,
+    dir: &Path,
+    threads: usize,
+    group: &Arc<Group>,
+) -> Result<(Fitter, PathBuf, Option<fsio::RunLock>)> {
     if !dir.is_dir() {
         bail!("{}: no such run folder: give the --out folder of an earlier fit", dir.display());
     }
-    let lock = fsio::RunLock::acquire(dir)?;
+    let lock = if group.is_root() { Some(fsio::RunLock::acquire(dir)?) } else { None };
     let cfg_path = dir.join("config.json");
     let config = FitRun::parse(&fsio::read_bounded(&cfg_path, 1 << 24)?, &cfg_path)?;
     let cols = Columns {
@@ -350,9 +377,11 @@ fn resume(a: &Args, dir: &Path, threads: usize) -> Result<(Fitter, PathBuf, fsio
     };
     let ckpt_path = dir.join(run::CHECKPOINT);
     let bytes = fsio::read_bounded(&ckpt_path, 1 << 36)?;
-    let fitter = Fitter::resume(&bytes, train, valid, a.epochs, threads)
+    let fitter = Fitter::resume_in(group.clone(), &bytes, train, valid, a.epochs, threads)
         .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
-    run::reopen_folder(dir, fitter.step)?;
+    if group.is_root() {
+        run::reopen_folder(dir, fitter.step)?;
+    }
     Ok((fitter, dir.to_path_buf(), lock))
 }
 
@@ -373,12 +402,13 @@ fn resume_valid(config: &FitRun, cols: &Columns, threads: usize) -> Result<Optio
 /// A [`Fitter`] as the loop's job.
 struct FitJob<'a> {
     f: &'a mut Fitter,
-    group: Group,
 }
 
 impl Job for FitJob<'_> {
     const COMMAND: &'static str = "fit";
     const UNIT: &'static str = "seq";
+    // Early stopping acts on validation: every rank must see it.
+    const VALIDATE_EVERYWHERE: bool = true;
 
     fn position(&self) -> (u64, u64) {
         (self.f.step, self.f.total)
@@ -445,6 +475,6 @@ impl Job for FitJob<'_> {
     }
 
     fn group(&self) -> &Group {
-        &self.group
+        self.f.group()
     }
 }

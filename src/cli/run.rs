@@ -38,6 +38,8 @@ pub trait Job {
     const COMMAND: &'static str;
     /// What `work` counts (`tok` or `seq`).
     const UNIT: &'static str;
+    /// Every rank validates (the result steers the run, e.g. early stopping), not only rank 0.
+    const VALIDATE_EVERYWHERE: bool = false;
     /// Updates done and in all.
     fn position(&self) -> (u64, u64);
     /// True once the run is over.
@@ -205,14 +207,14 @@ pub fn train_loop<J: Job>(t: &mut J, dir: &Path, a: Cadence, signal: Arc<AtomicU
         let eval_now = t.done() || t.eval_due(m.step, &a);
         let mut line = m.line;
         if eval_now
-            && root
+            && (root || J::VALIDATE_EVERYWHERE)
             && let Some((fields, best)) = t.validate()?
         {
             last_val = fields.get("val_loss").and_then(|v| v.as_f64());
             for (k, v) in fields {
                 line[k] = v;
             }
-            if best {
+            if best && root {
                 fsio::write_atomic(&dir.join("best.safetensors"), &t.model_bytes()?)?;
             }
         }

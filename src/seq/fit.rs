@@ -5,6 +5,7 @@
 //! dropout of every update come from the seed and their number alone).
 
 use crate::cell::CellKind;
+use crate::dist::{GradReducer, Group};
 use crate::error::{Error, Result};
 use crate::net::{Dropout, Input, Target, Targets, Workspace};
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
@@ -15,6 +16,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// The value of the `bptt.checkpoint` metadata key of a `fit` checkpoint.
 pub const CHECKPOINT_FORMAT: &str = "seq-checkpoint/1";
@@ -153,9 +155,11 @@ impl FitConfig {
         LrSchedule::parse(&self.lr_schedule, self.lr, 0, total.max(1))
     }
 
-    /// The dropout of update `step`: its seed from the run's seed and the step alone.
-    fn dropout_at(&self, step: u64) -> Option<Dropout> {
-        let seed = (self.seed ^ 0x3c6e_f372_fe94_f82b).wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    /// The dropout of update `step`: its seed from the run's seed and the step alone (and, under
+    /// data parallelism, the rank: each rank draws its own sequences' masks).
+    fn dropout_at(&self, step: u64, rank: usize) -> Option<Dropout> {
+        let seed = (self.seed ^ 0x3c6e_f372_fe94_f82b).wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            ^ (rank as u64).wrapping_mul(0xa076_1d64_78bd_642f);
         (self.dropout > 0.0).then_some(Dropout { p: self.dropout, locked: false, seed })
     }
 }
@@ -183,6 +187,11 @@ pub fn split(data: &Dataset, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize
     train.sort_unstable();
     valid.sort_unstable();
     (train, valid)
+}
+
+/// Rank `rank` of `ranks`' contiguous share of `rows` rows.
+fn share(rows: usize, ranks: usize, rank: usize) -> std::ops::Range<usize> {
+    rows * rank / ranks..rows * (rank + 1) / ranks
 }
 
 /// What one update did (one line of `metrics.jsonl`, less timing).
@@ -283,9 +292,14 @@ pub struct Fitter {
     classes: Vec<u32>,
     values: Vec<f32>,
     class_weights: Vec<f32>,
-    ws: Workspace<f32>,
-    tail: Option<Workspace<f32>>,
+    /// B, sequences per update (the last update of an epoch may have fewer).
+    batch: usize,
+    /// A workspace for each size of this rank's share of a batch, allocated up front.
+    workspaces: Vec<(usize, Workspace<f32>)>,
     grads: Vec<f32>,
+    /// The ranks sharing each batch (one without data parallelism) and the gradient average.
+    group: Arc<Group>,
+    reducer: GradReducer<f32>,
     updater: Updater,
     buf: Batch,
     yb: Vec<u32>,
@@ -313,6 +327,20 @@ impl Fitter {
     /// A run at step 0 on `train` (and `valid`, a separate validation set, if given; else
     /// `cfg.valid_fraction` of `train` is held out).
     pub fn new(cfg: FitConfig, train: Dataset, valid: Option<Dataset>, threads: usize) -> Result<Self> {
+        Self::new_in(Arc::new(Group::single()), cfg, train, valid, threads)
+    }
+
+    /// [`Fitter::new`] as one rank of `group`: every rank holds the same data and model, runs
+    /// its contiguous share of each batch and applies the update of the gradient summed over the
+    /// ranks with the batch's global normalisation (so the run equals one process's to rounding;
+    /// dropout masks differ per rank).
+    pub fn new_in(
+        group: Arc<Group>,
+        cfg: FitConfig,
+        train: Dataset,
+        valid: Option<Dataset>,
+        threads: usize,
+    ) -> Result<Self> {
         cfg.validate()?;
         if train.is_empty() {
             return Err(Error::Data("the training data holds no sequences".into()));
@@ -393,11 +421,12 @@ impl Fitter {
             model.check_data(v)?;
             model.truth(v)?;
         }
-        Self::with_model(cfg, model, train, valid, threads)
+        Self::with_model(group, cfg, model, train, valid, threads)
     }
 
     /// A run at step 0 training `model` (its spec and statistics kept) on `train`.
     fn with_model(
+        group: Arc<Group>,
         cfg: FitConfig,
         model: SeqModel,
         train: Dataset,
@@ -427,18 +456,28 @@ impl Fitter {
             Vec::new()
         };
         let max_steps = train.lengths.iter().map(|&l| model.steps_of(l)).max().unwrap_or(1).max(1);
-        let mut ws = model.net.workspace::<f32>(max_steps, b, threads)?;
-        let mut tail =
-            if !n.is_multiple_of(b) { Some(model.net.workspace::<f32>(max_steps, n % b, threads)?) } else { None };
-        // Allocate the dropout masks now, not in the training loop.
-        ws.set_dropout(cfg.dropout_at(0))?;
-        if let Some(t) = tail.as_mut() {
-            t.set_dropout(cfg.dropout_at(0))?;
+        // This rank's share of a full batch and of the epoch's last one: a workspace each.
+        let (ranks, rank) = (group.size(), group.rank());
+        let mut sizes: Vec<usize> = [b, n % b]
+            .into_iter()
+            .filter(|&rows| rows > 0)
+            .map(|rows| share(rows, ranks, rank).len())
+            .filter(|&k| k > 0)
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut workspaces = Vec::with_capacity(sizes.len());
+        for k in sizes {
+            let mut ws = model.net.workspace::<f32>(max_steps, k, threads)?;
+            // Allocate the dropout masks now, not in the training loop.
+            ws.set_dropout(cfg.dropout_at(0, rank))?;
+            workspaces.push((k, ws));
         }
         let slab = model.params.len();
         let optimizer = Optimizer::new(cfg.optimizer()?, slab)?.with_threads(threads);
         let clip = Clip { max_norm: (cfg.clip_norm > 0.0).then_some(cfg.clip_norm), max_value: None };
         let updater = Updater::new(slab, optimizer, cfg.schedule(total)?, clip, cfg.max_bad_steps, None)?;
+        let reducer = group.reducer(slab, 1);
         let mut f = Fitter {
             starts: train.starts(),
             train,
@@ -446,9 +485,11 @@ impl Fitter {
             classes,
             values,
             class_weights,
-            ws,
-            tail,
+            batch: b,
+            workspaces,
             grads: vec![0.0; slab],
+            group,
+            reducer,
             updater,
             buf: Batch::default(),
             yb: Vec::with_capacity(b),
@@ -481,7 +522,12 @@ impl Fitter {
 
     /// Sequences per update (the last update of an epoch may have fewer).
     pub fn batch(&self) -> usize {
-        self.ws.batch()
+        self.batch
+    }
+
+    /// The ranks sharing the run.
+    pub fn group(&self) -> &Group {
+        &self.group
     }
 
     /// Updates in one epoch.
@@ -514,43 +560,64 @@ impl Fitter {
         self.updater.health(self.step)
     }
 
-    /// One update: the next batch of the epoch's order, forward, backward, clip, step.
+    /// One update: the next batch of the epoch's order (this rank's share of it), forward,
+    /// backward, the gradient summed over the ranks, clip, step.
     pub fn step(&mut self) -> Result<FitStep> {
-        let b = self.batch();
+        let b = self.batch;
         let start = self.epoch_update * b;
         let end = (start + b).min(self.train.len());
         let rows = end - start;
-        let ws = match self.tail.as_mut() {
-            Some(t) if rows < b => t,
-            _ => &mut self.ws,
+        let (ranks, rank) = (self.group.size(), self.group.rank());
+        let mine = share(rows, ranks, rank);
+        let weight = |i: usize| -> f64 {
+            if self.class_weights.is_empty() { 1.0 } else { self.class_weights[self.classes[i] as usize] as f64 }
         };
-        let which = &self.order[start..end];
-        self.model.fill_batch(&self.train, which, &self.starts, &mut self.buf);
-        ws.set_lengths(Some(&self.buf.lengths))?;
-        ws.set_dropout(self.cfg.dropout_at(self.step))?;
+        let batch = &self.order[start..end];
+        let (global_w, local_w): (f64, f64) =
+            (batch.iter().map(|&i| weight(i)).sum(), batch[mine.clone()].iter().map(|&i| weight(i)).sum());
+        let which = &self.order[start + mine.start..start + mine.end];
         self.yb.clear();
         self.vb.clear();
         self.wb.clear();
-        let target = match self.model.spec.task {
-            Task::Classify => {
-                self.yb.extend(which.iter().map(|&i| self.classes[i]));
-                Target::Classes(&self.yb)
-            }
+        match self.model.spec.task {
+            Task::Classify => self.yb.extend(which.iter().map(|&i| self.classes[i])),
             Task::Regress => {
                 let o = self.model.spec.outputs;
                 self.vb.extend(which.iter().flat_map(|&i| self.values[i * o..(i + 1) * o].iter().copied()));
-                Target::Values(&self.vb)
             }
-        };
-        let mut targets = Targets { target, mask: None };
+        }
         if !self.class_weights.is_empty() {
             self.wb.extend(self.yb.iter().map(|&c| self.class_weights[c as usize]));
-            targets.mask = Some(&self.wb);
         }
-        let net = &self.model.net;
-        let loss = net.forward(&self.model.params, ws, Input::Dense(&self.buf.x), Some(targets), None)? as f64;
         self.grads.fill(0.0);
-        net.backward(&self.model.params, ws, &mut self.grads)?;
+        let dropout = self.cfg.dropout_at(self.step, rank);
+        let (model, buf, train, starts) = (&self.model, &mut self.buf, &self.train, &self.starts);
+        let (yb, vb, wb) = (&self.yb, &self.vb, &self.wb);
+        let ws = self.workspaces.iter_mut().find(|(k, _)| *k == which.len()).map(|(_, ws)| ws);
+        let local = self.reducer.reduce(&mut self.grads, |grads| -> Result<f64> {
+            let Some(ws) = ws else { return Ok(0.0) }; // an empty share adds nothing
+            model.fill_batch(train, which, starts, buf);
+            ws.set_lengths(Some(&buf.lengths))?;
+            ws.set_dropout(dropout)?;
+            let target = if yb.is_empty() { Target::Values(vb) } else { Target::Classes(yb) };
+            let targets = Targets { target, mask: (!wb.is_empty()).then_some(&wb[..]) };
+            let loss = model.net.forward(&model.params, ws, Input::Dense(&buf.x), Some(targets), None)? as f64;
+            model.net.backward(&model.params, ws, grads)?;
+            if ranks > 1 {
+                // This share's loss is normalised by its own weight; the batch's by all of them.
+                // The reduction divides by the rank count.
+                let scale = (local_w / global_w * ranks as f64) as f32;
+                grads.iter_mut().for_each(|g| *g *= scale);
+            }
+            Ok(loss)
+        })?;
+        let loss = if ranks > 1 {
+            let mut sum = [local * local_w];
+            self.group.sum(&mut sum)?;
+            sum[0] / global_w
+        } else {
+            local
+        };
         let (report, lr) = self.updater.apply(self.step, &mut self.model.params, &mut self.grads);
         self.updater.record(loss, report.skipped);
         self.step += 1;
@@ -618,6 +685,19 @@ impl Fitter {
         epochs: Option<u64>,
         threads: usize,
     ) -> std::result::Result<Self, String> {
+        Self::resume_in(Arc::new(Group::single()), bytes, train, valid, epochs, threads)
+    }
+
+    /// [`Fitter::resume`] as one rank of `group` (a checkpoint holds no per-rank state, so any
+    /// rank count may continue it).
+    pub fn resume_in(
+        group: Arc<Group>,
+        bytes: &[u8],
+        train: Dataset,
+        valid: Option<Dataset>,
+        epochs: Option<u64>,
+        threads: usize,
+    ) -> std::result::Result<Self, String> {
         let (model, file) = SeqModel::parse(bytes)?;
         let meta = |k: &str| file.metadata.get(k).ok_or_else(|| format!("checkpoint metadata '{k}' is missing"));
         if meta("bptt.checkpoint")? != CHECKPOINT_FORMAT {
@@ -643,7 +723,7 @@ impl Fitter {
             None => (train, None),
         };
         model.check_data(&train).map_err(|e| e.to_string())?;
-        let mut f = Fitter::with_model(cfg, model, train, valid, threads).map_err(|e| e.to_string())?;
+        let mut f = Fitter::with_model(group, cfg, model, train, valid, threads).map_err(|e| e.to_string())?;
         f.updater.restore(&file.tensors, &file.metadata)?;
         (f.step, f.epoch, f.seen) = (int("step")?, int("epoch")?, int("seen")?);
         f.epoch_update = int("epoch_update")? as usize;

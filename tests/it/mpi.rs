@@ -201,3 +201,27 @@ fn a_rank_that_dies_ends_the_job_within_10_s_and_the_checkpoint_resumes() {
     let o = bptt_np(2, &["train", "--resume", run.to_str().unwrap(), "--steps", "25", "--eval-every", "0"]);
     assert!(o.status.success(), "resume after the crash: {}", stderr(&o));
 }
+
+/// `bptt fit` under mpirun -np 2 and -np 4 (uneven shares of batch 7, class weights, a
+/// validation split) trains the model one process trains, to f32 rounding.
+#[test]
+fn fit_under_mpirun_matches_one_process() {
+    let d = tempfile::tempdir().unwrap();
+    let train = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/JapaneseVowels/JapaneseVowels_TRAIN.ts");
+    let flags = ["--hidden", "32", "--epochs", "2", "--threads", "1", "--dropout", "0", "--valid-fraction", "0.1"];
+    let run = |np: usize| -> Vec<f32> {
+        let out = d.path().join(format!("np{np}"));
+        let mut a = vec!["fit", "--train", train.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        a.extend_from_slice(&flags);
+        a.extend_from_slice(&["--class-weight", "balanced", "--batch", "7"]);
+        let o = bptt_np(np, &a);
+        assert!(o.status.success(), "np={np}: {}", stderr(&o));
+        bptt::seq::SeqModel::load(&out.join("model.safetensors")).unwrap().params
+    };
+    let one = run(1);
+    for np in [2, 4] {
+        let w = run(np);
+        let diff = one.iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(diff <= 1e-5, "np={np}: max |dw| = {diff}");
+    }
+}
