@@ -255,8 +255,11 @@ pub enum Target<'a, F> {
     Values(&'a [F]),
 }
 
-/// Targets plus an optional per-(t, b) weight: 0 excludes a position, so a many-to-one task
-/// is a mask that is 1 only at the last step.
+/// Targets plus an optional weight per row: per (t, b) for a per-step head (0 excludes a
+/// position), per sequence for a pooled head (e.g. class weights). For one label per sequence
+/// use a pooled head ([`Head::Pooled`]) — targets (B) and each sequence read at its own length —
+/// not a mask that is 1 only at step T − 1: with variable lengths such a mask would zero every
+/// shorter sequence.
 #[derive(Clone, Copy, Debug)]
 pub struct Targets<'a, F> {
     /// The targets.
