@@ -19,6 +19,9 @@ pub struct Args {
     /// Print one JSON line ({"accuracy", "balanced_accuracy", …} or {"mse", "mae", "r2", …}).
     #[arg(long)]
     json: bool,
+    /// Also draw the confusion matrix (classification) to this .png or .svg file.
+    #[arg(long, value_name = "FILE")]
+    confusion: Option<PathBuf>,
     /// CSV: the sequence-id column [default: id, series or sequence].
     #[arg(long)]
     id_column: Option<String>,
@@ -127,6 +130,17 @@ pub fn run(a: Args) -> Result<ExitCode> {
     match (&truth, m.spec.task) {
         (bptt::seq::fit::Truth::Classes(y), Task::Classify) => {
             let r = metrics::classification(&m.spec.classes, y, &out);
+            if let Some(path) = &a.confusion {
+                let name = a.data.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+                let title = format!("{name}: accuracy {:.4} on {} sequences", r.accuracy, r.n);
+                let chart = bptt::diagnose::plot::Confusion {
+                    title,
+                    classes: m.spec.classes.clone(),
+                    counts: r.confusion.clone(),
+                };
+                chart.save(path)?;
+                eprintln!("wrote {}", path.display());
+            }
             if a.json {
                 super::outln!("{}", serde_json::to_string(&r)?)?;
                 return Ok(ExitCode::SUCCESS);

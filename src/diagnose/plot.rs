@@ -192,3 +192,78 @@ impl Chart {
         fsio::commit(&tmp, &png)
     }
 }
+
+/// A confusion matrix as a heat map: rows the true classes, columns the predicted ones, each
+/// cell shaded by its share of its row (recall) and labelled with its count.
+#[derive(Clone, Debug, Default)]
+pub struct Confusion {
+    /// Title above the matrix.
+    pub title: String,
+    /// The class names, in row (and column) order.
+    pub classes: Vec<String>,
+    /// counts[true][predicted].
+    pub counts: Vec<Vec<usize>>,
+}
+
+impl Confusion {
+    fn draw<DB: DrawingBackend>(&self, root: DrawingArea<DB, Shift>) -> Result<()> {
+        root.fill(&WHITE).map_err(err)?;
+        let c = self.classes.len().max(1);
+        let (w, h) = root.dim_in_pixel();
+        let (left, top, bottom) = (140i32, 50i32, 60i32);
+        let cell = (((w as i32 - left - 20).min(h as i32 - top - bottom)) / c as i32).max(4);
+        let title = ("sans-serif", 17).into_font();
+        root.draw(&Text::new(self.title.clone(), (10, 12), title)).map_err(err)?;
+        let label = ("sans-serif", 13).into_font();
+        for (i, row) in self.counts.iter().enumerate() {
+            let total: usize = row.iter().sum();
+            for (j, &n) in row.iter().enumerate() {
+                let share = if total == 0 { 0.0 } else { n as f64 / total as f64 };
+                // White through blue with the row share.
+                let shade = |full: u8| (255.0 - share * (255.0 - full as f64)).round() as u8;
+                let color = RGBColor(shade(31), shade(119), shade(180));
+                let (x0, y0) = (left + j as i32 * cell, top + i as i32 * cell);
+                root.draw(&Rectangle::new([(x0, y0), (x0 + cell, y0 + cell)], color.filled())).map_err(err)?;
+                root.draw(&Rectangle::new([(x0, y0), (x0 + cell, y0 + cell)], RGBColor(200, 200, 200))).map_err(err)?;
+                if n > 0 && cell >= 18 {
+                    let ink = if share > 0.5 { WHITE } else { BLACK };
+                    let text =
+                        Text::new(n.to_string(), (x0 + cell / 2 - 6, y0 + cell / 2 - 7), label.clone().color(&ink));
+                    root.draw(&text).map_err(err)?;
+                }
+            }
+            let name = Text::new(
+                self.classes.get(i).cloned().unwrap_or_default(),
+                (10, top + i as i32 * cell + cell / 2 - 7),
+                label.clone(),
+            );
+            root.draw(&name).map_err(err)?;
+        }
+        for (j, name) in self.classes.iter().enumerate() {
+            let x = left + j as i32 * cell + cell / 2 - 6;
+            root.draw(&Text::new(name.clone(), (x, top + c as i32 * cell + 6), label.clone())).map_err(err)?;
+        }
+        let axis = "predicted class (columns) against true class (rows); shade: share of the row".to_string();
+        root.draw(&Text::new(axis, (left, top + c as i32 * cell + 30), label)).map_err(err)?;
+        root.present().map_err(err)?;
+        Ok(())
+    }
+
+    /// Writes the matrix to `path` as PNG (or SVG by its extension), atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        fonts();
+        let c = self.classes.len().max(1) as u32;
+        let size = ((160 + 46 * c.max(4)).max(640), 110 + 46 * c.max(4));
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
+            let mut s = String::new();
+            self.draw(SVGBackend::with_string(&mut s, size).into_drawing_area())?;
+            return fsio::write_atomic(path, s.as_bytes());
+        }
+        let tmp = fsio::temp_path(path)?.with_extension("tmp.png");
+        if let Err(e) = self.draw(BitMapBackend::new(&tmp, size).into_drawing_area()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fsio::commit(&tmp, path)
+    }
+}

@@ -17,8 +17,13 @@ const LIMIT: u64 = 1 << 32;
 pub fn read(path: &Path, values: bool) -> Result<Dataset> {
     let bytes = crate::files::fsio::read_bounded(path, LIMIT)?;
     let npz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"));
-    let parsed = if npz { parse_npz(&bytes, values) } else { parse_npy_dataset(&bytes) };
-    parsed.map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+    parse(&bytes, npz, values).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+}
+
+/// Parses the bytes of a `.npz` (`npz`) or `.npy` file; the error is a message (the caller adds
+/// the path).
+pub fn parse(bytes: &[u8], npz: bool, values: bool) -> std::result::Result<Dataset, String> {
+    if npz { parse_npz(bytes, values) } else { parse_npy_dataset(bytes) }
 }
 
 /// The element types read.

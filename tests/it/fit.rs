@@ -73,6 +73,19 @@ fn fit_learns_japanese_vowels_then_predicts_and_evaluates() {
         right += usize::from(f[1] == names[ids[i]]);
     }
     assert!((right as f64 / 370.0 - acc).abs() < 1e-12, "predict and evaluate disagree");
+    // The confusion matrix as a picture.
+    let png = d.path().join("confusion.png");
+    let e = bptt(&[
+        "evaluate",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        test.to_str().unwrap(),
+        "--confusion",
+        png.to_str().unwrap(),
+    ]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG"));
     // JSON output to a file.
     let out = d.path().join("p.json");
     let p = bptt(&[
