@@ -154,3 +154,32 @@ row "evaluate: data with another feature count" "$B" evaluate --model "$S" --dat
 row "evaluate: a class the model never saw" "$B" evaluate --model "$S" --data "$W/unseen.csv"
 row "evaluate: a char-LM model" "$B" evaluate --model "$M" --data "$W/ok.csv"
 row "predict: a file that is not a model" "$B" predict --model "$W/ok.csv" --data "$W/ok.csv"
+python3 - "$W" <<'PY'
+import struct, sys, zipfile
+w = sys.argv[1]
+def npy(descr, shape, data, fortran=False):
+    h = "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }" % (descr, fortran, repr(tuple(shape)))
+    h += " " * ((64 - (10 + len(h) + 1) % 64) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(h)) + h.encode() + data
+f4 = lambda v: struct.pack("<%df" % len(v), *v)
+i8 = lambda v: struct.pack("<%dq" % len(v), *v)
+def npz(name, arrays, method=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(f"{w}/{name}", "w", method) as z:
+        for k, v in arrays.items():
+            z.writestr(k + ".npy", v)
+y = npy("<i8", [2], i8([0, 1]))
+npz("compressed.npz", {"X": npy("<f4", [2, 1, 1], f4([1, 2])), "y": y}, zipfile.ZIP_DEFLATED)
+npz("fortran.npz", {"X": npy("<f4", [2, 1, 1], f4([1, 2]), True), "y": y})
+npz("int-values.npz", {"X": npy("<i8", [2, 1, 1], i8([1, 2])), "y": y})
+npz("cut.npz", {"X": npy("<f4", [2, 3, 1], f4([1, 2])), "y": y})
+npz("nan-inside.npz", {"X": npy("<f4", [2, 2, 1], f4([float("nan"), 2, 1, 1])), "y": y})
+npz("no-x.npz", {"y": y})
+npz("labels-short.npz", {"X": npy("<f4", [2, 1, 1], f4([1, 2])), "y": npy("<i8", [1], i8([0]))})
+PY
+row "fit: .npz saved with np.savez_compressed" "$B" fit --train "$W/compressed.npz" --out "$W/f1"
+row "fit: .npz array in Fortran order" "$B" fit --train "$W/fortran.npz" --out "$W/f1"
+row "fit: .npz X of integers" "$B" fit --train "$W/int-values.npz" --out "$W/f1"
+row "fit: .npz array shorter than its shape" "$B" fit --train "$W/cut.npz" --out "$W/f1"
+row "fit: .npz NaN inside a sequence" "$B" fit --train "$W/nan-inside.npz" --out "$W/f1"
+row "fit: .npz without X" "$B" fit --train "$W/no-x.npz" --out "$W/f1"
+row "fit: .npz with fewer labels than sequences" "$B" fit --train "$W/labels-short.npz" --out "$W/f1"

@@ -41,6 +41,16 @@ enum Dtype {
 }
 
 impl Dtype {
+    /// NumPy's name for it.
+    fn name(self) -> String {
+        match self {
+            Dtype::F4 => "float32".into(),
+            Dtype::F8 => "float64".into(),
+            Dtype::Int { bytes, signed } => format!("{}int{}", if signed { "" } else { "u" }, 8 * bytes),
+            Dtype::Unicode(n) => format!("<U{n} (strings)"),
+        }
+    }
+
     fn size(self) -> usize {
         match self {
             Dtype::F4 => 4,
@@ -85,10 +95,10 @@ fn parse_npy(b: &[u8]) -> std::result::Result<Array<'_>, String> {
         {
             Dtype::Int { bytes: d[2..].parse().unwrap_or(8), signed: d.as_bytes()[1] == b'i' }
         }
-        d if d.starts_with("<U") => Dtype::Unicode(d[2..].parse().map_err(|_| format!("unreadable dtype '{d}'"))?),
+        d if d.starts_with("<U") => Dtype::Unicode(d[2..].parse().map_err(|_| format!("unreadable dtype {d:?}"))?),
         d => {
             return Err(format!(
-                "dtype '{d}' is not supported: use float32 or float64 values (little-endian), integer or string labels"
+                "dtype {d:?} is not supported: use float32 or float64 values (little-endian), integer or string labels"
             ));
         }
     };
@@ -101,7 +111,7 @@ fn parse_npy(b: &[u8]) -> std::result::Result<Array<'_>, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("unreadable shape entry '{s}'")))
+        .map(|s| s.parse::<usize>().map_err(|_| format!("unreadable shape entry {s:?}")))
         .collect::<std::result::Result<_, _>>()?;
     let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("the declared shape is too large")?;
     let need = count.checked_mul(dtype.size()).ok_or("the declared shape is too large")?;
@@ -166,15 +176,15 @@ fn zip_members(b: &[u8]) -> std::result::Result<Vec<(String, &[u8])>, String> {
         }
         if method != 0 {
             return Err(format!(
-                "member '{name}' is compressed: save the arrays with np.savez (not np.savez_compressed)"
+                "member {name:?} is compressed: save the arrays with np.savez (not np.savez_compressed)"
             ));
         }
         let local = offset as usize;
         if le(b, local, 4)? != 0x0403_4b50 {
-            return Err(format!("member '{name}': a broken zip entry"));
+            return Err(format!("member {name:?}: a broken zip entry"));
         }
         let start = local + 30 + le(b, local + 26, 2)? as usize + le(b, local + 28, 2)? as usize;
-        let data = b.get(start..start + csize as usize).ok_or_else(|| format!("member '{name}' is cut short"))?;
+        let data = b.get(start..start + csize as usize).ok_or_else(|| format!("member {name:?} is cut short"))?;
         out.push((name, data));
         at += 46 + n + e + c;
     }
@@ -223,7 +233,7 @@ fn floats(a: &Array<'_>, what: &str) -> std::result::Result<Vec<f64>, String> {
     match a.dtype {
         Dtype::F4 => Ok(a.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect()),
         Dtype::F8 => Ok(a.data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect()),
-        d => Err(format!("{what} has dtype {d:?}: save the values as float32 or float64")),
+        d => Err(format!("{what} has dtype {}: save the values as float32 or float64", d.name())),
     }
 }
 
@@ -321,7 +331,7 @@ fn parse_npz(b: &[u8], values: bool) -> std::result::Result<Dataset, String> {
     };
     let x = get("X")?.ok_or_else(|| {
         let names: Vec<&str> = members.iter().map(|(n, _)| n.trim_end_matches(".npy")).collect();
-        format!("no array 'X' (it holds {}): save with np.savez(path, X=..., y=..., lengths=...)", names.join(", "))
+        format!("no array 'X' (it holds {names:?}): save with np.savez(path, X=..., y=..., lengths=...)")
     })?;
     dataset(&x, get("lengths")?.as_ref(), get("y")?.as_ref(), values)
 }
