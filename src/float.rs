@@ -39,9 +39,23 @@ pub trait Float:
 
     /// e^x: exact (std) for f64, a vectorisable ≤ 2 ulp version for f32.
     fn exp_act(self) -> Self;
+    /// A slice of gradients as the element type a reduction carries.
+    fn values(v: &[Self]) -> crate::net::GradValues<'_>;
+    /// Copies `src` into `dst` (f32 values; lossless only for f32 itself).
+    fn copy_from_f32(dst: &mut [Self], src: &[f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = Self::of(s as f64));
+    }
+    /// Copies `src` into `dst` (f64 values).
+    fn copy_from_f64(dst: &mut [Self], src: &[f64]) {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = Self::of(s));
+    }
 }
 
 impl Float for f32 {
+    fn values(v: &[Self]) -> crate::net::GradValues<'_> {
+        crate::net::GradValues::F32(v)
+    }
+
     const NAME: &'static str = "f32";
     #[inline(always)]
     fn of(x: f64) -> Self {
@@ -66,6 +80,10 @@ impl Float for f32 {
 }
 
 impl Float for f64 {
+    fn values(v: &[Self]) -> crate::net::GradValues<'_> {
+        crate::net::GradValues::F64(v)
+    }
+
     const NAME: &'static str = "f64";
     #[inline(always)]
     fn of(x: f64) -> Self {

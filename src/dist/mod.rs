@@ -22,12 +22,13 @@
 // Without the `mpi` feature only `Group::single` exists and the link thread's code is unused.
 #![cfg_attr(not(feature = "mpi"), allow(dead_code))]
 
+mod loopback;
 #[cfg(feature = "mpi")]
 mod mpi;
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::net::GradReady;
+use crate::net::{GradReady, GradValues};
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,12 +58,40 @@ enum Job {
     BroadcastBytes(Vec<u8>),
 }
 
-/// One bucket: a slab range and where the slab is.
-#[derive(Clone, Copy)]
+/// A bucket's values, owned by the pipe: the hook copies a finished range in, the link thread
+/// takes them out to reduce (so no thread ever touches the training thread's slab), and
+/// `GradReducer::reduce` copies the sums back after the backward pass has returned.
+enum BucketData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl BucketData {
+    /// A buffer of `elem`'s type holding `values` (`None` if they are of the other type),
+    /// reusing `spare`'s allocation when it has the right type.
+    fn of(spare: Option<BucketData>, values: GradValues<'_>) -> BucketData {
+        match (spare, values) {
+            (Some(BucketData::F32(mut v)), GradValues::F32(x)) => {
+                v.clear();
+                v.extend_from_slice(x);
+                BucketData::F32(v)
+            }
+            (Some(BucketData::F64(mut v)), GradValues::F64(x)) => {
+                v.clear();
+                v.extend_from_slice(x);
+                BucketData::F64(v)
+            }
+            (_, GradValues::F32(x)) => BucketData::F32(x.to_vec()),
+            (_, GradValues::F64(x)) => BucketData::F64(x.to_vec()),
+        }
+    }
+}
+
+/// One bucket: a slab range and a copy of its values (taken out while the link thread reduces
+/// them).
 struct Bucket {
-    base: usize,
-    elem: Elem,
     range: (usize, usize),
+    data: Option<BucketData>,
 }
 
 /// What the training thread and the link thread share.
@@ -73,16 +102,37 @@ struct PipeState {
     limit: usize,
     next: usize,
     done: usize,
-    /// The slab being reduced (0 outside a pass), its element type and length.
-    base: usize,
+    /// A reduction is running (buckets are accepted), its element type and slab length.
+    active: bool,
     elem: Elem,
     len: usize,
+    /// Spare bucket buffers, kept across passes so a pass after the first allocates nothing.
+    pool: Vec<BucketData>,
     /// A blocking request and its answer.
     job: Option<Job>,
     answer: Option<std::result::Result<Job, String>>,
     /// A failed reduction: every later call returns it.
     failed: Option<String>,
     shutdown: bool,
+}
+
+impl PipeState {
+    fn new() -> Self {
+        PipeState {
+            buckets: Vec::new(),
+            limit: 0,
+            next: 0,
+            done: 0,
+            active: false,
+            elem: Elem::F32,
+            len: 0,
+            pool: Vec::new(),
+            job: None,
+            answer: None,
+            failed: None,
+            shutdown: false,
+        }
+    }
 }
 
 struct Pipe {
@@ -189,19 +239,7 @@ impl Group {
     #[cfg(feature = "mpi")]
     pub fn mpi(interrupt: Arc<AtomicUsize>) -> Result<Group> {
         let pipe = Arc::new(Pipe {
-            state: Mutex::new(PipeState {
-                buckets: Vec::new(),
-                limit: 0,
-                next: 0,
-                done: 0,
-                base: 0,
-                elem: Elem::F32,
-                len: 0,
-                job: None,
-                answer: None,
-                failed: None,
-                shutdown: false,
-            }),
+            state: Mutex::new(PipeState::new()),
             wake: Condvar::new(),
             interrupt,
             abort: AtomicUsize::new(0),
@@ -223,6 +261,14 @@ impl Group {
             return Ok(Group::single());
         }
         Ok(Group { rank, size, link: Some((pipe, handle)) })
+    }
+
+    /// `n` ranks inside this process, connected in memory, for tests of the reduction without
+    /// MPI (each group has its own link thread; use each from its own thread). `interrupt` plays
+    /// the signal flag.
+    #[doc(hidden)]
+    pub fn loopback(n: usize, interrupt: Arc<AtomicUsize>) -> Vec<Group> {
+        loopback::groups(n.max(1), interrupt)
     }
 
     /// This process's rank, 0-based.
@@ -343,17 +389,20 @@ pub struct GradReducer<F> {
     _f: PhantomData<F>,
 }
 
-/// The hook a backward pass calls: queues the bucket for the link thread.
+/// The hook a backward pass calls: copies the finished range into a bucket buffer and queues it
+/// for the link thread.
 struct Hook(Arc<Pipe>);
 
 impl GradReady for Hook {
-    fn ready(&self, range: Range<usize>) {
+    fn ready(&self, range: Range<usize>, values: GradValues<'_>) {
         let mut st = self.0.lock();
-        if st.base == 0 || range.is_empty() || range.end > st.len || st.buckets.len() >= st.limit {
-            return; // outside a reduction, or more buckets than planned: `finish` covers it
+        let matches = matches!((st.elem, values), (Elem::F32, GradValues::F32(_)) | (Elem::F64, GradValues::F64(_)));
+        if !st.active || !matches || range.is_empty() || range.end > st.len || st.buckets.len() >= st.limit {
+            return; // outside a reduction, or more buckets than planned: `reduce` covers it
         }
-        let b = Bucket { base: st.base, elem: st.elem, range: (range.start, range.end) };
-        st.buckets.push(b);
+        let spare = st.pool.pop();
+        let data = BucketData::of(spare, values);
+        st.buckets.push(Bucket { range: (range.start, range.end), data: Some(data) });
         self.0.wake.notify_all();
     }
 }
@@ -387,7 +436,7 @@ impl<F: Float> GradReducer<F> {
             }
             st.buckets.clear();
             (st.next, st.done) = (0, 0);
-            (st.base, st.elem, st.len) = (grads.as_mut_ptr() as usize, Elem::of::<F>(), grads.len());
+            (st.active, st.elem, st.len) = (true, Elem::of::<F>(), grads.len());
         }
         let out = backward(grads);
         let mut st = pipe.lock();
@@ -400,8 +449,9 @@ impl<F: Float> GradReducer<F> {
         for i in 0..=self.reported.len() {
             let (s, e) = self.reported.get(i).copied().unwrap_or((self.len, self.len));
             if s > at {
-                let b = Bucket { base: st.base, elem: st.elem, range: (at, s) };
-                st.buckets.push(b);
+                let spare = st.pool.pop();
+                let data = BucketData::of(spare, F::values(&grads[at..s]));
+                st.buckets.push(Bucket { range: (at, s), data: Some(data) });
             }
             at = at.max(e);
         }
@@ -409,10 +459,24 @@ impl<F: Float> GradReducer<F> {
         while st.done < st.buckets.len() && st.failed.is_none() {
             st = pipe.wake.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        st.base = 0;
+        st.active = false;
         if let Some(e) = &st.failed {
             return Err(Error::Dist(e.clone()));
         }
+        // The sums back into the slab (the pass is over: the training thread owns it again).
+        let mut buckets = std::mem::take(&mut st.buckets);
+        for b in buckets.drain(..) {
+            let (s, e) = b.range;
+            if let Some(data) = b.data {
+                match (&data, F::values(&grads[s..e])) {
+                    (BucketData::F32(v), GradValues::F32(_)) => F::copy_from_f32(&mut grads[s..e], v),
+                    (BucketData::F64(v), GradValues::F64(_)) => F::copy_from_f64(&mut grads[s..e], v),
+                    _ => {}
+                }
+                st.pool.push(data);
+            }
+        }
+        st.buckets = buckets;
         drop(st);
         let inv = F::one() / F::of(self.size as f64);
         let scale = self.size.is_power_of_two();
@@ -435,32 +499,30 @@ fn serve_with(t: &dyn Transport, pipe: &Pipe) {
             t.abort(pipe.abort.load(Ordering::SeqCst) as i32);
         }
         if st.next < st.buckets.len() {
-            let b = st.buckets[st.next];
+            let i = st.next;
             st.next += 1;
+            // The bucket's values are this thread's while it reduces them.
+            let mut data = st.buckets[i].data.take();
             drop(st);
-            let (s, e) = b.range;
-            // SAFETY: the training thread reported [s, e) of the slab at `base` as final and
-            // waits in `GradReducer::reduce` until `done` counts this bucket; nothing else
-            // touches the range meanwhile.
-            let r = unsafe {
-                match b.elem {
-                    Elem::F32 => {
-                        let d = std::slice::from_raw_parts_mut((b.base as *mut f32).add(s), e - s);
-                        if scratch32.len() < d.len() {
-                            scratch32.resize(d.len(), 0.0);
-                        }
-                        t.sum_f32(d, &mut scratch32[..e - s], &w)
+            let r = match &mut data {
+                Some(BucketData::F32(d)) => {
+                    if scratch32.len() < d.len() {
+                        scratch32.resize(d.len(), 0.0);
                     }
-                    Elem::F64 => {
-                        let d = std::slice::from_raw_parts_mut((b.base as *mut f64).add(s), e - s);
-                        if scratch64.len() < d.len() {
-                            scratch64.resize(d.len(), 0.0);
-                        }
-                        t.sum_f64(d, &mut scratch64[..e - s], &w)
-                    }
+                    let n = d.len();
+                    t.sum_f32(d, &mut scratch32[..n], &w)
                 }
+                Some(BucketData::F64(d)) => {
+                    if scratch64.len() < d.len() {
+                        scratch64.resize(d.len(), 0.0);
+                    }
+                    let n = d.len();
+                    t.sum_f64(d, &mut scratch64[..n], &w)
+                }
+                None => Ok(()),
             };
             st = pipe.lock();
+            st.buckets[i].data = data;
             st.done += 1;
             if let Err(e) = r {
                 st.failed = Some(e);

@@ -16,7 +16,7 @@ mod readout;
 mod workspace;
 
 pub use dropout::{Dropout, WeightDrop};
-pub use workspace::{GradReady, Workspace};
+pub use workspace::{GradReady, GradValues, Workspace};
 
 use crate::cell::CellKind;
 use crate::error::{Error, Result, check_len};
@@ -694,7 +694,7 @@ impl Net {
                 dropout::scale(dh, &ws.mask_h[slot..]);
             }
         }
-        ws.grad_ready.ready(self.w_out..self.len);
+        ws.grad_ready.ready(self.w_out..self.len, grads);
         let wavefront = layer::wavefront::units(cfg, b)
             .filter(|_| ws.wavefront && !ws.record_dh_norms && !masked && ws.lengths.is_empty());
         if let Some(units) = wavefront {
@@ -761,7 +761,7 @@ impl Net {
             // Layer k's tensors (and, below layer 0, the embedding) are final.
             let gh = cfg.cell.gates() * cfg.hidden;
             let first = if k == 0 { 0 } else { lp.w_ih };
-            ws.grad_ready.ready(first..lp.b_hh + gh);
+            ws.grad_ready.ready(first..lp.b_hh + gh, grads);
         }
         Ok(())
     }

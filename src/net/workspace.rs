@@ -114,11 +114,22 @@ pub struct Workspace<F> {
 
 /// Receives the slab ranges of the gradient that a backward pass has finished, in the order
 /// they finish: the readout's first, then each layer's from the top down (the bottom layer's
-/// with the embedding). A range is never written again by that pass, so it can be sent over
-/// the network while the pass goes on (`dist::GradReducer`). Called outside the time loop.
+/// with the embedding). A range is never written again by that pass, so its values can be sent
+/// over the network while the pass goes on (`dist::GradReducer`). The values are lent for the
+/// call only: a receiver copies what it keeps (the pass still owns the slab). Called outside
+/// the time loop.
 pub trait GradReady: Send + Sync {
-    /// `range` of the gradient slab is final for this backward pass.
-    fn ready(&self, range: std::ops::Range<usize>);
+    /// `range` of the gradient slab is final for this backward pass; `values` are its elements.
+    fn ready(&self, range: std::ops::Range<usize>, values: GradValues<'_>);
+}
+
+/// The finished elements of a gradient range, in the slab's element type.
+#[derive(Clone, Copy, Debug)]
+pub enum GradValues<'a> {
+    /// An f32 slab's range.
+    F32(&'a [f32]),
+    /// An f64 slab's range.
+    F64(&'a [f64]),
 }
 
 /// The workspace's optional [`GradReady`] (a wrapper, so the workspace stays `Clone + Debug`).
@@ -132,9 +143,9 @@ impl std::fmt::Debug for GradHook {
 }
 
 impl GradHook {
-    pub(crate) fn ready(&self, range: std::ops::Range<usize>) {
+    pub(crate) fn ready<F: Float>(&self, range: std::ops::Range<usize>, grads: &[F]) {
         if let Some(h) = &self.0 {
-            h.ready(range);
+            h.ready(range.clone(), F::values(&grads[range]));
         }
     }
 }

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod determinism;
 mod diagnose;
+mod dist;
 mod fit;
 mod gradcheck;
 mod learning;
