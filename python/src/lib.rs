@@ -646,12 +646,13 @@ impl SeqCore {
 #[pyfunction]
 #[pyo3(signature = (path, regress=false))]
 fn read_sequences<'py>(py: Python<'py>, path: PathBuf, regress: bool) -> PyResult<SequencesRead<'py>> {
-    let columns = bptt::seq::csv::Columns { id: None, label: None, values: regress };
+    let columns = bptt::seq::csv::Columns { id: None, label: None, values: regress, per_step: false };
     let d = py.detach(|| bptt::seq::read(&path, &columns)).map_err(py_err)?;
     let labels = match d.labels {
         Labels::None => py.None().into_bound(py),
         Labels::Classes { names, ids } => ("classes", names, ids).into_pyobject(py)?.into_any(),
         Labels::Values(v) => ("values", v).into_pyobject(py)?.into_any(),
+        Labels::Steps { names, ids } => ("steps", names, ids).into_pyobject(py)?.into_any(),
     };
     let n = d.values.len();
     let values = ArrayD::from_shape_vec(IxDyn(&[n]), d.values).map_err(|e| value_err(e.to_string()))?;

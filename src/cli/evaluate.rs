@@ -128,7 +128,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let truth = m.truth(&data).map_err(|e| anyhow::anyhow!("{}: {e}", a.data.display()))?;
     let out = m.predict(&data, a.batch, threads)?;
     match (&truth, m.spec.task) {
-        (bptt::seq::fit::Truth::Classes(y), Task::Classify) => {
+        (bptt::seq::fit::Truth::Classes(y), Task::Classify | Task::Label) => {
             let r = metrics::classification(&m.spec.classes, y, &out);
             if let Some(path) = &a.confusion {
                 let name = a.data.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());

@@ -35,7 +35,8 @@ pub struct Args {
     /// forecast: the last 0.2 of the series, whose MAE is printed beside the baselines'].
     #[arg(long, allow_negative_numbers = true, conflicts_with_all = ["resume", "valid"])]
     valid_fraction: Option<f64>,
-    /// classify (one class per sequence), regress (one value per sequence) or forecast (the next
+    /// classify (one class per sequence), regress (one value per sequence), label (one class per
+    /// step, from a CSV whose label column changes along a sequence) or forecast (the next
     /// --horizon values of a series, from windows of its last --window steps).
     #[arg(long, default_value = "classify", conflicts_with = "resume")]
     task: String,
@@ -196,7 +197,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
 }
 
 fn columns(a: &Args, task: Task) -> Columns {
-    Columns { id: a.id_column.clone(), label: a.label_column.clone(), values: task == Task::Regress }
+    Columns {
+        id: a.id_column.clone(),
+        label: a.label_column.clone(),
+        values: task == Task::Regress,
+        per_step: task == Task::Label,
+    }
 }
 
 /// A forecaster's training and held-out windows of the series at `path` (the last `fraction`).
@@ -363,6 +369,7 @@ fn resume(
         id: config.id_column.clone(),
         label: config.label_column.clone(),
         values: config.fit.task == Task::Regress,
+        per_step: config.fit.task == Task::Label,
     };
     let hash = run::fnv1a64(&fsio::read_bounded(&config.train, 1 << 30)?);
     if hash != config.train_fnv1a64 {

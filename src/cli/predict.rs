@@ -47,7 +47,7 @@ pub fn load(
         .add("model file and weights", memory::file_bytes(model).saturating_mul(2))
         .check("the model is too large for this machine")?;
     let m = SeqModel::load(model)?;
-    let columns = Columns { id, label, values: m.spec.task == Task::Regress };
+    let columns = Columns { id, label, values: m.spec.task == Task::Regress, per_step: m.spec.task == Task::Label };
     let (d, _) = super::fit::read_data(data, &columns, threads)?;
     m.check_data(&d).map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
     Ok((m, d))
@@ -96,37 +96,50 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let out = m.predict(&data, a.batch, threads)?;
     let o = m.spec.outputs();
     let json = a.out.as_ref().is_some_and(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("json")));
+    // Each row's sequence (and, labelling, step).
+    let keys: Vec<(usize, Option<usize>)> = if m.spec.task == Task::Label {
+        data.lengths.iter().enumerate().flat_map(|(i, &len)| (0..len).map(move |t| (i, Some(t)))).collect()
+    } else {
+        (0..data.len()).map(|i| (i, None)).collect()
+    };
+    let best = |p: &[f32]| (0..o).fold(0, |b, k| if p[k] > p[b] { k } else { b });
     let text = if json {
         let rows: Vec<serde_json::Value> = out
             .chunks_exact(o)
-            .enumerate()
-            .map(|(i, p)| match m.spec.task {
-                Task::Classify => {
-                    let best = (0..o).fold(0, |b, k| if p[k] > p[b] { k } else { b });
-                    let probs: serde_json::Map<String, serde_json::Value> =
-                        m.spec.classes.iter().zip(p).map(|(c, &v)| (c.clone(), (v as f64).into())).collect();
-                    serde_json::json!({"index": i, "class": m.spec.classes[best], "probabilities": probs})
+            .zip(&keys)
+            .map(|(p, &(i, t))| {
+                let mut row = match m.spec.task {
+                    Task::Regress => serde_json::json!({"index": i, "value": p[0] as f64}),
+                    Task::Classify | Task::Label => {
+                        let probs: serde_json::Map<String, serde_json::Value> =
+                            m.spec.classes.iter().zip(p).map(|(c, &v)| (c.clone(), (v as f64).into())).collect();
+                        serde_json::json!({"index": i, "class": m.spec.classes[best(p)], "probabilities": probs})
+                    }
+                };
+                if let Some(t) = t {
+                    row["step"] = t.into();
                 }
-                Task::Regress => serde_json::json!({"index": i, "value": p[0] as f64}),
+                row
             })
             .collect();
         serde_json::to_string(&rows)? + "\n"
     } else {
+        let step = if m.spec.task == Task::Label { "step," } else { "" };
         let mut s = match m.spec.task {
-            Task::Classify => {
+            Task::Classify | Task::Label => {
                 let cols: Vec<String> = m.spec.classes.iter().map(|c| format!("p_{c}")).collect();
-                format!("index,class,{}\n", cols.join(","))
+                format!("index,{step}class,{}\n", cols.join(","))
             }
             Task::Regress => "index,value\n".to_string(),
         };
-        for (i, p) in out.chunks_exact(o).enumerate() {
+        for (p, &(i, t)) in out.chunks_exact(o).zip(&keys) {
+            let key = t.map_or(i.to_string(), |t| format!("{i},{t}"));
             match m.spec.task {
-                Task::Classify => {
-                    let best = (0..o).fold(0, |b, k| if p[k] > p[b] { k } else { b });
+                Task::Classify | Task::Label => {
                     let probs: Vec<String> = p.iter().map(|v| format!("{v:.6}")).collect();
-                    s.push_str(&format!("{i},{},{}\n", m.spec.classes[best], probs.join(",")));
+                    s.push_str(&format!("{key},{},{}\n", m.spec.classes[best(p)], probs.join(",")));
                 }
-                Task::Regress => s.push_str(&format!("{i},{}\n", p[0])),
+                Task::Regress => s.push_str(&format!("{key},{}\n", p[0])),
             }
         }
         s

@@ -26,6 +26,8 @@ pub struct Columns {
     pub label: Option<String>,
     /// Labels are numbers to regress on, not classes.
     pub values: bool,
+    /// A label per step (labelling), not per sequence.
+    pub per_step: bool,
 }
 
 /// Reads a CSV file (see the module docs).
@@ -96,6 +98,7 @@ pub fn parse(text: &str, columns: &Columns) -> std::result::Result<Dataset, Stri
     // Sequence by first appearance: its steps (values) and its label with the line it came from.
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut seqs: Vec<(Vec<f32>, Option<Label>)> = Vec::new();
+    let mut step_labels: Vec<Vec<String>> = Vec::new();
     for (k, line) in lines {
         let at = k + 1;
         let row = fields(line).map_err(|e| format!("line {at}: {e}"))?;
@@ -106,6 +109,7 @@ pub fn parse(text: &str, columns: &Columns) -> std::result::Result<Dataset, Stri
         let s = *index.entry(row[id].clone()).or_insert(next);
         if s == next {
             seqs.push((Vec::new(), None));
+            step_labels.push(Vec::new());
         }
         let (values, lab) = &mut seqs[s];
         for &c in &features {
@@ -124,6 +128,10 @@ pub fn parse(text: &str, columns: &Columns) -> std::result::Result<Dataset, Stri
             let v = &row[l];
             if v.is_empty() {
                 return Err(format!("line {at}: empty label in column '{}'", header[l]));
+            }
+            if columns.per_step {
+                step_labels[s].push(v.clone());
+                continue;
             }
             match lab {
                 None => *lab = Some((v.clone(), at)),
@@ -146,6 +154,10 @@ pub fn parse(text: &str, columns: &Columns) -> std::result::Result<Dataset, Stri
     let values = seqs.into_iter().flat_map(|(v, _)| v).collect();
     let labels = match label {
         None => Labels::None,
+        Some(_) if columns.per_step => match classes_of(&step_labels.concat()) {
+            Labels::Classes { names, ids } => Labels::Steps { names, ids },
+            other => other,
+        },
         Some(_) if columns.values => {
             let mut out = Vec::with_capacity(labels.len());
             for (v, at) in labels.into_iter().flatten() {
@@ -187,21 +199,23 @@ pub fn to_csv(data: &Dataset) -> String {
     }
     out.push('\n');
     let starts = data.starts();
+    let mut at = 0;
     for i in 0..data.len() {
-        let label = match &data.labels {
-            Labels::None => String::new(),
-            Labels::Classes { names, ids } => format!(",{}", names[ids[i]]),
-            Labels::Values(v) => format!(",{:?}", v[i]),
-        };
         let seq = &data.values[starts[i]..starts[i] + data.lengths[i] * data.features];
-        for step in seq.chunks_exact(data.features) {
+        for (s, step) in seq.chunks_exact(data.features).enumerate() {
             out.push_str(&i.to_string());
             for v in step {
                 out.push_str(&format!(",{v:?}"));
             }
-            out.push_str(&label);
+            match &data.labels {
+                Labels::None => {}
+                Labels::Classes { names, ids } => out.push_str(&format!(",{}", names[ids[i]])),
+                Labels::Values(v) => out.push_str(&format!(",{:?}", v[i])),
+                Labels::Steps { names, ids } => out.push_str(&format!(",{}", names[ids[at + s]])),
+            }
             out.push('\n');
         }
+        at += data.lengths[i];
     }
     out
 }

@@ -136,8 +136,8 @@ impl FitConfig {
         if !(self.clip_norm.is_finite() && self.clip_norm >= 0.0) {
             return bad(format!("clip norm must be 0 (off) or positive, got {}", self.clip_norm));
         }
-        if self.balanced && self.task != Task::Classify {
-            return bad("class weights apply to classification only".into());
+        if self.balanced && self.task == Task::Regress {
+            return bad("class weights apply to classification and labelling only".into());
         }
         self.pool.parse::<crate::net::Pool>()?;
         self.optimizer()?;
@@ -242,6 +242,8 @@ impl SeqModel {
         match (self.spec.task, &data.labels) {
             (Task::Classify, Labels::Classes { .. }) => Ok(Truth::Classes(self.class_ids(data)?)),
             (Task::Regress, Labels::Values(v)) => Ok(Truth::Values(v.clone())),
+            (Task::Label, Labels::Steps { .. }) => Ok(Truth::Classes(self.class_ids(data)?)),
+            (Task::Label, _) => Err(Error::Data("the model labels steps but the data has no label per step".into())),
             (Task::Classify, _) => Err(Error::Data("the model classifies but the data has no class labels".into())),
             (Task::Regress, _) => Err(Error::Data("the model regresses but the data has no target values".into())),
         }
@@ -292,6 +294,8 @@ pub struct Fitter {
     classes: Vec<u32>,
     values: Vec<f32>,
     class_weights: Vec<f32>,
+    /// Labelling: where each training sequence's step labels start in `classes`.
+    step_starts: Vec<usize>,
     /// B, sequences per update (the last update of an epoch may have fewer).
     batch: usize,
     /// A workspace for each size of this rank's share of a batch, allocated up front.
@@ -373,6 +377,20 @@ impl Fitter {
                 }
                 (true, names.clone(), (0.0, 1.0))
             }
+            (Labels::Steps { names, ids }, Task::Label) => {
+                let mut count = vec![0usize; names.len()];
+                ids.iter().for_each(|&c| count[c] += 1);
+                if names.len() < 2 {
+                    return Err(Error::Data(format!(
+                        "labelling needs at least 2 classes, the training data has {}",
+                        names.len()
+                    )));
+                }
+                if let Some(c) = count.iter().position(|&k| k == 0) {
+                    return Err(Error::Data(format!("class '{}' labels no training step", names[c])));
+                }
+                (true, names.clone(), (0.0, 1.0))
+            }
             (Labels::Values(v), Task::Regress) => {
                 if v.len() % train.len() != 0 {
                     return Err(Error::Data(format!(
@@ -393,10 +411,15 @@ impl Fitter {
             return Err(Error::Data(match cfg.task {
                 Task::Classify => "classification needs class labels in the training data (a .ts file with @classLabel true, or a label column)".into(),
                 Task::Regress => "regression needs a target value per sequence (a .ts file with @targetLabel true, or a target column)".into(),
+                Task::Label => "labelling needs a label per step (a CSV whose label column changes along a sequence)".into(),
             }));
         }
         let max_len = train.max_len().max(valid.as_ref().map_or(0, |v| v.max_len()));
-        let patch = if cfg.patch == 0 { FitConfig::auto_patch(max_len, train.features) } else { cfg.patch };
+        let patch = match (cfg.task, cfg.patch) {
+            (Task::Label, 0) => 1, // a label per step: one step per RNN step
+            (_, 0) => FitConfig::auto_patch(max_len, train.features),
+            (_, k) => k,
+        };
         let spec = SeqSpec {
             task: cfg.task,
             cell: cfg.cell,
@@ -451,7 +474,9 @@ impl Fitter {
         let class_weights = if cfg.balanced {
             let mut count = vec![0usize; o];
             classes.iter().for_each(|&c: &u32| count[c as usize] += 1);
-            count.iter().map(|&k| (n as f64 / (o as f64 * k.max(1) as f64)) as f32).collect()
+            // n / (C · n_c) over what carries a label: sequences, or steps when labelling.
+            let total = classes.len();
+            count.iter().map(|&k| (total as f64 / (o as f64 * k.max(1) as f64)) as f32).collect()
         } else {
             Vec::new()
         };
@@ -478,6 +503,15 @@ impl Fitter {
         let clip = Clip { max_norm: (cfg.clip_norm > 0.0).then_some(cfg.clip_norm), max_value: None };
         let updater = Updater::new(slab, optimizer, cfg.schedule(total)?, clip, cfg.max_bad_steps, None)?;
         let reducer = group.reducer(slab, 1);
+        let mut at = 0;
+        let step_starts = train
+            .lengths
+            .iter()
+            .map(|&l| {
+                at += l;
+                at - l
+            })
+            .collect();
         let mut f = Fitter {
             starts: train.starts(),
             train,
@@ -485,6 +519,7 @@ impl Fitter {
             classes,
             values,
             class_weights,
+            step_starts,
             batch: b,
             workspaces,
             grads: vec![0.0; slab],
@@ -569,8 +604,15 @@ impl Fitter {
         let rows = end - start;
         let (ranks, rank) = (self.group.size(), self.group.rank());
         let mine = share(rows, ranks, rank);
+        let label = self.model.spec.task == Task::Label;
         let weight = |i: usize| -> f64 {
-            if self.class_weights.is_empty() { 1.0 } else { self.class_weights[self.classes[i] as usize] as f64 }
+            let w = |c: u32| if self.class_weights.is_empty() { 1.0 } else { self.class_weights[c as usize] as f64 };
+            if label {
+                let s = self.step_starts[i];
+                self.classes[s..s + self.train.lengths[i]].iter().map(|&c| w(c)).sum()
+            } else {
+                w(self.classes[i])
+            }
         };
         let batch = &self.order[start..end];
         let (global_w, local_w): (f64, f64) =
@@ -580,6 +622,16 @@ impl Fitter {
         self.vb.clear();
         self.wb.clear();
         match self.model.spec.task {
+            Task::Label => {
+                // (T, B) time-major, class 0 on padding (which the lengths leave out).
+                let t_max = which.iter().map(|&i| self.train.lengths[i]).max().unwrap_or(0);
+                for t in 0..t_max {
+                    for &i in which {
+                        let c = if t < self.train.lengths[i] { self.classes[self.step_starts[i] + t] } else { 0 };
+                        self.yb.push(c);
+                    }
+                }
+            }
             Task::Classify => self.yb.extend(which.iter().map(|&i| self.classes[i])),
             Task::Regress => {
                 let o = self.model.spec.outputs;
@@ -746,7 +798,7 @@ impl Fitter {
         let max_len = data.max_len().max(1);
         let patch = if cfg.patch == 0 { FitConfig::auto_patch(max_len, data.features) } else { cfg.patch };
         let classes = match &data.labels {
-            Labels::Classes { names, .. } => names.len().max(2),
+            Labels::Classes { names, .. } | Labels::Steps { names, .. } => names.len().max(2),
             Labels::Values(v) => (v.len() / data.len().max(1)).max(1),
             Labels::None => 1,
         };
@@ -756,12 +808,16 @@ impl Fitter {
             hidden: cfg.hidden,
             layers: cfg.layers,
             output: classes,
-            loss: if cfg.task == Task::Classify {
+            loss: if cfg.task != Task::Regress {
                 crate::net::LossKind::CrossEntropy
             } else {
                 crate::net::LossKind::Mse
             },
-            head: crate::net::Head::Pooled(cfg.pool.parse()?),
+            head: if cfg.task == Task::Label {
+                crate::net::Head::PerStep
+            } else {
+                crate::net::Head::Pooled(cfg.pool.parse()?)
+            },
         };
         let steps = max_len.div_ceil(patch);
         let b = cfg.batch.clamp(1, data.len().max(1)) as u64;

@@ -45,6 +45,13 @@ pub enum Labels {
     },
     /// O real targets per sequence, N·O values (regression; O > 1 for a forecast's horizon).
     Values(Vec<f32>),
+    /// A class per step (labelling): `ids` holds every sequence's steps back to back.
+    Steps {
+        /// The class names.
+        names: Vec<String>,
+        /// Each step's class, sequence after sequence.
+        ids: Vec<usize>,
+    },
 }
 
 /// Variable-length sequences of `features` values per step, stored back to back.
@@ -88,6 +95,21 @@ impl Dataset {
             Labels::None => Labels::None,
             Labels::Classes { names, ids } => {
                 Labels::Classes { names: names.clone(), ids: which.iter().map(|&i| ids[i]).collect() }
+            }
+            Labels::Steps { names, ids } => {
+                let mut at = 0;
+                let starts: Vec<usize> = self
+                    .lengths
+                    .iter()
+                    .map(|&l| {
+                        let s = at;
+                        at += l;
+                        s
+                    })
+                    .collect();
+                let ids =
+                    which.iter().flat_map(|&i| ids[starts[i]..starts[i] + self.lengths[i]].iter().copied()).collect();
+                Labels::Steps { names: names.clone(), ids }
             }
             Labels::Values(v) => {
                 // O values per sequence (a forecast's horizon).

@@ -30,6 +30,8 @@ pub enum Task {
     Classify,
     /// One real value per sequence (squared error on the standardised target).
     Regress,
+    /// One class per step (softmax cross-entropy at every real step).
+    Label,
 }
 
 impl std::str::FromStr for Task {
@@ -38,7 +40,8 @@ impl std::str::FromStr for Task {
         match s {
             "classify" => Ok(Task::Classify),
             "regress" => Ok(Task::Regress),
-            other => Err(Error::Config(format!("task '{other}' is unknown: use classify or regress"))),
+            "label" => Ok(Task::Label),
+            other => Err(Error::Config(format!("task '{other}' is unknown: use classify, regress, label or forecast"))),
         }
     }
 }
@@ -100,7 +103,7 @@ impl SeqSpec {
     /// O, the head's outputs: the classes, or the values predicted.
     pub fn outputs(&self) -> usize {
         match self.task {
-            Task::Classify => self.classes.len(),
+            Task::Classify | Task::Label => self.classes.len(),
             Task::Regress => self.outputs,
         }
     }
@@ -114,10 +117,11 @@ impl SeqSpec {
             layers: self.num_layers,
             output: self.outputs(),
             loss: match self.task {
-                Task::Classify => LossKind::CrossEntropy,
+                Task::Classify | Task::Label => LossKind::CrossEntropy,
                 Task::Regress => LossKind::Mse,
             },
-            head: Head::Pooled(self.pool()?),
+            // Labelling reads every step; the others one pooled readout per sequence.
+            head: if self.task == Task::Label { Head::PerStep } else { Head::Pooled(self.pool()?) },
         })
     }
 
@@ -135,14 +139,17 @@ impl SeqSpec {
         check("features per step", self.features, MAX_WIDTH)?;
         check("patch", self.patch, MAX_WIDTH)?;
         check("patch × features", self.patch * self.features, MAX_WIDTH)?;
+        if self.task == Task::Label && self.patch != 1 {
+            return Err(Error::Config("labelling reads one label per step: the patch must be 1".into()));
+        }
         match self.task {
-            Task::Classify if self.classes.len() < 2 => {
+            Task::Classify | Task::Label if self.classes.len() < 2 => {
                 return Err(Error::Config(format!(
                     "classification needs at least 2 classes, the training data has {}",
                     self.classes.len()
                 )));
             }
-            Task::Classify => check("number of classes", self.classes.len(), MAX_CLASSES)?,
+            Task::Classify | Task::Label => check("number of classes", self.classes.len(), MAX_CLASSES)?,
             Task::Regress => {
                 check("outputs", self.outputs, MAX_CLASSES)?;
                 if !(self.target_mean.is_finite() && self.target_std.is_finite() && self.target_std > 0.0) {
@@ -205,6 +212,17 @@ pub fn feature_stats(data: &Dataset, which: &[usize]) -> (Vec<f32>, Vec<f32>) {
     }
     let std = sq.iter().map(|s| (s / n.max(1) as f64).sqrt()).map(|s| if s < 1e-8 { 1.0 } else { s as f32 }).collect();
     (mean.iter().map(|&m| m as f32).collect(), std)
+}
+
+/// p = softmax(z), summed in f64.
+fn softmax(z: &[f32], p: &mut [f32]) {
+    let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0f64;
+    for (pv, &zv) in p.iter_mut().zip(z) {
+        *pv = (zv - max).exp();
+        sum += *pv as f64;
+    }
+    p.iter_mut().for_each(|v| *v = (*v as f64 / sum) as f32);
 }
 
 /// A padded, time-major batch of standardised, patched sequences, reused across batches.
@@ -271,11 +289,14 @@ impl SeqModel {
 
     /// The head's outputs for every sequence of `data`, (N, O): class probabilities
     /// (softmax), or predicted values (in the target's units), run `batch` sequences at a time.
+    /// Labelling gives a row per step instead, (Σ lengths, O), sequence after sequence.
     pub fn predict(&self, data: &Dataset, batch: usize, threads: usize) -> Result<Vec<f32>> {
         self.check_data(data)?;
         let n = data.len();
         let o = self.spec.outputs();
-        let mut out = vec![0.0f32; n * o];
+        let rows = if self.spec.task == Task::Label { data.lengths.iter().sum() } else { n };
+        let mut out = vec![0.0f32; rows * o];
+        let mut row_at = 0;
         if n == 0 {
             return Ok(out);
         }
@@ -296,17 +317,24 @@ impl SeqModel {
             ws.set_lengths(Some(&buf.lengths))?;
             self.net.forward(&self.params, ws, Input::Dense(&buf.x), None, None)?;
             let logits = ws.logits();
+            if self.spec.task == Task::Label {
+                // (T, B, O) time-major: each sequence's real steps, in order.
+                let bb = which.len();
+                for (j, &len) in buf.lengths.iter().enumerate() {
+                    for t in 0..len {
+                        let z = &logits[(t * bb + j) * o..(t * bb + j + 1) * o];
+                        softmax(z, &mut out[row_at * o..(row_at + 1) * o]);
+                        row_at += 1;
+                    }
+                }
+                continue;
+            }
             let dst = &mut out[c * b * o..c * b * o + which.len() * o];
             match self.spec.task {
+                Task::Label => {}
                 Task::Classify => {
                     for (z, p) in logits.chunks_exact(o).zip(dst.chunks_exact_mut(o)) {
-                        let max = z.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                        let mut sum = 0.0f64;
-                        for (pv, &zv) in p.iter_mut().zip(z) {
-                            *pv = (zv - max).exp();
-                            sum += *pv as f64;
-                        }
-                        p.iter_mut().for_each(|v| *v = (*v as f64 / sum) as f32);
+                        softmax(z, p);
                     }
                 }
                 Task::Regress => {
@@ -324,7 +352,7 @@ impl SeqModel {
     /// naming it).
     pub fn class_ids(&self, data: &Dataset) -> Result<Vec<usize>> {
         match &data.labels {
-            Labels::Classes { names, ids } => {
+            Labels::Classes { names, ids } | Labels::Steps { names, ids } => {
                 let map: Result<Vec<usize>> = names
                     .iter()
                     .map(|n| {

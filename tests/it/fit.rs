@@ -462,3 +462,52 @@ fn diagnose_measures_a_fit_model_on_its_data() {
     let o = bptt(&["diagnose", "--model", model.to_str().unwrap()]);
     assert!(!o.status.success() && stderr(&o).contains("--data"), "{}", stderr(&o));
 }
+
+/// `fit --task label` learns a label per step that needs memory (did the value rise since the
+/// previous step?); `evaluate` scores every real step and `predict` writes a row per step.
+#[test]
+fn labelling_learns_a_label_per_step() {
+    let d = tempfile::tempdir().unwrap();
+    let mut x = 3u64;
+    let mut rand = || {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) as f64 / (1u64 << 31) as f64
+    };
+    let mut write = |name: &str, n: usize| {
+        let mut csv = String::from("id,value,label\n");
+        let mut steps = 0;
+        for i in 0..n {
+            let len = 5 + (rand() * 15.0) as usize;
+            let mut prev = rand();
+            for t in 0..len {
+                let v = rand();
+                let label = if t > 0 && v > prev { "up" } else { "down" };
+                csv.push_str(&format!("s{i},{v},{label}\n"));
+                prev = v;
+                steps += 1;
+            }
+        }
+        let p = d.path().join(name);
+        std::fs::write(&p, csv).unwrap();
+        (p, steps)
+    };
+    let (train, _) = write("train.csv", 150);
+    let (test, test_steps) = write("test.csv", 40);
+    let run = d.path().join("run");
+    let o = fit(&run, &train, &["--task", "label", "--epochs", "15", "--class-weight", "balanced"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = run.join("model.safetensors");
+    let e = bptt(&["evaluate", "--model", model.to_str().unwrap(), "--data", test.to_str().unwrap(), "--json"]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    let r = json(&e);
+    assert_eq!(r["n"].as_u64().unwrap() as usize, test_steps, "every real step is scored");
+    assert!(r["accuracy"].as_f64().unwrap() > 0.9, "{r}");
+    let p = bptt(&["predict", "--model", model.to_str().unwrap(), "--data", test.to_str().unwrap()]);
+    assert!(p.status.success(), "{}", stderr(&p));
+    let text = String::from_utf8(p.stdout).unwrap();
+    assert!(text.starts_with("index,step,class,p_down,p_up"), "{}", &text[..60]);
+    assert_eq!(text.lines().count(), test_steps + 1);
+    // A patch would merge labelled steps: refused in one line.
+    let o = fit(&d.path().join("bad"), &train, &["--task", "label", "--patch", "2", "--epochs", "1"]);
+    assert!(!o.status.success() && stderr(&o).contains("patch must be 1"), "{}", stderr(&o));
+}
