@@ -138,7 +138,10 @@ impl Transport for Loop {
 
 /// `n` groups of one process, ranks 0..n, connected in memory (for tests): each has its own
 /// link thread. `interrupt` plays the signal flag: once set, a wait gives up half a second later.
-pub(super) fn groups(n: usize, interrupt: Arc<std::sync::atomic::AtomicUsize>) -> Vec<super::Group> {
+pub(super) fn groups(
+    n: usize,
+    interrupt: Arc<std::sync::atomic::AtomicUsize>,
+) -> crate::error::Result<Vec<super::Group>> {
     let fabric = Arc::new(Fabric {
         n,
         state: Mutex::new(Round { slots: vec![None; n], ..Round::default() }),
@@ -156,8 +159,8 @@ pub(super) fn groups(n: usize, interrupt: Arc<std::sync::atomic::AtomicUsize>) -
             let handle = std::thread::Builder::new()
                 .name(format!("bptt-loop-{rank}"))
                 .spawn(move || serve_with(&t, &p))
-                .expect("spawn a loopback link thread");
-            super::Group { rank, size: n, link: Some((pipe, handle)) }
+                .map_err(|e| crate::error::Error::Dist(format!("cannot start a loopback link thread: {e}")))?;
+            Ok(super::Group { rank, size: n, link: Some((pipe, handle)) })
         })
         .collect()
 }

@@ -267,7 +267,7 @@ impl Group {
     /// MPI (each group has its own link thread; use each from its own thread). `interrupt` plays
     /// the signal flag.
     #[doc(hidden)]
-    pub fn loopback(n: usize, interrupt: Arc<AtomicUsize>) -> Vec<Group> {
+    pub fn loopback(n: usize, interrupt: Arc<AtomicUsize>) -> Result<Vec<Group>> {
         loopback::groups(n.max(1), interrupt)
     }
 

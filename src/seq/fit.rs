@@ -607,7 +607,9 @@ impl Fitter {
         let label = self.model.spec.task == Task::Label;
         let weight = |i: usize| -> f64 {
             let w = |c: u32| if self.class_weights.is_empty() { 1.0 } else { self.class_weights[c as usize] as f64 };
-            if label {
+            if self.classes.is_empty() {
+                1.0 // regression: every sequence weighs the same
+            } else if label {
                 let s = self.step_starts[i];
                 self.classes[s..s + self.train.lengths[i]].iter().map(|&c| w(c)).sum()
             } else {

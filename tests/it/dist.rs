@@ -19,7 +19,7 @@ fn grads_of(rank: usize, n: usize) -> Vec<f32> {
 #[test]
 fn buckets_and_gaps_average_over_loopback_ranks() {
     let (n, len) = (3, 100);
-    let groups = Group::loopback(n, Arc::new(AtomicUsize::new(0)));
+    let groups = Group::loopback(n, Arc::new(AtomicUsize::new(0))).unwrap();
     let results: Vec<Vec<f32>> = std::thread::scope(|s| {
         let handles: Vec<_> = groups
             .iter()
@@ -62,7 +62,7 @@ fn buckets_and_gaps_average_over_loopback_ranks() {
 /// Sums, gathers and broadcasts of the control path agree on every rank.
 #[test]
 fn control_collectives_over_loopback() {
-    let groups = Group::loopback(4, Arc::new(AtomicUsize::new(0)));
+    let groups = Group::loopback(4, Arc::new(AtomicUsize::new(0))).unwrap();
     std::thread::scope(|s| {
         for g in &groups {
             s.spawn(move || {
@@ -87,7 +87,7 @@ fn control_collectives_over_loopback() {
 #[test]
 fn a_peer_that_never_answers_ends_in_an_error_not_a_hang() {
     let interrupt = Arc::new(AtomicUsize::new(0));
-    let groups = Group::loopback(2, interrupt.clone());
+    let groups = Group::loopback(2, interrupt.clone()).unwrap();
     let g0 = &groups[0];
     let t0 = Instant::now();
     std::thread::scope(|s| {

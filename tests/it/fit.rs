@@ -361,7 +361,7 @@ fn bad_sequence_data_gives_one_line() {
         ("--pool", "median", "--pool"),
         ("--patch", "0", "--patch"),
         ("--dropout", "1.5", "--dropout"),
-        ("--task", "cluster", "classify or regress"),
+        ("--task", "cluster", "classify, regress, label or forecast"),
         ("--class-weight", "heavy", "--class-weight"),
     ] {
         let o = fit(&d.path().join("out"), &ok_csv, &["--force", "--epochs", "1", flag, value]);
