@@ -112,6 +112,8 @@ row "cell disagrees with the tensors" "$B" eval --model "$W/wrong-cell.safetenso
 row "NaN weight" "$B" eval --model "$W/nan.safetensors" --text "$W/ok.txt"
 row "text with a character the model lacks" "$B" eval --model "$M" --text "$W/unknown-chars.txt"
 row "train --init on such a text" "$B" train --init "$M" --text "$W/unknown-chars.txt"
+row "eval: unknown --split" "$B" eval --model "$M" --text "$W/ok.txt" --split test
+row "eval: an empty validation part" "$B" eval --model "$M" --text "$W/ok.txt" --val-fraction 0
 row "prime with unknown characters" "$B" sample --model "$M" --prime "XYZ"
 row "negative temperature" "$B" sample --model "$M" --temperature -1
 row "top-k 0" "$B" sample --model "$M" --top-k 0

@@ -61,7 +61,7 @@ def test_a_saved_model_loads_in_the_cli_and_back(tmp_path):
     ours = m.sample(prime="the ", length=40, seed=3)
     assert out in (ours, ours + "\n")  # the CLI ends its output with a newline
     ev = json.loads(subprocess.run([cli(), "eval", "--model", str(path), "--text", str(_write(tmp_path, corpus())),
-                                    "--json"], check=True, capture_output=True, text=True).stdout)
+                                    "--json", "--split", "all"], check=True, capture_output=True, text=True).stdout)
     assert abs(ev["loss"] - m.evaluate(corpus())["loss"]) < 1e-12
     back = bptt.CharLM.load(path)
     assert all(np.array_equal(a, b) for a, b in zip(back.state_dict().values(), m.state_dict().values()))

@@ -188,6 +188,19 @@ impl CharModel {
     /// `streams` contiguous streams (1 = the whole text as one stream) each run from a zero
     /// state in chunks of up to `chunk` steps with the state carried.
     pub fn evaluate(&self, ids: &TokenIds, streams: usize, chunk: usize, threads: usize) -> Result<Eval> {
+        self.evaluate_with(ids, streams, chunk, threads, &mut |_, _| {})
+    }
+
+    /// [`CharModel::evaluate`], telling `progress(done, total)` (characters scored) after each
+    /// chunk.
+    pub fn evaluate_with(
+        &self,
+        ids: &TokenIds,
+        streams: usize,
+        chunk: usize,
+        threads: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Eval> {
         if ids.len() < 2 {
             return Err(Error::Data("the text needs at least 2 characters to predict one".into()));
         }
@@ -217,6 +230,7 @@ impl CharModel {
             total += loss as f64 * (t * b) as f64;
             ws.state_at(t, &mut state);
             start += t;
+            progress(start * b, s * b);
         }
         let tokens = s * b;
         let loss = total / tokens as f64;

@@ -85,9 +85,19 @@ fn eval_matches_the_in_process_loss_and_sampling_is_deterministic() {
     assert!(train(d.path(), &text, "run", &["--steps", "20", "--eval-every", "0"]).status.success());
     let model = d.path().join("run/model.safetensors");
     let m = model.to_str().unwrap();
-    let o = bptt(&["eval", "--model", m, "--text", text.to_str().unwrap(), "--json"]);
+    let o = bptt(&["eval", "--model", m, "--text", text.to_str().unwrap(), "--json", "--split", "all"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("the whole file as one stream"), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The default split is the validation part, scored as `train` validates (B = 4 streams here):
+    // the run's last val_loss (to rounding: `train` runs windows of 16 steps, `eval` of 100).
+    let o = bptt(&["eval", "--model", m, "--text", text.to_str().unwrap(), "--json", "--streams", "4"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let val: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let metrics = std::fs::read_to_string(d.path().join("run/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    let (ours, theirs) = (val["loss"].as_f64().unwrap(), last["val_loss"].as_f64().unwrap());
+    assert!((ours - theirs).abs() < 1e-6 * theirs, "eval {ours} against the run's val_loss {theirs}");
     let cm = CharModel::load(&model).unwrap();
     let ids = cm.vocab.encode(&std::fs::read_to_string(&text).unwrap()).unwrap();
     let e = cm.evaluate_stream(&ids, 1).unwrap();
