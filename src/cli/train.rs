@@ -139,8 +139,8 @@ pub struct Args {
     #[arg(long, requires = "resume")]
     reshard: bool,
     /// Under mpirun: average the gradient layer by layer while the backward pass goes on
-    /// (`overlap`), or in one all-reduce after it (`after`).
-    #[arg(long, value_name = "overlap|after", default_value = "overlap")]
+    /// (`overlap`), or in one all-reduce after it (`after`). (Listed only in MPI builds.)
+    #[arg(long, value_name = "overlap|after", default_value = "overlap", hide = cfg!(not(feature = "mpi")))]
     grad_sync: String,
 }
 
