@@ -69,3 +69,18 @@ impl FromStr for CellKind {
             .ok_or_else(|| Error::Config(format!("unknown cell '{s}': use one of lstm, gru, rnn_tanh, rnn_relu")))
     }
 }
+
+/// A cell kind in config and model files as its name (`lstm`, `gru`, `rnn_tanh`, `rnn_relu`):
+/// `#[serde(with = "crate::cell::serde_name")]`.
+pub(crate) mod serde_name {
+    use super::CellKind;
+
+    pub fn serialize<S: serde::Serializer>(c: &CellKind, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.name())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CellKind, D::Error> {
+        let s: String = serde::Deserialize::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}

@@ -28,7 +28,7 @@ const MAX_PARAMS: usize = 1 << 31;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ModelSpec {
     /// The recurrent cell.
-    #[serde(with = "cell_name")]
+    #[serde(with = "crate::cell::serde_name")]
     pub cell: CellKind,
     /// E.
     pub embedding_dim: usize,
@@ -36,17 +36,6 @@ pub struct ModelSpec {
     pub hidden: usize,
     /// L.
     pub layers: usize,
-}
-
-mod cell_name {
-    use crate::cell::CellKind;
-    pub fn serialize<S: serde::Serializer>(c: &CellKind, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(c.name())
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CellKind, D::Error> {
-        let s: String = serde::Deserialize::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 impl ModelSpec {

@@ -69,6 +69,19 @@ pub trait Job {
     fn group(&self) -> &Group;
 }
 
+/// Under mpirun every rank starts, or none: a rank left waiting for one that failed to set up
+/// would hang. Returns the setup, or the exit to take (the failed rank's error on that rank).
+pub fn agree_to_start<T>(group: &Group, setup: Result<T>) -> Result<std::result::Result<T, ExitCode>> {
+    if group.size() > 1 && !group.all_ok(setup.is_ok())? {
+        return match setup {
+            Err(e) => Err(e.context(format!("rank {}", group.rank()))),
+            Ok(_) if group.is_root() => bail!("another rank could not start the run (see its message)"),
+            Ok(_) => Ok(Err(ExitCode::FAILURE)),
+        };
+    }
+    Ok(Ok(setup?))
+}
+
 /// A fresh run's folder: `--out` (created if needed) or a unique `runs/PREFIX<time>`, locked,
 /// refused if it holds an earlier run's files (unless `force`, which removes them).
 pub fn claim_folder(out: Option<&Path>, prefix: &str, force: bool) -> Result<(PathBuf, fsio::RunLock)> {

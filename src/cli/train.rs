@@ -182,15 +182,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(dir) => resume(&a, dir, threads, &group),
         None => fresh(&a, threads, &group),
     };
-    if group.size() > 1 && !group.all_ok(setup.is_ok())? {
-        // Every rank starts, or none: one left waiting for a rank that failed would hang.
-        return match setup {
-            Err(e) => Err(e.context(format!("rank {}", group.rank()))),
-            Ok(_) if group.is_root() => bail!("another rank could not start the run (see its message)"),
-            Ok(_) => Ok(ExitCode::FAILURE),
-        };
-    }
-    let (mut trainer, dir, cadence, _lock) = setup?;
+    let setup = match super::run::agree_to_start(&group, setup)? {
+        Ok(setup) => setup,
+        Err(code) => return Ok(code),
+    };
+    let (mut trainer, dir, cadence, _lock) = setup;
     trainer.set_overlap(overlap);
     match super::run::train_loop(&mut trainer, &dir, cadence, signal) {
         Err(e) if group.size() > 1 => {

@@ -28,7 +28,7 @@ pub struct FitConfig {
     /// classify or regress.
     pub task: Task,
     /// The recurrent cell.
-    #[serde(with = "cell_name")]
+    #[serde(with = "crate::cell::serde_name")]
     pub cell: CellKind,
     /// H.
     pub hidden: usize,
@@ -68,17 +68,6 @@ pub struct FitConfig {
     /// A forecaster's windows (the data are then windows of a series, see `seq::forecast`).
     #[serde(default)]
     pub forecast: Option<crate::seq::forecast::ForecastSpec>,
-}
-
-mod cell_name {
-    use crate::cell::CellKind;
-    pub fn serialize<S: serde::Serializer>(c: &CellKind, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(c.name())
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CellKind, D::Error> {
-        let s: String = serde::Deserialize::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 impl FitConfig {

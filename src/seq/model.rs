@@ -52,7 +52,7 @@ pub struct SeqSpec {
     /// What it predicts.
     pub task: Task,
     /// The recurrent cell.
-    #[serde(with = "cell_name")]
+    #[serde(with = "crate::cell::serde_name")]
     pub cell: CellKind,
     /// H.
     pub hidden_size: usize,
@@ -81,17 +81,6 @@ pub struct SeqSpec {
 
 fn one() -> usize {
     1
-}
-
-mod cell_name {
-    use crate::cell::CellKind;
-    pub fn serialize<S: serde::Serializer>(c: &CellKind, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(c.name())
-    }
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<CellKind, D::Error> {
-        let s: String = serde::Deserialize::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 impl SeqSpec {
