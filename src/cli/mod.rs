@@ -27,7 +27,7 @@ struct Cli {
     command: Command,
     /// Print the command's memory estimate before it allocates, and its peak resident memory
     /// at exit (stderr)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, display_order = 999)]
     memory: bool,
 }
 

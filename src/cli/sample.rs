@@ -28,7 +28,7 @@ pub struct Args {
     /// Seed of the sampling stream.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Threads [default: 1, sampling is latency-bound].
+    /// Threads (sampling is latency-bound: one is fastest for one stream).
     #[arg(long, default_value_t = 1)]
     threads: usize,
 }
