@@ -178,6 +178,20 @@ pub fn split(data: &Dataset, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize
     (train, valid)
 }
 
+/// Every class of the training labels must occur (an empty one is `unused`, named) and there
+/// must be two at least.
+fn check_classes(names: &[String], ids: &[usize], task: &str, unused: &str) -> Result<()> {
+    if names.len() < 2 {
+        return Err(Error::Data(format!("{task} needs at least 2 classes, the training data has {}", names.len())));
+    }
+    let mut count = vec![0usize; names.len()];
+    ids.iter().for_each(|&c| count[c] += 1);
+    match count.iter().position(|&k| k == 0) {
+        Some(c) => Err(Error::Data(format!("class '{}' {unused}", names[c]))),
+        None => Ok(()),
+    }
+}
+
 /// Rank `rank` of `ranks`' contiguous share of `rows` rows.
 fn share(rows: usize, ranks: usize, rank: usize) -> std::ops::Range<usize> {
     rows * rank / ranks..rows * (rank + 1) / ranks
@@ -349,35 +363,16 @@ impl Fitter {
         };
         let (task_ok, classes, target) = match (&train.labels, cfg.task) {
             (Labels::Classes { names, ids }, Task::Classify) => {
-                let mut count = vec![0usize; names.len()];
-                ids.iter().for_each(|&c| count[c] += 1);
-                if names.len() < 2 {
-                    return Err(Error::Data(format!(
-                        "classification needs at least 2 classes, the training data has {}",
-                        names.len()
-                    )));
-                }
-                if let Some(c) = count.iter().position(|&k| k == 0) {
-                    return Err(Error::Data(format!(
-                        "class '{}' has no training sequence: drop it from the file's @classLabel list or add \
-                         examples",
-                        names[c]
-                    )));
-                }
+                check_classes(
+                    names,
+                    ids,
+                    "classification",
+                    "has no training sequence: drop it from the file's @classLabel list or add examples",
+                )?;
                 (true, names.clone(), (0.0, 1.0))
             }
             (Labels::Steps { names, ids }, Task::Label) => {
-                let mut count = vec![0usize; names.len()];
-                ids.iter().for_each(|&c| count[c] += 1);
-                if names.len() < 2 {
-                    return Err(Error::Data(format!(
-                        "labelling needs at least 2 classes, the training data has {}",
-                        names.len()
-                    )));
-                }
-                if let Some(c) = count.iter().position(|&k| k == 0) {
-                    return Err(Error::Data(format!("class '{}' labels no training step", names[c])));
-                }
+                check_classes(names, ids, "labelling", "labels no training step")?;
                 (true, names.clone(), (0.0, 1.0))
             }
             (Labels::Values(v), Task::Regress) => {
