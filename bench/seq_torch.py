@@ -2,6 +2,10 @@
 PyTorch's usual bidirectional LSTM, timed on the same machine (test accuracy and seconds).
 
     python bench/seq_torch.py [--seeds 1 2 3] [--threads 2] [--bptt target/release/bptt]
+    python bench/seq_torch.py --set data/extra/Trace --recipes bptt torch-bilstm
+
+`--set DIR` takes `DIR/NAME_TRAIN.ts` and `DIR/NAME_TEST.ts` instead (a UCR set from
+`reference/extract_ucr.py`); the BiLSTM then reads one value per step, as the issue measured.
 
 Recipes:
 - `bptt`: `bptt fit` with its defaults (the command in README), timed as a process.
@@ -10,7 +14,8 @@ Recipes:
   GRU's outputs, Adam 3e-3 with a cosine decay over all updates, clip-norm 5, batch 8, 60 epochs, packed
   sequences.
 - `torch-bilstm`: a bidirectional LSTM H64 (last states of both directions), Adam 1e-3, batch
-  16, 60 epochs: the baseline the issue measured.
+  16, 60 epochs (or, with `--epochs-rule`, bptt's rule: at least 2,000 updates): the baseline
+  the issue measured.
 """
 
 import argparse
@@ -75,7 +80,7 @@ def batch(seqs, idx):
     return x, lengths
 
 
-def train_torch(kind, X, y, Xt, yt, seed):
+def train_torch(kind, X, y, Xt, yt, seed, rule):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     allx = np.concatenate(X)
@@ -87,10 +92,12 @@ def train_torch(kind, X, y, Xt, yt, seed):
     model = Model(X[0].shape[1], len(classes), kind)
     b, lr = (8, 3e-3) if kind == "same" else (16, 1e-3)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = 60 * math.ceil(len(X) / b)
+    per_epoch = math.ceil(len(X) / b)
+    epochs = max(60, math.ceil(2000 / per_epoch)) if rule else 60
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if kind == "same" else None
     t0 = time.perf_counter()
-    for _ in range(60):
+    for _ in range(epochs):
         model.train()
         order = rng.permutation(len(X))
         for k in range(0, len(X), b):
@@ -129,26 +136,30 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bptt", default=str(ROOT / "target" / "release" / "bptt"))
+    ap.add_argument("--set", default=str(ROOT / "data" / "JapaneseVowels"))
+    ap.add_argument("--recipes", nargs="+", default=["bptt", "torch-same", "torch-bilstm"])
+    ap.add_argument("--epochs-rule", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    train = ROOT / "data" / "JapaneseVowels" / "JapaneseVowels_TRAIN.ts"
-    test = ROOT / "data" / "JapaneseVowels" / "JapaneseVowels_TEST.ts"
+    name = Path(a.set).name
+    train = Path(a.set) / f"{name}_TRAIN.ts"
+    test = Path(a.set) / f"{name}_TEST.ts"
     X, y, Xt, yt = read_ts(train), labels(train), read_ts(test), labels(test)
-    print(f"torch {torch.__version__}, {a.threads} threads")
+    print(f"{name}: torch {torch.__version__}, {a.threads} threads")
     print("| recipe | seed | test accuracy | training s |")
     print("|---|---|---|---|")
     results = {}
-    for name in ["bptt", "torch-same", "torch-bilstm"]:
+    for recipe in a.recipes:
         for s in a.seeds:
-            if name == "bptt":
+            if recipe == "bptt":
                 acc, sec = train_bptt(a.bptt, train, test, s, a.threads)
             else:
-                acc, sec = train_torch(name.split("-")[1], X, y, Xt, yt, s)
-            results.setdefault(name, []).append((acc, sec))
-            print(f"| {name} | {s} | {acc:.4f} | {sec:.1f} |", flush=True)
-    for name, r in results.items():
+                acc, sec = train_torch(recipe.split("-")[1], X, y, Xt, yt, s, a.epochs_rule)
+            results.setdefault(recipe, []).append((acc, sec))
+            print(f"| {recipe} | {s} | {acc:.4f} | {sec:.1f} |", flush=True)
+    for recipe, r in results.items():
         accs, secs = sorted(x[0] for x in r), sorted(x[1] for x in r)
-        print(f"{name}: median accuracy {accs[len(accs) // 2]:.4f}, median time {secs[len(secs) // 2]:.1f} s")
+        print(f"{recipe}: median accuracy {accs[len(accs) // 2]:.4f}, median time {secs[len(secs) // 2]:.1f} s")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ write('nan.safetensors', h, bytes(nan))
 PY
 row() { # description, then the command
   local what=$1; shift
-  local out; out=$("$@" 2>&1 >/dev/null | head -n 1); local code=$?
+  local out; if [ -n "${LAST:-}" ]; then out=$("$@" 2>&1 >/dev/null | tail -n 1); else out=$("$@" 2>&1 >/dev/null | head -n 1); fi
   "$@" >/dev/null 2>&1; code=$?
   out=${out//$W\//}; out=${out//$W/DIR}
   printf '| %s | `%s` | %s |\n' "$what" "$out" "$code"
@@ -83,7 +83,7 @@ row "resume with a cut config.json" "$B" train --resume "$W/badcfg"
 cp -r "$W/run" "$W/zerocfg"; python3 -c "import json,sys; p=sys.argv[1]; c=json.load(open(p)); c['train']['batch']=0; json.dump(c, open(p,'w'))" "$W/zerocfg/config.json"
 row "resume with batch 0 in config.json" "$B" train --resume "$W/zerocfg"
 cp -r "$W/run" "$W/badmetrics"; printf '{"step": 1, "train_loss": 2}\n{"step": \n' > "$W/badmetrics/metrics.jsonl"
-row "plot a metrics.jsonl with a cut line" "$B" plot "$W/badmetrics"
+row "plot a metrics.jsonl with a cut line (plotted without it: a note, exit 0)" "$B" plot "$W/badmetrics"
 row "training larger than ulimit -v allows" sh -c 'ulimit -v 300000; exec "$0" train --text "$1" --hidden 2048 --out "$2"' "$B" "$W/ok.txt" "$W/ulimit"
 row "output folder already holds a run" "$B" train --text "$W/ok.txt" --out "$W/run"
 row "a character device as text" "$B" train --text /dev/zero --out "$W/dev"
@@ -185,3 +185,22 @@ row "fit: .npz array shorter than its shape" "$B" fit --train "$W/cut.npz" --out
 row "fit: .npz NaN inside a sequence" "$B" fit --train "$W/nan-inside.npz" --out "$W/f1"
 row "fit: .npz without X" "$B" fit --train "$W/no-x.npz" --out "$W/f1"
 row "fit: .npz with fewer labels than sequences" "$B" fit --train "$W/labels-short.npz" --out "$W/f1"
+# Never lose a run, part 3: writers, locks, numeric flags, logged runs.
+mkfifo "$W/fifo.csv"
+row "predict --out onto a FIFO (refused, left a FIFO)" "$B" predict --model "$W/fit/model.safetensors" --data "$W/ok.csv" --out "$W/fifo.csv"
+row "predict --out onto a device (refused, even as root)" "$B" predict --model "$W/fit/model.safetensors" --data "$W/ok.csv" --out /dev/null
+ln -s "$W/nowhere/x.csv" "$W/dangling.csv"
+row "predict --out onto a link to nothing" "$B" predict --model "$W/fit/model.safetensors" --data "$W/ok.csv" --out "$W/dangling.csv"
+mkdir -p "$W/locked" "$W/fifo-lock" && echo "123 some-other-host" > "$W/locked/lock" && mkfifo "$W/fifo-lock/lock"
+row "a run folder locked on another host" "$B" train --text "$W/ok.txt" --out "$W/locked" --steps 1
+row "a lock file that is a FIFO (no hang)" "$B" train --text "$W/ok.txt" --out "$W/fifo-lock" --steps 1
+mkdir -p "$W/not-ours" && echo '{"mine": true}' > "$W/not-ours/config.json"
+row "--out holding a config.json bptt did not write (even with --force)" "$B" train --text "$W/ok.txt" --out "$W/not-ours" --steps 1 --force
+row "NaN for a real-valued flag (every one)" "$B" task adding --clip-norm nan
+row "infinity for --w-hh-scale" "$B" task adding --w-hh-scale inf
+row "a negative number for a whole-number flag" "$B" train --text "$W/ok.txt" --hidden -5
+row "--locked-dropout 1" "$B" train --text "$W/ok.txt" --locked-dropout 1
+LAST=1 row "every update skipped (non-finite): the last of its lines" "$B" train --text "$W/ok.txt" --hidden 8 --embedding-dim 4 --layers 1 --batch 2 --seq-len 8 --steps 2 --lr 1e300 --clip-norm 0 --out "$W/skipped"
+echo '| mpirun ranks started with other flags or data (tests/it/mpi.rs) | `error: the ranks were not started alike: model.hidden (1 of 2 ranks differ from rank 0), parameters (1 of 2 ranks differ from rank 0); give every rank the same flags and the same files (compare each host'"'"'s copy)` | 1 |'
+echo
+echo "Not errors, by design: a run started under \`nohup\` (SIGHUP ignored) or as a background job with SIGINT ignored keeps those signals ignored; with stderr not a terminal (\`2>log\`, \`| tee\`) warnings, samples and a progress line every tenth of the run are printed as lines; a closed or full stderr (\`2>&-\`, \`2>/dev/full\`) never makes a command panic; a symbolic link is written through (the file it points to is replaced, the link stays); a resumed run keeps every line of metrics.jsonl logged up to its checkpoint, including lines that are not metrics (and says how many); \`--force-unlock\` takes over a lock held on another host."

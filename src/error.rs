@@ -37,9 +37,13 @@ pub enum Error {
         /// The memory available now (MemAvailable), in bytes.
         available: u64,
     },
-    /// Data-parallel training failed: a rank stopped answering, or the ranks disagree.
+    /// Data-parallel training failed: a rank stopped answering.
     #[error("{0}")]
     Dist(String),
+    /// The ranks of a data-parallel run were started with different settings or data
+    /// ([`crate::dist::Group::agree`]); the message names what differs. Every rank gets it.
+    #[error("{0}")]
+    Disagree(String),
     /// Reading or writing a file failed.
     #[error("{path}: {msg}")]
     Io {

@@ -12,22 +12,42 @@ use bptt::seq::{Dataset, Labels, SeqModel};
 use bptt::{CellKind, Error, Head, Input, InputKind, LossKind, Net, NetConfig, Targets};
 use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{IntoPyArray, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArrayMethods};
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use std::path::PathBuf;
 
-/// A library error as the Python exception a user expects: file problems are `OSError`,
-/// everything else `ValueError`; the message is the CLI's one line.
+/// A library error as the Python exception a user expects: file problems are `OSError`, too
+/// little memory `MemoryError` (with the estimate), everything else `ValueError`; the message
+/// is the CLI's one line.
 fn py_err(e: Error) -> PyErr {
     match e {
         Error::Io { .. } => PyOSError::new_err(e.to_string()),
+        Error::Memory { .. } => PyMemoryError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
     }
 }
 
 fn value_err(msg: impl Into<String>) -> PyErr {
     PyValueError::new_err(msg.into())
+}
+
+/// `MemoryError` (before anything is allocated) if `bytes` for `what` do not fit in the memory
+/// available now: every allocation whose size a caller chose is checked first, so a huge size
+/// or a broadcast (zero-stride) array of billions of elements is refused, never an abort.
+fn ensure_memory(what: &str, bytes: u64) -> PyResult<()> {
+    bptt::kernels::machine::ensure_available(|| what.to_string(), bytes).map_err(py_err)
+}
+
+/// The bytes of `n` values of `size` bytes each (saturating).
+fn bytes_of(n: usize, size: usize) -> u64 {
+    (n as u64).saturating_mul(size as u64)
+}
+
+/// True unless a callback's answer asks to stop: `False` or anything false but `None` (a
+/// NumPy `False_`, 0), as Python's `if` reads it.
+fn go_on(answer: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(answer.is_none() || answer.is_truthy()?)
 }
 
 /// The thread count: `threads`, else all cores.
@@ -178,9 +198,15 @@ impl CharLM {
             (Some(0), _) => return Err(value_err("steps must be at least 1")),
             (Some(s), _) => s,
             (None, Some(0)) => return Err(value_err("epochs must be at least 1")),
-            (None, Some(e)) => e.saturating_mul(per_epoch),
+            (None, Some(e)) => e.checked_mul(per_epoch).ok_or_else(|| {
+                value_err(format!("{e} epochs are more updates than can be counted: give fewer epochs"))
+            })?,
             (None, None) => per_epoch,
         };
+        ensure_memory("training this model", cfg.estimate_bytes(vocab.len()).map_err(py_err)?)?;
+        // The history keeps a line per update: a huge `steps` or `epochs` is refused, not an abort.
+        let line = std::mem::size_of::<(bptt::charlm::train::StepMetrics, Option<f64>)>();
+        ensure_memory("the per-update history", bytes_of(usize::try_from(cfg.steps).unwrap_or(usize::MAX), line))?;
         let model = CharModel::new(spec, vocab, seed).map_err(py_err)?;
         let mut trainer = Trainer::new(cfg, model, ids, threads).map_err(py_err)?;
         let mut history = Vec::new();
@@ -197,11 +223,10 @@ impl CharLM {
                 .map_err(py_err)?;
             history.push((m, val));
             py.check_signals()?;
-            if let Some(cb) = &callback {
-                let go_on = cb.call1(py, (m.step, metrics_dict(py, &m, val)?))?;
-                if go_on.bind(py).is_instance_of::<pyo3::types::PyBool>() && !go_on.extract::<bool>(py)? {
-                    break;
-                }
+            if let Some(cb) = &callback
+                && !go_on(cb.call1(py, (m.step, metrics_dict(py, &m, val)?))?.bind(py))?
+            {
+                break;
             }
         }
         Ok(CharLM { model: trainer.model, history })
@@ -233,17 +258,35 @@ impl CharLM {
         let threads = self::threads(threads)?;
         let model = &self.model;
         let prime_ids = model.vocab.encode(prime).map_err(py_err)?.to_vec();
-        py.detach(|| -> bptt::Result<String> {
-            let mut s = Sampler::new(model, seed, threads)?;
-            s.feed(&[model.vocab.id('\n').unwrap_or(0)])?;
-            s.feed(&prime_ids)?;
-            let mut out = String::from(prime);
-            for _ in 0..length {
-                out.push(model.vocab.char(s.next(temperature, top_k)?));
-            }
-            Ok(out)
-        })
-        .map_err(py_err)
+        if top_k == Some(0) {
+            return Err(value_err("top_k must be at least 1 (or None for every character)"));
+        }
+        // Up to 4 bytes a character, plus the sampler's state.
+        ensure_memory("the sampled text", bytes_of(length, 4).saturating_add(1 << 20))?;
+        let mut s = py
+            .detach(|| -> bptt::Result<Sampler> {
+                let mut s = Sampler::new(model, seed, threads)?;
+                s.feed(&[model.vocab.id('\n').unwrap_or(0)])?;
+                s.feed(&prime_ids)?;
+                Ok(s)
+            })
+            .map_err(py_err)?;
+        let mut out = String::from(prime);
+        // In pieces, so Ctrl-C (KeyboardInterrupt) stops a long sample between them.
+        let mut left = length;
+        while left > 0 {
+            let n = left.min(4096);
+            py.detach(|| -> bptt::Result<()> {
+                for _ in 0..n {
+                    out.push(model.vocab.char(s.next(temperature, top_k)?));
+                }
+                Ok(())
+            })
+            .map_err(py_err)?;
+            left -= n;
+            py.check_signals()?;
+        }
+        Ok(out)
     }
 
     /// Loss (nats per character), bits per character and perplexity on `text`, as `bptt eval`.
@@ -336,6 +379,7 @@ fn read_f64(a: &PyReadonlyArrayDyn<'_, f64>, what: &str, shape: &[usize]) -> PyR
     if a.shape() != shape {
         return Err(value_err(format!("{what} must have shape {shape:?}, got {:?}", a.shape())));
     }
+    ensure_memory(&format!("a copy of {what}"), bytes_of(a.len(), 8))?;
     let v: Vec<f64> = a.as_array().iter().copied().collect();
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         return Err(value_err(format!("{what} holds a non-finite value (NaN or infinity) at flat index {i}")));
@@ -400,6 +444,12 @@ fn gradient<'py>(
         head: Head::PerStep,
     };
     let net = Net::new(cfg).map_err(py_err)?;
+    // Parameters, gradients and their two dicts, and the workspace, before any is allocated.
+    let workspace = bptt::net::Workspace::<f64>::estimate_bytes(net.config(), t, b);
+    ensure_memory(
+        "this net's parameters, gradients and workspace",
+        bytes_of(net.num_params(), 32).saturating_add(workspace),
+    )?;
     let mut p: Vec<f64> = net.init_params(seed);
     if let Some(given) = params {
         for info in net.params() {
@@ -452,6 +502,7 @@ fn dataset(
             values.len()
         )));
     }
+    ensure_memory("a copy of the sequences", bytes_of(values.len(), 4))?;
     let v: Vec<f32> = values.as_array().iter().copied().collect();
     if let Some(k) = v.iter().position(|x| !x.is_finite()) {
         let (mut seq, mut at) = (0, k / features);
@@ -557,7 +608,10 @@ impl SeqCore {
             }
             None => None,
         };
+        ensure_memory("training this model", Fitter::estimate_bytes(&cfg, &train).map_err(py_err)?)?;
         let mut f = Fitter::new(cfg, train, valid, threads).map_err(py_err)?;
+        let line = std::mem::size_of::<(FitStep, Option<Score>)>();
+        ensure_memory("the per-update history", bytes_of(usize::try_from(f.total).unwrap_or(usize::MAX), line))?;
         let mut history = Vec::new();
         let mut best: Option<Vec<f32>> = None;
         while !f.done() {
@@ -574,11 +628,10 @@ impl SeqCore {
             }
             history.push((m, val));
             py.check_signals()?;
-            if let Some(cb) = &callback {
-                let go_on = cb.call1(py, (m.step, fit_dict(py, &m, val.as_ref())?))?;
-                if go_on.bind(py).is_instance_of::<pyo3::types::PyBool>() && !go_on.extract::<bool>(py)? {
-                    break;
-                }
+            if let Some(cb) = &callback
+                && !go_on(cb.call1(py, (m.step, fit_dict(py, &m, val.as_ref())?))?.bind(py))?
+            {
+                break;
             }
         }
         let mut model = f.model;

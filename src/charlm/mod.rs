@@ -11,7 +11,7 @@ pub mod vocab;
 
 pub use data::{Split, Streams, TokenIds};
 pub use model::{CharModel, Eval, ModelSpec};
-pub use run::{Cadence, Metrics, RunFile};
+pub use run::{Cadence, Kept, Metrics, RunFile};
 pub use sample::Sampler;
 pub use train::{StepMetrics, TrainConfig, Trainer};
 pub use vocab::Vocab;

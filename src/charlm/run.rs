@@ -4,7 +4,9 @@
 
 use crate::charlm::train::TrainConfig;
 use crate::error::{Error, Result};
+use crate::files::fsio;
 use serde::{Deserialize, Serialize};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 /// `config.json`: the run's settings plus where its text is and what it hashed to.
@@ -69,18 +71,32 @@ pub struct Metrics {
     pub clipped: Vec<(f64, f64)>,
     /// The gradient norms of the updates that were skipped (non-finite).
     pub skipped: Vec<(f64, f64)>,
+    /// Line numbers (from 1) of the lines that are not metrics (not JSON, or no `step`).
+    pub other: Vec<u64>,
+}
+
+/// What [`Metrics::keep_until`] did to a metrics.jsonl.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Kept {
+    /// Metrics lines kept (logged at or before the checkpoint).
+    pub lines: u64,
+    /// Metrics lines dropped (logged after it: those updates are redone).
+    pub dropped: u64,
+    /// Line numbers (from 1) of the lines kept that are not metrics (not JSON, or no `step`).
+    pub other: Vec<u64>,
 }
 
 impl Metrics {
-    /// Parses a metrics.jsonl text (`path` names the file in errors): blank lines are ignored;
-    /// every other line must be a JSON object with a numeric `step`.
-    pub fn parse(text: &str, path: &Path) -> Result<Metrics> {
+    /// Parses a metrics.jsonl text: blank lines are ignored, and lines that are not a JSON
+    /// object with a numeric `step` are listed in `other` (a resumed run keeps such lines).
+    pub fn parse(text: &str) -> Metrics {
         let mut m = Metrics::default();
         for (k, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let bad =
-                |what: &str| Error::Format { path: path.display().to_string(), msg: format!("line {}: {what}", k + 1) };
-            let v: serde_json::Value = serde_json::from_str(line).map_err(|_| bad("not JSON"))?;
-            let step = v["step"].as_f64().filter(|s| s.is_finite()).ok_or_else(|| bad("no step"))?;
+            let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            let Some(step) = v["step"].as_f64().filter(|s| s.is_finite()) else {
+                m.other.push(k as u64 + 1);
+                continue;
+            };
             let f = |key: &str| v[key].as_f64();
             if let Some(l) = f("train_loss") {
                 m.train_loss.push((step, l));
@@ -98,21 +114,76 @@ impl Metrics {
                 }
             }
         }
-        Ok(m)
+        m
     }
 
-    /// The lines of a metrics.jsonl text logged at or before `step` (each ending in a newline):
-    /// what a run resumed from the checkpoint of `step` keeps. Lines that do not parse are
-    /// dropped.
-    pub fn until(text: &str, step: u64) -> String {
-        text.lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| s <= step)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect()
+    /// Rewrites the metrics.jsonl at `path` for a run resumed from the checkpoint of `step`:
+    /// lines logged after `step` (updates about to be redone) are dropped, every other line is
+    /// kept as it is, including lines that are not metrics (history is data; they are counted in
+    /// the result so the caller can say so). Streamed line by line through a temp file and an
+    /// atomic rename, so a large history needs no memory and a failure leaves the file as it
+    /// was. A missing file becomes an empty one.
+    pub fn keep_until(path: &Path, step: u64) -> Result<Kept> {
+        use std::io::{BufRead, BufReader, BufWriter, Write};
+        let mut kept = Kept::default();
+        let file = match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return fsio::write_atomic(path, b"").map(|()| kept),
+            Err(e) => return Err(Error::io(path, e)),
+            Ok(_) => fsio::writable(path).and_then(|p| fs::File::open(&p).map_err(|e| Error::io(path, e)))?,
+        };
+        let tmp = fsio::temp_path(path)?;
+        let result = (|| -> std::io::Result<()> {
+            let mut out = BufWriter::new(fs::File::create(&tmp)?);
+            let mut input = BufReader::new(file);
+            let mut line = Vec::new();
+            for number in 1u64.. {
+                line.clear();
+                // One line at a time, at most 1 MiB of it kept in memory (a longer one is copied
+                // through in pieces, and is not metrics).
+                let n = std::io::Read::take(&mut input, 1 << 20).read_until(b'\n', &mut line)?;
+                if n == 0 {
+                    break;
+                }
+                let whole = line.ends_with(b"\n");
+                let logged = (whole && n < 1 << 20)
+                    .then(|| serde_json::from_slice::<serde_json::Value>(&line).ok())
+                    .flatten()
+                    .and_then(|v| v["step"].as_u64());
+                match logged {
+                    Some(s) if s > step => kept.dropped += 1,
+                    Some(_) => {
+                        out.write_all(&line)?;
+                        kept.lines += 1;
+                    }
+                    None if line.iter().all(u8::is_ascii_whitespace) => out.write_all(&line)?,
+                    None => {
+                        out.write_all(&line)?;
+                        if !whole {
+                            // The rest of an over-long line, copied through as it is.
+                            loop {
+                                line.clear();
+                                let n = std::io::Read::take(&mut input, 1 << 20).read_until(b'\n', &mut line)?;
+                                out.write_all(&line)?;
+                                if n == 0 || line.ends_with(b"\n") {
+                                    break;
+                                }
+                            }
+                            if !line.ends_with(b"\n") {
+                                out.write_all(b"\n")?;
+                            }
+                        }
+                        kept.other.push(number);
+                    }
+                }
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()
+        })();
+        match result {
+            Ok(()) => fsio::commit(&tmp, path).map(|()| kept),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(Error::io(path, e))
+            }
+        }
     }
 }

@@ -443,7 +443,7 @@ impl Trainer {
 
     /// The validation loss (the validation text cut into B streams), or `None` without one.
     pub fn validate(&mut self) -> Result<Option<Eval>> {
-        if self.split.val.len() < 2 {
+        if !self.has_validation() {
             return Ok(None);
         }
         // Forward-only, so any chunk length gives the same loss (to rounding): with checkpoints,
@@ -508,6 +508,26 @@ impl Trainer {
             Ok(out)
         };
         Ok(State { h: gather(&local.h)?, c: gather(&local.c)? })
+    }
+
+    /// True if the validation part holds at least two characters (one prediction).
+    pub fn has_validation(&self) -> bool {
+        self.split.val.len() >= 2
+    }
+
+    /// What every rank of a data-parallel run must share, as named hashes for
+    /// [`Group::agree`]: each setting, the vocabulary, the text (training and validation ids),
+    /// the parameters and the step.
+    pub fn fingerprint(&self) -> Vec<(String, u64)> {
+        use crate::files::fnv1a64;
+        let mut f = crate::dist::setting_hashes(&self.cfg);
+        let vocab: String = self.model.vocab.chars().iter().collect();
+        f.push(("vocabulary".into(), fnv1a64(vocab.into_bytes())));
+        let ids = self.split.train.iter().chain(self.split.val.iter());
+        f.push(("text".into(), fnv1a64(ids.flat_map(u32::to_le_bytes))));
+        f.push(("parameters".into(), crate::dist::hash_f32(&self.model.params)));
+        f.push(("step".into(), self.step));
+        f
     }
 
     /// Rebuilds a run from checkpoint bytes and the same text ids; `steps` replaces the total.

@@ -17,28 +17,28 @@ pub struct Args {
     #[arg(long, default_value = "lstm")]
     cell: String,
     /// Hidden width H.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     hidden: usize,
     /// Stacked layers L.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     layers: usize,
     /// Embedding width E.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     embedding_dim: usize,
     /// Vocabulary V.
-    #[arg(long, default_value_t = 65)]
+    #[arg(long, default_value_t = 65, allow_negative_numbers = true)]
     vocab: usize,
     /// Streams B.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
     batch: usize,
     /// Steps per update T.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     seq_len: usize,
     /// Timed updates (after 3 warm-up updates).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
     steps: usize,
     /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Print one JSON line per config.
     #[arg(long)]
@@ -55,10 +55,10 @@ pub struct Args {
     checkpoint_every: String,
     /// Dropout P on the non-recurrent connections (as `train --dropout`), a fresh mask per
     /// update.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = super::finite)]
     dropout: f64,
     /// DropConnect P on every W_hh, one mask per update (as `train --weight-drop`).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = super::finite)]
     weight_drop: f64,
     /// Stacked layers with small batches as a wavefront: auto (on with 4+ cores), on, off.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]

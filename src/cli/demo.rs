@@ -29,7 +29,7 @@ pub struct Args {
     #[arg(long)]
     text: Option<PathBuf>,
     /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
 }
 
@@ -74,7 +74,7 @@ struct Ctx {
 impl Ctx {
     fn step(&mut self, what: &str) {
         self.section += 1;
-        eprintln!("[{}/{}] {what} ({:.0} s)", self.section, self.sections, self.started.elapsed().as_secs_f64());
+        super::errln!("[{}/{}] {what} ({:.0} s)", self.section, self.sections, self.started.elapsed().as_secs_f64());
     }
     /// Saves the chart's PNG and SVG and returns the SVG for the report.
     fn chart(&self, chart: &Chart, name: &str) -> Result<String> {
@@ -171,7 +171,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             ..TaskConfig::new(TaskKind::Adding, cell, plan.adding_len)
         };
         let (net, params, r) = tasks::train(&cfg, |_| {})?;
-        eprintln!(
+        super::errln!(
             "      adding T={} {}: loss {:.4} (baseline {:.4}) {}",
             r.length,
             r.cell,
@@ -192,7 +192,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 ..TaskConfig::new(TaskKind::Copy, cell, plan.copy_len)
             };
             let r = tasks::run(&cfg, |_| {})?;
-            eprintln!(
+            super::errln!(
                 "      copy T={} {}: loss {:.4} (baseline {:.4}) {}",
                 r.length,
                 r.cell,
@@ -332,7 +332,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ),
     };
     cx.write("report.html", &report.html())?;
-    eprintln!("report: {} ({:.0} s)", cx.dir.join("report.html").display(), cx.started.elapsed().as_secs_f64());
+    super::errln!("report: {} ({:.0} s)", cx.dir.join("report.html").display(), cx.started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)
 }
 

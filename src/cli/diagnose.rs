@@ -16,25 +16,25 @@ pub struct Args {
     #[arg(long, default_value = "rnn_tanh,lstm,gru", value_delimiter = ',')]
     cells: Vec<String>,
     /// Hidden width H.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     hidden: usize,
     /// Stacked layers L.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     layers: usize,
     /// Sequence length T.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     length: usize,
     /// Sequences the norms are averaged over.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
     batch: usize,
     /// Measure after this many updates of adding-task training (0 = at initialisation).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     train_steps: usize,
     /// Rescale W_hh to this largest singular value at initialisation.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::finite)]
     w_hh_scale: Option<f64>,
     /// LSTM forget-gate bias at initialisation.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::finite)]
     forget_bias: Option<f64>,
     /// Also run the exploding-gradient experiment (tanh RNN, SGD, with and without clipping).
     #[arg(long)]
@@ -44,10 +44,10 @@ pub struct Args {
     #[arg(long)]
     truncation: bool,
     /// Seed.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Measure a saved model instead: a char model with --text (windows of --length characters),
     /// or a `fit` model with --data (up to --batch of its sequences of the most common length).
@@ -149,7 +149,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
             (vec![flow], format!("{name} on its text"), model.spec.hidden)
         }
         _ => {
-            let flows = gradient_flow(&cfg, |c| eprintln!("measuring {c} ..."))?;
+            let flows = gradient_flow(&cfg, |c| super::errln!("measuring {c} ..."))?;
             let when = if a.train_steps == 0 {
                 "at initialisation".to_string()
             } else {
@@ -188,7 +188,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         )?;
     }
     if a.explode {
-        eprintln!("exploding-gradient experiment ...");
+        super::errln!("exploding-gradient experiment ...");
         let runs = ex::explode(30, 300, 3.0, 0.05, 1.0, a.seed, threads)?;
         let (loss, norm) = ex::explode_charts(&runs, 1.0);
         loss.save(&dir.join("explode_loss"))?;
@@ -205,7 +205,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
     }
     if a.truncation {
-        eprintln!("truncation-bias experiment ...");
+        super::errln!("truncation-bias experiment ...");
         let ks: Vec<usize> =
             [1, 2, 5, 10, 20, 30, 50, 75, 100].into_iter().filter(|&k| k < a.length).chain([a.length]).collect();
         // The LSTM is trained on the adding task first (--train-steps, else the task's 2000).
@@ -217,6 +217,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
             super::outln!("truncation k={:<4} cosine {:.4} relative norm {:.4}", p.k, p.cosine, p.relative_norm)?;
         }
     }
-    eprintln!("wrote plots, CSV and JSON to {}", dir.display());
+    super::errln!("wrote plots, CSV and JSON to {}", dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -26,14 +26,14 @@ pub struct Args {
     #[arg(long, value_name = "val|train|all", default_value = "val")]
     split: String,
     /// The fraction of the text, at its end, that is the validation part.
-    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true, value_parser = super::finite)]
     val_fraction: f64,
     /// Streams the part is cut into (val, train); `train`'s default --batch, so the number
     /// matches the run's val_loss.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
     streams: usize,
     /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
 }
 
@@ -107,7 +107,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     if !tty {
         // Logged runs get one line of what was done (after the result, which may not be written).
-        eprintln!("scored {} characters of {what} in {:.1} s", e.tokens, start.elapsed().as_secs_f64());
+        super::errln!("scored {} characters of {what} in {:.1} s", e.tokens, start.elapsed().as_secs_f64());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -29,10 +29,10 @@ pub struct Args {
     #[arg(long)]
     label_column: Option<String>,
     /// Sequences per forward pass.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     batch: usize,
     /// Threads [default: all cores].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
 }
 
@@ -139,7 +139,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
                     counts: r.confusion.clone(),
                 };
                 chart.save(path)?;
-                eprintln!("wrote {}", path.display());
+                super::errln!("wrote {}", path.display());
             }
             if a.json {
                 super::outln!("{}", serde_json::to_string(&r)?)?;

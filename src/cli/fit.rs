@@ -23,7 +23,8 @@ different lengths: batches are padded, and padding never counts in the loss or t
 standardised with the training data's mean and standard deviation (stored in the model). Long series are fed \
 --patch steps at a time (auto: 1 up to 64 steps, else about 20 RNN steps per series). The head reads the last \
 state and the mean over each sequence's own steps (--pool). Defaults: a 1-layer GRU, H 256, dropout 0.3, \
-Adam 3e-3 with a cosine decay, batch 8, 60 epochs (chosen on JapaneseVowels' training file; see README).")]
+Adam 3e-3 with a cosine decay, batch 8, 60 epochs or at least 2,000 updates (chosen on JapaneseVowels' training file and three UCR sets; see \
+README).")]
 pub struct Args {
     /// Training data: a .ts or long-form .csv file.
     #[arg(long, required_unless_present = "resume")]
@@ -33,7 +34,7 @@ pub struct Args {
     valid: Option<PathBuf>,
     /// Fraction of the training sequences held out for validation, per class [default: 0 = none;
     /// forecast: the last 0.2 of the series, whose MAE is printed beside the baselines'].
-    #[arg(long, allow_negative_numbers = true, conflicts_with_all = ["resume", "valid"])]
+    #[arg(long, allow_negative_numbers = true, conflicts_with_all = ["resume", "valid"], value_parser = super::finite)]
     valid_fraction: Option<f64>,
     /// classify (one class per sequence), regress (one value per sequence), label (one class per
     /// step, from a CSV whose label column changes along a sequence) or forecast (the next
@@ -41,13 +42,13 @@ pub struct Args {
     #[arg(long, default_value = "classify", conflicts_with = "resume")]
     task: String,
     /// forecast: values forecast at once.
-    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 1, conflicts_with = "resume", allow_negative_numbers = true)]
     horizon: usize,
     /// forecast: steps of history per forecast [default: 3 × --season, at least 12].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, conflicts_with = "resume", allow_negative_numbers = true)]
     window: Option<usize>,
     /// forecast: the season of the seasonal-naive baseline (e.g. 12 for monthly data).
-    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 1, conflicts_with = "resume", allow_negative_numbers = true)]
     season: usize,
     /// forecast: the column to forecast [default: the last numeric one].
     #[arg(long, conflicts_with = "resume")]
@@ -56,10 +57,10 @@ pub struct Args {
     #[arg(long, default_value = "gru", conflicts_with = "resume")]
     cell: String,
     /// Hidden width H.
-    #[arg(long, default_value_t = 256, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 256, conflicts_with = "resume", allow_negative_numbers = true)]
     hidden: usize,
     /// Stacked layers L.
-    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 1, conflicts_with = "resume", allow_negative_numbers = true)]
     layers: usize,
     /// What the head reads: last, mean, max, or a sum such as last+mean.
     #[arg(long, default_value = "last+mean", conflicts_with = "resume")]
@@ -67,38 +68,39 @@ pub struct Args {
     /// Consecutive steps fed as one RNN step (auto: 1 up to 64 steps, else ⌈T/20⌉).
     #[arg(long, default_value = "auto", conflicts_with = "resume")]
     patch: String,
-    /// Passes over the training data [default: 60]; with --resume, the new total.
-    #[arg(long)]
+    /// Passes over the training data [default: 60, or enough for 2,000 updates on a small set]; with --resume,
+    /// the new total.
+    #[arg(long, allow_negative_numbers = true)]
     epochs: Option<u64>,
     /// Sequences per update.
-    #[arg(long, default_value_t = 8, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 8, conflicts_with = "resume", allow_negative_numbers = true)]
     batch: usize,
     /// sgd, adam, adamw, rmsprop, adagrad.
     #[arg(long, default_value = "adam", conflicts_with = "resume")]
     optimizer: String,
     /// Learning rate.
-    #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 3e-3, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     lr: f64,
     /// Weight decay (L2 for adam, decoupled for adamw).
-    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     weight_decay: Option<f64>,
     /// constant, step:EVERY:GAMMA, exp:GAMMA, cosine[:MIN_LR] (over all updates).
     #[arg(long, default_value = "cosine", conflicts_with = "resume")]
     lr_schedule: String,
     /// Clip the global gradient norm to this (0 = off).
-    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     clip_norm: f64,
     /// Dropout P on the inputs, between layers and before the head.
-    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 0.3, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     dropout: f64,
     /// none, or balanced: weight each class by n / (classes · its count).
     #[arg(long, default_value = "none", conflicts_with = "resume")]
     class_weight: String,
     /// Stop after this many epochs without a better validation loss (0 = never).
-    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 0, conflicts_with = "resume", allow_negative_numbers = true)]
     patience: u64,
     /// Seed of the initialisation, the split, the order of each epoch and the dropout.
-    #[arg(long, default_value_t = 1, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 1, conflicts_with = "resume", allow_negative_numbers = true)]
     seed: u64,
     /// CSV: the sequence-id column [default: id, series or sequence].
     #[arg(long, conflicts_with = "resume")]
@@ -107,13 +109,13 @@ pub struct Args {
     #[arg(long, conflicts_with = "resume")]
     label_column: Option<String>,
     /// Also checkpoint every N updates (besides each epoch's end).
-    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 0, conflicts_with = "resume", allow_negative_numbers = true)]
     checkpoint_every_steps: u64,
     /// Stop after N consecutive updates with a non-finite gradient.
-    #[arg(long, default_value_t = 10, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 10, conflicts_with = "resume", allow_negative_numbers = true)]
     max_bad_steps: u32,
     /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores]. A given seed reproduces a run bit for bit at any thread count.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Output folder [default: runs/fit-<UTC timestamp>].
     #[arg(long, conflicts_with = "resume")]
@@ -121,6 +123,10 @@ pub struct Args {
     /// Start a fresh run even if --out already holds run files (they are replaced).
     #[arg(long, conflicts_with = "resume")]
     force: bool,
+    /// Take over the run folder's lock although it names a process on another host (a run whose
+    /// machine or container is gone). A live process on this host is still refused.
+    #[arg(long)]
+    force_unlock: bool,
     /// Continue the run in DIR from its checkpoint (bit-exact).
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
@@ -158,26 +164,19 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let patch = fitter.model.spec.patch;
     let ranks = if group.size() > 1 { format!(" on {} ranks", group.size()) } else { String::new() };
     if root {
-        eprintln!(
+        super::errln!(
             "fit: {n_train} training and {n_valid} validation sequences, {} features, patch {patch}, {} updates of {} \
          in {} epochs{ranks}; writing {}",
             fitter.model.spec.features,
             fitter.total,
             fitter.batch(),
-            fitter.cfg.epochs,
+            fitter.cfg.epochs.unwrap_or(0),
             dir.display()
         );
     }
     let cadence = Cadence { eval_every: 0, sample_every: 0, checkpoint_every_steps: a.checkpoint_every_steps };
     let mut job = FitJob { f: &mut fitter };
-    let code = match run::train_loop(&mut job, &dir, cadence, signal) {
-        Err(e) if group.size() > 1 => {
-            eprintln!("error: rank {}: {e:#}", group.rank());
-            // The other ranks may be waiting for this one: end the whole job.
-            group.abort(1)
-        }
-        r => r?,
-    };
+    let code = run::end_run(&group, run::train_loop(&mut job, &dir, cadence, signal), &dir, "fit")?;
     if code == ExitCode::SUCCESS
         && root
         && let Some(spec) = fitter.cfg.forecast
@@ -224,6 +223,7 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<(Fitter, PathBu
     let task: Task = if forecasting { Task::Regress } else { a.task.parse()? };
     let cols = columns(a, task);
     let train_path = a.train.clone().context("--train is required")?;
+    run::check_out(a.out.as_deref())?;
     let valid_fraction = a.valid_fraction.unwrap_or(if forecasting { 0.2 } else { 0.0 });
     let mut forecast_spec = None;
     let (train, train_hash, valid) = if forecasting {
@@ -269,7 +269,7 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<(Fitter, PathBu
         layers: a.layers,
         pool: a.pool.clone(),
         patch,
-        epochs: a.epochs.unwrap_or(60),
+        epochs: a.epochs,
         batch: a.batch,
         optimizer: a.optimizer.clone(),
         lr: a.lr,
@@ -293,10 +293,10 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<(Fitter, PathBu
         // Rank 0 alone writes the run folder.
         return Ok((fitter, a.out.clone().unwrap_or_default(), None));
     }
-    let (dir, lock) = run::claim_folder(a.out.as_deref(), "fit-", a.force)?;
+    let (dir, lock) = run::claim_folder(a.out.as_deref(), "fit-", a.force, a.force_unlock)?;
     let config = FitRun {
         forecast_fraction: forecasting.then_some(valid_fraction),
-        fit: cfg,
+        fit: fitter.cfg.clone(),
         train: train_path,
         train_fnv1a64: train_hash,
         valid: valid_path,
@@ -358,7 +358,7 @@ fn resume(
     if !dir.is_dir() {
         bail!("{}: no such run folder: give the --out folder of an earlier fit", dir.display());
     }
-    let lock = if group.is_root() { Some(fsio::RunLock::acquire(dir)?) } else { None };
+    let lock = if group.is_root() { Some(super::run::lock_folder(dir, a.force_unlock)?) } else { None };
     let cfg_path = dir.join("config.json");
     let config = FitRun::parse(&fsio::read_bounded(&cfg_path, 1 << 24)?, &cfg_path)?;
     let cols = Columns {
@@ -382,6 +382,7 @@ fn resume(
     let bytes = fsio::read_bounded(&ckpt_path, 1 << 36)?;
     let fitter = Fitter::resume_in(group.clone(), &bytes, train, valid, a.epochs, threads)
         .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
+    run::same_run(&config.fit, &fitter.cfg, &["epochs"])?;
     if group.is_root() {
         run::reopen_folder(dir, fitter.step)?;
     }
@@ -475,6 +476,10 @@ impl Job for FitJob<'_> {
             self.f.step,
             dir.join("model.safetensors").display()
         )
+    }
+
+    fn fingerprint(&self) -> Vec<(String, u64)> {
+        self.f.fingerprint()
     }
 
     fn group(&self) -> &Group {

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct Args {
     /// Time steps T to unroll.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true)]
     steps: usize,
     /// Stacked layers.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     layers: usize,
     /// mermaid, dot or svg.
     #[arg(long, default_value = "mermaid")]

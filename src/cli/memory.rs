@@ -58,7 +58,7 @@ impl Estimate {
         if SHOW.load(Ordering::Relaxed) {
             let items: Vec<String> =
                 self.items.iter().filter(|(_, b)| *b > 0).map(|(w, b)| format!("{w} {}", mib(*b))).collect();
-            eprintln!("memory: estimated {} ({}) of {} available", mib(needed), items.join(", "), mib(available));
+            super::errln!("memory: estimated {} ({}) of {} available", mib(needed), items.join(", "), mib(available));
         }
         if needed > available {
             // The items that matter, largest first.
@@ -78,7 +78,7 @@ pub fn report() {
         let (peak, estimate) = (resident("VmHWM:"), ESTIMATE.load(Ordering::Relaxed));
         let ratio =
             if estimate > 0 { format!(", {:.0}% of it", 100.0 * peak as f64 / estimate as f64) } else { String::new() };
-        eprintln!("memory: peak {} (estimated {}{ratio})", mib(peak), mib(estimate));
+        super::errln!("memory: peak {} (estimated {}{ratio})", mib(peak), mib(estimate));
     }
 }
 

@@ -85,7 +85,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
                 .collect();
             let text = head.join(" ");
             let text = text.trim_start_matches("error: ");
-            eprintln!("error: {text} (see 'bptt --help' or 'bptt <command> --help')");
+            errln!("error: {text} (see 'bptt --help' or 'bptt <command> --help')");
             return Ok(ExitCode::from(2));
         }
     };
@@ -117,6 +117,26 @@ macro_rules! outln {
     }};
 }
 pub(crate) use outln;
+
+/// `eprintln!` that never panics: a message to a closed or full standard error (`2>&-`,
+/// `2>/dev/full`) is dropped, and the command goes on to its exit status.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+pub(crate) use errln;
+
+/// The value parser of every real-valued flag: a finite number (NaN and infinities are refused
+/// here, in one place; each flag's range is checked where its setting is validated).
+pub fn finite(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a finite number (not NaN or infinity)".into()),
+        Err(_) => Err("must be a number, such as 0.5 or 1e-3".into()),
+    }
+}
 
 /// True if `e` is (or was caused by) a write to a closed pipe.
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {

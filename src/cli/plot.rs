@@ -15,8 +15,15 @@ pub struct Args {
 
 /// The loss and gradient-norm charts of a metrics.jsonl text.
 pub fn charts(metrics: &str, source: &Path) -> Result<(Chart, Chart)> {
-    let Metrics { train_loss: train, val_loss: val, grad_norm: norm, clipped, skipped } =
-        Metrics::parse(metrics, source)?;
+    let Metrics { train_loss: train, val_loss: val, grad_norm: norm, clipped, skipped, other } =
+        Metrics::parse(metrics);
+    if let [first, ..] = other[..] {
+        super::errln!(
+            "note: {} has {} line(s) that are not metrics (the first is line {first}); they are not plotted",
+            source.display(),
+            other.len()
+        );
+    }
     if train.is_empty() {
         anyhow::bail!("{}: no training steps logged yet", source.display());
     }
@@ -59,6 +66,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let (loss, grad) = charts(&text, &path)?;
     loss.save(&a.dir.join("loss"))?;
     grad.save(&a.dir.join("grad_norm"))?;
-    eprintln!("wrote {0}/loss.png, {0}/loss.svg, {0}/grad_norm.png, {0}/grad_norm.svg", a.dir.display());
+    super::errln!("wrote {0}/loss.png, {0}/loss.svg, {0}/grad_norm.png, {0}/grad_norm.svg", a.dir.display());
     Ok(ExitCode::SUCCESS)
 }

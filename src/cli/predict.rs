@@ -28,10 +28,10 @@ pub struct Args {
     #[arg(long)]
     label_column: Option<String>,
     /// Sequences per forward pass.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     batch: usize,
     /// Threads [default: all cores].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
 }
 
@@ -152,7 +152,7 @@ fn write_out(out: Option<&Path>, text: &str, n: usize) -> Result<ExitCode> {
     match out {
         Some(path) => {
             fsio::write_atomic(path, text.as_bytes())?;
-            eprintln!("wrote {n} predictions to {}", path.display());
+            super::errln!("wrote {n} predictions to {}", path.display());
         }
         None => {
             use std::io::Write as _;

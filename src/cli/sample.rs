@@ -13,23 +13,23 @@ pub struct Args {
     #[arg(long)]
     model: PathBuf,
     /// Characters to generate.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, allow_negative_numbers = true)]
     length: usize,
     /// Text to start from (printed first). Generation starts from the state after a newline
     /// (if the vocabulary has one), as at the start of a paragraph, then reads the prime.
     #[arg(long, default_value = "")]
     prime: String,
     /// Softmax temperature; 0 = greedy (always the most likely character).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = super::finite)]
     temperature: f64,
     /// Sample only among the K most likely characters.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_k: Option<usize>,
     /// Seed of the sampling stream.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
     /// Threads (sampling is latency-bound: one is fastest for one stream).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     threads: usize,
 }
 

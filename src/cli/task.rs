@@ -15,40 +15,40 @@ pub struct Args {
     #[arg(long, default_value = "lstm")]
     cell: String,
     /// Hidden width H.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
     hidden: usize,
     /// Stacked layers.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     layers: usize,
     /// Sequence length (adding) or delay (copy) T.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     length: usize,
     /// Sequences per update.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, allow_negative_numbers = true)]
     batch: usize,
     /// Updates.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, allow_negative_numbers = true)]
     steps: usize,
     /// Learning rate.
-    #[arg(long, default_value_t = 1e-2, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1e-2, allow_negative_numbers = true, value_parser = super::finite)]
     lr: f64,
     /// Clip the global gradient norm (0 = off).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = super::finite)]
     clip_norm: f64,
     /// sgd, adam, adamw, rmsprop, adagrad.
     #[arg(long, default_value = "adam")]
     optimizer: String,
     /// Rescale W_hh to this largest singular value at initialisation.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::finite)]
     w_hh_scale: Option<f64>,
     /// LSTM forget-gate bias at initialisation.
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::finite)]
     forget_bias: Option<f64>,
     /// Seed of the initialisation and the data.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Print one JSON line: task, cell, length, steps, final_loss, baseline, solved, seconds.
     #[arg(long)]

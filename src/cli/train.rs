@@ -33,19 +33,19 @@ pub struct Args {
     #[arg(long, default_value = "lstm", conflicts_with_all = ["init", "resume"])]
     cell: String,
     /// Embedding width E.
-    #[arg(long, default_value_t = 64, conflicts_with_all = ["init", "resume"])]
+    #[arg(long, default_value_t = 64, conflicts_with_all = ["init", "resume"], allow_negative_numbers = true)]
     embedding_dim: usize,
     /// Hidden width H.
-    #[arg(long, default_value_t = 256, conflicts_with_all = ["init", "resume"])]
+    #[arg(long, default_value_t = 256, conflicts_with_all = ["init", "resume"], allow_negative_numbers = true)]
     hidden: usize,
     /// Stacked layers L.
-    #[arg(long, default_value_t = 2, conflicts_with_all = ["init", "resume"])]
+    #[arg(long, default_value_t = 2, conflicts_with_all = ["init", "resume"], allow_negative_numbers = true)]
     layers: usize,
     /// Steps per update T (the BPTT window).
-    #[arg(long, default_value_t = 100, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 100, conflicts_with = "resume", allow_negative_numbers = true)]
     seq_len: usize,
     /// Streams per update B.
-    #[arg(long, default_value_t = 32, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 32, conflicts_with = "resume", allow_negative_numbers = true)]
     batch: usize,
     /// Truncated BPTT: every K1 steps back-propagate through the last K2 (overrides --seq-len).
     #[arg(long, value_name = "K1:K2", conflicts_with = "resume")]
@@ -59,51 +59,51 @@ pub struct Args {
     #[arg(long, default_value = "adam", conflicts_with = "resume")]
     optimizer: String,
     /// Learning rate.
-    #[arg(long, default_value_t = 2e-3, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 2e-3, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     lr: f64,
     /// Momentum (sgd, rmsprop).
-    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     momentum: Option<f64>,
     /// Weight decay (L2 for sgd/adam/rmsprop/adagrad, decoupled for adamw).
-    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     weight_decay: Option<f64>,
     /// constant, step:EVERY:GAMMA, exp:GAMMA, cosine[:MIN_LR].
     #[arg(long, default_value = "constant", conflicts_with = "resume")]
     lr_schedule: String,
     /// Linear learning-rate warm-up over this many updates.
-    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 0, conflicts_with = "resume", allow_negative_numbers = true)]
     warmup: u64,
     /// Clip the global gradient norm to this (0 = off).
-    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     clip_norm: f64,
     /// Clip every gradient element to [-V, V].
-    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     clip_value: Option<f64>,
     /// Total updates [default: one epoch]; with --resume, the new total.
-    #[arg(long, conflicts_with = "epochs")]
+    #[arg(long, conflicts_with = "epochs", allow_negative_numbers = true)]
     steps: Option<u64>,
     /// Train for this many epochs instead of --steps.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     epochs: Option<u64>,
     /// Fraction of the text, at its end, held out for validation.
-    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     val_fraction: f64,
     /// Evaluate, save model.safetensors/best.safetensors and checkpoint every N updates (0 = only
     /// at the end) [default: 200; with --resume, the run's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     eval_every: Option<u64>,
     /// Print a short sample every N updates (0 = never) [default: 0; with --resume, the run's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     sample_every: Option<u64>,
     /// Also checkpoint every N updates (0 = only at evaluations and the end) [default: 0; with
     /// --resume, the run's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     checkpoint_every_steps: Option<u64>,
     /// Seed of the initialisation and samples.
-    #[arg(long, default_value_t = 1337, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 1337, conflicts_with = "resume", allow_negative_numbers = true)]
     seed: u64,
     /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores]. A given seed reproduces a run bit for bit at any thread count.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
     /// Output folder [default: runs/<UTC timestamp>].
     #[arg(long, conflicts_with = "resume")]
@@ -115,25 +115,29 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     resume: Option<PathBuf>,
     /// Stop after N consecutive updates with a non-finite gradient.
-    #[arg(long, default_value_t = 10, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 10, conflicts_with = "resume", allow_negative_numbers = true)]
     max_bad_steps: u32,
     /// Stop if the training loss exceeds F x the first loss.
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(long, conflicts_with = "resume", allow_negative_numbers = true, value_parser = super::finite)]
     abort_loss_factor: Option<f64>,
     /// Dropout P on the non-recurrent connections: the embedding output, between layers and
     /// before the readout (PyTorch's word-language-model example; a fresh mask per step).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with_all = ["resume", "locked_dropout"])]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with_all = ["resume", "locked_dropout"], value_parser = super::finite)]
     dropout: f64,
     /// As --dropout, with one mask per stream and unit for the whole window (variational
     /// dropout, Gal & Ghahramani 2016).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     locked_dropout: f64,
     /// DropConnect P on every layer's W_hh, one mask per update (AWD-LSTM's weight drop).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     weight_drop: f64,
     /// Start a fresh run even if --out already holds run files (they are replaced).
     #[arg(long, conflicts_with = "resume")]
     force: bool,
+    /// Take over the run folder's lock although it names a process on another host (a run whose
+    /// machine or container is gone). A live process on this host is still refused.
+    #[arg(long)]
+    force_unlock: bool,
     /// With --resume under mpirun: continue a checkpoint written by another number of ranks
     /// (the batch is split anew; the run is no longer bit for bit the one it would have been).
     #[arg(long, requires = "resume")]
@@ -188,32 +192,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let (mut trainer, dir, cadence, _lock) = setup;
     trainer.set_overlap(overlap);
-    match super::run::train_loop(&mut trainer, &dir, cadence, signal) {
-        Err(e) if group.size() > 1 => {
-            if e.downcast_ref::<bptt::Error>().is_some_and(|e| matches!(e, bptt::Error::Dist(_))) {
-                // The other ranks are gone: nobody is left to wait, and MPI cannot be closed.
-                if group.is_root() {
-                    eprintln!(
-                        "error: rank 0: {e:#}: continue with: mpirun -np {} bptt train --resume {}",
-                        group.size(),
-                        dir.display()
-                    );
-                }
-                std::process::exit(1);
-            }
-            eprintln!("error: rank {}: {e:#}", group.rank());
-            // The other ranks may be waiting for this one: end the whole job.
-            group.abort(1)
-        }
-        r => r,
-    }
+    super::run::end_run(&group, super::run::train_loop(&mut trainer, &dir, cadence, signal), &dir, "train")
 }
 
 fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<Setup> {
     let text_path = a.text.clone().context("--text is required")?;
+    super::run::check_out(a.out.as_deref())?;
     let ext = text_path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if matches!(ext.as_str(), "ts" | "csv" | "npz" | "npy" | "arff" | "parquet") && group.is_root() {
-        eprintln!(
+        super::errln!(
             "warning: {} looks like a data file, not a text: `bptt train` learns its characters; for labelled \
              sequences use `bptt fit --train {}`",
             text_path.display(),
@@ -255,6 +242,9 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<Setup> {
             }
         }
     };
+    if a.locked_dropout != 0.0 && !(0.0..1.0).contains(&a.locked_dropout) {
+        bail!("--locked-dropout must be in [0, 1), got {}", a.locked_dropout);
+    }
     let mut cfg = TrainConfig {
         model: spec,
         seq_len: k2,
@@ -288,11 +278,18 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<Setup> {
         None => CharModel::new(spec, vocab, a.seed)?,
     };
     let trainer = Trainer::new_in(group.clone(), cfg.clone(), model, ids, threads).map_err(memory::hint(TRAINING))?;
+    if cfg.val_fraction > 0.0 && !trainer.has_validation() && group.is_root() {
+        super::errln!(
+            "warning: --val-fraction {} of this text leaves fewer than 2 characters: the run has no validation (give a \
+             larger fraction or a longer text)",
+            cfg.val_fraction
+        );
+    }
     if !group.is_root() {
         // Rank 0 alone writes the run folder.
         return Ok((trainer, a.out.clone().unwrap_or_default(), cadence_from_flags(a, DEFAULT_CADENCE), None));
     }
-    let (dir, lock) = super::run::claim_folder(a.out.as_deref(), "", a.force)?;
+    let (dir, lock) = super::run::claim_folder(a.out.as_deref(), "", a.force, a.force_unlock)?;
     let cadence = cadence_from_flags(a, DEFAULT_CADENCE);
     let run = RunFile { train: cfg, cadence, text: text_path, text_fnv1a64: hash, init: a.init.clone() };
     fsio::write_atomic(&dir.join("config.json"), run.to_json()?.as_bytes())?;
@@ -304,7 +301,7 @@ fn resume(a: &Args, dir: &Path, threads: usize, group: &Arc<Group>) -> Result<Se
     if !dir.is_dir() {
         bail!("{}: no such run folder: give the --out folder of an earlier run", dir.display());
     }
-    let lock = if group.is_root() { Some(fsio::RunLock::acquire(dir)?) } else { None };
+    let lock = if group.is_root() { Some(super::run::lock_folder(dir, a.force_unlock)?) } else { None };
     let cfg_path = dir.join("config.json");
     let run = RunFile::parse(&fsio::read_bounded(&cfg_path, 1 << 24)?, &cfg_path)?;
     let text_path = a.text.clone().unwrap_or(run.text.clone());
@@ -331,7 +328,7 @@ fn resume(a: &Args, dir: &Path, threads: usize, group: &Arc<Group>) -> Result<Se
         && group.is_root()
     {
         let horizon = run.train.schedule_steps.unwrap_or(run.train.steps);
-        eprintln!(
+        super::errln!(
             "warning: the run now ends at step {s}; its cosine schedule keeps its horizon of {horizon} updates \
              (the learning rate stays at its minimum after it)"
         );
@@ -343,6 +340,7 @@ fn resume(a: &Args, dir: &Path, threads: usize, group: &Arc<Group>) -> Result<Se
         .check(TRAINING)?;
     let trainer = Trainer::resume_in(group.clone(), &bytes, ids, steps, threads, a.reshard)
         .map_err(|e| anyhow::anyhow!("{}: {e}", ckpt_path.display()))?;
+    super::run::same_run(&run.train, &trainer.cfg, &["steps", "schedule_steps"])?;
     let cadence = cadence_from_flags(a, run.cadence);
     if !group.is_root() {
         return Ok((trainer, dir.to_path_buf(), cadence, None));
@@ -432,5 +430,9 @@ impl super::run::Job for Trainer {
 
     fn group(&self) -> &Group {
         Trainer::group(self)
+    }
+
+    fn fingerprint(&self) -> Vec<(String, u64)> {
+        Trainer::fingerprint(self)
     }
 }

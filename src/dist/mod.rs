@@ -341,6 +341,46 @@ impl Group {
         Ok(())
     }
 
+    /// The start handshake of a data-parallel run: every rank passes the same named hashes
+    /// (settings, vocabulary, data, position), and all go on only if every rank's hashes are
+    /// rank 0's. Otherwise every rank gets the same [`Error::Disagree`] naming the fields that
+    /// differ and on how many ranks. The names are exchanged as a count first, so ranks of
+    /// different builds are refused rather than exchanging buffers of different sizes.
+    pub fn agree(&self, fields: &[(String, u64)]) -> Result<()> {
+        if self.link.is_none() {
+            return Ok(());
+        }
+        let mine = (fields.len() as u64).to_le_bytes();
+        let mut count = mine;
+        self.broadcast(&mut count)?;
+        if !self.all_ok(count == mine)? {
+            return Err(Error::Disagree(
+                "the ranks check different things at the start (different builds of bptt?): run one build on every host"
+                    .into(),
+            ));
+        }
+        let local: Vec<u8> = fields.iter().flat_map(|(_, h)| h.to_le_bytes()).collect();
+        let mut root = local.clone();
+        self.broadcast(&mut root)?;
+        let mut differ: Vec<f64> =
+            local.chunks(8).zip(root.chunks(8)).map(|(a, b)| if a == b { 0.0 } else { 1.0 }).collect();
+        self.sum(&mut differ)?;
+        let names: Vec<String> = fields
+            .iter()
+            .zip(&differ)
+            .filter(|(_, d)| **d > 0.0)
+            .map(|((name, _), d)| format!("{name} ({d} of {} ranks differ from rank 0)", self.size()))
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Disagree(format!(
+            "the ranks were not started alike: {}; give every rank the same flags and the same files (compare each \
+             host's copy)",
+            names.join(", ")
+        )))
+    }
+
     /// Ends the whole job at once (every rank), exiting with `code`: for a rank that cannot go
     /// on while the others would wait for it. A single process just exits.
     pub fn abort(&self, code: i32) -> ! {
@@ -561,4 +601,28 @@ fn serve_with(t: &dyn Transport, pipe: &Pipe) {
             .map(|r| r.0)
             .unwrap_or_else(|e| e.into_inner().0);
     }
+}
+
+/// The named hashes of a run's settings for [`Group::agree`]: one per field of `settings` as
+/// JSON, nested fields by their dotted path (so a difference is named: `model.hidden_size`,
+/// `seed`, `steps`, …).
+pub fn setting_hashes(settings: &impl serde::Serialize) -> Vec<(String, u64)> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, u64)>) {
+        match v {
+            serde_json::Value::Object(map) if !map.is_empty() => {
+                for (k, v) in map {
+                    walk(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out);
+                }
+            }
+            _ => out.push((prefix.to_string(), crate::files::fnv1a64(v.to_string().into_bytes()))),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &serde_json::to_value(settings).unwrap_or_default(), &mut out);
+    out
+}
+
+/// A hash of `values`' bits (data or parameters) for [`Group::agree`].
+pub fn hash_f32(values: &[f32]) -> u64 {
+    crate::files::fnv1a64(values.iter().flat_map(|v| v.to_bits().to_le_bytes()))
 }

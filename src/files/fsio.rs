@@ -1,5 +1,5 @@
-//! Explicit file IO of the library: atomic writes (temp name, fsync, rename), bounded reads of
-//! regular files, and the exclusive lock on a run folder.
+//! Explicit file IO of the library: atomic writes (temp name, fsync, rename) that replace only
+//! regular files, bounded reads of regular files, and the exclusive lock on a run folder.
 
 use crate::error::{Error, Result};
 use std::fs::{self, File};
@@ -8,7 +8,14 @@ use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one, never a
 /// partial one: write `.NAME.tmp` beside it, fsync, rename over `path`, fsync the folder.
+///
+/// Only a new name or an existing regular file is replaced. A symbolic link is written
+/// through, on purpose: the file it points to is replaced and the link stays (as `>` in a shell
+/// would). A folder, a device, a pipe or a socket is refused with an error naming it (renaming
+/// over a device node as root would replace it with a plain file), as is a link to one or a
+/// link to nothing.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let path = &writable(path)?;
     let tmp = temp_path(path)?;
     let result = File::create(&tmp).and_then(|mut f| f.write_all(bytes));
     match result {
@@ -23,6 +30,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The temp name beside `path` that [`write_atomic`] writes first: `.NAME.PID.tmp` (the process
 /// id keeps two writers of one name — a plot beside a training run — from sharing it).
 pub fn temp_path(path: &Path) -> Result<PathBuf> {
+    let path = &writable(path)?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -33,6 +41,13 @@ pub fn temp_path(path: &Path) -> Result<PathBuf> {
 /// Finishes an atomic write of `path` from its fully written temp file `tmp`: fsync the temp
 /// file, rename it over `path`, fsync the folder. On failure the temp file is removed.
 pub fn commit(tmp: &Path, path: &Path) -> Result<()> {
+    let path = &match writable(path) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = fs::remove_file(tmp);
+            return Err(e);
+        }
+    };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let result = (|| {
         File::options().write(true).open(tmp)?.sync_all()?;
@@ -46,6 +61,34 @@ pub fn commit(tmp: &Path, path: &Path) -> Result<()> {
         let _ = fs::remove_file(tmp);
         Error::io(path, e)
     })
+}
+
+/// The path an atomic write of `path` replaces: `path` itself when it is new or a regular file,
+/// the file a symbolic link points to, or an error naming what is there instead.
+pub fn writable(path: &Path) -> Result<PathBuf> {
+    let refuse = |what: &str| Error::Io {
+        path: path.display().to_string(),
+        msg: format!("{what}: bptt writes only regular files, and will not replace it; choose another file name"),
+    };
+    let meta = match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(path.to_path_buf()),
+        Err(e) => return Err(Error::io(path, e)),
+        Ok(m) => m,
+    };
+    if meta.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if meta.is_dir() {
+        return Err(refuse("is a folder"));
+    }
+    if !meta.file_type().is_symlink() {
+        return Err(refuse("is a device, pipe or socket, not a regular file"));
+    }
+    match fs::canonicalize(path) {
+        Ok(target) if fs::metadata(&target).is_ok_and(|m| m.is_file()) => Ok(target),
+        Ok(target) => Err(refuse(&format!("is a link to {}, which is not a regular file", target.display()))),
+        Err(_) => Err(refuse("is a link to nothing (or a loop of links)")),
+    }
 }
 
 /// Reads a whole regular file of at most `limit` bytes. Devices, pipes and sockets are refused
@@ -85,17 +128,30 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>> {
 
 /// An exclusive claim on a run folder for the life of a process: the file `lock` in it, created
 /// only if absent, holding the owner's pid and host. A lock whose process is gone (same host) is
-/// stale and taken over. Dropping the claim removes the file.
+/// stale and taken over; one held on another host can be taken over on purpose
+/// ([`RunLock::take_over`], `--force-unlock`). Dropping the claim removes the file.
 #[derive(Debug)]
 pub struct RunLock {
     path: PathBuf,
 }
 
 impl RunLock {
-    /// Claims `dir` (which must exist) or says who holds it.
+    /// Claims `dir` (which must exist) or says who holds it and how to take it over.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
+        Self::claim(dir, false)
+    }
+
+    /// Claims `dir` even when its lock names a process on another host (a run whose machine,
+    /// container or pod is gone: this host cannot tell whether it still runs). A lock held by a
+    /// live process on this host is still refused: two writers would corrupt the run.
+    pub fn take_over(dir: &Path) -> Result<RunLock> {
+        Self::claim(dir, true)
+    }
+
+    fn claim(dir: &Path, force: bool) -> Result<RunLock> {
         let path = dir.join("lock");
         let me = format!("{} {}\n", std::process::id(), host());
+        let held = |msg: String| Err(Error::Io { path: dir.display().to_string(), msg });
         for _ in 0..3 {
             match fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(mut f) => {
@@ -103,25 +159,45 @@ impl RunLock {
                     return Ok(RunLock { path });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let owner = fs::read_to_string(&path).unwrap_or_default();
+                    // Bounded, and only a regular file: a lock that is a FIFO or a link to a
+                    // device is not ours to read (it would hang or grow without end).
+                    let owner = match read_bounded(&path, 4096) {
+                        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                        Err(e) => {
+                            return held(format!(
+                                "has a lock file that bptt did not write ({e}); remove {} by hand if no run uses \
+                                 the folder",
+                                path.display()
+                            ));
+                        }
+                    };
                     let mut words = owner.split_whitespace();
                     let (pid, owner_host) = (words.next().and_then(|p| p.parse::<u32>().ok()), words.next());
-                    let alive = match (pid, owner_host) {
-                        (Some(pid), Some(h)) if h == host() => running(pid),
-                        (Some(_), Some(_)) => true, // another host's process: assume it runs
-                        _ => false,                 // half-written by a process killed at once
-                    };
-                    if alive {
-                        let who = owner.trim();
-                        return Err(Error::Io {
-                            path: dir.display().to_string(),
-                            msg: format!(
-                                "is in use by another bptt process (pid and host: {who}): wait for it to finish or \
-                                 choose another --out"
-                            ),
-                        });
+                    match (pid, owner_host) {
+                        (Some(pid), Some(h)) if h == host() && running(pid) => {
+                            let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                            let name = name.trim();
+                            let what = if name.is_empty() { String::new() } else { format!(" ({name})") };
+                            return held(format!(
+                                "is in use by process {pid}{what} on this host (lock file {}): wait for it to \
+                                 finish or stop it, or choose another --out",
+                                path.display()
+                            ));
+                        }
+                        (Some(pid), Some(h)) if h != host() && !force => {
+                            return held(format!(
+                                "is locked by process {pid} on host {h} (lock file {}): if that run is gone (its \
+                                 machine or container was removed), take the folder over with --force-unlock; \
+                                 otherwise wait for it or choose another --out",
+                                path.display()
+                            ));
+                        }
+                        // Stale (this host, process gone), half-written by a process killed at
+                        // once, or another host's taken over on purpose.
+                        _ => {
+                            let _ = fs::remove_file(&path);
+                        }
                     }
-                    let _ = fs::remove_file(&path); // stale: its process is gone
                 }
                 Err(e) => return Err(Error::io(&path, e)),
             }

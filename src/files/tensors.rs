@@ -82,8 +82,8 @@ impl Header {
         v.parse::<usize>().map_err(|_| format!("metadata '{key}' = '{v}' is not a whole number"))
     }
 
-    /// Checks every declared tensor is F32, those in `expected` have its shapes and none of
-    /// `expected` is missing, and that the file is as long as its header says; then parses the
+    /// Checks every declared tensor is F32, is one of `expected` (or a checkpoint's `optim.*`
+    /// or `state.*`) with its shape, and none of `expected` is missing, and that the file is as long as its header says; then parses the
     /// tensors. Nothing is allocated from a declared size before these checks.
     pub fn tensors<'a>(&self, bytes: &'a [u8], expected: &[(&str, &[usize])]) -> Result<SafeTensors<'a>, String> {
         let mut data_bytes: u128 = 0;
@@ -103,6 +103,13 @@ impl Header {
                 if shape != want {
                     return Err(format!("tensor '{name}' has shape {shape:?}, the metadata implies {want:?}"));
                 }
+            } else if !name.starts_with("optim.") && !name.starts_with("state.") {
+                // A checkpoint's optimizer and state tensors aside, every tensor is one the
+                // metadata implies: a 2-layer file labelled as 1 layer must not lose a layer.
+                return Err(format!(
+                    "tensor '{name}' is not one the metadata implies (it describes other sizes, e.g. fewer layers): \
+                     the file is mislabelled or corrupt"
+                ));
             }
         }
         for (name, _) in expected {

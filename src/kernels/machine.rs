@@ -57,3 +57,14 @@ pub fn address_space_limit() -> Option<u64> {
     let line = limits.lines().find(|l| l.starts_with("Max address space"))?;
     line["Max address space".len()..].split_whitespace().next()?.parse::<u64>().ok()
 }
+
+/// Refuses an allocation of `bytes` for `what` that [`available_memory`] cannot cover, as an
+/// [`Error::Memory`](crate::Error::Memory) (the bindings raise it as `MemoryError`): the check
+/// the library and the Python bindings make before an allocation whose size a caller chose.
+pub fn ensure_available(what: impl FnOnce() -> String, bytes: u64) -> crate::Result<()> {
+    let available = available_memory();
+    if bytes > available {
+        return Err(crate::Error::Memory { what: what(), needed: bytes, available });
+    }
+    Ok(())
+}

@@ -98,7 +98,8 @@ fn impossible_flags() {
     run(&["--batch", "0"], "at least 1");
     run(&["--seq-len", "0"], "at least 1");
     run(&["--lr", "-1"], "learning rate must be positive");
-    run(&["--lr", "nan"], "learning rate");
+    run(&["--lr", "nan"], "must be a finite number");
+    run(&["--clip-norm", "inf"], "must be a finite number");
     run(&["--cell", "transformer"], "unknown cell");
     run(&["--optimizer", "lbfgs"], "unknown optimizer");
     run(&["--momentum", "0.9"], "no momentum");
@@ -106,8 +107,10 @@ fn impossible_flags() {
     run(&["--val-fraction", "1.5"], "val-fraction");
     run(&["--lr-schedule", "wiggly"], "lr-schedule");
     run(&["--dropout", "1"], "--dropout must be in [0, 1)");
-    run(&["--dropout", "nan"], "--dropout must be in [0, 1)");
-    run(&["--locked-dropout", "-0.5"], "--dropout must be in [0, 1)");
+    run(&["--dropout", "nan"], "'--dropout <DROPOUT>': must be a finite number");
+    run(&["--locked-dropout", "-0.5"], "--locked-dropout must be in [0, 1)");
+    run(&["--locked-dropout", "1"], "--locked-dropout must be in [0, 1)");
+    run(&["--hidden", "-5"], "invalid value '-5' for '--hidden");
     run(&["--dropout", "0.2", "--locked-dropout", "0.2"], "cannot be used with");
     run(&["--weight-drop", "1.5"], "--weight-drop must be in [0, 1)");
     run(&["--hidden", "abc"], "invalid value");
@@ -115,6 +118,11 @@ fn impossible_flags() {
     fails(&["train", "--text", t, "--out", o, "--steps", "0"], "at least 1");
     fails(&["train", "--text", t, "--out", o, "--epochs", "0"], "at least 1");
     fails(&["train", "--resume", d.path().join("nothing").to_str().unwrap()], "no such run folder");
+    // NaN and infinities are refused for every real-valued flag, in one place.
+    for (flag, value) in [("--clip-norm", "nan"), ("--w-hh-scale", "inf"), ("--forget-bias", "inf"), ("--lr", "NaN")] {
+        fails(&["task", "adding", "--steps", "1", flag, value], "must be a finite number");
+    }
+    fails(&["fit", "--train", t, "--dropout", "nan"], "must be a finite number");
 }
 
 #[test]

@@ -74,9 +74,12 @@ fn a_run_folder_has_one_owner_and_sigterm_saves_a_checkpoint() {
     let child = start_long_run(&text, &out);
     // A second run into the same folder, fresh or resumed, is refused while the first lives.
     let o = train(d.path(), &text, "run", &["--steps", "3"]);
-    one_line(&o, "in use by another bptt process");
+    one_line(&o, &format!("is in use by process {} (bptt) on this host", child.id()));
     let o = bptt(&["train", "--resume", out.to_str().unwrap()]);
-    one_line(&o, "in use by another bptt process");
+    one_line(&o, "wait for it to finish or stop it");
+    // --force-unlock takes over a lock of another host only, never a live process's here.
+    let o = bptt(&["train", "--resume", out.to_str().unwrap(), "--force-unlock"]);
+    one_line(&o, "is in use by process");
     signal(&child, "-TERM");
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
@@ -111,7 +114,7 @@ fn a_fresh_run_never_overwrites_an_old_one() {
     let run = d.path().join("run");
     let model = std::fs::read(run.join("model.safetensors")).unwrap();
     let o = train(d.path(), &text, "run", &["--steps", "2", "--seed", "9"]);
-    one_line(&o, "already holds a run (config.json): continue it with --resume");
+    one_line(&o, "already holds a run (checkpoint.safetensors): continue it with --resume");
     assert!(std::fs::read(run.join("model.safetensors")).unwrap() == model, "the old model was touched");
     // A folder with a model but no checkpoint is a run too.
     std::fs::remove_file(run.join("checkpoint.safetensors")).unwrap();
@@ -406,4 +409,249 @@ fn under_ulimit_v_a_command_runs_or_says_why_in_one_line() {
             }
         }
     }
+}
+
+/// A small model to save (the library's writer is the one every command and binding uses).
+fn small_model() -> bptt::charlm::CharModel {
+    use bptt::charlm::{CharModel, ModelSpec, Vocab};
+    let spec = ModelSpec { cell: bptt::CellKind::Gru, embedding_dim: 4, hidden: 8, layers: 1 };
+    CharModel::new(spec, Vocab::from_text("abc\n").unwrap(), 1).unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn saves_replace_only_regular_files_and_write_through_links() {
+    use std::os::unix::fs::FileTypeExt;
+    let d = tempfile::tempdir().unwrap();
+    let m = small_model();
+    // A FIFO is refused at once (opening it to write would block) and stays a FIFO.
+    let fifo = d.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let e = m.save(&fifo).unwrap_err().to_string();
+    assert!(e.contains("is a device, pipe or socket") && e.contains("choose another file name"), "{e}");
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+    // A device (as root, renaming over it would replace the node with a file): refused.
+    let e = m.save(Path::new("/dev/null")).unwrap_err().to_string();
+    assert!(e.contains("/dev/null") && e.contains("not a regular file"), "{e}");
+    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+    // A folder: refused.
+    let e = m.save(d.path()).unwrap_err().to_string();
+    assert!(e.contains("is a folder"), "{e}");
+    // A link to a file is written through: the link stays, its target gets the model.
+    let target = d.path().join("target.safetensors");
+    std::fs::write(&target, b"old").unwrap();
+    let link = d.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    m.save(&link).unwrap();
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert_eq!(bptt::charlm::CharModel::load(&target).unwrap().params, m.params);
+    // A link to a device or to nothing: refused, the link untouched.
+    let to_dev = d.path().join("to_dev");
+    std::os::unix::fs::symlink("/dev/null", &to_dev).unwrap();
+    let e = m.save(&to_dev).unwrap_err().to_string();
+    assert!(e.contains("is a link to /dev/null"), "{e}");
+    let dangling = d.path().join("dangling");
+    std::os::unix::fs::symlink(d.path().join("gone/x"), &dangling).unwrap();
+    let e = m.save(&dangling).unwrap_err().to_string();
+    assert!(e.contains("a link to nothing"), "{e}");
+    assert!(std::fs::symlink_metadata(&dangling).unwrap().file_type().is_symlink());
+    // The command line reads the model through the link.
+    let o = bptt(&["sample", "--model", link.to_str().unwrap(), "--length", "5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_lock_that_is_not_ours_or_from_another_host_says_how_to_recover() {
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    let out = d.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    // A FIFO lock would hang a reader, a link to a device would grow without end: refused at once.
+    assert!(Command::new("mkfifo").arg(out.join("lock")).status().unwrap().success());
+    let t0 = Instant::now();
+    let o = train(d.path(), &text, "run", &["--steps", "2"]);
+    one_line(&o, "has a lock file that bptt did not write");
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    std::fs::remove_file(out.join("lock")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", out.join("lock")).unwrap();
+    let o = train(d.path(), &text, "run", &["--steps", "2"]);
+    one_line(&o, "remove");
+    std::fs::remove_file(out.join("lock")).unwrap();
+    // Another host's lock (a container that is gone): the message names it and the way out.
+    std::fs::write(out.join("lock"), "123 some-other-host\n").unwrap();
+    let o = train(d.path(), &text, "run", &["--steps", "2"]);
+    let err = one_line(&o, "is locked by process 123 on host some-other-host");
+    assert!(err.contains("--force-unlock"), "{err}");
+    let o = train(d.path(), &text, "run", &["--steps", "2", "--force-unlock"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!out.join("lock").exists());
+}
+
+#[cfg(unix)]
+#[test]
+fn signals_ignored_at_start_stay_ignored() {
+    // `nohup` ignores SIGHUP; the run must not turn it back on. `trap '' HUP` is what nohup does.
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    let out = d.path().join("run");
+    let mut args = vec!["train", "--text", text.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&["--hidden", "16", "--embedding-dim", "8", "--layers", "1", "--batch", "4"]);
+    args.extend_from_slice(&["--seq-len", "16", "--threads", "1", "--steps", "1000000", "--eval-every", "0"]);
+    let child = Command::new("sh")
+        .args(["-c", r#"trap '' HUP; exec "$@""#, "sh", env!("CARGO_BIN_EXE_bptt")])
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::fs::metadata(out.join("metrics.jsonl")).map(|m| m.len()).unwrap_or(0) == 0
+        && t0.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, "-HUP");
+    std::thread::sleep(Duration::from_millis(700));
+    let mut child = child;
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP stopped a run that started with it ignored");
+    signal(&child, "-TERM");
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
+}
+
+#[test]
+fn a_logged_run_shows_samples_progress_and_warnings_and_an_all_skipped_run_fails() {
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    // stderr is a pipe here, as with nohup, `2>log` or `| tee`.
+    let o = train(d.path(), &text, "run", &["--steps", "4", "--sample-every", "2"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("--- sample at step 2 ---") && err.contains("--- sample at step 4 ---"), "{err}");
+    assert!(err.contains("step 4/4"), "no progress line in the log: {err}");
+    // A learning rate so large that every update is non-finite: each is skipped and said, and
+    // the run ends non-zero with one line, not 0 with an unchanged model.
+    let o = train(d.path(), &text, "huge", &["--steps", "3", "--lr", "1e300", "--clip-norm", "0"]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("warning: step 1: non-finite gradient or update, skipped"), "{err}");
+    assert!(err.contains("no update was applied"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_closed_or_full_stderr_never_panics() {
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    let t = text.to_str().unwrap();
+    for redirect in ["2>&-", "2>/dev/full"] {
+        for (args, ok) in [
+            (format!("train --text '{t}' --out '{}/r' --steps 2 --hidden 8 --force", d.path().display()), true),
+            ("train --no-such-flag".to_string(), false),
+            ("eval --model /nonexistent --text /nonexistent".to_string(), false),
+        ] {
+            let o = Command::new("sh")
+                .args(["-c", &format!("\"$0\" {args} {redirect}"), env!("CARGO_BIN_EXE_bptt")])
+                .output()
+                .unwrap();
+            let code = o.status.code();
+            assert_ne!(code, Some(101), "{args} {redirect} panicked");
+            assert_eq!(code == Some(0), ok, "{args} {redirect}: exit {code:?}");
+        }
+    }
+}
+
+#[test]
+fn resume_keeps_every_line_of_a_large_and_damaged_history() {
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    let o = train(d.path(), &text, "run", &["--steps", "4", "--checkpoint-every-steps", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let run = d.path().join("run");
+    let metrics = run.join("metrics.jsonl");
+    let original = std::fs::read_to_string(&metrics).unwrap();
+    // History before the run: 40 MB of earlier lines (steps 0, kept), a damaged line, a line
+    // longer than the 1 MiB a line is read in, and the run's own lines after it.
+    let mut big = String::new();
+    let filler = format!("{{\"step\":0,\"note\":\"{}\"}}\n", "x".repeat(200));
+    while big.len() < 40 << 20 {
+        big.push_str(&filler);
+    }
+    big.push_str("{\"step\": 1, \"train_loss\": 2.0, trunc\n");
+    big.push_str(&format!("{}\n", "y".repeat(3 << 20)));
+    big.push_str(&original);
+    std::fs::write(&metrics, &big).unwrap();
+    // Resume from the checkpoint of step 4 under an address-space limit well below what
+    // reading the file whole and copying it would take.
+    let o = Command::new("sh")
+        .args(["-c", r#"ulimit -v 600000; exec "$@""#, "sh", env!("CARGO_BIN_EXE_bptt")])
+        .args(["train", "--resume", run.to_str().unwrap(), "--steps", "6", "--threads", "1"])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("keeps 2 line(s) that are not metrics"), "{err}");
+    let after = std::fs::read_to_string(&metrics).unwrap();
+    assert!(after.starts_with(&big), "a line of history was lost or changed");
+    assert_eq!(after[big.len()..].lines().count(), 2, "steps 5 and 6 appended: {}", &after[big.len()..]);
+}
+
+/// `path`'s safetensors file with its metadata changed by `edit` (data untouched).
+fn edit_metadata(path: &Path, edit: impl Fn(&mut serde_json::Map<String, serde_json::Value>)) {
+    let b = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(b[..8].try_into().unwrap()) as usize;
+    let mut h: serde_json::Value = serde_json::from_slice(&b[8..8 + n]).unwrap();
+    edit(h["__metadata__"].as_object_mut().unwrap());
+    let mut s = serde_json::to_vec(&h).unwrap();
+    s.resize(s.len().div_ceil(8) * 8, b' ');
+    let mut out = (s.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&s);
+    out.extend_from_slice(&b[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn files_of_another_run_or_size_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let text = corpus(d.path());
+    let t = text.to_str().unwrap();
+    let sized = |out: &str, flags: &[&str]| {
+        let out = d.path().join(out);
+        let mut a = vec!["train", "--text", t, "--out", out.to_str().unwrap(), "--embedding-dim", "4"];
+        a.extend_from_slice(&["--batch", "2", "--seq-len", "8", "--threads", "1"]);
+        a.extend_from_slice(flags);
+        bptt(&a)
+    };
+    // A 2-layer model labelled as 1 layer: its second layer's tensors are not silently dropped.
+    assert!(sized("two", &["--steps", "1", "--layers", "2", "--hidden", "8"]).status.success());
+    let model = d.path().join("two/model.safetensors");
+    edit_metadata(&model, |m| {
+        m.insert("num_layers".into(), "1".into());
+    });
+    let o = bptt(&["sample", "--model", model.to_str().unwrap(), "--length", "5"]);
+    one_line(&o, "_l1' is not one the metadata implies");
+    // A checkpoint copied in from a run of another size: refused, config.json untouched.
+    assert!(sized("a", &["--steps", "2", "--hidden", "16"]).status.success());
+    assert!(sized("b", &["--steps", "2", "--hidden", "24"]).status.success());
+    let (a, b) = (d.path().join("a"), d.path().join("b"));
+    let config = std::fs::read(a.join("config.json")).unwrap();
+    std::fs::copy(b.join("checkpoint.safetensors"), a.join("checkpoint.safetensors")).unwrap();
+    let o = bptt(&["train", "--resume", a.to_str().unwrap(), "--steps", "4"]);
+    one_line(&o, "checkpoint.safetensors is not this run's: its settings differ from config.json (model.hidden)");
+    assert_eq!(std::fs::read(a.join("config.json")).unwrap(), config);
+    // An --out that is a file is refused before the text is read.
+    let file = d.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let o = bptt(&["train", "--text", "/nonexistent", "--out", file.to_str().unwrap()]);
+    one_line(&o, "is a file, not a folder");
+    // A run that saved nothing (it failed at its start) is replaced by a new one without --force.
+    let failed = d.path().join("failed");
+    std::fs::create_dir_all(&failed).unwrap();
+    std::fs::copy(a.join("config.json"), failed.join("config.json")).unwrap();
+    std::fs::write(failed.join("metrics.jsonl"), "").unwrap();
+    assert!(train(d.path(), &text, "failed", &["--steps", "1"]).status.success());
+    // Validation asked for but empty: said, not silent.
+    let o = sized("v", &["--steps", "1", "--hidden", "8", "--val-fraction", "0.00001"]);
+    assert!(o.status.success() && stderr(&o).contains("the run has no validation"), "{}", stderr(&o));
 }

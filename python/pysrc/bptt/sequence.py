@@ -94,7 +94,7 @@ class SequenceModel(_Base):
     """
 
     def __init__(self, task="classify", cell="gru", hidden=256, layers=1, pool="last+mean", patch="auto",
-                 epochs=60, batch=8, optimizer="adam", lr=3e-3, weight_decay=None, lr_schedule="cosine",
+                 epochs="auto", batch=8, optimizer="adam", lr=3e-3, weight_decay=None, lr_schedule="cosine",
                  clip_norm=5.0, dropout=0.3, class_weight=None, valid_fraction=0.0, patience=0, seed=1,
                  threads=None, callback=None):
         self.task = task
@@ -156,9 +156,13 @@ class SequenceModel(_Base):
         patch = 0 if self.patch == "auto" else self.patch
         if not isinstance(patch, (int, np.integer)) or patch < 0:
             raise ValueError(f"patch must be 'auto' or a whole number >= 1, got {self.patch!r}")
+        epochs = None if self.epochs == "auto" else self.epochs
+        if epochs is not None and (not isinstance(epochs, (int, np.integer)) or epochs < 1):
+            raise ValueError(f"epochs must be 'auto' or a whole number >= 1, got {self.epochs!r}")
         return json.dumps({
             "task": self.task, "cell": self.cell, "hidden": int(self.hidden), "layers": int(self.layers),
-            "pool": self.pool, "patch": int(patch), "epochs": int(self.epochs), "batch": int(self.batch),
+            "pool": self.pool, "patch": int(patch), "epochs": None if epochs is None else int(epochs),
+            "batch": int(self.batch),
             "optimizer": self.optimizer, "lr": float(self.lr),
             "weight_decay": None if self.weight_decay is None else float(self.weight_decay),
             "lr_schedule": self.lr_schedule, "clip_norm": float(self.clip_norm), "dropout": float(self.dropout),
