@@ -244,7 +244,11 @@ impl CharLM {
     }
 
     /// `length` characters generated after `prime` (which is included), as `bptt sample` does.
-    #[pyo3(signature = (prime = "", length = 500, temperature = 1.0, top_k = None, seed = 0, threads = Some(1)))]
+    /// Made in pieces of up to 4,096 characters: Ctrl-C raises KeyboardInterrupt between them,
+    /// and `callback(piece)` sees each piece as it is made (returning False stops: the text so
+    /// far is returned).
+    #[pyo3(signature = (prime = "", length = 500, temperature = 1.0, top_k = None, seed = 0, threads = Some(1),
+        callback = None))]
     fn sample(
         &self,
         py: Python<'_>,
@@ -254,6 +258,7 @@ impl CharLM {
         top_k: Option<usize>,
         seed: u64,
         threads: Option<usize>,
+        callback: Option<Py<PyAny>>,
     ) -> PyResult<String> {
         let threads = self::threads(threads)?;
         let model = &self.model;
@@ -276,6 +281,7 @@ impl CharLM {
         let mut left = length;
         while left > 0 {
             let n = left.min(4096);
+            let start = out.len();
             py.detach(|| -> bptt::Result<()> {
                 for _ in 0..n {
                     out.push(model.vocab.char(s.next(temperature, top_k)?));
@@ -285,6 +291,11 @@ impl CharLM {
             .map_err(py_err)?;
             left -= n;
             py.check_signals()?;
+            if let Some(cb) = &callback
+                && !go_on(cb.call1(py, (&out[start..],))?.bind(py))?
+            {
+                break;
+            }
         }
         Ok(out)
     }

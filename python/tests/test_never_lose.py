@@ -170,3 +170,12 @@ def test_fuzzed_arguments_raise_python_exceptions_never_abort():
     r = run_limited(code, limit_kib=3_000_000)
     assert r.returncode == 0, f"exit {r.returncode}: {r.stdout[-1000:]} {r.stderr[-3000:]}"
     assert "ok" in r.stdout and "ValueError" in r.stdout, r.stdout
+
+
+def test_a_sample_streams_its_pieces_to_a_callback_that_can_stop_it():
+    m = bptt.CharLM.train(TEXT, steps=1, **QUICK)
+    pieces = []
+    text = m.sample(prime="the", length=10_000, callback=lambda piece: (pieces.append(piece), len(pieces) < 2)[1])
+    assert len(pieces) == 2 and text == "the" + "".join(pieces) and len(text) == 3 + 8192
+    assert m.sample(prime="the", length=10_000, seed=3) == m.sample(prime="the", length=10_000, seed=3,
+                                                                     callback=lambda piece: None)

@@ -160,10 +160,12 @@ impl TrainConfig {
         let dropped = if self.weight_drop > 0.0 { params * 2 } else { 0 };
         let slabs = (params * (3 + buffers + 1 + buffers) + dropped) * 4;
         let step = (self.k1 * self.batch) as u128 * 8;
-        let window = Tbptt::<f32>::estimate_bytes(&net, self.seq_len, self.batch, self.checkpoint_every) as u128;
-        let chunk = if self.checkpoint_every > 0 { self.checkpoint_every } else { self.seq_len };
+        // A checkpoint segment never holds more steps than the window.
+        let every = self.checkpoint_every.min(self.seq_len);
+        let window = Tbptt::<f32>::estimate_bytes(&net, self.seq_len, self.batch, every) as u128;
+        let chunk = if every > 0 { every } else { self.seq_len };
         let masks = if self.dropout > 0.0 {
-            let window = if self.checkpoint_every > 0 { self.checkpoint_every } else { self.seq_len };
+            let window = chunk;
             let tb = (window * self.batch) as u128;
             (2 * net.layers as u128 * tb * net.hidden as u128 + tb * net.input_width() as u128) * 4
         } else {

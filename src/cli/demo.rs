@@ -76,9 +76,11 @@ impl Ctx {
         self.section += 1;
         super::errln!("[{}/{}] {what} ({:.0} s)", self.section, self.sections, self.started.elapsed().as_secs_f64());
     }
-    /// Saves the chart's PNG and SVG and returns the SVG for the report.
+    /// Saves the chart's PNG, SVG and CSV (every point of every line) and returns the SVG for
+    /// the report.
     fn chart(&self, chart: &Chart, name: &str) -> Result<String> {
         chart.save(&self.dir.join(name))?;
+        self.write(&format!("{name}.csv"), &chart.csv())?;
         Ok(chart.svg()?)
     }
     fn write(&self, name: &str, text: &str) -> Result<()> {
@@ -331,6 +333,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
             if a.quick { "bptt demo --quick" } else { "bptt demo" }
         ),
     };
+    // Every table of the report as CSV too (`table_<section>.csv`).
+    for (k, section) in report.sections.iter().enumerate().filter(|(_, s)| !s.table.is_empty()) {
+        let rows: Vec<String> = section
+            .table
+            .iter()
+            .map(|r| r.iter().map(|c| bptt::diagnose::plot::csv_field(c)).collect::<Vec<_>>().join(","))
+            .collect();
+        cx.write(&format!("table_{}.csv", k + 1), &(rows.join("\n") + "\n"))?;
+    }
     cx.write("report.html", &report.html())?;
     super::errln!("report: {} ({:.0} s)", cx.dir.join("report.html").display(), cx.started.elapsed().as_secs_f64());
     Ok(ExitCode::SUCCESS)

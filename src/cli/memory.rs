@@ -66,6 +66,10 @@ impl Estimate {
             big.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
             let what = big.iter().map(|(w, _)| *w).collect::<Vec<_>>().join(" and ");
             let e = bptt::Error::Memory { what: format!("this command ({what})"), needed, available };
+            // The helper threads' share is lowered by --threads, whatever the command.
+            if big.iter().any(|(w, _)| *w == "threads") {
+                anyhow::bail!("{e}: give fewer --threads, or {hint}");
+            }
             anyhow::bail!("{e}: {hint}");
         }
         Ok(())

@@ -25,6 +25,20 @@ pub fn flow_chart(flows: &[CellFlow], title: &str) -> Chart {
             });
         }
     }
+    // At most 20 decades below the largest norm: a vanilla RNN's norms fall 50 decades and more,
+    // and an axis that long flattens the gated cells' difference. What falls below is drawn at
+    // the floor, and its legend says so (the CSV keeps every value).
+    let top = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(|y| *y > 0.0).fold(0.0, f64::max);
+    if top.is_finite() && top > 0.0 {
+        let floor_exp = (top.log10() - 20.0).floor();
+        let floor = 10f64.powf(floor_exp);
+        for s in &mut series {
+            if s.points.iter().any(|p| p.1 < floor) {
+                s.points.iter_mut().for_each(|p| p.1 = p.1.max(floor));
+                s.name = format!("{} (below 1e{floor_exp} drawn at it)", s.name);
+            }
+        }
+    }
     Chart {
         title: title.into(),
         x_label: "time step t (the loss is at the last step)".into(),
@@ -93,7 +107,18 @@ pub fn explode_charts(runs: &[TaskReport; 2], clip: f64) -> (Chart, Chart) {
         // Skipped (non-finite) updates have no norm to plot: mark them above the largest one.
         let top = r.history.iter().map(|s| s.grad_norm).filter(|g| g.is_finite()).fold(1.0, f64::max) * 10.0;
         let skipped: Vec<(f64, f64)> = r.history.iter().filter(|s| s.skipped).map(|s| (s.step as f64, top)).collect();
-        loss.push(Series { name: name.clone(), points: pts(&|s| s.loss), marks: vec![] });
+        // Where the loss stops being a number, a dot at the last value it had: the line would
+        // otherwise just end.
+        let broke = r.history.iter().position(|s| !s.loss.is_finite());
+        let loss_marks: Vec<(f64, f64)> = broke
+            .map(|i| {
+                let last = r.history[..i].iter().rev().map(|s| s.loss).find(|l| l.is_finite()).unwrap_or(top);
+                (r.history[i].step as f64, last)
+            })
+            .into_iter()
+            .collect();
+        let loss_name = if broke.is_some() { format!("{name} (dot: non-finite from here on)") } else { name.clone() };
+        loss.push(Series { name: loss_name, points: pts(&|s| s.loss), marks: loss_marks });
         let clipped = r.history.iter().filter(|s| s.clipped).map(|s| (s.step as f64, s.grad_norm));
         norm.push(Series {
             name: format!("{name}{}", if k == 1 { " (dots: clipped updates)" } else { " (dots: skipped, non-finite)" }),

@@ -50,6 +50,32 @@ pub struct Chart {
     pub legend_below: bool,
 }
 
+impl Chart {
+    /// Every point of every line as CSV (`series,x,y`, then `marked` 1 for a marked point), so
+    /// each curve a report draws can be read as numbers.
+    pub fn csv(&self) -> String {
+        let mut out = String::from("series,x,y,marked\n");
+        for s in &self.series {
+            let name = csv_field(&s.name);
+            for &(x, y) in &s.points {
+                out.push_str(&format!("{name},{x},{y},0\n"));
+            }
+            for &(x, y) in &s.marks {
+                out.push_str(&format!("{name},{x},{y},1\n"));
+            }
+        }
+        for (y, label) in &self.hlines {
+            out.push_str(&format!("{},,{y},0\n", csv_field(label)));
+        }
+        out
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
+
 fn fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -125,16 +151,6 @@ impl Chart {
                     .light_line_style(RGBColor(235, 235, 235))
                     .draw()
                     .map_err(err)?;
-                for (k, (y, label)) in self.hlines.iter().enumerate() {
-                    let y = ty(*y);
-                    let style = ShapeStyle::from(&RGBColor(90, 90, 90)).stroke_width(1);
-                    chart
-                        .draw_series(DashedLineSeries::new(vec![(x0, y), (x1, y)], 6, 4, style))
-                        .map_err(err)?
-                        .label(label.clone())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
-                    let _ = k;
-                }
                 for (k, s) in self.series.iter().enumerate() {
                     let color = PALETTE[k % PALETTE.len()];
                     let pts: Vec<(f64, f64)> =
@@ -151,6 +167,16 @@ impl Chart {
                             .draw_series(marks.into_iter().map(|p| Circle::new(p, 3, color.mix(0.6).filled())))
                             .map_err(err)?;
                     }
+                }
+                // Reference lines on top of the curves, so a curve running along one never hides it.
+                for (y, label) in &self.hlines {
+                    let y = ty(*y);
+                    let style = ShapeStyle::from(&RGBColor(30, 30, 30)).stroke_width(2);
+                    chart
+                        .draw_series(DashedLineSeries::new(vec![(x0, y), (x1, y)], 8, 5, style))
+                        .map_err(err)?
+                        .label(label.clone())
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
                 }
                 chart
                     .configure_series_labels()

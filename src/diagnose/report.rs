@@ -50,7 +50,7 @@ impl Report {
              h1{{font-size:1.8em}} h2{{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}}\
              code,pre{{background:#f5f5f5;border-radius:4px}} code{{padding:.1em .3em}} pre{{padding:.8em;overflow-x:auto;white-space:pre-wrap}}\
              figure{{margin:1em 0}} figure svg{{max-width:100%;height:auto;border:1px solid #eee}}\
-             table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ddd;padding:.3em .7em;text-align:right}} th{{background:#f5f5f5}}\
+             table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ddd;padding:.3em .7em;text-align:right}} td{{white-space:nowrap}} th{{background:#f5f5f5}}\
              nav a{{margin-right:1em}} .cmd{{color:#555}}</style></head><body>\n<h1>{}</h1>\n<p>{}</p>\n<nav>",
             escape(&self.title),
             escape(&self.title),

@@ -205,7 +205,9 @@ fn cross_entropy<F: Float>(o: usize, z: &[F], dz: &mut [F], y: &[u32], mask: Opt
         }
         let sum = kernels::sum(dz);
         let y = y[r] as usize;
-        total += w * ((sum.ln() + max) - z[y]).f64();
+        // log Σ exp(z − max) − (z_y − max): the max is never added to a small number, so a
+        // uniform shift of every logit (even near f32's largest) leaves the loss as it was.
+        total += w * (sum.ln() - (z[y] - max)).f64();
         let scale = F::of(w / weights) / sum;
         for d in dz.iter_mut() {
             *d *= scale;

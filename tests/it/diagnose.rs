@@ -242,4 +242,15 @@ fn demo_quick_writes_a_complete_report() {
         assert!(html.contains(s), "section {s} missing");
     }
     assert!(!html.contains("<script") && !html.contains("src=\"http"), "the report must be self-contained");
+    // Every figure has its numbers beside it as CSV, and so has every table.
+    let names: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    for png in names.iter().filter(|n| n.ends_with(".png")) {
+        let csv = png.replace(".png", ".csv");
+        assert!(names.contains(&csv), "{png} has no {csv}");
+        let text = std::fs::read_to_string(out.join(&csv)).unwrap();
+        assert!(text.lines().count() > 2, "{csv} is empty");
+    }
+    let tables = html.matches("<table>").count();
+    assert_eq!(names.iter().filter(|n| n.starts_with("table_") && n.ends_with(".csv")).count(), tables);
 }

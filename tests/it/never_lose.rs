@@ -499,7 +499,7 @@ fn signals_ignored_at_start_stay_ignored() {
     args.extend_from_slice(&["--hidden", "16", "--embedding-dim", "8", "--layers", "1", "--batch", "4"]);
     args.extend_from_slice(&["--seq-len", "16", "--threads", "1", "--steps", "1000000", "--eval-every", "0"]);
     let child = Command::new("sh")
-        .args(["-c", r#"trap '' HUP; exec "$@""#, "sh", env!("CARGO_BIN_EXE_bptt")])
+        .args(["-c", r#"trap '' HUP INT; exec "$@""#, "sh", env!("CARGO_BIN_EXE_bptt")])
         .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -511,10 +511,12 @@ fn signals_ignored_at_start_stay_ignored() {
     {
         std::thread::sleep(Duration::from_millis(20));
     }
+    // (A shell starts a background job with SIGINT ignored, as `trap '' INT` does here.)
     signal(&child, "-HUP");
+    signal(&child, "-INT");
     std::thread::sleep(Duration::from_millis(700));
     let mut child = child;
-    assert!(child.try_wait().unwrap().is_none(), "SIGHUP stopped a run that started with it ignored");
+    assert!(child.try_wait().unwrap().is_none(), "SIGHUP or SIGINT stopped a run that started with them ignored");
     signal(&child, "-TERM");
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(143), "{}", stderr(&o));
@@ -654,4 +656,35 @@ fn files_of_another_run_or_size_are_refused() {
     // Validation asked for but empty: said, not silent.
     let o = sized("v", &["--steps", "1", "--hidden", "8", "--val-fraction", "0.00001"]);
     assert!(o.status.success() && stderr(&o).contains("the run has no validation"), "{}", stderr(&o));
+}
+
+/// Softmax is unchanged by a uniform shift of the logits; in f32, a shift near the largest
+/// float erases their differences, and the honest loss is then that of a uniform guess, ln V —
+/// never 0 (a "perfect model", what adding the max back to a small log-sum reported).
+#[test]
+fn a_uniform_shift_of_the_decoder_bias_never_reports_a_perfect_model() {
+    let text = "the quick brown fox jumps over the lazy dog\n".repeat(20);
+    let mut m = small_model_for(&text);
+    let ids = m.vocab.encode(&text).unwrap();
+    let before = m.evaluate_stream(&ids, 1).unwrap().loss;
+    let bias = m.net.params().iter().find(|p| p.name == "decoder.bias").unwrap().clone();
+    for shift in [1e3f32, 1e30, 3e38] {
+        let mut shifted = m.params.clone();
+        shifted[bias.offset..bias.offset + bias.shape[0]].iter_mut().for_each(|b| *b += shift);
+        std::mem::swap(&mut m.params, &mut shifted);
+        let loss = m.evaluate_stream(&ids, 1).unwrap().loss;
+        std::mem::swap(&mut m.params, &mut shifted);
+        let uniform = (m.vocab.len() as f64).ln();
+        if shift == 1e3 {
+            assert!((loss - before).abs() < 1e-3 * before, "shift {shift}: {loss} vs {before}");
+        } else {
+            assert!((loss - uniform).abs() < 0.05 * uniform, "shift {shift}: loss {loss}, ln V = {uniform}");
+        }
+    }
+}
+
+fn small_model_for(text: &str) -> bptt::charlm::CharModel {
+    use bptt::charlm::{CharModel, ModelSpec, Vocab};
+    let spec = ModelSpec { cell: bptt::CellKind::Lstm, embedding_dim: 4, hidden: 8, layers: 1 };
+    CharModel::new(spec, Vocab::from_text(text).unwrap(), 3).unwrap()
 }
