@@ -19,6 +19,10 @@ pub enum Error {
     /// Values in the data are out of range (a class id ≥ the output size, a negative mask, …).
     #[error("{0}")]
     Data(String),
+    /// Bytes or text handed to a parser (a model, checkpoint or data file's contents) are
+    /// malformed; [`Error::in_file`] names the file.
+    #[error("{0}")]
+    Malformed(String),
     /// A model or checkpoint file is malformed, truncated or inconsistent.
     #[error("{path}: {msg}")]
     Format {
@@ -55,6 +59,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error as it concerns the file `path`: a [`Error::Malformed`] becomes an
+    /// [`Error::Format`] naming it; every other error is returned as it is.
+    pub fn in_file(self, path: &std::path::Path) -> Self {
+        match self {
+            Error::Malformed(msg) => Error::Format { path: path.display().to_string(), msg },
+            e => e,
+        }
+    }
+
     /// An [`Error::Io`] for `path`.
     pub fn io(path: &std::path::Path, e: std::io::Error) -> Self {
         Error::Io { path: path.display().to_string(), msg: e.to_string() }

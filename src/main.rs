@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         // The reader went away (`bptt eval | head -1`): stop quietly, as SIGPIPE would.
         Err(e) if cli::is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
-            cli::errln!("error: {e:#}");
+            cli::errln!("error: {}", cli::flag_names(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

@@ -12,6 +12,9 @@ fn check(d: &bptt::seq::Dataset) {
     match &d.labels {
         Labels::Classes { names, ids } => assert!(ids.len() == d.len() && ids.iter().all(|&i| i < names.len())),
         Labels::Values(v) => assert!(v.len() % d.len().max(1) == 0),
+        Labels::Steps { names, ids } => {
+            assert!(ids.len() == d.lengths.iter().sum::<usize>() && ids.iter().all(|&i| i < names.len()))
+        }
         Labels::None => {}
     }
 }
@@ -21,17 +24,17 @@ fuzz_target!(|data: &[u8]| {
     for values in [false, true] {
         match csv::parse(&text, &csv::Columns { values, ..Default::default() }) {
             Ok(d) => check(&d),
-            Err(e) => assert_eq!(e.lines().count(), 1, "{e}"),
+            Err(e) => assert_eq!(e.to_string().lines().count(), 1, "{e}"),
         }
         for npz in [false, true] {
             match npy::parse(data, npz, values) {
                 Ok(d) => check(&d),
-                Err(e) => assert_eq!(e.lines().count(), 1, "{e}"),
+                Err(e) => assert_eq!(e.to_string().lines().count(), 1, "{e}"),
             }
         }
     }
     match forecast::parse_series(&text) {
         Ok(s) => assert_eq!(s.values.len(), s.len() * s.names.len()),
-        Err(e) => assert_eq!(e.lines().count(), 1, "{e}"),
+        Err(e) => assert_eq!(e.to_string().lines().count(), 1, "{e}"),
     }
 });

@@ -17,6 +17,6 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(lengths, d.lengths);
             }
         }
-        Err(e) => assert_eq!(e.lines().count(), 1, "{e}"),
+        Err(e) => assert_eq!(e.to_string().lines().count(), 1, "{e}"),
     }
 });

@@ -126,7 +126,7 @@ impl Split {
     /// Splits `ids` with the last `val_fraction` (in [0, 1)) as validation.
     pub fn new(mut ids: TokenIds, val_fraction: f64) -> Result<Self> {
         if !(0.0..1.0).contains(&val_fraction) {
-            return Err(Error::Config(format!("--val-fraction must be in [0, 1), got {val_fraction}")));
+            return Err(Error::Config(format!("`val_fraction` must be in [0, 1), got {val_fraction}")));
         }
         let n_val = (ids.len() as f64 * val_fraction) as usize;
         let val = ids.split_off(ids.len() - n_val);
@@ -151,7 +151,7 @@ impl Streams {
         if batch == 0 || k1 == 0 || len < k1 {
             return Err(Error::Data(format!(
                 "the training text ({n} characters) is too short for {batch} streams of at least {k1}+1 \
-                 characters: use a longer text, a smaller --batch or a smaller --seq-len"
+                 characters: use a longer text, a smaller `batch` or a smaller `seq_len`"
             )));
         }
         Ok(Streams { batch, k1, len })

@@ -149,13 +149,13 @@ impl CharModel {
     /// metadata. Every size is checked against sane bounds before anything is allocated.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = fsio::read_bounded(path, 8 + tensors::MAX_HEADER + 4 * MAX_PARAMS as u64)?;
-        Self::from_bytes(&bytes).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+        Self::from_bytes(&bytes).map_err(|e| e.in_file(path))
     }
 
-    /// Parses model-file bytes; the error is a message (the caller adds the path).
-    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let file = ModelFile::parse(bytes)?;
-        file.model()
+    /// Parses model-file bytes (an [`Error::Malformed`] names what is wrong;
+    /// [`Error::in_file`] adds the path).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        ModelFile::parse(bytes).and_then(|file| file.model()).map_err(Error::Malformed)
     }
 
     /// `bptt eval`: the whole text as one stream from a zero state, `ids[..n-1]` predicting
@@ -243,7 +243,7 @@ pub(crate) struct ModelFile<'a> {
 impl<'a> ModelFile<'a> {
     /// Checks the header size, the metadata, the declared shapes (against the metadata, before
     /// anything is allocated) and the total size, then parses the tensors.
-    pub fn parse(bytes: &'a [u8]) -> std::result::Result<Self, String> {
+    pub(crate) fn parse(bytes: &'a [u8]) -> std::result::Result<Self, String> {
         let header = tensors::Header::parse(bytes, FORMAT)?;
         let cell: CellKind = header.get("cell")?.parse().map_err(|e: Error| format!("metadata 'cell': {e}"))?;
         let spec = ModelSpec {
@@ -272,12 +272,12 @@ impl<'a> ModelFile<'a> {
     }
 
     /// The f32 values of tensor `name`, checked finite.
-    pub fn floats(&self, name: &str) -> std::result::Result<Vec<f32>, String> {
+    pub(crate) fn floats(&self, name: &str) -> std::result::Result<Vec<f32>, String> {
         tensors::floats(&self.tensors, name)
     }
 
     /// The model held by the file.
-    pub fn model(&self) -> std::result::Result<CharModel, String> {
+    pub(crate) fn model(&self) -> std::result::Result<CharModel, String> {
         let net = Net::new(self.spec.net_config(self.vocab.len())).map_err(|e| e.to_string())?;
         let mut params = vec![0.0f32; net.num_params()];
         for p in net.params() {

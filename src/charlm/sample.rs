@@ -65,7 +65,7 @@ impl<'m> Sampler<'m> {
             return Err(Error::Config("feed at least one character before sampling".into()));
         }
         if !(temperature.is_finite() && temperature >= 0.0) {
-            return Err(Error::Config(format!("--temperature must be >= 0, got {temperature}")));
+            return Err(Error::Config(format!("`temperature` must be >= 0, got {temperature}")));
         }
         let z = &self.logits;
         if z.iter().any(|v| !v.is_finite()) {

@@ -133,7 +133,7 @@ impl TrainConfig {
     pub fn schedule(&self) -> Result<LrSchedule> {
         let total = self.schedule_steps.unwrap_or(self.steps);
         LrSchedule::parse(&self.lr_schedule, self.lr, self.warmup, total).map_err(|e| match e {
-            Error::Config(m) if m.starts_with("learning-rate schedule") => Error::Config(format!("--lr-schedule: {m}")),
+            Error::Config(m) if m.starts_with("learning-rate schedule") => Error::Config(format!("`lr_schedule`: {m}")),
             e => e,
         })
     }
@@ -141,7 +141,7 @@ impl TrainConfig {
     /// The clipping settings.
     pub fn clip(&self) -> Result<Clip> {
         if !(self.clip_norm.is_finite() && self.clip_norm >= 0.0) {
-            return Err(Error::Config(format!("--clip-norm must be >= 0 (0 = off), got {}", self.clip_norm)));
+            return Err(Error::Config(format!("`clip_norm` must be >= 0 (0 = off), got {}", self.clip_norm)));
         }
         let clip = Clip { max_norm: (self.clip_norm > 0.0).then_some(self.clip_norm), max_value: self.clip_value };
         clip.validate()?;
@@ -189,27 +189,27 @@ impl TrainConfig {
     /// Checks every setting, so a run fails before it starts rather than midway.
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 || self.seq_len == 0 || self.k1 == 0 {
-            return Err(Error::Config("--batch, --seq-len and k1 must be at least 1".into()));
+            return Err(Error::Config("`batch`, `seq_len` and k1 must be at least 1".into()));
         }
         if self.k1 > self.seq_len {
-            return Err(Error::Config(format!("--tbptt K1:K2 needs K1 <= K2, got {}:{}", self.k1, self.seq_len)));
+            return Err(Error::Config(format!("`tbptt` K1:K2 needs K1 <= K2, got {}:{}", self.k1, self.seq_len)));
         }
         if self.steps == 0 {
-            return Err(Error::Config("--steps must be at least 1".into()));
+            return Err(Error::Config("`steps` must be at least 1".into()));
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
-            return Err(Error::Config(format!("--val-fraction must be in [0, 1), got {}", self.val_fraction)));
+            return Err(Error::Config(format!("`val_fraction` must be in [0, 1), got {}", self.val_fraction)));
         }
         if let Some(f) = self.abort_loss_factor
             && !(f.is_finite() && f > 1.0)
         {
-            return Err(Error::Config(format!("--abort-loss-factor must be > 1, got {f}")));
+            return Err(Error::Config(format!("`abort_loss_factor` must be > 1, got {f}")));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::Config(format!("--dropout must be in [0, 1), got {}", self.dropout)));
+            return Err(Error::Config(format!("`dropout` must be in [0, 1), got {}", self.dropout)));
         }
         if !(0.0..1.0).contains(&self.weight_drop) {
-            return Err(Error::Config(format!("--weight-drop must be in [0, 1), got {}", self.weight_drop)));
+            return Err(Error::Config(format!("`weight_drop` must be in [0, 1), got {}", self.weight_drop)));
         }
         self.optimizer()?;
         self.schedule()?;
@@ -295,7 +295,7 @@ impl Trainer {
         let ranks = group.size();
         if !cfg.batch.is_multiple_of(ranks) {
             return Err(Error::Config(format!(
-                "--batch {} cannot be shared by {ranks} ranks: give a --batch that is a multiple of {ranks} (it is the \
+                "`batch` {} cannot be shared by {ranks} ranks: give a `batch` that is a multiple of {ranks} (it is the \
                  global batch) or another mpirun -np",
                 cfg.batch
             )));
@@ -533,12 +533,7 @@ impl Trainer {
     }
 
     /// Rebuilds a run from checkpoint bytes and the same text ids; `steps` replaces the total.
-    pub fn resume(
-        bytes: &[u8],
-        ids: TokenIds,
-        steps: Option<u64>,
-        threads: usize,
-    ) -> std::result::Result<Self, String> {
+    pub fn resume(bytes: &[u8], ids: TokenIds, steps: Option<u64>, threads: usize) -> Result<Self> {
         Self::resume_in(Arc::new(Group::single()), bytes, ids, steps, threads, false)
     }
 
@@ -546,6 +541,18 @@ impl Trainer {
     /// ranks is refused unless `reshard` (the run then goes on with the new split of the batch,
     /// no longer bit for bit the run it would have been).
     pub fn resume_in(
+        group: Arc<Group>,
+        bytes: &[u8],
+        ids: TokenIds,
+        steps: Option<u64>,
+        threads: usize,
+        reshard: bool,
+    ) -> Result<Self> {
+        Self::resume_checked(group, bytes, ids, steps, threads, reshard).map_err(Error::Malformed)
+    }
+
+    /// [`Self::resume_in`], every problem as a message.
+    fn resume_checked(
         group: Arc<Group>,
         bytes: &[u8],
         ids: TokenIds,
@@ -588,7 +595,7 @@ impl Trainer {
         if written_by != group.size() && !reshard {
             return Err(format!(
                 "the checkpoint was written by {written_by} rank(s) and this job has {}: resume with mpirun -np \
-                 {written_by}, or pass --reshard to continue with the new split (not bit for bit)",
+                 {written_by}, or pass `reshard` to continue with the new split (not bit for bit)",
                 group.size()
             ));
         }

@@ -128,9 +128,41 @@ macro_rules! errln {
 }
 pub(crate) use errln;
 
+/// The library names a setting as its Rust and Python name in backticks (`` `val_fraction` ``);
+/// the command line says the flag instead (`--val-fraction`). Only the names in this table are
+/// rewritten, so other backticked words stay as they are.
+pub(crate) fn flag_names(message: &str) -> String {
+    const SETTINGS: [&str; 19] = [
+        "abort_loss_factor",
+        "batch",
+        "clip_norm",
+        "dropout",
+        "force_unlock",
+        "id_column",
+        "length",
+        "lr_schedule",
+        "lr",
+        "momentum",
+        "out",
+        "reshard",
+        "seq_len",
+        "steps",
+        "tbptt",
+        "temperature",
+        "val_fraction",
+        "weight_drop",
+        "epochs",
+    ];
+    let mut out = message.to_string();
+    for name in SETTINGS {
+        out = out.replace(&format!("`{name}`"), &format!("--{}", name.replace('_', "-")));
+    }
+    out
+}
+
 /// The value parser of every real-valued flag: a finite number (NaN and infinities are refused
 /// here, in one place; each flag's range is checked where its setting is validated).
-pub fn finite(s: &str) -> Result<f64, String> {
+pub(crate) fn finite(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
         Ok(_) => Err("must be a finite number (not NaN or infinity)".into()),

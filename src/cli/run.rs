@@ -84,7 +84,7 @@ pub fn end_run(group: &Group, result: Result<ExitCode>, dir: &Path, command: &st
     match e.downcast_ref::<bptt::Error>() {
         Some(bptt::Error::Disagree(_)) => {
             if group.is_root() {
-                super::errln!("error: {e:#}");
+                super::errln!("error: {}", super::flag_names(&format!("{e:#}")));
             }
             // Rank 0 has said it before any rank exits (mpirun ends the job at the first exit).
             let _ = group.all_ok(true);
@@ -97,12 +97,12 @@ pub fn end_run(group: &Group, result: Result<ExitCode>, dir: &Path, command: &st
                 } else {
                     "no checkpoint was saved yet: start the run again".to_string()
                 };
-                super::errln!("error: rank 0: {e:#}: {how}");
+                super::errln!("error: rank 0: {}: {how}", super::flag_names(&format!("{e:#}")));
             }
             std::process::exit(1);
         }
         _ => {
-            super::errln!("error: rank {}: {e:#}", group.rank());
+            super::errln!("error: rank {}: {}", group.rank(), super::flag_names(&format!("{e:#}")));
             group.abort(1)
         }
     }

@@ -180,15 +180,15 @@ impl RunLock {
                             let what = if name.is_empty() { String::new() } else { format!(" ({name})") };
                             return held(format!(
                                 "is in use by process {pid}{what} on this host (lock file {}): wait for it to \
-                                 finish or stop it, or choose another --out",
+                                 finish or stop it, or choose another `out` folder",
                                 path.display()
                             ));
                         }
                         (Some(pid), Some(h)) if h != host() && !force => {
                             return held(format!(
                                 "is locked by process {pid} on host {h} (lock file {}): if that run is gone (its \
-                                 machine or container was removed), take the folder over with --force-unlock; \
-                                 otherwise wait for it or choose another --out",
+                                 machine or container was removed), take the folder over with `force_unlock`; \
+                                 otherwise wait for it or choose another `out` folder",
                                 path.display()
                             ));
                         }
@@ -241,11 +241,15 @@ pub fn create_unique_dir(base: &Path) -> Result<PathBuf> {
 /// Reads a UTF-8 text file; an error names the problem (missing, empty, not UTF-8, binary).
 pub fn read_text(path: &Path) -> Result<String> {
     let bytes = read_bounded(path, 1 << 32)?;
-    decode_text(bytes).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+    decode_text(bytes).map_err(|e| e.in_file(path))
 }
 
 /// Checks and decodes the bytes of a text file: non-empty, UTF-8, no NUL (binary) bytes.
-pub fn decode_text(bytes: Vec<u8>) -> std::result::Result<String, String> {
+pub fn decode_text(bytes: Vec<u8>) -> Result<String> {
+    text_of(bytes).map_err(Error::Malformed)
+}
+
+fn text_of(bytes: Vec<u8>) -> std::result::Result<String, String> {
     if bytes.is_empty() {
         return Err("the text file is empty: give a file with some text".into());
     }

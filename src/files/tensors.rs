@@ -46,7 +46,7 @@ pub(crate) struct Header {
 
 impl Header {
     /// Reads the header of `bytes` and checks that metadata `bptt.format` is `format`.
-    pub fn parse(bytes: &[u8], format: &str) -> Result<Self, String> {
+    pub(crate) fn parse(bytes: &[u8], format: &str) -> Result<Self, String> {
         let too_short = "file is too short to be a safetensors model (truncated?)";
         let head: [u8; 8] = bytes.get(..8).and_then(|b| b.try_into().ok()).ok_or(too_short)?;
         let n = u64::from_le_bytes(head);
@@ -72,12 +72,12 @@ impl Header {
     }
 
     /// Metadata `key`, or an error naming it.
-    pub fn get(&self, key: &str) -> Result<&str, String> {
+    pub(crate) fn get(&self, key: &str) -> Result<&str, String> {
         self.metadata.get(key).map(String::as_str).ok_or_else(|| format!("metadata '{key}' is missing"))
     }
 
     /// Metadata `key` as a whole number.
-    pub fn num(&self, key: &str) -> Result<usize, String> {
+    pub(crate) fn num(&self, key: &str) -> Result<usize, String> {
         let v = self.get(key)?;
         v.parse::<usize>().map_err(|_| format!("metadata '{key}' = '{v}' is not a whole number"))
     }
@@ -85,7 +85,11 @@ impl Header {
     /// Checks every declared tensor is F32, is one of `expected` (or a checkpoint's `optim.*`
     /// or `state.*`) with its shape, and none of `expected` is missing, and that the file is as long as its header says; then parses the
     /// tensors. Nothing is allocated from a declared size before these checks.
-    pub fn tensors<'a>(&self, bytes: &'a [u8], expected: &[(&str, &[usize])]) -> Result<SafeTensors<'a>, String> {
+    pub(crate) fn tensors<'a>(
+        &self,
+        bytes: &'a [u8],
+        expected: &[(&str, &[usize])],
+    ) -> Result<SafeTensors<'a>, String> {
         let mut data_bytes: u128 = 0;
         for (name, info) in self.json.iter().filter(|(k, _)| *k != "__metadata__") {
             let dtype = info.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");

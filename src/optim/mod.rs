@@ -143,7 +143,7 @@ impl OptimizerConfig {
                 OptimizerConfig::Sgd { momentum, .. } | OptimizerConfig::RmsProp { momentum, .. } => *momentum = m,
                 _ => {
                     return Err(Error::Config(format!(
-                        "{} has no momentum: drop --momentum or use sgd or rmsprop",
+                        "{} has no momentum: drop `momentum` or use sgd or rmsprop",
                         self.name()
                     )));
                 }

@@ -37,7 +37,7 @@ pub fn read(path: &Path, columns: &Columns) -> Result<Dataset> {
         path: path.display().to_string(),
         msg: format!("not UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()),
     })?;
-    parse(&text, columns).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+    parse(&text, columns).map_err(|e| e.in_file(path))
 }
 
 /// A sequence's label and the line it was first read from.
@@ -69,7 +69,11 @@ fn fields(line: &str) -> std::result::Result<Vec<String>, String> {
 }
 
 /// Parses the text of a CSV file; the error is a message naming the line.
-pub fn parse(text: &str, columns: &Columns) -> std::result::Result<Dataset, String> {
+pub fn parse(text: &str, columns: &Columns) -> crate::Result<Dataset> {
+    parse_text(text, columns).map_err(crate::Error::Malformed)
+}
+
+fn parse_text(text: &str, columns: &Columns) -> std::result::Result<Dataset, String> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, head) = lines.next().ok_or("the file is empty: a CSV needs a header line and rows")?;
     let header = fields(head.trim_start_matches('\u{feff}')).map_err(|e| format!("line 1: {e}"))?;
@@ -84,7 +88,7 @@ pub fn parse(text: &str, columns: &Columns) -> std::result::Result<Dataset, Stri
         };
     let id = find(&columns.id, &["id", "series", "sequence"], "id")?.ok_or_else(|| {
         format!(
-            "line 1: no sequence-id column (id, series or sequence): name it with --id-column (the columns are {})",
+            "line 1: no sequence-id column (id, series or sequence): name it with `id_column` (the columns are {})",
             header.join(", ")
         )
     })?;

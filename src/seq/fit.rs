@@ -753,13 +753,25 @@ impl Fitter {
         valid: Option<Dataset>,
         epochs: Option<u64>,
         threads: usize,
-    ) -> std::result::Result<Self, String> {
+    ) -> Result<Self> {
         Self::resume_in(Arc::new(Group::single()), bytes, train, valid, epochs, threads)
     }
 
     /// [`Fitter::resume`] as one rank of `group` (a checkpoint holds no per-rank state, so any
     /// rank count may continue it).
     pub fn resume_in(
+        group: Arc<Group>,
+        bytes: &[u8],
+        train: Dataset,
+        valid: Option<Dataset>,
+        epochs: Option<u64>,
+        threads: usize,
+    ) -> Result<Self> {
+        Self::resume_checked(group, bytes, train, valid, epochs, threads).map_err(Error::Malformed)
+    }
+
+    /// [`Self::resume_in`], every problem as a message.
+    fn resume_checked(
         group: Arc<Group>,
         bytes: &[u8],
         train: Dataset,

@@ -47,14 +47,12 @@ impl Series {
     }
 
     /// The column named `name`, or the last one when `None`.
-    pub fn column(&self, name: Option<&str>) -> std::result::Result<usize, String> {
+    pub fn column(&self, name: Option<&str>) -> crate::Result<usize> {
         match name {
             None => Ok(self.names.len() - 1),
-            Some(n) => self
-                .names
-                .iter()
-                .position(|c| c == n)
-                .ok_or_else(|| format!("no numeric column '{n}' (the series has {})", self.names.join(", "))),
+            Some(n) => self.names.iter().position(|c| c == n).ok_or_else(|| {
+                Error::Malformed(format!("no numeric column '{n}' (the series has {})", self.names.join(", ")))
+            }),
         }
     }
 
@@ -111,11 +109,15 @@ pub fn read_series(path: &Path) -> Result<Series> {
         path: path.display().to_string(),
         msg: format!("not UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()),
     })?;
-    parse_series(&text).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+    parse_series(&text).map_err(|e| e.in_file(path))
 }
 
 /// Parses a series CSV's text (see [`read_series`]).
-pub fn parse_series(text: &str) -> std::result::Result<Series, String> {
+pub fn parse_series(text: &str) -> crate::Result<Series> {
+    series_of(text).map_err(Error::Malformed)
+}
+
+fn series_of(text: &str) -> std::result::Result<Series, String> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, head) = lines.next().ok_or("the file is empty: a series needs a header line and rows")?;
     let unquote = |s: &str| s.trim().trim_matches('"').to_string();

@@ -384,12 +384,13 @@ impl SeqModel {
     /// Loads a `seq/1` model file; every size is checked before anything is allocated.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = fsio::read_bounded(path, 8 + tensors::MAX_HEADER + 4 * MAX_PARAMS as u64)?;
-        Self::from_bytes(&bytes).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+        Self::from_bytes(&bytes).map_err(|e| e.in_file(path))
     }
 
-    /// Parses model-file bytes; the error is a message (the caller adds the path).
-    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let (model, _) = Self::parse(bytes)?;
+    /// Parses model-file bytes (an [`Error::Malformed`] names what is wrong;
+    /// [`Error::in_file`] adds the path).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let (model, _) = Self::parse(bytes).map_err(Error::Malformed)?;
         Ok(model)
     }
 

@@ -5,7 +5,7 @@
 //! problem is an error naming the array and what is wrong, never a panic; nothing is allocated
 //! from a declared size before it is checked against the file's.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::seq::{Dataset, Labels};
 use std::path::Path;
 
@@ -17,13 +17,13 @@ const LIMIT: u64 = 1 << 32;
 pub fn read(path: &Path, values: bool) -> Result<Dataset> {
     let bytes = crate::files::fsio::read_bounded(path, LIMIT)?;
     let npz = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"));
-    parse(&bytes, npz, values).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+    parse(&bytes, npz, values).map_err(|e| e.in_file(path))
 }
 
 /// Parses the bytes of a `.npz` (`npz`) or `.npy` file; the error is a message (the caller adds
 /// the path).
-pub fn parse(bytes: &[u8], npz: bool, values: bool) -> std::result::Result<Dataset, String> {
-    if npz { parse_npz(bytes, values) } else { parse_npy_dataset(bytes) }
+pub fn parse(bytes: &[u8], npz: bool, values: bool) -> crate::Result<Dataset> {
+    if npz { parse_npz(bytes, values) } else { parse_npy_dataset(bytes) }.map_err(crate::Error::Malformed)
 }
 
 /// The element types read.

@@ -17,7 +17,7 @@ pub fn read(path: &Path) -> Result<Dataset> {
         path: path.display().to_string(),
         msg: format!("not UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()),
     })?;
-    parse(&text).map_err(|msg| Error::Format { path: path.display().to_string(), msg })
+    parse(&text).map_err(|e| e.in_file(path))
 }
 
 /// What the header says.
@@ -29,7 +29,11 @@ struct Header {
 }
 
 /// Parses the text of a `.ts` file; the error is a message naming the line (1-based).
-pub fn parse(text: &str) -> std::result::Result<Dataset, String> {
+pub fn parse(text: &str) -> crate::Result<Dataset> {
+    parse_text(text).map_err(crate::Error::Malformed)
+}
+
+fn parse_text(text: &str) -> std::result::Result<Dataset, String> {
     let mut header = Header::default();
     let mut lines = text.lines().enumerate();
     let mut saw_data = false;

@@ -324,7 +324,7 @@ fn evaluate<F: Float>(
 /// every update.
 pub fn run(cfg: &TaskConfig, progress: impl FnMut(&TaskStep)) -> Result<TaskReport> {
     if cfg.steps == 0 {
-        return Err(Error::Config("--steps must be at least 1".into()));
+        return Err(Error::Config("`steps` must be at least 1".into()));
     }
     Ok(train(cfg, progress)?.2)
 }
@@ -339,7 +339,7 @@ pub fn trained(cfg: &TaskConfig) -> Result<(Net, Vec<f32>)> {
 /// returns the network, its parameters and the report.
 pub fn train(cfg: &TaskConfig, mut progress: impl FnMut(&TaskStep)) -> Result<(Net, Vec<f32>, TaskReport)> {
     if cfg.length < 2 || cfg.batch == 0 {
-        return Err(Error::Config("--length must be at least 2 and --batch at least 1".into()));
+        return Err(Error::Config("`length` must be at least 2 and `batch` at least 1".into()));
     }
     let started = Instant::now();
     let net = Net::new(cfg.kind.net_config(cfg.cell, cfg.hidden, cfg.layers))?;

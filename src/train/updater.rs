@@ -87,8 +87,8 @@ impl Updater {
     pub fn health(&self, step: u64) -> Result<()> {
         if self.bad_steps >= self.max_bad_steps {
             return Err(Error::Data(format!(
-                "{} consecutive updates had a non-finite gradient or update (last at step {step}): lower --lr or \
-                 use --clip-norm; the last good checkpoint is kept",
+                "{} consecutive updates had a non-finite gradient or update (last at step {step}): lower `lr` or \
+                 use `clip_norm`; the last good checkpoint is kept",
                 self.bad_steps
             )));
         }
@@ -97,7 +97,7 @@ impl Updater {
         {
             return Err(Error::Data(format!(
                 "training loss {:.4} at step {step} exceeds {f} x the first loss {first:.4}: the run is diverging; \
-                 lower --lr",
+                 lower `lr`",
                 self.last_loss
             )));
         }

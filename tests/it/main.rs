@@ -19,5 +19,6 @@ mod reliability;
 mod seq;
 mod shakespeare;
 mod tbptt;
+mod tidy;
 mod torch;
 mod torch_expected;
