@@ -19,7 +19,7 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A shorter demo (about 6 s on 2 cores): shorter sequences, fewer updates.
+    /// A shorter demo (about 4 s on 2 cores): shorter sequences, fewer updates.
     #[arg(long)]
     quick: bool,
     /// Output folder [default: runs/demo-<UTC timestamp>].
