@@ -43,6 +43,19 @@ impl CellKind {
         self == CellKind::Lstm
     }
 
+    /// True for the GRU, whose recurrent product W_hh·h + b_hh is kept apart from the input's
+    /// (it enters as r ⊙ (W_hn h + b_hn)): `net/` then keeps b_hh on the recurrent side, stores
+    /// the product per step and adds its own term to dL/dh_{t−1}.
+    pub fn recurrent_apart(self) -> bool {
+        self == CellKind::Gru
+    }
+
+    /// True if a step keeps a per-unit value for backward besides h and c (LSTM tanh(c_t), GRU
+    /// n_t).
+    pub fn has_aux(self) -> bool {
+        matches!(self, CellKind::Lstm | CellKind::Gru)
+    }
+
     /// The name used in files and on the command line (`rnn_tanh`, `rnn_relu`, `lstm`, `gru`).
     pub fn name(self) -> &'static str {
         match self {

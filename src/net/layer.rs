@@ -66,7 +66,7 @@ pub(crate) fn forward<F: Float>(
 
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
     let w_hh_t = if transposed { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() }; // (H, G·H)
-    let lstm = cell == CellKind::Lstm;
+    let lstm = cell.has_cell_state();
     match split {
         Split::Whole | Split::Tiles => {
             let gemm_threads = if split == Split::Tiles { threads } else { 1 };
@@ -155,7 +155,7 @@ impl<F: Copy> TableRows<'_, F> {
 /// r ⊙ (W_hn h + b_hn)).
 pub(crate) fn fill_input_bias<F: Float>(cell: CellKind, b_ih: &[F], b_hh: &[F], dst: &mut [F]) {
     kernels::fill_rows(dst, b_ih);
-    if cell != CellKind::Gru {
+    if !cell.recurrent_apart() {
         for row in dst.chunks_exact_mut(b_hh.len()) {
             kernels::add_into(row, b_hh);
         }
@@ -301,7 +301,7 @@ unsafe fn forward_units<F: Float>(
                 for q in 0..gate_blocks {
                     let (at, dst) = (q * h + u0, bufs.gates.slice(x.t0 * b * gh + r * gh + q * h + u0, u));
                     dst.copy_from_slice(&x.b_ih[at..at + u]);
-                    if cell != CellKind::Gru {
+                    if !cell.recurrent_apart() {
                         kernels::add_into(dst, &b_hh[at..at + u]);
                     }
                 }
@@ -322,8 +322,8 @@ unsafe fn forward_units<F: Float>(
             }
         }
         let h_prev = bufs.hs.read(t * bh, bh); // (B, H) step t, read-only
-        let (out, at) = if cell == CellKind::Gru { (bufs.hproj, 0) } else { (bufs.gates, t * b * gh) };
-        if cell == CellKind::Gru {
+        let (out, at) = if cell.recurrent_apart() { (bufs.hproj, 0) } else { (bufs.gates, t * b * gh) };
+        if cell.recurrent_apart() {
             for r in 0..b {
                 for q in 0..gate_blocks {
                     let k = r * gh + q * h + u0;
@@ -490,7 +490,7 @@ pub(crate) fn backward<F: Float>(
                 let rows = BwdRows {
                     dh: &cache.dh[t * bh..(t + 1) * bh],
                     g: &mut cache.gates[t * bgh..(t + 1) * bgh],
-                    dgh: if cell == CellKind::Gru { &mut cache.dgates_h[t * bgh..(t + 1) * bgh] } else { &mut [][..] },
+                    dgh: if cell.recurrent_apart() { &mut cache.dgates_h[t * bgh..(t + 1) * bgh] } else { &mut [][..] },
                     h_prev: &cache.hs[t * bh..(t + 1) * bh],
                     h: &cache.hs[(t + 1) * bh..(t + 2) * bh],
                     c_prev: step_of(&cache.cs, t, bh),
@@ -549,7 +549,7 @@ pub(crate) fn weight_grads<F: Float>(
     let (h, cell) = (cfg.hidden, cfg.cell);
     let (gh, n) = (cell.gates() * h, steps * b);
     let dpre_x = &cache.gates[..n * gh]; // (T·B, G·H)
-    let dpre_h = if cell == CellKind::Gru { &cache.dgates_h[..n * gh] } else { dpre_x };
+    let dpre_h = if cell.recurrent_apart() { &cache.dgates_h[..n * gh] } else { dpre_x };
     let (g_lo, g_hi) = grads.split_at_mut(lp.w_hh);
     if let LayerInput::Rows(x) = x {
         kernels::gemm(
@@ -667,7 +667,7 @@ fn backward_rows<F: Float>(
             }
         }
     }
-    let (dpre, gru) = if cell == CellKind::Gru { (&*s.dgh, true) } else { (&*s.g, false) };
+    let (dpre, gru) = if cell.recurrent_apart() { (&*s.dgh, true) } else { (&*s.g, false) };
     kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(dpre, r, gh), w_hh, gru, threads);
     if !all {
         for k in (0..r).filter(|&k| ended.at(k)) {
@@ -756,7 +756,7 @@ unsafe fn backward_units_gemm<F: Float>(
     u0: usize,
     u1: usize,
 ) {
-    let gru = cell == CellKind::Gru;
+    let gru = cell.recurrent_apart();
     let dpre = if gru { bufs.dgh } else { bufs.gates };
     // SAFETY: the contract.
     unsafe {

@@ -430,7 +430,7 @@ impl Net {
     /// Sets the LSTM forget-gate biases (`bias_ih` f-block) of every layer to `value` and the
     /// `bias_hh` f-block to zero, a common trick to keep gradients alive early in training.
     pub fn set_forget_bias<F: Float>(&self, params: &mut [F], value: F) -> Result<()> {
-        if self.config.cell != CellKind::Lstm {
+        if !self.config.cell.has_cell_state() {
             return Err(Error::Config("a forget-gate bias exists only for the lstm cell".into()));
         }
         check_len("parameter slab", self.len, params.len())?;
@@ -591,7 +591,7 @@ impl Net {
                 layer::wavefront::forward(cfg, &self.layers, params, rest, hproj, x, steps, b, ws.threads, units);
                 break;
             }
-            let hproj = &mut ws.hproj[..if cfg.cell == CellKind::Gru { b * gh } else { 0 }];
+            let hproj = &mut ws.hproj[..if cfg.cell.recurrent_apart() { b * gh } else { 0 }];
             layer::forward(cfg, lp, params, &mut rest[0], hproj, x, steps, b, ws.threads, &ws.lengths);
         }
         let mut top = &ws.layers[cfg.layers - 1].hs[bh..(steps + 1) * bh];

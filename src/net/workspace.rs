@@ -154,14 +154,14 @@ impl<F: Float> Workspace<F> {
     pub(crate) fn new(cfg: &NetConfig, max_steps: usize, batch: usize, threads: usize) -> Self {
         let (t, b, h, gh) = (max_steps, batch, cfg.hidden, cfg.cell.gates() * cfg.hidden);
         let z = |n: usize| vec![F::zero(); n];
-        let lstm = cfg.cell == CellKind::Lstm;
+        let lstm = cfg.cell.has_cell_state();
         let layers = (0..cfg.layers)
             .map(|_| LayerCache {
                 gates: z(t * b * gh),
                 hs: z((t + 1) * b * h),
                 cs: z(if lstm { (t + 1) * b * h } else { 0 }),
-                aux: z(if matches!(cfg.cell, CellKind::Lstm | CellKind::Gru) { t * b * h } else { 0 }),
-                dgates_h: z(if cfg.cell == CellKind::Gru { t * b * gh } else { 0 }),
+                aux: z(if cfg.cell.has_aux() { t * b * h } else { 0 }),
+                dgates_h: z(if cfg.cell.recurrent_apart() { t * b * gh } else { 0 }),
                 dh: z(t * b * h),
                 w_hh_t: z(h * gh),
             })
@@ -183,7 +183,7 @@ impl<F: Float> Workspace<F> {
             tokens: vec![0; tokens],
             table: z(table),
             dtable: z(table),
-            hproj: z(if cfg.cell == CellKind::Gru { cfg.layers * b * gh } else { 0 }),
+            hproj: z(if cfg.cell.recurrent_apart() { cfg.layers * b * gh } else { 0 }),
             logits: z(t * b * cfg.output),
             dlogits: z(t * b * cfg.output),
             features: z(if cfg.head == Head::PerStep { 0 } else { b * cfg.readout_width() }),
