@@ -4,7 +4,7 @@
 
 pub(crate) mod wavefront;
 
-use crate::cell::{CellKind, gru, lstm, rnn};
+use crate::cell::{BackStep, CellKind, Step};
 use crate::float::Float;
 use crate::kernels::team::{self, Shared};
 use crate::kernels::{self, Mat, MatMut, parts};
@@ -359,33 +359,20 @@ unsafe fn forward_units_cell<F: Float>(
     // SAFETY (whole body): every range below is units [u0, u1) of one gate block or state of
     // one row, which the contract gives to this call, or step t's states, read-only.
     unsafe {
+        let (gates, lstm, gru, aux) = (cell.gates(), cell.has_cell_state(), cell.recurrent_apart(), cell.has_aux());
         for r in 0..b {
-            let g = |q: usize| bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u);
+            let g = |q: usize| if q < gates { bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u) } else { &mut [] };
             let st = |buf: &Shared<F>, step: usize| buf.slice(step * bh + r * h + u0, u);
-            match cell {
-                CellKind::RnnTanh | CellKind::RnnRelu => {
-                    rnn::forward_step(cell == CellKind::RnnRelu, g(0), st(&bufs.hs, t + 1));
-                }
-                CellKind::Lstm => {
-                    let (c_prev, c) = (st(&bufs.cs, t), st(&bufs.cs, t + 1));
-                    lstm::forward_row(g(0), g(1), g(2), g(3), c_prev, c, st(&bufs.aux, t), st(&bufs.hs, t + 1));
-                }
-                CellKind::Gru => {
-                    let hp = |q: usize| bufs.hproj.read(r * gh + q * h + u0, u);
-                    let h_prev = bufs.hs.read(t * bh + r * h + u0, u);
-                    gru::forward_row(
-                        g(0),
-                        g(1),
-                        g(2),
-                        hp(0),
-                        hp(1),
-                        hp(2),
-                        h_prev,
-                        st(&bufs.aux, t),
-                        st(&bufs.hs, t + 1),
-                    );
-                }
-            }
+            let hp = |q: usize| if gru { bufs.hproj.read(r * gh + q * h + u0, u) } else { &[] };
+            cell.forward_units(Step {
+                g: [g(0), g(1), g(2), g(3)],
+                hp: [hp(0), hp(1), hp(2)],
+                h_prev: if gru { bufs.hs.read(t * bh + r * h + u0, u) } else { &[] },
+                c_prev: if lstm { &*st(&bufs.cs, t) } else { &[] },
+                c: if lstm { st(&bufs.cs, t + 1) } else { &mut [] },
+                aux: if aux { st(&bufs.aux, t) } else { &mut [] },
+                h: st(&bufs.hs, t + 1),
+            });
         }
     }
 }
@@ -428,22 +415,26 @@ fn forward_rows<F: Float>(
 ) {
     let gh = b_hh.len();
     let r = s.h.len() / h;
-    match cell {
-        CellKind::RnnTanh | CellKind::RnnRelu => {
-            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
-            rnn::forward_step(cell == CellKind::RnnRelu, s.g, s.h);
-        }
-        CellKind::Lstm => {
-            kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
-            lstm::forward_step(h, s.g, s.c_prev, s.c, s.aux, s.h);
-        }
-        CellKind::Gru => {
-            let hproj = &mut s.hproj[..r * gh];
-            kernels::fill_rows(hproj, b_hh);
-            kernels::gemm(MatMut::rows(hproj, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
-            gru::forward_step(h, s.g, hproj, s.h_prev, s.aux, s.h);
-        }
-    }
+    // The recurrent product joins the gates' pre-activations, or (GRU) is kept apart with b_hh.
+    let hp: &[F] = if cell.recurrent_apart() {
+        let hproj = &mut s.hproj[..r * gh];
+        kernels::fill_rows(hproj, b_hh);
+        kernels::gemm(MatMut::rows(hproj, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
+        hproj
+    } else {
+        kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
+        &[]
+    };
+    let step = Step {
+        g: [&mut *s.g, &mut [], &mut [], &mut []],
+        hp: [hp, &[], &[]],
+        h_prev: s.h_prev,
+        c_prev: s.c_prev,
+        c: &mut *s.c,
+        aux: &mut *s.aux,
+        h: &mut *s.h,
+    };
+    cell.forward_rows(h, step);
 }
 
 /// Backward (BPTT) over the steps of the last forward pass.
@@ -651,21 +642,23 @@ fn backward_rows<F: Float>(
         }
     }
     let rows = |a: usize, b: usize, w: usize| a * w..b * w;
+    let (lstm, gru, aux) = (cell.has_cell_state(), cell.recurrent_apart(), cell.has_aux());
     for run in ended.running(r) {
         let (hr, gr) = (rows(run.start, run.end, h), rows(run.start, run.end, gh));
-        match cell {
-            CellKind::RnnTanh | CellKind::RnnRelu => {
-                rnn::backward_step(cell == CellKind::RnnRelu, &s.dh[hr.clone()], &s.h[hr.clone()], &mut s.g[gr]);
-            }
-            CellKind::Lstm => {
-                let (dh, c_prev, aux) = (&s.dh[hr.clone()], &s.c_prev[hr.clone()], &s.aux[hr.clone()]);
-                lstm::backward_step(h, dh, &mut s.dc[hr.clone()], &mut s.g[gr], c_prev, aux);
-            }
-            CellKind::Gru => {
-                let (dh, aux, h_prev) = (&s.dh[hr.clone()], &s.aux[hr.clone()], &s.h_prev[hr.clone()]);
-                gru::backward_step(h, dh, &mut s.g[gr.clone()], &mut s.dgh[gr], aux, h_prev, &mut s.dh_next[hr]);
-            }
-        }
+        cell.backward_rows(
+            h,
+            BackStep {
+                dh: &s.dh[hr.clone()],
+                g: [&mut s.g[gr.clone()], &mut [], &mut [], &mut []],
+                dgh: [if gru { &mut s.dgh[gr] } else { &mut [] }, &mut [], &mut []],
+                h: if gru || lstm { &[] } else { &s.h[hr.clone()] },
+                h_prev: if gru { &s.h_prev[hr.clone()] } else { &[] },
+                c_prev: if lstm { &s.c_prev[hr.clone()] } else { &[] },
+                dc: if lstm { &mut s.dc[hr.clone()] } else { &mut [] },
+                aux: if aux { &s.aux[hr.clone()] } else { &[] },
+                dh_prev: if gru { &mut s.dh_next[hr] } else { &mut [] },
+            },
+        );
     }
     let (dpre, gru) = if cell.recurrent_apart() { (&*s.dgh, true) } else { (&*s.g, false) };
     kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(dpre, r, gh), w_hh, gru, threads);
@@ -715,26 +708,25 @@ unsafe fn backward_units_cell<F: Float>(
             let c = MatMut::from_shared(bufs.dh, a.t0 * b * h + u0, a.n * b, u, h, 1);
             kernels::gemm(c, dpre, Mat::strided(&a.w_ih[u0..], gh, u, h, 1), false, 1);
         }
+        let (gates, lstm, gru, aux) = (cell.gates(), cell.has_cell_state(), cell.recurrent_apart(), cell.has_aux());
         for r in 0..b {
-            let g = |q: usize| bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u);
+            let g = |q: usize| if q < gates { bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u) } else { &mut [] };
             let st = |step: usize| r * h + u0 + step * bh; // offset of these units in a (·, B, H) buffer
             let dh = bufs.dh.slice(st(t), u);
             let dh_next = bufs.dh_next.slice(st(0), u);
             kernels::add_into(dh, dh_next);
-            match cell {
-                CellKind::RnnTanh | CellKind::RnnRelu => {
-                    rnn::backward_step(cell == CellKind::RnnRelu, dh, bufs.hs.read(st(t + 1), u), g(0));
-                }
-                CellKind::Lstm => {
-                    let (c_prev, tanh_c) = (bufs.cs.read(st(t), u), bufs.aux.read(st(t), u));
-                    lstm::backward_row(g(0), g(1), g(2), g(3), dh, bufs.dc.slice(st(0), u), c_prev, tanh_c);
-                }
-                CellKind::Gru => {
-                    let dg = |q: usize| bufs.dgh.slice(t * b * gh + r * gh + q * h + u0, u);
-                    let (hn, h_prev) = (bufs.aux.read(st(t), u), bufs.hs.read(st(t), u));
-                    gru::backward_row(g(0), g(1), g(2), dg(0), dg(1), dg(2), dh, hn, h_prev, dh_next);
-                }
-            }
+            let dg = |q: usize| if gru { bufs.dgh.slice(t * b * gh + r * gh + q * h + u0, u) } else { &mut [] };
+            cell.backward_units(BackStep {
+                dh,
+                g: [g(0), g(1), g(2), g(3)],
+                dgh: [dg(0), dg(1), dg(2)],
+                h: if gru || lstm { &[] } else { bufs.hs.read(st(t + 1), u) },
+                h_prev: if gru { bufs.hs.read(st(t), u) } else { &[] },
+                c_prev: if lstm { bufs.cs.read(st(t), u) } else { &[] },
+                dc: if lstm { bufs.dc.slice(st(0), u) } else { &mut [] },
+                aux: if aux { bufs.aux.read(st(t), u) } else { &[] },
+                dh_prev: if gru { dh_next } else { &mut [] },
+            });
         }
     }
 }
