@@ -1,0 +1,162 @@
+//! The row paths of a layer's time loop: whole steps or blocks of batch rows, a recurrent GEMM
+//! and the cell's step over plain slices.
+
+use super::*;
+
+/// One step's slices for a range of batch rows (forward).
+pub(super) struct FwdRows<'a, F> {
+    pub(super) g: &'a mut [F],     // (r, G·H) pre-activations → activated gates
+    pub(super) h_prev: &'a [F],    // (r, H)
+    pub(super) h: &'a mut [F],     // (r, H) out
+    pub(super) c_prev: &'a [F],    // (r, H) LSTM
+    pub(super) c: &'a mut [F],     // (r, H) LSTM, out
+    pub(super) aux: &'a mut [F],   // (r, H) LSTM tanh(c), GRU h_n; out
+    pub(super) hproj: &'a mut [F], // (r, G·H) GRU scratch
+}
+
+impl<F: Copy> FwdRows<'_, F> {
+    /// Rows (from r0) whose sequence ended before step t keep their state: h_t = h_{t−1} (and
+    /// c), so padding never touches the state and the last state is each sequence's own.
+    pub(super) fn hold_ended(&mut self, lengths: &[usize], t: usize, r0: usize, h: usize) {
+        for k in 0..self.h.len() / h {
+            if ended(lengths, t, r0 + k) {
+                self.h[k * h..(k + 1) * h].copy_from_slice(&self.h_prev[k * h..(k + 1) * h]);
+                if !self.c.is_empty() {
+                    self.c[k * h..(k + 1) * h].copy_from_slice(&self.c_prev[k * h..(k + 1) * h]);
+                }
+            }
+        }
+    }
+}
+
+/// The recurrent GEMM (tiled on up to `threads` threads) and the cell's fused step for some rows
+/// of one step.
+pub(super) fn forward_rows<F: Float>(
+    cell: CellKind,
+    h: usize,
+    b_hh: &[F],
+    w_hh_t: Mat<'_, F>,
+    s: &mut FwdRows<'_, F>,
+    threads: usize,
+) {
+    let gh = b_hh.len();
+    let r = s.h.len() / h;
+    // The recurrent product joins the gates' pre-activations, or (GRU) is kept apart with b_hh.
+    let hp: &[F] = if cell.recurrent_apart() {
+        let hproj = &mut s.hproj[..r * gh];
+        kernels::fill_rows(hproj, b_hh);
+        kernels::gemm(MatMut::rows(hproj, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
+        hproj
+    } else {
+        kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
+        &[]
+    };
+    let step = Step {
+        g: [&mut *s.g, &mut [], &mut [], &mut []],
+        hp: [hp, &[], &[]],
+        h_prev: s.h_prev,
+        c_prev: s.c_prev,
+        c: &mut *s.c,
+        aux: &mut *s.aux,
+        h: &mut *s.h,
+    };
+    cell.forward_rows(h, step);
+}
+
+/// Step `t` (`bh` values) of a (T, B, H) buffer; empty if the cell does not use the buffer.
+pub(super) fn step_of<F>(v: &[F], t: usize, bh: usize) -> &[F] {
+    if v.is_empty() { v } else { &v[t * bh..(t + 1) * bh] }
+}
+
+/// One step's slices for a range of batch rows (backward).
+pub(super) struct BwdRows<'a, F> {
+    pub(super) dh: &'a [F],          // (r, H) total dL/dh_t
+    pub(super) g: &'a mut [F],       // (r, G·H) activated gates → dL/d(input pre-activations)
+    pub(super) dgh: &'a mut [F],     // (r, G·H) GRU dL/d(recurrent pre-activations)
+    pub(super) h_prev: &'a [F],      // (r, H)
+    pub(super) h: &'a [F],           // (r, H) h_t
+    pub(super) c_prev: &'a [F],      // (r, H) LSTM
+    pub(super) aux: &'a [F],         // (r, H) LSTM tanh(c_t), GRU h_n
+    pub(super) dc: &'a mut [F],      // (r, H) LSTM dL/dc: in from t+1, out to t−1
+    pub(super) dh_next: &'a mut [F], // (r, H) out: dL/dh_{t−1}
+}
+
+/// Which rows of a step's row range [r0, …) have ended (their sequence is shorter than t + 1).
+#[derive(Clone, Copy)]
+pub(super) struct Ended<'a> {
+    pub(super) lengths: &'a [usize],
+    pub(super) t: usize,
+    pub(super) r0: usize,
+}
+
+impl Ended<'_> {
+    /// Whether row k (counted from r0) has ended.
+    pub(super) fn at(self, k: usize) -> bool {
+        ended(self.lengths, self.t, self.r0 + k)
+    }
+
+    /// The maximal runs [a, b) of rows (counted from r0) still running, among the first `rows`
+    /// (all of them in one run when no lengths are set). Allocates nothing.
+    pub(super) fn running(self, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let mut k = 0;
+        std::iter::from_fn(move || {
+            while k < rows && self.at(k) {
+                k += 1;
+            }
+            let a = k;
+            while k < rows && !self.at(k) {
+                k += 1;
+            }
+            (a < k).then_some(a..k)
+        })
+    }
+}
+
+/// The cell's backward step and the recurrent GEMM dh_next = dpre · W_hh (tiled on up to
+/// `threads` threads) for some rows. A row whose sequence has ended (`ended`) held its state
+/// through this step, so its gradient passes straight through: dpre = 0, dh_{t−1} = dh_t and
+/// dc unchanged.
+pub(super) fn backward_rows<F: Float>(
+    cell: CellKind,
+    h: usize,
+    gh: usize,
+    w_hh: Mat<'_, F>,
+    s: BwdRows<'_, F>,
+    threads: usize,
+    ended: Ended<'_>,
+) {
+    let r = s.dh.len() / h;
+    let all = ended.lengths.is_empty();
+    for k in (0..r).filter(|&k| !all && ended.at(k)) {
+        s.g[k * gh..(k + 1) * gh].fill(F::zero());
+        if !s.dgh.is_empty() {
+            s.dgh[k * gh..(k + 1) * gh].fill(F::zero());
+        }
+    }
+    let rows = |a: usize, b: usize, w: usize| a * w..b * w;
+    let (lstm, gru, aux) = (cell.has_cell_state(), cell.recurrent_apart(), cell.has_aux());
+    for run in ended.running(r) {
+        let (hr, gr) = (rows(run.start, run.end, h), rows(run.start, run.end, gh));
+        cell.backward_rows(
+            h,
+            BackStep {
+                dh: &s.dh[hr.clone()],
+                g: [&mut s.g[gr.clone()], &mut [], &mut [], &mut []],
+                dgh: [if gru { &mut s.dgh[gr] } else { &mut [] }, &mut [], &mut []],
+                h: if gru || lstm { &[] } else { &s.h[hr.clone()] },
+                h_prev: if gru { &s.h_prev[hr.clone()] } else { &[] },
+                c_prev: if lstm { &s.c_prev[hr.clone()] } else { &[] },
+                dc: if lstm { &mut s.dc[hr.clone()] } else { &mut [] },
+                aux: if aux { &s.aux[hr.clone()] } else { &[] },
+                dh_prev: if gru { &mut s.dh_next[hr] } else { &mut [] },
+            },
+        );
+    }
+    let (dpre, gru) = if cell.recurrent_apart() { (&*s.dgh, true) } else { (&*s.g, false) };
+    kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(dpre, r, gh), w_hh, gru, threads);
+    if !all {
+        for k in (0..r).filter(|&k| ended.at(k)) {
+            s.dh_next[k * h..(k + 1) * h].copy_from_slice(&s.dh[k * h..(k + 1) * h]);
+        }
+    }
+}
