@@ -238,8 +238,7 @@ pub fn reopen_folder(dir: &Path, step: u64) -> Result<()> {
 
 /// FNV-1a 64 of `bytes` as 16 hex digits (what a run folder records of its data).
 pub fn fnv1a64(bytes: &[u8]) -> String {
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-    format!("{h:016x}")
+    format!("{:016x}", bptt::files::fnv1a64(bytes.iter().copied()))
 }
 
 /// Saves model.safetensors and the checkpoint (atomically, checkpoint last). Every rank calls

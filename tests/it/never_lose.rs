@@ -19,10 +19,19 @@ fn one_line(o: &std::process::Output, want: &str) -> String {
 
 /// Starts a long `train` into `out` and waits until it has written a metrics line.
 fn start_long_run(text: &Path, out: &Path) -> Child {
+    start_long_run_ignoring(text, out, "")
+}
+
+/// [`start_long_run`] with the signals in `ignored` (e.g. "HUP INT") ignored at its start, as
+/// `nohup` or a shell's background job leave them.
+fn start_long_run_ignoring(text: &Path, out: &Path, ignored: &str) -> Child {
     let mut args = vec!["train", "--text", text.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend_from_slice(&["--hidden", "16", "--embedding-dim", "8", "--layers", "1", "--batch", "4"]);
     args.extend_from_slice(&["--seq-len", "16", "--threads", "1", "--steps", "1000000", "--eval-every", "0"]);
-    let child = Command::new(env!("CARGO_BIN_EXE_bptt"))
+    let script =
+        format!(r#"{}exec "$@""#, if ignored.is_empty() { String::new() } else { format!("trap '' {ignored}; ") });
+    let child = Command::new("sh")
+        .args(["-c", &script, "sh", env!("CARGO_BIN_EXE_bptt")])
         .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -494,23 +503,7 @@ fn signals_ignored_at_start_stay_ignored() {
     // `nohup` ignores SIGHUP; the run must not turn it back on. `trap '' HUP` is what nohup does.
     let d = tempfile::tempdir().unwrap();
     let text = corpus(d.path());
-    let out = d.path().join("run");
-    let mut args = vec!["train", "--text", text.to_str().unwrap(), "--out", out.to_str().unwrap()];
-    args.extend_from_slice(&["--hidden", "16", "--embedding-dim", "8", "--layers", "1", "--batch", "4"]);
-    args.extend_from_slice(&["--seq-len", "16", "--threads", "1", "--steps", "1000000", "--eval-every", "0"]);
-    let child = Command::new("sh")
-        .args(["-c", r#"trap '' HUP INT; exec "$@""#, "sh", env!("CARGO_BIN_EXE_bptt")])
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::fs::metadata(out.join("metrics.jsonl")).map(|m| m.len()).unwrap_or(0) == 0
-        && t0.elapsed() < Duration::from_secs(30)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = start_long_run_ignoring(&text, &d.path().join("run"), "HUP INT");
     // (A shell starts a background job with SIGINT ignored, as `trap '' INT` does here.)
     signal(&child, "-HUP");
     signal(&child, "-INT");
