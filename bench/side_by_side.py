@@ -9,7 +9,11 @@ the median of each system and the median (and range) of the per-round ratios.
     python3 bench/side_by_side.py --rounds 3 --threads 2 > /tmp/table.md
 
 Prints the markdown table of BENCHMARKS.md on stdout (progress on stderr) and, with --json,
-every measurement as JSON lines instead.
+every measurement as JSON lines instead. With --before OTHER_BPTT, each round runs that build,
+this one and PyTorch right after each other (a change's cost, measured beside its base):
+
+    git worktree add /tmp/base BASE && (cd /tmp/base && cargo build --release)
+    python3 bench/side_by_side.py --rounds 5 --threads 2 --before /tmp/base/target/release/bptt
 """
 
 import argparse
@@ -30,7 +34,13 @@ SUITE = [
     ("rnn_tanh", 256, 1, 32, 100, 2.0),
     ("lstm", 256, 1, 1, 100, 5.0),
     ("lstm", 512, 2, 64, 100, 1.2),
+    ("lstm", 1024, 1, 64, 100, 1.0),
 ]
+
+
+def timed_steps(h, b):
+    """Timed steps per run: fewer for the large configs, more for one row."""
+    return "3" if h >= 1024 else "5" if h >= 512 else "50" if b == 1 else "20"
 
 
 def run(cmd):
@@ -44,6 +54,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bptt", default=os.path.join(HERE, "..", "target", "release", "bptt"))
     p.add_argument("--json", action="store_true")
+    p.add_argument("--before", help="another bptt build, run beside this one in every round")
     a = p.parse_args()
 
     out = subprocess.run([a.bptt, "bench", "--gemm-peak", "--json", "--threads", str(a.threads)], check=True,
@@ -51,20 +62,25 @@ def main():
     peak = max((json.loads(line) for line in out.splitlines() if line.strip()), key=lambda r: r["gflops"])
     rows = []
     for cell, h, l, b, t, target in SUITE:
-        steps = "50" if b == 1 else "20"
+        steps = timed_steps(h, b)
         args = ["--cell", cell, "--hidden", str(h), "--layers", str(l), "--batch", str(b), "--seq-len", str(t),
                 "--steps", steps, "--threads", str(a.threads)]
-        ours, theirs = [], []
+        ours, theirs, before = [], [], []
         for r in range(a.rounds):
             print(f"{cell} H={h} L={l} B={b} T={t}: round {r + 1}/{a.rounds}", file=sys.stderr)
+            if a.before:
+                before.append(run([a.before, "bench", "--json"] + args))
             ours.append(run([a.bptt, "bench", "--json"] + args))
             theirs.append(run([sys.executable, os.path.join(HERE, "torch_reference.py")] + args))
             if a.json:
                 print(json.dumps(ours[-1]))
                 print(json.dumps(theirs[-1]))
-        rows.append((cell, h, l, b, t, target, ours, theirs))
+        rows.append((cell, h, l, b, t, target, ours, theirs, before))
     if a.json:
         print(json.dumps(peak))
+        return
+    if a.before:
+        print_before_now(rows, a)
         return
 
     med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
@@ -74,7 +90,7 @@ def main():
           "| bptt GFLOP/s (of GEMM peak) | PyTorch GFLOP/s | bptt peak RSS MB | PyTorch peak RSS MB "
           "| bptt activations MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for cell, h, l, b, t, target, ours, theirs in rows:
+    for cell, h, l, b, t, target, ours, theirs, _ in rows:
         ratios = sorted(o["tokens_per_s"] / p["tokens_per_s"] for o, p in zip(ours, theirs))
         ratio = statistics.median(ratios)
         gf = med(ours, "gflops")
@@ -83,6 +99,20 @@ def main():
               f"| **{ratio:.2f}×** | {ratios[0]:.2f}–{ratios[-1]:.2f}× | ≥ {target:g}× | {status} "
               f"| {gf:.1f} ({100 * gf / peak['gflops']:.0f}%) | {med(theirs, 'gflops'):.1f} "
               f"| {med(ours, 'peak_rss_mb'):.1f} | {med(theirs, 'peak_rss_mb'):.1f} | {med(ours, 'activation_mb'):.1f} |")
+
+
+def print_before_now(rows, a):
+    """The table of a change: the other build, this one and PyTorch, medians and per-round ratios."""
+    med = lambda runs: statistics.median(r["tokens_per_s"] for r in runs)  # noqa: E731
+    ratio = lambda xs, ys: sorted(x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(xs, ys))  # noqa: E731
+    print(f"{a.rounds} rounds per config, {a.threads} threads; CPU: {ours_cpu(rows)}; tokens/s.\n")
+    print("| config | bptt before | bptt now | now ÷ before (median, range) | PyTorch | now ÷ PyTorch (median, range) |")
+    print("|---|---|---|---|---|---|")
+    for cell, h, l, b, t, _, ours, theirs, before in rows:
+        nb, nt = ratio(ours, before), ratio(ours, theirs)
+        print(f"| {cell} H={h} L={l} B={b} T={t} | {med(before) / 1e3:.1f}k | {med(ours) / 1e3:.1f}k "
+              f"| **{statistics.median(nb):.2f}×** ({nb[0]:.2f}–{nb[-1]:.2f}) | {med(theirs) / 1e3:.1f}k "
+              f"| **{statistics.median(nt):.2f}×** ({nt[0]:.2f}–{nt[-1]:.2f}) |")
 
 
 def ours_cpu(rows):

@@ -27,6 +27,7 @@ fn train<F: Float>(group: &Group) -> anyhow::Result<Vec<f64>> {
         output: O,
         loss: LossKind::Mse,
         head: Head::PerStep,
+        bidirectional: false,
     };
     let net = Net::new(cfg)?;
     let mut params: Vec<F> = net.init_params(7);

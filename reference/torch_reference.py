@@ -21,6 +21,9 @@ Packed cases (PACKED_*) run sequences of lengths (4, 1) through pack_padded_sequ
 (enforce_sorted=False): the loss is the mean cross-entropy over the valid positions plus
 sum_k w[k] (h_n[k] + c_n[k]) with w[k] = 0.1 cos(0.3 k + 0.2), so the gradients check the final
 states taken at each length; h_n and c_n are given too.
+Bidirectional cases (BIDIR_*) are packed cases of `bidirectional=True` nets of 1 or 2 layers
+(lengths (4, 2, 3), B = 3): the decoder reads 2H, h0/c0 are (2L, B, H) by the same formulas,
+and the top layer's padded outputs `out` (T, B, 2H) are given as well.
 """
 import math
 import torch
@@ -145,6 +148,48 @@ def packed_case(name, cell, tokens):
     print("};")
 
 
+def bidir_case(name, cell, tokens, layers):
+    """A packed bidirectional case: lengths (4, 2, 3), B = 3 (see the docstring)."""
+    b, lengths = 3, [4, 2, 3]
+    m = Model(cell, tokens, layers=layers)
+    kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
+    kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
+    m.rnn = kind(I, H, num_layers=layers, bidirectional=True, **kw)
+    m.decoder = nn.Linear(2 * H, O)
+    slab = [p for p in m.parameters()]
+    load(slab, fill(sum(p.numel() for p in slab), lambda k: 0.6 * math.sin(1.3 * k + 0.5)))
+    if tokens:
+        x = m.encoder(torch.tensor([(5 * k + 1) % V for k in range(T * b)]).view(T, b))
+    else:
+        x = fill(T * b * I, lambda k: math.sin(0.7 * k + 0.3)).view(T, b, I)
+    n = 2 * layers * b * H
+    h0 = fill(n, lambda k: 0.3 * math.sin(0.5 * k + 1)).view(2 * layers, b, H).requires_grad_()
+    c0 = fill(n, lambda k: 0.3 * math.cos(0.5 * k + 1)).view(2 * layers, b, H).requires_grad_()
+    state = (h0, c0) if cell == "lstm" else h0
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, last = m.rnn(packed, state)
+    out, _ = nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+    y = m.decoder(out)
+    t = torch.tensor([(7 * k + 3) % O for k in range(T * b)])
+    valid = torch.tensor([1.0 if k // b < lengths[k % b] else 0.0 for k in range(T * b)])
+    ce = nn.functional.cross_entropy(y.reshape(T * b, O), t, reduction="none")
+    loss = (ce * valid).sum() / valid.sum()
+    h_n, c_n = last if cell == "lstm" else (last, torch.zeros(0))
+    w = fill(n, lambda k: 0.1 * math.cos(0.3 * k + 0.2))
+    loss = loss + (w * h_n.reshape(-1)).sum() + ((w * c_n.reshape(-1)).sum() if cell == "lstm" else 0.0)
+    loss.backward()
+    grads = torch.cat([p.grad.reshape(-1) for p in slab])
+    dc0 = c0.grad.reshape(-1) if cell == "lstm" else torch.zeros(0)
+    print(f"pub const {name}: BidirCase = BidirCase {{")
+    print(f'    cell: "{cell}", tokens: {str(tokens).lower()}, layers: {layers}, lengths: &[4, 2, 3],')
+    print(f"    loss: {loss.item()!r},")
+    for label, v in [("grads", grads), ("dh0", h0.grad.reshape(-1)), ("dc0", dc0),
+                     ("h_n", h_n.detach().reshape(-1)), ("c_n", c_n.detach().reshape(-1)),
+                     ("out", out.detach().reshape(-1))]:
+        print(f"    {label}: &[{', '.join(repr(float(a)) for a in v)}],")
+    print("};")
+
+
 def optim_case(name, make, dtype):
     n, steps = 6, 5
     p = fill(n, lambda k: 0.5 * math.sin(0.8 * k + 0.2)).to(dtype).requires_grad_()
@@ -176,6 +221,13 @@ print("    pub h_n: &'static [f64], pub c_n: &'static [f64] }")
 packed_case("PACKED_LSTM", "lstm", False)
 packed_case("PACKED_GRU_TOKENS", "gru", True)
 packed_case("PACKED_RNN_TANH", "rnn_tanh", False)
+print("pub struct BidirCase { pub cell: &'static str, pub tokens: bool, pub layers: usize,")
+print("    pub lengths: &'static [usize], pub loss: f64, pub grads: &'static [f64], pub dh0: &'static [f64],")
+print("    pub dc0: &'static [f64], pub h_n: &'static [f64], pub c_n: &'static [f64], pub out: &'static [f64] }")
+bidir_case("BIDIR_LSTM", "lstm", False, 1)
+bidir_case("BIDIR_GRU_2", "gru", False, 2)
+bidir_case("BIDIR_LSTM_TOKENS_2", "lstm", True, 2)
+bidir_case("BIDIR_RNN_TANH_2", "rnn_tanh", False, 2)
 
 
 def big_case(name, cell, tokens, T, B, I, H, L, O, V=0):

@@ -453,6 +453,7 @@ fn gradient<'py>(
         output: out,
         loss: loss_kind,
         head: Head::PerStep,
+        bidirectional: false,
     };
     let net = Net::new(cfg).map_err(py_err)?;
     // Parameters, gradients and their two dicts, and the workspace, before any is allocated.

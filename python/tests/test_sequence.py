@@ -135,3 +135,23 @@ def test_scikit_learn_clone_cross_val_score_and_pipeline():
     assert len(scores) == 3 and scores.min() > 0.7, (sklearn.__version__, scores)
     pipe = Pipeline([("scale", FunctionTransformer(lambda a: a * 2.0)), ("rnn", m)])
     assert pipe.fit(A, y).score(A, y) > 0.8
+
+
+def test_bidirectional_equals_the_cli_and_round_trips(tmp_path):
+    """``bidirectional=True``: the CLI's ``--bidirectional`` model bit for bit, PyTorch's
+    ``_reverse`` names in ``state_dict``, and ``load`` gives the parameter back."""
+    X, y = bptt.read_sequences(TRAIN)
+    m = bptt.SequenceModel(bidirectional=True, seed=5, **QUICK).fit(X, y)
+    assert m.get_params()["bidirectional"] is True
+    sd = m.state_dict()
+    assert sd["rnn.weight_hh_l0_reverse"].shape == sd["rnn.weight_hh_l0"].shape
+    assert sd["head.weight"].shape == (9, 2 * 2 * 16)
+    m.save(tmp_path / "py.safetensors")
+    run = tmp_path / "run"
+    subprocess.run([cli(), "fit", "--train", str(TRAIN), "--out", str(run), "--seed", "5", "--bidirectional",
+                    "--hidden", "16", "--epochs", "2", "--threads", "1"], check=True, capture_output=True)
+    assert (tmp_path / "py.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    back = bptt.SequenceModel.load(tmp_path / "py.safetensors")
+    assert back.bidirectional is True
+    Xt, _ = bptt.read_sequences(TEST)
+    assert np.array_equal(back.predict_proba(Xt), m.predict_proba(Xt))

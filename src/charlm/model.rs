@@ -49,6 +49,7 @@ impl ModelSpec {
             output: vocab,
             loss: LossKind::CrossEntropy,
             head: Head::PerStep,
+            bidirectional: false,
         }
     }
 

@@ -62,6 +62,10 @@ pub struct Args {
     /// Stacked layers L.
     #[arg(long, default_value_t = 1, conflicts_with = "resume", allow_negative_numbers = true)]
     layers: usize,
+    /// Every layer also reads each sequence backwards, from its last step to its first, and
+    /// passes on both directions' outputs (PyTorch's bidirectional=True; about twice the time).
+    #[arg(long, conflicts_with = "resume")]
+    bidirectional: bool,
     /// What the head reads: last, mean, max, or a sum such as last+mean.
     #[arg(long, default_value = "last+mean", conflicts_with = "resume")]
     pool: String,
@@ -267,6 +271,7 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<(Fitter, PathBu
         cell: a.cell.parse()?,
         hidden: a.hidden,
         layers: a.layers,
+        bidirectional: a.bidirectional,
         pool: a.pool.clone(),
         patch,
         epochs: a.epochs,

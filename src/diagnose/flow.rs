@@ -174,6 +174,13 @@ pub fn measure_seq(
     cfg: &FlowConfig,
 ) -> Result<(CellFlow, usize)> {
     use crate::seq::fit::Truth;
+    if model.spec.bidirectional {
+        return Err(crate::Error::Config(
+            "diagnose measures the flow through time of one direction; this model is bidirectional \
+             (its reverse direction runs from each sequence's end): refit without `bidirectional` to measure it"
+                .into(),
+        ));
+    }
     model.check_data(data)?;
     let truth = model.truth(data)?;
     let steps: Vec<usize> = data.lengths.iter().map(|&l| model.steps_of(l)).collect();

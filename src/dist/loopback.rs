@@ -72,14 +72,14 @@ impl Loop {
     }
 }
 
-/// Sums every rank's values in rank order into `data`.
+/// Sums every rank's values in rank order into `out`.
 fn sum_in_order<T: Copy + std::ops::Add<Output = T>>(
-    data: &mut [T],
+    out: &mut [T],
     all: &[Vec<u8>],
     decode: impl Fn(&[u8]) -> T,
     size: usize,
 ) -> Result<(), String> {
-    for (k, d) in data.iter_mut().enumerate() {
+    for (k, d) in out.iter_mut().enumerate() {
         let mut acc: Option<T> = None;
         for bytes in all {
             let v = decode(bytes.get(k * size..(k + 1) * size).ok_or("the ranks sent different lengths")?);
@@ -95,14 +95,14 @@ impl Transport for Loop {
         self.fabric.n
     }
 
-    fn sum_f32(&self, data: &mut [f32], _scratch: &mut [f32], w: &Waiter<'_>) -> Result<(), String> {
+    fn sum_f32(&self, data: &[f32], out: &mut [f32], w: &Waiter<'_>) -> Result<(), String> {
         let all = self.exchange(data.iter().flat_map(|v| v.to_le_bytes()).collect(), w)?;
-        sum_in_order(data, &all, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), 4)
+        sum_in_order(out, &all, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), 4)
     }
 
-    fn sum_f64(&self, data: &mut [f64], _scratch: &mut [f64], w: &Waiter<'_>) -> Result<(), String> {
+    fn sum_f64(&self, data: &[f64], out: &mut [f64], w: &Waiter<'_>) -> Result<(), String> {
         let all = self.exchange(data.iter().flat_map(|v| v.to_le_bytes()).collect(), w)?;
-        sum_in_order(data, &all, |b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])), 8)
+        sum_in_order(out, &all, |b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])), 8)
     }
 
     fn gather_f32(&self, local: &[f32], all: &mut [f32], w: &Waiter<'_>) -> Result<(), String> {

@@ -156,9 +156,9 @@ impl Pipe {
 /// returns (an unfinished MPI request cannot be dropped: the process exits instead).
 trait Transport {
     fn size(&self) -> usize;
-    /// Sums `data` over the ranks in place (using `scratch`, as long as `data`).
-    fn sum_f32(&self, data: &mut [f32], scratch: &mut [f32], w: &Waiter<'_>) -> std::result::Result<(), String>;
-    fn sum_f64(&self, data: &mut [f64], scratch: &mut [f64], w: &Waiter<'_>) -> std::result::Result<(), String>;
+    /// Writes the sums of `data` over the ranks into `out` (as long as `data`).
+    fn sum_f32(&self, data: &[f32], out: &mut [f32], w: &Waiter<'_>) -> std::result::Result<(), String>;
+    fn sum_f64(&self, data: &[f64], out: &mut [f64], w: &Waiter<'_>) -> std::result::Result<(), String>;
     fn gather_f32(&self, local: &[f32], all: &mut [f32], w: &Waiter<'_>) -> std::result::Result<(), String>;
     fn broadcast(&self, bytes: &mut [u8], w: &Waiter<'_>) -> std::result::Result<(), String>;
     fn abort(&self, code: i32) -> !;
@@ -503,28 +503,41 @@ impl<F: Float> GradReducer<F> {
         if let Some(e) = &st.failed {
             return Err(Error::Dist(e.clone()));
         }
-        // The sums back into the slab (the pass is over: the training thread owns it again).
+        // The averages into the slab (the pass is over: the training thread owns it again): the
+        // buckets cover it, each copied and divided by the rank count a cache-sized piece at a
+        // time (one pass over memory).
         let mut buckets = std::mem::take(&mut st.buckets);
         for b in buckets.drain(..) {
             let (s, e) = b.range;
             if let Some(data) = b.data {
-                match (&data, F::values(&grads[s..e])) {
-                    (BucketData::F32(v), GradValues::F32(_)) => F::copy_from_f32(&mut grads[s..e], v),
-                    (BucketData::F64(v), GradValues::F64(_)) => F::copy_from_f64(&mut grads[s..e], v),
-                    _ => {}
-                }
+                self.average_into(&mut grads[s..e], &data);
                 st.pool.push(data);
             }
         }
         st.buckets = buckets;
-        drop(st);
-        let inv = F::one() / F::of(self.size as f64);
-        let scale = self.size.is_power_of_two();
-        for g in grads.iter_mut() {
-            // Exact for a power-of-two rank count; a true division otherwise.
-            if scale { *g *= inv } else { *g /= F::of(self.size as f64) }
-        }
         out
+    }
+
+    /// `dst` = the summed `sums` / the rank count: exact for a power-of-two count (a product
+    /// by its inverse), a true division otherwise.
+    fn average_into(&self, dst: &mut [F], sums: &BucketData) {
+        const PIECE: usize = 4096;
+        let (n, inv) = (F::of(self.size as f64), F::one() / F::of(self.size as f64));
+        let exact = self.size.is_power_of_two();
+        let (mut at, len) = (0, dst.len());
+        while at < len {
+            let end = (at + PIECE).min(len);
+            let piece = &mut dst[at..end];
+            match (sums, F::values(piece)) {
+                (BucketData::F32(v), GradValues::F32(_)) => F::copy_from_f32(piece, &v[at..end]),
+                (BucketData::F64(v), GradValues::F64(_)) => F::copy_from_f64(piece, &v[at..end]),
+                _ => return,
+            }
+            for g in piece.iter_mut() {
+                if exact { *g *= inv } else { *g /= n }
+            }
+            at = end;
+        }
     }
 }
 
@@ -544,20 +557,16 @@ fn serve_with(t: &dyn Transport, pipe: &Pipe) {
             // The bucket's values are this thread's while it reduces them.
             let mut data = st.buckets[i].data.take();
             drop(st);
+            // The sums go into a scratch buffer that then takes the bucket's place (no copy
+            // back); the bucket's old buffer is the next scratch.
             let r = match &mut data {
                 Some(BucketData::F32(d)) => {
-                    if scratch32.len() < d.len() {
-                        scratch32.resize(d.len(), 0.0);
-                    }
-                    let n = d.len();
-                    t.sum_f32(d, &mut scratch32[..n], &w)
+                    scratch32.resize(d.len(), 0.0);
+                    t.sum_f32(d, &mut scratch32, &w).map(|_| std::mem::swap(d, &mut scratch32))
                 }
                 Some(BucketData::F64(d)) => {
-                    if scratch64.len() < d.len() {
-                        scratch64.resize(d.len(), 0.0);
-                    }
-                    let n = d.len();
-                    t.sum_f64(d, &mut scratch64[..n], &w)
+                    scratch64.resize(d.len(), 0.0);
+                    t.sum_f64(d, &mut scratch64, &w).map(|_| std::mem::swap(d, &mut scratch64))
                 }
                 None => Ok(()),
             };
@@ -573,9 +582,9 @@ fn serve_with(t: &dyn Transport, pipe: &Pipe) {
         if let Some(job) = st.job.take() {
             drop(st);
             let answer = match job {
-                Job::SumF64(mut v) => {
-                    let mut scratch = vec![0.0; v.len()];
-                    t.sum_f64(&mut v, &mut scratch, &w).map(|_| Job::SumF64(v))
+                Job::SumF64(v) => {
+                    let mut sums = vec![0.0; v.len()];
+                    t.sum_f64(&v, &mut sums, &w).map(|_| Job::SumF64(sums))
                 }
                 Job::GatherF32(v) => {
                     let mut all = vec![0.0; v.len() * t.size()];

@@ -36,14 +36,12 @@ macro_rules! poll {
 }
 
 impl Mpi {
-    /// Sums `data` over the ranks in place, through `scratch`.
-    fn sum<T: Equivalence + Copy>(&self, data: &mut [T], scratch: &mut [T], w: &Waiter<'_>) -> Result<(), String> {
+    /// Writes the sums of `data` over the ranks into `out`.
+    fn sum<T: Equivalence + Copy>(&self, data: &[T], out: &mut [T], w: &Waiter<'_>) -> Result<(), String> {
         mpi::request::scope(|scope| {
-            let req = self.world.immediate_all_reduce_into(scope, &*data, &mut *scratch, SystemOperation::sum());
+            let req = self.world.immediate_all_reduce_into(scope, data, out, SystemOperation::sum());
             poll!(req, w)
-        })?;
-        data.copy_from_slice(scratch);
-        Ok(())
+        })
     }
 }
 
@@ -52,12 +50,12 @@ impl Transport for Mpi {
         self.world.size() as usize
     }
 
-    fn sum_f32(&self, data: &mut [f32], scratch: &mut [f32], w: &Waiter<'_>) -> Result<(), String> {
-        self.sum(data, scratch, w)
+    fn sum_f32(&self, data: &[f32], out: &mut [f32], w: &Waiter<'_>) -> Result<(), String> {
+        self.sum(data, out, w)
     }
 
-    fn sum_f64(&self, data: &mut [f64], scratch: &mut [f64], w: &Waiter<'_>) -> Result<(), String> {
-        self.sum(data, scratch, w)
+    fn sum_f64(&self, data: &[f64], out: &mut [f64], w: &Waiter<'_>) -> Result<(), String> {
+        self.sum(data, out, w)
     }
 
     fn gather_f32(&self, local: &[f32], all: &mut [f32], w: &Waiter<'_>) -> Result<(), String> {

@@ -1,5 +1,6 @@
-//! Numeric kernels: the GEMM wrapper and the scalar activations. The only module that knows
-//! about the GEMM crate, SIMD or threads; a GPU backend would replace this module.
+//! Numeric kernels: the GEMM wrapper, the team of compute threads and the scalar activations.
+//! The only module that calls the GEMM crate or runs compute threads (the cells' SIMD steps live
+//! in `cell/`, the time loops in `net/layer/`: a GPU backend would replace those with this).
 //!
 //! Matrices are row-major slices described by [`Mat`]/[`MatMut`] views with explicit strides,
 //! so a transpose is a free view (`.t()`), never a copy.

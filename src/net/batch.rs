@@ -2,7 +2,8 @@
 
 use super::*;
 
-/// Recurrent state of all layers: h (L, B, H) and, for the LSTM, c (L, B, H).
+/// Recurrent state of all layers: h (L·D, B, H) and, for the LSTM, c (L·D, B, H); D = 2 for a
+/// bidirectional net, layer by layer, forward direction first (PyTorch's `h_n`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct State<F> {
     /// Hidden states, (L, B, H).
@@ -14,7 +15,7 @@ pub struct State<F> {
 impl<F: Float> State<F> {
     /// The all-zero state for `config` and batch `batch`.
     pub fn zeros(config: &NetConfig, batch: usize) -> Self {
-        let n = config.layers * batch * config.hidden;
+        let n = config.layers * config.directions() * batch * config.hidden;
         let c = if config.cell.has_cell_state() { n } else { 0 };
         State { h: vec![F::zero(); n], c: vec![F::zero(); c] }
     }

@@ -126,6 +126,12 @@ pub struct NetConfig {
     pub loss: LossKind,
     /// What the readout reads: every step, or features pooled per sequence.
     pub head: Head,
+    /// Every layer also runs a reverse direction over each sequence (from its own last step to
+    /// its first), PyTorch's `bidirectional=True`: a layer's output at step t is the forward
+    /// and the reverse direction's h_t concatenated (2H), the next layer's input and the
+    /// readout's; the reverse tensors are named `…_reverse` and the state is (2L, B, H), layer
+    /// by layer, forward first.
+    pub bidirectional: bool,
 }
 
 /// One named tensor in the parameter slab.
@@ -161,7 +167,7 @@ impl ParamInfo {
     }
 }
 
-/// Offsets of one layer's tensors in the slab, and its input width.
+/// Offsets of one layer's tensors (of one direction) in the slab, and its input width.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct LayerParams {
     pub input: usize,
@@ -172,11 +178,21 @@ pub(crate) struct LayerParams {
 }
 
 impl NetConfig {
-    /// The readout's input width: H per step, or P·H pooled features per sequence.
+    /// D, the directions of every layer: 2 when bidirectional, else 1.
+    pub fn directions(&self) -> usize {
+        if self.bidirectional { 2 } else { 1 }
+    }
+
+    /// The width of a layer's output per step: D·H.
+    pub fn out_width(&self) -> usize {
+        self.directions() * self.hidden
+    }
+
+    /// The readout's input width: D·H per step, or P·D·H pooled features per sequence.
     pub fn readout_width(&self) -> usize {
         match self.head {
-            Head::PerStep => self.hidden,
-            Head::Pooled(pool) => pool.count() * self.hidden,
+            Head::PerStep => self.out_width(),
+            Head::Pooled(pool) => pool.count() * self.out_width(),
         }
     }
 
@@ -243,14 +259,17 @@ impl Net {
                 (Some(push("encoder.weight".into(), vec![vocab, embedding_dim])), embedding_dim)
             }
         };
-        let mut layers = Vec::with_capacity(config.layers);
+        // Layer by layer, each direction's four tensors (forward, then `_reverse`).
+        let mut layers = Vec::with_capacity(config.layers * config.directions());
         for k in 0..config.layers {
-            let input = if k == 0 { first_input } else { h };
-            let w_ih = push(format!("rnn.weight_ih_l{k}"), vec![g * h, input]);
-            let w_hh = push(format!("rnn.weight_hh_l{k}"), vec![g * h, h]);
-            let b_ih = push(format!("rnn.bias_ih_l{k}"), vec![g * h]);
-            let b_hh = push(format!("rnn.bias_hh_l{k}"), vec![g * h]);
-            layers.push(LayerParams { input, w_ih, w_hh, b_ih, b_hh });
+            let input = if k == 0 { first_input } else { config.out_width() };
+            for d in ["", "_reverse"].into_iter().take(config.directions()) {
+                let w_ih = push(format!("rnn.weight_ih_l{k}{d}"), vec![g * h, input]);
+                let w_hh = push(format!("rnn.weight_hh_l{k}{d}"), vec![g * h, h]);
+                let b_ih = push(format!("rnn.bias_ih_l{k}{d}"), vec![g * h]);
+                let b_hh = push(format!("rnn.bias_hh_l{k}{d}"), vec![g * h]);
+                layers.push(LayerParams { input, w_ih, w_hh, b_ih, b_hh });
+            }
         }
         let head = if config.head == Head::PerStep { "decoder" } else { "head" };
         let w_out = push(format!("{head}.weight"), vec![config.output, config.readout_width()]);
@@ -273,7 +292,8 @@ impl Net {
         &self.params
     }
 
-    /// The slab ranges of every layer's W_hh, layer by layer (what weight drop masks).
+    /// The slab ranges of every layer's W_hh, layer by layer (each direction's; what weight
+    /// drop masks).
     pub(crate) fn w_hh_ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
         let gh = self.config.cell.gates() * self.config.hidden;
         self.layers.iter().map(move |lp| lp.w_hh..lp.w_hh + gh * self.config.hidden)

@@ -5,6 +5,7 @@
 use crate::error::{Error, Result, check_len};
 use crate::float::Float;
 use crate::kernels::{self, Mat, MatMut, team};
+use crate::net::layer::Dims;
 use crate::net::{LossKind, Net, NetConfig, Pool, Pooling, Target, Targets};
 
 /// The length of sequence `r` within a pass of `steps` steps (all of them without lengths).
@@ -15,24 +16,31 @@ fn length(lengths: &[usize], r: usize, steps: usize) -> usize {
 /// features (B, P·H) from the top outputs (T, B, H): per sequence r of length len, the chosen
 /// poolings of h_1..h_len in the order last, mean, max; `argmax` (B, H) records the step of
 /// each maximum (the first on ties) for the backward pass.
-#[allow(clippy::too_many_arguments)]
+///
+/// `reverse` > 0 (a bidirectional net, `reverse` = H): `last` takes the output's last `reverse`
+/// values from step 1 instead — the reverse direction's final state, as PyTorch's
+/// `torch.cat((h_n[-2], h_n[-1]), 1)`.
 pub(crate) fn pool<F: Float>(
     pool: Pool,
     top: &[F],
-    steps: usize,
-    b: usize,
-    h: usize,
+    d: &Dims,
     lengths: &[usize],
+    reverse: usize,
     feats: &mut [F],
     argmax: &mut [u32],
 ) {
+    let Dims { steps, b, h, .. } = *d;
+    let split = h - reverse;
     let p = pool.count();
     let row = |t: usize, r: usize| &top[(t * b + r) * h..(t * b + r + 1) * h];
     for (r, f) in feats.chunks_exact_mut(p * h).enumerate().take(b) {
         let len = length(lengths, r, steps);
         for (kind, slot) in pool.kinds().zip(f.chunks_exact_mut(h)) {
             match kind {
-                Pooling::Last => slot.copy_from_slice(row(len - 1, r)),
+                Pooling::Last => {
+                    slot[..split].copy_from_slice(&row(len - 1, r)[..split]);
+                    slot[split..].copy_from_slice(&row(0, r)[split..]);
+                }
                 Pooling::Mean => {
                     slot.copy_from_slice(row(0, r));
                     for t in 1..len {
@@ -60,18 +68,18 @@ pub(crate) fn pool<F: Float>(
 
 /// dL/dtop (T, B, H) from dL/dfeatures (B, P·H): the last step's share to h_len, the mean's
 /// spread as 1/len over h_1..h_len, the maximum's to the step that attained it. Padded steps
-/// get zero.
-#[allow(clippy::too_many_arguments)]
+/// get zero. `reverse` as in [`pool`].
 pub(crate) fn unpool<F: Float>(
     pool: Pool,
     dfeats: &[F],
-    steps: usize,
-    b: usize,
-    h: usize,
+    d: &Dims,
     lengths: &[usize],
+    reverse: usize,
     argmax: &[u32],
     dtop: &mut [F],
 ) {
+    let Dims { steps, b, h, .. } = *d;
+    let split = h - reverse;
     let p = pool.count();
     dtop.fill(F::zero());
     for (r, d) in dfeats.chunks_exact(p * h).enumerate().take(b) {
@@ -79,7 +87,10 @@ pub(crate) fn unpool<F: Float>(
         let at = |t: usize| (t * b + r) * h;
         for (kind, slot) in pool.kinds().zip(d.chunks_exact(h)) {
             match kind {
-                Pooling::Last => kernels::add_into(&mut dtop[at(len - 1)..at(len - 1) + h], slot),
+                Pooling::Last => {
+                    kernels::add_into(&mut dtop[at(len - 1)..at(len - 1) + split], &slot[..split]);
+                    kernels::add_into(&mut dtop[at(0) + split..at(0) + h], &slot[split..]);
+                }
                 Pooling::Mean => {
                     let inv = F::one() / F::of(len as f64);
                     for t in 0..len {

@@ -4,6 +4,7 @@
 use crate::cell::CellKind;
 use crate::error::Result;
 use crate::float::Float;
+use crate::net::plan::Plan;
 use crate::net::{Dropout, Head, InputKind, NetConfig, State};
 
 /// Per-layer cache: what the backward pass of one layer needs, plus its gradient inputs.
@@ -27,21 +28,6 @@ pub(crate) struct LayerCache<F> {
     pub dh: Vec<F>,
 }
 
-/// Machines with at least this many cores run stacked layers as a wavefront by default.
-const WAVEFRONT_CORES: usize = 4;
-
-/// Whether stacked layers run as a wavefront by default (where the sizes allow): on machines
-/// with 4+ cores whose L2 caches, half of each, hold the recurrent and upper input weights of
-/// every layer between them (each core then keeps its slice of every layer resident). On 2
-/// cores it gains nothing (±5% measured) and loses up to 2× when the weights do not fit.
-fn wavefront_by_default<F>(cfg: &NetConfig) -> bool {
-    use crate::kernels::machine::{l2_bytes, machine_cores};
-    let (gh, h, l) = (cfg.cell.gates() * cfg.hidden, cfg.hidden, cfg.layers);
-    let weights = (2 * l).saturating_sub(1) * gh * h * std::mem::size_of::<F>();
-    let cores = machine_cores();
-    cores >= WAVEFRONT_CORES && weights / cores <= l2_bytes() / 2
-}
-
 /// All buffers for one (max_steps, batch, threads) shape; create with [`crate::Net::workspace`].
 ///
 /// Reusing one workspace across steps means no allocation after the first forward pass.
@@ -52,14 +38,19 @@ pub struct Workspace<F> {
     pub(crate) threads: usize,
     /// T of the last forward pass.
     pub(crate) steps: usize,
-    /// True after a forward pass with targets, until the backward pass consumes it.
-    pub(crate) ready: bool,
+    /// The plan of the last forward pass with targets, until the backward pass runs it.
+    pub(crate) plan: Option<Plan>,
+    /// One cache per layer and direction: layer k's direction d is cache k·D + d.
     pub(crate) layers: Vec<LayerCache<F>>,
+    /// Bidirectional only (else empty): (L, T, B, 2H) each layer's outputs, the forward and
+    /// the reverse direction's h_t side by side, and their gradient; (T, B, max(I, 2H)) a
+    /// layer's input rows in each sequence's reverse order, and their gradient.
+    pub(crate) outputs: Vec<F>,
+    pub(crate) doutputs: Vec<F>,
+    pub(crate) reversed: Vec<F>,
+    pub(crate) dreversed: Vec<F>,
     /// (T, B, I) copy of the dense input; for tokens, (T, B, E) gathered embedding rows.
     pub(crate) input: Vec<F>,
-    /// Token input only: the last forward gathered embedding rows (T·B < V) instead of
-    /// folding the embedding into a (V, G·H) table.
-    pub(crate) gathered: bool,
     /// (T, B) copy of the token ids; empty for dense input.
     pub(crate) tokens: Vec<u32>,
     /// (V, G·H) embedding folded into layer 0's input projection; (V, G·H) its gradient.
@@ -71,7 +62,7 @@ pub struct Workspace<F> {
     /// (T, B, O) readout outputs and dL/dlogits ((B, O) for a pooled head).
     pub(crate) logits: Vec<F>,
     pub(crate) dlogits: Vec<F>,
-    /// A pooled head's (B, P·H) features and their gradient, and (B, H) the step of each
+    /// A pooled head's (B, P·D·H) features and their gradient, and (B, D·H) the step of each
     /// maximum; empty for a per-step head.
     pub(crate) features: Vec<F>,
     pub(crate) dfeatures: Vec<F>,
@@ -81,20 +72,18 @@ pub struct Workspace<F> {
     /// (T, B, I) dL/dinput for dense input, filled when `input_grad` is set.
     pub(crate) dinput: Vec<F>,
     pub(crate) input_grad: bool,
-    /// (L, B, H) dL/dh_0 and, for the LSTM, dL/dc_0.
+    /// (L·D, B, H) dL/dh_0 and, for the LSTM, dL/dc_0.
     pub(crate) dh0: Vec<F>,
     pub(crate) dc0: Vec<F>,
-    /// (L, max_steps) mean over the batch of ‖dL/dh_t‖₂, filled when `record_dh_norms` is set.
+    /// (L·D, max_steps) mean over the batch of ‖dL/dh_t‖₂, filled when `record_dh_norms` is set.
     pub(crate) dh_norms: Vec<F>,
     pub(crate) record_dh_norms: bool,
     /// Run stacked layers as a wavefront where the sizes allow (net/layer/wavefront.rs).
     pub(crate) wavefront: bool,
     /// Dropout of the next forward passes (net/dropout.rs); the buffers below exist only then:
-    /// (T, B, I) the first layer's input mask, (L, T, B, H) each layer's output mask and the
+    /// (T, B, I) the first layer's input mask, (L, T, B, D·H) each layer's output mask and the
     /// dropped outputs (slot k feeds layer k + 1; the top slot feeds the readout).
     pub(crate) dropout: Option<Dropout>,
-    /// The last forward pass dropped (its masks are in the buffers below).
-    pub(crate) masked: bool,
     /// Masks set by [`Workspace::set_dropout_masks`], for passes of this many steps.
     pub(crate) fixed_masks: Option<usize>,
     pub(crate) mask_x: Vec<F>,
@@ -155,7 +144,8 @@ impl<F: Float> Workspace<F> {
         let (t, b, h, gh) = (max_steps, batch, cfg.hidden, cfg.cell.gates() * cfg.hidden);
         let z = |n: usize| vec![F::zero(); n];
         let lstm = cfg.cell.has_cell_state();
-        let layers = (0..cfg.layers)
+        let caches = cfg.layers * cfg.directions();
+        let layers = (0..caches)
             .map(|_| LayerCache {
                 gates: z(t * b * gh),
                 hs: z((t + 1) * b * h),
@@ -171,15 +161,20 @@ impl<F: Float> Workspace<F> {
             InputKind::Dense { size } => (t * b * size, 0, 0),
             InputKind::Tokens { vocab, embedding_dim } => (t * b * embedding_dim, t * b, vocab * gh),
         };
+        let (outputs, reversed) =
+            if cfg.bidirectional { (cfg.layers * t * b * 2 * h, t * b * (input / (t * b)).max(2 * h)) } else { (0, 0) };
         Workspace {
             max_steps,
             batch,
             threads,
             steps: 0,
-            ready: false,
+            plan: None,
             layers,
+            outputs: z(outputs),
+            doutputs: z(outputs),
+            reversed: z(reversed),
+            dreversed: z(reversed),
             input: z(input),
-            gathered: false,
             tokens: vec![0; tokens],
             table: z(table),
             dtable: z(table),
@@ -188,23 +183,22 @@ impl<F: Float> Workspace<F> {
             dlogits: z(t * b * cfg.output),
             features: z(if cfg.head == Head::PerStep { 0 } else { b * cfg.readout_width() }),
             dfeatures: z(if cfg.head == Head::PerStep { 0 } else { b * cfg.readout_width() }),
-            argmax: vec![0; if matches!(cfg.head, Head::Pooled(p) if p.max) { b * h } else { 0 }],
+            argmax: vec![0; if matches!(cfg.head, Head::Pooled(p) if p.max) { b * cfg.out_width() } else { 0 }],
             config: *cfg,
             dinput: z(input),
             input_grad: false,
-            dh0: z(cfg.layers * b * h),
-            dc0: z(if lstm { cfg.layers * b * h } else { 0 }),
-            dh_norms: z(cfg.layers * t),
+            dh0: z(caches * b * h),
+            dc0: z(if lstm { caches * b * h } else { 0 }),
+            dh_norms: z(caches * t),
             record_dh_norms: false,
             dropout: None,
             lengths: Vec::new(),
             length_mask: Vec::new(),
-            masked: false,
             fixed_masks: None,
             mask_x: Vec::new(),
             mask_h: Vec::new(),
             dropped: Vec::new(),
-            wavefront: wavefront_by_default::<F>(cfg),
+            wavefront: crate::net::plan::wavefront_by_default::<F>(cfg),
             hidden: h,
             layers_n: cfg.layers,
             output: cfg.output,
@@ -218,15 +212,19 @@ impl<F: Float> Workspace<F> {
     pub fn estimate_bytes(cfg: &NetConfig, max_steps: usize, batch: usize) -> u64 {
         let (t, b, h) = (max_steps as u128, batch as u128, cfg.hidden as u128);
         let (gh, l, o) = (cfg.cell.gates() as u128 * h, cfg.layers as u128, cfg.output as u128);
-        let per_layer = t * b * gh * 2 + (t + 1) * b * h * 2 + t * b * h * 2 + h * gh;
+        let d = cfg.directions() as u128;
+        let per_layer = d * (t * b * gh * 2 + (t + 1) * b * h * 2 + t * b * h * 2 + h * gh);
         let (input, table) = match cfg.input {
             InputKind::Dense { size } => (t * b * size as u128 * 2, 0),
             InputKind::Tokens { vocab, embedding_dim } => {
                 (t * b * (embedding_dim as u128 * 2 + 1), vocab as u128 * gh * 2)
             }
         };
-        let pooled = if cfg.head == Head::PerStep { 0 } else { b * (2 * cfg.readout_width() as u128 + h) };
-        let rest = input + table + l * b * gh + 2 * t * b * o + 2 * l * b * h + l * t + pooled;
+        let pooled = if cfg.head == Head::PerStep { 0 } else { b * (2 * cfg.readout_width() as u128 + d * h) };
+        // Bidirectional: each layer's outputs and their gradient, the reversed rows and theirs.
+        let width = input / (2 * t * b).max(1);
+        let both = if cfg.bidirectional { 2 * l * t * b * 2 * h + 2 * t * b * width.max(2 * h) } else { 0 };
+        let rest = input + table + l * b * gh + 2 * t * b * o + 2 * l * d * b * h + l * d * t + pooled + both;
         let bytes = (l * per_layer + rest) * std::mem::size_of::<F>() as u128;
         u64::try_from(bytes).unwrap_or(u64::MAX)
     }
@@ -254,8 +252,17 @@ impl<F: Float> Workspace<F> {
             + self.dh_norms.len()
             + self.mask_x.len()
             + self.mask_h.len()
-            + self.dropped.len();
+            + self.dropped.len()
+            + self.outputs.len()
+            + self.doutputs.len()
+            + self.reversed.len()
+            + self.dreversed.len();
         (layers + rest) * f + self.tokens.len() * 4
+    }
+
+    /// I, the first layer's input width per row (E for token input).
+    pub(crate) fn input_width(&self) -> usize {
+        self.input.len() / (self.max_steps * self.batch)
     }
 
     /// The longest sequence this workspace holds.
@@ -283,9 +290,8 @@ impl<F: Float> Workspace<F> {
     /// core then keeps weights of every layer in its cache: the default is on for machines with
     /// 4 or more cores whose L2 caches hold them (a property of the machine and the sizes, never
     /// of the thread count). Results agree with the layer-by-layer path to rounding and, either
-    /// way, do not depend on the thread count.
+    /// way, do not depend on the thread count. It applies from the next forward pass on.
     pub fn set_wavefront(&mut self, on: bool) {
-        self.ready &= self.wavefront == on;
         self.wavefront = on;
     }
 
@@ -301,7 +307,7 @@ impl<F: Float> Workspace<F> {
         self.dropout = dropout.filter(|d| d.p > 0.0);
         self.fixed_masks = None;
         // A forward pass made with other masks cannot be differentiated with these.
-        self.ready = false;
+        self.plan = None;
         Ok(())
     }
 
@@ -312,7 +318,7 @@ impl<F: Float> Workspace<F> {
     /// beyond a pass's T means the whole pass. Allocates the (T, B) weights on first use.
     pub fn set_lengths(&mut self, lengths: Option<&[usize]>) -> Result<()> {
         // The next backward pass must follow a forward pass made with these lengths.
-        self.ready = false;
+        self.plan = None;
         match lengths {
             None => self.lengths.clear(),
             Some(l) => {
@@ -336,8 +342,8 @@ impl<F: Float> Workspace<F> {
     /// (L, T, B, H) each layer's output, the top one's before the readout. The values are the
     /// scaled masks (0 or 1/(1 − p)). [`Workspace::set_dropout`] replaces them.
     pub fn set_dropout_masks(&mut self, input: &[F], outputs: &[F]) -> Result<()> {
-        let (b, h) = (self.batch, self.hidden);
-        let width = self.input.len() / (self.max_steps * b).max(1);
+        let (b, h) = (self.batch, self.config.out_width());
+        let width = self.input_width();
         let t = input.len() / (b * width).max(1);
         if t == 0 || t > self.max_steps || input.len() != t * b * width {
             return Err(crate::Error::Config(format!(
@@ -347,7 +353,7 @@ impl<F: Float> Workspace<F> {
                 self.max_steps
             )));
         }
-        crate::error::check_len("layer-output dropout masks (L·T·B·H)", self.layers_n * t * b * h, outputs.len())?;
+        crate::error::check_len("layer-output dropout masks (L·T·B·D·H)", self.layers_n * t * b * h, outputs.len())?;
         self.alloc_masks();
         self.mask_x[..input.len()].copy_from_slice(input);
         let stride = self.max_steps * b * h;
@@ -356,14 +362,14 @@ impl<F: Float> Workspace<F> {
         }
         self.dropout = None;
         self.fixed_masks = Some(t);
-        self.ready = false;
+        self.plan = None;
         Ok(())
     }
 
     /// The mask buffers, allocated on first use.
     fn alloc_masks(&mut self) {
         if self.mask_x.is_empty() {
-            let tbh = self.max_steps * self.batch * self.hidden;
+            let tbh = self.max_steps * self.batch * self.config.out_width();
             self.mask_x = vec![F::zero(); self.input.len()];
             self.mask_h = vec![F::zero(); self.layers_n * tbh];
             self.dropped = vec![F::zero(); self.layers_n * tbh];
@@ -380,12 +386,14 @@ impl<F: Float> Workspace<F> {
         self.grad_ready = GradHook(hook);
     }
 
-    /// Also compute dL/dinput (dense input only) in the backward pass.
+    /// Also compute dL/dinput (dense input only) in the backward pass, from the next forward
+    /// pass on (a backward pass runs the plan its forward made).
     pub fn set_input_grad(&mut self, on: bool) {
         self.input_grad = on;
     }
 
-    /// Record ‖dL/dh_t‖ per step and layer in the backward pass (see [`Workspace::dh_norms`]).
+    /// Record ‖dL/dh_t‖ per step and layer in the backward pass (see [`Workspace::dh_norms`]),
+    /// from the next forward pass on (a backward pass runs the plan its forward made).
     pub fn set_record_dh_norms(&mut self, on: bool) {
         self.record_dh_norms = on;
     }
@@ -396,9 +404,15 @@ impl<F: Float> Workspace<F> {
         &self.logits[..self.config.readout_rows(self.steps, self.batch) * self.output]
     }
 
-    /// (T, B, H) hidden states of layer `layer` for steps 1..=T of the last forward pass.
+    /// (T, B, D·H) outputs of layer `layer` for steps 1..=T of the last forward pass: its
+    /// hidden states (bidirectional: both directions' h_t side by side, zeros in the reverse
+    /// half past each sequence's length).
     pub fn hidden_states(&self, layer: usize) -> &[F] {
         let bh = self.batch * self.hidden;
+        if self.config.bidirectional {
+            let n = self.max_steps * 2 * bh;
+            return &self.outputs[layer * n..layer * n + self.steps * 2 * bh];
+        }
         &self.layers[layer].hs[bh..(self.steps + 1) * bh]
     }
 
@@ -410,7 +424,8 @@ impl<F: Float> Workspace<F> {
     }
 
     /// Writes the state after step `t` (0 = the initial state) of the last forward pass into
-    /// `out`, reusing its buffers.
+    /// `out`, reusing its buffers. (A reverse direction's state is its own after t of its steps:
+    /// only t = T, its final state, is a state of the whole sequence.)
     pub fn state_at(&self, t: usize, out: &mut State<F>) {
         let bh = self.batch * self.hidden;
         let t = t.min(self.steps);
@@ -426,18 +441,19 @@ impl<F: Float> Workspace<F> {
 
     /// (T, B, I) dL/dinput of the last backward pass (needs [`Workspace::set_input_grad`]).
     pub fn input_grad(&self) -> &[F] {
-        &self.dinput[..self.steps * self.batch * (self.dinput.len() / (self.max_steps * self.batch).max(1))]
+        &self.dinput[..self.steps * self.batch * self.input_width()]
     }
 
-    /// dL/d(initial state) of the last backward pass: h (L, B, H) and, for the LSTM, c.
+    /// dL/d(initial state) of the last backward pass: h (L·D, B, H) and, for the LSTM, c.
     pub fn initial_state_grad(&self) -> State<F> {
         State { h: self.dh0.clone(), c: self.dc0.clone() }
     }
 
     /// Mean over the batch of ‖dL/dh_t‖₂ for `layer`, t = 0..T (the total gradient reaching
     /// h_t, from its own output and from the future), recorded by the last backward pass.
+    /// Bidirectional: `layer` k·2 + d, d = 1 the reverse direction in its own step order.
     pub fn dh_norms(&self, layer: usize) -> &[F] {
-        let start = layer.min(self.layers_n - 1) * self.max_steps;
+        let start = layer.min(self.layers.len() - 1) * self.max_steps;
         &self.dh_norms[start..start + self.steps]
     }
 }

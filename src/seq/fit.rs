@@ -34,6 +34,9 @@ pub struct FitConfig {
     pub hidden: usize,
     /// L.
     pub layers: usize,
+    /// Every layer also reads each sequence backwards (PyTorch's `bidirectional=True`).
+    #[serde(default)]
+    pub bidirectional: bool,
     /// Poolings over time (`last`, `mean`, `max` joined by `+`).
     pub pool: String,
     /// Steps per RNN step; 0 = chosen from the data ([`FitConfig::auto_patch`]).
@@ -79,6 +82,7 @@ impl FitConfig {
             cell: CellKind::Gru,
             hidden: 256,
             layers: 1,
+            bidirectional: false,
             pool: "last+mean".into(),
             patch: 0,
             epochs: None,
@@ -418,6 +422,7 @@ impl Fitter {
             cell: cfg.cell,
             hidden_size: cfg.hidden,
             num_layers: cfg.layers,
+            bidirectional: cfg.bidirectional,
             pool: cfg.pool.clone(),
             patch,
             features: train.features,
@@ -847,6 +852,7 @@ impl Fitter {
             } else {
                 crate::net::Head::Pooled(cfg.pool.parse()?)
             },
+            bidirectional: cfg.bidirectional,
         };
         let steps = max_len.div_ceil(patch);
         let b = cfg.batch.clamp(1, data.len().max(1)) as u64;

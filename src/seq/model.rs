@@ -3,8 +3,8 @@
 //! logits or values). Its file, `seq/1`: safetensors with PyTorch names (`rnn.*` as `nn.LSTM`
 //! etc. with `batch_first` irrelevant, `head.weight`/`head.bias` as `nn.Linear(P·H, O)`) and two
 //! more tensors, `standardize.mean` and `standardize.std` (F); metadata `bptt.format` = `seq/1`
-//! and `spec` (a JSON object: task, cell, hidden_size, num_layers, pool, patch, features,
-//! classes, target_mean, target_std, outputs, forecast).
+//! and `spec` (a JSON object: task, cell, hidden_size, num_layers, bidirectional, pool, patch,
+//! features, classes, target_mean, target_std, outputs, forecast).
 
 use crate::cell::CellKind;
 use crate::error::{Error, Result};
@@ -58,6 +58,9 @@ pub struct SeqSpec {
     pub hidden_size: usize,
     /// L.
     pub num_layers: usize,
+    /// Every layer also reads each sequence backwards (`…_reverse` tensors; absent = false).
+    #[serde(default)]
+    pub bidirectional: bool,
     /// The poolings over time, e.g. `last+mean` (see [`Pool`]).
     pub pool: String,
     /// k: consecutive steps fed as one RNN step of k·F values (1 = one step per step).
@@ -111,6 +114,7 @@ impl SeqSpec {
             },
             // Labelling reads every step; the others one pooled readout per sequence.
             head: if self.task == Task::Label { Head::PerStep } else { Head::Pooled(self.pool()?) },
+            bidirectional: self.bidirectional,
         })
     }
 

@@ -54,7 +54,17 @@ impl TaskKind {
             TaskKind::Adding => (2, 1, LossKind::Mse),
             TaskKind::Copy => (10, 10, LossKind::CrossEntropy),
         };
-        NetConfig { cell, input: InputKind::Dense { size: input }, hidden, layers, output, loss, head: Head::PerStep }
+        let head = Head::PerStep;
+        NetConfig {
+            cell,
+            input: InputKind::Dense { size: input },
+            hidden,
+            layers,
+            output,
+            loss,
+            head,
+            bidirectional: false,
+        }
     }
 }
 

@@ -33,6 +33,13 @@ impl<F: Float> CheckpointedBptt<F> {
         if k == 0 {
             return Err(Error::Config("checkpointed BPTT needs segments of at least 1 step".into()));
         }
+        if net.config().bidirectional {
+            return Err(Error::Config(
+                "checkpointed BPTT cannot run a bidirectional net: its reverse direction starts at \
+                 each sequence's end, so segments cannot carry its state"
+                    .into(),
+            ));
+        }
         if net.config().head != crate::net::Head::PerStep {
             return Err(Error::Config(
                 "checkpointed BPTT needs a per-step head: a pooled head reads whole sequences".into(),

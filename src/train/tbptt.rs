@@ -56,6 +56,13 @@ impl<F: Float> Tbptt<F> {
         threads: usize,
         every: usize,
     ) -> Result<Self> {
+        if net.config().bidirectional {
+            return Err(Error::Config(
+                "truncated BPTT cannot run a bidirectional net: its reverse direction needs each \
+                 sequence's end, so windows cannot carry its state; train on whole sequences"
+                    .into(),
+            ));
+        }
         if k1 == 0 || k1 > k2 {
             return Err(Error::Config(format!("truncated BPTT needs 1 <= k1 <= k2, got k1={k1}, k2={k2}")));
         }

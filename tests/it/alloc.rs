@@ -50,6 +50,7 @@ fn forward_backward_do_not_allocate_after_warm_up() {
                     output: 7,
                     loss: LossKind::CrossEntropy,
                     head: Head::PerStep,
+                    bidirectional: false,
                 };
                 let net = Net::new(cfg).unwrap();
                 let params = net.init_params::<f32>(1);

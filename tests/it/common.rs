@@ -49,7 +49,8 @@ impl Problem {
         };
         let input =
             if tokens { InputKind::Tokens { vocab: v, embedding_dim: i } } else { InputKind::Dense { size: i } };
-        let cfg = NetConfig { cell, input, hidden: h, layers, output: o, loss, head: Head::PerStep };
+        let cfg =
+            NetConfig { cell, input, hidden: h, layers, output: o, loss, head: Head::PerStep, bidirectional: false };
         let net = Net::new(cfg).unwrap();
         let mut r = rng(seed);
         // Larger than default weights so gates are away from their linear regime.
@@ -99,6 +100,19 @@ impl Problem {
         p.values = uniform(&mut r, batch * o, 1.0);
         p.mask = weighted.then(|| (0..batch).map(|_| r.random_range(0.5..2.0)).collect());
         p
+    }
+
+    /// The same problem for a bidirectional net (every layer also runs a reverse direction):
+    /// fresh weights and initial state (2L, B, H) from `seed`, the same inputs and targets.
+    pub fn bidirectional(mut self, seed: u64) -> Self {
+        let cfg = NetConfig { bidirectional: true, ..*self.net.config() };
+        self.net = Net::new(cfg).unwrap();
+        let mut r = rng(seed ^ 0xb1d1);
+        self.params = uniform(&mut r, self.net.num_params(), 0.8);
+        self.init = State::zeros(&cfg, self.batch);
+        self.init.h = uniform(&mut r, self.init.h.len(), 0.5);
+        self.init.c = uniform(&mut r, self.init.c.len(), 0.5);
+        self
     }
 
     /// Adds a loss term on the final state (h and, for the LSTM, c) with random weights: what a

@@ -511,3 +511,30 @@ fn labelling_learns_a_label_per_step() {
     let o = fit(&d.path().join("bad"), &train, &["--task", "label", "--patch", "2", "--epochs", "1"]);
     assert!(!o.status.success() && stderr(&o).contains("patch must be 1"), "{}", stderr(&o));
 }
+
+/// `--bidirectional`: the model learns, its file holds the `…_reverse` tensors (PyTorch's names)
+/// and says so in its spec, and `predict`/`evaluate` read it back.
+#[test]
+fn fit_bidirectional_learns_and_writes_reverse_tensors() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let o = fit(&run, &data("JapaneseVowels_TRAIN.ts"), &["--epochs", "8", "--bidirectional", "--seed", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = SeqModel::load(&run.join("model.safetensors")).unwrap();
+    assert!(model.spec.bidirectional);
+    let names: Vec<&str> = model.net.params().iter().map(|p| p.name.as_str()).collect();
+    for name in
+        ["rnn.weight_ih_l0_reverse", "rnn.weight_hh_l0_reverse", "rnn.bias_ih_l0_reverse", "rnn.bias_hh_l0_reverse"]
+    {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+    // The head reads both directions: (O, P·2H) with last+mean and H = 32.
+    assert_eq!(model.net.param("head.weight").unwrap().shape, vec![9, 2 * 2 * 32]);
+    let (m, test) = (run.join("model.safetensors"), data("JapaneseVowels_TEST.ts"));
+    let e = bptt(&["evaluate", "--model", m.to_str().unwrap(), "--data", test.to_str().unwrap(), "--json"]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    let acc = json(&e)["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "test accuracy {acc} after 8 epochs");
+    let o = bptt(&["fit", "--resume", run.to_str().unwrap(), "--bidirectional"]);
+    assert!(!o.status.success() && stderr(&o).lines().count() <= 3, "{}", stderr(&o));
+}

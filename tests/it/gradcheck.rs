@@ -245,8 +245,16 @@ fn split_path_matches_finite_differences(
         let t = 3;
         let input =
             if tokens { InputKind::Tokens { vocab: 5, embedding_dim: 4 } } else { InputKind::Dense { size: 4 } };
-        let cfg =
-            NetConfig { cell, input, hidden: h, layers, output: 3, loss: LossKind::CrossEntropy, head: Head::PerStep };
+        let cfg = NetConfig {
+            cell,
+            input,
+            hidden: h,
+            layers,
+            output: 3,
+            loss: LossKind::CrossEntropy,
+            head: Head::PerStep,
+            bidirectional: false,
+        };
         let net = Net::new(cfg).unwrap();
         let mut r = crate::common::rng(77);
         let params: Vec<f64> = crate::common::uniform(&mut r, net.num_params(), 0.15);
@@ -553,4 +561,132 @@ fn pooled_features_follow_their_definition() {
             }
         }
     }
+}
+
+/// Bidirectional layers (a reverse direction over each sequence from its own last step, the
+/// outputs concatenated) for every cell × 1–2 layers × dense/token input × per-step (masked
+/// cross-entropy, MSE on the last step) and pooled heads (last+mean+max: the reverse
+/// direction's `last` is its final state), with and without lengths, with a loss on the final
+/// state of both directions: every parameter, input and initial-state coordinate against f64
+/// finite differences.
+#[test]
+fn bidirectional_matches_finite_differences() {
+    use bptt::{LossKind, Pool};
+    let pool: Pool = "last+mean+max".parse().unwrap();
+    let mut seed = 3100;
+    for cell in CellKind::ALL {
+        for layers in [1, 2] {
+            for tokens in [false, true] {
+                for head in ["weighted", "mse-last", "pooled"] {
+                    seed += 1;
+                    let (b, t, lengths) = [(3, 5, Some(vec![5, 1, 3])), (2, 4, None)][seed as usize % 2].clone();
+                    let p = match head {
+                        "pooled" => {
+                            Problem::pooled(cell, layers, pool, LossKind::CrossEntropy, true, tokens, b, t, seed)
+                        }
+                        "mse-last" => Problem::new(cell, layers, Mode::ManyToOneMse, tokens, b, t, seed),
+                        _ => Problem::new(cell, layers, Mode::WeightedCe, tokens, b, t, seed),
+                    };
+                    let mut p = p.bidirectional(seed).with_final_loss(seed);
+                    // Twice the final states of a one-way net: smaller weights keep the loss, and
+                    // so the finite differences' rounding (~1e-12 of it), as small as elsewhere.
+                    let w = p.final_weights.as_mut().unwrap();
+                    w.h.iter_mut().chain(w.c.iter_mut()).for_each(|v| *v *= 0.25);
+                    let (err, at) = check_with(&p, &|ws| ws.set_lengths(lengths.as_deref()).unwrap());
+                    assert!(
+                        err < TOL,
+                        "{cell} layers={layers} tokens={tokens} {head} lengths={lengths:?}: max rel error {err:.3e} at {at}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Bidirectional layers with dropout (fixed seed: the same masks in every pass) on the input and
+/// on both layers' 2H-wide outputs, with lengths.
+#[test]
+fn bidirectional_with_dropout_matches_finite_differences() {
+    for (k, cell) in CellKind::ALL.into_iter().enumerate() {
+        let seed = 3200 + k as u64;
+        let p = Problem::new(cell, 2, Mode::WeightedCe, k % 2 == 1, 3, 4, seed).bidirectional(seed);
+        let d = Dropout { p: 0.3, locked: k % 2 == 0, seed };
+        let (err, at) = check_with(&p, &|ws| {
+            ws.set_dropout(Some(d)).unwrap();
+            ws.set_lengths(Some(&[4, 2, 3])).unwrap();
+        });
+        assert!(err < TOL, "{cell}: max rel error {err:.3e} at {at}");
+    }
+}
+
+/// The reverse direction follows its definition (what finite differences cannot see: a
+/// consistent but wrong order): a bidirectional layer's outputs are, side by side, a forward
+/// net's h_t and a second net's h over each sequence reversed (x_{len−1} … x_0, from the
+/// reverse initial state), put back in step order — zeros past each length.
+#[test]
+fn reverse_direction_is_a_forward_pass_over_reversed_sequences() {
+    use bptt::{Input, NetConfig};
+    let (b, t, lengths) = (3, 5, [5usize, 2, 4]);
+    for cell in CellKind::ALL {
+        let p = Problem::new(cell, 1, Mode::ManyToManyCe, false, b, t, 41).bidirectional(42);
+        let cfg = *p.net.config();
+        let (h, i) = (cfg.hidden, 3);
+        let mut ws = p.net.workspace::<f64>(t, b, 1).unwrap();
+        ws.set_lengths(Some(&lengths)).unwrap();
+        p.net.forward(&p.params, &mut ws, Input::Dense(&p.x), None, Some(&p.init)).unwrap();
+        let both = ws.hidden_states(0).to_vec();
+        // One direction as a net of its own: its four tensors, and a readout of zeros.
+        let one = Net::new(NetConfig { bidirectional: false, ..cfg }).unwrap();
+        let run = |suffix: &str, x: &[f64], state: usize| {
+            let mut params = vec![0.0; one.num_params()];
+            for info in one.params().iter().filter(|q| q.name.starts_with("rnn.")) {
+                let from = p.net.param(&format!("{}{suffix}", info.name)).unwrap();
+                info.of_mut(&mut params).copy_from_slice(from.of(&p.params));
+            }
+            let bh = b * h;
+            let init = bptt::State {
+                h: p.init.h[state * bh..(state + 1) * bh].to_vec(),
+                c: if p.init.c.is_empty() { vec![] } else { p.init.c[state * bh..(state + 1) * bh].to_vec() },
+            };
+            let mut ws = one.workspace::<f64>(t, b, 1).unwrap();
+            ws.set_lengths(Some(&lengths)).unwrap();
+            one.forward(&params, &mut ws, Input::Dense(x), None, Some(&init)).unwrap();
+            ws.hidden_states(0).to_vec()
+        };
+        let mut reversed = vec![0.0; t * b * i];
+        for r in 0..b {
+            for s in 0..lengths[r] {
+                let (to, from) = ((s * b + r) * i, ((lengths[r] - 1 - s) * b + r) * i);
+                reversed[to..to + i].copy_from_slice(&p.x[from..from + i]);
+            }
+        }
+        let (fwd, rev) = (run("", &p.x, 0), run("_reverse", &reversed, 1));
+        for r in 0..b {
+            for s in 0..t {
+                let row = &both[(s * b + r) * 2 * h..(s * b + r + 1) * 2 * h];
+                assert_eq!(
+                    row[..h],
+                    fwd[(s * b + r) * h..(s * b + r + 1) * h],
+                    "{cell}: forward half, step {s} row {r}"
+                );
+                let want = if s < lengths[r] {
+                    rev[((lengths[r] - 1 - s) * b + r) * h..((lengths[r] - 1 - s) * b + r + 1) * h].to_vec()
+                } else {
+                    vec![0.0; h]
+                };
+                assert_eq!(row[h..], want[..], "{cell}: reverse half, step {s} row {r}");
+            }
+        }
+    }
+}
+
+/// Truncated and checkpointed BPTT carry state from window to window, which a reverse direction
+/// cannot: both refuse a bidirectional net with a typed error naming the reason.
+#[test]
+fn windowed_bptt_refuses_bidirectional_nets() {
+    let p = Problem::new(CellKind::Lstm, 1, Mode::ManyToManyCe, false, 2, 3, 1).bidirectional(1);
+    let Err(e) = bptt::Tbptt::<f64>::new(&p.net, 2, 3, 2, 1) else { panic!("truncated BPTT ran a bidirectional net") };
+    assert!(matches!(e, bptt::Error::Config(ref m) if m.contains("bidirectional")), "{e}");
+    let Err(e) = bptt::CheckpointedBptt::<f64>::new(&p.net, 2, 2, 1) else { panic!("checkpointed BPTT ran it") };
+    assert!(matches!(e, bptt::Error::Config(ref m) if m.contains("bidirectional")), "{e}");
 }

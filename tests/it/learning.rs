@@ -17,6 +17,7 @@ fn lstm_learns_to_echo_five_steps_back() {
         output: v,
         loss: LossKind::CrossEntropy,
         head: Head::PerStep,
+        bidirectional: false,
     };
     let net = Net::new(cfg).unwrap();
     let mut params = net.init_params::<f32>(42);

@@ -64,3 +64,48 @@ fn settings_changed_between_forward_and_backward_never_give_a_wrong_gradient() {
         }
     }
 }
+
+/// At sizes where stacked layers run as a wavefront (L = 2, H = 256, B = 4: two unit blocks per
+/// layer), the settings that choose how the backward pass runs — the wavefront, the per-step
+/// norms (which need whole steps), the threads, dL/dx — changed after `forward` leave the pass
+/// as its forward planned it: the same gradient bit for bit (a backward pass that re-read the
+/// wavefront setting would refuse or run the other schedule).
+#[test]
+fn backward_runs_the_plan_its_forward_made() {
+    let cfg = NetConfig {
+        cell: CellKind::Lstm,
+        input: InputKind::Dense { size: 5 },
+        hidden: 256,
+        layers: 2,
+        output: 3,
+        loss: bptt::LossKind::CrossEntropy,
+        head: Head::PerStep,
+        bidirectional: false,
+    };
+    let net = Net::new(cfg).unwrap();
+    let (t, b) = (6, 4);
+    let mut r = crate::common::rng(5);
+    let params = crate::common::uniform(&mut r, net.num_params(), 0.1);
+    let x = crate::common::uniform(&mut r, t * b * 5, 1.0);
+    let y: Vec<u32> = (0..t * b).map(|k| (k % 3) as u32).collect();
+    let run = |set: &dyn Fn(&mut bptt::Workspace<f64>)| {
+        let mut ws = net.workspace::<f64>(t, b, 2).unwrap();
+        ws.set_wavefront(true);
+        net.forward(&params, &mut ws, bptt::Input::Dense(&x), Some(bptt::Targets::classes(&y)), None).unwrap();
+        set(&mut ws);
+        let mut g = vec![0.0; net.num_params()];
+        net.backward(&params, &mut ws, &mut g).unwrap();
+        g
+    };
+    let reference = run(&|_| {});
+    type Setter = fn(&mut bptt::Workspace<f64>);
+    let setters: [(&str, Setter); 4] = [
+        ("set_wavefront(false)", |ws| ws.set_wavefront(false)),
+        ("set_record_dh_norms", |ws| ws.set_record_dh_norms(true)),
+        ("set_threads(1)", |ws| ws.set_threads(1)),
+        ("set_input_grad", |ws| ws.set_input_grad(true)),
+    ];
+    for (name, set) in setters {
+        assert!(run(&set) == reference, "{name}: backward gave another gradient");
+    }
+}

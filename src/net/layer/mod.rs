@@ -13,6 +13,7 @@ use crate::cell::{BackStep, CellKind, Step};
 use crate::float::Float;
 use crate::kernels::team::{self, Shared};
 use crate::kernels::{self, Mat, MatMut, parts};
+use crate::net::plan::{Split, UNIT_ALIGN};
 use crate::net::workspace::LayerCache;
 use crate::net::{LayerParams, NetConfig};
 
@@ -24,30 +25,66 @@ pub(crate) enum LayerInput<'a, F> {
     Table { table: &'a [F], tokens: &'a [u32] },
 }
 
-/// Forward over `steps` steps, filling `cache` (hs[0] and cs[0] hold the initial state).
-#[allow(clippy::too_many_arguments)]
+/// The sizes of one pass through a layer: what every loop over steps, rows and units reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub cell: CellKind,
+    /// H.
+    pub h: usize,
+    /// G·H, the width of the gates.
+    pub gh: usize,
+    /// B, the batch rows.
+    pub b: usize,
+    /// T, the steps of this pass.
+    pub steps: usize,
+    pub threads: usize,
+}
+
+impl Dims {
+    pub(crate) fn new(cfg: &NetConfig, steps: usize, b: usize, threads: usize) -> Self {
+        Dims { cell: cfg.cell, h: cfg.hidden, gh: cfg.cell.gates() * cfg.hidden, b, steps, threads }
+    }
+}
+
+/// One layer's part of a pass as its plan made it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Pass<'a> {
+    pub dims: Dims,
+    pub split: Split,
+    /// Read W_hh through its transpose in the cache (see `Plan::w_hh_t_forward` / `_backward`).
+    pub w_hh_t: bool,
+    /// Each row's length (empty: every row runs all T steps).
+    pub lengths: &'a [usize],
+}
+
+/// What a layer's backward pass reads below it, and where it sends dL/dx (if anywhere).
+pub(crate) struct Below<'a, F> {
+    pub x: LayerInput<'a, F>,
+    pub dx: Option<&'a mut [F]>,
+}
+
+/// The gradient carried from step to step: dL/d(state after the last step) on entry, dL/d(initial
+/// state) on return, (B, H) each (`dc_next` empty without a cell state); and, when asked, the
+/// per-step norms of dL/dh_t.
+pub(crate) struct Carry<'a, F> {
+    pub dh_next: &'a mut [F],
+    pub dc_next: &'a mut [F],
+    pub dh_norms: Option<&'a mut [F]>,
+}
+
+/// Forward over the pass's steps, filling `cache` (hs[0] and cs[0] hold the initial state).
 pub(crate) fn forward<F: Float>(
-    cfg: &NetConfig,
+    pass: &Pass<'_>,
     lp: &LayerParams,
     p: &[F],
     cache: &mut LayerCache<F>,
     hproj: &mut [F],
     x: LayerInput<'_, F>,
-    steps: usize,
-    b: usize,
-    threads: usize,
-    lengths: &[usize],
 ) {
-    let (h, cell) = (cfg.hidden, cfg.cell);
-    let gh = cell.gates() * h;
+    let Dims { cell, h, gh, b, steps, threads } = pass.dims;
     let (bh, bgh, n) = (b * h, b * gh, steps * b);
-    let (b_ih, b_hh) = (&p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh]);
-    let split = plan_with(b, gh, h, lengths);
-    // W_hhᵀ (H, G·H), transposed once per pass: the GEMM crate would otherwise repack W_hh at
-    // every step. A single step gains nothing from it, so it reads W_hh as it is; so does a
-    // single row split by units (see `UnitWeights`).
-    let transposed = steps > 1 && !(b == 1 && matches!(split, Split::Units(_)));
-    if transposed {
+    let (b_ih, b_hh, lengths) = (&p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh], pass.lengths);
+    if pass.w_hh_t {
         kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut cache.w_hh_t, threads);
     }
     // Input projections of all T steps at once: gates (T·B, G·H) = bias + X · W_ihᵀ. Token
@@ -70,11 +107,11 @@ pub(crate) fn forward<F: Float>(
     };
 
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
-    let w_hh_t = if transposed { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() }; // (H, G·H)
+    let w_hh_t = if pass.w_hh_t { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() }; // (H, G·H)
     let lstm = cell.has_cell_state();
-    match split {
+    match pass.split {
         Split::Whole | Split::Tiles => {
-            let gemm_threads = if split == Split::Tiles { threads } else { 1 };
+            let gemm_threads = if pass.split == Split::Tiles { threads } else { 1 };
             for t in 0..steps {
                 let (past, future) = cache.hs.split_at_mut((t + 1) * bh);
                 let (c_prev, c) = if lstm {
@@ -125,8 +162,8 @@ pub(crate) fn forward<F: Float>(
             // core's cache. Step t needs all of h_{t−1}, so the parts meet before each step. (A
             // wavefront of one layer: the same driver runs stacked layers at once.)
             let (caches, lps) = (std::slice::from_mut(cache), std::slice::from_ref(lp));
-            let wave = wavefront::Wave { steps, b, units: parts, chunk: steps, threads };
-            wavefront::forward_steps(cfg, lps, p, caches, hproj, table.as_ref(), wave);
+            let wave = wavefront::Wave { dims: pass.dims, units: parts, chunk: steps, w_hh_t: pass.w_hh_t };
+            wavefront::forward_steps(lps, p, caches, hproj, table.as_ref(), wave);
         }
     }
 }
@@ -167,70 +204,9 @@ pub(crate) fn fill_input_bias<F: Float>(cell: CellKind, b_ih: &[F], b_hh: &[F], 
     }
 }
 
-/// How the work of one pass is cut into parts, run on up to `--threads` threads. Chosen from
-/// the sizes alone, never the thread count, so that results are the same at any setting (one
-/// thread runs the parts in turn).
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Split {
-    /// Too little work per step to share (under ~0.5 µs), or too few rows.
-    Whole,
-    /// This many blocks of batch rows: independent for the whole pass, no meeting at all. Each
-    /// part reads all of W_hh.
-    Rows(usize),
-    /// This many blocks of hidden units (whole SIMD vectors) of every row: each part reads only
-    /// its rows of W_hh (they stay in its core's cache), and the parts meet once per step.
-    Units(usize),
-    /// The whole step, its recurrent products cut into GEMM tiles of W_hh's columns (`kernels::
-    /// gemm`): for a W_hh too large for any cache, each tile's slice is streamed once per step.
-    Tiles,
-}
-
-/// W_hh elements (4 MB in f32) from which a step with enough rows is cut into GEMM tiles
-/// instead of row blocks: every row block would stream all of W_hh at every step (at H = 1024,
-/// B = 64, two 32-row blocks on one core ran at 2.4k tokens/s, the whole step at 3.7k).
-const TILED_WEIGHTS: usize = 1 << 20;
-/// Multiply-adds per step from which [`Split::Tiles`] pays for one hand-off per product.
-const TILED_WORK: usize = 1 << 24;
-
-/// Rows per part of a row split: fewer and the per-step GEMM runs below its best rate (16-row
-/// parts cost LSTM H = 512, B = 64 about 10% on two cores).
-const ROWS_PER_PART: usize = 32;
-/// Units per part of a unit split: a part's G·u·H weights (128 units of an H = 256 LSTM:
-/// 512 KB in f32) stay in a core's L2 across all steps. (64-unit parts cost B = 1, H = 256
-/// 8% on two cores: twice the per-step products per thread.)
-const UNITS_PER_PART: usize = 128;
-/// Unit blocks start at multiples of this (whole AVX-512 vectors of f32 / AVX2 of f64).
-const UNIT_ALIGN: usize = 8;
-
-/// [`plan`], except that variable lengths run whole steps or row blocks (the unit split and
-/// the wavefront do not know them yet).
-fn plan_with(b: usize, gh: usize, h: usize, lengths: &[usize]) -> Split {
-    match plan(b, gh, h) {
-        Split::Units(_) if !lengths.is_empty() => Split::Whole,
-        split => split,
-    }
-}
-
 /// Whether row `r` has ended before step `t` (`lengths` empty: no row ends).
 fn ended(lengths: &[usize], t: usize, r: usize) -> bool {
     lengths.get(r).is_some_and(|&len| t >= len)
-}
-
-/// See [`Split`]: `b·G·H·H` multiply-adds per step and the size of W_hh decide. Rows need no
-/// meeting, so they win wherever each core can hold all of a small W_hh (≤ 256 KB in f32) or
-/// has enough rows to amortise reading a large one.
-fn plan(b: usize, gh: usize, h: usize) -> Split {
-    let work = b * gh * h;
-    if gh * h >= TILED_WEIGHTS && work >= TILED_WORK && b <= 512 {
-        return Split::Tiles;
-    }
-    if b >= 8 && (work >= 1 << 21 || gh * h <= 1 << 16) {
-        Split::Rows((b / ROWS_PER_PART).clamp(2, team::MAX_PARTS))
-    } else if h >= 32 && work >= 1 << 16 {
-        Split::Units(parts::count(h, UNITS_PER_PART, UNIT_ALIGN).max(2))
-    } else {
-        Split::Whole
-    }
 }
 
 /// Backward (BPTT) over the steps of the last forward pass.
@@ -238,35 +214,23 @@ fn plan(b: usize, gh: usize, h: usize) -> Split {
 /// On entry `cache.dh` (T, B, H) holds dL/dh_t from above. For t = T−1 … 0 the gradient from
 /// the future is added (`dh_t += dh_next`), the cell turns it into pre-activation gradients,
 /// and `dh_next = dpre_t · W_hh` (+ the GRU's direct term) carries it one step back. After the
-/// loop every weight gradient is one GEMM over all T·B rows. `dx` (T·B, I), when given,
-/// receives dL/dx. `dh_next`/`dc_next` (B, H) hold dL/d(final state) on entry (zeros when the
-/// loss is all inside the window) and dL/d(initial state) on return.
-#[allow(clippy::too_many_arguments)]
+/// loop every weight gradient is one GEMM over all T·B rows (see [`weight_grads`]).
 pub(crate) fn backward<F: Float>(
-    cfg: &NetConfig,
+    pass: &Pass<'_>,
     lp: &LayerParams,
     p: &[F],
     grads: &mut [F],
     cache: &mut LayerCache<F>,
-    x: LayerInput<'_, F>,
-    dx: Option<&mut [F]>,
-    dh_next: &mut [F],
-    dc_next: &mut [F],
-    mut dh_norms: Option<&mut [F]>,
-    steps: usize,
-    b: usize,
-    threads: usize,
-    lengths: &[usize],
+    below: Below<'_, F>,
+    carry: Carry<'_, F>,
 ) {
-    let (h, cell) = (cfg.hidden, cfg.cell);
-    let gh = cell.gates() * h;
-    let (bh, bgh) = (b * h, b * gh);
+    let Dims { cell, h, gh, b, steps, threads } = pass.dims;
+    let (bh, bgh, lengths) = (b * h, b * gh, pass.lengths);
+    let Carry { dh_next, dc_next, mut dh_norms } = carry;
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
-    // The per-step norms need whole steps: that diagnostic runs unsplit.
-    let split = if dh_norms.is_some() { Split::Whole } else { plan_with(b, gh, h, lengths) };
-    match split {
+    match pass.split {
         Split::Whole | Split::Tiles => {
-            let gemm_threads = if split == Split::Tiles { threads } else { 1 };
+            let gemm_threads = if pass.split == Split::Tiles { threads } else { 1 };
             for t in (0..steps).rev() {
                 let dh_t = &mut cache.dh[t * bh..(t + 1) * bh];
                 kernels::add_into(dh_t, dh_next);
@@ -309,36 +273,31 @@ pub(crate) fn backward<F: Float>(
             // dpre_t is in) dh_next for its units, a GEMM over all of dpre_t: a wavefront of one
             // layer (net/layer/wavefront.rs).
             let (caches, lps) = (std::slice::from_mut(cache), std::slice::from_ref(lp));
-            let wave = wavefront::Wave { steps, b, units: parts, chunk: steps, threads };
-            wavefront::backward_steps(cfg, lps, p, caches, dh_next, dc_next, wave);
+            let wave = wavefront::Wave { dims: pass.dims, units: parts, chunk: steps, w_hh_t: pass.w_hh_t };
+            wavefront::backward_steps(lps, p, caches, dh_next, dc_next, wave);
         }
     }
 
-    weight_grads(cfg, lp, p, grads, cache, x, dx, steps, b, threads);
+    weight_grads(&pass.dims, lp, p, grads, cache, below);
 }
 
 /// The shared-weight gradients of a layer after its time loop, accumulated over all steps: one
-/// GEMM each over the T·B rows of pre-activation gradients; `dx` (T·B, I), when given, receives
-/// dL/dx.
-#[allow(clippy::too_many_arguments)]
+/// GEMM each over the T·B rows of pre-activation gradients; `below.dx` (T·B, I), when given,
+/// receives dL/dx.
 pub(crate) fn weight_grads<F: Float>(
-    cfg: &NetConfig,
+    dims: &Dims,
     lp: &LayerParams,
     p: &[F],
     grads: &mut [F],
     cache: &LayerCache<F>,
-    x: LayerInput<'_, F>,
-    dx: Option<&mut [F]>,
-    steps: usize,
-    b: usize,
-    threads: usize,
+    below: Below<'_, F>,
 ) {
-    let (h, cell) = (cfg.hidden, cfg.cell);
-    let (gh, n) = (cell.gates() * h, steps * b);
+    let Dims { cell, h, gh, b, steps, threads } = *dims;
+    let n = steps * b;
     let dpre_x = &cache.gates[..n * gh]; // (T·B, G·H)
     let dpre_h = if cell.recurrent_apart() { &cache.dgates_h[..n * gh] } else { dpre_x };
     let (g_lo, g_hi) = grads.split_at_mut(lp.w_hh);
-    if let LayerInput::Rows(x) = x {
+    if let LayerInput::Rows(x) = below.x {
         kernels::gemm(
             MatMut::rows(&mut g_lo[lp.w_ih..lp.w_ih + gh * lp.input], gh, lp.input),
             Mat::rows(dpre_x, n, gh).t(),
@@ -356,7 +315,7 @@ pub(crate) fn weight_grads<F: Float>(
     );
     kernels::add_col_sums(&mut grads[lp.b_ih..lp.b_ih + gh], dpre_x, n, gh);
     kernels::add_col_sums(&mut grads[lp.b_hh..lp.b_hh + gh], dpre_h, n, gh);
-    if let Some(dx) = dx {
+    if let Some(dx) = below.dx {
         kernels::gemm(
             MatMut::rows(dx, n, lp.input),
             Mat::rows(dpre_x, n, gh),
@@ -364,50 +323,5 @@ pub(crate) fn weight_grads<F: Float>(
             false,
             threads,
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Split, plan};
-
-    /// The sizes the integration tests use to reach each split do reach it with at least four
-    /// parts, for every cell (G = 1, 3, 4): tests/it/gradcheck.rs and tests/it/determinism.rs.
-    #[test]
-    fn test_sizes_engage_the_splits() {
-        for g in [1, 3, 4] {
-            assert_eq!(plan(32, g * 256, 256), Split::Rows(2));
-            assert_eq!(plan(128, g * 16, 16), Split::Rows(4));
-            assert_eq!(plan(1, g * 512, 512), Split::Units(4));
-            assert_eq!(plan(4, g * 128, 128), Split::Units(2));
-            assert_eq!(plan(4, g * 512, 512), Split::Units(4));
-            assert_eq!(plan(2, g * 8, 8), Split::Whole);
-            // tests/it/torch.rs: the PyTorch known answers at split sizes.
-            assert_eq!(plan(128, g * 16, 16), Split::Rows(4));
-            assert_eq!(plan(1, g * 256, 256), Split::Units(2));
-            assert_eq!(plan(2, g * 512, 512), Split::Units(4));
-            assert_eq!(plan(16, g * 1024, 1024), Split::Tiles);
-        }
-        assert_eq!(plan(16, 4 * 512, 512), Split::Tiles);
-        assert_eq!(plan(16, 3 * 592, 592), Split::Tiles);
-        assert_eq!(plan(32, 3 * 512, 512), Split::Rows(2));
-        // tests/it/gradcheck.rs and torch.rs: the wavefront over layers.
-        use crate::net::{Head, InputKind, LossKind, NetConfig};
-        for cell in crate::cell::CellKind::ALL {
-            let input = InputKind::Dense { size: 4 };
-            let cfg = |layers, hidden| NetConfig {
-                cell,
-                input,
-                hidden,
-                layers,
-                output: 3,
-                loss: LossKind::CrossEntropy,
-                head: Head::PerStep,
-            };
-            assert_eq!(super::wavefront::units(&cfg(3, 256), 1), Some(2));
-            assert_eq!(super::wavefront::units(&cfg(2, 256), 4), Some(2));
-            assert_eq!(super::wavefront::units(&cfg(1, 256), 4), None);
-            assert_eq!(super::wavefront::units(&cfg(2, 16), 128), None);
-        }
     }
 }

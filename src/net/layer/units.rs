@@ -3,19 +3,20 @@
 
 use super::*;
 
-/// W_hh in the layout the unit split's GEMMs read best: a single row (B = 1) is a matrix-vector
-/// product that streams W_hh's rows (forward) or W_hhᵀ's rows (backward) as dot products; more
-/// rows are GEMMs that read W_hhᵀ (forward) and W_hh (backward) without repacking.
+/// W_hh in the layout the plan chose for the unit split's GEMMs: a single row (B = 1) is a
+/// matrix-vector product that streams W_hh's rows (forward) or W_hhᵀ's rows (backward) as dot
+/// products; more rows are GEMMs that read W_hhᵀ (forward) and W_hh (backward) without
+/// repacking. `w_hh_t` is empty where the plan reads W_hh itself.
 pub(super) struct UnitWeights<'a, F> {
     pub(super) w_hh: &'a [F],   // (G·H, H)
-    pub(super) w_hh_t: &'a [F], // (H, G·H); empty when the layout in use does not need it
+    pub(super) w_hh_t: &'a [F], // (H, G·H), or empty
 }
 
 impl<'a, F> UnitWeights<'a, F> {
     /// (H, u): the columns of W_hhᵀ for units [u0, u0 + u) of gate block q (forward).
-    pub(super) fn forward(&self, b: usize, gh: usize, h: usize, q: usize, u0: usize, u: usize) -> Mat<'a, F> {
+    pub(super) fn forward(&self, gh: usize, h: usize, q: usize, u0: usize, u: usize) -> Mat<'a, F> {
         let row = q * h + u0;
-        if b == 1 || self.w_hh_t.is_empty() {
+        if self.w_hh_t.is_empty() {
             Mat::rows(&self.w_hh[row * h..], u, h).t()
         } else {
             Mat::strided(&self.w_hh_t[row..], h, u, gh, 1)
@@ -23,8 +24,8 @@ impl<'a, F> UnitWeights<'a, F> {
     }
 
     /// (G·H, u): the columns of W_hh for units [u0, u0 + u) (backward).
-    pub(super) fn backward(&self, b: usize, gh: usize, h: usize, u0: usize, u: usize) -> Mat<'a, F> {
-        if b == 1 && !self.w_hh_t.is_empty() {
+    pub(super) fn backward(&self, gh: usize, h: usize, u0: usize, u: usize) -> Mat<'a, F> {
+        if !self.w_hh_t.is_empty() {
             Mat::rows(&self.w_hh_t[u0 * gh..], u, gh).t()
         } else {
             Mat::strided(&self.w_hh[u0..], gh, u, h, 1)
@@ -42,6 +43,14 @@ pub(super) struct InputRows<'a, F> {
     pub(super) input: usize,  // I
 }
 
+/// Units [u0, u1) of every row of step t: one part's share of one phase.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Block {
+    pub(super) t: usize,
+    pub(super) u0: usize,
+    pub(super) u1: usize,
+}
+
 /// Units [u0, u1) of every row of forward step t: (first, for a run of steps of an upper layer in
 /// a wavefront, the biases and input projections of these units of all its steps), the recurrent
 /// GEMM of each gate block, then the cell's step.
@@ -49,21 +58,17 @@ pub(super) struct InputRows<'a, F> {
 /// # Safety
 /// Nothing else may touch units [u0, u1) of step t's gates (of every step of `input`), of the GRU
 /// scratch, or of step t+1's states while this runs, nor write step t's states.
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn forward_units<F: Float>(
-    cell: CellKind,
-    h: usize,
-    b: usize,
+    d: &Dims,
     b_hh: &[F],
     w: &UnitWeights<'_, F>,
     table: Option<&TableRows<'_, F>>,
     input: Option<InputRows<'_, F>>,
     bufs: &FwdBufs<F>,
-    t: usize,
-    u0: usize,
-    u1: usize,
+    blk: Block,
 ) {
-    let (gh, u, bh) = (b_hh.len(), u1 - u0, b * h);
+    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1 }) = (*d, blk);
+    let (u, bh) = (u1 - u0, b * h);
     let gate_blocks = cell.gates();
     // SAFETY (whole body): every range below is units [u0, u1) of one gate block of one row
     // (or of the whole (B, ·) view of them, or of every row of the input run), which the
@@ -108,9 +113,9 @@ pub(super) unsafe fn forward_units<F: Float>(
         }
         for q in 0..gate_blocks {
             let c = MatMut::from_shared(out, at + q * h + u0, b, u, gh, 1);
-            kernels::gemm(c, Mat::rows(h_prev, b, h), w.forward(b, gh, h, q, u0, u), true, 1);
+            kernels::gemm(c, Mat::rows(h_prev, b, h), w.forward(gh, h, q, u0, u), true, 1);
         }
-        forward_units_cell(cell, h, b, gh, bufs, t, u0, u1);
+        forward_units_cell(d, bufs, blk);
     }
 }
 
@@ -119,17 +124,8 @@ pub(super) unsafe fn forward_units<F: Float>(
 /// # Safety
 /// As [`forward_units`].
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn forward_units_cell<F: Float>(
-    cell: CellKind,
-    h: usize,
-    b: usize,
-    gh: usize,
-    bufs: &FwdBufs<F>,
-    t: usize,
-    u0: usize,
-    u1: usize,
-) {
+pub(super) unsafe fn forward_units_cell<F: Float>(d: &Dims, bufs: &FwdBufs<F>, at: Block) {
+    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1 }) = (*d, at);
     let (u, bh) = (u1 - u0, b * h);
     // SAFETY (whole body): every range below is units [u0, u1) of one gate block or state of
     // one row, which the contract gives to this call, or step t's states, read-only.
@@ -169,18 +165,13 @@ pub(super) struct FromAbove<'a, F> {
 /// Nothing else may touch units [u0, u1) of step t's dh (of every step of `above`), dpre or of
 /// dh_next/dc_next while this runs, nor write step t's or t+1's states or `above`'s dpre.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
-#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn backward_units_cell<F: Float>(
-    cell: CellKind,
-    h: usize,
-    b: usize,
-    gh: usize,
+    d: &Dims,
     above: Option<FromAbove<'_, F>>,
     bufs: &BwdBufs<F>,
-    t: usize,
-    u0: usize,
-    u1: usize,
+    at: Block,
 ) {
+    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1 }) = (*d, at);
     let (u, bh) = (u1 - u0, b * h);
     // SAFETY (whole body): each slice is units [u0, u1) of one gate block or state of one row
     // (or the run's dh of these units), given to this call by the contract, or a read of a
@@ -219,25 +210,15 @@ pub(super) unsafe fn backward_units_cell<F: Float>(
 ///
 /// # Safety
 /// Nothing may write step t's dpre while this runs, nor touch units [u0, u1) of dh_next.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn backward_units_gemm<F: Float>(
-    cell: CellKind,
-    h: usize,
-    b: usize,
-    gh: usize,
-    w: &UnitWeights<'_, F>,
-    bufs: &BwdBufs<F>,
-    t: usize,
-    u0: usize,
-    u1: usize,
-) {
+pub(super) unsafe fn backward_units_gemm<F: Float>(d: &Dims, w: &UnitWeights<'_, F>, bufs: &BwdBufs<F>, at: Block) {
+    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1 }) = (*d, at);
     let gru = cell.recurrent_apart();
     let dpre = if gru { bufs.dgh } else { bufs.gates };
     // SAFETY: the contract.
     unsafe {
         let dpre = dpre.read(t * b * gh, b * gh); // (B, G·H)
         let c = MatMut::from_shared(bufs.dh_next, u0, b, u1 - u0, h, 1);
-        kernels::gemm(c, Mat::rows(dpre, b, gh), w.backward(b, gh, h, u0, u1 - u0), gru, 1);
+        kernels::gemm(c, Mat::rows(dpre, b, gh), w.backward(gh, h, u0, u1 - u0), gru, 1);
     }
 }
 

@@ -10,70 +10,38 @@
 //! instead of in one GEMM after the loop. Weight gradients are the layer-by-layer path's GEMMs
 //! after the loop. One layer with one run is the unit split of `layer::forward`/`backward`.
 
-use super::{BwdBufs, FromAbove, FwdBufs, InputRows, LayerInput, Split, TableRows, UNIT_ALIGN, UnitWeights, plan};
+use super::{
+    BwdBufs, Dims, FromAbove, FwdBufs, InputRows, LayerInput, TableRows, UNIT_ALIGN, UnitWeights, units::Block,
+};
 use crate::float::Float;
 use crate::kernels::team;
 use crate::kernels::{self, Mat, MatMut, parts};
+use crate::net::LayerParams;
+use crate::net::plan::MAX_LAYERS;
 use crate::net::workspace::LayerCache;
-use crate::net::{LayerParams, NetConfig};
 
-/// The most layers a wavefront runs (deeper nets run layer by layer).
-const MAX_LAYERS: usize = 8;
-
-/// Unit blocks per layer if a net of these sizes runs its layers as a wavefront: two or more
-/// layers whose steps are cut into blocks of hidden units (small batches). Row blocks need no
-/// wavefront (a block of rows never meets the others), and steps too small to cut gain nothing.
-pub(crate) fn units(cfg: &NetConfig, b: usize) -> Option<usize> {
-    let (h, gh) = (cfg.hidden, cfg.cell.gates() * cfg.hidden);
-    match plan(b, gh, h) {
-        Split::Units(units) if (2..=MAX_LAYERS).contains(&cfg.layers) && units * cfg.layers <= team::MAX_PARTS => {
-            Some(units)
-        }
-        _ => None,
-    }
-}
-
-/// The shape of a pass through [`forward_steps`] / [`backward_steps`]: T steps of B rows, each
-/// layer cut into `units` blocks, layers running `chunk` steps apart, on up to `threads` threads.
+/// The shape of a pass through [`forward_steps`] / [`backward_steps`]: each layer cut into
+/// `units` blocks, layers running `chunk` steps apart, W_hh read through its transpose or not
+/// (the plan's choice for this direction).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Wave {
-    pub steps: usize,
-    pub b: usize,
+    pub dims: Dims,
     pub units: usize,
     pub chunk: usize,
-    pub threads: usize,
-}
-
-/// Steps per run of a wavefront: each layer above the first projects its input a run at a time
-/// (one GEMM of `chunk`·B rows instead of one per step), and a layer runs `chunk` steps behind the
-/// one below. Eight runs per pass: long enough runs for the GEMM, a short pipeline fill.
-pub(crate) fn chunk(steps: usize) -> usize {
-    steps.div_ceil(8).max(1)
-}
-
-/// Whether the recurrent weights are read through W_hhᵀ (see `UnitWeights`): not for a single
-/// row (matrix-vector products read W_hh's rows) nor for a single step.
-fn transposed(b: usize, steps: usize) -> bool {
-    steps > 1 && b != 1
+    pub w_hh_t: bool,
 }
 
 /// Forward over all layers (hs[0], cs[0] of each cache hold its initial state); `x0` is the first
 /// layer's input, `hproj` (L, B, G·H) the GRU's per-layer scratch.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<F: Float>(
-    cfg: &NetConfig,
     lps: &[LayerParams],
     p: &[F],
     caches: &mut [LayerCache<F>],
     hproj: &mut [F],
     x0: LayerInput<'_, F>,
-    steps: usize,
-    b: usize,
-    threads: usize,
-    units: usize,
+    wave: Wave,
 ) {
-    let (h, cell) = (cfg.hidden, cfg.cell);
-    let gh = cell.gates() * h;
+    let Dims { cell, h, gh, b, steps, threads } = wave.dims;
     let table = match x0 {
         LayerInput::Rows(x) => {
             // The first layer's input is known: project all its steps in one GEMM.
@@ -85,21 +53,19 @@ pub(crate) fn forward<F: Float>(
         }
         LayerInput::Table { table, tokens } => Some(TableRows { table, tokens, b, gh }),
     };
-    if transposed(b, steps) {
+    if wave.w_hh_t {
         for (c, lp) in caches.iter_mut().zip(lps) {
             kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut c.w_hh_t, threads);
         }
     }
-    let wave = Wave { steps, b, units, chunk: chunk(steps), threads };
-    forward_steps(cfg, lps, p, caches, hproj, table.as_ref(), wave);
+    forward_steps(lps, p, caches, hproj, table.as_ref(), wave);
 }
 
 /// The time loops of `caches.len()` layers as a wavefront (one layer: the unit split of
 /// `layer::forward`), once the first layer's input projection (or its `table`) and W_hhᵀ (if
-/// [`transposed`]) are in place: part (l, block) runs units `block` of layer l; layer l runs
+/// the wave reads it) are in place: part (l, block) runs units `block` of layer l; layer l runs
 /// its run r of `chunk` steps in super-step r + l, starting it with the run's input projection.
 pub(super) fn forward_steps<F: Float>(
-    cfg: &NetConfig,
     lps: &[LayerParams],
     p: &[F],
     caches: &mut [LayerCache<F>],
@@ -107,16 +73,16 @@ pub(super) fn forward_steps<F: Float>(
     table: Option<&TableRows<'_, F>>,
     wave: Wave,
 ) {
-    let Wave { steps, b, units, chunk, threads } = wave;
-    let (h, cell, layers) = (cfg.hidden, cfg.cell, caches.len().min(MAX_LAYERS));
-    let (gh, bh) = (cell.gates() * h, b * h);
+    let Wave { dims, units, chunk, w_hh_t } = wave;
+    let Dims { h, gh, b, steps, threads, .. } = dims;
+    let (layers, bh) = (caches.len().min(MAX_LAYERS), b * h);
     let mut bufs: [Option<FwdBufs<F>>; MAX_LAYERS] = Default::default();
     let mut weights: [Option<UnitWeights<'_, F>>; MAX_LAYERS] = Default::default();
     let hprojs = hproj.chunks_mut((b * gh).max(1)).map(Some).chain(std::iter::repeat_with(|| None));
     for (l, (c, hp)) in caches.iter_mut().zip(hprojs).enumerate().take(layers) {
         let w_hh = &p[lps[l].w_hh..lps[l].w_hh + gh * h];
         bufs[l] = Some(FwdBufs::new(&mut c.gates, &mut c.hs, &mut c.cs, &mut c.aux, hp.unwrap_or_default()));
-        weights[l] = Some(UnitWeights { w_hh, w_hh_t: if transposed(b, steps) { &c.w_hh_t[..] } else { &[] } });
+        weights[l] = Some(UnitWeights { w_hh, w_hh_t: if w_hh_t { &c.w_hh_t[..] } else { &[] } });
     }
     let supers = steps.div_ceil(chunk) + layers - 1;
     team::run(
@@ -148,7 +114,7 @@ pub(super) fn forward_steps<F: Float>(
                     input: lp.input,
                 });
                 let table = table.filter(|_| l == 0);
-                super::forward_units(cell, h, b, b_hh, w, table, input, buf, t, u0, u1);
+                super::forward_units(&dims, b_hh, w, table, input, buf, Block { t, u0, u1 });
             }
         },
     );
@@ -163,7 +129,6 @@ pub(super) fn forward_steps<F: Float>(
 /// dL/d(initial state), and every layer's `gates` (and GRU `dgates_h`) its pre-activation
 /// gradients, ready for `weight_grads`.
 pub(crate) fn backward_steps<F: Float>(
-    cfg: &NetConfig,
     lps: &[LayerParams],
     p: &[F],
     caches: &mut [LayerCache<F>],
@@ -171,14 +136,13 @@ pub(crate) fn backward_steps<F: Float>(
     dc0: &mut [F],
     wave: Wave,
 ) {
-    let Wave { steps, b, units, chunk, threads } = wave;
-    let (h, cell, layers) = (cfg.hidden, cfg.cell, caches.len().min(MAX_LAYERS));
-    let (gh, bh) = (cell.gates() * h, b * h);
+    let Wave { dims, units, chunk, w_hh_t: single } = wave;
+    let Dims { h, gh, b, steps, threads, .. } = dims;
+    let (layers, bh) = (caches.len().min(MAX_LAYERS), b * h);
     let mut bufs: [Option<BwdBufs<F>>; MAX_LAYERS] = Default::default();
     let mut weights: [Option<UnitWeights<'_, F>>; MAX_LAYERS] = Default::default();
     let dcs = dc0.chunks_mut(bh).map(Some).chain(std::iter::repeat_with(|| None));
     // A single row reads W_hhᵀ's rows backward (see `UnitWeights`).
-    let single = b == 1 && steps > 1;
     for (l, ((c, dh), dc)) in caches.iter_mut().zip(dh0.chunks_mut(bh)).zip(dcs).enumerate().take(layers) {
         let w_hh = &p[lps[l].w_hh..lps[l].w_hh + gh * h];
         if single {
@@ -217,9 +181,9 @@ pub(crate) fn backward_steps<F: Float>(
             // dh_next.
             unsafe {
                 if phase % 2 == 0 {
-                    super::backward_units_cell(cell, h, b, gh, above, buf, t, u0, u1);
+                    super::backward_units_cell(&dims, above, buf, Block { t, u0, u1 });
                 } else {
-                    super::backward_units_gemm(cell, h, b, gh, w, buf, t, u0, u1);
+                    super::backward_units_gemm(&dims, w, buf, Block { t, u0, u1 });
                 }
             }
         },

@@ -1,0 +1,250 @@
+//! The plan of one pass: every decision `forward` makes from the sizes, the machine and the
+//! workspace's settings — T, the embedding path, how the time loops are cut into parts, the
+//! layout W_hh is read in, dropout, lengths, diagnostics — made once, here, and kept in the
+//! workspace so that `backward` runs the pass its forward made, whatever is set in between.
+//!
+//! Splits are chosen from the sizes alone, never the thread count, so results are the same at
+//! any `--threads` (one thread runs the parts in turn).
+
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::kernels::{parts, team};
+use crate::net::{Input, InputKind, NetConfig, Workspace};
+
+/// How the work of one layer's time loop is cut into parts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Split {
+    /// Too little work per step to share (under ~0.5 µs), or too few rows.
+    Whole,
+    /// This many blocks of batch rows: independent for the whole pass, no meeting at all. Each
+    /// part reads all of W_hh.
+    Rows(usize),
+    /// This many blocks of hidden units (whole SIMD vectors) of every row: each part reads only
+    /// its rows of W_hh (they stay in its core's cache), and the parts meet once per step.
+    Units(usize),
+    /// The whole step, its recurrent products cut into GEMM tiles of W_hh's columns (`kernels::
+    /// gemm`): for a W_hh too large for any cache, each tile's slice is streamed once per step.
+    Tiles,
+}
+
+/// How the layers of one direction of a pass (forward or backward) run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Schedule {
+    /// Layer by layer, each time loop cut by this split.
+    Layers(Split),
+    /// All layers at once as a wavefront (`layer/wavefront.rs`), each cut into this many unit
+    /// blocks.
+    Wavefront(usize),
+}
+
+/// Where the first layer's input rows come from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum InputPath {
+    /// The dense input, (T·B, I).
+    Dense,
+    /// Token input, fewer tokens than vocabulary entries (or dropout on the embedding output):
+    /// their embedding rows gathered into (T·B, E) and projected like dense input.
+    Gathered,
+    /// Token input folded into the first layer's projection: a (V, G·H) table of biases +
+    /// E · W_ihᵀ, cheaper than projecting T·B ≥ V rows one by one.
+    Folded,
+}
+
+/// Every decision of one forward/backward pair.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Plan {
+    /// T, from the input's length.
+    pub steps: usize,
+    pub input: InputPath,
+    pub forward: Schedule,
+    pub backward: Schedule,
+    /// The forward time loops read W_hhᵀ (H, G·H), transposed once per pass into each layer's
+    /// cache, instead of W_hh: the GEMM crate would otherwise repack W_hh at every step. Not
+    /// for a single step (nothing to amortise) nor a single row split by units (matrix-vector
+    /// products stream W_hh's rows).
+    pub w_hh_t_forward: bool,
+    /// The backward time loops read W_hhᵀ's rows: a single row split by units.
+    pub w_hh_t_backward: bool,
+    /// Dropout masks apply (drawn for this pass, or fixed ones).
+    pub masked: bool,
+    /// The rows have their own lengths.
+    pub lengths: bool,
+    /// Record ‖dL/dh_t‖ per step in the backward pass (it needs whole steps).
+    pub dh_norms: bool,
+    /// Compute dL/dx of dense input.
+    pub input_grad: bool,
+    pub threads: usize,
+}
+
+impl Plan {
+    /// The plan of a forward pass of `input` with `ws`'s settings, or the reason there is none.
+    pub(crate) fn make<F: Float>(cfg: &NetConfig, ws: &Workspace<F>, input: &Input<'_, F>) -> Result<Plan> {
+        let b = ws.batch;
+        let per_step = match (cfg.input, input) {
+            (InputKind::Dense { size }, Input::Dense(_)) => b * size,
+            (InputKind::Tokens { .. }, Input::Tokens(_)) => b,
+            _ => return Err(Error::Config("input kind does not match the network's (dense vs tokens)".into())),
+        };
+        let steps = input.len() / per_step;
+        if steps == 0 || steps > ws.max_steps || steps * per_step != input.len() {
+            return Err(Error::Config(format!(
+                "input of {} values is not T·{per_step} for a T between 1 and {}",
+                input.len(),
+                ws.max_steps
+            )));
+        }
+        let masked = match ws.fixed_masks {
+            Some(t) if t != steps => {
+                return Err(Error::Config(format!("the dropout masks set are for {t} steps, the input has {steps}")));
+            }
+            Some(_) => true,
+            None => ws.dropout.is_some(),
+        };
+        let input = match cfg.input {
+            InputKind::Dense { .. } => InputPath::Dense,
+            // (A bidirectional net's reverse direction reads the rows in reverse order.)
+            InputKind::Tokens { vocab, .. } if steps * b < vocab || masked || cfg.bidirectional => InputPath::Gathered,
+            InputKind::Tokens { .. } => InputPath::Folded,
+        };
+        let (h, gh) = (cfg.hidden, cfg.cell.gates() * cfg.hidden);
+        let lengths = !ws.lengths.is_empty();
+        // The unit split and the wavefront do not know lengths yet: whole steps or row blocks.
+        let split = match split(b, gh, h) {
+            Split::Units(_) if lengths => Split::Whole,
+            s => s,
+        };
+        let wavefront = wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !lengths && !cfg.bidirectional);
+        let forward = wavefront.map_or(Schedule::Layers(split), Schedule::Wavefront);
+        let dh_norms = ws.record_dh_norms;
+        let backward = if dh_norms { Schedule::Layers(Split::Whole) } else { forward };
+        let units = |s: Schedule| matches!(s, Schedule::Wavefront(_) | Schedule::Layers(Split::Units(_)));
+        Ok(Plan {
+            steps,
+            input,
+            forward,
+            backward,
+            w_hh_t_forward: steps > 1 && !(b == 1 && units(forward)),
+            w_hh_t_backward: steps > 1 && b == 1 && units(backward),
+            masked,
+            lengths,
+            dh_norms,
+            input_grad: ws.input_grad,
+            threads: ws.threads,
+        })
+    }
+}
+
+/// W_hh elements (4 MB in f32) from which a step with enough rows is cut into GEMM tiles
+/// instead of row blocks: every row block would stream all of W_hh at every step (at H = 1024,
+/// B = 64, two 32-row blocks on one core ran at 2.4k tokens/s, the whole step at 3.7k).
+const TILED_WEIGHTS: usize = 1 << 20;
+/// Multiply-adds per step from which [`Split::Tiles`] pays for one hand-off per product.
+const TILED_WORK: usize = 1 << 24;
+/// Rows per part of a row split: fewer and the per-step GEMM runs below its best rate (16-row
+/// parts cost LSTM H = 512, B = 64 about 10% on two cores).
+const ROWS_PER_PART: usize = 32;
+/// Units per part of a unit split: a part's G·u·H weights (128 units of an H = 256 LSTM:
+/// 512 KB in f32) stay in a core's L2 across all steps. (64-unit parts cost B = 1, H = 256
+/// 8% on two cores: twice the per-step products per thread.)
+const UNITS_PER_PART: usize = 128;
+/// Unit blocks start at multiples of this (whole AVX-512 vectors of f32 / AVX2 of f64).
+pub(crate) const UNIT_ALIGN: usize = 8;
+/// The most layers a wavefront runs (deeper nets run layer by layer).
+pub(crate) const MAX_LAYERS: usize = 8;
+/// Machines with at least this many cores run stacked layers as a wavefront by default.
+const WAVEFRONT_CORES: usize = 4;
+
+/// See [`Split`]: `b·G·H·H` multiply-adds per step and the size of W_hh decide. Rows need no
+/// meeting, so they win wherever each core can hold all of a small W_hh (≤ 256 KB in f32) or
+/// has enough rows to amortise reading a large one.
+pub(crate) fn split(b: usize, gh: usize, h: usize) -> Split {
+    let work = b * gh * h;
+    if gh * h >= TILED_WEIGHTS && work >= TILED_WORK && b <= 512 {
+        return Split::Tiles;
+    }
+    if b >= 8 && (work >= 1 << 21 || gh * h <= 1 << 16) {
+        Split::Rows((b / ROWS_PER_PART).clamp(2, team::MAX_PARTS))
+    } else if h >= 32 && work >= 1 << 16 {
+        Split::Units(parts::count(h, UNITS_PER_PART, UNIT_ALIGN).max(2))
+    } else {
+        Split::Whole
+    }
+}
+
+/// Unit blocks per layer if a net of these sizes runs its layers as a wavefront: two or more
+/// layers whose steps are cut into blocks of hidden units (small batches). Row blocks need no
+/// wavefront (a block of rows never meets the others), and steps too small to cut gain nothing.
+pub(crate) fn wavefront_units(cfg: &NetConfig, b: usize) -> Option<usize> {
+    let (h, gh) = (cfg.hidden, cfg.cell.gates() * cfg.hidden);
+    match split(b, gh, h) {
+        Split::Units(units) if (2..=MAX_LAYERS).contains(&cfg.layers) && units * cfg.layers <= team::MAX_PARTS => {
+            Some(units)
+        }
+        _ => None,
+    }
+}
+
+/// Whether stacked layers run as a wavefront by default (where the sizes allow): on machines
+/// with 4+ cores whose L2 caches, half of each, hold the recurrent and upper input weights of
+/// every layer between them (each core then keeps its slice of every layer resident). On 2
+/// cores it gains nothing (±5% measured) and loses up to 2× when the weights do not fit.
+pub(crate) fn wavefront_by_default<F>(cfg: &NetConfig) -> bool {
+    use crate::kernels::machine::{l2_bytes, machine_cores};
+    let (gh, h, l) = (cfg.cell.gates() * cfg.hidden, cfg.hidden, cfg.layers);
+    let weights = (2 * l).saturating_sub(1) * gh * h * std::mem::size_of::<F>();
+    let cores = machine_cores();
+    cores >= WAVEFRONT_CORES && weights / cores <= l2_bytes() / 2
+}
+
+/// Steps per run of a wavefront: each layer above the first projects its input a run at a time
+/// (one GEMM of `chunk`·B rows instead of one per step), and a layer runs `chunk` steps behind the
+/// one below. Eight runs per pass: long enough runs for the GEMM, a short pipeline fill.
+pub(crate) fn chunk(steps: usize) -> usize {
+    steps.div_ceil(8).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Split, split, wavefront_units};
+
+    /// The sizes the integration tests use to reach each split do reach it with at least four
+    /// parts, for every cell (G = 1, 3, 4): tests/it/gradcheck.rs and tests/it/determinism.rs.
+    #[test]
+    fn test_sizes_engage_the_splits() {
+        for g in [1, 3, 4] {
+            assert_eq!(split(32, g * 256, 256), Split::Rows(2));
+            assert_eq!(split(128, g * 16, 16), Split::Rows(4));
+            assert_eq!(split(1, g * 512, 512), Split::Units(4));
+            assert_eq!(split(4, g * 128, 128), Split::Units(2));
+            assert_eq!(split(4, g * 512, 512), Split::Units(4));
+            assert_eq!(split(2, g * 8, 8), Split::Whole);
+            // tests/it/torch.rs: the PyTorch known answers at split sizes.
+            assert_eq!(split(128, g * 16, 16), Split::Rows(4));
+            assert_eq!(split(1, g * 256, 256), Split::Units(2));
+            assert_eq!(split(2, g * 512, 512), Split::Units(4));
+            assert_eq!(split(16, g * 1024, 1024), Split::Tiles);
+        }
+        assert_eq!(split(16, 4 * 512, 512), Split::Tiles);
+        assert_eq!(split(16, 3 * 592, 592), Split::Tiles);
+        assert_eq!(split(32, 3 * 512, 512), Split::Rows(2));
+        // tests/it/gradcheck.rs, torch.rs and misuse.rs: the wavefront over layers.
+        use crate::net::{Head, InputKind, LossKind, NetConfig};
+        for cell in crate::cell::CellKind::ALL {
+            let input = InputKind::Dense { size: 4 };
+            let cfg = |layers, hidden| NetConfig {
+                cell,
+                input,
+                hidden,
+                layers,
+                output: 3,
+                loss: LossKind::CrossEntropy,
+                head: Head::PerStep,
+                bidirectional: false,
+            };
+            assert_eq!(wavefront_units(&cfg(3, 256), 1), Some(2));
+            assert_eq!(wavefront_units(&cfg(2, 256), 4), Some(2));
+            assert_eq!(wavefront_units(&cfg(1, 256), 4), None);
+            assert_eq!(wavefront_units(&cfg(2, 16), 128), None);
+        }
+    }
+}
