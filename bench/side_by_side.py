@@ -55,16 +55,20 @@ def main():
     p.add_argument("--bptt", default=os.path.join(HERE, "..", "target", "release", "bptt"))
     p.add_argument("--json", action="store_true")
     p.add_argument("--before", help="another bptt build, run beside this one in every round")
+    p.add_argument("--bidirectional", action="store_true", help="bidirectional layers in both systems")
+    p.add_argument("--config", action="append", default=[], metavar="CELL,H,L,B,T",
+                   help="run these configs instead of the suite (repeatable)")
     a = p.parse_args()
+    suite = [(c, int(h), int(l), int(b), int(t), 1.0) for c, h, l, b, t in (x.split(",") for x in a.config)] or SUITE
 
     out = subprocess.run([a.bptt, "bench", "--gemm-peak", "--json", "--threads", str(a.threads)], check=True,
                          capture_output=True, text=True).stdout
     peak = max((json.loads(line) for line in out.splitlines() if line.strip()), key=lambda r: r["gflops"])
     rows = []
-    for cell, h, l, b, t, target in SUITE:
+    for cell, h, l, b, t, target in suite:
         steps = timed_steps(h, b)
         args = ["--cell", cell, "--hidden", str(h), "--layers", str(l), "--batch", str(b), "--seq-len", str(t),
-                "--steps", steps, "--threads", str(a.threads)]
+                "--steps", steps, "--threads", str(a.threads)] + (["--bidirectional"] if a.bidirectional else [])
         ours, theirs, before = [], [], []
         for r in range(a.rounds):
             print(f"{cell} H={h} L={l} B={b} T={t}: round {r + 1}/{a.rounds}", file=sys.stderr)

@@ -21,9 +21,9 @@ SUITE = [("lstm", 64, 1, 16, 50), ("lstm", 128, 1, 32, 64), ("lstm", 256, 1, 32,
          ("rnn_tanh", 256, 1, 32, 100), ("lstm", 256, 1, 1, 100), ("lstm", 512, 2, 64, 100)]
 
 
-def flops_per_token(cell, h, layers, e, v):
+def flops_per_token(cell, h, layers, e, v, d=1):
     g = {"lstm": 4, "gru": 3}.get(cell, 1)
-    fwd = sum(2 * g * h * ((e if k == 0 else h) + h) for k in range(layers)) + 2 * v * h
+    fwd = sum(d * 2 * g * h * ((e if k == 0 else d * h) + h) for k in range(layers)) + 2 * v * d * h
     return 3 * fwd
 
 
@@ -37,13 +37,14 @@ def cpu_model():
     return "unknown"
 
 
-def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=0.0):
+def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=0.0, bidirectional=False):
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
     kw = {} if kind else {"nonlinearity": cell[4:]}
-    rnn = (kind or nn.RNN)(e, h, layers, dropout=dropout if layers > 1 else 0.0, **kw)
-    model = nn.ModuleDict({"encoder": nn.Embedding(v, e), "rnn": rnn, "decoder": nn.Linear(h, v)})
+    d = 2 if bidirectional else 1
+    rnn = (kind or nn.RNN)(e, h, layers, dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional, **kw)
+    model = nn.ModuleDict({"encoder": nn.Embedding(v, e), "rnn": rnn, "decoder": nn.Linear(d * h, v)})
     drop = nn.Dropout(dropout)  # the embedding output and the decoder input, as bptt
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     state = None
@@ -62,7 +63,8 @@ def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=
         y = torch.randint(0, v, (t * b,))
         out, state = run_rnn(drop(model["encoder"](x)), state)
         out = drop(out)
-        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        # (As `bptt bench --bidirectional`: a bidirectional net's state is not carried.)
+        state = None if bidirectional else tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
         loss = nn.functional.cross_entropy(model["decoder"](out).view(-1, v), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -79,9 +81,9 @@ def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=
     return {
         "system": f"pytorch {torch.__version__}", "cell": cell, "hidden": h, "layers": layers, "embedding_dim": e,
         "vocab": v, "batch": b, "seq_len": t, "threads": threads, "steps": steps, "tokens_per_s": round(tps),
-        "ms_per_step": round(dt * 1e3, 3), "gflops": round(flops_per_token(cell, h, layers, e, v) * tps / 1e9, 1),
+        "ms_per_step": round(dt * 1e3, 3), "gflops": round(flops_per_token(cell, h, layers, e, v, d) * tps / 1e9, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "cpu": cpu_model(),
-        "dropout": dropout, "weight_drop": weight_drop,
+        "dropout": dropout, "weight_drop": weight_drop, "bidirectional": bidirectional,
     }
 
 
@@ -98,9 +100,11 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--suite", action="store_true")
 p.add_argument("--dropout", type=float, default=0.0)
 p.add_argument("--weight-drop", type=float, default=0.0)
+p.add_argument("--bidirectional", action="store_true")
 a = p.parse_args()
 configs = SUITE if a.suite else [(a.cell, a.hidden, a.layers, a.batch, a.seq_len)]
 for cell, h, layers, b, t in configs:
     steps = 50 if (a.suite and b == 1) else a.steps
-    out = bench(cell, h, layers, b, t, a.embedding_dim, a.vocab, steps, a.threads, a.dropout, a.weight_drop)
+    out = bench(cell, h, layers, b, t, a.embedding_dim, a.vocab, steps, a.threads, a.dropout, a.weight_drop,
+                a.bidirectional)
     print(json.dumps(out), flush=True)

@@ -4,11 +4,14 @@
 
 The model file holds `rnn.*` (an `nn.LSTM` / `nn.GRU` / `nn.RNN` state_dict), `head.*` (an
 `nn.Linear(P·H, O)`), `standardize.mean` and `standardize.std` (F), and metadata `spec` (JSON:
-task, cell, hidden_size, num_layers, pool, patch, features, classes, target_mean, target_std).
+task, cell, hidden_size, num_layers, bidirectional, pool, patch, features, classes, target_mean,
+target_std).
 A sequence of T steps is standardised, cut into ⌈T/k⌉ patches of k steps (the last zero-padded
 after standardisation), run through the RNN from a zero state, pooled over its own steps (last,
 mean, max, concatenated in that order) and read by the head: softmax for classification, or
-value · target_std + target_mean for regression.
+value · target_std + target_mean for regression. A bidirectional model (`bidirectional=True`,
+`…_reverse` tensors) pools its 2H-wide outputs; its `last` is both directions' final states,
+`torch.cat((h_n[-2], h_n[-1]))`.
 
 With PREDICTIONS.csv (the output of `bptt predict`), prints the largest difference between the
 two implementations' probabilities (or values) and exits non-zero above 1e-5.
@@ -52,11 +55,12 @@ def load(path):
     kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN, "rnn_relu": torch.nn.RNN}
     kw = {"nonlinearity": "relu"} if spec["cell"] == "rnn_relu" else {}
     width = spec["features"] * spec["patch"]
-    rnn = kind[spec["cell"]](width, spec["hidden_size"], spec["num_layers"], **kw)
+    d = 2 if spec.get("bidirectional") else 1
+    rnn = kind[spec["cell"]](width, spec["hidden_size"], spec["num_layers"], bidirectional=d == 2, **kw)
     rnn.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("rnn.")})
     pools = spec["pool"].split("+")
     outputs = len(spec["classes"]) if spec["task"] == "classify" else 1
-    head = torch.nn.Linear(len(pools) * spec["hidden_size"], outputs)
+    head = torch.nn.Linear(len(pools) * d * spec["hidden_size"], outputs)
     head.load_state_dict({"weight": sd["head.weight"], "bias": sd["head.bias"]})
     return spec, rnn.eval(), head.eval(), sd["standardize.mean"], sd["standardize.std"]
 
@@ -68,9 +72,11 @@ def predict(spec, rnn, head, mean, std, seqs):
         x = (torch.from_numpy(s) - mean) / std
         steps = -(-len(x) // k)
         x = torch.cat([x, torch.zeros(steps * k - len(x), x.shape[1])]).reshape(steps, -1)
-        h, _ = rnn(x.unsqueeze(1))  # (steps, 1, H)
+        h, state = rnn(x.unsqueeze(1))  # (steps, 1, D·H)
         h = h[:, 0]
-        feats = {"last": h[-1], "mean": h.mean(0), "max": h.max(0).values}
+        h_n = state[0] if isinstance(state, tuple) else state  # (L·D, 1, H)
+        last = torch.cat([h_n[-2, 0], h_n[-1, 0]]) if rnn.bidirectional else h[-1]
+        feats = {"last": last, "mean": h.mean(0), "max": h.max(0).values}
         z = head(torch.cat([feats[p] for p in spec["pool"].split("+")]))
         if spec["task"] == "classify":
             out.append(torch.softmax(z, 0).numpy())

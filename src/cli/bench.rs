@@ -63,6 +63,10 @@ pub struct Args {
     /// Stacked layers with small batches as a wavefront: auto (on with 4+ cores), on, off.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     wavefront: String,
+    /// Bidirectional layers (a reverse direction too, outputs 2H wide, as PyTorch's
+    /// bidirectional=True): the state is not carried between steps.
+    #[arg(long)]
+    bidirectional: bool,
 }
 
 /// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
@@ -112,10 +116,12 @@ const SUITE: &[(&str, usize, usize, usize, usize)] = &[
 
 /// Model FLOPs per token of one training step: forward GEMMs 2·G·H·(I_k + H) per layer (with
 /// I_0 = E, as an unfolded embedding computes it) plus the readout 2·V·H; backward twice that.
-pub fn flops_per_token(spec: &ModelSpec, vocab: usize) -> f64 {
-    let (g, h, e) = (spec.cell.gates() as f64, spec.hidden as f64, spec.embedding_dim as f64);
-    let layers: f64 = (0..spec.layers).map(|k| 2.0 * g * h * (if k == 0 { e } else { h } + h)).sum();
-    3.0 * (layers + 2.0 * vocab as f64 * h)
+/// D directions double the recurrent part, and each layer above the first (and the readout)
+/// reads D·H.
+pub fn flops_per_token(spec: &ModelSpec, vocab: usize, directions: usize) -> f64 {
+    let (g, h, e, d) = (spec.cell.gates() as f64, spec.hidden as f64, spec.embedding_dim as f64, directions as f64);
+    let layers: f64 = (0..spec.layers).map(|k| d * 2.0 * g * h * (if k == 0 { e } else { d * h } + h)).sum();
+    3.0 * (layers + 2.0 * vocab as f64 * d * h)
 }
 
 fn cpu_model() -> String {
@@ -153,7 +159,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden: a.hidden, layers: a.layers };
     spec.validate(a.vocab)?;
     anyhow::ensure!(a.batch > 0 && a.seq_len > 0 && a.steps > 0, "--batch, --seq-len and --steps must be at least 1");
-    let net = Net::new(spec.net_config(a.vocab))?;
+    let net = Net::new(bptt::NetConfig { bidirectional: a.bidirectional, ..spec.net_config(a.vocab) })?;
     let k = super::checkpoint_every(&a.checkpoint_every, a.seq_len)?;
     // Plain BPTT keeps a T-step workspace; checkpointed BPTT a K-step one plus T/K states.
     const HINT: &str = "lower --hidden, --layers, --batch or --seq-len, or use --checkpoint-every auto";
@@ -222,7 +228,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
                 ws.set_dropout(dropout(update))?;
                 net.forward(p, &mut ws, Input::Tokens(&x), Some(Targets::classes(&y)), Some(&state))?;
                 net.backward(p, &mut ws, &mut grads)?;
-                ws.state_at(a.seq_len, &mut state);
+                if !a.bidirectional {
+                    ws.state_at(a.seq_len, &mut state);
+                }
             }
         }
         if weight_drop(update).is_some() {
@@ -246,7 +254,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let share: Vec<f64> = parts_run.iter().map(|&n| (n as f64 / all_parts as f64 * 1000.0).round() / 1000.0).collect();
     let ms = 1e3 * total / a.steps as f64;
     let tokens_per_s = n as f64 / (total / a.steps as f64);
-    let gflops = flops_per_token(&spec, a.vocab) * tokens_per_s / 1e9;
+    let gflops = flops_per_token(&spec, a.vocab, net.config().directions()) * tokens_per_s / 1e9;
     let line = serde_json::json!({
         "system": "bptt",
         "cell": cell.name(),
@@ -268,6 +276,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "wavefront": a.wavefront,
         "dropout": a.dropout,
         "weight_drop": a.weight_drop,
+        "bidirectional": a.bidirectional,
         "parts_per_thread": parts_run,
         "thread_share": share,
     });

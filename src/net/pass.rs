@@ -1,6 +1,7 @@
 //! The calls `Net::forward` and `Net::backward_from` make, in their order — input, masks, state,
 //! layers, readout, loss; then readout, layers (top down) — each running what the plan decided.
 
+use super::plan::Split;
 use super::workspace::LayerCache;
 use super::*;
 
@@ -110,9 +111,11 @@ impl Net {
             layer::wavefront::forward(&self.layers, params, &mut lent.caches, &mut lent.hproj, x, wave);
             return lent.give_back(ws);
         }
-        let Schedule::Layers(split) = plan.forward else { return lent.give_back(ws) };
+        let split = if let Schedule::Layers(split) = plan.forward { split } else { Split::Whole };
         let pass = Pass { dims, split, w_hh_t: plan.w_hh_t_forward, lengths: &lent.lengths };
-        let hproj = &mut lent.hproj[..if cfg.cell.recurrent_apart() { b * gh } else { 0 }];
+        // The GRU's scratch: one per direction (both run at once under `Schedule::Directions`).
+        let (hproj, hproj_r) = lent.hproj.split_at_mut(if cfg.cell.recurrent_apart() { b * gh } else { 0 });
+        let hproj_r = &mut hproj_r[..if d == 2 { hproj.len() } else { 0 }];
         for k in 0..cfg.layers {
             let (lower, upper) = lent.caches.split_at_mut(k * d);
             let (out_lower, out_upper) = lent.outputs.split_at_mut(if d == 2 { k * stride } else { 0 });
@@ -136,10 +139,14 @@ impl Net {
             let LayerInput::Rows(x) = x else { unreachable!("the plan gathers a bidirectional net's token rows") };
             let ([fwd, rev, ..], w) = (upper, x.len() / (steps * b)) else { unreachable!("two caches per layer") };
             let rv = Reverse { steps, b, lengths: pass.lengths };
-            layer::forward(&pass, &self.layers[2 * k], params, fwd, hproj, LayerInput::Rows(x));
             rv.copy(x, &mut lent.reversed, w);
-            let xr = LayerInput::Rows(&lent.reversed[..steps * b * w]);
-            layer::forward(&pass, &self.layers[2 * k + 1], params, rev, hproj, xr);
+            let (xr, lps) = (&lent.reversed[..steps * b * w], [&self.layers[2 * k], &self.layers[2 * k + 1]]);
+            if plan.forward == Schedule::Directions {
+                layer::forward_pair(&pass, lps, params, [&mut *fwd, &mut *rev], [&mut *hproj, &mut *hproj_r], [x, xr]);
+            } else {
+                layer::forward(&pass, lps[0], params, fwd, hproj, LayerInput::Rows(x));
+                layer::forward(&pass, lps[1], params, rev, hproj, LayerInput::Rows(xr));
+            }
             rv.join(&fwd.hs[bh..], &rev.hs[bh..], &mut out_upper[..steps * bo], h);
         }
         lent.give_back(ws);
@@ -287,21 +294,28 @@ impl Net {
                 let below = Below { x, dx };
                 layer::backward(&pass, &self.layers[k], params, grads, &mut upper[0], below, carry.of(k, ws.max_steps));
             }
-            (Schedule::Layers(split), _) => {
+            (schedule, _) => {
+                let split = if let Schedule::Layers(split) = schedule { split } else { Split::Whole };
                 let pass = Pass { dims, split, w_hh_t: plan.w_hh_t_backward, lengths: &lent.lengths };
                 let LayerInput::Rows(x) = x else { unreachable!("the plan gathers a bidirectional net's token rows") };
                 let [fwd, rev, ..] = upper else { unreachable!("two caches per layer") };
                 let rv = Reverse { steps, b, lengths: pass.lengths };
                 rv.split(&d_upper[..steps * bo], &mut fwd.dh, &mut rev.dh, h);
-                let mut dx = dx;
-                let below = Below { x: LayerInput::Rows(x), dx: dx.as_deref_mut() };
-                layer::backward(&pass, &self.layers[2 * k], params, grads, fwd, below, carry.of(2 * k, ws.max_steps));
                 rv.copy(x, &mut lent.reversed, width);
-                let xr = LayerInput::Rows(&lent.reversed[..n * width]);
+                let (xr, lps) = (&lent.reversed[..n * width], [&self.layers[2 * k], &self.layers[2 * k + 1]]);
+                let mut dx = dx;
                 let dxr = dx.is_some().then(|| &mut ws.dreversed[..n * width]);
-                let below = Below { x: xr, dx: dxr };
-                let carry = carry.of(2 * k + 1, ws.max_steps);
-                layer::backward(&pass, &self.layers[2 * k + 1], params, grads, rev, below, carry);
+                let (below, below_r) = (
+                    Below { x: LayerInput::Rows(x), dx: dx.as_deref_mut() },
+                    Below { x: LayerInput::Rows(xr), dx: dxr },
+                );
+                if schedule == Schedule::Directions {
+                    let carries = carry.pair(2 * k);
+                    layer::backward_pair(&pass, lps, params, grads, [fwd, rev], [below, below_r], carries);
+                } else {
+                    layer::backward(&pass, lps[0], params, grads, fwd, below, carry.of(2 * k, ws.max_steps));
+                    layer::backward(&pass, lps[1], params, grads, rev, below_r, carry.of(2 * k + 1, ws.max_steps));
+                }
                 if let Some(dx) = dx {
                     rv.add(&ws.dreversed, dx, width);
                 }
@@ -342,6 +356,19 @@ impl<F> CarryBufs<'_, F> {
         let t = max_steps;
         let dh_norms = self.plan.dh_norms.then(|| &mut self.norms[c * t..c * t + self.plan.steps]);
         Carry { dh_next: &mut self.dh0[c * bh..(c + 1) * bh], dc_next: dc0, dh_norms }
+    }
+
+    /// Caches c and c + 1 (a bidirectional layer's directions) at once, for a schedule that
+    /// records no norms (`Schedule::Directions`).
+    fn pair(&mut self, c: usize) -> [Carry<'_, F>; 2] {
+        let bh = self.bh;
+        let (h0, h1) = self.dh0[c * bh..(c + 2) * bh].split_at_mut(bh);
+        let (c0, c1) = if self.dc0.is_empty() {
+            (<&mut [F]>::default(), <&mut [F]>::default())
+        } else {
+            self.dc0[c * bh..(c + 2) * bh].split_at_mut(bh)
+        };
+        [Carry { dh_next: h0, dc_next: c0, dh_norms: None }, Carry { dh_next: h1, dc_next: c1, dh_norms: None }]
     }
 }
 

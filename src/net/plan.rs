@@ -35,6 +35,9 @@ pub(crate) enum Schedule {
     /// All layers at once as a wavefront (`layer/wavefront.rs`), each cut into this many unit
     /// blocks.
     Wavefront(usize),
+    /// Layer by layer, the two directions of each bidirectional layer at once as two parts,
+    /// whole steps each (`layer/pair.rs`).
+    Directions,
 }
 
 /// Where the first layer's input rows come from.
@@ -114,7 +117,14 @@ impl Plan {
             s => s,
         };
         let wavefront = wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !lengths && !cfg.bidirectional);
-        let forward = wavefront.map_or(Schedule::Layers(split), Schedule::Wavefront);
+        // A bidirectional layer with too few rows to cut into row blocks runs one direction per
+        // part: no meeting per step (a unit split meets at every step).
+        let pair = cfg.bidirectional && matches!(split, Split::Whole | Split::Units(_));
+        let forward = match wavefront {
+            Some(units) => Schedule::Wavefront(units),
+            None if pair => Schedule::Directions,
+            None => Schedule::Layers(split),
+        };
         let dh_norms = ws.record_dh_norms;
         let backward = if dh_norms { Schedule::Layers(Split::Whole) } else { forward };
         let units = |s: Schedule| matches!(s, Schedule::Wavefront(_) | Schedule::Layers(Split::Units(_)));
@@ -246,5 +256,25 @@ mod tests {
             assert_eq!(wavefront_units(&cfg(1, 256), 4), None);
             assert_eq!(wavefront_units(&cfg(2, 16), 128), None);
         }
+        // tests/it/gradcheck.rs and determinism.rs: bidirectional schedules.
+        let bidir = |b: usize, h: usize| {
+            let cfg = NetConfig {
+                cell: crate::cell::CellKind::Lstm,
+                input: InputKind::Dense { size: 4 },
+                hidden: h,
+                layers: 1,
+                output: 3,
+                loss: LossKind::CrossEntropy,
+                head: Head::PerStep,
+                bidirectional: true,
+            };
+            let net = crate::net::Net::new(cfg).unwrap();
+            let ws = net.workspace::<f64>(3, b, 1).unwrap();
+            super::Plan::make(&cfg, &ws, &crate::net::Input::Dense(&vec![0.0; 3 * b * 4])).unwrap().forward
+        };
+        assert_eq!(bidir(4, 512), super::Schedule::Directions);
+        assert_eq!(bidir(1, 64), super::Schedule::Directions);
+        assert_eq!(bidir(32, 256), super::Schedule::Layers(Split::Rows(2)));
+        assert_eq!(bidir(16, 512), super::Schedule::Layers(Split::Tiles));
     }
 }

@@ -1,7 +1,6 @@
 //! The reusable workspace: every activation, cache and gradient buffer a forward/backward pair
 //! needs for sequences of up to `max_steps` steps and a fixed batch, allocated once.
 
-use crate::cell::CellKind;
 use crate::error::Result;
 use crate::float::Float;
 use crate::net::plan::Plan;
@@ -56,8 +55,8 @@ pub struct Workspace<F> {
     /// (V, G·H) embedding folded into layer 0's input projection; (V, G·H) its gradient.
     pub(crate) table: Vec<F>,
     pub(crate) dtable: Vec<F>,
-    /// (L, B, G·H) GRU per-step recurrent projection scratch, one per layer (a wavefront runs
-    /// layers at once).
+    /// (L·D, B, G·H) GRU per-step recurrent projection scratch, one per layer and direction (a
+    /// wavefront runs layers at once, a bidirectional layer its two directions).
     pub(crate) hproj: Vec<F>,
     /// (T, B, O) readout outputs and dL/dlogits ((B, O) for a pooled head).
     pub(crate) logits: Vec<F>,
@@ -93,10 +92,6 @@ pub struct Workspace<F> {
     /// and the (T, B) loss weights they imply.
     pub(crate) lengths: Vec<usize>,
     pub(crate) length_mask: Vec<F>,
-    pub(crate) hidden: usize,
-    pub(crate) layers_n: usize,
-    pub(crate) output: usize,
-    pub(crate) cell: CellKind,
     /// Told, during a backward pass, each slab range of the gradient that is final.
     pub(crate) grad_ready: GradHook,
 }
@@ -178,7 +173,7 @@ impl<F: Float> Workspace<F> {
             tokens: vec![0; tokens],
             table: z(table),
             dtable: z(table),
-            hproj: z(if cfg.cell.recurrent_apart() { cfg.layers * b * gh } else { 0 }),
+            hproj: z(if cfg.cell.recurrent_apart() { caches * b * gh } else { 0 }),
             logits: z(t * b * cfg.output),
             dlogits: z(t * b * cfg.output),
             features: z(if cfg.head == Head::PerStep { 0 } else { b * cfg.readout_width() }),
@@ -199,10 +194,6 @@ impl<F: Float> Workspace<F> {
             mask_h: Vec::new(),
             dropped: Vec::new(),
             wavefront: crate::net::plan::wavefront_by_default::<F>(cfg),
-            hidden: h,
-            layers_n: cfg.layers,
-            output: cfg.output,
-            cell: cfg.cell,
             grad_ready: GradHook::default(),
         }
     }
@@ -224,7 +215,7 @@ impl<F: Float> Workspace<F> {
         // Bidirectional: each layer's outputs and their gradient, the reversed rows and theirs.
         let width = input / (2 * t * b).max(1);
         let both = if cfg.bidirectional { 2 * l * t * b * 2 * h + 2 * t * b * width.max(2 * h) } else { 0 };
-        let rest = input + table + l * b * gh + 2 * t * b * o + 2 * l * d * b * h + l * d * t + pooled + both;
+        let rest = input + table + l * d * b * gh + 2 * t * b * o + 2 * l * d * b * h + l * d * t + pooled + both;
         let bytes = (l * per_layer + rest) * std::mem::size_of::<F>() as u128;
         u64::try_from(bytes).unwrap_or(u64::MAX)
     }
@@ -353,7 +344,11 @@ impl<F: Float> Workspace<F> {
                 self.max_steps
             )));
         }
-        crate::error::check_len("layer-output dropout masks (L·T·B·D·H)", self.layers_n * t * b * h, outputs.len())?;
+        crate::error::check_len(
+            "layer-output dropout masks (L·T·B·D·H)",
+            self.config.layers * t * b * h,
+            outputs.len(),
+        )?;
         self.alloc_masks();
         self.mask_x[..input.len()].copy_from_slice(input);
         let stride = self.max_steps * b * h;
@@ -371,8 +366,8 @@ impl<F: Float> Workspace<F> {
         if self.mask_x.is_empty() {
             let tbh = self.max_steps * self.batch * self.config.out_width();
             self.mask_x = vec![F::zero(); self.input.len()];
-            self.mask_h = vec![F::zero(); self.layers_n * tbh];
-            self.dropped = vec![F::zero(); self.layers_n * tbh];
+            self.mask_h = vec![F::zero(); self.config.layers * tbh];
+            self.dropped = vec![F::zero(); self.config.layers * tbh];
         }
     }
 
@@ -401,14 +396,14 @@ impl<F: Float> Workspace<F> {
     /// The readout outputs of the last forward pass (logits for cross-entropy): (T, B, O) for a
     /// per-step head, (B, O) for a pooled one.
     pub fn logits(&self) -> &[F] {
-        &self.logits[..self.config.readout_rows(self.steps, self.batch) * self.output]
+        &self.logits[..self.config.readout_rows(self.steps, self.batch) * self.config.output]
     }
 
     /// (T, B, D·H) outputs of layer `layer` for steps 1..=T of the last forward pass: its
     /// hidden states (bidirectional: both directions' h_t side by side, zeros in the reverse
     /// half past each sequence's length).
     pub fn hidden_states(&self, layer: usize) -> &[F] {
-        let bh = self.batch * self.hidden;
+        let bh = self.batch * self.config.hidden;
         if self.config.bidirectional {
             let n = self.max_steps * 2 * bh;
             return &self.outputs[layer * n..layer * n + self.steps * 2 * bh];
@@ -427,13 +422,13 @@ impl<F: Float> Workspace<F> {
     /// `out`, reusing its buffers. (A reverse direction's state is its own after t of its steps:
     /// only t = T, its final state, is a state of the whole sequence.)
     pub fn state_at(&self, t: usize, out: &mut State<F>) {
-        let bh = self.batch * self.hidden;
+        let bh = self.batch * self.config.hidden;
         let t = t.min(self.steps);
         out.h.clear();
         out.c.clear();
         for l in &self.layers {
             out.h.extend_from_slice(&l.hs[t * bh..(t + 1) * bh]);
-            if self.cell.has_cell_state() {
+            if self.config.cell.has_cell_state() {
                 out.c.extend_from_slice(&l.cs[t * bh..(t + 1) * bh]);
             }
         }

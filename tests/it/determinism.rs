@@ -94,6 +94,45 @@ fn results_do_not_depend_on_the_thread_count() {
     }
 }
 
+/// Bidirectional nets on every schedule they take — the two directions at once as two parts
+/// (B = 1, 4), each direction cut into row blocks (B = 32) or, for the LSTM, tiled whole steps
+/// (B = 16, H = 512) — give the same losses, gradients and trained weights at any thread count.
+#[test]
+fn bidirectional_results_do_not_depend_on_the_thread_count() {
+    use bptt::{Clip, NetConfig, Optimizer, OptimizerConfig, apply_update};
+    for cell in CellKind::ALL {
+        let tiled = if cell == CellKind::Lstm { &[(16, 512)][..] } else { &[] };
+        for &(b, h) in [(1, 64), (4, 256), (32, 256)].iter().chain(tiled) {
+            let t = 7;
+            let (net, x, y) = dense_problem::<f32>(cell, h, t, b, 5, 6);
+            let net = Net::new(NetConfig { bidirectional: true, ..*net.config() }).unwrap();
+            let lengths: Vec<usize> = (0..b).map(|r| 1 + (5 * r + 6) % t).collect();
+            let run = |threads: usize| {
+                let mut p = net.init_params::<f32>(3);
+                let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
+                ws.set_lengths(Some(&lengths)).unwrap();
+                let mut opt = Optimizer::new(OptimizerConfig::adam(), p.len()).unwrap().with_threads(threads);
+                let mut g = vec![0.0f32; p.len()];
+                let mut out = Vec::new();
+                for _ in 0..2 {
+                    out.push(net.forward(&p, &mut ws, Input::Dense(&x), Some(Targets::classes(&y)), None).unwrap());
+                    g.fill(0.0);
+                    net.backward(&p, &mut ws, &mut g).unwrap();
+                    out.extend_from_slice(&g);
+                    apply_update(&mut p, &mut g, &mut opt, 1e-2, Clip { max_norm: Some(0.5), max_value: None });
+                }
+                out.extend_from_slice(&p);
+                out
+            };
+            let one = run(1);
+            assert!(one.iter().all(|v| v.is_finite()));
+            for threads in [2, 3, 8] {
+                assert!(run(threads) == one, "{cell} B={b} H={h} bidirectional: {threads} threads differ from one");
+            }
+        }
+    }
+}
+
 /// Large enough steps are computed as blocks of rows (net/layer.rs); in f64 the gradient of
 /// such a batch equals the mean of the gradients of its halves, each computed unsplit.
 #[test]

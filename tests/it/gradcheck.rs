@@ -190,17 +190,17 @@ fn gru() {
 #[test]
 fn split_paths_match_finite_differences() {
     for (b, h) in [(128, 16), (32, 256), (1, 512), (4, 512)] {
-        split_path_matches_finite_differences(b, h, 1, false, false, false);
+        split_path_matches_finite_differences(b, h, 1, false, false, false, false);
     }
     // Stacked layers one after the other (the default on 2-core machines), unit blocks.
-    split_path_matches_finite_differences(4, 256, 2, false, false, false);
+    split_path_matches_finite_differences(4, 256, 2, false, false, false, false);
 }
 
 /// Steps whose W_hh is too large for a cache (≥ 4 MB in f32) are whole steps with their
 /// recurrent products cut into GEMM tiles: B = 16 at H = 512 (LSTM), 592 (GRU), 1024 (RNN).
 #[test]
 fn tiled_steps_match_finite_differences() {
-    split_path_matches_finite_differences(16, 0, 1, false, false, false);
+    split_path_matches_finite_differences(16, 0, 1, false, false, false, false);
 }
 
 /// The same check on the wavefront over layers (net/layer/wavefront.rs: 2–3 layers × 2 unit
@@ -208,8 +208,8 @@ fn tiled_steps_match_finite_differences() {
 /// folded embedding table) at B = 4.
 #[test]
 fn wavefront_matches_finite_differences() {
-    split_path_matches_finite_differences(1, 256, 3, false, true, false);
-    split_path_matches_finite_differences(4, 256, 2, true, true, false);
+    split_path_matches_finite_differences(1, 256, 3, false, true, false, false);
+    split_path_matches_finite_differences(4, 256, 2, true, true, false, false);
 }
 
 /// Variable lengths (1 to T, row by row) on every path they take: row blocks (B = 32, H = 256),
@@ -217,10 +217,21 @@ fn wavefront_matches_finite_differences() {
 /// whole steps (B = 16, H ≥ 512).
 #[test]
 fn variable_lengths_on_split_paths_match_finite_differences() {
-    split_path_matches_finite_differences(32, 256, 1, false, false, true);
-    split_path_matches_finite_differences(4, 512, 1, true, false, true);
-    split_path_matches_finite_differences(4, 256, 2, false, true, true);
-    split_path_matches_finite_differences(16, 0, 1, false, false, true);
+    split_path_matches_finite_differences(32, 256, 1, false, false, true, false);
+    split_path_matches_finite_differences(4, 512, 1, true, false, true, false);
+    split_path_matches_finite_differences(4, 256, 2, false, true, true, false);
+    split_path_matches_finite_differences(16, 0, 1, false, false, true, false);
+}
+
+/// Bidirectional layers on each path: the directions one after the other, each cut into row
+/// blocks (B = 32, H = 256, with lengths; tiled whole steps take the same branch, see
+/// determinism.rs); and the two directions at once as two whole-step parts where one would be
+/// cut into unit blocks (B = 4, H = 512; 2 layers of H = 256 with token input and lengths).
+#[test]
+fn bidirectional_split_paths_match_finite_differences() {
+    split_path_matches_finite_differences(32, 256, 1, false, false, true, true);
+    split_path_matches_finite_differences(4, 512, 1, false, false, false, true);
+    split_path_matches_finite_differences(4, 256, 2, true, false, true, true);
 }
 
 /// `h` = 0: the smallest tiled width of each cell (see `tiled_steps_match_finite_differences`).
@@ -232,6 +243,7 @@ fn split_path_matches_finite_differences(
     tokens: bool,
     wavefront: bool,
     lengths: bool,
+    bidirectional: bool,
 ) {
     use bptt::{Head, Input, InputKind, LossKind, NetConfig};
     use rand::RngExt;
@@ -253,7 +265,7 @@ fn split_path_matches_finite_differences(
             output: 3,
             loss: LossKind::CrossEntropy,
             head: Head::PerStep,
-            bidirectional: false,
+            bidirectional,
         };
         let net = Net::new(cfg).unwrap();
         let mut r = crate::common::rng(77);
@@ -317,7 +329,7 @@ fn split_path_matches_finite_differences(
         }
         let mut h0 = init.h.clone();
         // Every unit of the first sequence of the first and (if another) the last layer.
-        let last = (layers - 1) * b * h;
+        let last = (layers * cfg.directions() - 1) * b * h;
         let first = h.min(256); // (at most 256 per layer: a wide layer costs a pass per coordinate)
         let coords: Vec<usize> =
             if layers > 1 { (0..first).chain(last..last + first).collect() } else { (0..first).collect() };

@@ -2,10 +2,13 @@
 //! step one recurrent GEMM plus the cell's fused step; backward mirrors it and ends with one
 //! GEMM per weight gradient.
 
+mod pair;
 mod rows;
 mod units;
 pub(crate) mod wavefront;
 
+use pair::project;
+pub(crate) use pair::{backward_pair, forward_pair};
 use rows::*;
 use units::*;
 
@@ -82,8 +85,8 @@ pub(crate) fn forward<F: Float>(
     x: LayerInput<'_, F>,
 ) {
     let Dims { cell, h, gh, b, steps, threads } = pass.dims;
-    let (bh, bgh, n) = (b * h, b * gh, steps * b);
-    let (b_ih, b_hh, lengths) = (&p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh], pass.lengths);
+    let (bh, bgh) = (b * h, b * gh);
+    let (b_hh, lengths) = (&p[lp.b_hh..lp.b_hh + gh], pass.lengths);
     if pass.w_hh_t {
         kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut cache.w_hh_t, threads);
     }
@@ -92,15 +95,7 @@ pub(crate) fn forward<F: Float>(
     // recurrent GEMM (while they are hot in cache, not in one pass over all of `gates`).
     let table = match x {
         LayerInput::Rows(x) => {
-            let gates = &mut cache.gates[..n * gh];
-            fill_input_bias(cell, b_ih, b_hh, gates);
-            kernels::gemm(
-                MatMut::rows(gates, n, gh),
-                Mat::rows(x, n, lp.input),
-                Mat::rows(&p[lp.w_ih..], gh, lp.input).t(),
-                true,
-                threads,
-            );
+            project(&pass.dims, lp, p, cache, x);
             None
         }
         LayerInput::Table { table, tokens } => Some(TableRows { table, tokens, b, gh }),
