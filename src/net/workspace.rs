@@ -228,26 +228,10 @@ impl<F: Float> Workspace<F> {
             .iter()
             .map(|l| l.gates.len() + l.hs.len() + l.cs.len() + l.aux.len() + l.dgates_h.len() + l.dh.len())
             .sum();
-        let rest = self.input.len()
-            + self.table.len()
-            + self.dtable.len()
-            + self.hproj.len()
-            + self.logits.len()
-            + self.dlogits.len()
-            + self.features.len()
-            + self.dfeatures.len()
-            + self.argmax.len()
-            + self.dinput.len()
-            + self.dh0.len()
-            + self.dc0.len()
-            + self.dh_norms.len()
-            + self.mask_x.len()
-            + self.mask_h.len()
-            + self.dropped.len()
-            + self.outputs.len()
-            + self.doutputs.len()
-            + self.reversed.len()
-            + self.dreversed.len();
+        let a = [&self.input, &self.table, &self.dtable, &self.hproj, &self.logits, &self.dlogits, &self.features];
+        let b = [&self.dfeatures, &self.dinput, &self.dh0, &self.dc0, &self.dh_norms, &self.mask_x, &self.mask_h];
+        let c = [&self.dropped, &self.outputs, &self.doutputs, &self.reversed, &self.dreversed];
+        let rest = a.iter().chain(&b).chain(&c).map(|v| v.len()).sum::<usize>() + self.argmax.len();
         (layers + rest) * f + self.tokens.len() * 4
     }
 
