@@ -217,18 +217,25 @@ fn ts_and_csv_of_the_same_data_give_the_same_model() {
 /// files, byte for byte (validation split, dropout, class weights, cosine schedule).
 #[test]
 fn fit_resumes_bit_exactly_after_sigterm_and_kill_9() {
-    let d = tempfile::tempdir().unwrap();
-    let train = data("JapaneseVowels_TRAIN.ts");
     let extra =
         ["--epochs", "12", "--valid-fraction", "0.1", "--class-weight", "balanced", "--checkpoint-every-steps", "1"];
+    resumes_bit_exactly(&extra, &["-TERM", "-KILL"]);
+    // A bidirectional model too (its reverse tensors and their optimizer state).
+    resumes_bit_exactly(&[&extra[..], &["--bidirectional", "--layers", "2"]].concat(), &["-TERM"]);
+}
+
+/// `fit` with `extra`, straight and stopped by each signal then resumed: the same files.
+fn resumes_bit_exactly(extra: &[&str], signals: &[&str]) {
+    let d = tempfile::tempdir().unwrap();
+    let train = data("JapaneseVowels_TRAIN.ts");
     let straight = d.path().join("straight");
-    let o = fit(&straight, &train, &extra);
+    let o = fit(&straight, &train, extra);
     assert!(o.status.success(), "{}", stderr(&o));
-    for (k, signal) in ["-TERM", "-KILL"].iter().enumerate() {
+    for (k, signal) in signals.iter().enumerate() {
         let run = d.path().join(format!("stopped{k}"));
         let mut a = vec!["fit", "--train", train.to_str().unwrap(), "--out", run.to_str().unwrap()];
         a.extend_from_slice(QUICK);
-        a.extend_from_slice(&extra);
+        a.extend_from_slice(extra);
         let mut child =
             Command::new(env!("CARGO_BIN_EXE_bptt")).args(&a).stderr(Stdio::piped()).spawn().expect("run bptt");
         // Wait for the first checkpoints, then stop it mid-run.
