@@ -28,6 +28,7 @@ fn train<F: Float>(group: &Group) -> anyhow::Result<Vec<f64>> {
         loss: LossKind::Mse,
         head: Head::PerStep,
         bidirectional: false,
+        proj_size: 0,
     };
     let net = Net::new(cfg)?;
     let mut params: Vec<F> = net.init_params(7);

@@ -11,7 +11,8 @@ after standardisation), run through the RNN from a zero state, pooled over its o
 mean, max, concatenated in that order) and read by the head: softmax for classification, or
 value · target_std + target_mean for regression. A bidirectional model (`bidirectional=True`,
 `…_reverse` tensors) pools its 2H-wide outputs; its `last` is both directions' final states,
-`torch.cat((h_n[-2], h_n[-1]))`.
+`torch.cat((h_n[-2], h_n[-1]))`. A projected LSTM (`proj_size` P, `weight_hr_l{k}`) outputs P
+values per step.
 
 With PREDICTIONS.csv (the output of `bptt predict`), prints the largest difference between the
 two implementations' probabilities (or values) and exits non-zero above 1e-5.
@@ -56,11 +57,13 @@ def load(path):
     kw = {"nonlinearity": "relu"} if spec["cell"] == "rnn_relu" else {}
     width = spec["features"] * spec["patch"]
     d = 2 if spec.get("bidirectional") else 1
+    if spec.get("proj_size", 0):
+        kw["proj_size"] = spec["proj_size"]
     rnn = kind[spec["cell"]](width, spec["hidden_size"], spec["num_layers"], bidirectional=d == 2, **kw)
     rnn.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("rnn.")})
     pools = spec["pool"].split("+")
     outputs = len(spec["classes"]) if spec["task"] == "classify" else 1
-    head = torch.nn.Linear(len(pools) * d * spec["hidden_size"], outputs)
+    head = torch.nn.Linear(len(pools) * d * (spec.get("proj_size", 0) or spec["hidden_size"]), outputs)
     head.load_state_dict({"weight": sd["head.weight"], "bias": sd["head.bias"]})
     return spec, rnn.eval(), head.eval(), sd["standardize.mean"], sd["standardize.std"]
 

@@ -23,7 +23,9 @@ sum_k w[k] (h_n[k] + c_n[k]) with w[k] = 0.1 cos(0.3 k + 0.2), so the gradients 
 states taken at each length; h_n and c_n are given too.
 Bidirectional cases (BIDIR_*) are packed cases of `bidirectional=True` nets of 1 or 2 layers
 (lengths (4, 2, 3), B = 3): the decoder reads 2H, h0/c0 are (2L, B, H) by the same formulas,
-and the top layer's padded outputs `out` (T, B, 2H) are given as well.
+and the top layer's padded outputs `out` (T, B, 2H) are given as well. Projected cases (PROJ_*)
+are the same with `proj_size` = P: h0 is (D·L, B, P), the decoder reads D·P, the final-state
+weights w are of h_n's and c_n's sizes by the same formula.
 """
 import math
 import torch
@@ -148,23 +150,27 @@ def packed_case(name, cell, tokens):
     print("};")
 
 
-def bidir_case(name, cell, tokens, layers):
-    """A packed bidirectional case: lengths (4, 2, 3), B = 3 (see the docstring)."""
-    b, lengths = 3, [4, 2, 3]
+def bidir_case(name, cell, tokens, layers, bidirectional=True, proj=0):
+    """A packed case of lengths (4, 2, 3), B = 3, bidirectional and/or projected (see the
+    docstring)."""
+    b, lengths, d = 3, [4, 2, 3], 2 if bidirectional else 1
+    p = proj or H
     m = Model(cell, tokens, layers=layers)
     kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
     kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
-    m.rnn = kind(I, H, num_layers=layers, bidirectional=True, **kw)
-    m.decoder = nn.Linear(2 * H, O)
+    if proj:
+        kw["proj_size"] = proj
+    m.rnn = kind(I, H, num_layers=layers, bidirectional=bidirectional, **kw)
+    m.decoder = nn.Linear(d * p, O)
     slab = [p for p in m.parameters()]
     load(slab, fill(sum(p.numel() for p in slab), lambda k: 0.6 * math.sin(1.3 * k + 0.5)))
     if tokens:
         x = m.encoder(torch.tensor([(5 * k + 1) % V for k in range(T * b)]).view(T, b))
     else:
         x = fill(T * b * I, lambda k: math.sin(0.7 * k + 0.3)).view(T, b, I)
-    n = 2 * layers * b * H
-    h0 = fill(n, lambda k: 0.3 * math.sin(0.5 * k + 1)).view(2 * layers, b, H).requires_grad_()
-    c0 = fill(n, lambda k: 0.3 * math.cos(0.5 * k + 1)).view(2 * layers, b, H).requires_grad_()
+    n, nc = d * layers * b * p, d * layers * b * H
+    h0 = fill(n, lambda k: 0.3 * math.sin(0.5 * k + 1)).view(d * layers, b, p).requires_grad_()
+    c0 = fill(nc, lambda k: 0.3 * math.cos(0.5 * k + 1)).view(d * layers, b, H).requires_grad_()
     state = (h0, c0) if cell == "lstm" else h0
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
     out, last = m.rnn(packed, state)
@@ -176,12 +182,14 @@ def bidir_case(name, cell, tokens, layers):
     loss = (ce * valid).sum() / valid.sum()
     h_n, c_n = last if cell == "lstm" else (last, torch.zeros(0))
     w = fill(n, lambda k: 0.1 * math.cos(0.3 * k + 0.2))
-    loss = loss + (w * h_n.reshape(-1)).sum() + ((w * c_n.reshape(-1)).sum() if cell == "lstm" else 0.0)
+    wc = fill(nc, lambda k: 0.1 * math.cos(0.3 * k + 0.2))
+    loss = loss + (w * h_n.reshape(-1)).sum() + ((wc * c_n.reshape(-1)).sum() if cell == "lstm" else 0.0)
     loss.backward()
-    grads = torch.cat([p.grad.reshape(-1) for p in slab])
+    grads = torch.cat([q.grad.reshape(-1) for q in slab])
     dc0 = c0.grad.reshape(-1) if cell == "lstm" else torch.zeros(0)
     print(f"pub const {name}: BidirCase = BidirCase {{")
     print(f'    cell: "{cell}", tokens: {str(tokens).lower()}, layers: {layers}, lengths: &[4, 2, 3],')
+    print(f"    bidirectional: {str(bidirectional).lower()}, proj: {proj},")
     print(f"    loss: {loss.item()!r},")
     for label, v in [("grads", grads), ("dh0", h0.grad.reshape(-1)), ("dc0", dc0),
                      ("h_n", h_n.detach().reshape(-1)), ("c_n", c_n.detach().reshape(-1)),
@@ -222,12 +230,16 @@ packed_case("PACKED_LSTM", "lstm", False)
 packed_case("PACKED_GRU_TOKENS", "gru", True)
 packed_case("PACKED_RNN_TANH", "rnn_tanh", False)
 print("pub struct BidirCase { pub cell: &'static str, pub tokens: bool, pub layers: usize,")
+print("    pub bidirectional: bool, pub proj: usize,")
 print("    pub lengths: &'static [usize], pub loss: f64, pub grads: &'static [f64], pub dh0: &'static [f64],")
 print("    pub dc0: &'static [f64], pub h_n: &'static [f64], pub c_n: &'static [f64], pub out: &'static [f64] }")
 bidir_case("BIDIR_LSTM", "lstm", False, 1)
 bidir_case("BIDIR_GRU_2", "gru", False, 2)
 bidir_case("BIDIR_LSTM_TOKENS_2", "lstm", True, 2)
 bidir_case("BIDIR_RNN_TANH_2", "rnn_tanh", False, 2)
+bidir_case("PROJ_LSTM_2", "lstm", False, 2, bidirectional=False, proj=2)
+bidir_case("PROJ_LSTM_TOKENS", "lstm", True, 1, bidirectional=False, proj=3)
+bidir_case("PROJ_BIDIR_LSTM_2", "lstm", False, 2, bidirectional=True, proj=2)
 
 
 def big_case(name, cell, tokens, T, B, I, H, L, O, V=0):

@@ -454,6 +454,7 @@ fn gradient<'py>(
         loss: loss_kind,
         head: Head::PerStep,
         bidirectional: false,
+        proj_size: 0,
     };
     let net = Net::new(cfg).map_err(py_err)?;
     // Parameters, gradients and their two dicts, and the workspace, before any is allocated.

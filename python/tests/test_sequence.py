@@ -155,3 +155,20 @@ def test_bidirectional_equals_the_cli_and_round_trips(tmp_path):
     assert back.bidirectional is True
     Xt, _ = bptt.read_sequences(TEST)
     assert np.array_equal(back.predict_proba(Xt), m.predict_proba(Xt))
+
+
+def test_projected_lstm_equals_the_cli(tmp_path):
+    """``proj_size``: PyTorch's ``weight_hr_l0`` in ``state_dict``, the CLI's ``--proj-size`` model
+    bit for bit, a GRU with a projection refused with a ValueError naming it."""
+    X, y = bptt.read_sequences(TRAIN)
+    m = bptt.SequenceModel(cell="lstm", proj_size=6, seed=5, **QUICK).fit(X, y)
+    assert m.state_dict()["rnn.weight_hr_l0"].shape == (6, 16)
+    m.save(tmp_path / "py.safetensors")
+    run = tmp_path / "run"
+    subprocess.run([cli(), "fit", "--train", str(TRAIN), "--out", str(run), "--seed", "5", "--cell", "lstm",
+                    "--proj-size", "6", "--hidden", "16", "--epochs", "2", "--threads", "1"], check=True,
+                   capture_output=True)
+    assert (tmp_path / "py.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    assert bptt.SequenceModel.load(run / "model.safetensors").proj_size == 6
+    with pytest.raises(ValueError, match="proj_size"):
+        bptt.SequenceModel(cell="gru", proj_size=6, **QUICK).fit(X, y)

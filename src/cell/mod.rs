@@ -44,6 +44,12 @@ impl CellKind {
         self == CellKind::Lstm
     }
 
+    /// Whether the cell's output can be projected (PyTorch's `proj_size`: h_t = W_hr m_t with
+    /// m_t the cell's own output, o ⊙ tanh(c_t), kept apart from the state c): the LSTM.
+    pub fn projects(self) -> bool {
+        self == CellKind::Lstm
+    }
+
     /// True for the GRU, whose recurrent product W_hh·h + b_hh is kept apart from the input's
     /// (it enters as r ⊙ (W_hn h + b_hn)): `net/` then keeps b_hh on the recurrent side, stores
     /// the product per step and adds its own term to dL/dh_{t−1}.

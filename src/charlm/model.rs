@@ -50,6 +50,7 @@ impl ModelSpec {
             loss: LossKind::CrossEntropy,
             head: Head::PerStep,
             bidirectional: false,
+            proj_size: 0,
         }
     }
 

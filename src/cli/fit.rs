@@ -66,6 +66,9 @@ pub struct Args {
     /// passes on both directions' outputs (PyTorch's bidirectional=True; about twice the time).
     #[arg(long, conflicts_with = "resume")]
     bidirectional: bool,
+    /// LSTM only: project each layer's output to P < H values (PyTorch's proj_size; 0 = none).
+    #[arg(long, default_value_t = 0, conflicts_with = "resume", allow_negative_numbers = true)]
+    proj_size: usize,
     /// What the head reads: last, mean, max, or a sum such as last+mean.
     #[arg(long, default_value = "last+mean", conflicts_with = "resume")]
     pool: String,
@@ -272,6 +275,7 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<(Fitter, PathBu
         hidden: a.hidden,
         layers: a.layers,
         bidirectional: a.bidirectional,
+        proj_size: a.proj_size,
         pool: a.pool.clone(),
         patch,
         epochs: a.epochs,

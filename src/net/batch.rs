@@ -3,7 +3,8 @@
 use super::*;
 
 /// Recurrent state of all layers: h (L·D, B, H) and, for the LSTM, c (L·D, B, H); D = 2 for a
-/// bidirectional net, layer by layer, forward direction first (PyTorch's `h_n`).
+/// bidirectional net, layer by layer, forward direction first (PyTorch's `h_n`). With a
+/// projection h is (L·D, B, P).
 #[derive(Clone, Debug, PartialEq)]
 pub struct State<F> {
     /// Hidden states, (L, B, H).
@@ -15,9 +16,9 @@ pub struct State<F> {
 impl<F: Float> State<F> {
     /// The all-zero state for `config` and batch `batch`.
     pub fn zeros(config: &NetConfig, batch: usize) -> Self {
-        let n = config.layers * config.directions() * batch * config.hidden;
-        let c = if config.cell.has_cell_state() { n } else { 0 };
-        State { h: vec![F::zero(); n], c: vec![F::zero(); c] }
+        let n = config.layers * config.directions() * batch;
+        let c = if config.cell.has_cell_state() { n * config.hidden } else { 0 };
+        State { h: vec![F::zero(); n * config.state_width()], c: vec![F::zero(); c] }
     }
 }
 

@@ -132,6 +132,10 @@ pub struct NetConfig {
     /// readout's; the reverse tensors are named `…_reverse` and the state is (2L, B, H), layer
     /// by layer, forward first.
     pub bidirectional: bool,
+    /// P: 0, or (LSTM only) a projection of every layer's output to P < H values, PyTorch's
+    /// `proj_size`: h_t = W_hr (o_t ⊙ tanh c_t) (`weight_hr_l{k}`, (P, H)), so h, the next
+    /// layer's input and the readout are P wide and W_hh is (4H, P); c stays H wide.
+    pub proj_size: usize,
 }
 
 /// One named tensor in the parameter slab.
@@ -175,6 +179,8 @@ pub(crate) struct LayerParams {
     pub w_hh: usize,
     pub b_ih: usize,
     pub b_hh: usize,
+    /// `weight_hr` (P, H) with a projection; else the slab's end (no tensor).
+    pub w_hr: usize,
 }
 
 impl NetConfig {
@@ -183,9 +189,14 @@ impl NetConfig {
         if self.bidirectional { 2 } else { 1 }
     }
 
-    /// The width of a layer's output per step: D·H.
+    /// The width of h, the recurrent state: P with a projection, else H.
+    pub fn state_width(&self) -> usize {
+        if self.proj_size > 0 { self.proj_size } else { self.hidden }
+    }
+
+    /// The width of a layer's output per step: D·H (D·P with a projection).
     pub fn out_width(&self) -> usize {
-        self.directions() * self.hidden
+        self.directions() * self.state_width()
     }
 
     /// The readout's input width: D·H per step, or P·D·H pooled features per sequence.
@@ -233,6 +244,18 @@ impl NetConfig {
         {
             return Err(Error::Config("a pooled head needs at least one pooling (last, mean or max)".into()));
         }
+        if self.proj_size > 0 && !self.cell.projects() {
+            return Err(Error::Config(format!(
+                "`proj_size` projects an LSTM's output; the {} cell has none to project: use the lstm cell or proj_size 0",
+                self.cell
+            )));
+        }
+        if self.proj_size >= self.hidden && self.proj_size > 0 {
+            return Err(Error::Config(format!(
+                "`proj_size` must be below the hidden size ({}), got {}",
+                self.hidden, self.proj_size
+            )));
+        }
         if self.loss == LossKind::CrossEntropy && self.output < 2 {
             return Err(Error::Config("cross-entropy needs an output size of at least 2".into()));
         }
@@ -244,7 +267,7 @@ impl Net {
     /// Lays out the parameters for `config`.
     pub fn new(config: NetConfig) -> Result<Self> {
         config.validate()?;
-        let (g, h) = (config.cell.gates(), config.hidden);
+        let (g, h, p) = (config.cell.gates(), config.hidden, config.state_width());
         let mut params = Vec::new();
         let mut len = 0;
         let mut push = |name: String, shape: Vec<usize>| {
@@ -265,10 +288,11 @@ impl Net {
             let input = if k == 0 { first_input } else { config.out_width() };
             for d in ["", "_reverse"].into_iter().take(config.directions()) {
                 let w_ih = push(format!("rnn.weight_ih_l{k}{d}"), vec![g * h, input]);
-                let w_hh = push(format!("rnn.weight_hh_l{k}{d}"), vec![g * h, h]);
+                let w_hh = push(format!("rnn.weight_hh_l{k}{d}"), vec![g * h, p]);
                 let b_ih = push(format!("rnn.bias_ih_l{k}{d}"), vec![g * h]);
                 let b_hh = push(format!("rnn.bias_hh_l{k}{d}"), vec![g * h]);
-                layers.push(LayerParams { input, w_ih, w_hh, b_ih, b_hh });
+                let w_hr = if config.proj_size > 0 { push(format!("rnn.weight_hr_l{k}{d}"), vec![p, h]) } else { 0 };
+                layers.push(LayerParams { input, w_ih, w_hh, b_ih, b_hh, w_hr });
             }
         }
         let head = if config.head == Head::PerStep { "decoder" } else { "head" };
@@ -296,7 +320,7 @@ impl Net {
     /// drop masks).
     pub(crate) fn w_hh_ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
         let gh = self.config.cell.gates() * self.config.hidden;
-        self.layers.iter().map(move |lp| lp.w_hh..lp.w_hh + gh * self.config.hidden)
+        self.layers.iter().map(move |lp| lp.w_hh..lp.w_hh + gh * self.config.state_width())
     }
 
     /// The tensor called `name`, if any.

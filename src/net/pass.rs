@@ -14,10 +14,10 @@ impl Net {
         init: Option<&State<F>>,
     ) -> Result<()> {
         let cfg = &self.config;
-        let state_len = cfg.layers * cfg.directions() * ws.batch * cfg.hidden;
+        let rows = cfg.layers * cfg.directions() * ws.batch;
         if let Some(s) = init {
-            check_len("initial state h", state_len, s.h.len())?;
-            check_len("initial state c", if cfg.cell.has_cell_state() { state_len } else { 0 }, s.c.len())?;
+            check_len("initial state h", rows * cfg.state_width(), s.h.len())?;
+            check_len("initial state c", if cfg.cell.has_cell_state() { rows * cfg.hidden } else { 0 }, s.c.len())?;
         }
         match input {
             Input::Dense(x) => ws.input[..x.len()].copy_from_slice(x),
@@ -53,18 +53,18 @@ impl Net {
 
     /// Each layer's initial state: `init`, or zeros.
     pub(super) fn load_state<F: Float>(&self, ws: &mut Workspace<F>, init: Option<&State<F>>) {
-        let bh = ws.batch * self.config.hidden;
+        let (bh, bp) = (ws.batch * self.config.hidden, ws.batch * self.config.state_width());
         let lstm = self.config.cell.has_cell_state();
         for (k, cache) in ws.layers.iter_mut().enumerate() {
             match init {
                 Some(s) => {
-                    cache.hs[..bh].copy_from_slice(&s.h[k * bh..(k + 1) * bh]);
+                    cache.hs[..bp].copy_from_slice(&s.h[k * bp..(k + 1) * bp]);
                     if lstm {
                         cache.cs[..bh].copy_from_slice(&s.c[k * bh..(k + 1) * bh]);
                     }
                 }
                 None => {
-                    cache.hs[..bh].fill(F::zero());
+                    cache.hs[..bp].fill(F::zero());
                     let n = bh.min(cache.cs.len());
                     cache.cs[..n].fill(F::zero());
                 }
@@ -97,8 +97,9 @@ impl Net {
     /// their outputs.
     pub(super) fn layers_forward<F: Float>(&self, params: &[F], ws: &mut Workspace<F>, plan: &Plan) {
         let cfg = &self.config;
-        let (b, steps, h) = (ws.batch, plan.steps, cfg.hidden);
-        let (bh, bo, gh) = (b * h, b * cfg.out_width(), cfg.cell.gates() * h);
+        // h: the state's width (P with a projection).
+        let (b, steps, h) = (ws.batch, plan.steps, cfg.state_width());
+        let (bh, bo, gh) = (b * h, b * cfg.out_width(), cfg.cell.gates() * cfg.hidden);
         let (d, stride) = (cfg.directions(), ws.max_steps * bo);
         let dims = self.dims(plan, ws);
         // The caches and the buffers the layers write are lent out of the workspace while each
@@ -182,7 +183,7 @@ impl Net {
         match cfg.head {
             Head::PerStep => readout::forward(self, params, top, &mut logits[..n], plan.threads),
             Head::Pooled(pool) => {
-                let reverse = if cfg.bidirectional { cfg.hidden } else { 0 };
+                let reverse = if cfg.bidirectional { cfg.state_width() } else { 0 };
                 let f = &mut feats[..b * cfg.readout_width()];
                 readout::pool(pool, top, &dims, &ws.lengths, reverse, f, &mut argmax);
                 readout::forward(self, params, f, &mut logits[..n], plan.threads);
@@ -230,7 +231,7 @@ impl Net {
                 let mut dfeats = std::mem::take(&mut ws.dfeatures);
                 let (feats, df) = (&ws.features[..w], &mut dfeats[..w]);
                 readout::backward(self, params, grads, feats, dlogits, df, plan.threads);
-                let last_half = if cfg.bidirectional { cfg.hidden } else { 0 };
+                let last_half = if cfg.bidirectional { cfg.state_width() } else { 0 };
                 readout::unpool(pool, df, &dims, &ws.lengths, last_half, &ws.argmax, dh);
                 ws.dfeatures = dfeats;
             }
@@ -253,7 +254,8 @@ impl Net {
         plan: &Plan,
     ) {
         let cfg = &self.config;
-        let (b, steps, h, d) = (ws.batch, plan.steps, cfg.hidden, cfg.directions());
+        // h: the state's width (P with a projection).
+        let (b, steps, h, d) = (ws.batch, plan.steps, cfg.state_width(), cfg.directions());
         let (bh, bo, n) = (b * h, b * cfg.out_width(), plan.steps * ws.batch);
         let stride = ws.max_steps * bo;
         let dims = self.dims(plan, ws);
@@ -264,7 +266,8 @@ impl Net {
         let split = (k * stride).min(douts.len());
         let (d_lower, d_upper) = douts.split_at_mut(split);
         let (lower, upper) = lent.caches.split_at_mut(k * d);
-        let mut carry = CarryBufs { dh0: &mut ws.dh0, dc0: &mut ws.dc0, norms: &mut ws.dh_norms, bh, plan };
+        let bc = b * cfg.hidden;
+        let mut carry = CarryBufs { dh0: &mut ws.dh0, dc0: &mut ws.dc0, norms: &mut ws.dh_norms, bh, bc, plan };
         // This layer's input rows, and where dL/d(them) goes (the layer below's dL/d(outputs)).
         let (x, dx) = if k > 0 {
             let x = if plan.masked {
@@ -343,7 +346,9 @@ struct CarryBufs<'a, F> {
     dh0: &'a mut [F],
     dc0: &'a mut [F],
     norms: &'a mut [F],
+    /// B·P (the state h) and B·H (the cell state c).
     bh: usize,
+    bc: usize,
     plan: &'a Plan,
 }
 
@@ -351,8 +356,8 @@ impl<F> CarryBufs<'_, F> {
     /// Cache c's gradient carried between steps: its slices of dL/d(final state) (in) and
     /// dL/d(initial state) (out), and of the per-step norms when the plan records them.
     fn of(&mut self, c: usize, max_steps: usize) -> Carry<'_, F> {
-        let bh = self.bh;
-        let dc0 = if self.dc0.is_empty() { &mut self.dc0[..0] } else { &mut self.dc0[c * bh..(c + 1) * bh] };
+        let (bh, bc) = (self.bh, self.bc);
+        let dc0 = if self.dc0.is_empty() { &mut self.dc0[..0] } else { &mut self.dc0[c * bc..(c + 1) * bc] };
         let t = max_steps;
         let dh_norms = self.plan.dh_norms.then(|| &mut self.norms[c * t..c * t + self.plan.steps]);
         Carry { dh_next: &mut self.dh0[c * bh..(c + 1) * bh], dc_next: dc0, dh_norms }
@@ -361,12 +366,12 @@ impl<F> CarryBufs<'_, F> {
     /// Caches c and c + 1 (a bidirectional layer's directions) at once, for a schedule that
     /// records no norms (`Schedule::Directions`).
     fn pair(&mut self, c: usize) -> [Carry<'_, F>; 2] {
-        let bh = self.bh;
+        let (bh, bc) = (self.bh, self.bc);
         let (h0, h1) = self.dh0[c * bh..(c + 2) * bh].split_at_mut(bh);
         let (c0, c1) = if self.dc0.is_empty() {
             (<&mut [F]>::default(), <&mut [F]>::default())
         } else {
-            self.dc0[c * bh..(c + 2) * bh].split_at_mut(bh)
+            self.dc0[c * bc..(c + 2) * bc].split_at_mut(bc)
         };
         [Carry { dh_next: h0, dc_next: c0, dh_norms: None }, Carry { dh_next: h1, dc_next: c1, dh_norms: None }]
     }

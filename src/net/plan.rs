@@ -96,6 +96,8 @@ impl Plan {
                 ws.max_steps
             )));
         }
+        // A projected layer runs whole steps (`layer/proj.rs`).
+        let proj = cfg.proj_size > 0;
         let masked = match ws.fixed_masks {
             Some(t) if t != steps => {
                 return Err(Error::Config(format!("the dropout masks set are for {t} steps, the input has {steps}")));
@@ -106,20 +108,25 @@ impl Plan {
         let input = match cfg.input {
             InputKind::Dense { .. } => InputPath::Dense,
             // (A bidirectional net's reverse direction reads the rows in reverse order.)
-            InputKind::Tokens { vocab, .. } if steps * b < vocab || masked || cfg.bidirectional => InputPath::Gathered,
+            // (A projected layer reads rows, never the folded table.)
+            InputKind::Tokens { vocab, .. } if steps * b < vocab || masked || cfg.bidirectional || proj => {
+                InputPath::Gathered
+            }
             InputKind::Tokens { .. } => InputPath::Folded,
         };
         let (h, gh) = (cfg.hidden, cfg.cell.gates() * cfg.hidden);
         let lengths = !ws.lengths.is_empty();
         // The unit split and the wavefront do not know lengths yet: whole steps or row blocks.
         let split = match split(b, gh, h) {
+            _ if proj => Split::Whole,
             Split::Units(_) if lengths => Split::Whole,
             s => s,
         };
-        let wavefront = wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !lengths && !cfg.bidirectional);
+        let wavefront =
+            wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !lengths && !cfg.bidirectional && !proj);
         // A bidirectional layer with too few rows to cut into row blocks runs one direction per
         // part: no meeting per step (a unit split meets at every step).
-        let pair = cfg.bidirectional && matches!(split, Split::Whole | Split::Units(_));
+        let pair = cfg.bidirectional && !proj && matches!(split, Split::Whole | Split::Units(_));
         let forward = match wavefront {
             Some(units) => Schedule::Wavefront(units),
             None if pair => Schedule::Directions,
@@ -250,6 +257,7 @@ mod tests {
                 loss: LossKind::CrossEntropy,
                 head: Head::PerStep,
                 bidirectional: false,
+                proj_size: 0,
             };
             assert_eq!(wavefront_units(&cfg(3, 256), 1), Some(2));
             assert_eq!(wavefront_units(&cfg(2, 256), 4), Some(2));
@@ -259,7 +267,7 @@ mod tests {
         // tests/it/gradcheck.rs and determinism.rs: bidirectional schedules.
         let bidir = |b: usize, h: usize| {
             let cfg = NetConfig {
-                cell: crate::cell::CellKind::Lstm,
+                cell: "lstm".parse().unwrap(),
                 input: InputKind::Dense { size: 4 },
                 hidden: h,
                 layers: 1,
@@ -267,6 +275,7 @@ mod tests {
                 loss: LossKind::CrossEntropy,
                 head: Head::PerStep,
                 bidirectional: true,
+                proj_size: 0,
             };
             let net = crate::net::Net::new(cfg).unwrap();
             let ws = net.workspace::<f64>(3, b, 1).unwrap();

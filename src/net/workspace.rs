@@ -3,8 +3,7 @@
 
 use crate::error::Result;
 use crate::float::Float;
-use crate::net::plan::Plan;
-use crate::net::{Dropout, Head, InputKind, NetConfig, State};
+use crate::net::{Dropout, Head, InputKind, NetConfig, State, plan::Plan};
 
 /// Per-layer cache: what the backward pass of one layer needs, plus its gradient inputs.
 #[derive(Clone, Debug)]
@@ -25,6 +24,10 @@ pub(crate) struct LayerCache<F> {
     /// (T, B, H): dL/dh_t arriving from above (readout or next layer); during backward the
     /// gradient from the future is added in place, so afterwards it holds the total dL/dh_t.
     pub dh: Vec<F>,
+    /// With a projection (else empty; hs, dh, W_hhᵀ are then P wide): (T, B, H) the cell outputs
+    /// m_t = o ⊙ tanh(c_t) that h_t = W_hr m_t projects, and (B, H) dL/dm_t of one step.
+    pub ms: Vec<F>,
+    pub dm: Vec<F>,
 }
 
 /// All buffers for one (max_steps, batch, threads) shape; create with [`crate::Net::workspace`].
@@ -140,15 +143,18 @@ impl<F: Float> Workspace<F> {
         let z = |n: usize| vec![F::zero(); n];
         let lstm = cfg.cell.has_cell_state();
         let caches = cfg.layers * cfg.directions();
+        let (p, proj) = (cfg.state_width(), cfg.proj_size > 0);
         let layers = (0..caches)
             .map(|_| LayerCache {
                 gates: z(t * b * gh),
-                hs: z((t + 1) * b * h),
+                hs: z((t + 1) * b * p),
                 cs: z(if lstm { (t + 1) * b * h } else { 0 }),
                 aux: z(if cfg.cell.has_aux() { t * b * h } else { 0 }),
                 dgates_h: z(if cfg.cell.recurrent_apart() { t * b * gh } else { 0 }),
-                dh: z(t * b * h),
-                w_hh_t: z(h * gh),
+                dh: z(t * b * p),
+                w_hh_t: z(p * gh),
+                ms: z(if proj { t * b * h } else { 0 }),
+                dm: z(if proj { b * h } else { 0 }),
             })
             .collect();
         // Token input keeps `input`/`dinput` for the gathered embedding rows (T·B < V).
@@ -157,7 +163,7 @@ impl<F: Float> Workspace<F> {
             InputKind::Tokens { vocab, embedding_dim } => (t * b * embedding_dim, t * b, vocab * gh),
         };
         let (outputs, reversed) =
-            if cfg.bidirectional { (cfg.layers * t * b * 2 * h, t * b * (input / (t * b)).max(2 * h)) } else { (0, 0) };
+            if cfg.bidirectional { (cfg.layers * t * b * 2 * p, t * b * (input / (t * b)).max(2 * p)) } else { (0, 0) };
         Workspace {
             max_steps,
             batch,
@@ -182,7 +188,7 @@ impl<F: Float> Workspace<F> {
             config: *cfg,
             dinput: z(input),
             input_grad: false,
-            dh0: z(caches * b * h),
+            dh0: z(caches * b * p),
             dc0: z(if lstm { caches * b * h } else { 0 }),
             dh_norms: z(caches * t),
             record_dh_norms: false,
@@ -203,19 +209,20 @@ impl<F: Float> Workspace<F> {
     pub fn estimate_bytes(cfg: &NetConfig, max_steps: usize, batch: usize) -> u64 {
         let (t, b, h) = (max_steps as u128, batch as u128, cfg.hidden as u128);
         let (gh, l, o) = (cfg.cell.gates() as u128 * h, cfg.layers as u128, cfg.output as u128);
-        let d = cfg.directions() as u128;
-        let per_layer = d * (t * b * gh * 2 + (t + 1) * b * h * 2 + t * b * h * 2 + h * gh);
+        let (d, p) = (cfg.directions() as u128, cfg.state_width() as u128);
+        let proj = if cfg.proj_size > 0 { t * b * h + b * h } else { 0 };
+        let per_layer = d * (t * b * gh * 2 + (t + 1) * b * (h + p) + t * b * (h + p) + p * gh + proj);
         let (input, table) = match cfg.input {
             InputKind::Dense { size } => (t * b * size as u128 * 2, 0),
             InputKind::Tokens { vocab, embedding_dim } => {
                 (t * b * (embedding_dim as u128 * 2 + 1), vocab as u128 * gh * 2)
             }
         };
-        let pooled = if cfg.head == Head::PerStep { 0 } else { b * (2 * cfg.readout_width() as u128 + d * h) };
+        let pooled = if cfg.head == Head::PerStep { 0 } else { b * (2 * cfg.readout_width() as u128 + d * p) };
         // Bidirectional: each layer's outputs and their gradient, the reversed rows and theirs.
         let width = input / (2 * t * b).max(1);
-        let both = if cfg.bidirectional { 2 * l * t * b * 2 * h + 2 * t * b * width.max(2 * h) } else { 0 };
-        let rest = input + table + l * d * b * gh + 2 * t * b * o + 2 * l * d * b * h + l * d * t + pooled + both;
+        let both = if cfg.bidirectional { 2 * l * t * b * 2 * p + 2 * t * b * width.max(2 * p) } else { 0 };
+        let rest = input + table + l * d * b * gh + 2 * t * b * o + l * d * b * (h + p) + l * d * t + pooled + both;
         let bytes = (l * per_layer + rest) * std::mem::size_of::<F>() as u128;
         u64::try_from(bytes).unwrap_or(u64::MAX)
     }
@@ -226,7 +233,12 @@ impl<F: Float> Workspace<F> {
         let layers: usize = self
             .layers
             .iter()
-            .map(|l| l.gates.len() + l.hs.len() + l.cs.len() + l.aux.len() + l.dgates_h.len() + l.dh.len())
+            .map(|l| {
+                [&l.gates, &l.hs, &l.cs, &l.aux, &l.dgates_h, &l.dh, &l.ms, &l.dm]
+                    .iter()
+                    .map(|v| v.len())
+                    .sum::<usize>()
+            })
             .sum();
         let a = [&self.input, &self.table, &self.dtable, &self.hproj, &self.logits, &self.dlogits, &self.features];
         let b = [&self.dfeatures, &self.dinput, &self.dh0, &self.dc0, &self.dh_norms, &self.mask_x, &self.mask_h];
@@ -387,7 +399,7 @@ impl<F: Float> Workspace<F> {
     /// hidden states (bidirectional: both directions' h_t side by side, zeros in the reverse
     /// half past each sequence's length).
     pub fn hidden_states(&self, layer: usize) -> &[F] {
-        let bh = self.batch * self.config.hidden;
+        let bh = self.batch * self.config.state_width();
         if self.config.bidirectional {
             let n = self.max_steps * 2 * bh;
             return &self.outputs[layer * n..layer * n + self.steps * 2 * bh];
@@ -406,12 +418,12 @@ impl<F: Float> Workspace<F> {
     /// `out`, reusing its buffers. (A reverse direction's state is its own after t of its steps:
     /// only t = T, its final state, is a state of the whole sequence.)
     pub fn state_at(&self, t: usize, out: &mut State<F>) {
-        let bh = self.batch * self.config.hidden;
+        let (bp, bh) = (self.batch * self.config.state_width(), self.batch * self.config.hidden);
         let t = t.min(self.steps);
         out.h.clear();
         out.c.clear();
         for l in &self.layers {
-            out.h.extend_from_slice(&l.hs[t * bh..(t + 1) * bh]);
+            out.h.extend_from_slice(&l.hs[t * bp..(t + 1) * bp]);
             if self.config.cell.has_cell_state() {
                 out.c.extend_from_slice(&l.cs[t * bh..(t + 1) * bh]);
             }

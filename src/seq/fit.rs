@@ -37,6 +37,9 @@ pub struct FitConfig {
     /// Every layer also reads each sequence backwards (PyTorch's `bidirectional=True`).
     #[serde(default)]
     pub bidirectional: bool,
+    /// LSTM: project each layer's output to this many values, PyTorch's `proj_size` (0 = none).
+    #[serde(default)]
+    pub proj_size: usize,
     /// Poolings over time (`last`, `mean`, `max` joined by `+`).
     pub pool: String,
     /// Steps per RNN step; 0 = chosen from the data ([`FitConfig::auto_patch`]).
@@ -83,6 +86,7 @@ impl FitConfig {
             hidden: 256,
             layers: 1,
             bidirectional: false,
+            proj_size: 0,
             pool: "last+mean".into(),
             patch: 0,
             epochs: None,
@@ -423,6 +427,7 @@ impl Fitter {
             hidden_size: cfg.hidden,
             num_layers: cfg.layers,
             bidirectional: cfg.bidirectional,
+            proj_size: cfg.proj_size,
             pool: cfg.pool.clone(),
             patch,
             features: train.features,
@@ -853,6 +858,7 @@ impl Fitter {
                 crate::net::Head::Pooled(cfg.pool.parse()?)
             },
             bidirectional: cfg.bidirectional,
+            proj_size: cfg.proj_size,
         };
         let steps = max_len.div_ceil(patch);
         let b = cfg.batch.clamp(1, data.len().max(1)) as u64;

@@ -3,8 +3,8 @@
 //! logits or values). Its file, `seq/1`: safetensors with PyTorch names (`rnn.*` as `nn.LSTM`
 //! etc. with `batch_first` irrelevant, `head.weight`/`head.bias` as `nn.Linear(P·H, O)`) and two
 //! more tensors, `standardize.mean` and `standardize.std` (F); metadata `bptt.format` = `seq/1`
-//! and `spec` (a JSON object: task, cell, hidden_size, num_layers, bidirectional, pool, patch,
-//! features, classes, target_mean, target_std, outputs, forecast).
+//! and `spec` (a JSON object: task, cell, hidden_size, num_layers, bidirectional, proj_size, pool,
+//! patch, features, classes, target_mean, target_std, outputs, forecast).
 
 use crate::cell::CellKind;
 use crate::error::{Error, Result};
@@ -61,6 +61,9 @@ pub struct SeqSpec {
     /// Every layer also reads each sequence backwards (`…_reverse` tensors; absent = false).
     #[serde(default)]
     pub bidirectional: bool,
+    /// LSTM: each layer's output projected to this many values (`weight_hr_l{k}`; 0 = none).
+    #[serde(default)]
+    pub proj_size: usize,
     /// The poolings over time, e.g. `last+mean` (see [`Pool`]).
     pub pool: String,
     /// k: consecutive steps fed as one RNN step of k·F values (1 = one step per step).
@@ -115,6 +118,7 @@ impl SeqSpec {
             // Labelling reads every step; the others one pooled readout per sequence.
             head: if self.task == Task::Label { Head::PerStep } else { Head::Pooled(self.pool()?) },
             bidirectional: self.bidirectional,
+            proj_size: self.proj_size,
         })
     }
 
@@ -154,8 +158,11 @@ impl SeqSpec {
         cfg.validate()?;
         let (g, h, i, l) =
             (cfg.cell.gates() as u128, cfg.hidden as u128, cfg.input_width() as u128, cfg.layers as u128);
-        let n = g * h * (i + h + 2)
-            + (l - 1) * g * h * (2 * h + 2)
+        // (An upper bound: each direction's tensors, a projection's W_hr, inputs D·H wide.)
+        let d = cfg.directions() as u128;
+        let n = d * g * h * (i + h + 2)
+            + d * (l - 1) * g * h * (d * h + h + 2)
+            + d * l * h * h
             + cfg.output as u128 * (cfg.readout_width() as u128 + 1);
         if n > MAX_PARAMS as u128 {
             return Err(Error::Config(format!("a model of {n} parameters is larger than the {MAX_PARAMS} supported")));

@@ -64,6 +64,7 @@ impl TaskKind {
             loss,
             head,
             bidirectional: false,
+            proj_size: 0,
         }
     }
 }

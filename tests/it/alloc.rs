@@ -51,6 +51,7 @@ fn forward_backward_do_not_allocate_after_warm_up() {
                     loss: LossKind::CrossEntropy,
                     head: Head::PerStep,
                     bidirectional: false,
+                    proj_size: 0,
                 };
                 let net = Net::new(cfg).unwrap();
                 let params = net.init_params::<f32>(1);

@@ -49,8 +49,17 @@ impl Problem {
         };
         let input =
             if tokens { InputKind::Tokens { vocab: v, embedding_dim: i } } else { InputKind::Dense { size: i } };
-        let cfg =
-            NetConfig { cell, input, hidden: h, layers, output: o, loss, head: Head::PerStep, bidirectional: false };
+        let cfg = NetConfig {
+            cell,
+            input,
+            hidden: h,
+            layers,
+            output: o,
+            loss,
+            head: Head::PerStep,
+            bidirectional: false,
+            proj_size: 0,
+        };
         let net = Net::new(cfg).unwrap();
         let mut r = rng(seed);
         // Larger than default weights so gates are away from their linear regime.
@@ -108,6 +117,19 @@ impl Problem {
         let cfg = NetConfig { bidirectional: true, ..*self.net.config() };
         self.net = Net::new(cfg).unwrap();
         let mut r = rng(seed ^ 0xb1d1);
+        self.params = uniform(&mut r, self.net.num_params(), 0.8);
+        self.init = State::zeros(&cfg, self.batch);
+        self.init.h = uniform(&mut r, self.init.h.len(), 0.5);
+        self.init.c = uniform(&mut r, self.init.c.len(), 0.5);
+        self
+    }
+
+    /// The same problem with every layer's output projected to `p` < H values (`proj_size`;
+    /// LSTM only): fresh weights and initial state from `seed`.
+    pub fn projected(mut self, p: usize, seed: u64) -> Self {
+        let cfg = NetConfig { proj_size: p, ..*self.net.config() };
+        self.net = Net::new(cfg).unwrap();
+        let mut r = rng(seed ^ 0x9e0);
         self.params = uniform(&mut r, self.net.num_params(), 0.8);
         self.init = State::zeros(&cfg, self.batch);
         self.init.h = uniform(&mut r, self.init.h.len(), 0.5);

@@ -180,6 +180,7 @@ fn dense_problem<F: bptt::Float>(
         loss: LossKind::CrossEntropy,
         head: Head::PerStep,
         bidirectional: false,
+        proj_size: 0,
     };
     let x = (0..t * b * i).map(|k| F::of((k * 37 % 101) as f64 / 50.0 - 1.0)).collect();
     let y = (0..t * b).map(|k| (k * 7 % o) as u32).collect();

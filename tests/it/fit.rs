@@ -545,3 +545,29 @@ fn fit_bidirectional_learns_and_writes_reverse_tensors() {
     let o = bptt(&["fit", "--resume", run.to_str().unwrap(), "--bidirectional"]);
     assert!(!o.status.success() && stderr(&o).lines().count() <= 3, "{}", stderr(&o));
 }
+
+/// `--proj-size` (LSTM only, below `--hidden`): a projected model learns, holds PyTorch's
+/// `weight_hr_l{k}` (and `…_reverse`) tensors, and a projection the cell cannot have is one line
+/// naming the flag.
+#[test]
+fn fit_projected_lstm_learns_and_refuses_other_cells() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let extra = ["--epochs", "8", "--cell", "lstm", "--proj-size", "12", "--bidirectional", "--seed", "2"];
+    let o = fit(&run, &data("JapaneseVowels_TRAIN.ts"), &extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = SeqModel::load(&run.join("model.safetensors")).unwrap();
+    assert_eq!(model.spec.proj_size, 12);
+    assert_eq!(model.net.param("rnn.weight_hr_l0_reverse").unwrap().shape, vec![12, 32]);
+    assert_eq!(model.net.param("rnn.weight_hh_l0").unwrap().shape, vec![4 * 32, 12]);
+    let (m, test) = (run.join("model.safetensors"), data("JapaneseVowels_TEST.ts"));
+    let e = bptt(&["evaluate", "--model", m.to_str().unwrap(), "--data", test.to_str().unwrap(), "--json"]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    let acc = json(&e)["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "test accuracy {acc} after 8 epochs");
+    for cell in ["gru", "rnn_tanh"] {
+        let o = fit(&d.path().join(cell), &data("JapaneseVowels_TRAIN.ts"), &["--cell", cell, "--proj-size", "4"]);
+        assert!(!o.status.success(), "{cell}: a projection was accepted");
+        assert!(stderr(&o).trim().lines().count() == 1 && stderr(&o).contains("--proj-size"), "{}", stderr(&o));
+    }
+}

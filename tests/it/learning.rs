@@ -18,6 +18,7 @@ fn lstm_learns_to_echo_five_steps_back() {
         loss: LossKind::CrossEntropy,
         head: Head::PerStep,
         bidirectional: false,
+        proj_size: 0,
     };
     let net = Net::new(cfg).unwrap();
     let mut params = net.init_params::<f32>(42);

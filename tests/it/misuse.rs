@@ -81,6 +81,7 @@ fn backward_runs_the_plan_its_forward_made() {
         loss: bptt::LossKind::CrossEntropy,
         head: Head::PerStep,
         bidirectional: false,
+        proj_size: 0,
     };
     let net = Net::new(cfg).unwrap();
     let (t, b) = (6, 4);

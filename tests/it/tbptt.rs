@@ -50,6 +50,7 @@ impl Stream {
             loss: LossKind::CrossEntropy,
             head: Head::PerStep,
             bidirectional: false,
+            proj_size: 0,
         };
         let x = (0..n * b * i).map(|k| (0.61 * k as f64).sin()).collect();
         let y = (0..n * b).map(|k| ((k * 7 + k / 5) % 4) as u32).collect();

@@ -49,6 +49,7 @@ fn run_masked(case: &Case, dropped: bool) {
         loss,
         head: Head::PerStep,
         bidirectional: false,
+        proj_size: 0,
     })
     .unwrap();
     let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
@@ -154,6 +155,7 @@ fn packed_sequences_match_pytorch() {
             loss,
             head: Head::PerStep,
             bidirectional: false,
+            proj_size: 0,
         })
         .unwrap();
         let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
@@ -187,47 +189,58 @@ fn packed_sequences_match_pytorch() {
     }
 }
 
-/// Bidirectional nets of 1 and 2 layers (`bidirectional=True`), packed lengths (4, 2, 3): the
-/// top layer's outputs at every valid position, the final states of both directions (the
-/// reverse one's taken after each sequence's first step), the loss, every gradient, dh0, dc0.
+/// Bidirectional nets of 1 and 2 layers (`bidirectional=True`) and projected LSTMs
+/// (`proj_size`, one or both directions), packed lengths (4, 2, 3): the top layer's outputs at
+/// every valid position, the final states of both directions (the reverse one's taken after each
+/// sequence's first step), the loss, every gradient (`weight_hr` too), dh0, dc0.
 #[test]
-fn bidirectional_nets_match_pytorch() {
-    let cases = [&exp::BIDIR_LSTM, &exp::BIDIR_GRU_2, &exp::BIDIR_LSTM_TOKENS_2, &exp::BIDIR_RNN_TANH_2];
+fn bidirectional_and_projected_nets_match_pytorch() {
+    let cases = [
+        &exp::BIDIR_LSTM,
+        &exp::BIDIR_GRU_2,
+        &exp::BIDIR_LSTM_TOKENS_2,
+        &exp::BIDIR_RNN_TANH_2,
+        &exp::PROJ_LSTM_2,
+        &exp::PROJ_LSTM_TOKENS,
+        &exp::PROJ_BIDIR_LSTM_2,
+    ];
     for case in cases {
-        let (b, l) = (3, case.layers);
+        let (b, l, bidirectional, proj_size) = (3, case.layers, case.bidirectional, case.proj);
         let cell: CellKind = case.cell.parse().unwrap();
         let input =
             if case.tokens { InputKind::Tokens { vocab: V, embedding_dim: I } } else { InputKind::Dense { size: I } };
         let (loss, head) = (LossKind::CrossEntropy, Head::PerStep);
-        let cfg = NetConfig { cell, input, hidden: H, layers: l, output: O, loss, head, bidirectional: true };
+        let cfg = NetConfig { cell, input, hidden: H, layers: l, output: O, loss, head, bidirectional, proj_size };
         let net = Net::new(cfg).unwrap();
         let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
         let x: Vec<f64> = (0..T * b * I).map(|k| (0.7 * k as f64 + 0.3).sin()).collect();
         let ids: Vec<u32> = (0..T * b).map(|k| ((5 * k + 1) % V) as u32).collect();
         let classes: Vec<u32> = (0..T * b).map(|k| ((7 * k + 3) % O) as u32).collect();
-        let n = 2 * l * b * H;
+        let (d, p) = (cfg.directions(), cfg.state_width());
+        let (n, nc) = (d * l * b * p, d * l * b * H);
         let mut init = State::zeros(net.config(), b);
         init.h = (0..n).map(|k| 0.3 * (0.5 * k as f64 + 1.0).sin()).collect();
         if cell.has_cell_state() {
-            init.c = (0..n).map(|k| 0.3 * (0.5 * k as f64 + 1.0).cos()).collect();
+            init.c = (0..nc).map(|k| 0.3 * (0.5 * k as f64 + 1.0).cos()).collect();
         }
         let w: Vec<f64> = (0..n).map(|k| 0.1 * (0.3 * k as f64 + 0.2).cos()).collect();
+        let wc: Vec<f64> = (0..nc).map(|k| 0.1 * (0.3 * k as f64 + 0.2).cos()).collect();
         let input = if case.tokens { Input::Tokens(&ids) } else { Input::Dense(&x) };
         let mut ws = net.workspace(T, b, 1).unwrap();
         ws.set_lengths(Some(case.lengths)).unwrap();
         let ce = net.forward(&params, &mut ws, input, Some(Targets::classes(&classes)), Some(&init)).unwrap();
         let last = ws.final_state();
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-        let loss = ce + dot(&w, &last.h) + if cell.has_cell_state() { dot(&w, &last.c) } else { 0.0 };
+        let loss = ce + dot(&w, &last.h) + if cell.has_cell_state() { dot(&wc, &last.c) } else { 0.0 };
         // PyTorch pads past each length with zeros: compare the valid positions.
         let out = ws.hidden_states(l - 1).to_vec();
-        let valid = |k: usize| (k / (2 * H)) / b < case.lengths[(k / (2 * H)) % b];
+        let valid = |k: usize| (k / (d * p)) / b < case.lengths[(k / (d * p)) % b];
         let pick = |v: &[f64]| v.iter().enumerate().filter(|(k, _)| valid(*k)).map(|(_, &x)| x).collect::<Vec<_>>();
-        let dfinal = State { h: w.clone(), c: if cell.has_cell_state() { w.clone() } else { Vec::new() } };
+        let dfinal = State { h: w.clone(), c: if cell.has_cell_state() { wc.clone() } else { Vec::new() } };
         let mut grads = vec![0.0; net.num_params()];
         net.backward_from(&params, &mut ws, &mut grads, Some(&dfinal)).unwrap();
         let d0 = ws.initial_state_grad();
-        let what = |s: &str| format!("{} L={l} tokens={} bidirectional {s}", case.cell, case.tokens);
+        let what = |s: &str| format!("{} L={l} tokens={} D={d} P={p} {s}", case.cell, case.tokens);
         assert_close(&what("out"), &pick(&out), &pick(case.out), 1e-10);
         assert_close(&what("loss"), &[loss], &[case.loss], 1e-12);
         assert_close(&what("h_n"), &last.h, case.h_n, 1e-10);
@@ -318,6 +331,7 @@ fn run_big(case: &BigCase) {
         loss: LossKind::CrossEntropy,
         head: Head::PerStep,
         bidirectional: false,
+        proj_size: 0,
     };
     let net = Net::new(cfg).unwrap();
     let scale = 1.5 / (h as f64).sqrt();

@@ -88,6 +88,7 @@ class SequenceModel:
         hidden: int = 256,
         layers: int = 1,
         bidirectional: bool = False,
+        proj_size: int = 0,
         pool: str = "last+mean",
         patch: Union[str, int] = "auto",
         epochs: Union[str, int] = "auto",

@@ -20,7 +20,7 @@ import numpy as np
 from . import _core
 
 _PARAMS = (
-    "task", "cell", "hidden", "layers", "bidirectional", "pool", "patch", "epochs", "batch", "optimizer", "lr",
+    "task", "cell", "hidden", "layers", "bidirectional", "proj_size", "pool", "patch", "epochs", "batch", "optimizer", "lr",
     "weight_decay", "lr_schedule", "clip_norm", "dropout", "class_weight", "valid_fraction",
     "patience", "seed", "threads", "callback",
 )
@@ -93,8 +93,8 @@ class SequenceModel(_Base):
     of the epoch with the best validation loss are kept.
     """
 
-    def __init__(self, task="classify", cell="gru", hidden=256, layers=1, bidirectional=False, pool="last+mean",
-                 patch="auto",
+    def __init__(self, task="classify", cell="gru", hidden=256, layers=1, bidirectional=False, proj_size=0,
+                 pool="last+mean", patch="auto",
                  epochs="auto", batch=8, optimizer="adam", lr=3e-3, weight_decay=None, lr_schedule="cosine",
                  clip_norm=5.0, dropout=0.3, class_weight=None, valid_fraction=0.0, patience=0, seed=1,
                  threads=None, callback=None):
@@ -103,6 +103,7 @@ class SequenceModel(_Base):
         self.hidden = hidden
         self.layers = layers
         self.bidirectional = bidirectional
+        self.proj_size = proj_size
         self.pool = pool
         self.patch = patch
         self.epochs = epochs
@@ -163,7 +164,7 @@ class SequenceModel(_Base):
             raise ValueError(f"epochs must be 'auto' or a whole number >= 1, got {self.epochs!r}")
         return json.dumps({
             "task": self.task, "cell": self.cell, "hidden": int(self.hidden), "layers": int(self.layers),
-            "bidirectional": bool(self.bidirectional),
+            "bidirectional": bool(self.bidirectional), "proj_size": int(self.proj_size),
             "pool": self.pool, "patch": int(patch), "epochs": None if epochs is None else int(epochs),
             "batch": int(self.batch),
             "optimizer": self.optimizer, "lr": float(self.lr),
@@ -265,7 +266,8 @@ class SequenceModel(_Base):
         core = _core.SeqCore.load(str(path))
         spec = json.loads(core.spec)
         m = cls(task=spec["task"], cell=spec["cell"], hidden=spec["hidden_size"], layers=spec["num_layers"],
-                bidirectional=spec.get("bidirectional", False), pool=spec["pool"], patch=spec["patch"])
+                bidirectional=spec.get("bidirectional", False), proj_size=spec.get("proj_size", 0), pool=spec["pool"],
+                patch=spec["patch"])
         m.core_ = core
         m.n_features_in_ = spec["features"]
         if spec["task"] == "classify":

@@ -3,6 +3,7 @@
 //! GEMM per weight gradient.
 
 mod pair;
+mod proj;
 mod rows;
 mod units;
 pub(crate) mod wavefront;
@@ -34,6 +35,8 @@ pub(crate) struct Dims {
     pub cell: CellKind,
     /// H.
     pub h: usize,
+    /// The width of h, the state: P with a projection (`layer/proj.rs`), else H.
+    pub hp: usize,
     /// G·H, the width of the gates.
     pub gh: usize,
     /// B, the batch rows.
@@ -45,7 +48,8 @@ pub(crate) struct Dims {
 
 impl Dims {
     pub(crate) fn new(cfg: &NetConfig, steps: usize, b: usize, threads: usize) -> Self {
-        Dims { cell: cfg.cell, h: cfg.hidden, gh: cfg.cell.gates() * cfg.hidden, b, steps, threads }
+        let (h, hp, gh) = (cfg.hidden, cfg.state_width(), cfg.cell.gates() * cfg.hidden);
+        Dims { cell: cfg.cell, h, hp, gh, b, steps, threads }
     }
 }
 
@@ -84,7 +88,10 @@ pub(crate) fn forward<F: Float>(
     hproj: &mut [F],
     x: LayerInput<'_, F>,
 ) {
-    let Dims { cell, h, gh, b, steps, threads } = pass.dims;
+    if pass.dims.hp != pass.dims.h {
+        return proj::forward(pass, lp, p, cache, x);
+    }
+    let Dims { cell, h, gh, b, steps, threads, .. } = pass.dims;
     let (bh, bgh) = (b * h, b * gh);
     let (b_hh, lengths) = (&p[lp.b_hh..lp.b_hh + gh], pass.lengths);
     if pass.w_hh_t {
@@ -219,7 +226,10 @@ pub(crate) fn backward<F: Float>(
     below: Below<'_, F>,
     carry: Carry<'_, F>,
 ) {
-    let Dims { cell, h, gh, b, steps, threads } = pass.dims;
+    if pass.dims.hp != pass.dims.h {
+        return proj::backward(pass, lp, p, grads, cache, below, carry);
+    }
+    let Dims { cell, h, gh, b, steps, threads, .. } = pass.dims;
     let (bh, bgh, lengths) = (b * h, b * gh, pass.lengths);
     let Carry { dh_next, dc_next, mut dh_norms } = carry;
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
@@ -287,7 +297,7 @@ pub(crate) fn weight_grads<F: Float>(
     cache: &LayerCache<F>,
     below: Below<'_, F>,
 ) {
-    let Dims { cell, h, gh, b, steps, threads } = *dims;
+    let Dims { cell, h, hp, gh, b, steps, threads } = *dims;
     let n = steps * b;
     let dpre_x = &cache.gates[..n * gh]; // (T·B, G·H)
     let dpre_h = if cell.recurrent_apart() { &cache.dgates_h[..n * gh] } else { dpre_x };
@@ -301,13 +311,24 @@ pub(crate) fn weight_grads<F: Float>(
             threads,
         );
     }
+    // dW_hh (G·H, P) += dpreᵀ · h_{t−1} over all steps (P = H without a projection).
     kernels::gemm(
-        MatMut::rows(&mut g_hi[..gh * h], gh, h),
+        MatMut::rows(&mut g_hi[..gh * hp], gh, hp),
         Mat::rows(dpre_h, n, gh).t(),
-        Mat::rows(&cache.hs[..n * h], n, h),
+        Mat::rows(&cache.hs[..n * hp], n, hp),
         true,
         threads,
     );
+    if hp != h {
+        // dW_hr (P, H) += dhᵀ · m over all steps.
+        kernels::gemm(
+            MatMut::rows(&mut grads[lp.w_hr..lp.w_hr + hp * h], hp, h),
+            Mat::rows(&cache.dh[..n * hp], n, hp).t(),
+            Mat::rows(&cache.ms[..n * h], n, h),
+            true,
+            threads,
+        );
+    }
     kernels::add_col_sums(&mut grads[lp.b_ih..lp.b_ih + gh], dpre_x, n, gh);
     kernels::add_col_sums(&mut grads[lp.b_hh..lp.b_hh + gh], dpre_h, n, gh);
     if let Some(dx) = below.dx {

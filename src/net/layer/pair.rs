@@ -16,7 +16,7 @@ pub(crate) fn forward_pair<'a, F: Float>(
     hprojs: [&mut [F]; 2],
     xs: [&[F]; 2],
 ) {
-    let Dims { cell, h, gh, b, steps, threads } = pass.dims;
+    let Dims { cell, h, gh, b, steps, threads, .. } = pass.dims;
     let [fwd, rev] = caches;
     for (cache, (lp, x)) in [&mut *fwd, &mut *rev].into_iter().zip(lps.iter().zip(xs)) {
         if pass.w_hh_t {
@@ -71,7 +71,7 @@ pub(crate) fn backward_pair<F: Float>(
     belows: [Below<'_, F>; 2],
     carries: [Carry<'_, F>; 2],
 ) {
-    let Dims { cell, h, gh, b, steps, threads } = pass.dims;
+    let Dims { cell, h, gh, b, steps, threads, .. } = pass.dims;
     let [fwd, rev] = caches;
     let [cf, cr] = carries;
     {

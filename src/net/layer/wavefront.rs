@@ -41,7 +41,7 @@ pub(crate) fn forward<F: Float>(
     x0: LayerInput<'_, F>,
     wave: Wave,
 ) {
-    let Dims { cell, h, gh, b, steps, threads } = wave.dims;
+    let Dims { cell, h, gh, b, steps, threads, .. } = wave.dims;
     let table = match x0 {
         LayerInput::Rows(x) => {
             // The first layer's input is known: project all its steps in one GEMM.

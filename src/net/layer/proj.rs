@@ -1,0 +1,102 @@
+//! A layer whose output is projected (PyTorch's `proj_size`): the cell's output m_t (H) is not
+//! the state but projected, h_t = W_hr m_t (P < H), and h_t is what the next step, the next
+//! layer and the readout read. Whole steps only (the plan runs no other split for it): per step
+//! the recurrent GEMM over the P-wide h_{t−1}, the cell, then the projection; backward mirrors
+//! it, dm_t = dh_t · W_hr before the cell's backward step.
+
+use super::*;
+
+/// Forward over the pass's steps (hs[0], cs[0] hold the initial state).
+pub(super) fn forward<F: Float>(
+    pass: &Pass<'_>,
+    lp: &LayerParams,
+    p: &[F],
+    cache: &mut LayerCache<F>,
+    x: LayerInput<'_, F>,
+) {
+    let Dims { cell, h, hp, gh, b, steps, threads } = pass.dims;
+    let (bh, bp, bgh) = (b * h, b * hp, b * gh);
+    if pass.w_hh_t {
+        kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * hp], gh, hp, &mut cache.w_hh_t, threads);
+    }
+    if let LayerInput::Rows(x) = x {
+        project(&pass.dims, lp, p, cache, x);
+    }
+    let w_hh = &p[lp.w_hh..lp.w_hh + gh * hp]; // (G·H, P)
+    let w_hh_t = if pass.w_hh_t { Mat::rows(&cache.w_hh_t, hp, gh) } else { Mat::rows(w_hh, gh, hp).t() };
+    let w_hr_t = Mat::rows(&p[lp.w_hr..lp.w_hr + hp * h], hp, h).t(); // (H, P)
+    for t in 0..steps {
+        let g = &mut cache.gates[t * bgh..(t + 1) * bgh];
+        let (past, future) = cache.hs.split_at_mut((t + 1) * bp);
+        let (h_prev, h_t) = (&past[t * bp..], &mut future[..bp]);
+        kernels::gemm(MatMut::rows(g, b, gh), Mat::rows(h_prev, b, hp), w_hh_t, true, 1);
+        let (c_past, c_future) = cache.cs.split_at_mut((t + 1) * bh);
+        let (c_prev, c) = (&c_past[t * bh..], &mut c_future[..bh]);
+        let m = &mut cache.ms[t * bh..(t + 1) * bh];
+        let aux = &mut cache.aux[t * bh..(t + 1) * bh];
+        let step = Step { g: [g, &mut [], &mut [], &mut []], hp: [&[], &[], &[]], h_prev: &[], c_prev, c, aux, h: m };
+        cell.forward_rows(h, step);
+        // A row whose sequence has ended keeps its state, and its m counts for nothing.
+        for r in (0..b).filter(|&r| ended(pass.lengths, t, r)) {
+            m[r * h..(r + 1) * h].fill(F::zero());
+            c[r * h..(r + 1) * h].copy_from_slice(&c_prev[r * h..(r + 1) * h]);
+        }
+        kernels::gemm(MatMut::rows(h_t, b, hp), Mat::rows(m, b, h), w_hr_t, false, 1);
+        for r in (0..b).filter(|&r| ended(pass.lengths, t, r)) {
+            h_t[r * hp..(r + 1) * hp].copy_from_slice(&h_prev[r * hp..(r + 1) * hp]);
+        }
+    }
+}
+
+/// Backward over the steps of the last forward pass: as `layer::backward`, with dL/dm_t =
+/// dL/dh_t · W_hr in front of the cell's backward step, and dh_next (P wide) = dpre · W_hh.
+pub(super) fn backward<F: Float>(
+    pass: &Pass<'_>,
+    lp: &LayerParams,
+    p: &[F],
+    grads: &mut [F],
+    cache: &mut LayerCache<F>,
+    below: Below<'_, F>,
+    carry: Carry<'_, F>,
+) {
+    let Dims { cell, h, hp, gh, b, steps, .. } = pass.dims;
+    let (bh, bp, bgh) = (b * h, b * hp, b * gh);
+    let Carry { dh_next, dc_next, mut dh_norms } = carry;
+    let w_hh = Mat::rows(&p[lp.w_hh..lp.w_hh + gh * hp], gh, hp); // (G·H, P)
+    let w_hr = Mat::rows(&p[lp.w_hr..lp.w_hr + hp * h], hp, h); // (P, H)
+    for t in (0..steps).rev() {
+        let ended = Ended { lengths: pass.lengths, t, r0: 0 };
+        let dh_t = &mut cache.dh[t * bp..(t + 1) * bp];
+        kernels::add_into(dh_t, dh_next);
+        if let Some(norms) = dh_norms.as_deref_mut() {
+            let total: f64 = dh_t.chunks_exact(hp).map(|r| kernels::sum_sq(r).sqrt()).sum();
+            norms[t] = F::of(total / b as f64);
+        }
+        kernels::gemm(MatMut::rows(&mut cache.dm, b, h), Mat::rows(dh_t, b, hp), w_hr, false, 1);
+        let g = &mut cache.gates[t * bgh..(t + 1) * bgh];
+        for r in (0..b).filter(|&r| ended.at(r)) {
+            g[r * gh..(r + 1) * gh].fill(F::zero());
+        }
+        for run in ended.running(b) {
+            let (hr, gr) = (run.start * h..run.end * h, run.start * gh..run.end * gh);
+            let step = BackStep {
+                dh: &cache.dm[hr.clone()],
+                g: [&mut g[gr], &mut [], &mut [], &mut []],
+                dgh: [&mut [], &mut [], &mut []],
+                h: &[],
+                h_prev: &[],
+                c_prev: &cache.cs[t * bh..(t + 1) * bh][hr.clone()],
+                dc: &mut dc_next[hr.clone()],
+                aux: &cache.aux[t * bh..(t + 1) * bh][hr],
+                dh_prev: &mut [],
+            };
+            cell.backward_rows(h, step);
+        }
+        kernels::gemm(MatMut::rows(dh_next, b, hp), Mat::rows(g, b, gh), w_hh, false, 1);
+        // An ended row held its state: its gradient passes straight through.
+        for r in (0..b).filter(|&r| ended.at(r)) {
+            dh_next[r * hp..(r + 1) * hp].copy_from_slice(&cache.dh[t * bp + r * hp..t * bp + (r + 1) * hp]);
+        }
+    }
+    weight_grads(&pass.dims, lp, p, grads, cache, below);
+}
