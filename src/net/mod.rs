@@ -156,7 +156,8 @@ impl Net {
         ws.grad_ready.ready(self.w_out..self.len, grads);
         if let Schedule::Wavefront(units) = plan.backward {
             // Every layer's time loop at once; the weight gradients below, layer by layer.
-            let wave = self.wave(&plan, ws.batch, units, plan::chunk(plan.steps), plan.w_hh_t_backward);
+            let (chunk, lengths) = (plan::chunk(plan.steps), &ws.lengths[..]);
+            let wave = self.wave(&plan, ws.batch, units, chunk, plan.w_hh_t_backward, lengths);
             let (layers, dh0, dc0) = (&mut ws.layers[..], &mut ws.dh0[..], &mut ws.dc0[..]);
             layer::wavefront::backward_steps(&self.layers, params, layers, dh0, dc0, wave);
         }
@@ -197,8 +198,16 @@ impl Net {
         Dims::new(&self.config, plan.steps, ws.batch, plan.threads)
     }
 
-    fn wave(&self, plan: &Plan, b: usize, units: usize, chunk: usize, w_hh_t: bool) -> layer::wavefront::Wave {
+    fn wave<'a>(
+        &self,
+        plan: &Plan,
+        b: usize,
+        units: usize,
+        chunk: usize,
+        w_hh_t: bool,
+        lengths: &'a [usize],
+    ) -> layer::wavefront::Wave<'a> {
         let dims = Dims::new(&self.config, plan.steps, b, plan.threads);
-        layer::wavefront::Wave { dims, units, chunk, w_hh_t }
+        layer::wavefront::Wave { dims, units, chunk, w_hh_t, lengths }
     }
 }

@@ -107,7 +107,7 @@ impl Net {
         let mut lent = Lent::take(ws);
         if let Schedule::Wavefront(units) = plan.forward {
             // All layers at once, from the first one's input.
-            let wave = self.wave(plan, b, units, plan::chunk(steps), plan.w_hh_t_forward);
+            let wave = self.wave(plan, b, units, plan::chunk(steps), plan.w_hh_t_forward, &lent.lengths);
             let x = self.first_input(params, ws, plan);
             layer::wavefront::forward(&self.layers, params, &mut lent.caches, &mut lent.hproj, x, wave);
             return lent.give_back(ws);

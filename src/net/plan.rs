@@ -116,14 +116,8 @@ impl Plan {
         };
         let (h, gh) = (cfg.hidden, cfg.cell.gates() * cfg.hidden);
         let lengths = !ws.lengths.is_empty();
-        // The unit split and the wavefront do not know lengths yet: whole steps or row blocks.
-        let split = match split(b, gh, h) {
-            _ if proj => Split::Whole,
-            Split::Units(_) if lengths => Split::Whole,
-            s => s,
-        };
-        let wavefront =
-            wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !lengths && !cfg.bidirectional && !proj);
+        let split = if proj { Split::Whole } else { split(b, gh, h) };
+        let wavefront = wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !cfg.bidirectional && !proj);
         // A bidirectional layer with too few rows to cut into row blocks runs one direction per
         // part: no meeting per step (a unit split meets at every step).
         let pair = cfg.bidirectional && !proj && matches!(split, Split::Whole | Split::Units(_));

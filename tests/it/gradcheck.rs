@@ -213,8 +213,8 @@ fn wavefront_matches_finite_differences() {
 }
 
 /// Variable lengths (1 to T, row by row) on every path they take: row blocks (B = 32, H = 256),
-/// whole steps where the unit split would run (B = 4, H = 512; stacked at H = 256), and tiled
-/// whole steps (B = 16, H ≥ 512).
+/// unit blocks (B = 4, H = 512, token input), the wavefront over 2 layers (B = 4, H = 256), and
+/// tiled whole steps (B = 16, H ≥ 512).
 #[test]
 fn variable_lengths_on_split_paths_match_finite_differences() {
     split_path_matches_finite_differences(32, 256, 1, false, false, true, false);

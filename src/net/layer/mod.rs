@@ -164,7 +164,7 @@ pub(crate) fn forward<F: Float>(
             // core's cache. Step t needs all of h_{t−1}, so the parts meet before each step. (A
             // wavefront of one layer: the same driver runs stacked layers at once.)
             let (caches, lps) = (std::slice::from_mut(cache), std::slice::from_ref(lp));
-            let wave = wavefront::Wave { dims: pass.dims, units: parts, chunk: steps, w_hh_t: pass.w_hh_t };
+            let wave = wavefront::Wave { dims: pass.dims, units: parts, chunk: steps, w_hh_t: pass.w_hh_t, lengths };
             wavefront::forward_steps(lps, p, caches, hproj, table.as_ref(), wave);
         }
     }
@@ -278,7 +278,7 @@ pub(crate) fn backward<F: Float>(
             // dpre_t is in) dh_next for its units, a GEMM over all of dpre_t: a wavefront of one
             // layer (net/layer/wavefront.rs).
             let (caches, lps) = (std::slice::from_mut(cache), std::slice::from_ref(lp));
-            let wave = wavefront::Wave { dims: pass.dims, units: parts, chunk: steps, w_hh_t: pass.w_hh_t };
+            let wave = wavefront::Wave { dims: pass.dims, units: parts, chunk: steps, w_hh_t: pass.w_hh_t, lengths };
             wavefront::backward_steps(lps, p, caches, dh_next, dc_next, wave);
         }
     }

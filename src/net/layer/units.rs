@@ -43,12 +43,14 @@ pub(super) struct InputRows<'a, F> {
     pub(super) input: usize,  // I
 }
 
-/// Units [u0, u1) of every row of step t: one part's share of one phase.
+/// Units [u0, u1) of every row of step t: one part's share of one phase; `lengths` each row's
+/// (empty: every row runs every step): an ended row holds its state, its gradient passes through.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Block {
+pub(super) struct Block<'a> {
     pub(super) t: usize,
     pub(super) u0: usize,
     pub(super) u1: usize,
+    pub(super) lengths: &'a [usize],
 }
 
 /// Units [u0, u1) of every row of forward step t: (first, for a run of steps of an upper layer in
@@ -65,9 +67,9 @@ pub(super) unsafe fn forward_units<F: Float>(
     table: Option<&TableRows<'_, F>>,
     input: Option<InputRows<'_, F>>,
     bufs: &FwdBufs<F>,
-    blk: Block,
+    blk: Block<'_>,
 ) {
-    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1 }) = (*d, blk);
+    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1, .. }) = (*d, blk);
     let (u, bh) = (u1 - u0, b * h);
     let gate_blocks = cell.gates();
     // SAFETY (whole body): every range below is units [u0, u1) of one gate block of one row
@@ -124,8 +126,8 @@ pub(super) unsafe fn forward_units<F: Float>(
 /// # Safety
 /// As [`forward_units`].
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
-pub(super) unsafe fn forward_units_cell<F: Float>(d: &Dims, bufs: &FwdBufs<F>, at: Block) {
-    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1 }) = (*d, at);
+pub(super) unsafe fn forward_units_cell<F: Float>(d: &Dims, bufs: &FwdBufs<F>, at: Block<'_>) {
+    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1, lengths }) = (*d, at);
     let (u, bh) = (u1 - u0, b * h);
     // SAFETY (whole body): every range below is units [u0, u1) of one gate block or state of
     // one row, which the contract gives to this call, or step t's states, read-only.
@@ -144,6 +146,13 @@ pub(super) unsafe fn forward_units_cell<F: Float>(d: &Dims, bufs: &FwdBufs<F>, a
                 aux: if aux { st(&bufs.aux, t) } else { &mut [] },
                 h: st(&bufs.hs, t + 1),
             });
+            if ended(lengths, t, r) {
+                // The row's sequence has ended: it keeps its state.
+                st(&bufs.hs, t + 1).copy_from_slice(bufs.hs.read(t * bh + r * h + u0, u));
+                if lstm {
+                    st(&bufs.cs, t + 1).copy_from_slice(bufs.cs.read(t * bh + r * h + u0, u));
+                }
+            }
         }
     }
 }
@@ -169,9 +178,9 @@ pub(super) unsafe fn backward_units_cell<F: Float>(
     d: &Dims,
     above: Option<FromAbove<'_, F>>,
     bufs: &BwdBufs<F>,
-    at: Block,
+    at: Block<'_>,
 ) {
-    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1 }) = (*d, at);
+    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1, lengths }) = (*d, at);
     let (u, bh) = (u1 - u0, b * h);
     // SAFETY (whole body): each slice is units [u0, u1) of one gate block or state of one row
     // (or the run's dh of these units), given to this call by the contract, or a read of a
@@ -189,6 +198,17 @@ pub(super) unsafe fn backward_units_cell<F: Float>(
             let dh = bufs.dh.slice(st(t), u);
             let dh_next = bufs.dh_next.slice(st(0), u);
             kernels::add_into(dh, dh_next);
+            if ended(lengths, t, r) {
+                // An ended row held its state: no pre-activation gradient (the GEMM phase passes
+                // dh_t straight through to dh_next).
+                for q in 0..gates {
+                    g(q).fill(F::zero());
+                }
+                for q in 0..if gru { gates } else { 0 } {
+                    bufs.dgh.slice(t * b * gh + r * gh + q * h + u0, u).fill(F::zero());
+                }
+                continue;
+            }
             let dg = |q: usize| if gru { bufs.dgh.slice(t * b * gh + r * gh + q * h + u0, u) } else { &mut [] };
             cell.backward_units(BackStep {
                 dh,
@@ -210,8 +230,8 @@ pub(super) unsafe fn backward_units_cell<F: Float>(
 ///
 /// # Safety
 /// Nothing may write step t's dpre while this runs, nor touch units [u0, u1) of dh_next.
-pub(super) unsafe fn backward_units_gemm<F: Float>(d: &Dims, w: &UnitWeights<'_, F>, bufs: &BwdBufs<F>, at: Block) {
-    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1 }) = (*d, at);
+pub(super) unsafe fn backward_units_gemm<F: Float>(d: &Dims, w: &UnitWeights<'_, F>, bufs: &BwdBufs<F>, at: Block<'_>) {
+    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1, lengths }) = (*d, at);
     let gru = cell.recurrent_apart();
     let dpre = if gru { bufs.dgh } else { bufs.gates };
     // SAFETY: the contract.
@@ -219,6 +239,11 @@ pub(super) unsafe fn backward_units_gemm<F: Float>(d: &Dims, w: &UnitWeights<'_,
         let dpre = dpre.read(t * b * gh, b * gh); // (B, G·H)
         let c = MatMut::from_shared(bufs.dh_next, u0, b, u1 - u0, h, 1);
         kernels::gemm(c, Mat::rows(dpre, b, gh), w.backward(gh, h, u0, u1 - u0), gru, 1);
+        // An ended row's gradient passes straight through: dh_{t−1} = dh_t.
+        for r in (0..b).filter(|&r| ended(lengths, t, r)) {
+            let at = r * h + u0;
+            bufs.dh_next.slice(at, u1 - u0).copy_from_slice(bufs.dh.read(t * b * h + at, u1 - u0));
+        }
     }
 }
 

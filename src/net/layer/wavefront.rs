@@ -22,13 +22,14 @@ use crate::net::workspace::LayerCache;
 
 /// The shape of a pass through [`forward_steps`] / [`backward_steps`]: each layer cut into
 /// `units` blocks, layers running `chunk` steps apart, W_hh read through its transpose or not
-/// (the plan's choice for this direction).
+/// (the plan's choice for this direction), each row's length (empty: all T steps).
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Wave {
+pub(crate) struct Wave<'a> {
     pub dims: Dims,
     pub units: usize,
     pub chunk: usize,
     pub w_hh_t: bool,
+    pub lengths: &'a [usize],
 }
 
 /// Forward over all layers (hs[0], cs[0] of each cache hold its initial state); `x0` is the first
@@ -73,7 +74,7 @@ pub(super) fn forward_steps<F: Float>(
     table: Option<&TableRows<'_, F>>,
     wave: Wave,
 ) {
-    let Wave { dims, units, chunk, w_hh_t } = wave;
+    let Wave { dims, units, chunk, w_hh_t, lengths } = wave;
     let Dims { h, gh, b, steps, threads, .. } = dims;
     let (layers, bh) = (caches.len().min(MAX_LAYERS), b * h);
     let mut bufs: [Option<FwdBufs<F>>; MAX_LAYERS] = Default::default();
@@ -114,7 +115,7 @@ pub(super) fn forward_steps<F: Float>(
                     input: lp.input,
                 });
                 let table = table.filter(|_| l == 0);
-                super::forward_units(&dims, b_hh, w, table, input, buf, Block { t, u0, u1 });
+                super::forward_units(&dims, b_hh, w, table, input, buf, Block { t, u0, u1, lengths });
             }
         },
     );
@@ -136,7 +137,7 @@ pub(crate) fn backward_steps<F: Float>(
     dc0: &mut [F],
     wave: Wave,
 ) {
-    let Wave { dims, units, chunk, w_hh_t: single } = wave;
+    let Wave { dims, units, chunk, w_hh_t: single, lengths } = wave;
     let Dims { h, gh, b, steps, threads, .. } = dims;
     let (layers, bh) = (caches.len().min(MAX_LAYERS), b * h);
     let mut bufs: [Option<BwdBufs<F>>; MAX_LAYERS] = Default::default();
@@ -181,9 +182,9 @@ pub(crate) fn backward_steps<F: Float>(
             // dh_next.
             unsafe {
                 if phase % 2 == 0 {
-                    super::backward_units_cell(&dims, above, buf, Block { t, u0, u1 });
+                    super::backward_units_cell(&dims, above, buf, Block { t, u0, u1, lengths });
                 } else {
-                    super::backward_units_gemm(&dims, w, buf, Block { t, u0, u1 });
+                    super::backward_units_gemm(&dims, w, buf, Block { t, u0, u1, lengths });
                 }
             }
         },
