@@ -37,14 +37,17 @@ def cpu_model():
     return "unknown"
 
 
-def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=0.0, bidirectional=False):
+def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=0.0, bidirectional=False,
+          proj_size=0):
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
     kw = {} if kind else {"nonlinearity": cell[4:]}
     d = 2 if bidirectional else 1
+    if proj_size:
+        kw["proj_size"] = proj_size
     rnn = (kind or nn.RNN)(e, h, layers, dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional, **kw)
-    model = nn.ModuleDict({"encoder": nn.Embedding(v, e), "rnn": rnn, "decoder": nn.Linear(d * h, v)})
+    model = nn.ModuleDict({"encoder": nn.Embedding(v, e), "rnn": rnn, "decoder": nn.Linear(d * (proj_size or h), v)})
     drop = nn.Dropout(dropout)  # the embedding output and the decoder input, as bptt
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     state = None
@@ -83,7 +86,7 @@ def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=
         "vocab": v, "batch": b, "seq_len": t, "threads": threads, "steps": steps, "tokens_per_s": round(tps),
         "ms_per_step": round(dt * 1e3, 3), "gflops": round(flops_per_token(cell, h, layers, e, v, d) * tps / 1e9, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "cpu": cpu_model(),
-        "dropout": dropout, "weight_drop": weight_drop, "bidirectional": bidirectional,
+        "dropout": dropout, "weight_drop": weight_drop, "bidirectional": bidirectional, "proj_size": proj_size,
     }
 
 
@@ -101,10 +104,11 @@ p.add_argument("--suite", action="store_true")
 p.add_argument("--dropout", type=float, default=0.0)
 p.add_argument("--weight-drop", type=float, default=0.0)
 p.add_argument("--bidirectional", action="store_true")
+p.add_argument("--proj-size", type=int, default=0)
 a = p.parse_args()
 configs = SUITE if a.suite else [(a.cell, a.hidden, a.layers, a.batch, a.seq_len)]
 for cell, h, layers, b, t in configs:
     steps = 50 if (a.suite and b == 1) else a.steps
     out = bench(cell, h, layers, b, t, a.embedding_dim, a.vocab, steps, a.threads, a.dropout, a.weight_drop,
-                a.bidirectional)
+                a.bidirectional, a.proj_size)
     print(json.dumps(out), flush=True)

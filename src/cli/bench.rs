@@ -67,6 +67,9 @@ pub struct Args {
     /// bidirectional=True): the state is not carried between steps.
     #[arg(long)]
     bidirectional: bool,
+    /// LSTM: project each layer's output to P < H values (PyTorch's proj_size; 0 = none).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    proj_size: usize,
 }
 
 /// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
@@ -159,7 +162,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden: a.hidden, layers: a.layers };
     spec.validate(a.vocab)?;
     anyhow::ensure!(a.batch > 0 && a.seq_len > 0 && a.steps > 0, "--batch, --seq-len and --steps must be at least 1");
-    let net = Net::new(bptt::NetConfig { bidirectional: a.bidirectional, ..spec.net_config(a.vocab) })?;
+    let (bidirectional, proj_size) = (a.bidirectional, a.proj_size);
+    let net = Net::new(bptt::NetConfig { bidirectional, proj_size, ..spec.net_config(a.vocab) })?;
     let k = super::checkpoint_every(&a.checkpoint_every, a.seq_len)?;
     // Plain BPTT keeps a T-step workspace; checkpointed BPTT a K-step one plus T/K states.
     const HINT: &str = "lower --hidden, --layers, --batch or --seq-len, or use --checkpoint-every auto";
@@ -277,6 +281,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "dropout": a.dropout,
         "weight_drop": a.weight_drop,
         "bidirectional": a.bidirectional,
+        "proj_size": a.proj_size,
         "parts_per_thread": parts_run,
         "thread_share": share,
     });

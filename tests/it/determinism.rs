@@ -122,6 +122,31 @@ fn lengths_on_unit_blocks_do_not_depend_on_the_thread_count() {
     }
 }
 
+/// A projected LSTM (`proj_size`), whose per-step GEMMs are cut into tiles at this size (B = 64,
+/// H = 512, P = 256), with lengths: the same losses and gradients at any thread count.
+#[test]
+fn projected_lstm_does_not_depend_on_the_thread_count() {
+    use bptt::NetConfig;
+    let (t, b) = (5, 64);
+    let (net, x, y) = dense_problem::<f32>(CellKind::Lstm, 512, t, b, 5, 6);
+    let net = Net::new(NetConfig { proj_size: 256, ..*net.config() }).unwrap();
+    let lengths: Vec<usize> = (0..b).map(|r| 1 + r % t).collect();
+    let run = |threads: usize| {
+        let p = net.init_params::<f32>(3);
+        let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
+        ws.set_lengths(Some(&lengths)).unwrap();
+        let mut g = vec![0.0f32; p.len()];
+        let loss = net.forward(&p, &mut ws, Input::Dense(&x), Some(Targets::classes(&y)), None).unwrap();
+        net.backward(&p, &mut ws, &mut g).unwrap();
+        (loss, g, ws.initial_state_grad().h)
+    };
+    let one = run(1);
+    assert!(one.1.iter().all(|v| v.is_finite()) && one.1.iter().any(|&v| v != 0.0));
+    for threads in [2, 3, 8] {
+        assert!(run(threads) == one, "projected LSTM: {threads} threads differ from one");
+    }
+}
+
 /// Bidirectional nets on every schedule they take — the two directions at once as two parts
 /// (B = 1, 4), each direction cut into row blocks (B = 32) or, for the LSTM, tiled whole steps
 /// (B = 16, H = 512) — give the same losses, gradients and trained weights at any thread count.

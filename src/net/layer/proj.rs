@@ -2,7 +2,8 @@
 //! the state but projected, h_t = W_hr m_t (P < H), and h_t is what the next step, the next
 //! layer and the readout read. Whole steps only (the plan runs no other split for it): per step
 //! the recurrent GEMM over the P-wide h_{t−1}, the cell, then the projection; backward mirrors
-//! it, dm_t = dh_t · W_hr before the cell's backward step.
+//! it, dm_t = dh_t · W_hr before the cell's backward step. The per-step GEMMs are cut into tiles
+//! (from their sizes alone) on up to `threads` threads where they are large enough.
 
 use super::*;
 
@@ -29,7 +30,7 @@ pub(super) fn forward<F: Float>(
         let g = &mut cache.gates[t * bgh..(t + 1) * bgh];
         let (past, future) = cache.hs.split_at_mut((t + 1) * bp);
         let (h_prev, h_t) = (&past[t * bp..], &mut future[..bp]);
-        kernels::gemm(MatMut::rows(g, b, gh), Mat::rows(h_prev, b, hp), w_hh_t, true, 1);
+        kernels::gemm(MatMut::rows(g, b, gh), Mat::rows(h_prev, b, hp), w_hh_t, true, threads);
         let (c_past, c_future) = cache.cs.split_at_mut((t + 1) * bh);
         let (c_prev, c) = (&c_past[t * bh..], &mut c_future[..bh]);
         let m = &mut cache.ms[t * bh..(t + 1) * bh];
@@ -41,7 +42,7 @@ pub(super) fn forward<F: Float>(
             m[r * h..(r + 1) * h].fill(F::zero());
             c[r * h..(r + 1) * h].copy_from_slice(&c_prev[r * h..(r + 1) * h]);
         }
-        kernels::gemm(MatMut::rows(h_t, b, hp), Mat::rows(m, b, h), w_hr_t, false, 1);
+        kernels::gemm(MatMut::rows(h_t, b, hp), Mat::rows(m, b, h), w_hr_t, false, threads);
         for r in (0..b).filter(|&r| ended(pass.lengths, t, r)) {
             h_t[r * hp..(r + 1) * hp].copy_from_slice(&h_prev[r * hp..(r + 1) * hp]);
         }
@@ -59,7 +60,7 @@ pub(super) fn backward<F: Float>(
     below: Below<'_, F>,
     carry: Carry<'_, F>,
 ) {
-    let Dims { cell, h, hp, gh, b, steps, .. } = pass.dims;
+    let Dims { cell, h, hp, gh, b, steps, threads } = pass.dims;
     let (bh, bp, bgh) = (b * h, b * hp, b * gh);
     let Carry { dh_next, dc_next, mut dh_norms } = carry;
     let w_hh = Mat::rows(&p[lp.w_hh..lp.w_hh + gh * hp], gh, hp); // (G·H, P)
@@ -72,7 +73,7 @@ pub(super) fn backward<F: Float>(
             let total: f64 = dh_t.chunks_exact(hp).map(|r| kernels::sum_sq(r).sqrt()).sum();
             norms[t] = F::of(total / b as f64);
         }
-        kernels::gemm(MatMut::rows(&mut cache.dm, b, h), Mat::rows(dh_t, b, hp), w_hr, false, 1);
+        kernels::gemm(MatMut::rows(&mut cache.dm, b, h), Mat::rows(dh_t, b, hp), w_hr, false, threads);
         let g = &mut cache.gates[t * bgh..(t + 1) * bgh];
         for r in (0..b).filter(|&r| ended.at(r)) {
             g[r * gh..(r + 1) * gh].fill(F::zero());
@@ -92,7 +93,7 @@ pub(super) fn backward<F: Float>(
             };
             cell.backward_rows(h, step);
         }
-        kernels::gemm(MatMut::rows(dh_next, b, hp), Mat::rows(g, b, gh), w_hh, false, 1);
+        kernels::gemm(MatMut::rows(dh_next, b, hp), Mat::rows(g, b, gh), w_hh, false, threads);
         // An ended row held its state: its gradient passes straight through.
         for r in (0..b).filter(|&r| ended.at(r)) {
             dh_next[r * hp..(r + 1) * hp].copy_from_slice(&cache.dh[t * bp + r * hp..t * bp + (r + 1) * hp]);
