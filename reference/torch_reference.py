@@ -115,62 +115,15 @@ def case(name, cell, tokens, loss, dropout=False):
     dc0 = c0.grad.reshape(-1) if cell == "lstm" else torch.zeros(0)
     print(f"pub const {name}: Case = Case {{")
     print(f'    cell: "{cell}", tokens: {str(tokens).lower()}, mse: {str(loss == "mse").lower()},')
-    print(f"    loss: {out.item()!r},")
-    for label, v in [("grads", grads), ("dh0", dh0), ("dc0", dc0)]:
-        print(f"    {label}: &[{', '.join(repr(float(a)) for a in v)}],")
-    print("};")
+    print_fields(out, [("grads", grads), ("dh0", dh0), ("dc0", dc0)])
 
 
-def packed_case(name, cell, tokens):
-    m, slab, x, h0, c0 = setup(cell, tokens)
-    lengths = [4, 1]
-    if tokens:
-        x = m.encoder(x)
-    state = (h0, c0) if cell == "lstm" else h0
-    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-    out, last = m.rnn(packed, state)
-    out, _ = nn.utils.rnn.pad_packed_sequence(out, total_length=T)
-    y = m.decoder(out)
-    t = torch.tensor([(7 * k + 3) % O for k in range(T * B)])
-    valid = torch.tensor([1.0 if k // B < lengths[k % B] else 0.0 for k in range(T * B)])
-    ce = nn.functional.cross_entropy(y.reshape(T * B, O), t, reduction="none")
-    loss = (ce * valid).sum() / valid.sum()
-    h_n, c_n = last if cell == "lstm" else (last, torch.zeros(0))
-    w = fill(L * B * H, lambda k: 0.1 * math.cos(0.3 * k + 0.2))
-    loss = loss + (w * h_n.reshape(-1)).sum() + ((w * c_n.reshape(-1)).sum() if cell == "lstm" else 0.0)
-    loss.backward()
-    grads = torch.cat([p.grad.reshape(-1) for p in slab])
-    dc0 = c0.grad.reshape(-1) if cell == "lstm" else torch.zeros(0)
-    print(f"pub const {name}: PackedCase = PackedCase {{")
-    print(f'    cell: "{cell}", tokens: {str(tokens).lower()}, lengths: &[4, 1],')
-    print(f"    loss: {loss.item()!r},")
-    for label, v in [("grads", grads), ("dh0", h0.grad.reshape(-1)), ("dc0", dc0),
-                     ("h_n", h_n.detach().reshape(-1)), ("c_n", c_n.detach().reshape(-1))]:
-        print(f"    {label}: &[{', '.join(repr(float(a)) for a in v)}],")
-    print("};")
-
-
-def bidir_case(name, cell, tokens, layers, bidirectional=True, proj=0):
-    """A packed case of lengths (4, 2, 3), B = 3, bidirectional and/or projected (see the
-    docstring)."""
-    b, lengths, d = 3, [4, 2, 3], 2 if bidirectional else 1
-    p = proj or H
-    m = Model(cell, tokens, layers=layers)
-    kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
-    kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
-    if proj:
-        kw["proj_size"] = proj
-    m.rnn = kind(I, H, num_layers=layers, bidirectional=bidirectional, **kw)
-    m.decoder = nn.Linear(d * p, O)
-    slab = [p for p in m.parameters()]
-    load(slab, fill(sum(p.numel() for p in slab), lambda k: 0.6 * math.sin(1.3 * k + 0.5)))
-    if tokens:
-        x = m.encoder(torch.tensor([(5 * k + 1) % V for k in range(T * b)]).view(T, b))
-    else:
-        x = fill(T * b * I, lambda k: math.sin(0.7 * k + 0.3)).view(T, b, I)
-    n, nc = d * layers * b * p, d * layers * b * H
-    h0 = fill(n, lambda k: 0.3 * math.sin(0.5 * k + 1)).view(d * layers, b, p).requires_grad_()
-    c0 = fill(nc, lambda k: 0.3 * math.cos(0.5 * k + 1)).view(d * layers, b, H).requires_grad_()
+def packed_run(m, slab, x, h0, c0, cell, lengths):
+    """Runs `x` (T, b, ·) packed with `lengths` from (h0, c0): the mean cross-entropy over the
+    valid positions plus sum_k w[k] (h_n[k] + c_n[k]), w[k] = 0.1 cos(0.3 k + 0.2) (over each
+    state's own size), then backward. Returns the loss, the slab's gradient, dh0, dc0, h_n, c_n
+    and the padded outputs of the top layer."""
+    b = len(lengths)
     state = (h0, c0) if cell == "lstm" else h0
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
     out, last = m.rnn(packed, state)
@@ -181,21 +134,60 @@ def bidir_case(name, cell, tokens, layers, bidirectional=True, proj=0):
     ce = nn.functional.cross_entropy(y.reshape(T * b, O), t, reduction="none")
     loss = (ce * valid).sum() / valid.sum()
     h_n, c_n = last if cell == "lstm" else (last, torch.zeros(0))
-    w = fill(n, lambda k: 0.1 * math.cos(0.3 * k + 0.2))
-    wc = fill(nc, lambda k: 0.1 * math.cos(0.3 * k + 0.2))
+    w = fill(h0.numel(), lambda k: 0.1 * math.cos(0.3 * k + 0.2))
+    wc = fill(c0.numel(), lambda k: 0.1 * math.cos(0.3 * k + 0.2))
     loss = loss + (w * h_n.reshape(-1)).sum() + ((wc * c_n.reshape(-1)).sum() if cell == "lstm" else 0.0)
     loss.backward()
     grads = torch.cat([q.grad.reshape(-1) for q in slab])
     dc0 = c0.grad.reshape(-1) if cell == "lstm" else torch.zeros(0)
+    return loss, [("grads", grads), ("dh0", h0.grad.reshape(-1)), ("dc0", dc0),
+                  ("h_n", h_n.detach().reshape(-1)), ("c_n", c_n.detach().reshape(-1)),
+                  ("out", out.detach().reshape(-1))]
+
+
+def print_fields(loss, fields):
+    print(f"    loss: {loss.item()!r},")
+    for label, v in fields:
+        print(f"    {label}: &[{', '.join(repr(float(a)) for a in v)}],")
+    print("};")
+
+
+def packed_case(name, cell, tokens):
+    m, slab, x, h0, c0 = setup(cell, tokens)
+    if tokens:
+        x = m.encoder(x)
+    loss, fields = packed_run(m, slab, x, h0, c0, cell, [4, 1])
+    print(f"pub const {name}: PackedCase = PackedCase {{")
+    print(f'    cell: "{cell}", tokens: {str(tokens).lower()}, lengths: &[4, 1],')
+    print_fields(loss, fields[:-1])
+
+
+def bidir_case(name, cell, tokens, layers, bidirectional=True, proj=0):
+    """A packed case of lengths (4, 2, 3), B = 3, bidirectional and/or projected (see the
+    docstring)."""
+    b, d = 3, 2 if bidirectional else 1
+    p = proj or H
+    m = Model(cell, tokens, layers=layers)
+    kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell, nn.RNN)
+    kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
+    if proj:
+        kw["proj_size"] = proj
+    m.rnn = kind(I, H, num_layers=layers, bidirectional=bidirectional, **kw)
+    m.decoder = nn.Linear(d * p, O)
+    slab = [q for q in m.parameters()]
+    load(slab, fill(sum(q.numel() for q in slab), lambda k: 0.6 * math.sin(1.3 * k + 0.5)))
+    if tokens:
+        x = m.encoder(torch.tensor([(5 * k + 1) % V for k in range(T * b)]).view(T, b))
+    else:
+        x = fill(T * b * I, lambda k: math.sin(0.7 * k + 0.3)).view(T, b, I)
+    n, nc = d * layers * b * p, d * layers * b * H
+    h0 = fill(n, lambda k: 0.3 * math.sin(0.5 * k + 1)).view(d * layers, b, p).requires_grad_()
+    c0 = fill(nc, lambda k: 0.3 * math.cos(0.5 * k + 1)).view(d * layers, b, H).requires_grad_()
+    loss, fields = packed_run(m, slab, x, h0, c0, cell, [4, 2, 3])
     print(f"pub const {name}: BidirCase = BidirCase {{")
     print(f'    cell: "{cell}", tokens: {str(tokens).lower()}, layers: {layers}, lengths: &[4, 2, 3],')
     print(f"    bidirectional: {str(bidirectional).lower()}, proj: {proj},")
-    print(f"    loss: {loss.item()!r},")
-    for label, v in [("grads", grads), ("dh0", h0.grad.reshape(-1)), ("dc0", dc0),
-                     ("h_n", h_n.detach().reshape(-1)), ("c_n", c_n.detach().reshape(-1)),
-                     ("out", out.detach().reshape(-1))]:
-        print(f"    {label}: &[{', '.join(repr(float(a)) for a in v)}],")
-    print("};")
+    print_fields(loss, fields)
 
 
 def optim_case(name, make, dtype):

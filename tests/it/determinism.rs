@@ -103,16 +103,7 @@ fn lengths_on_unit_blocks_do_not_depend_on_the_thread_count() {
             let t = 7;
             let (net, x, y) = dense_problem::<f32>(cell, h, t, b, 5, 6);
             let lengths: Vec<usize> = (0..b).map(|r| 2 + (3 * r + 2) % (t - 1)).collect();
-            let run = |threads: usize| {
-                let p = net.init_params::<f32>(3);
-                let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
-                ws.set_wavefront(wavefront);
-                ws.set_lengths(Some(&lengths)).unwrap();
-                let mut g = vec![0.0f32; p.len()];
-                let loss = net.forward(&p, &mut ws, Input::Dense(&x), Some(Targets::classes(&y)), None).unwrap();
-                net.backward(&p, &mut ws, &mut g).unwrap();
-                (loss, g, ws.initial_state_grad().h)
-            };
+            let run = |threads: usize| pass_with_lengths(&net, &x, &y, t, &lengths, wavefront, threads);
             let one = run(1);
             assert!(one.1.iter().all(|v| v.is_finite()) && one.1.iter().any(|&v| v != 0.0));
             for threads in [2, 3, 8] {
@@ -120,6 +111,27 @@ fn lengths_on_unit_blocks_do_not_depend_on_the_thread_count() {
             }
         }
     }
+}
+
+/// One pass of `net` over `x` with `lengths` (and the wavefront setting) at `threads` threads:
+/// its loss, gradient and dL/dh0.
+fn pass_with_lengths(
+    net: &Net,
+    x: &[f32],
+    y: &[u32],
+    t: usize,
+    lengths: &[usize],
+    wavefront: bool,
+    threads: usize,
+) -> (f32, Vec<f32>, Vec<f32>) {
+    let p = net.init_params::<f32>(3);
+    let mut ws = net.workspace::<f32>(t, lengths.len(), threads).unwrap();
+    ws.set_wavefront(wavefront);
+    ws.set_lengths(Some(lengths)).unwrap();
+    let mut g = vec![0.0f32; p.len()];
+    let loss = net.forward(&p, &mut ws, Input::Dense(x), Some(Targets::classes(y)), None).unwrap();
+    net.backward(&p, &mut ws, &mut g).unwrap();
+    (loss, g, ws.initial_state_grad().h)
 }
 
 /// A projected LSTM (`proj_size`), whose per-step GEMMs are cut into tiles at this size (B = 64,
@@ -131,15 +143,7 @@ fn projected_lstm_does_not_depend_on_the_thread_count() {
     let (net, x, y) = dense_problem::<f32>(CellKind::Lstm, 512, t, b, 5, 6);
     let net = Net::new(NetConfig { proj_size: 256, ..*net.config() }).unwrap();
     let lengths: Vec<usize> = (0..b).map(|r| 1 + r % t).collect();
-    let run = |threads: usize| {
-        let p = net.init_params::<f32>(3);
-        let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
-        ws.set_lengths(Some(&lengths)).unwrap();
-        let mut g = vec![0.0f32; p.len()];
-        let loss = net.forward(&p, &mut ws, Input::Dense(&x), Some(Targets::classes(&y)), None).unwrap();
-        net.backward(&p, &mut ws, &mut g).unwrap();
-        (loss, g, ws.initial_state_grad().h)
-    };
+    let run = |threads: usize| pass_with_lengths(&net, &x, &y, t, &lengths, false, threads);
     let one = run(1);
     assert!(one.1.iter().all(|v| v.is_finite()) && one.1.iter().any(|&v| v != 0.0));
     for threads in [2, 3, 8] {
