@@ -57,6 +57,8 @@ def main():
     p.add_argument("--before", help="another bptt build, run beside this one in every round")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional layers in both systems")
     p.add_argument("--proj-size", type=int, default=0, help="LSTM projections of this size in both systems")
+    p.add_argument("--layer-norm", action="store_true",
+                   help="LayerNorm-LSTMs in both systems (PyTorch: an eager LN-LSTM, it has no fused one)")
     p.add_argument("--config", action="append", default=[], metavar="CELL,H,L,B,T",
                    help="run these configs instead of the suite (repeatable)")
     a = p.parse_args()
@@ -70,7 +72,7 @@ def main():
         steps = timed_steps(h, b)
         args = ["--cell", cell, "--hidden", str(h), "--layers", str(l), "--batch", str(b), "--seq-len", str(t),
                 "--steps", steps, "--threads", str(a.threads)] + (["--bidirectional"] if a.bidirectional else []) \
-            + (["--proj-size", str(a.proj_size)] if a.proj_size else [])
+            + (["--proj-size", str(a.proj_size)] if a.proj_size else []) + (["--layer-norm"] if a.layer_norm else [])
         ours, theirs, before = [], [], []
         for r in range(a.rounds):
             print(f"{cell} H={h} L={l} B={b} T={t}: round {r + 1}/{a.rounds}", file=sys.stderr)

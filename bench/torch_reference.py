@@ -37,8 +37,39 @@ def cpu_model():
     return "unknown"
 
 
+class LnLstm(nn.Module):
+    """bptt's `--layer-norm` LSTM in eager PyTorch, which has no fused LayerNorm-LSTM (pytorch#6760):
+    the input side of all steps at once, a = LN(x W_ih^T) + b, then per step a += LN(h W_hh^T),
+    c = f c + i g, h = o tanh(LN(c))."""
+
+    def __init__(self, e, h, layers):
+        super().__init__()
+        self.h = h
+        self.ih = nn.ModuleList(nn.Linear(e if k == 0 else h, 4 * h) for k in range(layers))
+        self.hh = nn.ModuleList(nn.Linear(h, 4 * h, bias=False) for _ in range(layers))
+        self.ln = nn.ModuleList(nn.ModuleList([nn.LayerNorm(4 * h), nn.LayerNorm(4 * h), nn.LayerNorm(h)])
+                                for _ in range(layers))
+
+    def forward(self, x, state):
+        t, b = x.shape[:2]
+        hs, cs = [], []
+        for k, (ih, hh, (ln_i, ln_h, ln_c)) in enumerate(zip(self.ih, self.hh, self.ln)):
+            h, c = (state[0][k], state[1][k]) if state is not None else (x.new_zeros(b, self.h),) * 2
+            xi = ln_i(x @ ih.weight.T) + ih.bias
+            outs = []
+            for s in range(t):
+                i, f, g, o = (xi[s] + ln_h(hh(h))).chunk(4, 1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(ln_c(c))
+                outs.append(h)
+            x = torch.stack(outs)
+            hs.append(h)
+            cs.append(c)
+        return x, (torch.stack(hs), torch.stack(cs))
+
+
 def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=0.0, bidirectional=False,
-          proj_size=0):
+          proj_size=0, layer_norm=False):
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
@@ -46,7 +77,10 @@ def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=
     d = 2 if bidirectional else 1
     if proj_size:
         kw["proj_size"] = proj_size
-    rnn = (kind or nn.RNN)(e, h, layers, dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional, **kw)
+    if layer_norm:
+        rnn = LnLstm(e, h, layers)
+    else:
+        rnn = (kind or nn.RNN)(e, h, layers, dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional, **kw)
     model = nn.ModuleDict({"encoder": nn.Embedding(v, e), "rnn": rnn, "decoder": nn.Linear(d * (proj_size or h), v)})
     drop = nn.Dropout(dropout)  # the embedding output and the decoder input, as bptt
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -87,6 +121,7 @@ def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=
         "ms_per_step": round(dt * 1e3, 3), "gflops": round(flops_per_token(cell, h, layers, e, v, d) * tps / 1e9, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "cpu": cpu_model(),
         "dropout": dropout, "weight_drop": weight_drop, "bidirectional": bidirectional, "proj_size": proj_size,
+        "layer_norm": layer_norm,
     }
 
 
@@ -105,10 +140,11 @@ p.add_argument("--dropout", type=float, default=0.0)
 p.add_argument("--weight-drop", type=float, default=0.0)
 p.add_argument("--bidirectional", action="store_true")
 p.add_argument("--proj-size", type=int, default=0)
+p.add_argument("--layer-norm", action="store_true")
 a = p.parse_args()
 configs = SUITE if a.suite else [(a.cell, a.hidden, a.layers, a.batch, a.seq_len)]
 for cell, h, layers, b, t in configs:
     steps = 50 if (a.suite and b == 1) else a.steps
     out = bench(cell, h, layers, b, t, a.embedding_dim, a.vocab, steps, a.threads, a.dropout, a.weight_drop,
-                a.bidirectional, a.proj_size)
+                a.bidirectional, a.proj_size, a.layer_norm)
     print(json.dumps(out), flush=True)

@@ -29,6 +29,7 @@ fn train<F: Float>(group: &Group) -> anyhow::Result<Vec<f64>> {
         head: Head::PerStep,
         bidirectional: false,
         proj_size: 0,
+        layer_norm: false,
     };
     let net = Net::new(cfg)?;
     let mut params: Vec<F> = net.init_params(7);

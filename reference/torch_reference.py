@@ -25,7 +25,9 @@ Bidirectional cases (BIDIR_*) are packed cases of `bidirectional=True` nets of 1
 (lengths (4, 2, 3), B = 3): the decoder reads 2H, h0/c0 are (2L, B, H) by the same formulas,
 and the top layer's padded outputs `out` (T, B, 2H) are given as well. Projected cases (PROJ_*)
 are the same with `proj_size` = P: h0 is (D·L, B, P), the decoder reads D·P, the final-state
-weights w are of h_n's and c_n's sizes by the same formula.
+weights w are of h_n's and c_n's sizes by the same formula. LayerNorm-LSTM cases (LN_*) are the
+same for `LnLstm` below, bptt's `layer_norm` written out with torch.nn.functional.layer_norm
+(lengths handled by holding each ended sequence's state, as packing does).
 """
 import math
 import torch
@@ -67,6 +69,47 @@ class Model(nn.Module):
             out, _ = torch.func.functional_call(one, w, (x, st))
             x = out * mh[k]
         return self.decoder(x)
+
+
+class LnLstm(nn.Module):
+    """The LayerNorm-LSTM (Ba et al. 2016) as bptt's `layer_norm` defines it, layer by layer:
+    a = LN(W_ih x) + LN(W_hh h) + b_ih + b_hh, c = f c + i g, h = o tanh(LN(c)), each LN with
+    its own weight and bias (eps 1e-5). Parameters in bptt's slab order."""
+
+    def __init__(self, i, h, layers):
+        super().__init__()
+        self.layers, self.h = layers, h
+        for k in range(layers):
+            shapes = [("weight_ih", (4 * h, i if k == 0 else h)), ("weight_hh", (4 * h, h)),
+                      ("bias_ih", (4 * h,)), ("bias_hh", (4 * h,)),
+                      ("ln_weight_ih", (4 * h,)), ("ln_bias_ih", (4 * h,)),
+                      ("ln_weight_hh", (4 * h,)), ("ln_bias_hh", (4 * h,)),
+                      ("ln_weight_c", (h,)), ("ln_bias_c", (h,))]
+            for name, shape in shapes:
+                setattr(self, f"{name}_l{k}", nn.Parameter(torch.zeros(shape)))
+
+    def forward(self, x, state, lengths):
+        """x (T, B, I), state (h0, c0) (L, B, H); returns the top layer's outputs (zero past
+        each length) and the final states (h_n, c_n) taken at each length."""
+        ln = nn.functional.layer_norm
+        alive = [torch.tensor([t < n for n in lengths]).unsqueeze(1) for t in range(x.shape[0])]
+        h_n, c_n = [], []
+        for k in range(self.layers):
+            p = lambda n: getattr(self, f"{n}_l{k}")
+            h, c, outs = state[0][k], state[1][k], []
+            for t in range(x.shape[0]):
+                a = (ln(x[t] @ p("weight_ih").T, (4 * self.h,), p("ln_weight_ih"), p("ln_bias_ih"))
+                     + ln(h @ p("weight_hh").T, (4 * self.h,), p("ln_weight_hh"), p("ln_bias_hh"))
+                     + p("bias_ih") + p("bias_hh"))
+                i, f, g, o = a.chunk(4, 1)
+                c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h_new = torch.sigmoid(o) * torch.tanh(ln(c_new, (self.h,), p("ln_weight_c"), p("ln_bias_c")))
+                h, c = torch.where(alive[t], h_new, h), torch.where(alive[t], c_new, c)
+                outs.append(torch.where(alive[t], h_new, torch.zeros_like(h_new)))
+            x = torch.stack(outs)
+            h_n.append(h)
+            c_n.append(c)
+        return x, (torch.stack(h_n), torch.stack(c_n))
 
 
 def load(slab, values):
@@ -125,9 +168,12 @@ def packed_run(m, slab, x, h0, c0, cell, lengths):
     and the padded outputs of the top layer."""
     b = len(lengths)
     state = (h0, c0) if cell == "lstm" else h0
-    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-    out, last = m.rnn(packed, state)
-    out, _ = nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+    if isinstance(m.rnn, LnLstm):
+        out, last = m.rnn(x, state, lengths)
+    else:
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, last = m.rnn(packed, state)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, total_length=T)
     y = m.decoder(out)
     t = torch.tensor([(7 * k + 3) % O for k in range(T * b)])
     valid = torch.tensor([1.0 if k // b < lengths[k % b] else 0.0 for k in range(T * b)])
@@ -162,9 +208,9 @@ def packed_case(name, cell, tokens):
     print_fields(loss, fields[:-1])
 
 
-def bidir_case(name, cell, tokens, layers, bidirectional=True, proj=0):
-    """A packed case of lengths (4, 2, 3), B = 3, bidirectional and/or projected (see the
-    docstring)."""
+def bidir_case(name, cell, tokens, layers, bidirectional=True, proj=0, layer_norm=False):
+    """A packed case of lengths (4, 2, 3), B = 3, bidirectional and/or projected, or a
+    LayerNorm-LSTM (see the docstring)."""
     b, d = 3, 2 if bidirectional else 1
     p = proj or H
     m = Model(cell, tokens, layers=layers)
@@ -172,7 +218,7 @@ def bidir_case(name, cell, tokens, layers, bidirectional=True, proj=0):
     kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
     if proj:
         kw["proj_size"] = proj
-    m.rnn = kind(I, H, num_layers=layers, bidirectional=bidirectional, **kw)
+    m.rnn = LnLstm(I, H, layers) if layer_norm else kind(I, H, num_layers=layers, bidirectional=bidirectional, **kw)
     m.decoder = nn.Linear(d * p, O)
     slab = [q for q in m.parameters()]
     load(slab, fill(sum(q.numel() for q in slab), lambda k: 0.6 * math.sin(1.3 * k + 0.5)))
@@ -186,7 +232,7 @@ def bidir_case(name, cell, tokens, layers, bidirectional=True, proj=0):
     loss, fields = packed_run(m, slab, x, h0, c0, cell, [4, 2, 3])
     print(f"pub const {name}: BidirCase = BidirCase {{")
     print(f'    cell: "{cell}", tokens: {str(tokens).lower()}, layers: {layers}, lengths: &[4, 2, 3],')
-    print(f"    bidirectional: {str(bidirectional).lower()}, proj: {proj},")
+    print(f"    bidirectional: {str(bidirectional).lower()}, proj: {proj}, layer_norm: {str(layer_norm).lower()},")
     print_fields(loss, fields)
 
 
@@ -222,7 +268,7 @@ packed_case("PACKED_LSTM", "lstm", False)
 packed_case("PACKED_GRU_TOKENS", "gru", True)
 packed_case("PACKED_RNN_TANH", "rnn_tanh", False)
 print("pub struct BidirCase { pub cell: &'static str, pub tokens: bool, pub layers: usize,")
-print("    pub bidirectional: bool, pub proj: usize,")
+print("    pub bidirectional: bool, pub proj: usize, pub layer_norm: bool,")
 print("    pub lengths: &'static [usize], pub loss: f64, pub grads: &'static [f64], pub dh0: &'static [f64],")
 print("    pub dc0: &'static [f64], pub h_n: &'static [f64], pub c_n: &'static [f64], pub out: &'static [f64] }")
 bidir_case("BIDIR_LSTM", "lstm", False, 1)
@@ -232,6 +278,8 @@ bidir_case("BIDIR_RNN_TANH_2", "rnn_tanh", False, 2)
 bidir_case("PROJ_LSTM_2", "lstm", False, 2, bidirectional=False, proj=2)
 bidir_case("PROJ_LSTM_TOKENS", "lstm", True, 1, bidirectional=False, proj=3)
 bidir_case("PROJ_BIDIR_LSTM_2", "lstm", False, 2, bidirectional=True, proj=2)
+bidir_case("LN_LSTM_2", "lstm", False, 2, bidirectional=False, layer_norm=True)
+bidir_case("LN_LSTM_TOKENS", "lstm", True, 1, bidirectional=False, layer_norm=True)
 
 
 def big_case(name, cell, tokens, T, B, I, H, L, O, V=0):

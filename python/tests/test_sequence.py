@@ -157,6 +157,24 @@ def test_bidirectional_equals_the_cli_and_round_trips(tmp_path):
     assert np.array_equal(back.predict_proba(Xt), m.predict_proba(Xt))
 
 
+def test_layer_norm_lstm_equals_the_cli(tmp_path):
+    """``layer_norm``: the LayerNorm-LSTM's gains and biases in ``state_dict``, the CLI's
+    ``--layer-norm`` model bit for bit, a GRU with layer norm refused with a ValueError naming it."""
+    X, y = bptt.read_sequences(TRAIN)
+    m = bptt.SequenceModel(cell="lstm", layer_norm=True, seed=5, **QUICK).fit(X, y)
+    assert m.state_dict()["rnn.ln_weight_c_l0"].shape == (16,)
+    assert m.state_dict()["rnn.ln_bias_ih_l0"].shape == (64,)
+    m.save(tmp_path / "py.safetensors")
+    run = tmp_path / "run"
+    subprocess.run([cli(), "fit", "--train", str(TRAIN), "--out", str(run), "--seed", "5", "--cell", "lstm",
+                    "--layer-norm", "--hidden", "16", "--epochs", "2", "--threads", "1"], check=True,
+                   capture_output=True)
+    assert (tmp_path / "py.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    assert bptt.SequenceModel.load(run / "model.safetensors").layer_norm is True
+    with pytest.raises(ValueError, match="layer_norm"):
+        bptt.SequenceModel(cell="gru", layer_norm=True, **QUICK).fit(X, y)
+
+
 def test_projected_lstm_equals_the_cli(tmp_path):
     """``proj_size``: PyTorch's ``weight_hr_l0`` in ``state_dict``, the CLI's ``--proj-size`` model
     bit for bit, a GRU with a projection refused with a ValueError naming it."""

@@ -122,3 +122,103 @@ pub fn backward_row<F: Float>(
         dc[j] = dct * f;
     }
 }
+
+/// The LayerNorm-LSTM's norm of the cell state (Ba et al. 2016): h_t = o ⊙ tanh(γ ⊙ ĉ_t + β)
+/// with ĉ_t = LN(c_t) (`cell/norm.rs`); c_t itself, the carried state, is not normalised.
+pub(crate) struct CellNorm<'a, F> {
+    /// γ, β (H each).
+    pub gain: &'a [F],
+    pub bias: &'a [F],
+    /// (B, H): ĉ_t, written by the forward step, read by the backward one.
+    pub c_hat: &'a mut [F],
+    /// (B): 1/σ of each row's c_t.
+    pub rstd: &'a mut [F],
+}
+
+/// Forward step of a LayerNorm-LSTM for B rows: as [`forward_step`] (whose `tanh_c` then holds
+/// tanh(γ ⊙ ĉ_t + β)), with the gates' pre-activations already normalised by the layer.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
+pub(crate) fn forward_step_norm<F: Float>(
+    hidden: usize,
+    gates: &mut [F],
+    c_prev: &[F],
+    c: &mut [F],
+    tanh_c: &mut [F],
+    h: &mut [F],
+    norm: CellNorm<'_, F>,
+) {
+    let (gain, bias) = (&norm.gain[..hidden], &norm.bias[..hidden]);
+    let rows = gates.chunks_exact_mut(4 * hidden).zip(c_prev.chunks_exact(hidden));
+    let rows = rows.zip(c.chunks_exact_mut(hidden)).zip(tanh_c.chunks_exact_mut(hidden));
+    let rows = rows.zip(h.chunks_exact_mut(hidden)).zip(norm.c_hat.chunks_exact_mut(hidden));
+    for ((((((gate, c_prev), c), tanh_c), h), c_hat), rstd) in rows.zip(norm.rstd.iter_mut()) {
+        let (gi, rest) = gate.split_at_mut(hidden);
+        let (gf, rest) = rest.split_at_mut(hidden);
+        let (gg, go) = rest.split_at_mut(hidden);
+        for j in 0..hidden {
+            let (i, f, g, o) = (gi[j].sigmoid(), gf[j].sigmoid(), gg[j].tanh_act(), go[j].sigmoid());
+            (gi[j], gf[j], gg[j], go[j]) = (i, f, g, o);
+            c[j] = f * c_prev[j] + i * g;
+        }
+        c_hat.copy_from_slice(c);
+        *rstd = super::norm::normalize(c_hat);
+        for j in 0..hidden {
+            let tc = (gain[j] * c_hat[j] + bias[j]).tanh_act();
+            tanh_c[j] = tc;
+            h[j] = go[j] * tc;
+        }
+    }
+}
+
+/// The gradients of a LayerNorm-LSTM's cell-state norm: dγ, dβ (H each, accumulated), and a
+/// (B, H) scratch for dL/dĉ_t.
+pub(crate) struct CellNormGrad<'a, F> {
+    pub gain: &'a [F],
+    pub c_hat: &'a [F],
+    pub rstd: &'a [F],
+    pub dgain: &'a mut [F],
+    pub dbias: &'a mut [F],
+    pub scratch: &'a mut [F],
+}
+
+/// Backward step of a LayerNorm-LSTM for B rows, laid out as [`backward_step`]: dy = dh ⊙ o ⊙
+/// (1 − tanh²) goes through the norm of c_t (`cell/norm.rs`) and joins dc from the future.
+#[multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
+pub(crate) fn backward_step_norm<F: Float>(
+    hidden: usize,
+    dh: &[F],
+    dc: &mut [F],
+    gates: &mut [F],
+    c_prev: &[F],
+    tanh_c: &[F],
+    norm: CellNormGrad<'_, F>,
+) {
+    let one = F::one();
+    let (gain, dgain, dbias) = (&norm.gain[..hidden], &mut norm.dgain[..hidden], &mut norm.dbias[..hidden]);
+    let rows = gates.chunks_exact_mut(4 * hidden).zip(dh.chunks_exact(hidden));
+    let rows = rows.zip(dc.chunks_exact_mut(hidden)).zip(c_prev.chunks_exact(hidden));
+    let rows = rows.zip(tanh_c.chunks_exact(hidden)).zip(norm.c_hat.chunks_exact(hidden));
+    let rows = rows.zip(norm.scratch.chunks_exact_mut(hidden)).zip(norm.rstd);
+    for (((((((gate, dh), dc), c_prev), tanh_c), c_hat), d_hat), &rstd) in rows {
+        let (gi, rest) = gate.split_at_mut(hidden);
+        let (gf, rest) = rest.split_at_mut(hidden);
+        let (gg, go) = rest.split_at_mut(hidden);
+        for j in 0..hidden {
+            let (o, tc) = (go[j], tanh_c[j]);
+            let dy = dh[j] * o * (one - tc * tc);
+            dgain[j] += dy * c_hat[j];
+            dbias[j] += dy;
+            d_hat[j] = dy * gain[j];
+            go[j] = dh[j] * tc * o * (one - o);
+        }
+        super::norm::backward(d_hat, c_hat, rstd);
+        for j in 0..hidden {
+            let (i, f, g) = (gi[j], gf[j], gg[j]);
+            let dct = dc[j] + d_hat[j];
+            gi[j] = dct * g * i * (one - i);
+            gf[j] = dct * c_prev[j] * f * (one - f);
+            gg[j] = dct * i * (one - g * g);
+            dc[j] = dct * f;
+        }
+    }
+}

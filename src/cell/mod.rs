@@ -6,6 +6,7 @@
 
 pub mod gru;
 pub mod lstm;
+pub(crate) mod norm;
 pub mod rnn;
 
 use crate::error::Error;

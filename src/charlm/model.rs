@@ -4,7 +4,8 @@
 //!
 //! Metadata (`__metadata__`, all strings): `bptt.format` = `charlm/1`; `cell` = `lstm` | `gru`
 //! | `rnn_tanh` | `rnn_relu`; `vocab` = a JSON array of one-character strings in id order;
-//! `embedding_dim`, `hidden_size`, `num_layers` as decimal integers.
+//! `embedding_dim`, `hidden_size`, `num_layers` as decimal integers, `layer_norm` (`true` or
+//! `false`; absent = false).
 
 use crate::cell::CellKind;
 use crate::charlm::data::TokenIds;
@@ -36,6 +37,9 @@ pub struct ModelSpec {
     pub hidden: usize,
     /// L.
     pub layers: usize,
+    /// LSTM: the LayerNorm-LSTM (`NetConfig::layer_norm`; absent in older files = false).
+    #[serde(default)]
+    pub layer_norm: bool,
 }
 
 impl ModelSpec {
@@ -51,6 +55,7 @@ impl ModelSpec {
             head: Head::PerStep,
             bidirectional: false,
             proj_size: 0,
+            layer_norm: self.layer_norm,
         }
     }
 
@@ -127,6 +132,7 @@ impl CharModel {
             ("embedding_dim".to_string(), self.spec.embedding_dim.to_string()),
             ("hidden_size".to_string(), self.spec.hidden.to_string()),
             ("num_layers".to_string(), self.spec.layers.to_string()),
+            ("layer_norm".to_string(), self.spec.layer_norm.to_string()),
         ])
     }
 
@@ -253,6 +259,7 @@ impl<'a> ModelFile<'a> {
             embedding_dim: header.num("embedding_dim")?,
             hidden: header.num("hidden_size")?,
             layers: header.num("num_layers")?,
+            layer_norm: header.flag("layer_norm")?,
         };
         let chars: Vec<String> = serde_json::from_str(header.get("vocab")?)
             .map_err(|_| "metadata 'vocab' is not a JSON array of strings".to_string())?;

@@ -70,6 +70,9 @@ pub struct Args {
     /// LSTM: project each layer's output to P < H values (PyTorch's proj_size; 0 = none).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     proj_size: usize,
+    /// LSTM: the LayerNorm-LSTM (norms on W_ih·x, W_hh·h and c).
+    #[arg(long)]
+    layer_norm: bool,
 }
 
 /// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
@@ -159,7 +162,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let cell: CellKind = a.cell.parse()?;
-    let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden: a.hidden, layers: a.layers };
+    let (hidden, layers, layer_norm) = (a.hidden, a.layers, a.layer_norm);
+    let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden, layers, layer_norm };
     spec.validate(a.vocab)?;
     anyhow::ensure!(a.batch > 0 && a.seq_len > 0 && a.steps > 0, "--batch, --seq-len and --steps must be at least 1");
     let (bidirectional, proj_size) = (a.bidirectional, a.proj_size);
@@ -282,6 +286,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "weight_drop": a.weight_drop,
         "bidirectional": a.bidirectional,
         "proj_size": a.proj_size,
+        "layer_norm": a.layer_norm,
         "parts_per_thread": parts_run,
         "thread_share": share,
     });

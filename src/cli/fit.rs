@@ -69,6 +69,10 @@ pub struct Args {
     /// LSTM only: project each layer's output to P < H values (PyTorch's proj_size; 0 = none).
     #[arg(long, default_value_t = 0, conflicts_with = "resume", allow_negative_numbers = true)]
     proj_size: usize,
+    /// LSTM only: the LayerNorm-LSTM (Ba et al. 2016): W_ih·x, W_hh·h and c normalised per step,
+    /// each with a learnt gain and bias.
+    #[arg(long, conflicts_with = "resume")]
+    layer_norm: bool,
     /// What the head reads: last, mean, max, or a sum such as last+mean.
     #[arg(long, default_value = "last+mean", conflicts_with = "resume")]
     pool: String,
@@ -276,6 +280,7 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<(Fitter, PathBu
         layers: a.layers,
         bidirectional: a.bidirectional,
         proj_size: a.proj_size,
+        layer_norm: a.layer_norm,
         pool: a.pool.clone(),
         patch,
         epochs: a.epochs,

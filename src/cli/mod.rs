@@ -132,10 +132,11 @@ pub(crate) use errln;
 /// the command line says the flag instead (`--val-fraction`). Only the names in this table are
 /// rewritten, so other backticked words stay as they are.
 pub(crate) fn flag_names(message: &str) -> String {
-    const SETTINGS: [&str; 21] = [
+    const SETTINGS: [&str; 22] = [
         "abort_loss_factor",
         "bidirectional",
         "proj_size",
+        "layer_norm",
         "batch",
         "clip_norm",
         "dropout",

@@ -41,6 +41,10 @@ pub struct Args {
     /// Stacked layers L.
     #[arg(long, default_value_t = 2, conflicts_with_all = ["init", "resume"], allow_negative_numbers = true)]
     layers: usize,
+    /// LSTM only: the LayerNorm-LSTM (Ba et al. 2016): W_ih·x, W_hh·h and c normalised per step,
+    /// each with a learnt gain and bias.
+    #[arg(long, conflicts_with_all = ["init", "resume"])]
+    layer_norm: bool,
     /// Steps per update T (the BPTT window).
     #[arg(long, default_value_t = 100, conflicts_with = "resume", allow_negative_numbers = true)]
     seq_len: usize,
@@ -219,7 +223,8 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<Setup> {
         }
         None => {
             let cell: CellKind = a.cell.parse()?;
-            let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden: a.hidden, layers: a.layers };
+            let (hidden, layers, layer_norm) = (a.hidden, a.layers, a.layer_norm);
+            let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden, layers, layer_norm };
             let vocab = Vocab::from_text(&text)?;
             spec.validate(vocab.len())?;
             (spec, vocab, None)

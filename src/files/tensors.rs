@@ -76,6 +76,15 @@ impl Header {
         self.metadata.get(key).map(String::as_str).ok_or_else(|| format!("metadata '{key}' is missing"))
     }
 
+    /// Metadata `key` as `true` or `false`, false where it is absent (a setting added later).
+    pub(crate) fn flag(&self, key: &str) -> Result<bool, String> {
+        match self.metadata.get(key).map(String::as_str) {
+            None | Some("false") => Ok(false),
+            Some("true") => Ok(true),
+            Some(v) => Err(format!("metadata '{key}' = '{v}' is not true or false")),
+        }
+    }
+
     /// Metadata `key` as a whole number.
     pub(crate) fn num(&self, key: &str) -> Result<usize, String> {
         let v = self.get(key)?;

@@ -136,6 +136,11 @@ pub struct NetConfig {
     /// `proj_size`: h_t = W_hr (o_t ⊙ tanh c_t) (`weight_hr_l{k}`, (P, H)), so h, the next
     /// layer's input and the readout are P wide and W_hh is (4H, P); c stays H wide.
     pub proj_size: usize,
+    /// (LSTM only) the LayerNorm-LSTM of Ba, Kiros & Hinton (2016): the gates' pre-activations
+    /// are LN(W_ih x_t) + LN(W_hh h_{t−1}) + b_ih + b_hh and h_t = o ⊙ tanh(LN(c_t)), each norm
+    /// with its own gain and bias (`ln_weight_ih_l{k}`, `ln_bias_ih_l{k}` (4H), `…_hh_…` (4H),
+    /// `…_c_…` (H); initialised to 1 and 0 as `nn.LayerNorm`).
+    pub layer_norm: bool,
 }
 
 /// One named tensor in the parameter slab.
@@ -181,6 +186,35 @@ pub(crate) struct LayerParams {
     pub b_hh: usize,
     /// `weight_hr` (P, H) with a projection; else the slab's end (no tensor).
     pub w_hr: usize,
+    /// With layer norm, the first of its six tensors, contiguous in this order: the gains and
+    /// biases of the input side (4H each), the recurrent side (4H each) and c (H each); else 0.
+    pub ln: usize,
+}
+
+impl LayerParams {
+    /// The layer norm's (gain, bias) of the input side, the recurrent side and the cell state,
+    /// within the slab `p` (`hidden` H; only with layer norm).
+    pub(crate) fn norms<'a, F>(&self, p: &'a [F], hidden: usize) -> [(&'a [F], &'a [F]); 3] {
+        let (gh, at) = (4 * hidden, self.ln);
+        let t = |o: usize, n: usize| (&p[at + o..at + o + n], &p[at + o + n..at + o + 2 * n]);
+        [t(0, gh), t(2 * gh, gh), t(4 * gh, hidden)]
+    }
+
+    /// The end of this layer's (direction's) tensors in the slab.
+    pub(crate) fn end(&self, cfg: &NetConfig) -> usize {
+        if cfg.layer_norm {
+            self.norm_range(cfg.hidden).end
+        } else if cfg.proj_size > 0 {
+            self.w_hr + cfg.proj_size * cfg.hidden
+        } else {
+            self.b_hh + cfg.cell.gates() * cfg.hidden
+        }
+    }
+
+    /// The slab range of the layer norm's six tensors (`hidden` H; only with layer norm).
+    pub(crate) fn norm_range(&self, hidden: usize) -> std::ops::Range<usize> {
+        self.ln..self.ln + 18 * hidden
+    }
 }
 
 impl NetConfig {
@@ -256,6 +290,17 @@ impl NetConfig {
                 self.hidden, self.proj_size
             )));
         }
+        if self.layer_norm && self.cell != CellKind::Lstm {
+            return Err(Error::Config(format!(
+                "`layer_norm` is an option of the LSTM cell (the LayerNorm-LSTM), not of {}: use the lstm cell or leave `layer_norm` off",
+                self.cell
+            )));
+        }
+        if self.layer_norm && self.proj_size > 0 {
+            return Err(Error::Config(
+                "`layer_norm` and `proj_size` cannot be combined yet: choose one of them".into(),
+            ));
+        }
         if self.loss == LossKind::CrossEntropy && self.output < 2 {
             return Err(Error::Config("cross-entropy needs an output size of at least 2".into()));
         }
@@ -292,7 +337,15 @@ impl Net {
                 let b_ih = push(format!("rnn.bias_ih_l{k}{d}"), vec![g * h]);
                 let b_hh = push(format!("rnn.bias_hh_l{k}{d}"), vec![g * h]);
                 let w_hr = if config.proj_size > 0 { push(format!("rnn.weight_hr_l{k}{d}"), vec![p, h]) } else { 0 };
-                layers.push(LayerParams { input, w_ih, w_hh, b_ih, b_hh, w_hr });
+                let mut ln = 0;
+                if config.layer_norm {
+                    for (side, n) in [("ih", g * h), ("hh", g * h), ("c", h)] {
+                        let at = push(format!("rnn.ln_weight_{side}_l{k}{d}"), vec![n]);
+                        push(format!("rnn.ln_bias_{side}_l{k}{d}"), vec![n]);
+                        ln = if side == "ih" { at } else { ln };
+                    }
+                }
+                layers.push(LayerParams { input, w_ih, w_hh, b_ih, b_hh, w_hr, ln });
             }
         }
         let head = if config.head == Head::PerStep { "decoder" } else { "head" };
@@ -331,8 +384,8 @@ impl Net {
     /// A fresh parameter slab initialised like PyTorch, from `seed`:
     /// `encoder.weight` ~ N(0, 1) (`nn.Embedding`); every recurrent tensor and the readout
     /// ~ U(−1/√H, 1/√H) (`nn.LSTM` etc. and `nn.Linear` with H inputs; a pooled head's
-    /// `nn.Linear` has P·H inputs, so U(−1/√(P·H), 1/√(P·H))). Tensors are drawn in slab order
-    /// from a ChaCha8 stream.
+    /// `nn.Linear` has P·H inputs, so U(−1/√(P·H), 1/√(P·H))); layer-norm gains 1 and biases 0.
+    /// Tensors are drawn in slab order from a ChaCha8 stream.
     pub fn init_params<F: Float>(&self, seed: u64) -> Vec<F> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let bound = 1.0 / (self.config.hidden as f64).sqrt();
@@ -346,6 +399,9 @@ impl Net {
                     let u2: f64 = rng.random::<f64>();
                     *v = F::of((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos());
                 }
+            } else if let Some(norm) = p.name.strip_prefix("rnn.ln_") {
+                // A layer norm's gain 1 and bias 0, as `nn.LayerNorm` (no draws).
+                dst.fill(if norm.starts_with("weight") { F::one() } else { F::zero() });
             } else {
                 let bound =
                     if p.offset >= self.w_out { 1.0 / (self.config.readout_width() as f64).sqrt() } else { bound };

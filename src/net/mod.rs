@@ -12,6 +12,7 @@
 
 mod batch;
 mod bidir;
+mod cache;
 mod config;
 mod dropout;
 mod embedding;
@@ -164,11 +165,9 @@ impl Net {
         for k in (0..self.config.layers).rev() {
             self.layer_backward(k, params, ws, grads, &plan);
             // Layer k's tensors, each direction's (and, below layer 0, the embedding), are final.
-            let cfg = &self.config;
-            let (d, gh) = (cfg.directions(), cfg.cell.gates() * cfg.hidden);
+            let d = self.config.directions();
             let (first, last) = (if k == 0 { 0 } else { self.layers[k * d].w_ih }, &self.layers[k * d + d - 1]);
-            let end = if cfg.proj_size > 0 { last.w_hr + cfg.proj_size * cfg.hidden } else { last.b_hh + gh };
-            ws.grad_ready.ready(first..end, grads);
+            ws.grad_ready.ready(first..last.end(&self.config), grads);
         }
         Ok(())
     }

@@ -96,8 +96,8 @@ impl Plan {
                 ws.max_steps
             )));
         }
-        // A projected layer runs whole steps (`layer/proj.rs`).
-        let proj = cfg.proj_size > 0;
+        // A projected or layer-norm layer runs whole steps (`layer/proj.rs`, `layer/norm.rs`).
+        let whole = cfg.proj_size > 0 || cfg.layer_norm;
         let masked = match ws.fixed_masks {
             Some(t) if t != steps => {
                 return Err(Error::Config(format!("the dropout masks set are for {t} steps, the input has {steps}")));
@@ -108,19 +108,19 @@ impl Plan {
         let input = match cfg.input {
             InputKind::Dense { .. } => InputPath::Dense,
             // (A bidirectional net's reverse direction reads the rows in reverse order.)
-            // (A projected layer reads rows, never the folded table.)
-            InputKind::Tokens { vocab, .. } if steps * b < vocab || masked || cfg.bidirectional || proj => {
+            // (A projected or layer-norm layer reads rows, never the folded table.)
+            InputKind::Tokens { vocab, .. } if steps * b < vocab || masked || cfg.bidirectional || whole => {
                 InputPath::Gathered
             }
             InputKind::Tokens { .. } => InputPath::Folded,
         };
         let (h, gh) = (cfg.hidden, cfg.cell.gates() * cfg.hidden);
         let lengths = !ws.lengths.is_empty();
-        let split = if proj { Split::Whole } else { split(b, gh, h) };
-        let wavefront = wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !cfg.bidirectional && !proj);
+        let split = if whole { Split::Whole } else { split(b, gh, h) };
+        let wavefront = wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !cfg.bidirectional && !whole);
         // A bidirectional layer with too few rows to cut into row blocks runs one direction per
         // part: no meeting per step (a unit split meets at every step).
-        let pair = cfg.bidirectional && !proj && matches!(split, Split::Whole | Split::Units(_));
+        let pair = cfg.bidirectional && !whole && matches!(split, Split::Whole | Split::Units(_));
         let forward = match wavefront {
             Some(units) => Schedule::Wavefront(units),
             None if pair => Schedule::Directions,
@@ -252,6 +252,7 @@ mod tests {
                 head: Head::PerStep,
                 bidirectional: false,
                 proj_size: 0,
+                layer_norm: false,
             };
             assert_eq!(wavefront_units(&cfg(3, 256), 1), Some(2));
             assert_eq!(wavefront_units(&cfg(2, 256), 4), Some(2));
@@ -270,6 +271,7 @@ mod tests {
                 head: Head::PerStep,
                 bidirectional: true,
                 proj_size: 0,
+                layer_norm: false,
             };
             let net = crate::net::Net::new(cfg).unwrap();
             let ws = net.workspace::<f64>(3, b, 1).unwrap();

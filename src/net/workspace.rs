@@ -3,32 +3,8 @@
 
 use crate::error::Result;
 use crate::float::Float;
+pub(crate) use crate::net::cache::LayerCache;
 use crate::net::{Dropout, Head, InputKind, NetConfig, State, plan::Plan};
-
-/// Per-layer cache: what the backward pass of one layer needs, plus its gradient inputs.
-#[derive(Clone, Debug)]
-pub(crate) struct LayerCache<F> {
-    /// (T, B, G·H): pre-activations → activated gates (forward) → dL/d(input pre-activations).
-    pub gates: Vec<F>,
-    /// (T+1, B, H): hidden states, row 0 the initial state.
-    pub hs: Vec<F>,
-    /// (T+1, B, H): LSTM cell states, row 0 the initial state; empty for other cells.
-    pub cs: Vec<F>,
-    /// (T, B, H): LSTM tanh(c_t), GRU h_n; empty for the RNN.
-    pub aux: Vec<F>,
-    /// (T, B, G·H): GRU dL/d(recurrent pre-activations); empty for other cells.
-    pub dgates_h: Vec<F>,
-    /// (H, G·H): W_hhᵀ, refreshed at each forward pass so the per-step GEMM reads the weights
-    /// in the layout the GEMM kernel streams without repacking them every step.
-    pub w_hh_t: Vec<F>,
-    /// (T, B, H): dL/dh_t arriving from above (readout or next layer); during backward the
-    /// gradient from the future is added in place, so afterwards it holds the total dL/dh_t.
-    pub dh: Vec<F>,
-    /// With a projection (else empty; hs, dh, W_hhᵀ are then P wide): (T, B, H) the cell outputs
-    /// m_t = o ⊙ tanh(c_t) that h_t = W_hr m_t projects, and (B, H) dL/dm_t of one step.
-    pub ms: Vec<F>,
-    pub dm: Vec<F>,
-}
 
 /// All buffers for one (max_steps, batch, threads) shape; create with [`crate::Net::workspace`].
 ///
@@ -143,20 +119,8 @@ impl<F: Float> Workspace<F> {
         let z = |n: usize| vec![F::zero(); n];
         let lstm = cfg.cell.has_cell_state();
         let caches = cfg.layers * cfg.directions();
-        let (p, proj) = (cfg.state_width(), cfg.proj_size > 0);
-        let layers = (0..caches)
-            .map(|_| LayerCache {
-                gates: z(t * b * gh),
-                hs: z((t + 1) * b * p),
-                cs: z(if lstm { (t + 1) * b * h } else { 0 }),
-                aux: z(if cfg.cell.has_aux() { t * b * h } else { 0 }),
-                dgates_h: z(if cfg.cell.recurrent_apart() { t * b * gh } else { 0 }),
-                dh: z(t * b * p),
-                w_hh_t: z(p * gh),
-                ms: z(if proj { t * b * h } else { 0 }),
-                dm: z(if proj { b * h } else { 0 }),
-            })
-            .collect();
+        let p = cfg.state_width();
+        let layers = (0..caches).map(|_| LayerCache::new(cfg, t, b)).collect();
         // Token input keeps `input`/`dinput` for the gathered embedding rows (T·B < V).
         let (input, tokens, table) = match cfg.input {
             InputKind::Dense { size } => (t * b * size, 0, 0),
@@ -210,8 +174,7 @@ impl<F: Float> Workspace<F> {
         let (t, b, h) = (max_steps as u128, batch as u128, cfg.hidden as u128);
         let (gh, l, o) = (cfg.cell.gates() as u128 * h, cfg.layers as u128, cfg.output as u128);
         let (d, p) = (cfg.directions() as u128, cfg.state_width() as u128);
-        let proj = if cfg.proj_size > 0 { t * b * h + b * h } else { 0 };
-        let per_layer = d * (t * b * gh * 2 + (t + 1) * b * (h + p) + t * b * (h + p) + p * gh + proj);
+        let per_layer = d * LayerCache::<F>::estimate(cfg, max_steps, batch);
         let (input, table) = match cfg.input {
             InputKind::Dense { size } => (t * b * size as u128 * 2, 0),
             InputKind::Tokens { vocab, embedding_dim } => {
@@ -230,16 +193,7 @@ impl<F: Float> Workspace<F> {
     /// Bytes held by the workspace's buffers (activations, caches, gradients of activations).
     pub fn bytes(&self) -> usize {
         let f = std::mem::size_of::<F>();
-        let layers: usize = self
-            .layers
-            .iter()
-            .map(|l| {
-                [&l.gates, &l.hs, &l.cs, &l.aux, &l.dgates_h, &l.dh, &l.ms, &l.dm]
-                    .iter()
-                    .map(|v| v.len())
-                    .sum::<usize>()
-            })
-            .sum();
+        let layers: usize = self.layers.iter().map(LayerCache::len).sum();
         let a = [&self.input, &self.table, &self.dtable, &self.hproj, &self.logits, &self.dlogits, &self.features];
         let b = [&self.dfeatures, &self.dinput, &self.dh0, &self.dc0, &self.dh_norms, &self.mask_x, &self.mask_h];
         let c = [&self.dropped, &self.outputs, &self.doutputs, &self.reversed, &self.dreversed];

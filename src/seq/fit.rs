@@ -40,6 +40,9 @@ pub struct FitConfig {
     /// LSTM: project each layer's output to this many values, PyTorch's `proj_size` (0 = none).
     #[serde(default)]
     pub proj_size: usize,
+    /// LSTM: the LayerNorm-LSTM (Ba et al. 2016; see `NetConfig::layer_norm`).
+    #[serde(default)]
+    pub layer_norm: bool,
     /// Poolings over time (`last`, `mean`, `max` joined by `+`).
     pub pool: String,
     /// Steps per RNN step; 0 = chosen from the data ([`FitConfig::auto_patch`]).
@@ -87,6 +90,7 @@ impl FitConfig {
             layers: 1,
             bidirectional: false,
             proj_size: 0,
+            layer_norm: false,
             pool: "last+mean".into(),
             patch: 0,
             epochs: None,
@@ -428,6 +432,7 @@ impl Fitter {
             num_layers: cfg.layers,
             bidirectional: cfg.bidirectional,
             proj_size: cfg.proj_size,
+            layer_norm: cfg.layer_norm,
             pool: cfg.pool.clone(),
             patch,
             features: train.features,
@@ -859,6 +864,7 @@ impl Fitter {
             },
             bidirectional: cfg.bidirectional,
             proj_size: cfg.proj_size,
+            layer_norm: cfg.layer_norm,
         };
         let steps = max_len.div_ceil(patch);
         let b = cfg.batch.clamp(1, data.len().max(1)) as u64;

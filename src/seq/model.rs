@@ -3,7 +3,7 @@
 //! logits or values). Its file, `seq/1`: safetensors with PyTorch names (`rnn.*` as `nn.LSTM`
 //! etc. with `batch_first` irrelevant, `head.weight`/`head.bias` as `nn.Linear(P·H, O)`) and two
 //! more tensors, `standardize.mean` and `standardize.std` (F); metadata `bptt.format` = `seq/1`
-//! and `spec` (a JSON object: task, cell, hidden_size, num_layers, bidirectional, proj_size, pool,
+//! and `spec` (a JSON object: task, cell, hidden_size, num_layers, bidirectional, proj_size, layer_norm, pool,
 //! patch, features, classes, target_mean, target_std, outputs, forecast).
 
 use crate::cell::CellKind;
@@ -64,6 +64,9 @@ pub struct SeqSpec {
     /// LSTM: each layer's output projected to this many values (`weight_hr_l{k}`; 0 = none).
     #[serde(default)]
     pub proj_size: usize,
+    /// LSTM: the LayerNorm-LSTM (`ln_weight_…`/`ln_bias_…` tensors; absent = false).
+    #[serde(default)]
+    pub layer_norm: bool,
     /// The poolings over time, e.g. `last+mean` (see [`Pool`]).
     pub pool: String,
     /// k: consecutive steps fed as one RNN step of k·F values (1 = one step per step).
@@ -119,6 +122,7 @@ impl SeqSpec {
             head: if self.task == Task::Label { Head::PerStep } else { Head::Pooled(self.pool()?) },
             bidirectional: self.bidirectional,
             proj_size: self.proj_size,
+            layer_norm: self.layer_norm,
         })
     }
 

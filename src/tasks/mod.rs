@@ -65,6 +65,7 @@ impl TaskKind {
             head,
             bidirectional: false,
             proj_size: 0,
+            layer_norm: false,
         }
     }
 }

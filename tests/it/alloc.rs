@@ -36,7 +36,10 @@ fn forward_backward_do_not_allocate_after_warm_up() {
     // variable lengths (row blocks and whole steps) on two of the shapes.
     for (t, b, hidden, threads) in [(20, 4, 16, 1), (5, 128, 16, 4), (5, 1, 256, 4), (5, 4, 256, 4)] {
         for cell in CellKind::ALL {
-            for (tokens, extras) in [(false, false), (true, false), (true, b >= 4)] {
+            // (The LSTM also as a LayerNorm-LSTM, on the token paths.)
+            let norms = [(false, false, false), (true, false, false), (true, b >= 4, false), (true, b >= 4, true)];
+            let norms = norms.into_iter().filter(|n| !n.2 || cell == CellKind::Lstm);
+            for (tokens, extras, layer_norm) in norms {
                 let input = if tokens {
                     InputKind::Tokens { vocab: 7, embedding_dim: 5 }
                 } else {
@@ -52,6 +55,7 @@ fn forward_backward_do_not_allocate_after_warm_up() {
                     head: Head::PerStep,
                     bidirectional: false,
                     proj_size: 0,
+                    layer_norm,
                 };
                 let net = Net::new(cfg).unwrap();
                 let params = net.init_params::<f32>(1);

@@ -59,6 +59,7 @@ impl Problem {
             head: Head::PerStep,
             bidirectional: false,
             proj_size: 0,
+            layer_norm: false,
         };
         let net = Net::new(cfg).unwrap();
         let mut r = rng(seed);
@@ -118,6 +119,22 @@ impl Problem {
         self.net = Net::new(cfg).unwrap();
         let mut r = rng(seed ^ 0xb1d1);
         self.params = uniform(&mut r, self.net.num_params(), 0.8);
+        self.init = State::zeros(&cfg, self.batch);
+        self.init.h = uniform(&mut r, self.init.h.len(), 0.5);
+        self.init.c = uniform(&mut r, self.init.c.len(), 0.5);
+        self
+    }
+
+    /// The same problem as a LayerNorm-LSTM (`layer_norm`): fresh weights (the norms' gains
+    /// around 1) and initial state from `seed`.
+    pub fn layer_normed(mut self, seed: u64) -> Self {
+        let cfg = NetConfig { layer_norm: true, ..*self.net.config() };
+        self.net = Net::new(cfg).unwrap();
+        let mut r = rng(seed ^ 0x1a7e);
+        self.params = uniform(&mut r, self.net.num_params(), 0.8);
+        for info in self.net.params().iter().filter(|i| i.name.contains("ln_weight")) {
+            info.of_mut(&mut self.params).iter_mut().for_each(|v| *v += 1.0);
+        }
         self.init = State::zeros(&cfg, self.batch);
         self.init.h = uniform(&mut r, self.init.h.len(), 0.5);
         self.init.c = uniform(&mut r, self.init.c.len(), 0.5);

@@ -151,6 +151,23 @@ fn projected_lstm_does_not_depend_on_the_thread_count() {
     }
 }
 
+/// A LayerNorm-LSTM (`layer_norm`), whose per-step GEMMs are cut into tiles at this size (B = 64,
+/// H = 512), with lengths: the same losses and gradients at any thread count.
+#[test]
+fn layer_norm_lstm_does_not_depend_on_the_thread_count() {
+    use bptt::NetConfig;
+    let (t, b) = (5, 64);
+    let (net, x, y) = dense_problem::<f32>(CellKind::Lstm, 512, t, b, 5, 6);
+    let net = Net::new(NetConfig { layer_norm: true, ..*net.config() }).unwrap();
+    let lengths: Vec<usize> = (0..b).map(|r| 1 + r % t).collect();
+    let run = |threads: usize| pass_with_lengths(&net, &x, &y, t, &lengths, false, threads);
+    let one = run(1);
+    assert!(one.1.iter().all(|v| v.is_finite()) && one.1.iter().any(|&v| v != 0.0));
+    for threads in [2, 3, 8, 16] {
+        assert!(run(threads) == one, "LayerNorm-LSTM: {threads} threads differ from one");
+    }
+}
+
 /// Bidirectional nets on every schedule they take — the two directions at once as two parts
 /// (B = 1, 4), each direction cut into row blocks (B = 32) or, for the LSTM, tiled whole steps
 /// (B = 16, H = 512) — give the same losses, gradients and trained weights at any thread count.
@@ -238,6 +255,7 @@ fn dense_problem<F: bptt::Float>(
         head: Head::PerStep,
         bidirectional: false,
         proj_size: 0,
+        layer_norm: false,
     };
     let x = (0..t * b * i).map(|k| F::of((k * 37 % 101) as f64 / 50.0 - 1.0)).collect();
     let y = (0..t * b).map(|k| (k * 7 % o) as u32).collect();

@@ -222,6 +222,8 @@ fn fit_resumes_bit_exactly_after_sigterm_and_kill_9() {
     resumes_bit_exactly(&extra, &["-TERM", "-KILL"]);
     // A bidirectional model too (its reverse tensors and their optimizer state).
     resumes_bit_exactly(&[&extra[..], &["--bidirectional", "--layers", "2"]].concat(), &["-TERM"]);
+    // A LayerNorm-LSTM (its norms' gains and biases and their optimizer state).
+    resumes_bit_exactly(&[&extra[..], &["--cell", "lstm", "--layer-norm"]].concat(), &["-TERM"]);
 }
 
 /// `fit` with `extra`, straight and stopped by each signal then resumed: the same files.
@@ -569,5 +571,32 @@ fn fit_projected_lstm_learns_and_refuses_other_cells() {
         let o = fit(&d.path().join(cell), &data("JapaneseVowels_TRAIN.ts"), &["--cell", cell, "--proj-size", "4"]);
         assert!(!o.status.success(), "{cell}: a projection was accepted");
         assert!(stderr(&o).trim().lines().count() == 1 && stderr(&o).contains("--proj-size"), "{}", stderr(&o));
+    }
+}
+
+/// `--layer-norm` (LSTM only): a LayerNorm-LSTM learns, holds its norms' gains and biases
+/// (`ln_weight_…`, `ln_bias_…`), and layer norm on another cell or with a projection is one line
+/// naming the flag. (Its bit-exact resume: `fit_resumes_bit_exactly_after_sigterm_and_kill_9`.)
+#[test]
+fn fit_layer_norm_lstm_learns_and_refuses_other_cells() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let extra = ["--epochs", "6", "--cell", "lstm", "--layer-norm", "--seed", "2"];
+    let o = fit(&run, &data("JapaneseVowels_TRAIN.ts"), &extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = SeqModel::load(&run.join("model.safetensors")).unwrap();
+    assert!(model.spec.layer_norm);
+    assert_eq!(model.net.param("rnn.ln_weight_ih_l0").unwrap().shape, vec![4 * 32]);
+    assert_eq!(model.net.param("rnn.ln_bias_c_l0").unwrap().shape, vec![32]);
+    let (m, test) = (run.join("model.safetensors"), data("JapaneseVowels_TEST.ts"));
+    let e = bptt(&["evaluate", "--model", m.to_str().unwrap(), "--data", test.to_str().unwrap(), "--json"]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    let acc = json(&e)["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "test accuracy {acc} after 6 epochs");
+    for (cell, more) in [("gru", &[][..]), ("rnn_tanh", &[][..]), ("lstm", &["--proj-size", "4"][..])] {
+        let args: Vec<&str> = ["--cell", cell, "--layer-norm"].iter().chain(more).copied().collect();
+        let o = fit(&d.path().join(cell), &data("JapaneseVowels_TRAIN.ts"), &args);
+        assert!(!o.status.success(), "{cell} {more:?}: layer norm was accepted");
+        assert!(stderr(&o).trim().lines().count() == 1 && stderr(&o).contains("--layer-norm"), "{}", stderr(&o));
     }
 }

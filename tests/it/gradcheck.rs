@@ -267,6 +267,7 @@ fn split_path_matches_finite_differences(
             head: Head::PerStep,
             bidirectional,
             proj_size: 0,
+            layer_norm: false,
         };
         let net = Net::new(cfg).unwrap();
         let mut r = crate::common::rng(77);
@@ -747,5 +748,53 @@ fn projection_is_refused_where_it_has_no_meaning() {
     for (cell, proj) in [(CellKind::Gru, 2), (CellKind::RnnTanh, 2), (CellKind::Lstm, 4), (CellKind::Lstm, 9)] {
         let e = Net::new(bptt::NetConfig { cell, proj_size: proj, ..cfg }).err().map(|e| e.to_string());
         assert!(e.as_deref().is_some_and(|m| m.contains("proj_size")), "{cell} proj {proj}: {e:?}");
+    }
+}
+
+/// LayerNorm-LSTM layers (`layer_norm`: LN on W_ih·x, on W_hh·h and on c, each with a gain and a
+/// bias), one or both directions, 1–2 layers, dense/token input, per-step (masked cross-entropy)
+/// and pooled heads, with and without lengths, with a loss on the final state: every parameter
+/// (the six norm tensors too), input and initial-state coordinate against f64 finite
+/// differences.
+#[test]
+fn layer_norm_lstm_matches_finite_differences() {
+    use bptt::{LossKind, Pool};
+    let pool: Pool = "last+mean+max".parse().unwrap();
+    let mut seed = 5100;
+    for layers in [1, 2] {
+        for tokens in [false, true] {
+            for (bidirectional, pooled) in [(false, false), (true, false), (false, true), (true, true)] {
+                seed += 1;
+                let (b, t, lengths) = [(3, 5, Some(vec![5, 1, 3])), (2, 4, None)][seed as usize % 2].clone();
+                let p = if pooled {
+                    Problem::pooled(CellKind::Lstm, layers, pool, LossKind::CrossEntropy, true, tokens, b, t, seed)
+                } else {
+                    Problem::new(CellKind::Lstm, layers, Mode::WeightedCe, tokens, b, t, seed)
+                };
+                let p = if bidirectional { p.bidirectional(seed) } else { p };
+                let mut p = p.layer_normed(seed).with_final_loss(seed);
+                let w = p.final_weights.as_mut().unwrap();
+                w.h.iter_mut().chain(w.c.iter_mut()).for_each(|v| *v *= 0.25);
+                let (err, at) = check_with(&p, &|ws| ws.set_lengths(lengths.as_deref()).unwrap());
+                assert!(
+                    err < TOL,
+                    "layers={layers} tokens={tokens} bidirectional={bidirectional} pooled={pooled} \
+                     lengths={lengths:?}: max rel error {err:.3e} at {at}"
+                );
+            }
+        }
+    }
+}
+
+/// `layer_norm` is an option of the LSTM (and not yet with `proj_size`): anything else is a
+/// typed error naming the setting.
+#[test]
+fn layer_norm_is_refused_where_it_has_no_meaning() {
+    let p = Problem::new(CellKind::Gru, 1, Mode::ManyToManyCe, false, 2, 3, 1);
+    let cfg = *p.net.config();
+    for (cell, proj) in [(CellKind::Gru, 0), (CellKind::RnnTanh, 0), (CellKind::RnnRelu, 0), (CellKind::Lstm, 2)] {
+        let e = Net::new(bptt::NetConfig { cell, proj_size: proj, layer_norm: true, ..cfg }).err();
+        let e = e.map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|m| m.contains("layer_norm")), "{cell} proj {proj}: {e:?}");
     }
 }

@@ -19,6 +19,7 @@ fn lstm_learns_to_echo_five_steps_back() {
         head: Head::PerStep,
         bidirectional: false,
         proj_size: 0,
+        layer_norm: false,
     };
     let net = Net::new(cfg).unwrap();
     let mut params = net.init_params::<f32>(42);

@@ -82,6 +82,7 @@ fn backward_runs_the_plan_its_forward_made() {
         head: Head::PerStep,
         bidirectional: false,
         proj_size: 0,
+        layer_norm: false,
     };
     let net = Net::new(cfg).unwrap();
     let (t, b) = (6, 4);

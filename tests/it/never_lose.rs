@@ -423,7 +423,7 @@ fn under_ulimit_v_a_command_runs_or_says_why_in_one_line() {
 /// A small model to save (the library's writer is the one every command and binding uses).
 fn small_model() -> bptt::charlm::CharModel {
     use bptt::charlm::{CharModel, ModelSpec, Vocab};
-    let spec = ModelSpec { cell: bptt::CellKind::Gru, embedding_dim: 4, hidden: 8, layers: 1 };
+    let spec = ModelSpec { cell: bptt::CellKind::Gru, embedding_dim: 4, hidden: 8, layers: 1, layer_norm: false };
     CharModel::new(spec, Vocab::from_text("abc\n").unwrap(), 1).unwrap()
 }
 
@@ -678,6 +678,6 @@ fn a_uniform_shift_of_the_decoder_bias_never_reports_a_perfect_model() {
 
 fn small_model_for(text: &str) -> bptt::charlm::CharModel {
     use bptt::charlm::{CharModel, ModelSpec, Vocab};
-    let spec = ModelSpec { cell: bptt::CellKind::Lstm, embedding_dim: 4, hidden: 8, layers: 1 };
+    let spec = ModelSpec { cell: bptt::CellKind::Lstm, embedding_dim: 4, hidden: 8, layers: 1, layer_norm: false };
     CharModel::new(spec, Vocab::from_text(text).unwrap(), 3).unwrap()
 }

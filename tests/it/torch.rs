@@ -50,6 +50,7 @@ fn run_masked(case: &Case, dropped: bool) {
         head: Head::PerStep,
         bidirectional: false,
         proj_size: 0,
+        layer_norm: false,
     })
     .unwrap();
     let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
@@ -156,6 +157,7 @@ fn packed_sequences_match_pytorch() {
             head: Head::PerStep,
             bidirectional: false,
             proj_size: 0,
+            layer_norm: false,
         })
         .unwrap();
         let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
@@ -189,10 +191,11 @@ fn packed_sequences_match_pytorch() {
     }
 }
 
-/// Bidirectional nets of 1 and 2 layers (`bidirectional=True`) and projected LSTMs
-/// (`proj_size`, one or both directions), packed lengths (4, 2, 3): the top layer's outputs at
-/// every valid position, the final states of both directions (the reverse one's taken after each
-/// sequence's first step), the loss, every gradient (`weight_hr` too), dh0, dc0.
+/// Bidirectional nets of 1 and 2 layers (`bidirectional=True`), projected LSTMs (`proj_size`,
+/// one or both directions) and LayerNorm-LSTMs (`layer_norm`, against `LnLstm` in the script),
+/// packed lengths (4, 2, 3): the top layer's outputs at every valid position, the final states of
+/// both directions (the reverse one's taken after each sequence's first step), the loss, every
+/// gradient (`weight_hr` and the norms' too), dh0, dc0.
 #[test]
 fn bidirectional_and_projected_nets_match_pytorch() {
     let cases = [
@@ -203,14 +206,28 @@ fn bidirectional_and_projected_nets_match_pytorch() {
         &exp::PROJ_LSTM_2,
         &exp::PROJ_LSTM_TOKENS,
         &exp::PROJ_BIDIR_LSTM_2,
+        &exp::LN_LSTM_2,
+        &exp::LN_LSTM_TOKENS,
     ];
     for case in cases {
-        let (b, l, bidirectional, proj_size) = (3, case.layers, case.bidirectional, case.proj);
+        let (b, l, bidirectional, proj_size, layer_norm) =
+            (3, case.layers, case.bidirectional, case.proj, case.layer_norm);
         let cell: CellKind = case.cell.parse().unwrap();
         let input =
             if case.tokens { InputKind::Tokens { vocab: V, embedding_dim: I } } else { InputKind::Dense { size: I } };
         let (loss, head) = (LossKind::CrossEntropy, Head::PerStep);
-        let cfg = NetConfig { cell, input, hidden: H, layers: l, output: O, loss, head, bidirectional, proj_size };
+        let cfg = NetConfig {
+            cell,
+            input,
+            hidden: H,
+            layers: l,
+            output: O,
+            loss,
+            head,
+            bidirectional,
+            proj_size,
+            layer_norm,
+        };
         let net = Net::new(cfg).unwrap();
         let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
         let x: Vec<f64> = (0..T * b * I).map(|k| (0.7 * k as f64 + 0.3).sin()).collect();
@@ -332,6 +349,7 @@ fn run_big(case: &BigCase) {
         head: Head::PerStep,
         bidirectional: false,
         proj_size: 0,
+        layer_norm: false,
     };
     let net = Net::new(cfg).unwrap();
     let scale = 1.5 / (h as f64).sqrt();

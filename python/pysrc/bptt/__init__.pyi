@@ -89,6 +89,7 @@ class SequenceModel:
         layers: int = 1,
         bidirectional: bool = False,
         proj_size: int = 0,
+        layer_norm: bool = False,
         pool: str = "last+mean",
         patch: Union[str, int] = "auto",
         epochs: Union[str, int] = "auto",

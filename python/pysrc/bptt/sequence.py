@@ -20,7 +20,8 @@ import numpy as np
 from . import _core
 
 _PARAMS = (
-    "task", "cell", "hidden", "layers", "bidirectional", "proj_size", "pool", "patch", "epochs", "batch", "optimizer", "lr",
+    "task", "cell", "hidden", "layers", "bidirectional", "proj_size", "layer_norm", "pool", "patch", "epochs", "batch",
+    "optimizer", "lr",
     "weight_decay", "lr_schedule", "clip_norm", "dropout", "class_weight", "valid_fraction",
     "patience", "seed", "threads", "callback",
 )
@@ -94,7 +95,7 @@ class SequenceModel(_Base):
     """
 
     def __init__(self, task="classify", cell="gru", hidden=256, layers=1, bidirectional=False, proj_size=0,
-                 pool="last+mean", patch="auto",
+                 layer_norm=False, pool="last+mean", patch="auto",
                  epochs="auto", batch=8, optimizer="adam", lr=3e-3, weight_decay=None, lr_schedule="cosine",
                  clip_norm=5.0, dropout=0.3, class_weight=None, valid_fraction=0.0, patience=0, seed=1,
                  threads=None, callback=None):
@@ -104,6 +105,7 @@ class SequenceModel(_Base):
         self.layers = layers
         self.bidirectional = bidirectional
         self.proj_size = proj_size
+        self.layer_norm = layer_norm
         self.pool = pool
         self.patch = patch
         self.epochs = epochs
@@ -165,6 +167,7 @@ class SequenceModel(_Base):
         return json.dumps({
             "task": self.task, "cell": self.cell, "hidden": int(self.hidden), "layers": int(self.layers),
             "bidirectional": bool(self.bidirectional), "proj_size": int(self.proj_size),
+            "layer_norm": bool(self.layer_norm),
             "pool": self.pool, "patch": int(patch), "epochs": None if epochs is None else int(epochs),
             "batch": int(self.batch),
             "optimizer": self.optimizer, "lr": float(self.lr),
@@ -266,8 +269,8 @@ class SequenceModel(_Base):
         core = _core.SeqCore.load(str(path))
         spec = json.loads(core.spec)
         m = cls(task=spec["task"], cell=spec["cell"], hidden=spec["hidden_size"], layers=spec["num_layers"],
-                bidirectional=spec.get("bidirectional", False), proj_size=spec.get("proj_size", 0), pool=spec["pool"],
-                patch=spec["patch"])
+                bidirectional=spec.get("bidirectional", False), proj_size=spec.get("proj_size", 0),
+                layer_norm=spec.get("layer_norm", False), pool=spec["pool"], patch=spec["patch"])
         m.core_ = core
         m.n_features_in_ = spec["features"]
         if spec["task"] == "classify":

@@ -2,6 +2,7 @@
 //! step one recurrent GEMM plus the cell's fused step; backward mirrors it and ends with one
 //! GEMM per weight gradient.
 
+mod norm;
 mod pair;
 mod proj;
 mod rows;
@@ -41,6 +42,8 @@ pub(crate) struct Dims {
     pub gh: usize,
     /// B, the batch rows.
     pub b: usize,
+    /// A LayerNorm-LSTM (`layer/norm.rs`).
+    pub norm: bool,
     /// T, the steps of this pass.
     pub steps: usize,
     pub threads: usize,
@@ -49,7 +52,7 @@ pub(crate) struct Dims {
 impl Dims {
     pub(crate) fn new(cfg: &NetConfig, steps: usize, b: usize, threads: usize) -> Self {
         let (h, hp, gh) = (cfg.hidden, cfg.state_width(), cfg.cell.gates() * cfg.hidden);
-        Dims { cell: cfg.cell, h, hp, gh, b, steps, threads }
+        Dims { cell: cfg.cell, h, hp, gh, b, norm: cfg.layer_norm, steps, threads }
     }
 }
 
@@ -90,6 +93,9 @@ pub(crate) fn forward<F: Float>(
 ) {
     if pass.dims.hp != pass.dims.h {
         return proj::forward(pass, lp, p, cache, x);
+    }
+    if pass.dims.norm {
+        return norm::forward(pass, lp, p, cache, x);
     }
     let Dims { cell, h, gh, b, steps, threads, .. } = pass.dims;
     let (bh, bgh) = (b * h, b * gh);
@@ -229,6 +235,9 @@ pub(crate) fn backward<F: Float>(
     if pass.dims.hp != pass.dims.h {
         return proj::backward(pass, lp, p, grads, cache, below, carry);
     }
+    if pass.dims.norm {
+        return norm::backward(pass, lp, p, grads, cache, below, carry);
+    }
     let Dims { cell, h, gh, b, steps, threads, .. } = pass.dims;
     let (bh, bgh, lengths) = (b * h, b * gh, pass.lengths);
     let Carry { dh_next, dc_next, mut dh_norms } = carry;
@@ -288,7 +297,8 @@ pub(crate) fn backward<F: Float>(
 
 /// The shared-weight gradients of a layer after its time loop, accumulated over all steps: one
 /// GEMM each over the T·B rows of pre-activation gradients; `below.dx` (T·B, I), when given,
-/// receives dL/dx.
+/// receives dL/dx. (A LayerNorm-LSTM's `layer/norm.rs` has summed its biases already and left
+/// its two sides' pre-norm gradients in `gates` and `dgates_h`.)
 pub(crate) fn weight_grads<F: Float>(
     dims: &Dims,
     lp: &LayerParams,
@@ -297,10 +307,10 @@ pub(crate) fn weight_grads<F: Float>(
     cache: &LayerCache<F>,
     below: Below<'_, F>,
 ) {
-    let Dims { cell, h, hp, gh, b, steps, threads } = *dims;
+    let Dims { cell, h, hp, gh, b, norm, steps, threads } = *dims;
     let n = steps * b;
     let dpre_x = &cache.gates[..n * gh]; // (T·B, G·H)
-    let dpre_h = if cell.recurrent_apart() { &cache.dgates_h[..n * gh] } else { dpre_x };
+    let dpre_h = if cell.recurrent_apart() || norm { &cache.dgates_h[..n * gh] } else { dpre_x };
     let (g_lo, g_hi) = grads.split_at_mut(lp.w_hh);
     if let LayerInput::Rows(x) = below.x {
         kernels::gemm(
@@ -329,8 +339,10 @@ pub(crate) fn weight_grads<F: Float>(
             threads,
         );
     }
-    kernels::add_col_sums(&mut grads[lp.b_ih..lp.b_ih + gh], dpre_x, n, gh);
-    kernels::add_col_sums(&mut grads[lp.b_hh..lp.b_hh + gh], dpre_h, n, gh);
+    if !norm {
+        kernels::add_col_sums(&mut grads[lp.b_ih..lp.b_ih + gh], dpre_x, n, gh);
+        kernels::add_col_sums(&mut grads[lp.b_hh..lp.b_hh + gh], dpre_h, n, gh);
+    }
     if let Some(dx) = below.dx {
         kernels::gemm(
             MatMut::rows(dx, n, lp.input),

@@ -15,7 +15,7 @@ pub(super) fn forward<F: Float>(
     cache: &mut LayerCache<F>,
     x: LayerInput<'_, F>,
 ) {
-    let Dims { cell, h, hp, gh, b, steps, threads } = pass.dims;
+    let Dims { cell, h, hp, gh, b, steps, threads, .. } = pass.dims;
     let (bh, bp, bgh) = (b * h, b * hp, b * gh);
     if pass.w_hh_t {
         kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * hp], gh, hp, &mut cache.w_hh_t, threads);
@@ -60,7 +60,7 @@ pub(super) fn backward<F: Float>(
     below: Below<'_, F>,
     carry: Carry<'_, F>,
 ) {
-    let Dims { cell, h, hp, gh, b, steps, threads } = pass.dims;
+    let Dims { cell, h, hp, gh, b, steps, threads, .. } = pass.dims;
     let (bh, bp, bgh) = (b * h, b * hp, b * gh);
     let Carry { dh_next, dc_next, mut dh_norms } = carry;
     let w_hh = Mat::rows(&p[lp.w_hh..lp.w_hh + gh * hp], gh, hp); // (G·H, P)

@@ -1,0 +1,86 @@
+//! A layer's cache: what the backward pass of one layer (one direction) needs from its forward
+//! pass, plus its gradient inputs, sized once for `max_steps` steps of a batch.
+
+use crate::float::Float;
+use crate::net::NetConfig;
+
+/// Per-layer cache: what the backward pass of one layer needs, plus its gradient inputs.
+#[derive(Clone, Debug)]
+pub(crate) struct LayerCache<F> {
+    /// (T, B, G·H): pre-activations → activated gates (forward) → dL/d(input pre-activations).
+    pub gates: Vec<F>,
+    /// (T+1, B, H): hidden states, row 0 the initial state.
+    pub hs: Vec<F>,
+    /// (T+1, B, H): LSTM cell states, row 0 the initial state; empty for other cells.
+    pub cs: Vec<F>,
+    /// (T, B, H): LSTM tanh(c_t) (with layer norm tanh(γ ⊙ ĉ_t + β)), GRU h_n; empty for the RNN.
+    pub aux: Vec<F>,
+    /// (T, B, G·H): dL/d(recurrent pre-activations) where they are kept apart from the input
+    /// side's — the GRU's W_hh·h + b_hh, the LayerNorm-LSTM's W_hh·h before its norm; else empty.
+    pub dgates_h: Vec<F>,
+    /// (H, G·H): W_hhᵀ, refreshed at each forward pass so the per-step GEMM reads the weights
+    /// in the layout the GEMM kernel streams without repacking them every step.
+    pub w_hh_t: Vec<F>,
+    /// (T, B, H): dL/dh_t arriving from above (readout or next layer); during backward the
+    /// gradient from the future is added in place, so afterwards it holds the total dL/dh_t.
+    pub dh: Vec<F>,
+    /// With a projection (else empty; hs, dh, W_hhᵀ are then P wide): (T, B, H) the cell outputs
+    /// m_t = o ⊙ tanh(c_t) that h_t = W_hr m_t projects. With a projection or layer norm: (B, H)
+    /// one step's scratch (dL/dm_t, or dL/dĉ_t).
+    pub ms: Vec<F>,
+    pub dm: Vec<F>,
+    /// With layer norm (else empty): (T, B, G·H) the normalised W_ih·x_t and W_hh·h_{t−1},
+    /// (T, B, H) the normalised c_t, and (3, T, B) each row's 1/σ of the three.
+    pub norm_x: Vec<F>,
+    pub norm_h: Vec<F>,
+    pub norm_c: Vec<F>,
+    pub rstd: Vec<F>,
+}
+
+/// The element counts of a layer cache's buffers for `cfg`, `t` steps and `b` rows, in the
+/// order of [`LayerCache`]'s fields (in u128: sizes that cannot exist are estimated, not
+/// overflowed).
+fn sizes(cfg: &NetConfig, t: usize, b: usize) -> [u128; 13] {
+    let w = |n: usize| n as u128;
+    let (t, b, h, p) = (w(t), w(b), w(cfg.hidden), w(cfg.state_width()));
+    let gh = w(cfg.cell.gates()) * h;
+    let (lstm, proj, norm) = (cfg.cell.has_cell_state(), cfg.proj_size > 0, cfg.layer_norm);
+    let on = |yes: bool, n: u128| if yes { n } else { 0 };
+    [
+        t * b * gh,
+        (t + 1) * b * p,
+        on(lstm, (t + 1) * b * h),
+        on(cfg.cell.has_aux(), t * b * h),
+        on(cfg.cell.recurrent_apart() || norm, t * b * gh),
+        p * gh,
+        t * b * p,
+        on(proj, t * b * h),
+        on(proj || norm, b * h),
+        on(norm, t * b * gh),
+        on(norm, t * b * gh),
+        on(norm, t * b * h),
+        on(norm, 3 * t * b),
+    ]
+}
+
+impl<F: Float> LayerCache<F> {
+    /// A zeroed cache for `t` steps of `b` rows (sizes the workspace has checked against the
+    /// memory available).
+    pub(crate) fn new(cfg: &NetConfig, t: usize, b: usize) -> Self {
+        let [gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd] =
+            sizes(cfg, t, b).map(|n| vec![F::zero(); n as usize]);
+        LayerCache { gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd }
+    }
+
+    /// The elements a cache for `cfg`, `t` steps and `b` rows holds, computed without
+    /// allocating.
+    pub(crate) fn estimate(cfg: &NetConfig, t: usize, b: usize) -> u128 {
+        sizes(cfg, t, b).iter().sum()
+    }
+
+    /// The elements this cache holds.
+    pub(crate) fn len(&self) -> usize {
+        let LayerCache { gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd } = self;
+        [gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd].iter().map(|v| v.len()).sum()
+    }
+}
