@@ -19,6 +19,15 @@
 use crate::float::Float;
 use multiversion::multiversion;
 
+/// One row's (4H) gates as its i, f, g, o blocks (H each).
+#[inline(always)]
+fn gate_blocks<F>(gate: &mut [F], hidden: usize) -> [&mut [F]; 4] {
+    let (gi, rest) = gate.split_at_mut(hidden);
+    let (gf, rest) = rest.split_at_mut(hidden);
+    let (gg, go) = rest.split_at_mut(hidden);
+    [gi, gf, gg, go]
+}
+
 /// Forward step for one batch of B rows.
 ///
 /// - `gates` (B, 4H): in, pre-activations; out, activated gates (i, f, g, o).
@@ -36,9 +45,7 @@ pub fn forward_step<F: Float>(
     let rows = rows.zip(c_prev.chunks_exact(hidden)).zip(c.chunks_exact_mut(hidden));
     let rows = rows.zip(tanh_c.chunks_exact_mut(hidden)).zip(h.chunks_exact_mut(hidden));
     for ((((gate, c_prev), c), tanh_c), h) in rows {
-        let (gi, rest) = gate.split_at_mut(hidden);
-        let (gf, rest) = rest.split_at_mut(hidden);
-        let (gg, go) = rest.split_at_mut(hidden);
+        let [gi, gf, gg, go] = gate_blocks(gate, hidden);
         forward_row(gi, gf, gg, go, c_prev, c, tanh_c, h);
     }
 }
@@ -87,9 +94,7 @@ pub fn backward_step<F: Float>(hidden: usize, dh: &[F], dc: &mut [F], gates: &mu
     let rows = gates.chunks_exact_mut(4 * hidden).zip(dh.chunks_exact(hidden));
     let rows = rows.zip(dc.chunks_exact_mut(hidden)).zip(c_prev.chunks_exact(hidden));
     for ((((gate, dh), dc), c_prev), tanh_c) in rows.zip(tanh_c.chunks_exact(hidden)) {
-        let (gi, rest) = gate.split_at_mut(hidden);
-        let (gf, rest) = rest.split_at_mut(hidden);
-        let (gg, go) = rest.split_at_mut(hidden);
+        let [gi, gf, gg, go] = gate_blocks(gate, hidden);
         backward_row(gi, gf, gg, go, dh, dc, c_prev, tanh_c);
     }
 }
@@ -152,9 +157,7 @@ pub(crate) fn forward_step_norm<F: Float>(
     let rows = rows.zip(c.chunks_exact_mut(hidden)).zip(tanh_c.chunks_exact_mut(hidden));
     let rows = rows.zip(h.chunks_exact_mut(hidden)).zip(norm.c_hat.chunks_exact_mut(hidden));
     for ((((((gate, c_prev), c), tanh_c), h), c_hat), rstd) in rows.zip(norm.rstd.iter_mut()) {
-        let (gi, rest) = gate.split_at_mut(hidden);
-        let (gf, rest) = rest.split_at_mut(hidden);
-        let (gg, go) = rest.split_at_mut(hidden);
+        let [gi, gf, gg, go] = gate_blocks(gate, hidden);
         for j in 0..hidden {
             let (i, f, g, o) = (gi[j].sigmoid(), gf[j].sigmoid(), gg[j].tanh_act(), go[j].sigmoid());
             (gi[j], gf[j], gg[j], go[j]) = (i, f, g, o);
@@ -200,9 +203,7 @@ pub(crate) fn backward_step_norm<F: Float>(
     let rows = rows.zip(tanh_c.chunks_exact(hidden)).zip(norm.c_hat.chunks_exact(hidden));
     let rows = rows.zip(norm.scratch.chunks_exact_mut(hidden)).zip(norm.rstd);
     for (((((((gate, dh), dc), c_prev), tanh_c), c_hat), d_hat), &rstd) in rows {
-        let (gi, rest) = gate.split_at_mut(hidden);
-        let (gf, rest) = rest.split_at_mut(hidden);
-        let (gg, go) = rest.split_at_mut(hidden);
+        let [gi, gf, gg, go] = gate_blocks(gate, hidden);
         for j in 0..hidden {
             let (o, tc) = (go[j], tanh_c[j]);
             let dy = dh[j] * o * (one - tc * tc);

@@ -114,39 +114,34 @@ impl Problem {
 
     /// The same problem for a bidirectional net (every layer also runs a reverse direction):
     /// fresh weights and initial state (2L, B, H) from `seed`, the same inputs and targets.
-    pub fn bidirectional(mut self, seed: u64) -> Self {
+    pub fn bidirectional(self, seed: u64) -> Self {
         let cfg = NetConfig { bidirectional: true, ..*self.net.config() };
-        self.net = Net::new(cfg).unwrap();
-        let mut r = rng(seed ^ 0xb1d1);
-        self.params = uniform(&mut r, self.net.num_params(), 0.8);
-        self.init = State::zeros(&cfg, self.batch);
-        self.init.h = uniform(&mut r, self.init.h.len(), 0.5);
-        self.init.c = uniform(&mut r, self.init.c.len(), 0.5);
-        self
+        self.rebuilt(cfg, seed ^ 0xb1d1)
     }
 
     /// The same problem as a LayerNorm-LSTM (`layer_norm`): fresh weights (the norms' gains
     /// around 1) and initial state from `seed`.
-    pub fn layer_normed(mut self, seed: u64) -> Self {
+    pub fn layer_normed(self, seed: u64) -> Self {
         let cfg = NetConfig { layer_norm: true, ..*self.net.config() };
-        self.net = Net::new(cfg).unwrap();
-        let mut r = rng(seed ^ 0x1a7e);
-        self.params = uniform(&mut r, self.net.num_params(), 0.8);
-        for info in self.net.params().iter().filter(|i| i.name.contains("ln_weight")) {
-            info.of_mut(&mut self.params).iter_mut().for_each(|v| *v += 1.0);
+        let mut p = self.rebuilt(cfg, seed ^ 0x1a7e);
+        for info in p.net.params().iter().filter(|i| i.name.contains("ln_weight")) {
+            info.of_mut(&mut p.params).iter_mut().for_each(|v| *v += 1.0);
         }
-        self.init = State::zeros(&cfg, self.batch);
-        self.init.h = uniform(&mut r, self.init.h.len(), 0.5);
-        self.init.c = uniform(&mut r, self.init.c.len(), 0.5);
-        self
+        p
     }
 
     /// The same problem with every layer's output projected to `p` < H values (`proj_size`;
     /// LSTM only): fresh weights and initial state from `seed`.
-    pub fn projected(mut self, p: usize, seed: u64) -> Self {
+    pub fn projected(self, p: usize, seed: u64) -> Self {
         let cfg = NetConfig { proj_size: p, ..*self.net.config() };
+        self.rebuilt(cfg, seed ^ 0x9e0)
+    }
+
+    /// The same inputs and targets for the net of `cfg`, with fresh weights and initial state
+    /// drawn from `seed`.
+    fn rebuilt(mut self, cfg: NetConfig, seed: u64) -> Self {
         self.net = Net::new(cfg).unwrap();
-        let mut r = rng(seed ^ 0x9e0);
+        let mut r = rng(seed);
         self.params = uniform(&mut r, self.net.num_params(), 0.8);
         self.init = State::zeros(&cfg, self.batch);
         self.init.h = uniform(&mut r, self.init.h.len(), 0.5);

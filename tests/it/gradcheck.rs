@@ -711,9 +711,16 @@ fn windowed_bptt_refuses_bidirectional_nets() {
 /// input and initial-state coordinate against f64 finite differences.
 #[test]
 fn projected_lstm_matches_finite_differences() {
+    lstm_option_matches_finite_differences(3400, &|p, seed| p.projected(1 + 2 * (seed as usize % 2), seed));
+}
+
+/// The LSTM with an option (`with`, given a problem and its seed) against f64 finite differences
+/// on 1–2 layers, dense/token input, one or both directions, per-step (masked cross-entropy) and
+/// pooled heads, with lengths (3, 5 steps) or without (2, 4), with a loss on the final state.
+fn lstm_option_matches_finite_differences(seed0: u64, with: &dyn Fn(Problem, u64) -> Problem) {
     use bptt::{LossKind, Pool};
     let pool: Pool = "last+mean+max".parse().unwrap();
-    let mut seed = 3400;
+    let mut seed = seed0;
     for layers in [1, 2] {
         for tokens in [false, true] {
             for (bidirectional, pooled) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -725,7 +732,7 @@ fn projected_lstm_matches_finite_differences() {
                     Problem::new(CellKind::Lstm, layers, Mode::WeightedCe, tokens, b, t, seed)
                 };
                 let p = if bidirectional { p.bidirectional(seed) } else { p };
-                let mut p = p.projected(1 + 2 * (seed as usize % 2), seed).with_final_loss(seed);
+                let mut p = with(p, seed).with_final_loss(seed);
                 let w = p.final_weights.as_mut().unwrap();
                 w.h.iter_mut().chain(w.c.iter_mut()).for_each(|v| *v *= 0.25);
                 let (err, at) = check_with(&p, &|ws| ws.set_lengths(lengths.as_deref()).unwrap());
@@ -758,32 +765,7 @@ fn projection_is_refused_where_it_has_no_meaning() {
 /// differences.
 #[test]
 fn layer_norm_lstm_matches_finite_differences() {
-    use bptt::{LossKind, Pool};
-    let pool: Pool = "last+mean+max".parse().unwrap();
-    let mut seed = 5100;
-    for layers in [1, 2] {
-        for tokens in [false, true] {
-            for (bidirectional, pooled) in [(false, false), (true, false), (false, true), (true, true)] {
-                seed += 1;
-                let (b, t, lengths) = [(3, 5, Some(vec![5, 1, 3])), (2, 4, None)][seed as usize % 2].clone();
-                let p = if pooled {
-                    Problem::pooled(CellKind::Lstm, layers, pool, LossKind::CrossEntropy, true, tokens, b, t, seed)
-                } else {
-                    Problem::new(CellKind::Lstm, layers, Mode::WeightedCe, tokens, b, t, seed)
-                };
-                let p = if bidirectional { p.bidirectional(seed) } else { p };
-                let mut p = p.layer_normed(seed).with_final_loss(seed);
-                let w = p.final_weights.as_mut().unwrap();
-                w.h.iter_mut().chain(w.c.iter_mut()).for_each(|v| *v *= 0.25);
-                let (err, at) = check_with(&p, &|ws| ws.set_lengths(lengths.as_deref()).unwrap());
-                assert!(
-                    err < TOL,
-                    "layers={layers} tokens={tokens} bidirectional={bidirectional} pooled={pooled} \
-                     lengths={lengths:?}: max rel error {err:.3e} at {at}"
-                );
-            }
-        }
-    }
+    lstm_option_matches_finite_differences(5100, &|p, seed| p.layer_normed(seed));
 }
 
 /// `layer_norm` is an option of the LSTM (and not yet with `proj_size`): anything else is a

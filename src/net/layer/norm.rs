@@ -65,10 +65,9 @@ pub(super) fn forward<F: Float>(
         let norm_c = CellNorm { gain: gain_c, bias: bias_c, c_hat, rstd: &mut rstd_c[t * b..(t + 1) * b] };
         lstm::forward_step_norm(h, g, c_prev, c, aux, h_t, norm_c);
         // A row whose sequence has ended keeps its state.
-        for r in (0..b).filter(|&r| ended(pass.lengths, t, r)) {
-            h_t[r * h..(r + 1) * h].copy_from_slice(&h_prev[r * h..(r + 1) * h]);
-            c[r * h..(r + 1) * h].copy_from_slice(&c_prev[r * h..(r + 1) * h]);
-        }
+        let ended = Ended { lengths: pass.lengths, t, r0: 0 };
+        ended.copy_rows(h, h_prev, h_t);
+        ended.copy_rows(h, c_prev, c);
     }
 }
 
@@ -100,9 +99,7 @@ pub(super) fn backward<F: Float>(
             norms[t] = F::of(total / b as f64);
         }
         let g = &mut cache.gates[t * bgh..(t + 1) * bgh];
-        for r in (0..b).filter(|&r| ended.at(r)) {
-            g[r * gh..(r + 1) * gh].fill(F::zero());
-        }
+        ended.zero_rows(gh, g);
         for run in ended.running(b) {
             let (hr, gr) = (run.start * h..run.end * h, run.start * gh..run.end * gh);
             let at = t * b;
@@ -131,9 +128,7 @@ pub(super) fn backward<F: Float>(
         }
         kernels::gemm(MatMut::rows(dh_next, b, h), Mat::rows(dah, b, gh), w_hh, false, threads);
         // An ended row held its state: its gradient passes straight through.
-        for r in (0..b).filter(|&r| ended.at(r)) {
-            dh_next[r * h..(r + 1) * h].copy_from_slice(&dh_t[r * h..(r + 1) * h]);
-        }
+        ended.copy_rows(h, dh_t, dh_next);
     }
     // Over all T·B rows: the biases (b_ih, b_hh and both sides' β all receive da) and the gains
     // (dγ = Σ da ⊙ x̂), then dL/d(W_ih x_t) through the input side's norm, in place of da.

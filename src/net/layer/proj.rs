@@ -38,14 +38,11 @@ pub(super) fn forward<F: Float>(
         let step = Step { g: [g, &mut [], &mut [], &mut []], hp: [&[], &[], &[]], h_prev: &[], c_prev, c, aux, h: m };
         cell.forward_rows(h, step);
         // A row whose sequence has ended keeps its state, and its m counts for nothing.
-        for r in (0..b).filter(|&r| ended(pass.lengths, t, r)) {
-            m[r * h..(r + 1) * h].fill(F::zero());
-            c[r * h..(r + 1) * h].copy_from_slice(&c_prev[r * h..(r + 1) * h]);
-        }
+        let ended = Ended { lengths: pass.lengths, t, r0: 0 };
+        ended.zero_rows(h, m);
+        ended.copy_rows(h, c_prev, c);
         kernels::gemm(MatMut::rows(h_t, b, hp), Mat::rows(m, b, h), w_hr_t, false, threads);
-        for r in (0..b).filter(|&r| ended(pass.lengths, t, r)) {
-            h_t[r * hp..(r + 1) * hp].copy_from_slice(&h_prev[r * hp..(r + 1) * hp]);
-        }
+        ended.copy_rows(hp, h_prev, h_t);
     }
 }
 
@@ -75,9 +72,7 @@ pub(super) fn backward<F: Float>(
         }
         kernels::gemm(MatMut::rows(&mut cache.dm, b, h), Mat::rows(dh_t, b, hp), w_hr, false, threads);
         let g = &mut cache.gates[t * bgh..(t + 1) * bgh];
-        for r in (0..b).filter(|&r| ended.at(r)) {
-            g[r * gh..(r + 1) * gh].fill(F::zero());
-        }
+        ended.zero_rows(gh, g);
         for run in ended.running(b) {
             let (hr, gr) = (run.start * h..run.end * h, run.start * gh..run.end * gh);
             let step = BackStep {
@@ -95,9 +90,7 @@ pub(super) fn backward<F: Float>(
         }
         kernels::gemm(MatMut::rows(dh_next, b, hp), Mat::rows(g, b, gh), w_hh, false, threads);
         // An ended row held its state: its gradient passes straight through.
-        for r in (0..b).filter(|&r| ended.at(r)) {
-            dh_next[r * hp..(r + 1) * hp].copy_from_slice(&cache.dh[t * bp + r * hp..t * bp + (r + 1) * hp]);
-        }
+        ended.copy_rows(hp, &cache.dh[t * bp..(t + 1) * bp], dh_next);
     }
     weight_grads(&pass.dims, lp, p, grads, cache, below);
 }

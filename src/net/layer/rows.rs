@@ -18,14 +18,9 @@ impl<F: Copy> FwdRows<'_, F> {
     /// Rows (from r0) whose sequence ended before step t keep their state: h_t = h_{t−1} (and
     /// c), so padding never touches the state and the last state is each sequence's own.
     pub(super) fn hold_ended(&mut self, lengths: &[usize], t: usize, r0: usize, h: usize) {
-        for k in 0..self.h.len() / h {
-            if ended(lengths, t, r0 + k) {
-                self.h[k * h..(k + 1) * h].copy_from_slice(&self.h_prev[k * h..(k + 1) * h]);
-                if !self.c.is_empty() {
-                    self.c[k * h..(k + 1) * h].copy_from_slice(&self.c_prev[k * h..(k + 1) * h]);
-                }
-            }
-        }
+        let ended = Ended { lengths, t, r0 };
+        ended.copy_rows(h, self.h_prev, self.h);
+        ended.copy_rows(h, self.c_prev, self.c);
     }
 }
 
@@ -95,6 +90,27 @@ impl Ended<'_> {
         ended(self.lengths, self.t, self.r0 + k)
     }
 
+    /// Copies the ended rows of `from` over those of `to` ((r, w) each; nothing if `to` is
+    /// empty): an ended row holds its state forward, and its gradient passes straight through.
+    pub(super) fn copy_rows<F: Copy>(self, w: usize, from: &[F], to: &mut [F]) {
+        if self.lengths.is_empty() || to.is_empty() {
+            return;
+        }
+        for k in (0..to.len() / w).filter(|&k| self.at(k)) {
+            to[k * w..(k + 1) * w].copy_from_slice(&from[k * w..(k + 1) * w]);
+        }
+    }
+
+    /// Zeroes the ended rows of `v` ((r, w); nothing if empty): what an ended row contributes.
+    pub(super) fn zero_rows<F: Float>(self, w: usize, v: &mut [F]) {
+        if self.lengths.is_empty() || v.is_empty() {
+            return;
+        }
+        for k in (0..v.len() / w).filter(|&k| self.at(k)) {
+            v[k * w..(k + 1) * w].fill(F::zero());
+        }
+    }
+
     /// The maximal runs [a, b) of rows (counted from r0) still running, among the first `rows`
     /// (all of them in one run when no lengths are set). Allocates nothing.
     pub(super) fn running(self, rows: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
@@ -126,13 +142,8 @@ pub(super) fn backward_rows<F: Float>(
     ended: Ended<'_>,
 ) {
     let r = s.dh.len() / h;
-    let all = ended.lengths.is_empty();
-    for k in (0..r).filter(|&k| !all && ended.at(k)) {
-        s.g[k * gh..(k + 1) * gh].fill(F::zero());
-        if !s.dgh.is_empty() {
-            s.dgh[k * gh..(k + 1) * gh].fill(F::zero());
-        }
-    }
+    ended.zero_rows(gh, s.g);
+    ended.zero_rows(gh, s.dgh);
     let rows = |a: usize, b: usize, w: usize| a * w..b * w;
     let (lstm, gru, aux) = (cell.has_cell_state(), cell.recurrent_apart(), cell.has_aux());
     for run in ended.running(r) {
@@ -154,9 +165,5 @@ pub(super) fn backward_rows<F: Float>(
     }
     let (dpre, gru) = if cell.recurrent_apart() { (&*s.dgh, true) } else { (&*s.g, false) };
     kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(dpre, r, gh), w_hh, gru, threads);
-    if !all {
-        for k in (0..r).filter(|&k| ended.at(k)) {
-            s.dh_next[k * h..(k + 1) * h].copy_from_slice(&s.dh[k * h..(k + 1) * h]);
-        }
-    }
+    ended.copy_rows(h, s.dh, s.dh_next);
 }
