@@ -173,14 +173,14 @@ pub(crate) fn forward_step_norm<F: Float>(
     }
 }
 
-/// The gradients of a LayerNorm-LSTM's cell-state norm: dγ, dβ (H each, accumulated), and a
+/// The gradients of a LayerNorm-LSTM's cell-state norm: (B, 2H) each row's own dγ (H) and dβ
+/// (H), accumulated over its steps (summed over the rows by the layer, in a fixed order), and a
 /// (B, H) scratch for dL/dĉ_t.
 pub(crate) struct CellNormGrad<'a, F> {
     pub gain: &'a [F],
     pub c_hat: &'a [F],
     pub rstd: &'a [F],
-    pub dgain: &'a mut [F],
-    pub dbias: &'a mut [F],
+    pub acc: &'a mut [F],
     pub scratch: &'a mut [F],
 }
 
@@ -197,13 +197,16 @@ pub(crate) fn backward_step_norm<F: Float>(
     norm: CellNormGrad<'_, F>,
 ) {
     let one = F::one();
-    let (gain, dgain, dbias) = (&norm.gain[..hidden], &mut norm.dgain[..hidden], &mut norm.dbias[..hidden]);
+    let gain = &norm.gain[..hidden];
     let rows = gates.chunks_exact_mut(4 * hidden).zip(dh.chunks_exact(hidden));
     let rows = rows.zip(dc.chunks_exact_mut(hidden)).zip(c_prev.chunks_exact(hidden));
     let rows = rows.zip(tanh_c.chunks_exact(hidden)).zip(norm.c_hat.chunks_exact(hidden));
     let rows = rows.zip(norm.scratch.chunks_exact_mut(hidden)).zip(norm.rstd);
-    for (((((((gate, dh), dc), c_prev), tanh_c), c_hat), d_hat), &rstd) in rows {
+    for ((((((((gate, dh), dc), c_prev), tanh_c), c_hat), d_hat), &rstd), acc) in
+        rows.zip(norm.acc.chunks_exact_mut(2 * hidden))
+    {
         let [gi, gf, gg, go] = gate_blocks(gate, hidden);
+        let (dgain, dbias) = acc.split_at_mut(hidden);
         for j in 0..hidden {
             let (o, tc) = (go[j], tanh_c[j]);
             let dy = dh[j] * o * (one - tc * tc);

@@ -30,17 +30,19 @@ pub(crate) struct LayerCache<F> {
     pub ms: Vec<F>,
     pub dm: Vec<F>,
     /// With layer norm (else empty): (T, B, G·H) the normalised W_ih·x_t and W_hh·h_{t−1},
-    /// (T, B, H) the normalised c_t, and (3, T, B) each row's 1/σ of the three.
+    /// (T, B, H) the normalised c_t, (3, T, B) each row's 1/σ of the three, and (B, 2H) each
+    /// row's dγ and dβ of the norm of c, accumulated over the backward pass, then (G·H) Σ_rows da.
     pub norm_x: Vec<F>,
     pub norm_h: Vec<F>,
     pub norm_c: Vec<F>,
     pub rstd: Vec<F>,
+    pub dnorm_c: Vec<F>,
 }
 
 /// The element counts of a layer cache's buffers for `cfg`, `t` steps and `b` rows, in the
 /// order of [`LayerCache`]'s fields (in u128: sizes that cannot exist are estimated, not
 /// overflowed).
-fn sizes(cfg: &NetConfig, t: usize, b: usize) -> [u128; 13] {
+fn sizes(cfg: &NetConfig, t: usize, b: usize) -> [u128; 14] {
     let w = |n: usize| n as u128;
     let (t, b, h, p) = (w(t), w(b), w(cfg.hidden), w(cfg.state_width()));
     let gh = w(cfg.cell.gates()) * h;
@@ -60,6 +62,7 @@ fn sizes(cfg: &NetConfig, t: usize, b: usize) -> [u128; 13] {
         on(norm, t * b * gh),
         on(norm, t * b * h),
         on(norm, 3 * t * b),
+        on(norm, 2 * b * h + gh),
     ]
 }
 
@@ -67,9 +70,9 @@ impl<F: Float> LayerCache<F> {
     /// A zeroed cache for `t` steps of `b` rows (sizes the workspace has checked against the
     /// memory available).
     pub(crate) fn new(cfg: &NetConfig, t: usize, b: usize) -> Self {
-        let [gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd] =
+        let [gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd, dnorm_c] =
             sizes(cfg, t, b).map(|n| vec![F::zero(); n as usize]);
-        LayerCache { gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd }
+        LayerCache { gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd, dnorm_c }
     }
 
     /// The elements a cache for `cfg`, `t` steps and `b` rows holds, computed without
@@ -80,7 +83,11 @@ impl<F: Float> LayerCache<F> {
 
     /// The elements this cache holds.
     pub(crate) fn len(&self) -> usize {
-        let LayerCache { gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd } = self;
-        [gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd].iter().map(|v| v.len()).sum()
+        let LayerCache { gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd, dnorm_c } =
+            self;
+        [gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd, dnorm_c]
+            .iter()
+            .map(|v| v.len())
+            .sum()
     }
 }

@@ -96,7 +96,8 @@ impl Plan {
                 ws.max_steps
             )));
         }
-        // A projected or layer-norm layer runs whole steps (`layer/proj.rs`, `layer/norm.rs`).
+        // A projected or layer-norm layer runs its own time loop (`layer/proj.rs`, whole steps;
+        // `layer/norm.rs`, whole rows): no folded table, wavefront or pair of directions.
         let whole = cfg.proj_size > 0 || cfg.layer_norm;
         let masked = match ws.fixed_masks {
             Some(t) if t != steps => {
@@ -116,7 +117,12 @@ impl Plan {
         };
         let (h, gh) = (cfg.hidden, cfg.cell.gates() * cfg.hidden);
         let lengths = !ws.lengths.is_empty();
-        let split = if whole { Split::Whole } else { split(b, gh, h) };
+        let split = match split(b, gh, h) {
+            _ if cfg.proj_size > 0 => Split::Whole,
+            // Every norm needs a whole row: row blocks, whole steps, never unit blocks.
+            Split::Units(_) if cfg.layer_norm => Split::Whole,
+            split => split,
+        };
         let wavefront = wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !cfg.bidirectional && !whole);
         // A bidirectional layer with too few rows to cut into row blocks runs one direction per
         // part: no meeting per step (a unit split meets at every step).

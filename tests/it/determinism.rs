@@ -151,20 +151,23 @@ fn projected_lstm_does_not_depend_on_the_thread_count() {
     }
 }
 
-/// A LayerNorm-LSTM (`layer_norm`), whose per-step GEMMs are cut into tiles at this size (B = 64,
-/// H = 512), with lengths: the same losses and gradients at any thread count.
+/// A LayerNorm-LSTM (`layer_norm`) on both of its paths — whole steps whose per-step GEMMs are
+/// cut into tiles (B = 64, H = 512) and 4 row blocks (B = 128, H = 64) — with lengths: the same
+/// losses and gradients at any thread count.
 #[test]
 fn layer_norm_lstm_does_not_depend_on_the_thread_count() {
     use bptt::NetConfig;
-    let (t, b) = (5, 64);
-    let (net, x, y) = dense_problem::<f32>(CellKind::Lstm, 512, t, b, 5, 6);
-    let net = Net::new(NetConfig { layer_norm: true, ..*net.config() }).unwrap();
-    let lengths: Vec<usize> = (0..b).map(|r| 1 + r % t).collect();
-    let run = |threads: usize| pass_with_lengths(&net, &x, &y, t, &lengths, false, threads);
-    let one = run(1);
-    assert!(one.1.iter().all(|v| v.is_finite()) && one.1.iter().any(|&v| v != 0.0));
-    for threads in [2, 3, 8, 16] {
-        assert!(run(threads) == one, "LayerNorm-LSTM: {threads} threads differ from one");
+    for (h, b) in [(512, 64), (64, 128)] {
+        let t = 5;
+        let (net, x, y) = dense_problem::<f32>(CellKind::Lstm, h, t, b, 5, 6);
+        let net = Net::new(NetConfig { layer_norm: true, ..*net.config() }).unwrap();
+        let lengths: Vec<usize> = (0..b).map(|r| 1 + r % t).collect();
+        let run = |threads: usize| pass_with_lengths(&net, &x, &y, t, &lengths, false, threads);
+        let one = run(1);
+        assert!(one.1.iter().all(|v| v.is_finite()) && one.1.iter().any(|&v| v != 0.0));
+        for threads in [2, 3, 4, 8, 16] {
+            assert!(run(threads) == one, "LayerNorm-LSTM H={h} B={b}: {threads} threads differ from one");
+        }
     }
 }
 

@@ -768,6 +768,23 @@ fn layer_norm_lstm_matches_finite_differences() {
     lstm_option_matches_finite_differences(5100, &|p, seed| p.layer_normed(seed));
 }
 
+/// A LayerNorm-LSTM's row blocks (B = 8 rows of H = 4 cut into 2 blocks, each owning its rows
+/// for the whole pass, with each row's own dγ_c, dβ_c summed afterwards), 2 layers, one or both
+/// directions, lengths 1 to T: every coordinate against f64 finite differences.
+#[test]
+fn layer_norm_row_blocks_match_finite_differences() {
+    for (bidirectional, seed) in [(false, 5301), (true, 5302)] {
+        let p = Problem::new(CellKind::Lstm, 2, Mode::WeightedCe, false, 8, 4, seed);
+        let p = if bidirectional { p.bidirectional(seed) } else { p };
+        let mut p = p.layer_normed(seed).with_final_loss(seed);
+        let w = p.final_weights.as_mut().unwrap();
+        w.h.iter_mut().chain(w.c.iter_mut()).for_each(|v| *v *= 0.25);
+        let lengths = [4, 1, 3, 2, 4, 4, 1, 2];
+        let (err, at) = check_with(&p, &|ws| ws.set_lengths(Some(&lengths)).unwrap());
+        assert!(err < TOL, "bidirectional={bidirectional}: max rel error {err:.3e} at {at}");
+    }
+}
+
 /// `layer_norm` is an option of the LSTM (and not yet with `proj_size`): anything else is a
 /// typed error naming the setting.
 #[test]
