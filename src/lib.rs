@@ -16,6 +16,7 @@ pub mod files;
 pub mod float;
 pub mod kernels;
 pub mod net;
+pub mod online;
 pub mod optim;
 pub mod seq;
 pub mod tasks;

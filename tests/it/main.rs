@@ -14,6 +14,7 @@ mod misuse;
 #[cfg(feature = "mpi")]
 mod mpi;
 mod never_lose;
+mod online;
 mod optim;
 mod reliability;
 mod seq;

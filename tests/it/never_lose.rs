@@ -215,6 +215,15 @@ fn a_closed_stdout_ends_quietly_and_a_full_one_is_one_line() {
 #[cfg(unix)]
 #[test]
 fn sigterm_and_sighup_then_resume_equal_an_uninterrupted_run() {
+    interrupted_runs_resume_bit_exactly(&[]);
+    // A LayerNorm-LSTM: its norms' gains and biases, their optimizer state, its model metadata.
+    interrupted_runs_resume_bit_exactly(&["--cell", "lstm", "--layer-norm"]);
+}
+
+/// `train` with `extra`, stopped by SIGTERM, resumed, stopped by SIGHUP, resumed: the straight
+/// run's files, byte for byte.
+#[cfg(unix)]
+fn interrupted_runs_resume_bit_exactly(extra: &[&str]) {
     let d = tempfile::tempdir().unwrap();
     let text = corpus(d.path());
     let t = text.to_str().unwrap();
@@ -223,6 +232,7 @@ fn sigterm_and_sighup_then_resume_equal_an_uninterrupted_run() {
             .into_iter()
             .chain(["--layers", "1", "--batch", "4", "--seq-len", "16", "--threads", "1", "--steps", steps])
             .chain(["--eval-every", "50"])
+            .chain(extra.iter().copied())
             .map(String::from)
             .collect()
     };
