@@ -43,6 +43,14 @@ pub struct Args {
     /// the adding task for --train-steps updates (2000 if not given).
     #[arg(long)]
     truncation: bool,
+    /// Also compare forward-mode gradients — exact RTRL, SnAp-1, UORO (--uoro-draws draws) —
+    /// and TBPTT(1, k) with full BPTT, on an LSTM trained on the adding task, over 2 fresh
+    /// sequences. RTRL costs O(S²·P) per step: keep --hidden small (16–32).
+    #[arg(long)]
+    online: bool,
+    /// UORO's draws of random signs for --online.
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
+    uoro_draws: u64,
     /// Seed.
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
@@ -103,6 +111,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
             a.length,
             if a.train_steps > 0 { a.train_steps } else { 2000 },
         ));
+    }
+    if a.online {
+        // The truncation run's, plus RTRL's influence matrix, its Ī_t and SnAp-1's pattern.
+        let train = if a.train_steps > 0 { a.train_steps } else { 2000 };
+        let net = TaskKind::Adding.net_config(CellKind::Lstm, a.hidden, 1);
+        let (s, p) = (2 * a.hidden as u64, bptt::Net::new(net).map_or(u64::MAX, |n| n.num_params() as u64));
+        let influence = s.saturating_mul(p).saturating_mul(8 * 3);
+        most = most.max(ex::truncation_bytes(CellKind::Lstm, a.hidden, a.length, train).saturating_add(influence));
     }
     if a.model.is_some() && a.text.is_none() && a.data.is_none() {
         anyhow::bail!("--model needs --text (a char model) or --data (a `fit` model)");
@@ -215,6 +231,24 @@ pub fn run(a: Args) -> Result<ExitCode> {
         write(&dir.join("truncation.csv"), &ex::truncation_csv(&pts))?;
         for p in &pts {
             super::outln!("truncation k={:<4} cosine {:.4} relative norm {:.4}", p.k, p.cosine, p.relative_norm)?;
+        }
+    }
+    if a.online {
+        super::errln!("forward-mode gradients (RTRL, SnAp-1, UORO) against truncation ...");
+        let ks: Vec<usize> = [1, 5, 20].into_iter().filter(|&k| k < a.length).collect();
+        let steps = if a.train_steps > 0 { a.train_steps } else { 2000 };
+        let pts = ex::online(CellKind::Lstm, a.hidden, a.length, steps, &ks, a.uoro_draws, 2, a.seed, threads)?;
+        write(&dir.join("online.csv"), &bptt::diagnose::online::online_csv(&pts))?;
+        for p in &pts {
+            super::outln!(
+                "online {:<10} cosine {:.4} (sd {:.4}) relative norm {:.4} {:>10.3} ms/step {:>10} values carried",
+                p.method,
+                p.cosine,
+                p.cosine_sd,
+                p.relative_norm,
+                p.ms_per_step,
+                p.carried
+            )?;
         }
     }
     super::errln!("wrote plots, CSV and JSON to {}", dir.display());

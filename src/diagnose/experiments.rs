@@ -221,6 +221,32 @@ pub fn truncation_of(
     truncation_bias(net, &params, &batch.x, batch.targets(), kind.steps(length), ks, threads)
 }
 
+/// Trains `cell` on the adding task for `train_steps` updates, then compares TBPTT(1, k) for
+/// every k in `ks`, RTRL, SnAp-1 and `draws` draws of UORO with full BPTT on `batch` fresh
+/// sequences (forward-mode gradients cost S one-step passes per step: keep H and the batch small).
+#[allow(clippy::too_many_arguments)]
+pub fn online(
+    cell: CellKind,
+    hidden: usize,
+    length: usize,
+    train_steps: usize,
+    ks: &[usize],
+    draws: u64,
+    batch: usize,
+    seed: u64,
+    threads: usize,
+) -> Result<Vec<crate::diagnose::OnlinePoint>> {
+    let cfg =
+        TaskConfig { hidden, steps: train_steps, seed, threads, ..TaskConfig::new(TaskKind::Adding, cell, length) };
+    let (net, params) = tasks::trained(&cfg)?;
+    let params: Vec<f64> = params.iter().map(|&v| v as f64).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7bc);
+    let kind = TaskKind::Adding;
+    let data = Batch::<f64>::generate(kind, length, batch.max(1), &mut rng);
+    let steps = kind.steps(length);
+    crate::diagnose::online_bias(&net, &params, &data.x, data.targets(), steps, ks, draws, threads)
+}
+
 /// Cosine similarity and relative norm of the truncated gradient against k.
 pub fn truncation_chart(points: &[TruncationPoint], what: &str) -> Chart {
     let xs = |f: &dyn Fn(&TruncationPoint) -> f64| points.iter().map(|p| (p.k as f64, f(p))).collect::<Vec<_>>();

@@ -5,9 +5,11 @@
 pub mod experiments;
 pub mod flow;
 pub mod graph;
+pub mod online;
 pub mod plot;
 pub mod report;
 pub mod truncation;
 
 pub use flow::{CellFlow, FlowConfig, gradient_flow};
+pub use online::{OnlinePoint, online_bias};
 pub use truncation::{TruncationPoint, truncation_bias};

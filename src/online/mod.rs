@@ -36,10 +36,22 @@ pub enum Method {
     Snap1,
 }
 
-/// The loss (as [`Net::forward`] computes it over the whole sequence) and its gradient by
-/// `method`, processing the sequences step by step (each with its own influence state), from
-/// `init` (zeros if `None`). With [`Method::Rtrl`] the gradient equals [`Net::backward`]'s to
-/// rounding; with [`Method::Uoro`] its expectation does.
+/// B sequences of T steps, as [`Net::forward`] reads them: input (T, B, I) or token ids (T, B),
+/// targets (T, B) or (T, B, O) with an optional (T, B) mask, and the initial state (zeros if
+/// `None`).
+#[derive(Clone, Copy, Debug)]
+pub struct Sequences<'a, F> {
+    pub input: Input<'a, F>,
+    pub targets: Targets<'a, F>,
+    /// B.
+    pub batch: usize,
+    pub init: Option<&'a State<F>>,
+}
+
+/// The loss (as [`Net::forward`] computes it over the whole sequences) and its gradient by
+/// `method`, processing the sequences step by step, each with its own influence state. With
+/// [`Method::Rtrl`] the gradient equals [`Net::backward`]'s to rounding; with [`Method::Uoro`]
+/// its expectation does.
 ///
 /// Needs a causal net with a per-step head (not bidirectional, not pooled); `grads` (the slab's
 /// length) receives the gradient, added to what it holds.
@@ -47,11 +59,23 @@ pub fn gradient<F: Float>(
     net: &Net,
     params: &[F],
     method: Method,
-    input: Input<'_, F>,
-    targets: Targets<'_, F>,
-    init: Option<&State<F>>,
+    seqs: Sequences<'_, F>,
     grads: &mut [F],
 ) -> Result<F> {
+    Ok(gradient_report(net, params, method, seqs, grads)?.0)
+}
+
+/// [`gradient`], and the values the method carried per sequence from step to step: RTRL S·P
+/// (S the state's values, P the parameters), SnAp-1 the influence entries one step reached (the
+/// most of any sequence), UORO S + P.
+pub fn gradient_report<F: Float>(
+    net: &Net,
+    params: &[F],
+    method: Method,
+    seqs: Sequences<'_, F>,
+    grads: &mut [F],
+) -> Result<(F, u64)> {
+    let Sequences { input, targets, batch: b, init } = seqs;
     let cfg = *net.config();
     if cfg.bidirectional || cfg.head != Head::PerStep {
         return Err(Error::Config(
@@ -61,13 +85,13 @@ pub fn gradient<F: Float>(
     }
     check_len("parameter slab", net.num_params(), params.len())?;
     check_len("gradient slab", net.num_params(), grads.len())?;
-    let (b, rows) = (init_batch(net, init, &input, &targets)?, targets_len(&targets, cfg.output));
+    let rows = check_sizes(net, &seqs)?;
     let steps = rows / b;
     let weight = |k: usize| targets.mask.map_or(F::one(), |m| m[k]);
     let total: f64 = (0..rows).map(|k| weight(k).f64()).sum();
     let mut ws = net.workspace::<F>(1, 1, 1)?;
     let mut row = Row::new(net, method);
-    let mut loss = 0.0f64;
+    let (mut loss, mut carried) = (0.0f64, 0u64);
     for r in 0..b {
         row.start(net, init, b, r, method);
         for t in 0..steps {
@@ -77,32 +101,31 @@ pub fn gradient<F: Float>(
                 StepData { input: pick_input(&input, &cfg.input, k), target: pick_target(&targets, cfg.output, k) };
             loss += row.step(net, params, &mut ws, step, scale, grads)? * scale;
         }
+        carried = carried.max(row.carried());
     }
-    Ok(F::of(loss))
+    Ok((F::of(loss), carried))
 }
 
-/// The batch B implied by the targets' (T, B) rows and the initial state (B = 1 without one).
-fn init_batch<F: Float>(
-    net: &Net,
-    init: Option<&State<F>>,
-    input: &Input<'_, F>,
-    targets: &Targets<'_, F>,
-) -> Result<usize> {
+/// T·B after checking that the input, targets, mask and initial state hold B sequences of T
+/// steps.
+fn check_sizes<F: Float>(net: &Net, seqs: &Sequences<'_, F>) -> Result<usize> {
     let cfg = net.config();
-    let per_row = cfg.layers * cfg.state_width();
-    let b = init.map_or(1, |s| s.h.len() / per_row.max(1));
-    let rows = targets_len(targets, cfg.output);
-    let width = cfg.input_width();
-    if b == 0 || rows == 0 || !rows.is_multiple_of(b) || input.len() != rows * width {
+    let (b, rows) = (seqs.batch, targets_len(&seqs.targets, cfg.output));
+    if b == 0 || rows == 0 || !rows.is_multiple_of(b) || seqs.input.len() != rows * cfg.input_width() {
         return Err(Error::Config(format!(
             "{} input values and {rows} target rows are not T steps of {b} sequences",
-            input.len()
+            seqs.input.len()
         )));
     }
-    if let Some(m) = targets.mask {
+    if let Some(m) = seqs.targets.mask {
         check_len("mask (T·B)", rows, m.len())?;
     }
-    Ok(b)
+    if let Some(s) = seqs.init {
+        let zero = State::<F>::zeros(cfg, b);
+        check_len("initial state h", zero.h.len(), s.h.len())?;
+        check_len("initial state c", zero.c.len(), s.c.len())?;
+    }
+    Ok(rows)
 }
 
 /// T·B, the positions the targets cover ((T, B) classes or (T, B, O) values).
@@ -247,6 +270,17 @@ impl<F: Float> Row<F> {
         }
         self.state = next;
         Ok(loss)
+    }
+
+    /// The values this sequence carried from step to step (see [`gradient_report`]).
+    fn carried(&self) -> u64 {
+        if !self.kept.is_empty() {
+            self.kept.iter().filter(|&&k| k).count() as u64
+        } else if self.s_tilde.is_empty() {
+            self.m.len() as u64
+        } else {
+            (self.s_tilde.len() + self.theta_tilde.len()) as u64
+        }
     }
 
     /// RTRL: M ← J M + Ī; SnAp-1 the same, keeping only the entries Ī has reached.

@@ -3,7 +3,7 @@
 
 use crate::common::{Mode, Problem};
 use bptt::CellKind;
-use bptt::online::{self, Method};
+use bptt::online::{self, Method, Sequences};
 
 /// BPTT's loss and gradient of a problem.
 fn bptt_gradient(p: &Problem) -> (f64, Vec<f64>) {
@@ -16,7 +16,8 @@ fn bptt_gradient(p: &Problem) -> (f64, Vec<f64>) {
 
 fn online_gradient(p: &Problem, method: Method) -> (f64, Vec<f64>) {
     let mut g = vec![0.0; p.net.num_params()];
-    let loss = online::gradient(&p.net, &p.params, method, p.input(), p.targets(), Some(&p.init), &mut g).unwrap();
+    let seqs = Sequences { input: p.input(), targets: p.targets(), batch: p.batch, init: Some(&p.init) };
+    let loss = online::gradient(&p.net, &p.params, method, seqs, &mut g).unwrap();
     (loss, g)
 }
 
@@ -43,6 +44,16 @@ fn rtrl_equals_bptt_for_every_cell() {
             let err = worst(&rtrl, &g);
             assert!(err < 1e-10, "{cell} L={layers} tokens={tokens} {mode:?}: RTRL differs from BPTT by {err:.2e}");
         }
+        // From a zero state (no `init`): B = 3 sequences still told apart.
+        let p = Problem::new(cell, 1, Mode::ManyToOneMse, false, 3, 4, seed);
+        let mut ws = p.net.workspace::<f64>(p.steps, p.batch, 1).unwrap();
+        let loss = p.net.forward(&p.params, &mut ws, p.input(), Some(p.targets()), None).unwrap();
+        let mut g = vec![0.0; p.net.num_params()];
+        p.net.backward(&p.params, &mut ws, &mut g).unwrap();
+        let mut r = vec![0.0; p.net.num_params()];
+        let seqs = Sequences { input: p.input(), targets: p.targets(), batch: p.batch, init: None };
+        let rtrl_loss = online::gradient(&p.net, &p.params, Method::Rtrl, seqs, &mut r).unwrap();
+        assert!((loss - rtrl_loss).abs() < 1e-12 && worst(&r, &g) < 1e-10, "{cell} from a zero state");
     }
 }
 
