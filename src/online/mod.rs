@@ -161,8 +161,10 @@ fn pick_target<'a, F>(t: &Targets<'a, F>, o: usize, k: usize) -> Target<'a, F> {
 struct Row<F> {
     /// s_{t−1}, the state before the next step (B = 1).
     state: State<F>,
-    /// RTRL, SnAp-1: the influence matrix (S × P); UORO: s̃ (S) and θ̃ (P).
+    /// RTRL, SnAp-1: the influence matrix (S × P), and the previous step's; UORO: s̃ (S) and
+    /// θ̃ (P).
     m: Vec<F>,
+    m_prev: Vec<F>,
     s_tilde: Vec<F>,
     theta_tilde: Vec<F>,
     /// SnAp-1: the entries of M kept (those Ī has reached).
@@ -182,6 +184,7 @@ impl<F: Float> Row<F> {
         Row {
             state: State::zeros(net.config(), 1),
             m: vec![F::zero(); if full { s * p } else { 0 }],
+            m_prev: vec![F::zero(); if full { s * p } else { 0 }],
             s_tilde: vec![F::zero(); if full { 0 } else { s }],
             theta_tilde: vec![F::zero(); if full { 0 } else { p }],
             kept: vec![false; if method == Method::Snap1 { s * p } else { 0 }],
@@ -287,7 +290,8 @@ impl<F: Float> Row<F> {
     fn advance_full(&mut self, s: usize, p: usize) {
         let snap = !self.kept.is_empty();
         let mut next = std::mem::take(&mut self.scratch);
-        let old = self.m.clone();
+        std::mem::swap(&mut self.m, &mut self.m_prev);
+        let old = &self.m_prev;
         for a in 0..s {
             next.copy_from_slice(&self.i_bar[a * p..(a + 1) * p]);
             for bidx in 0..s {
