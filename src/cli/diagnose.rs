@@ -113,11 +113,12 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ));
     }
     if a.online {
-        // The truncation run's, plus RTRL's influence matrix, its Ī_t and SnAp-1's pattern.
+        // The truncation run's, plus RTRL's influence matrix (this step's and the last), its Ī_t
+        // and SnAp-1's pattern.
         let train = if a.train_steps > 0 { a.train_steps } else { 2000 };
         let net = TaskKind::Adding.net_config(CellKind::Lstm, a.hidden, 1);
         let (s, p) = (2 * a.hidden as u64, bptt::Net::new(net).map_or(u64::MAX, |n| n.num_params() as u64));
-        let influence = s.saturating_mul(p).saturating_mul(8 * 3);
+        let influence = s.saturating_mul(p).saturating_mul(8 * 4);
         most = most.max(ex::truncation_bytes(CellKind::Lstm, a.hidden, a.length, train).saturating_add(influence));
     }
     if a.model.is_some() && a.text.is_none() && a.data.is_none() {
