@@ -59,6 +59,9 @@ def main():
     p.add_argument("--proj-size", type=int, default=0, help="LSTM projections of this size in both systems")
     p.add_argument("--layer-norm", action="store_true",
                    help="LayerNorm-LSTMs in both systems (PyTorch: an eager LN-LSTM, it has no fused one)")
+    p.add_argument("--zoneout-h", type=float, default=0.0,
+                   help="zoneout of h in both systems (PyTorch: an eager per-step cell loop, it has none)")
+    p.add_argument("--zoneout-c", type=float, default=0.0, help="zoneout of c (LSTM) in both systems")
     p.add_argument("--config", action="append", default=[], metavar="CELL,H,L,B,T",
                    help="run these configs instead of the suite (repeatable)")
     a = p.parse_args()
@@ -72,7 +75,9 @@ def main():
         steps = timed_steps(h, b)
         args = ["--cell", cell, "--hidden", str(h), "--layers", str(l), "--batch", str(b), "--seq-len", str(t),
                 "--steps", steps, "--threads", str(a.threads)] + (["--bidirectional"] if a.bidirectional else []) \
-            + (["--proj-size", str(a.proj_size)] if a.proj_size else []) + (["--layer-norm"] if a.layer_norm else [])
+            + (["--proj-size", str(a.proj_size)] if a.proj_size else []) + (["--layer-norm"] if a.layer_norm else []) \
+            + (["--zoneout-h", str(a.zoneout_h)] if a.zoneout_h else []) \
+            + (["--zoneout-c", str(a.zoneout_c)] if a.zoneout_c else [])
         ours, theirs, before = [], [], []
         for r in range(a.rounds):
             print(f"{cell} H={h} L={l} B={b} T={t}: round {r + 1}/{a.rounds}", file=sys.stderr)

@@ -68,8 +68,49 @@ class LnLstm(nn.Module):
         return x, (torch.stack(hs), torch.stack(cs))
 
 
+class ZoneoutRnn(nn.Module):
+    """bptt's zoneout (Krueger et al. 2016) in eager PyTorch, which has none: per layer and step an
+    nn.LSTMCell / GRUCell / RNNCell, then each unit of h (and c) keeps its previous value with
+    probability z (training masks), h = h_new + m * (h_prev - h_new)."""
+
+    def __init__(self, cell, e, h, layers, zh, zc):
+        super().__init__()
+        self.h, self.zh, self.zc, self.lstm = h, zh, zc, cell == "lstm"
+        make = {"lstm": nn.LSTMCell, "gru": nn.GRUCell}.get(cell)
+        kw = {} if make else {"nonlinearity": cell[4:]}
+        self.cells = nn.ModuleList((make or nn.RNNCell)(e if k == 0 else h, h, **kw) for k in range(layers))
+
+    def zone(self, new, prev, z):
+        if z == 0.0:
+            return new
+        m = torch.bernoulli(torch.full_like(new, z))
+        return new + m * (prev - new)
+
+    def forward(self, x, state):
+        t, b = x.shape[:2]
+        hs, cs = [], []
+        for k, cell in enumerate(self.cells):
+            if state is None:
+                h, c = (x.new_zeros(b, self.h),) * 2
+            else:
+                h, c = (state[0][k], state[1][k]) if self.lstm else (state[k], None)
+            outs = []
+            for s in range(t):
+                if self.lstm:
+                    h_new, c_new = cell(x[s], (h, c))
+                    c = self.zone(c_new, c, self.zc)
+                else:
+                    h_new = cell(x[s], h)
+                h = self.zone(h_new, h, self.zh)
+                outs.append(h)
+            x = torch.stack(outs)
+            hs.append(h)
+            cs.append(c)
+        return x, (torch.stack(hs), torch.stack(cs)) if self.lstm else torch.stack(hs)
+
+
 def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=0.0, bidirectional=False,
-          proj_size=0, layer_norm=False):
+          proj_size=0, layer_norm=False, zoneout_h=0.0, zoneout_c=0.0):
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
@@ -79,6 +120,8 @@ def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=
         kw["proj_size"] = proj_size
     if layer_norm:
         rnn = LnLstm(e, h, layers)
+    elif zoneout_h or zoneout_c:
+        rnn = ZoneoutRnn(cell, e, h, layers, zoneout_h, zoneout_c)
     else:
         rnn = (kind or nn.RNN)(e, h, layers, dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional, **kw)
     model = nn.ModuleDict({"encoder": nn.Embedding(v, e), "rnn": rnn, "decoder": nn.Linear(d * (proj_size or h), v)})
@@ -121,7 +164,7 @@ def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=
         "ms_per_step": round(dt * 1e3, 3), "gflops": round(flops_per_token(cell, h, layers, e, v, d) * tps / 1e9, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "cpu": cpu_model(),
         "dropout": dropout, "weight_drop": weight_drop, "bidirectional": bidirectional, "proj_size": proj_size,
-        "layer_norm": layer_norm,
+        "layer_norm": layer_norm, "zoneout_h": zoneout_h, "zoneout_c": zoneout_c,
     }
 
 
@@ -141,10 +184,12 @@ p.add_argument("--weight-drop", type=float, default=0.0)
 p.add_argument("--bidirectional", action="store_true")
 p.add_argument("--proj-size", type=int, default=0)
 p.add_argument("--layer-norm", action="store_true")
+p.add_argument("--zoneout-h", type=float, default=0.0)
+p.add_argument("--zoneout-c", type=float, default=0.0)
 a = p.parse_args()
 configs = SUITE if a.suite else [(a.cell, a.hidden, a.layers, a.batch, a.seq_len)]
 for cell, h, layers, b, t in configs:
     steps = 50 if (a.suite and b == 1) else a.steps
     out = bench(cell, h, layers, b, t, a.embedding_dim, a.vocab, steps, a.threads, a.dropout, a.weight_drop,
-                a.bidirectional, a.proj_size, a.layer_norm)
+                a.bidirectional, a.proj_size, a.layer_norm, a.zoneout_h, a.zoneout_c)
     print(json.dumps(out), flush=True)

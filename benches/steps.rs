@@ -41,7 +41,14 @@ fn cell_steps(c: &mut Criterion) {
 
 fn training_step(c: &mut Criterion) {
     for (cell, b) in [(CellKind::Lstm, 32), (CellKind::Lstm, 1), (CellKind::Gru, 32)] {
-        let spec = ModelSpec { cell, embedding_dim: 64, hidden: 256, layers: 1, layer_norm: false };
+        let spec = ModelSpec {
+            cell,
+            embedding_dim: 64,
+            hidden: 256,
+            layers: 1,
+            layer_norm: false,
+            zoneout: bptt::Zoneout::NONE,
+        };
         let net = Net::new(spec.net_config(65)).unwrap();
         let mut p = net.init_params::<f32>(1);
         let mut g = vec![0f32; p.len()];

@@ -30,6 +30,7 @@ fn train<F: Float>(group: &Group) -> anyhow::Result<Vec<f64>> {
         bidirectional: false,
         proj_size: 0,
         layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
     };
     let net = Net::new(cfg)?;
     let mut params: Vec<F> = net.init_params(7);

@@ -53,6 +53,9 @@ def load(path):
     with safe_open(path, "pt") as f:
         spec = json.loads(f.metadata()["spec"])
     sd = load_file(path)
+    # (torch.nn's recurrent layers have neither: such a model would load and silently differ.)
+    if spec.get("layer_norm") or spec.get("zoneout_h", 0) or spec.get("zoneout_c", 0):
+        raise SystemExit(f"{path}: a LayerNorm-LSTM or zoneout model has no torch.nn counterpart to load into")
     kind = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN, "rnn_relu": torch.nn.RNN}
     kw = {"nonlinearity": "relu"} if spec["cell"] == "rnn_relu" else {}
     width = spec["features"] * spec["patch"]

@@ -25,7 +25,9 @@ pub mod train;
 pub use cell::CellKind;
 pub use error::{Error, Result};
 pub use float::Float;
-pub use net::{Head, Input, InputKind, LossKind, Net, NetConfig, ParamInfo, Pool, State, Target, Targets, Workspace};
+pub use net::{
+    Head, Input, InputKind, LossKind, Net, NetConfig, ParamInfo, Pool, State, Target, Targets, Workspace, Zoneout,
+};
 pub use optim::{LrSchedule, Optimizer, OptimizerConfig, OptimizerState, Schedule};
 pub use train::{CheckpointedBptt, Clip, Tbptt, UpdateReport, apply_update};
 

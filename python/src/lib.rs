@@ -150,7 +150,7 @@ impl CharLM {
     ) -> PyResult<CharLM> {
         let threads = self::threads(threads)?;
         let cell: CellKind = cell.parse().map_err(py_err)?;
-        let spec = ModelSpec { cell, embedding_dim, hidden, layers, layer_norm: false };
+        let spec = ModelSpec { cell, embedding_dim, hidden, layers, layer_norm: false, zoneout: bptt::Zoneout::NONE };
         let vocab = Vocab::from_text(text).map_err(py_err)?;
         spec.validate(vocab.len()).map_err(py_err)?;
         let ids = vocab.encode(text).map_err(py_err)?;
@@ -456,6 +456,7 @@ fn gradient<'py>(
         bidirectional: false,
         proj_size: 0,
         layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
     };
     let net = Net::new(cfg).map_err(py_err)?;
     // Parameters, gradients and their two dicts, and the workspace, before any is allocated.

@@ -175,6 +175,24 @@ def test_layer_norm_lstm_equals_the_cli(tmp_path):
         bptt.SequenceModel(cell="gru", layer_norm=True, **QUICK).fit(X, y)
 
 
+def test_zoneout_equals_the_cli(tmp_path):
+    """``zoneout_h`` / ``zoneout_c``: the CLI's ``--zoneout-h`` / ``--zoneout-c`` model bit for bit,
+    the rates back from the file, zoneout of c on a GRU refused with a ValueError naming it."""
+    X, y = bptt.read_sequences(TRAIN)
+    m = bptt.SequenceModel(cell="lstm", zoneout_h=0.1, zoneout_c=0.3, seed=5, **QUICK).fit(X, y)
+    m.save(tmp_path / "py.safetensors")
+    run = tmp_path / "run"
+    subprocess.run([cli(), "fit", "--train", str(TRAIN), "--out", str(run), "--seed", "5", "--cell", "lstm",
+                    "--zoneout-h", "0.1", "--zoneout-c", "0.3", "--hidden", "16", "--epochs", "2",
+                    "--threads", "1"], check=True, capture_output=True)
+    assert (tmp_path / "py.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    back = bptt.SequenceModel.load(run / "model.safetensors")
+    assert (back.zoneout_h, back.zoneout_c) == (0.1, 0.3)
+    assert np.array_equal(back.predict_proba(X[:20]), m.predict_proba(X[:20]))
+    with pytest.raises(ValueError, match="zoneout_c"):
+        bptt.SequenceModel(cell="gru", zoneout_c=0.2, **QUICK).fit(X, y)
+
+
 def test_projected_lstm_equals_the_cli(tmp_path):
     """``proj_size``: PyTorch's ``weight_hr_l0`` in ``state_dict``, the CLI's ``--proj-size`` model
     bit for bit, a GRU with a projection refused with a ValueError naming it."""

@@ -5,7 +5,8 @@
 //! Metadata (`__metadata__`, all strings): `bptt.format` = `charlm/1`; `cell` = `lstm` | `gru`
 //! | `rnn_tanh` | `rnn_relu`; `vocab` = a JSON array of one-character strings in id order;
 //! `embedding_dim`, `hidden_size`, `num_layers` as decimal integers, `layer_norm` (`true` or
-//! `false`; absent = false).
+//! `false`; absent = false), `zoneout_h` and `zoneout_c` (decimal rates in [0, 1); written only
+//! when set, absent = 0).
 
 use crate::cell::CellKind;
 use crate::charlm::data::TokenIds;
@@ -40,6 +41,9 @@ pub struct ModelSpec {
     /// LSTM: the LayerNorm-LSTM (`NetConfig::layer_norm`; absent in older files = false).
     #[serde(default)]
     pub layer_norm: bool,
+    /// Zoneout of h and (LSTM) c (`NetConfig::zoneout`; absent in older files = none).
+    #[serde(default)]
+    pub zoneout: crate::net::Zoneout,
 }
 
 impl ModelSpec {
@@ -56,6 +60,7 @@ impl ModelSpec {
             bidirectional: false,
             proj_size: 0,
             layer_norm: self.layer_norm,
+            zoneout: self.zoneout,
         }
     }
 
@@ -125,7 +130,7 @@ impl CharModel {
     /// The file's metadata map.
     fn metadata(&self) -> BTreeMap<String, String> {
         let vocab: Vec<String> = self.vocab.chars().iter().map(|c| c.to_string()).collect();
-        BTreeMap::from([
+        let mut meta = BTreeMap::from([
             ("bptt.format".to_string(), FORMAT.to_string()),
             ("cell".to_string(), self.spec.cell.name().to_string()),
             ("vocab".to_string(), serde_json::to_string(&vocab).unwrap_or_default()),
@@ -133,7 +138,13 @@ impl CharModel {
             ("hidden_size".to_string(), self.spec.hidden.to_string()),
             ("num_layers".to_string(), self.spec.layers.to_string()),
             ("layer_norm".to_string(), self.spec.layer_norm.to_string()),
-        ])
+        ]);
+        // (Only when set: files without zoneout stay as they were.)
+        let z = self.spec.zoneout;
+        for (key, rate) in [("zoneout_h", z.h), ("zoneout_c", z.c)].into_iter().filter(|(_, r)| *r > 0.0) {
+            meta.insert(key.to_string(), rate.to_string());
+        }
+        meta
     }
 
     /// The model as safetensors bytes, with `extra` tensors and metadata appended (used by
@@ -260,6 +271,7 @@ impl<'a> ModelFile<'a> {
             hidden: header.num("hidden_size")?,
             layers: header.num("num_layers")?,
             layer_norm: header.flag("layer_norm")?,
+            zoneout: crate::net::Zoneout { h: header.rate("zoneout_h")?, c: header.rate("zoneout_c")? },
         };
         let chars: Vec<String> = serde_json::from_str(header.get("vocab")?)
             .map_err(|_| "metadata 'vocab' is not a JSON array of strings".to_string())?;

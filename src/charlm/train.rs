@@ -109,7 +109,8 @@ impl TrainConfig {
     /// Under data parallelism each rank draws its own streams' masks (`rank` salts the seed).
     fn dropout_at(&self, step: u64, rank: usize) -> Option<crate::net::Dropout> {
         let seed = self.mask_seed(0xd2b7_4407_b1ce_6e93, step) ^ (rank as u64).wrapping_mul(0xa076_1d64_78bd_642f);
-        (self.dropout > 0.0).then_some(crate::net::Dropout { p: self.dropout, locked: self.locked_dropout, seed })
+        let d = crate::net::Dropout { p: self.dropout, locked: self.locked_dropout, seed };
+        (self.dropout > 0.0 || !self.model.zoneout.is_none()).then_some(d)
     }
 
     /// The weight drop of update `step`, seeded like [`TrainConfig::dropout_at`] (the same on

@@ -73,6 +73,12 @@ pub struct Args {
     /// LSTM: the LayerNorm-LSTM (norms on W_ih·x, W_hh·h and c).
     #[arg(long)]
     layer_norm: bool,
+    /// Zoneout Z on h (as `train --zoneout-h`).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = super::finite)]
+    zoneout_h: f64,
+    /// LSTM: zoneout Z on c (as `train --zoneout-c`).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = super::finite)]
+    zoneout_c: f64,
 }
 
 /// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
@@ -163,7 +169,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     let cell: CellKind = a.cell.parse()?;
     let (hidden, layers, layer_norm) = (a.hidden, a.layers, a.layer_norm);
-    let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden, layers, layer_norm };
+    let zoneout = bptt::Zoneout { h: a.zoneout_h, c: a.zoneout_c };
+    let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden, layers, layer_norm, zoneout };
     spec.validate(a.vocab)?;
     anyhow::ensure!(a.batch > 0 && a.seq_len > 0 && a.steps > 0, "--batch, --seq-len and --steps must be at least 1");
     let (bidirectional, proj_size) = (a.bidirectional, a.proj_size);
@@ -194,7 +201,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         k => Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads).map_err(memory::hint(HINT))?),
     };
     // Dropout and weight drop: validated (and their buffers allocated) before the timed loop.
-    let dropout = |seed: u64| (a.dropout > 0.0).then_some(Dropout { p: a.dropout, locked: false, seed });
+    let dropout = |seed: u64| Dropout { p: a.dropout, locked: false, seed }.when_needed(net.config());
     match ck.as_mut() {
         Some(ck) => ck.set_dropout(dropout(0))?,
         None => ws.set_dropout(dropout(0))?,
@@ -287,6 +294,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "bidirectional": a.bidirectional,
         "proj_size": a.proj_size,
         "layer_norm": a.layer_norm,
+        "zoneout_h": a.zoneout_h,
+        "zoneout_c": a.zoneout_c,
         "parts_per_thread": parts_run,
         "thread_share": share,
     });

@@ -399,7 +399,14 @@ fn flow_config(len: usize, threads: usize) -> FlowConfig {
 
 /// The char-LM section's run.
 fn lm_config(steps: u64) -> TrainConfig {
-    let spec = ModelSpec { cell: CellKind::Lstm, embedding_dim: 32, hidden: 128, layers: 1, layer_norm: false };
+    let spec = ModelSpec {
+        cell: CellKind::Lstm,
+        embedding_dim: 32,
+        hidden: 128,
+        layers: 1,
+        layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
+    };
     TrainConfig { seq_len: 64, k1: 64, lr: 3e-3, steps, val_fraction: 0.02, seed: 1, ..TrainConfig::new(spec) }
 }
 

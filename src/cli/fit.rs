@@ -73,6 +73,13 @@ pub struct Args {
     /// each with a learnt gain and bias.
     #[arg(long, conflicts_with = "resume")]
     layer_norm: bool,
+    /// Zoneout Z on h (Krueger et al. 2016): in training each unit of h keeps its previous
+    /// value with probability Z at each step; evaluation blends by Z. Part of the model.
+    #[arg(long, default_value_t = 0.0, conflicts_with = "resume", allow_negative_numbers = true, value_parser = super::finite)]
+    zoneout_h: f64,
+    /// LSTM only: zoneout Z on the cell state c, as --zoneout-h.
+    #[arg(long, default_value_t = 0.0, conflicts_with = "resume", allow_negative_numbers = true, value_parser = super::finite)]
+    zoneout_c: f64,
     /// What the head reads: last, mean, max, or a sum such as last+mean.
     #[arg(long, default_value = "last+mean", conflicts_with = "resume")]
     pool: String,
@@ -281,6 +288,8 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<(Fitter, PathBu
         bidirectional: a.bidirectional,
         proj_size: a.proj_size,
         layer_norm: a.layer_norm,
+        zoneout_h: a.zoneout_h,
+        zoneout_c: a.zoneout_c,
         pool: a.pool.clone(),
         patch,
         epochs: a.epochs,

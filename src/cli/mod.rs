@@ -132,11 +132,13 @@ pub(crate) use errln;
 /// the command line says the flag instead (`--val-fraction`). Only the names in this table are
 /// rewritten, so other backticked words stay as they are.
 pub(crate) fn flag_names(message: &str) -> String {
-    const SETTINGS: [&str; 22] = [
+    const SETTINGS: [&str; 24] = [
         "abort_loss_factor",
         "bidirectional",
         "proj_size",
         "layer_norm",
+        "zoneout_h",
+        "zoneout_c",
         "batch",
         "clip_norm",
         "dropout",

@@ -45,6 +45,13 @@ pub struct Args {
     /// each with a learnt gain and bias.
     #[arg(long, conflicts_with_all = ["init", "resume"])]
     layer_norm: bool,
+    /// Zoneout Z on h (Krueger et al. 2016): in training each unit of h keeps its previous
+    /// value with probability Z at each step; evaluation blends by Z. Part of the model.
+    #[arg(long, default_value_t = 0.0, conflicts_with_all = ["init", "resume"], allow_negative_numbers = true, value_parser = super::finite)]
+    zoneout_h: f64,
+    /// LSTM only: zoneout Z on the cell state c, as --zoneout-h.
+    #[arg(long, default_value_t = 0.0, conflicts_with_all = ["init", "resume"], allow_negative_numbers = true, value_parser = super::finite)]
+    zoneout_c: f64,
     /// Steps per update T (the BPTT window).
     #[arg(long, default_value_t = 100, conflicts_with = "resume", allow_negative_numbers = true)]
     seq_len: usize,
@@ -224,7 +231,8 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<Setup> {
         None => {
             let cell: CellKind = a.cell.parse()?;
             let (hidden, layers, layer_norm) = (a.hidden, a.layers, a.layer_norm);
-            let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden, layers, layer_norm };
+            let zoneout = bptt::Zoneout { h: a.zoneout_h, c: a.zoneout_c };
+            let spec = ModelSpec { cell, embedding_dim: a.embedding_dim, hidden, layers, layer_norm, zoneout };
             let vocab = Vocab::from_text(&text)?;
             spec.validate(vocab.len())?;
             (spec, vocab, None)

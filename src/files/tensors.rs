@@ -85,6 +85,18 @@ impl Header {
         }
     }
 
+    /// Metadata `key` as a rate in [0, 1), 0 where it is absent (a setting added later).
+    pub(crate) fn rate(&self, key: &str) -> Result<f64, String> {
+        match self.metadata.get(key) {
+            None => Ok(0.0),
+            Some(v) => v
+                .parse::<f64>()
+                .ok()
+                .filter(|z| (0.0..1.0).contains(z))
+                .ok_or_else(|| format!("metadata '{key}' = '{v}' is not a number in [0, 1)")),
+        }
+    }
+
     /// Metadata `key` as a whole number.
     pub(crate) fn num(&self, key: &str) -> Result<usize, String> {
         let v = self.get(key)?;

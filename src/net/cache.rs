@@ -13,7 +13,8 @@ pub(crate) struct LayerCache<F> {
     pub hs: Vec<F>,
     /// (T+1, B, H): LSTM cell states, row 0 the initial state; empty for other cells.
     pub cs: Vec<F>,
-    /// (T, B, H): LSTM tanh(c_t) (with layer norm tanh(γ ⊙ ĉ_t + β)), GRU h_n; empty for the RNN.
+    /// (T, B, H): LSTM tanh(c_t) (with layer norm tanh(γ ⊙ ĉ_t + β)), GRU h_n, the RNN's h̃_t
+    /// under zoneout (its h_t is then a blend); else empty.
     pub aux: Vec<F>,
     /// (T, B, G·H): dL/d(recurrent pre-activations) where they are kept apart from the input
     /// side's — the GRU's W_hh·h + b_hh, the LayerNorm-LSTM's W_hh·h before its norm; else empty.
@@ -37,22 +38,30 @@ pub(crate) struct LayerCache<F> {
     pub norm_c: Vec<F>,
     pub rstd: Vec<F>,
     pub dnorm_c: Vec<F>,
+    /// With zoneout (else empty; `net/zoneout.rs`): (T, B, H) the hold masks of h and of c (0 or
+    /// 1 in training, the rate's expectation in evaluation), and (B, H) one step's scratch for
+    /// each (dL/dh̃_t; the part of dL/dc_t that passes the cell).
+    pub zone_h: Vec<F>,
+    pub zone_c: Vec<F>,
+    pub zone_dh: Vec<F>,
+    pub zone_dc: Vec<F>,
 }
 
 /// The element counts of a layer cache's buffers for `cfg`, `t` steps and `b` rows, in the
 /// order of [`LayerCache`]'s fields (in u128: sizes that cannot exist are estimated, not
 /// overflowed).
-fn sizes(cfg: &NetConfig, t: usize, b: usize) -> [u128; 14] {
+fn sizes(cfg: &NetConfig, t: usize, b: usize) -> [u128; 18] {
     let w = |n: usize| n as u128;
     let (t, b, h, p) = (w(t), w(b), w(cfg.hidden), w(cfg.state_width()));
     let gh = w(cfg.cell.gates()) * h;
     let (lstm, proj, norm) = (cfg.cell.has_cell_state(), cfg.proj_size > 0, cfg.layer_norm);
     let on = |yes: bool, n: u128| if yes { n } else { 0 };
+    let (zh, zc) = (cfg.zoneout.h > 0.0, cfg.zoneout.c > 0.0 && lstm);
     [
         t * b * gh,
         (t + 1) * b * p,
         on(lstm, (t + 1) * b * h),
-        on(cfg.cell.has_aux(), t * b * h),
+        on(cfg.cell.has_aux() || zh, t * b * h),
         on(cfg.cell.recurrent_apart() || norm, t * b * gh),
         p * gh,
         t * b * p,
@@ -63,6 +72,10 @@ fn sizes(cfg: &NetConfig, t: usize, b: usize) -> [u128; 14] {
         on(norm, t * b * h),
         on(norm, 3 * t * b),
         on(norm, 2 * b * h + gh),
+        on(zh, t * b * h),
+        on(zc, t * b * h),
+        on(zh, b * h),
+        on(zc, b * h),
     ]
 }
 
@@ -70,9 +83,29 @@ impl<F: Float> LayerCache<F> {
     /// A zeroed cache for `t` steps of `b` rows (sizes the workspace has checked against the
     /// memory available).
     pub(crate) fn new(cfg: &NetConfig, t: usize, b: usize) -> Self {
-        let [gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd, dnorm_c] =
-            sizes(cfg, t, b).map(|n| vec![F::zero(); n as usize]);
-        LayerCache { gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd, dnorm_c }
+        // (Struct fields are evaluated in the order written: the order of `sizes`.)
+        let mut bufs = sizes(cfg, t, b).into_iter().map(|n| vec![F::zero(); n as usize]);
+        let mut next = || bufs.next().unwrap_or_default();
+        LayerCache {
+            gates: next(),
+            hs: next(),
+            cs: next(),
+            aux: next(),
+            dgates_h: next(),
+            w_hh_t: next(),
+            dh: next(),
+            ms: next(),
+            dm: next(),
+            norm_x: next(),
+            norm_h: next(),
+            norm_c: next(),
+            rstd: next(),
+            dnorm_c: next(),
+            zone_h: next(),
+            zone_c: next(),
+            zone_dh: next(),
+            zone_dc: next(),
+        }
     }
 
     /// The elements a cache for `cfg`, `t` steps and `b` rows holds, computed without
@@ -83,10 +116,10 @@ impl<F: Float> LayerCache<F> {
 
     /// The elements this cache holds.
     pub(crate) fn len(&self) -> usize {
-        let LayerCache { gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd, dnorm_c } =
-            self;
-        [gates, hs, cs, aux, dgates_h, w_hh_t, dh, ms, dm, norm_x, norm_h, norm_c, rstd, dnorm_c]
-            .iter()
+        let c = self;
+        [&c.gates, &c.hs, &c.cs, &c.aux, &c.dgates_h, &c.w_hh_t, &c.dh, &c.ms, &c.dm, &c.norm_x, &c.norm_h, &c.norm_c]
+            .into_iter()
+            .chain([&c.rstd, &c.dnorm_c, &c.zone_h, &c.zone_c, &c.zone_dh, &c.zone_dc])
             .map(|v| v.len())
             .sum()
     }

@@ -141,6 +141,10 @@ pub struct NetConfig {
     /// with its own gain and bias (`ln_weight_ih_l{k}`, `ln_bias_ih_l{k}` (4H), `…_hh_…` (4H),
     /// `…_c_…` (H); initialised to 1 and 0 as `nn.LayerNorm`).
     pub layer_norm: bool,
+    /// Zoneout of every layer's state (Krueger et al. 2016; `net/zoneout.rs`): training passes
+    /// hold each unit of h (and the LSTM's c) at its previous value with probability z_h (z_c),
+    /// evaluation blends by the expectation. [`Zoneout::NONE`] for none.
+    pub zoneout: Zoneout,
 }
 
 /// One named tensor in the parameter slab.
@@ -300,6 +304,11 @@ impl NetConfig {
             return Err(Error::Config(
                 "`layer_norm` and `proj_size` cannot be combined yet: choose one of them".into(),
             ));
+        }
+        self.zoneout.validate(self.cell)?;
+        if !self.zoneout.is_none() && (self.layer_norm || self.proj_size > 0) {
+            let other = if self.layer_norm { "layer_norm" } else { "proj_size" };
+            return Err(Error::Config(format!("zoneout and `{other}` cannot be combined yet: choose one of them")));
         }
         if self.loss == LossKind::CrossEntropy && self.output < 2 {
             return Err(Error::Config("cross-entropy needs an output size of at least 2".into()));

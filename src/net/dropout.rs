@@ -29,6 +29,13 @@ impl Dropout {
     pub fn validate(&self) -> Result<()> {
         check_rate("dropout", self.p)
     }
+
+    /// This dropout for the training passes of a net of `cfg`, or `None` where a pass has no
+    /// use for it: no dropout (p = 0) and no zoneout, whose training masks are drawn from the
+    /// same seed (a pass with a `Dropout` set is a training pass; see `net/zoneout.rs`).
+    pub fn when_needed(self, cfg: &crate::net::NetConfig) -> Option<Self> {
+        (self.p > 0.0 || !cfg.zoneout.is_none()).then_some(self)
+    }
 }
 
 /// A drop probability must lie in [0, 1) (NaN included in the refusal).

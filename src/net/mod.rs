@@ -21,12 +21,14 @@ mod pass;
 mod plan;
 mod readout;
 mod workspace;
+mod zoneout;
 
 pub use batch::{Input, State, Target, Targets};
 pub use config::{Head, InputKind, LossKind, NetConfig, ParamInfo, Pool};
 pub(crate) use config::{LayerParams, Pooling};
 pub use dropout::{Dropout, WeightDrop};
 pub use workspace::{GradReady, GradValues, Workspace};
+pub use zoneout::Zoneout;
 
 use crate::cell::CellKind;
 use crate::error::{Error, Result, check_len};

@@ -33,11 +33,29 @@ impl Net {
     }
 
     /// Dropout: every mask of this pass, in a fixed order (the input, then each layer's output),
-    /// unless fixed masks were set; dense input is scaled by its mask here.
+    /// unless fixed masks were set; dense input is scaled by its mask here. Zoneout: each
+    /// layer's (and direction's) masks of h, then of c, from their own stream of the same seed
+    /// in a training pass, else their expectation.
     pub(super) fn draw_masks<F: Float>(&self, ws: &mut Workspace<F>, plan: &Plan) {
         let (steps, bo) = (plan.steps, ws.batch * self.config.out_width());
         let stride = ws.max_steps * bo;
-        if let (None, Some(d)) = (ws.fixed_masks, ws.dropout) {
+        let z = self.config.zoneout;
+        if !z.is_none() {
+            let n = steps * ws.batch * self.config.hidden;
+            let mut rng = ws.dropout.map(|d| zoneout::stream(&d));
+            for cache in ws.layers.iter_mut() {
+                for (mask, rate) in [(&mut cache.zone_h, z.h), (&mut cache.zone_c, z.c)] {
+                    if mask.is_empty() {
+                        continue;
+                    }
+                    match rng.as_mut() {
+                        Some(rng) => zoneout::fill(&mut mask[..n], rate, rng),
+                        None => zoneout::fill_mean(&mut mask[..n], rate),
+                    }
+                }
+            }
+        }
+        if let (None, Some(d)) = (ws.fixed_masks, ws.dropout.filter(|d| d.p > 0.0)) {
             let mut rng = dropout::stream(&d);
             let width = ws.batch * ws.input_width(); // B·I values per step (I = E for tokens)
             dropout::fill(&mut ws.mask_x, steps, width, &d, &mut rng);

@@ -104,7 +104,7 @@ impl Plan {
                 return Err(Error::Config(format!("the dropout masks set are for {t} steps, the input has {steps}")));
             }
             Some(_) => true,
-            None => ws.dropout.is_some(),
+            None => ws.dropout.is_some_and(|d| d.p > 0.0),
         };
         let input = match cfg.input {
             InputKind::Dense { .. } => InputPath::Dense,
@@ -117,13 +117,16 @@ impl Plan {
         };
         let (h, gh) = (cfg.hidden, cfg.cell.gates() * cfg.hidden);
         let lengths = !ws.lengths.is_empty();
+        let zoneout = !cfg.zoneout.is_none();
         let split = match split(b, gh, h) {
             _ if cfg.proj_size > 0 => Split::Whole,
-            // Every norm needs a whole row: row blocks, whole steps, never unit blocks.
-            Split::Units(_) if cfg.layer_norm => Split::Whole,
+            // Every norm needs a whole row: row blocks, whole steps, never unit blocks. (So does
+            // zoneout here: its blends run on the row paths, `layer/rows.rs`.)
+            Split::Units(_) if cfg.layer_norm || zoneout => Split::Whole,
             split => split,
         };
-        let wavefront = wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !cfg.bidirectional && !whole);
+        let wavefront =
+            wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !cfg.bidirectional && !whole && !zoneout);
         // A bidirectional layer with too few rows to cut into row blocks runs one direction per
         // part: no meeting per step (a unit split meets at every step).
         let pair = cfg.bidirectional && !whole && matches!(split, Split::Whole | Split::Units(_));
@@ -259,6 +262,7 @@ mod tests {
                 bidirectional: false,
                 proj_size: 0,
                 layer_norm: false,
+                zoneout: crate::net::Zoneout::NONE,
             };
             assert_eq!(wavefront_units(&cfg(3, 256), 1), Some(2));
             assert_eq!(wavefront_units(&cfg(2, 256), 4), Some(2));
@@ -278,6 +282,7 @@ mod tests {
                 bidirectional: true,
                 proj_size: 0,
                 layer_norm: false,
+                zoneout: crate::net::Zoneout::NONE,
             };
             let net = crate::net::Net::new(cfg).unwrap();
             let ws = net.workspace::<f64>(3, b, 1).unwrap();

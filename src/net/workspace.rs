@@ -240,12 +240,18 @@ impl<F: Float> Workspace<F> {
     /// sets a fresh seed for each update. The first call with dropout allocates its masks
     /// (about two more activations per layer), so do it before the time loop. The backward pass
     /// uses the masks of the forward pass before it.
+    ///
+    /// A net with zoneout (`NetConfig::zoneout`) draws its training masks from the same seed:
+    /// passes with a `Dropout` set (p = 0 for zoneout alone) are training passes, passes
+    /// without one evaluate (the zoneout's expectation), as PyTorch's `train()` / `eval()`.
     pub fn set_dropout(&mut self, dropout: Option<Dropout>) -> Result<()> {
         if let Some(d) = &dropout {
             d.validate()?;
-            self.alloc_masks();
+            if d.p > 0.0 {
+                self.alloc_masks();
+            }
         }
-        self.dropout = dropout.filter(|d| d.p > 0.0);
+        self.dropout = dropout.filter(|d| d.p > 0.0 || !self.config.zoneout.is_none());
         self.fixed_masks = None;
         // A forward pass made with other masks cannot be differentiated with these.
         self.plan = None;

@@ -43,6 +43,13 @@ pub struct FitConfig {
     /// LSTM: the LayerNorm-LSTM (Ba et al. 2016; see `NetConfig::layer_norm`).
     #[serde(default)]
     pub layer_norm: bool,
+    /// Zoneout of h (every cell) and of c (LSTM), in [0, 1) (Krueger et al. 2016; see
+    /// `NetConfig::zoneout`).
+    #[serde(default)]
+    pub zoneout_h: f64,
+    /// See `zoneout_h`.
+    #[serde(default)]
+    pub zoneout_c: f64,
     /// Poolings over time (`last`, `mean`, `max` joined by `+`).
     pub pool: String,
     /// Steps per RNN step; 0 = chosen from the data ([`FitConfig::auto_patch`]).
@@ -91,6 +98,8 @@ impl FitConfig {
             bidirectional: false,
             proj_size: 0,
             layer_norm: false,
+            zoneout_h: 0.0,
+            zoneout_c: 0.0,
             pool: "last+mean".into(),
             patch: 0,
             epochs: None,
@@ -170,7 +179,8 @@ impl FitConfig {
     fn dropout_at(&self, step: u64, rank: usize) -> Option<Dropout> {
         let seed = (self.seed ^ 0x3c6e_f372_fe94_f82b).wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15))
             ^ (rank as u64).wrapping_mul(0xa076_1d64_78bd_642f);
-        (self.dropout > 0.0).then_some(Dropout { p: self.dropout, locked: false, seed })
+        let zoneout = self.zoneout_h > 0.0 || self.zoneout_c > 0.0;
+        (self.dropout > 0.0 || zoneout).then_some(Dropout { p: self.dropout, locked: false, seed })
     }
 }
 
@@ -433,6 +443,8 @@ impl Fitter {
             bidirectional: cfg.bidirectional,
             proj_size: cfg.proj_size,
             layer_norm: cfg.layer_norm,
+            zoneout_h: cfg.zoneout_h,
+            zoneout_c: cfg.zoneout_c,
             pool: cfg.pool.clone(),
             patch,
             features: train.features,
@@ -865,6 +877,7 @@ impl Fitter {
             bidirectional: cfg.bidirectional,
             proj_size: cfg.proj_size,
             layer_norm: cfg.layer_norm,
+            zoneout: crate::net::Zoneout { h: cfg.zoneout_h, c: cfg.zoneout_c },
         };
         let steps = max_len.div_ceil(patch);
         let b = cfg.batch.clamp(1, data.len().max(1)) as u64;

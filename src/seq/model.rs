@@ -67,6 +67,12 @@ pub struct SeqSpec {
     /// LSTM: the LayerNorm-LSTM (`ln_weight_…`/`ln_bias_…` tensors; absent = false).
     #[serde(default)]
     pub layer_norm: bool,
+    /// Zoneout of h and (LSTM) c (`NetConfig::zoneout`; absent = 0).
+    #[serde(default)]
+    pub zoneout_h: f64,
+    /// See `zoneout_h`.
+    #[serde(default)]
+    pub zoneout_c: f64,
     /// The poolings over time, e.g. `last+mean` (see [`Pool`]).
     pub pool: String,
     /// k: consecutive steps fed as one RNN step of k·F values (1 = one step per step).
@@ -123,6 +129,7 @@ impl SeqSpec {
             bidirectional: self.bidirectional,
             proj_size: self.proj_size,
             layer_norm: self.layer_norm,
+            zoneout: crate::net::Zoneout { h: self.zoneout_h, c: self.zoneout_c },
         })
     }
 

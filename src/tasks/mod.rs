@@ -66,6 +66,7 @@ impl TaskKind {
             bidirectional: false,
             proj_size: 0,
             layer_norm: false,
+            zoneout: crate::net::Zoneout::NONE,
         }
     }
 }

@@ -36,10 +36,21 @@ fn forward_backward_do_not_allocate_after_warm_up() {
     // variable lengths (row blocks and whole steps) on two of the shapes.
     for (t, b, hidden, threads) in [(20, 4, 16, 1), (5, 128, 16, 4), (5, 1, 256, 4), (5, 4, 256, 4)] {
         for cell in CellKind::ALL {
-            // (The LSTM also as a LayerNorm-LSTM, on the token paths.)
-            let norms = [(false, false, false), (true, false, false), (true, b >= 4, false), (true, b >= 4, true)];
+            // (The LSTM also as a LayerNorm-LSTM, on the token paths; every cell with zoneout.)
+            let norms = [
+                (false, false, false, false),
+                (true, false, false, false),
+                (true, b >= 4, false, false),
+                (true, b >= 4, true, false),
+                (false, b >= 4, false, true),
+            ];
             let norms = norms.into_iter().filter(|n| !n.2 || cell == CellKind::Lstm);
-            for (tokens, extras, layer_norm) in norms {
+            for (tokens, extras, layer_norm, zoned) in norms {
+                let zoneout = match (zoned, cell) {
+                    (false, _) => bptt::Zoneout::NONE,
+                    (true, CellKind::Lstm) => bptt::Zoneout { h: 0.1, c: 0.3 },
+                    (true, _) => bptt::Zoneout { h: 0.2, c: 0.0 },
+                };
                 let input = if tokens {
                     InputKind::Tokens { vocab: 7, embedding_dim: 5 }
                 } else {
@@ -56,6 +67,7 @@ fn forward_backward_do_not_allocate_after_warm_up() {
                     bidirectional: false,
                     proj_size: 0,
                     layer_norm,
+                    zoneout,
                 };
                 let net = Net::new(cfg).unwrap();
                 let params = net.init_params::<f32>(1);
@@ -63,6 +75,10 @@ fn forward_backward_do_not_allocate_after_warm_up() {
                 let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
                 ws.set_wavefront(threads > 1);
                 ws.set_record_dh_norms(threads == 1); // (recording runs the backward pass unsplit)
+                if zoned {
+                    // (A training pass: its masks are drawn from the seed.)
+                    ws.set_dropout(Some(bptt::net::Dropout { p: 0.0, locked: false, seed: 3 })).unwrap();
+                }
                 if extras {
                     let lengths: Vec<usize> = (0..b).map(|r| 1 + r % t).collect();
                     ws.set_lengths(Some(&lengths)).unwrap();

@@ -60,6 +60,7 @@ impl Problem {
             bidirectional: false,
             proj_size: 0,
             layer_norm: false,
+            zoneout: bptt::Zoneout::NONE,
         };
         let net = Net::new(cfg).unwrap();
         let mut r = rng(seed);
@@ -135,6 +136,12 @@ impl Problem {
     pub fn projected(self, p: usize, seed: u64) -> Self {
         let cfg = NetConfig { proj_size: p, ..*self.net.config() };
         self.rebuilt(cfg, seed ^ 0x9e0)
+    }
+
+    /// The same problem with zoneout `z` (the same weights: zoneout adds none).
+    pub fn zoned(mut self, z: bptt::Zoneout) -> Self {
+        self.net = Net::new(NetConfig { zoneout: z, ..*self.net.config() }).unwrap();
+        self
     }
 
     /// The same inputs and targets for the net of `cfg`, with fresh weights and initial state

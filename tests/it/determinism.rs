@@ -171,12 +171,36 @@ fn layer_norm_lstm_does_not_depend_on_the_thread_count() {
     }
 }
 
+/// Zoneout (training masks, lengths) on the paths it takes — row blocks (B = 64, H = 64), whole
+/// steps with tiled GEMMs (B = 64, H = 512, LSTM), both directions at once (B = 4, H = 64,
+/// bidirectional) — gives the same losses, gradients and trained weights at any thread count.
+#[test]
+fn zoneout_does_not_depend_on_the_thread_count() {
+    use bptt::{NetConfig, Zoneout};
+    for cell in CellKind::ALL {
+        let z = Zoneout { h: 0.2, c: if cell == CellKind::Lstm { 0.4 } else { 0.0 } };
+        let tiled = if cell == CellKind::Lstm { &[(64, 512, false)][..] } else { &[] };
+        for &(b, h, bidirectional) in [(64, 64, false), (4, 64, true)].iter().chain(tiled) {
+            let t = 5;
+            let (net, x, y) = dense_problem::<f32>(cell, h, t, b, 5, 6);
+            let net = Net::new(NetConfig { zoneout: z, bidirectional, ..*net.config() }).unwrap();
+            let lengths: Vec<usize> = (0..b).map(|r| 1 + (3 * r + 2) % t).collect();
+            let run = |threads: usize| two_updates(&net, &x, &y, t, b, &lengths, true, threads);
+            let one = run(1);
+            assert!(one.iter().all(|v| v.is_finite()));
+            for threads in [2, 3, 8, 16] {
+                assert!(run(threads) == one, "{cell} B={b} H={h} zoneout: {threads} threads differ from one");
+            }
+        }
+    }
+}
+
 /// Bidirectional nets on every schedule they take — the two directions at once as two parts
 /// (B = 1, 4), each direction cut into row blocks (B = 32) or, for the LSTM, tiled whole steps
 /// (B = 16, H = 512) — give the same losses, gradients and trained weights at any thread count.
 #[test]
 fn bidirectional_results_do_not_depend_on_the_thread_count() {
-    use bptt::{Clip, NetConfig, Optimizer, OptimizerConfig, apply_update};
+    use bptt::NetConfig;
     for cell in CellKind::ALL {
         let tiled = if cell == CellKind::Lstm { &[(16, 512)][..] } else { &[] };
         for &(b, h) in [(1, 64), (4, 256), (32, 256)].iter().chain(tiled) {
@@ -184,23 +208,7 @@ fn bidirectional_results_do_not_depend_on_the_thread_count() {
             let (net, x, y) = dense_problem::<f32>(cell, h, t, b, 5, 6);
             let net = Net::new(NetConfig { bidirectional: true, ..*net.config() }).unwrap();
             let lengths: Vec<usize> = (0..b).map(|r| 1 + (5 * r + 6) % t).collect();
-            let run = |threads: usize| {
-                let mut p = net.init_params::<f32>(3);
-                let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
-                ws.set_lengths(Some(&lengths)).unwrap();
-                let mut opt = Optimizer::new(OptimizerConfig::adam(), p.len()).unwrap().with_threads(threads);
-                let mut g = vec![0.0f32; p.len()];
-                let mut out = Vec::new();
-                for _ in 0..2 {
-                    out.push(net.forward(&p, &mut ws, Input::Dense(&x), Some(Targets::classes(&y)), None).unwrap());
-                    g.fill(0.0);
-                    net.backward(&p, &mut ws, &mut g).unwrap();
-                    out.extend_from_slice(&g);
-                    apply_update(&mut p, &mut g, &mut opt, 1e-2, Clip { max_norm: Some(0.5), max_value: None });
-                }
-                out.extend_from_slice(&p);
-                out
-            };
+            let run = |threads: usize| two_updates(&net, &x, &y, t, b, &lengths, false, threads);
             let one = run(1);
             assert!(one.iter().all(|v| v.is_finite()));
             for threads in [2, 3, 8] {
@@ -208,6 +216,41 @@ fn bidirectional_results_do_not_depend_on_the_thread_count() {
             }
         }
     }
+}
+
+/// Two Adam updates of `net` from seeded weights on `threads` threads with `lengths`, and with
+/// `training` a fresh dropout seed (p = 0.1; zoneout's masks too) per update: the losses, the
+/// gradients and the final weights, one after another.
+#[allow(clippy::too_many_arguments)]
+fn two_updates(
+    net: &Net,
+    x: &[f32],
+    y: &[u32],
+    t: usize,
+    b: usize,
+    lengths: &[usize],
+    training: bool,
+    threads: usize,
+) -> Vec<f32> {
+    use bptt::{Clip, Optimizer, OptimizerConfig, apply_update, net::Dropout};
+    let mut p = net.init_params::<f32>(3);
+    let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
+    ws.set_lengths(Some(lengths)).unwrap();
+    let mut opt = Optimizer::new(OptimizerConfig::adam(), p.len()).unwrap().with_threads(threads);
+    let mut g = vec![0.0f32; p.len()];
+    let mut out = Vec::new();
+    for seed in 0..2 {
+        if training {
+            ws.set_dropout(Some(Dropout { p: 0.1, locked: false, seed })).unwrap();
+        }
+        out.push(net.forward(&p, &mut ws, Input::Dense(x), Some(Targets::classes(y)), None).unwrap());
+        g.fill(0.0);
+        net.backward(&p, &mut ws, &mut g).unwrap();
+        out.extend_from_slice(&g);
+        apply_update(&mut p, &mut g, &mut opt, 1e-2, Clip { max_norm: Some(0.5), max_value: None });
+    }
+    out.extend_from_slice(&p);
+    out
 }
 
 /// Large enough steps are computed as blocks of rows (net/layer.rs); in f64 the gradient of
@@ -259,6 +302,7 @@ fn dense_problem<F: bptt::Float>(
         bidirectional: false,
         proj_size: 0,
         layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
     };
     let x = (0..t * b * i).map(|k| F::of((k * 37 % 101) as f64 / 50.0 - 1.0)).collect();
     let y = (0..t * b).map(|k| (k * 7 % o) as u32).collect();

@@ -224,6 +224,9 @@ fn fit_resumes_bit_exactly_after_sigterm_and_kill_9() {
     resumes_bit_exactly(&[&extra[..], &["--bidirectional", "--layers", "2"]].concat(), &["-TERM"]);
     // A LayerNorm-LSTM (its norms' gains and biases and their optimizer state).
     resumes_bit_exactly(&[&extra[..], &["--cell", "lstm", "--layer-norm"]].concat(), &["-TERM"]);
+    // Zoneout (its masks drawn from each update's seed).
+    let zoneout = ["--cell", "lstm", "--zoneout-h", "0.1", "--zoneout-c", "0.3"];
+    resumes_bit_exactly(&[&extra[..], &zoneout[..]].concat(), &["-TERM"]);
 }
 
 /// `fit` with `extra`, straight and stopped by each signal then resumed: the same files.
@@ -598,5 +601,37 @@ fn fit_layer_norm_lstm_learns_and_refuses_other_cells() {
         let o = fit(&d.path().join(cell), &data("JapaneseVowels_TRAIN.ts"), &args);
         assert!(!o.status.success(), "{cell} {more:?}: layer norm was accepted");
         assert!(stderr(&o).trim().lines().count() == 1 && stderr(&o).contains("--layer-norm"), "{}", stderr(&o));
+    }
+}
+
+/// `--zoneout-h` / `--zoneout-c`: an LSTM with zoneout learns and keeps its rates in the model
+/// (evaluation then blends by them); a rate outside [0, 1), zoneout of c without a cell state and
+/// zoneout with layer norm are one line naming the flag.
+#[test]
+fn fit_zoneout_learns_and_refuses_bad_settings() {
+    let d = tempfile::tempdir().unwrap();
+    let run = d.path().join("run");
+    let extra = ["--epochs", "6", "--cell", "lstm", "--zoneout-h", "0.05", "--zoneout-c", "0.3", "--seed", "2"];
+    let o = fit(&run, &data("JapaneseVowels_TRAIN.ts"), &extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = SeqModel::load(&run.join("model.safetensors")).unwrap();
+    assert_eq!((model.spec.zoneout_h, model.spec.zoneout_c), (0.05, 0.3));
+    assert_eq!(model.net.config().zoneout, bptt::Zoneout { h: 0.05, c: 0.3 });
+    let (m, test) = (run.join("model.safetensors"), data("JapaneseVowels_TEST.ts"));
+    let e = bptt(&["evaluate", "--model", m.to_str().unwrap(), "--data", test.to_str().unwrap(), "--json"]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    let acc = json(&e)["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "test accuracy {acc} after 6 epochs");
+    let bad: [(&[&str], &str); 4] = [
+        (&["--zoneout-h", "1.5"], "--zoneout-h"),
+        (&["--zoneout-h", "-0.1"], "--zoneout-h"),
+        (&["--cell", "gru", "--zoneout-c", "0.2"], "--zoneout-c"),
+        (&["--cell", "lstm", "--layer-norm", "--zoneout-h", "0.1"], "--layer-norm"),
+    ];
+    for (k, (args, flag)) in bad.into_iter().enumerate() {
+        let o = fit(&d.path().join(format!("bad{k}")), &data("JapaneseVowels_TRAIN.ts"), args);
+        assert!(!o.status.success(), "{args:?} was accepted");
+        let msg = stderr(&o);
+        assert!(msg.trim().lines().count() == 1 && msg.contains(flag), "{args:?}: {msg}");
     }
 }

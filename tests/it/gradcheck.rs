@@ -268,6 +268,7 @@ fn split_path_matches_finite_differences(
             bidirectional,
             proj_size: 0,
             layer_norm: false,
+            zoneout: bptt::Zoneout::NONE,
         };
         let net = Net::new(cfg).unwrap();
         let mut r = crate::common::rng(77);
@@ -795,5 +796,139 @@ fn layer_norm_is_refused_where_it_has_no_meaning() {
         let e = Net::new(bptt::NetConfig { cell, proj_size: proj, layer_norm: true, ..cfg }).err();
         let e = e.map(|e| e.to_string());
         assert!(e.as_deref().is_some_and(|m| m.contains("layer_norm")), "{cell} proj {proj}: {e:?}");
+    }
+}
+
+/// Zoneout on h (every cell) and on c (LSTM) in training passes (a fixed seed: the same hold
+/// masks in every pass; once with dropout too) and in evaluation (the expectation), 1–2 layers,
+/// dense/token input, one or both directions, whole steps (B = 3) and row blocks (B = 8), with
+/// lengths 1 to T and a loss on the final state: every coordinate against f64 finite differences.
+#[test]
+fn zoneout_matches_finite_differences() {
+    use bptt::Zoneout;
+    let mut seed = 6100;
+    for cell in CellKind::ALL {
+        for layers in [1, 2] {
+            for (training, bidirectional, b, dropout) in
+                [(true, false, 3, 0.0), (false, false, 3, 0.0), (true, true, 3, 0.0), (true, false, 8, 0.2)]
+            {
+                seed += 1;
+                let tokens = seed % 2 == 0;
+                let p = Problem::new(cell, layers, Mode::WeightedCe, tokens, b, 4, seed);
+                let p = if bidirectional { p.bidirectional(seed) } else { p };
+                let z = Zoneout { h: 0.3, c: if cell == CellKind::Lstm { 0.4 } else { 0.0 } };
+                let mut p = p.zoned(z).with_final_loss(seed);
+                let w = p.final_weights.as_mut().unwrap();
+                w.h.iter_mut().chain(w.c.iter_mut()).for_each(|v| *v *= 0.25);
+                let lengths: Vec<usize> = (0..b).map(|r| 1 + (3 * r + 1) % 4).collect();
+                let (err, at) = check_with(&p, &|ws| {
+                    ws.set_lengths(Some(&lengths)).unwrap();
+                    if training {
+                        ws.set_dropout(Some(Dropout { p: dropout, locked: false, seed })).unwrap();
+                    }
+                });
+                assert!(
+                    err < TOL,
+                    "{cell} layers={layers} training={training} bidirectional={bidirectional} B={b}: \
+                     max rel error {err:.3e} at {at}"
+                );
+            }
+        }
+    }
+}
+
+/// Zoneout does what its definition says (what finite differences cannot see): in a training
+/// pass each unit of h_t (and of the LSTM's c_t) is either bit for bit its previous value or the
+/// cell's step from the zoned state — the plain net's one step, to rounding (a one-step pass
+/// reads W_hh in another layout) — and is held at a rate within 5 standard errors of z; in
+/// evaluation it is the blend (1 − z) · step + z · previous.
+#[test]
+fn zoneout_holds_units_at_its_rate_and_blends_in_evaluation() {
+    use bptt::{Head, Input, InputKind, LossKind, NetConfig, Zoneout};
+    let (t, b, h, i) = (12, 16, 32, 3);
+    for cell in CellKind::ALL {
+        let plain = NetConfig {
+            cell,
+            input: InputKind::Dense { size: i },
+            hidden: h,
+            layers: 1,
+            output: 3,
+            loss: LossKind::CrossEntropy,
+            head: Head::PerStep,
+            bidirectional: false,
+            proj_size: 0,
+            layer_norm: false,
+            zoneout: Zoneout::NONE,
+        };
+        let z = Zoneout { h: 0.25, c: if cell == CellKind::Lstm { 0.6 } else { 0.0 } };
+        let (plain, zoned) = (Net::new(plain).unwrap(), Net::new(NetConfig { zoneout: z, ..plain }).unwrap());
+        let params = zoned.init_params::<f64>(5);
+        let x = crate::common::uniform(&mut crate::common::rng(6), t * b * i, 1.0);
+        for training in [true, false] {
+            let mut ws = zoned.workspace::<f64>(t, b, 1).unwrap();
+            if training {
+                ws.set_dropout(Some(Dropout { p: 0.0, locked: false, seed: 9 })).unwrap();
+            }
+            zoned.forward(&params, &mut ws, Input::Dense(&x), None, None).unwrap();
+            let mut one = plain.workspace::<f64>(1, b, 1).unwrap();
+            let (mut held, mut total) = ([0usize; 2], [0usize; 2]);
+            let (mut prev, mut now) = (State::zeros(zoned.config(), b), State::zeros(zoned.config(), b));
+            for s in 0..t {
+                ws.state_at(s, &mut prev);
+                ws.state_at(s + 1, &mut now);
+                plain
+                    .forward(&params, &mut one, Input::Dense(&x[s * b * i..(s + 1) * b * i]), None, Some(&prev))
+                    .unwrap();
+                let step = one.final_state();
+                for (k, (now, prev, step, rate)) in
+                    [(&now.h, &prev.h, &step.h, z.h), (&now.c, &prev.c, &step.c, z.c)].into_iter().enumerate()
+                {
+                    let near = |a: f64, b: f64| (a - b).abs() <= 1e-13 * b.abs().max(1.0);
+                    for j in 0..now.len() {
+                        let (v, p, new) = (now[j], prev[j], step[j]);
+                        if training && near(p, new) {
+                            continue; // (a ReLU unit at 0 both ways: held or not, the same)
+                        } else if training {
+                            let kept = v.to_bits() == p.to_bits() && !near(v, new);
+                            assert!(kept || near(v, new), "{cell} part {k} step {s}: {v} is neither {p} nor {new}");
+                            held[k] += usize::from(kept);
+                            total[k] += 1;
+                        } else {
+                            let q = Zoneout::held(rate);
+                            assert!(near(v, (1.0 - q) * new + q * p), "{cell} part {k} step {s}: {v} is not the blend");
+                        }
+                    }
+                }
+            }
+            for (k, rate) in [z.h, z.c].into_iter().enumerate().filter(|&(k, _)| training && total[k] > 0) {
+                let (n, got) = (total[k] as f64, held[k] as f64 / total[k] as f64);
+                let se = (rate * (1.0 - rate) / n).sqrt();
+                assert!((got - rate).abs() <= 5.0 * se, "{cell} part {k}: held {got:.4} of {n}, rate {rate}");
+            }
+        }
+    }
+}
+
+/// Zoneout rates are probabilities in [0, 1); c's needs a cell state; and zoneout does not yet
+/// combine with `layer_norm` or `proj_size`: typed errors naming the setting.
+#[test]
+fn zoneout_is_refused_where_it_has_no_meaning() {
+    use bptt::Zoneout;
+    let cfg = *Problem::new(CellKind::Lstm, 1, Mode::ManyToManyCe, false, 2, 3, 1).net.config();
+    let bad = [
+        (CellKind::Gru, Zoneout { h: 0.1, c: 0.1 }, "zoneout_c"),
+        (CellKind::RnnTanh, Zoneout { h: 0.0, c: 0.2 }, "zoneout_c"),
+        (CellKind::Lstm, Zoneout { h: 1.0, c: 0.0 }, "zoneout_h"),
+        (CellKind::Lstm, Zoneout { h: 0.1, c: -0.1 }, "zoneout_c"),
+        (CellKind::Gru, Zoneout { h: f64::NAN, c: 0.0 }, "zoneout_h"),
+    ];
+    for (cell, zoneout, name) in bad {
+        let e = Net::new(bptt::NetConfig { cell, zoneout, ..cfg }).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|m| m.contains(name)), "{cell} {zoneout:?}: {e:?}");
+    }
+    let z = Zoneout { h: 0.1, c: 0.1 };
+    for (layer_norm, proj_size, name) in [(true, 0, "layer_norm"), (false, 2, "proj_size")] {
+        let e = Net::new(bptt::NetConfig { zoneout: z, layer_norm, proj_size, ..cfg }).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|m| m.contains("zoneout") && m.contains(name)), "{name}: {e:?}");
     }
 }

@@ -20,6 +20,7 @@ fn lstm_learns_to_echo_five_steps_back() {
         bidirectional: false,
         proj_size: 0,
         layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
     };
     let net = Net::new(cfg).unwrap();
     let mut params = net.init_params::<f32>(42);

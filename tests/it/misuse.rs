@@ -83,6 +83,7 @@ fn backward_runs_the_plan_its_forward_made() {
         bidirectional: false,
         proj_size: 0,
         layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
     };
     let net = Net::new(cfg).unwrap();
     let (t, b) = (6, 4);

@@ -218,6 +218,35 @@ fn sigterm_and_sighup_then_resume_equal_an_uninterrupted_run() {
     interrupted_runs_resume_bit_exactly(&[]);
     // A LayerNorm-LSTM: its norms' gains and biases, their optimizer state, its model metadata.
     interrupted_runs_resume_bit_exactly(&["--cell", "lstm", "--layer-norm"]);
+    // Zoneout: its masks from each update's seed, its rates in the model's metadata.
+    interrupted_runs_resume_bit_exactly(&["--cell", "lstm", "--zoneout-h", "0.1", "--zoneout-c", "0.3"]);
+}
+
+/// A char model with zoneout keeps its rates through a save and a load (metadata `zoneout_h`,
+/// `zoneout_c`, exactly), and a model without zoneout writes neither key.
+#[test]
+fn char_model_files_keep_zoneout_rates() {
+    use bptt::charlm::{CharModel, ModelSpec, Vocab};
+    let d = tempfile::tempdir().unwrap();
+    for z in [bptt::Zoneout { h: 0.07, c: 0.35 }, bptt::Zoneout::NONE] {
+        let spec = ModelSpec {
+            cell: bptt::CellKind::Lstm,
+            embedding_dim: 4,
+            hidden: 8,
+            layers: 1,
+            layer_norm: false,
+            zoneout: z,
+        };
+        let m = CharModel::new(spec, Vocab::from_text("abc\n").unwrap(), 1).unwrap();
+        let path = d.path().join("m.safetensors");
+        m.save(&path).unwrap();
+        let back = CharModel::load(&path).unwrap();
+        assert_eq!(back.spec, spec);
+        assert_eq!((back.spec.zoneout.h.to_bits(), back.spec.zoneout.c.to_bits()), (z.h.to_bits(), z.c.to_bits()));
+        let bytes = std::fs::read(&path).unwrap();
+        let has_key = bytes.windows(9).any(|w| w == b"zoneout_h");
+        assert_eq!(has_key, !z.is_none(), "{z:?}: the zoneout keys are written only when set");
+    }
 }
 
 /// `train` with `extra`, stopped by SIGTERM, resumed, stopped by SIGHUP, resumed: the straight
@@ -433,7 +462,14 @@ fn under_ulimit_v_a_command_runs_or_says_why_in_one_line() {
 /// A small model to save (the library's writer is the one every command and binding uses).
 fn small_model() -> bptt::charlm::CharModel {
     use bptt::charlm::{CharModel, ModelSpec, Vocab};
-    let spec = ModelSpec { cell: bptt::CellKind::Gru, embedding_dim: 4, hidden: 8, layers: 1, layer_norm: false };
+    let spec = ModelSpec {
+        cell: bptt::CellKind::Gru,
+        embedding_dim: 4,
+        hidden: 8,
+        layers: 1,
+        layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
+    };
     CharModel::new(spec, Vocab::from_text("abc\n").unwrap(), 1).unwrap()
 }
 
@@ -688,6 +724,13 @@ fn a_uniform_shift_of_the_decoder_bias_never_reports_a_perfect_model() {
 
 fn small_model_for(text: &str) -> bptt::charlm::CharModel {
     use bptt::charlm::{CharModel, ModelSpec, Vocab};
-    let spec = ModelSpec { cell: bptt::CellKind::Lstm, embedding_dim: 4, hidden: 8, layers: 1, layer_norm: false };
+    let spec = ModelSpec {
+        cell: bptt::CellKind::Lstm,
+        embedding_dim: 4,
+        hidden: 8,
+        layers: 1,
+        layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
+    };
     CharModel::new(spec, Vocab::from_text(text).unwrap(), 3).unwrap()
 }

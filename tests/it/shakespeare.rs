@@ -21,7 +21,14 @@ fn lstm_learns_shakespeare_below_unigram_entropy() {
     let n = ids.len() as f64;
     let unigram: f64 = counts.iter().filter(|&&c| c > 0).map(|&c| -(c as f64 / n) * (c as f64 / n).ln()).sum();
 
-    let spec = ModelSpec { cell: CellKind::Lstm, embedding_dim: 32, hidden: 128, layers: 1, layer_norm: false };
+    let spec = ModelSpec {
+        cell: CellKind::Lstm,
+        embedding_dim: 32,
+        hidden: 128,
+        layers: 1,
+        layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
+    };
     let cfg = TrainConfig {
         seq_len: 64,
         k1: 64,

@@ -52,6 +52,7 @@ impl Stream {
             bidirectional: false,
             proj_size: 0,
             layer_norm: false,
+            zoneout: bptt::Zoneout::NONE,
         };
         let x = (0..n * b * i).map(|k| (0.61 * k as f64).sin()).collect();
         let y = (0..n * b).map(|k| ((k * 7 + k / 5) % 4) as u32).collect();

@@ -51,6 +51,7 @@ fn run_masked(case: &Case, dropped: bool) {
         bidirectional: false,
         proj_size: 0,
         layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
     })
     .unwrap();
     let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
@@ -158,6 +159,7 @@ fn packed_sequences_match_pytorch() {
             bidirectional: false,
             proj_size: 0,
             layer_norm: false,
+            zoneout: bptt::Zoneout::NONE,
         })
         .unwrap();
         let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
@@ -227,6 +229,7 @@ fn bidirectional_and_projected_nets_match_pytorch() {
             bidirectional,
             proj_size,
             layer_norm,
+            zoneout: bptt::Zoneout::NONE,
         };
         let net = Net::new(cfg).unwrap();
         let params: Vec<f64> = (0..net.num_params()).map(|k| 0.6 * (1.3 * k as f64 + 0.5).sin()).collect();
@@ -350,6 +353,7 @@ fn run_big(case: &BigCase) {
         bidirectional: false,
         proj_size: 0,
         layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
     };
     let net = Net::new(cfg).unwrap();
     let scale = 1.5 / (h as f64).sqrt();

@@ -90,6 +90,8 @@ class SequenceModel:
         bidirectional: bool = False,
         proj_size: int = 0,
         layer_norm: bool = False,
+        zoneout_h: float = 0.0,
+        zoneout_c: float = 0.0,
         pool: str = "last+mean",
         patch: Union[str, int] = "auto",
         epochs: Union[str, int] = "auto",

@@ -20,7 +20,8 @@ import numpy as np
 from . import _core
 
 _PARAMS = (
-    "task", "cell", "hidden", "layers", "bidirectional", "proj_size", "layer_norm", "pool", "patch", "epochs", "batch",
+    "task", "cell", "hidden", "layers", "bidirectional", "proj_size", "layer_norm", "zoneout_h", "zoneout_c", "pool",
+    "patch", "epochs", "batch",
     "optimizer", "lr",
     "weight_decay", "lr_schedule", "clip_norm", "dropout", "class_weight", "valid_fraction",
     "patience", "seed", "threads", "callback",
@@ -95,7 +96,7 @@ class SequenceModel(_Base):
     """
 
     def __init__(self, task="classify", cell="gru", hidden=256, layers=1, bidirectional=False, proj_size=0,
-                 layer_norm=False, pool="last+mean", patch="auto",
+                 layer_norm=False, zoneout_h=0.0, zoneout_c=0.0, pool="last+mean", patch="auto",
                  epochs="auto", batch=8, optimizer="adam", lr=3e-3, weight_decay=None, lr_schedule="cosine",
                  clip_norm=5.0, dropout=0.3, class_weight=None, valid_fraction=0.0, patience=0, seed=1,
                  threads=None, callback=None):
@@ -106,6 +107,8 @@ class SequenceModel(_Base):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         self.layer_norm = layer_norm
+        self.zoneout_h = zoneout_h
+        self.zoneout_c = zoneout_c
         self.pool = pool
         self.patch = patch
         self.epochs = epochs
@@ -168,6 +171,7 @@ class SequenceModel(_Base):
             "task": self.task, "cell": self.cell, "hidden": int(self.hidden), "layers": int(self.layers),
             "bidirectional": bool(self.bidirectional), "proj_size": int(self.proj_size),
             "layer_norm": bool(self.layer_norm),
+            "zoneout_h": float(self.zoneout_h), "zoneout_c": float(self.zoneout_c),
             "pool": self.pool, "patch": int(patch), "epochs": None if epochs is None else int(epochs),
             "batch": int(self.batch),
             "optimizer": self.optimizer, "lr": float(self.lr),
@@ -270,7 +274,8 @@ class SequenceModel(_Base):
         spec = json.loads(core.spec)
         m = cls(task=spec["task"], cell=spec["cell"], hidden=spec["hidden_size"], layers=spec["num_layers"],
                 bidirectional=spec.get("bidirectional", False), proj_size=spec.get("proj_size", 0),
-                layer_norm=spec.get("layer_norm", False), pool=spec["pool"], patch=spec["patch"])
+                layer_norm=spec.get("layer_norm", False), zoneout_h=spec.get("zoneout_h", 0.0),
+                zoneout_c=spec.get("zoneout_c", 0.0), pool=spec["pool"], patch=spec["patch"])
         m.core_ = core
         m.n_features_in_ = spec["features"]
         if spec["task"] == "classify":

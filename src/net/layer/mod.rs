@@ -20,6 +20,7 @@ use crate::kernels::team::{self, Shared};
 use crate::kernels::{self, Mat, MatMut, parts};
 use crate::net::plan::{Split, UNIT_ALIGN};
 use crate::net::workspace::LayerCache;
+use crate::net::zoneout;
 use crate::net::{LayerParams, NetConfig};
 
 /// Where a layer's input comes from.
@@ -139,6 +140,8 @@ pub(crate) fn forward<F: Float>(
                     c,
                     aux: if cache.aux.is_empty() { &mut [][..] } else { &mut cache.aux[t * bh..(t + 1) * bh] },
                     hproj: &mut hproj[..],
+                    zh: step_of(&cache.zone_h, t, bh),
+                    zc: step_of(&cache.zone_c, t, bh),
                 };
                 forward_rows(cell, h, b_hh, w_hh_t, &mut rows, gemm_threads);
                 rows.hold_ended(lengths, t, 0, h);
@@ -146,7 +149,8 @@ pub(crate) fn forward<F: Float>(
         }
         Split::Rows(parts) => {
             // Each part owns its batch rows for the whole pass: the parts never wait.
-            let bufs = FwdBufs::new(&mut cache.gates, &mut cache.hs, &mut cache.cs, &mut cache.aux, hproj);
+            let (bufs, w_t) = FwdBufs::new(cache, hproj);
+            let w_hh_t = if pass.w_hh_t { Mat::rows(w_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() };
             team::run(
                 threads,
                 parts,
@@ -262,6 +266,10 @@ pub(crate) fn backward<F: Float>(
                     aux: step_of(&cache.aux, t, bh),
                     dc: &mut dc_next[..],
                     dh_next: &mut dh_next[..],
+                    zh: step_of(&cache.zone_h, t, bh),
+                    zc: step_of(&cache.zone_c, t, bh),
+                    zdh: &mut cache.zone_dh[..],
+                    zdc: &mut cache.zone_dc[..],
                 };
                 backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows, gemm_threads, Ended { lengths, t, r0: 0 });
             }

@@ -28,12 +28,9 @@ pub(crate) fn forward_pair<'a, F: Float>(
     let w_hh_t = |t: &'a [F], lp: &LayerParams| -> Mat<'a, F> {
         if pass.w_hh_t { Mat::rows(t, h, gh) } else { Mat::rows(&p[lp.w_hh..lp.w_hh + gh * h], gh, h).t() }
     };
-    let (w_f, w_r) = (w_hh_t(&fwd.w_hh_t, lps[0]), w_hh_t(&rev.w_hh_t, lps[1]));
     let [hp_f, hp_r] = hprojs;
-    let bufs = [
-        FwdBufs::new(&mut fwd.gates, &mut fwd.hs, &mut fwd.cs, &mut fwd.aux, hp_f),
-        FwdBufs::new(&mut rev.gates, &mut rev.hs, &mut rev.cs, &mut rev.aux, hp_r),
-    ];
+    let ((bf, tf), (br, tr)) = (FwdBufs::new(fwd, hp_f), FwdBufs::new(rev, hp_r));
+    let (w_f, w_r, bufs) = (w_hh_t(tf, lps[0]), w_hh_t(tr, lps[1]), [bf, br]);
     let (ws, lengths) = ([w_f, w_r], pass.lengths);
     team::run(
         threads,

@@ -12,6 +12,8 @@ pub(super) struct FwdRows<'a, F> {
     pub(super) c: &'a mut [F],     // (r, H) LSTM, out
     pub(super) aux: &'a mut [F],   // (r, H) LSTM tanh(c), GRU h_n; out
     pub(super) hproj: &'a mut [F], // (r, G·H) GRU scratch
+    pub(super) zh: &'a [F],        // (r, H) zoneout's hold mask of h (empty: none)
+    pub(super) zc: &'a [F],        // (r, H) zoneout's hold mask of c (empty: none)
 }
 
 impl<F: Copy> FwdRows<'_, F> {
@@ -56,6 +58,17 @@ pub(super) fn forward_rows<F: Float>(
         h: &mut *s.h,
     };
     cell.forward_rows(h, step);
+    // Zoneout (net/zoneout.rs): h_t = (1 − m) ⊙ h̃_t + m ⊙ h_{t−1}; the RNN keeps h̃_t for its
+    // backward step.
+    if !s.zh.is_empty() {
+        if !cell.has_aux() {
+            s.aux.copy_from_slice(s.h);
+        }
+        zoneout::blend(s.h, s.h_prev, s.zh);
+    }
+    if !s.zc.is_empty() {
+        zoneout::blend(s.c, s.c_prev, s.zc);
+    }
 }
 
 /// Step `t` (`bh` values) of a (T, B, H) buffer; empty if the cell does not use the buffer.
@@ -74,6 +87,10 @@ pub(super) struct BwdRows<'a, F> {
     pub(super) aux: &'a [F],         // (r, H) LSTM tanh(c_t), GRU h_n
     pub(super) dc: &'a mut [F],      // (r, H) LSTM dL/dc: in from t+1, out to t−1
     pub(super) dh_next: &'a mut [F], // (r, H) out: dL/dh_{t−1}
+    pub(super) zh: &'a [F],          // (r, H) zoneout's hold mask of h (empty: none)
+    pub(super) zc: &'a [F],          // (r, H) zoneout's hold mask of c (empty: none)
+    pub(super) zdh: &'a mut [F],     // (r, H) zoneout scratch: dL/dh̃_t
+    pub(super) zdc: &'a mut [F],     // (r, H) zoneout scratch: the part of dL/dc_t held
 }
 
 /// Which rows of a step's row range [r0, …) have ended (their sequence is shorter than t + 1).
@@ -131,7 +148,8 @@ impl Ended<'_> {
 /// The cell's backward step and the recurrent GEMM dh_next = dpre · W_hh (tiled on up to
 /// `threads` threads) for some rows. A row whose sequence has ended (`ended`) held its state
 /// through this step, so its gradient passes straight through: dpre = 0, dh_{t−1} = dh_t and
-/// dc unchanged.
+/// dc unchanged. Under zoneout the cell's step gets (1 − m) ⊙ dh_t (and (1 − k) ⊙ dc_t), and
+/// m ⊙ dh_t (k ⊙ dc_t) joins dL/dh_{t−1} (dL/dc_{t−1}) past it.
 pub(super) fn backward_rows<F: Float>(
     cell: CellKind,
     h: usize,
@@ -146,24 +164,48 @@ pub(super) fn backward_rows<F: Float>(
     ended.zero_rows(gh, s.dgh);
     let rows = |a: usize, b: usize, w: usize| a * w..b * w;
     let (lstm, gru, aux) = (cell.has_cell_state(), cell.recurrent_apart(), cell.has_aux());
+    let (zoned_h, zoned_c) = (!s.zh.is_empty(), !s.zc.is_empty());
     for run in ended.running(r) {
         let (hr, gr) = (rows(run.start, run.end, h), rows(run.start, run.end, gh));
+        let dh = if zoned_h {
+            zoneout::into_cell(&mut s.zdh[hr.clone()], &s.dh[hr.clone()], &s.zh[hr.clone()]);
+            &s.zdh[hr.clone()]
+        } else {
+            &s.dh[hr.clone()]
+        };
+        if zoned_c {
+            zoneout::split_in_place(&mut s.zdc[hr.clone()], &mut s.dc[hr.clone()], &s.zc[hr.clone()]);
+        }
         cell.backward_rows(
             h,
             BackStep {
-                dh: &s.dh[hr.clone()],
+                dh,
                 g: [&mut s.g[gr.clone()], &mut [], &mut [], &mut []],
                 dgh: [if gru { &mut s.dgh[gr] } else { &mut [] }, &mut [], &mut []],
-                h: if gru || lstm { &[] } else { &s.h[hr.clone()] },
+                // (The RNN's tanh' / relu' are of h̃_t, which zoneout keeps in `aux`.)
+                h: match (gru || lstm, zoned_h) {
+                    (true, _) => &[],
+                    (false, true) => &s.aux[hr.clone()],
+                    (false, false) => &s.h[hr.clone()],
+                },
                 h_prev: if gru { &s.h_prev[hr.clone()] } else { &[] },
                 c_prev: if lstm { &s.c_prev[hr.clone()] } else { &[] },
                 dc: if lstm { &mut s.dc[hr.clone()] } else { &mut [] },
                 aux: if aux { &s.aux[hr.clone()] } else { &[] },
-                dh_prev: if gru { &mut s.dh_next[hr] } else { &mut [] },
+                dh_prev: if gru { &mut s.dh_next[hr.clone()] } else { &mut [] },
             },
         );
+        if zoned_c {
+            kernels::add_into(&mut s.dc[hr.clone()], &s.zdc[hr]);
+        }
     }
     let (dpre, gru) = if cell.recurrent_apart() { (&*s.dgh, true) } else { (&*s.g, false) };
     kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(dpre, r, gh), w_hh, gru, threads);
+    if zoned_h {
+        for run in ended.running(r) {
+            let hr = rows(run.start, run.end, h);
+            zoneout::past_cell(&mut s.dh_next[hr.clone()], &s.dh[hr.clone()], &s.zh[hr]);
+        }
+    }
     ended.copy_rows(h, s.dh, s.dh_next);
 }

@@ -254,12 +254,25 @@ pub(super) struct FwdBufs<F> {
     pub(super) cs: Shared<F>,
     pub(super) aux: Shared<F>,
     pub(super) hproj: Shared<F>,
+    pub(super) zh: Shared<F>,
+    pub(super) zc: Shared<F>,
 }
 
 impl<F> FwdBufs<F> {
-    pub(super) fn new(gates: &mut [F], hs: &mut [F], cs: &mut [F], aux: &mut [F], hproj: &mut [F]) -> Self {
+    /// Shares out the buffers a layer's forward time loop writes, and its zoneout masks (the
+    /// cache's W_hhᵀ stays out: the time loop reads it).
+    pub(super) fn new<'c>(c: &'c mut LayerCache<F>, hproj: &mut [F]) -> (Self, &'c [F]) {
         let s = Shared::of;
-        FwdBufs { gates: s(gates), hs: s(hs), cs: s(cs), aux: s(aux), hproj: s(hproj) }
+        let bufs = FwdBufs {
+            gates: s(&mut c.gates),
+            hs: s(&mut c.hs),
+            cs: s(&mut c.cs),
+            aux: s(&mut c.aux),
+            hproj: s(hproj),
+            zh: s(&mut c.zone_h),
+            zc: s(&mut c.zone_c),
+        };
+        (bufs, &c.w_hh_t)
     }
 
     /// Rows [r0, r1) of step t.
@@ -288,6 +301,8 @@ impl<F> FwdBufs<F> {
                 c: self.cs.slice((t + 1) * bh + r0 * h, r * h),
                 aux: self.aux.slice(t * bh + r0 * h, r * h),
                 hproj: self.hproj.slice(r0 * gh, r * gh),
+                zh: self.zh.read(t * bh + r0 * h, r * h),
+                zc: self.zc.read(t * bh + r0 * h, r * h),
             }
         }
     }
@@ -303,6 +318,10 @@ pub(super) struct BwdBufs<F> {
     pub(super) aux: Shared<F>,
     pub(super) dc: Shared<F>,
     pub(super) dh_next: Shared<F>,
+    pub(super) zh: Shared<F>,
+    pub(super) zc: Shared<F>,
+    pub(super) zdh: Shared<F>,
+    pub(super) zdc: Shared<F>,
 }
 
 impl<F: Float> BwdBufs<F> {
@@ -318,6 +337,10 @@ impl<F: Float> BwdBufs<F> {
             aux: s(&mut c.aux),
             dc: s(dc_next),
             dh_next: s(dh_next),
+            zh: s(&mut c.zone_h),
+            zc: s(&mut c.zone_c),
+            zdh: s(&mut c.zone_dh),
+            zdc: s(&mut c.zone_dc),
         };
         (bufs, &c.w_hh_t)
     }
@@ -352,6 +375,10 @@ impl<F: Float> BwdBufs<F> {
                 aux: self.aux.read(t * bh + r0 * h, r * h),
                 dc: self.dc.slice(r0 * h, r * h),
                 dh_next,
+                zh: self.zh.read(t * bh + r0 * h, r * h),
+                zc: self.zc.read(t * bh + r0 * h, r * h),
+                zdh: self.zdh.slice(r0 * h, r * h),
+                zdc: self.zdc.slice(r0 * h, r * h),
             }
         }
     }

@@ -82,7 +82,7 @@ pub(super) fn forward_steps<F: Float>(
     let hprojs = hproj.chunks_mut((b * gh).max(1)).map(Some).chain(std::iter::repeat_with(|| None));
     for (l, (c, hp)) in caches.iter_mut().zip(hprojs).enumerate().take(layers) {
         let w_hh = &p[lps[l].w_hh..lps[l].w_hh + gh * h];
-        bufs[l] = Some(FwdBufs::new(&mut c.gates, &mut c.hs, &mut c.cs, &mut c.aux, hp.unwrap_or_default()));
+        bufs[l] = Some(FwdBufs::new(c, hp.unwrap_or_default()).0);
         weights[l] = Some(UnitWeights { w_hh, w_hh_t: if w_hh_t { &c.w_hh_t[..] } else { &[] } });
     }
     let supers = steps.div_ceil(chunk) + layers - 1;
