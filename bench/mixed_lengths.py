@@ -8,7 +8,9 @@ length with the same number of real steps, `bptt fit` beside PyTorch's packed se
 256 sequences of their mean length; binary labels; a GRU H256, batch 8, 3 epochs, Adam, the last
 state and the mean over each sequence's own steps into a linear head (bptt's defaults with
 `--patch 1 --dropout 0`; the same model in PyTorch with `pack_padded_sequence`). Efficiency is
-equal-length time ÷ mixed-length time (1 = padding costs nothing). Needs numpy and torch.
+equal-length time ÷ mixed-length time (1 = padding costs nothing); "grouped" draws the batches
+with `--group-by-length` (in PyTorch the same order: runs of 50 batches sorted by length).
+Needs numpy and torch.
 """
 
 import argparse
@@ -34,11 +36,12 @@ def data(n=256, t=180, f=8, seed=0):
     return x, y, mixed, equal
 
 
-def bptt_seconds(exe, path, threads):
+def bptt_seconds(exe, path, threads, group=False):
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         subprocess.run([exe, "fit", "--train", path, "--out", d + "/run", "--epochs", "3", "--patch", "1",
-                        "--dropout", "0", "--threads", str(threads)], check=True, capture_output=True)
+                        "--dropout", "0", "--threads", str(threads)] + (["--group-by-length"] if group else []),
+                       check=True, capture_output=True)
         return time.perf_counter() - t0
 
 
@@ -55,7 +58,14 @@ class Model(torch.nn.Module):
         return self.head(torch.cat([last, out.sum(0) / lengths[:, None].float()], 1))
 
 
-def torch_seconds(x, y, lengths):
+def grouped(order, lengths, b=8):
+    """Hugging Face's group_by_length: runs of 50 batches of the shuffled order, each sorted by
+    length (longest first), as `bptt fit --group-by-length`."""
+    runs = [sorted(order[k:k + 50 * b], key=lambda i: -lengths[i]) for k in range(0, len(order), 50 * b)]
+    return np.array([i for run in runs for i in run])
+
+
+def torch_seconds(x, y, lengths, group=False):
     torch.manual_seed(0)
     model = Model(x.shape[2])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -64,6 +74,8 @@ def torch_seconds(x, y, lengths):
     t0 = time.perf_counter()
     for _ in range(3):
         order = rng.permutation(len(x))
+        if group:
+            order = grouped(order, lengths)
         for k in range(0, len(x), 8):
             idx = order[k:k + 8]
             lens = torch.from_numpy(lengths[idx])
@@ -86,19 +98,24 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         np.savez(d + "/mixed.npz", X=x, y=y, lengths=mixed)
         np.savez(d + "/equal.npz", X=x[:, :equal], y=y, lengths=np.full(len(x), equal))
-        runs = {k: [] for k in ("bptt mixed", "bptt equal", "torch mixed", "torch equal")}
+        runs = {k: [] for k in ("bptt mixed", "bptt equal", "bptt grouped", "torch mixed", "torch equal",
+                                "torch grouped")}
         for _ in range(a.rounds):
             runs["bptt mixed"].append(bptt_seconds(a.bptt, d + "/mixed.npz", a.threads))
+            runs["bptt grouped"].append(bptt_seconds(a.bptt, d + "/mixed.npz", a.threads, group=True))
             runs["bptt equal"].append(bptt_seconds(a.bptt, d + "/equal.npz", a.threads))
             runs["torch mixed"].append(torch_seconds(x, y, mixed))
+            runs["torch grouped"].append(torch_seconds(x, y, mixed, group=True))
             runs["torch equal"].append(torch_seconds(x[:, :equal], y, np.full(len(x), equal)))
     med = {k: statistics.median(v) for k, v in runs.items()}
     print(f"{mixed.sum()} real steps mixed (lengths 20–180), {equal * len(x)} equal ({equal} each); "
           f"{a.rounds} rounds, {a.threads} threads, torch {torch.__version__}")
-    print("| system | mixed lengths s | equal lengths s | efficiency (equal ÷ mixed) |")
-    print("|---|---|---|---|")
+    print("| system | mixed lengths s | equal lengths s | efficiency (equal ÷ mixed) | mixed, grouped by length s "
+          "| efficiency, grouped |")
+    print("|---|---|---|---|---|---|")
     for s in ("bptt", "torch"):
-        print(f"| {s} | {med[s + ' mixed']:.2f} | {med[s + ' equal']:.2f} | {med[s + ' equal'] / med[s + ' mixed']:.0%} |")
+        m, e, g = med[s + " mixed"], med[s + " equal"], med[s + " grouped"]
+        print(f"| {s} | {m:.2f} | {e:.2f} | {e / m:.0%} | {g:.2f} | {e / g:.0%} |")
 
 
 if __name__ == "__main__":

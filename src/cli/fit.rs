@@ -93,6 +93,10 @@ pub struct Args {
     /// Sequences per update.
     #[arg(long, default_value_t = 8, conflicts_with = "resume", allow_negative_numbers = true)]
     batch: usize,
+    /// Batches of sequences of similar lengths (as Hugging Face's group_by_length): each epoch's
+    /// shuffled order is cut into runs of 50 batches, each sorted by length, so batches pad little.
+    #[arg(long, conflicts_with = "resume")]
+    group_by_length: bool,
     /// sgd, adam, adamw, rmsprop, adagrad.
     #[arg(long, default_value = "adam", conflicts_with = "resume")]
     optimizer: String,
@@ -294,6 +298,7 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<(Fitter, PathBu
         patch,
         epochs: a.epochs,
         batch: a.batch,
+        group_by_length: a.group_by_length,
         optimizer: a.optimizer.clone(),
         lr: a.lr,
         weight_decay: a.weight_decay,

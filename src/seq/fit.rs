@@ -59,6 +59,11 @@ pub struct FitConfig {
     pub epochs: Option<u64>,
     /// Sequences per update.
     pub batch: usize,
+    /// Batches of sequences of similar lengths (Hugging Face's `group_by_length`): each epoch's
+    /// shuffled order is cut into groups of 50 batches, each group sorted by length, so a batch
+    /// pads little; the batches of a group follow each other. Off: batches drawn at random.
+    #[serde(default)]
+    pub group_by_length: bool,
     /// `sgd`, `adam`, `adamw`, `rmsprop` or `adagrad`.
     pub optimizer: String,
     /// Peak learning rate.
@@ -104,6 +109,7 @@ impl FitConfig {
             patch: 0,
             epochs: None,
             batch: 8,
+            group_by_length: false,
             optimizer: "adam".into(),
             lr: 3e-3,
             weight_decay: None,
@@ -569,12 +575,21 @@ impl Fitter {
         Ok(f)
     }
 
-    /// The order of the current epoch: a permutation seeded by the run's seed and the epoch.
+    /// The order of the current epoch: a permutation seeded by the run's seed and the epoch
+    /// (with `group_by_length`, each run of 50 batches of it sorted by length), each batch's
+    /// sequences longest first — so the net skips each step's ended rows (`live_rows` in
+    /// `net/layer/`), as cuDNN's packed sequences do.
     fn shuffle(&mut self) {
         self.order.clear();
         self.order.extend(0..self.train.len());
         let seed = (self.cfg.seed ^ 0x2545_f491_4f6c_dd1d).wrapping_add(self.epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         self.order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        let lengths = &self.train.lengths;
+        let longest_first = |v: &mut [usize]| v.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+        if self.cfg.group_by_length {
+            self.order.chunks_mut(50 * self.batch).for_each(longest_first);
+        }
+        self.order.chunks_mut(self.batch).for_each(longest_first);
     }
 
     /// Sequences per update (the last update of an epoch may have fewer).

@@ -307,7 +307,6 @@ impl SeqModel {
         let o = self.spec.outputs();
         let rows = if self.spec.task == Task::Label { data.lengths.iter().sum() } else { n };
         let mut out = vec![0.0f32; rows * o];
-        let mut row_at = 0;
         if n == 0 {
             return Ok(out);
         }
@@ -318,8 +317,18 @@ impl SeqModel {
         let mut tail =
             if !n.is_multiple_of(b) { Some(self.net.workspace::<f32>(max_steps, n % b, threads)?) } else { None };
         let mut buf = Batch::default();
-        let order: Vec<usize> = (0..n).collect();
-        for (c, which) in order.chunks(b).enumerate() {
+        // Longest first, so each batch holds sequences of similar lengths and the net skips each
+        // step's ended rows (a batch's rows longest first); each output goes to its sequence.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(data.lengths[i]));
+        let mut first_row = Vec::with_capacity(if self.spec.task == Task::Label { n } else { 0 });
+        if self.spec.task == Task::Label {
+            data.lengths.iter().fold(0, |at, &len| {
+                first_row.push(at);
+                at + len
+            });
+        }
+        for which in order.chunks(b) {
             let ws = match tail.as_mut() {
                 Some(t) if which.len() < b => t,
                 _ => &mut ws,
@@ -331,27 +340,25 @@ impl SeqModel {
             if self.spec.task == Task::Label {
                 // (T, B, O) time-major: each sequence's real steps, in order.
                 let bb = which.len();
-                for (j, &len) in buf.lengths.iter().enumerate() {
+                for (j, (&len, &i)) in buf.lengths.iter().zip(which).enumerate() {
                     for t in 0..len {
                         let z = &logits[(t * bb + j) * o..(t * bb + j + 1) * o];
-                        softmax(z, &mut out[row_at * o..(row_at + 1) * o]);
-                        row_at += 1;
+                        let row = first_row[i] + t;
+                        softmax(z, &mut out[row * o..(row + 1) * o]);
                     }
                 }
                 continue;
             }
-            let dst = &mut out[c * b * o..c * b * o + which.len() * o];
-            match self.spec.task {
-                Task::Label => {}
-                Task::Classify => {
-                    for (z, p) in logits.chunks_exact(o).zip(dst.chunks_exact_mut(o)) {
-                        softmax(z, p);
-                    }
-                }
-                Task::Regress => {
-                    let (m, s) = (self.spec.target_mean, self.spec.target_std);
-                    for (d, &z) in dst.iter_mut().zip(logits) {
-                        *d = (z as f64 * s + m) as f32;
+            for (z, &i) in logits.chunks_exact(o).zip(which) {
+                let dst = &mut out[i * o..(i + 1) * o];
+                match self.spec.task {
+                    Task::Label => {}
+                    Task::Classify => softmax(z, dst),
+                    Task::Regress => {
+                        let (m, s) = (self.spec.target_mean, self.spec.target_std);
+                        for (d, &z) in dst.iter_mut().zip(z) {
+                            *d = (z as f64 * s + m) as f32;
+                        }
                     }
                 }
             }

@@ -635,3 +635,26 @@ fn fit_zoneout_learns_and_refuses_bad_settings() {
         assert!(msg.trim().lines().count() == 1 && msg.contains(flag), "{args:?}: {msg}");
     }
 }
+
+/// `--group-by-length` (batches of similar lengths, as Hugging Face's `group_by_length`): the run
+/// records it, learns as well, and is the same model at any thread count.
+#[test]
+fn fit_grouped_by_length_learns() {
+    let d = tempfile::tempdir().unwrap();
+    let (run, run2) = (d.path().join("run"), d.path().join("run2"));
+    let extra = ["--epochs", "8", "--group-by-length", "--seed", "3"];
+    let o = fit(&run, &data("JapaneseVowels_TRAIN.ts"), &extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["fit"]["group_by_length"], true, "{config}");
+    let (m, test) = (run.join("model.safetensors"), data("JapaneseVowels_TEST.ts"));
+    let e = bptt(&["evaluate", "--model", m.to_str().unwrap(), "--data", test.to_str().unwrap(), "--json"]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    let acc = json(&e)["accuracy"].as_f64().unwrap();
+    assert!(acc > 0.9, "test accuracy {acc} after 8 epochs grouped by length");
+    let (train, out2) = (data("JapaneseVowels_TRAIN.ts"), run2.to_str().unwrap().to_string());
+    let head = ["fit", "--train", train.to_str().unwrap(), "--out", &out2, "--hidden", "32", "--threads", "2"];
+    let o = bptt(&[&head[..], &extra[..]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&m).unwrap() == std::fs::read(run2.join("model.safetensors")).unwrap(), "threads changed it");
+}

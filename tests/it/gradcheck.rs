@@ -606,7 +606,7 @@ fn bidirectional_matches_finite_differences() {
                     // Twice the final states of a one-way net: smaller weights keep the loss, and
                     // so the finite differences' rounding (~1e-12 of it), as small as elsewhere.
                     let w = p.final_weights.as_mut().unwrap();
-                    w.h.iter_mut().chain(w.c.iter_mut()).for_each(|v| *v *= 0.25);
+                    w.h.iter_mut().chain(w.c.iter_mut()).for_each(|v| *v *= 0.125);
                     let (err, at) = check_with(&p, &|ws| ws.set_lengths(lengths.as_deref()).unwrap());
                     assert!(
                         err < TOL,

@@ -96,6 +96,7 @@ class SequenceModel:
         patch: Union[str, int] = "auto",
         epochs: Union[str, int] = "auto",
         batch: int = 8,
+        group_by_length: bool = False,
         optimizer: str = "adam",
         lr: float = 3e-3,
         weight_decay: Optional[float] = None,

@@ -21,7 +21,7 @@ from . import _core
 
 _PARAMS = (
     "task", "cell", "hidden", "layers", "bidirectional", "proj_size", "layer_norm", "zoneout_h", "zoneout_c", "pool",
-    "patch", "epochs", "batch",
+    "patch", "epochs", "batch", "group_by_length",
     "optimizer", "lr",
     "weight_decay", "lr_schedule", "clip_norm", "dropout", "class_weight", "valid_fraction",
     "patience", "seed", "threads", "callback",
@@ -97,7 +97,7 @@ class SequenceModel(_Base):
 
     def __init__(self, task="classify", cell="gru", hidden=256, layers=1, bidirectional=False, proj_size=0,
                  layer_norm=False, zoneout_h=0.0, zoneout_c=0.0, pool="last+mean", patch="auto",
-                 epochs="auto", batch=8, optimizer="adam", lr=3e-3, weight_decay=None, lr_schedule="cosine",
+                 epochs="auto", batch=8, group_by_length=False, optimizer="adam", lr=3e-3, weight_decay=None, lr_schedule="cosine",
                  clip_norm=5.0, dropout=0.3, class_weight=None, valid_fraction=0.0, patience=0, seed=1,
                  threads=None, callback=None):
         self.task = task
@@ -113,6 +113,7 @@ class SequenceModel(_Base):
         self.patch = patch
         self.epochs = epochs
         self.batch = batch
+        self.group_by_length = group_by_length
         self.optimizer = optimizer
         self.lr = lr
         self.weight_decay = weight_decay
@@ -173,7 +174,7 @@ class SequenceModel(_Base):
             "layer_norm": bool(self.layer_norm),
             "zoneout_h": float(self.zoneout_h), "zoneout_c": float(self.zoneout_c),
             "pool": self.pool, "patch": int(patch), "epochs": None if epochs is None else int(epochs),
-            "batch": int(self.batch),
+            "batch": int(self.batch), "group_by_length": bool(self.group_by_length),
             "optimizer": self.optimizer, "lr": float(self.lr),
             "weight_decay": None if self.weight_decay is None else float(self.weight_decay),
             "lr_schedule": self.lr_schedule, "clip_norm": float(self.clip_norm), "dropout": float(self.dropout),

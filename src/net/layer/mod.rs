@@ -143,8 +143,7 @@ pub(crate) fn forward<F: Float>(
                     zh: step_of(&cache.zone_h, t, bh),
                     zc: step_of(&cache.zone_c, t, bh),
                 };
-                forward_rows(cell, h, b_hh, w_hh_t, &mut rows, gemm_threads);
-                rows.hold_ended(lengths, t, 0, h);
+                forward_rows(cell, h, b_hh, w_hh_t, &mut rows, gemm_threads, Ended { lengths, t, r0: 0 });
             }
         }
         Split::Rows(parts) => {
@@ -164,8 +163,7 @@ pub(crate) fn forward<F: Float>(
                     if let Some(tr) = &table {
                         tr.fill(t, r0, rows.g);
                     }
-                    forward_rows(cell, h, b_hh, w_hh_t, &mut rows, 1);
-                    rows.hold_ended(lengths, t, r0, h);
+                    forward_rows(cell, h, b_hh, w_hh_t, &mut rows, 1, Ended { lengths, t, r0 });
                 },
             );
         }
@@ -219,6 +217,27 @@ pub(crate) fn fill_input_bias<F: Float>(cell: CellKind, b_ih: &[F], b_hh: &[F], 
 /// Whether row `r` has ended before step `t` (`lengths` empty: no row ends).
 fn ended(lengths: &[usize], t: usize, r: usize) -> bool {
     lengths.get(r).is_some_and(|&len| t >= len)
+}
+
+/// Of rows [r0, r0 + rows), how many from r0 on a step t must compute: up to the last one still
+/// running. The rows after it have ended and only hold their state, so the step's products
+/// skip them — all the padding when the rows are sorted by length, longest first, as the
+/// `fit` loop's batches are (cuDNN's packed layout).
+fn live_rows(lengths: &[usize], t: usize, r0: usize, rows: usize) -> usize {
+    if lengths.is_empty() {
+        return rows;
+    }
+    (0..rows).rev().find(|&k| !ended(lengths, t, r0 + k)).map_or(0, |k| k + 1)
+}
+
+/// The first `n` elements of `v` (`v` itself if the cell does not use the buffer: empty).
+fn head<F>(v: &[F], n: usize) -> &[F] {
+    if v.is_empty() { v } else { &v[..n] }
+}
+
+/// [`head`], mutable.
+fn head_mut<F>(v: &mut [F], n: usize) -> &mut [F] {
+    if v.is_empty() { v } else { &mut v[..n] }
 }
 
 /// Backward (BPTT) over the steps of the last forward pass.

@@ -42,8 +42,7 @@ pub(crate) fn forward_pair<'a, F: Float>(
             // SAFETY: part d touches only direction d's buffers (all rows of steps t and t + 1),
             // which no other part reads or writes.
             let mut rows = unsafe { bufs[d].rows(t, 0, b, b, h, gh) };
-            forward_rows(cell, h, b_hh, ws[d], &mut rows, 1);
-            rows.hold_ended(lengths, t, 0, h);
+            forward_rows(cell, h, b_hh, ws[d], &mut rows, 1, Ended { lengths, t, r0: 0 });
         },
     );
 }

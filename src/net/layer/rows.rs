@@ -16,18 +16,10 @@ pub(super) struct FwdRows<'a, F> {
     pub(super) zc: &'a [F],        // (r, H) zoneout's hold mask of c (empty: none)
 }
 
-impl<F: Copy> FwdRows<'_, F> {
-    /// Rows (from r0) whose sequence ended before step t keep their state: h_t = h_{t−1} (and
-    /// c), so padding never touches the state and the last state is each sequence's own.
-    pub(super) fn hold_ended(&mut self, lengths: &[usize], t: usize, r0: usize, h: usize) {
-        let ended = Ended { lengths, t, r0 };
-        ended.copy_rows(h, self.h_prev, self.h);
-        ended.copy_rows(h, self.c_prev, self.c);
-    }
-}
-
 /// The recurrent GEMM (tiled on up to `threads` threads) and the cell's fused step for some rows
-/// of one step.
+/// of one step, up to the last row still running (see `live_rows`); then the rows whose sequence
+/// ended before step t keep their state, h_t = h_{t−1} (and c), so padding never touches the
+/// state and the last state is each sequence's own.
 pub(super) fn forward_rows<F: Float>(
     cell: CellKind,
     h: usize,
@@ -35,40 +27,41 @@ pub(super) fn forward_rows<F: Float>(
     w_hh_t: Mat<'_, F>,
     s: &mut FwdRows<'_, F>,
     threads: usize,
+    ended: Ended<'_>,
 ) {
     let gh = b_hh.len();
-    let r = s.h.len() / h;
-    // The recurrent product joins the gates' pre-activations, or (GRU) is kept apart with b_hh.
-    let hp: &[F] = if cell.recurrent_apart() {
-        let hproj = &mut s.hproj[..r * gh];
-        kernels::fill_rows(hproj, b_hh);
-        kernels::gemm(MatMut::rows(hproj, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
-        hproj
-    } else {
-        kernels::gemm(MatMut::rows(s.g, r, gh), Mat::rows(s.h_prev, r, h), w_hh_t, true, threads);
-        &[]
-    };
-    let step = Step {
-        g: [&mut *s.g, &mut [], &mut [], &mut []],
-        hp: [hp, &[], &[]],
-        h_prev: s.h_prev,
-        c_prev: s.c_prev,
-        c: &mut *s.c,
-        aux: &mut *s.aux,
-        h: &mut *s.h,
-    };
-    cell.forward_rows(h, step);
-    // Zoneout (net/zoneout.rs): h_t = (1 − m) ⊙ h̃_t + m ⊙ h_{t−1}; the RNN keeps h̃_t for its
-    // backward step.
-    if !s.zh.is_empty() {
-        if !cell.has_aux() {
-            s.aux.copy_from_slice(s.h);
+    let r = live_rows(ended.lengths, ended.t, ended.r0, s.h.len() / h);
+    if r > 0 {
+        let (n, g) = (r * h, &mut s.g[..r * gh]);
+        let h_prev = &s.h_prev[..n];
+        // The recurrent product joins the gates' pre-activations, or (GRU) is kept apart with b_hh.
+        let hp: &[F] = if cell.recurrent_apart() {
+            let hproj = &mut s.hproj[..r * gh];
+            kernels::fill_rows(hproj, b_hh);
+            kernels::gemm(MatMut::rows(hproj, r, gh), Mat::rows(h_prev, r, h), w_hh_t, true, threads);
+            hproj
+        } else {
+            kernels::gemm(MatMut::rows(g, r, gh), Mat::rows(h_prev, r, h), w_hh_t, true, threads);
+            &[]
+        };
+        let (c_prev, c, h_new) = (head(s.c_prev, n), head_mut(s.c, n), &mut s.h[..n]);
+        let aux = head_mut(s.aux, n);
+        let step = Step { g: [g, &mut [], &mut [], &mut []], hp: [hp, &[], &[]], h_prev, c_prev, c, aux, h: h_new };
+        cell.forward_rows(h, step);
+        // Zoneout (net/zoneout.rs): h_t = (1 − m) ⊙ h̃_t + m ⊙ h_{t−1}; the RNN keeps h̃_t for
+        // its backward step.
+        if !s.zh.is_empty() {
+            if !cell.has_aux() {
+                s.aux[..n].copy_from_slice(&s.h[..n]);
+            }
+            zoneout::blend(&mut s.h[..n], h_prev, &s.zh[..n]);
         }
-        zoneout::blend(s.h, s.h_prev, s.zh);
+        if !s.zc.is_empty() {
+            zoneout::blend(&mut s.c[..n], &s.c_prev[..n], &s.zc[..n]);
+        }
     }
-    if !s.zc.is_empty() {
-        zoneout::blend(s.c, s.c_prev, s.zc);
-    }
+    ended.copy_rows(h, s.h_prev, s.h);
+    ended.copy_rows(h, s.c_prev, s.c);
 }
 
 /// Step `t` (`bh` values) of a (T, B, H) buffer; empty if the cell does not use the buffer.
@@ -199,8 +192,13 @@ pub(super) fn backward_rows<F: Float>(
             kernels::add_into(&mut s.dc[hr.clone()], &s.zdc[hr]);
         }
     }
+    // (The rows after the last running one have ended: their dh_next is copied below.)
     let (dpre, gru) = if cell.recurrent_apart() { (&*s.dgh, true) } else { (&*s.g, false) };
-    kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(dpre, r, gh), w_hh, gru, threads);
+    let live = live_rows(ended.lengths, ended.t, ended.r0, r);
+    if live > 0 {
+        let (dh_next, dpre) = (&mut s.dh_next[..live * h], &dpre[..live * gh]);
+        kernels::gemm(MatMut::rows(dh_next, live, h), Mat::rows(dpre, live, gh), w_hh, gru, threads);
+    }
     if zoned_h {
         for run in ended.running(r) {
             let hr = rows(run.start, run.end, h);

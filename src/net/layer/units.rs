@@ -103,30 +103,33 @@ pub(super) unsafe fn forward_units<F: Float>(
                 }
             }
         }
-        let h_prev = bufs.hs.read(t * bh, bh); // (B, H) step t, read-only
+        // Rows up to the last one still running (the rest hold their state: `live_rows`).
+        let live = live_rows(blk.lengths, t, 0, b);
+        let h_prev = bufs.hs.read(t * bh, live * h); // (live, H) of step t, read-only
         let (out, at) = if cell.recurrent_apart() { (bufs.hproj, 0) } else { (bufs.gates, t * b * gh) };
         if cell.recurrent_apart() {
-            for r in 0..b {
+            for r in 0..live {
                 for q in 0..gate_blocks {
                     let k = r * gh + q * h + u0;
                     out.slice(k, u).copy_from_slice(&b_hh[q * h + u0..q * h + u1]);
                 }
             }
         }
-        for q in 0..gate_blocks {
-            let c = MatMut::from_shared(out, at + q * h + u0, b, u, gh, 1);
-            kernels::gemm(c, Mat::rows(h_prev, b, h), w.forward(gh, h, q, u0, u), true, 1);
+        for q in (0..gate_blocks).filter(|_| live > 0) {
+            let c = MatMut::from_shared(out, at + q * h + u0, live, u, gh, 1);
+            kernels::gemm(c, Mat::rows(h_prev, live, h), w.forward(gh, h, q, u0, u), true, 1);
         }
-        forward_units_cell(d, bufs, blk);
+        forward_units_cell(d, bufs, blk, live);
     }
 }
 
-/// The cell's step for units [u0, u1) of every row of forward step t (see [`forward_units`]).
+/// The cell's step for units [u0, u1) of the first `live` rows of forward step t (see
+/// [`forward_units`]); the ended rows hold their state.
 ///
 /// # Safety
 /// As [`forward_units`].
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
-pub(super) unsafe fn forward_units_cell<F: Float>(d: &Dims, bufs: &FwdBufs<F>, at: Block<'_>) {
+pub(super) unsafe fn forward_units_cell<F: Float>(d: &Dims, bufs: &FwdBufs<F>, at: Block<'_>, live: usize) {
     let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1, lengths }) = (*d, at);
     let (u, bh) = (u1 - u0, b * h);
     // SAFETY (whole body): every range below is units [u0, u1) of one gate block or state of
@@ -137,6 +140,14 @@ pub(super) unsafe fn forward_units_cell<F: Float>(d: &Dims, bufs: &FwdBufs<F>, a
             let g = |q: usize| if q < gates { bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u) } else { &mut [] };
             let st = |buf: &Shared<F>, step: usize| buf.slice(step * bh + r * h + u0, u);
             let hp = |q: usize| if gru { bufs.hproj.read(r * gh + q * h + u0, u) } else { &[] };
+            if r >= live {
+                // (Past the last running row: ended, nothing to compute.)
+                st(&bufs.hs, t + 1).copy_from_slice(bufs.hs.read(t * bh + r * h + u0, u));
+                if lstm {
+                    st(&bufs.cs, t + 1).copy_from_slice(bufs.cs.read(t * bh + r * h + u0, u));
+                }
+                continue;
+            }
             cell.forward_units(Step {
                 g: [g(0), g(1), g(2), g(3)],
                 hp: [hp(0), hp(1), hp(2)],
@@ -236,9 +247,13 @@ pub(super) unsafe fn backward_units_gemm<F: Float>(d: &Dims, w: &UnitWeights<'_,
     let dpre = if gru { bufs.dgh } else { bufs.gates };
     // SAFETY: the contract.
     unsafe {
-        let dpre = dpre.read(t * b * gh, b * gh); // (B, G·H)
-        let c = MatMut::from_shared(bufs.dh_next, u0, b, u1 - u0, h, 1);
-        kernels::gemm(c, Mat::rows(dpre, b, gh), w.backward(gh, h, u0, u1 - u0), gru, 1);
+        // Rows up to the last one still running; the ended ones are copied below.
+        let live = live_rows(lengths, t, 0, b);
+        if live > 0 {
+            let dpre = dpre.read(t * b * gh, live * gh); // (live, G·H)
+            let c = MatMut::from_shared(bufs.dh_next, u0, live, u1 - u0, h, 1);
+            kernels::gemm(c, Mat::rows(dpre, live, gh), w.backward(gh, h, u0, u1 - u0), gru, 1);
+        }
         // An ended row's gradient passes straight through: dh_{t−1} = dh_t.
         for r in (0..b).filter(|&r| ended(lengths, t, r)) {
             let at = r * h + u0;
