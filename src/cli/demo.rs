@@ -41,6 +41,8 @@ struct Plan {
     copy_len: usize,
     copy_steps: usize,
     explode_steps: usize,
+    online_len: usize,
+    online_seqs: usize,
     lm_steps: u64,
 }
 
@@ -51,6 +53,8 @@ const QUICK: Plan = Plan {
     copy_len: 0,
     copy_steps: 0,
     explode_steps: 200,
+    online_len: 20,
+    online_seqs: 300,
     lm_steps: 60,
 };
 const FULL: Plan = Plan {
@@ -60,6 +64,8 @@ const FULL: Plan = Plan {
     copy_len: 10,
     copy_steps: 5000,
     explode_steps: 300,
+    online_len: 50,
+    online_seqs: 2000,
     lm_steps: 400,
 };
 
@@ -104,7 +110,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let raw = text.as_deref().map(fsio::read_text).transpose()?;
     estimate(plan, threads, raw.as_deref())?.check("use a shorter --text or fewer --threads")?;
     let dir = super::output_dir(a.out.as_deref(), "demo-")?;
-    let mut cx = Ctx { dir, threads, started: Instant::now(), section: 0, sections: 7 };
+    let mut cx = Ctx { dir, threads, started: Instant::now(), section: 0, sections: 8 };
     let q = if a.quick { " --quick" } else { "" };
     let mut sections = Vec::new();
 
@@ -315,6 +321,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
         ..Default::default()
     });
 
+    cx.step("online learning beside BPTT");
+    sections.push(online_section(&cx, plan)?);
+
     cx.step("a character language model");
     sections.push(char_lm(&cx, text.as_deref().zip(raw.as_deref()), plan.lm_steps, q)?);
 
@@ -410,6 +419,47 @@ fn lm_config(steps: u64) -> TrainConfig {
     TrainConfig { seq_len: 64, k1: 64, lr: 3e-3, steps, val_fraction: 0.02, seed: 1, ..TrainConfig::new(spec) }
 }
 
+/// Section 7: online learners (RTRL, UORO, SnAp-1) beside BPTT and TBPTT on the adding task.
+fn online_section(cx: &Ctx, plan: &Plan) -> Result<Section> {
+    let (len, seqs) = (plan.online_len, plan.online_seqs);
+    // (BPTT gets 10 times the sequences: it is that much cheaper per sequence.)
+    let runs = ex::online_training(len, 10 * seqs, seqs, cx.threads)?;
+    let svg = cx.chart(&ex::online_training_chart(&runs, len), "online")?;
+    let mut table = vec![row(&["learner", "sequences", "seconds", "ms per sequence", "held-out MSE", "vs baseline"])];
+    for r in &runs {
+        let rep = &r.report;
+        table.push(vec![
+            r.name.clone(),
+            rep.steps.to_string(),
+            format!("{:.2}", rep.seconds),
+            format!("{:.2}", 1e3 * rep.seconds / rep.steps as f64),
+            format!("{:.4}", rep.final_loss),
+            format!("{:.2}×", rep.final_loss / rep.baseline),
+        ]);
+    }
+    Ok(Section {
+        title: "7. Learning online: RTRL, UORO and SnAp-1 beside BPTT".into(),
+        text: format!(
+            "BPTT stores a sequence and sweeps back through it; forward-mode learners carry the gradient forward \
+             instead and update the weights after every step, with no stored window (a GRU with H = 16 on the adding \
+             task, T = {len}; one sequence per update for BPTT, one update per step online), drawn against the seconds \
+             each has trained, so at any point of the x axis every learner has had the same compute. RTRL carries \
+             the exact influence matrix ds_t/dθ (S × P values); SnAp-1 keeps only the entries one step reaches (exact \
+             for diagonal recurrences, biased otherwise); UORO a rank-one unbiased estimate, whose variance is the \
+             price. TBPTT(k) cuts every gradient path longer than k steps, yet learns this task too: what must be \
+             learnt (add a marked value into the state, keep the rest) happens within a step and the weights are \
+             shared by all steps, so a window that sees the second number teaches the handling of the first — its \
+             bias (section 6) slows it rather than stops it. At this size BPTT is far cheaper per sequence than any \
+             forward-mode method (the table): those pay S one-step passes per step (S the state's size) for needing \
+             no history; they are for learners that cannot store the past."
+        ),
+        command: format!("bptt task adding --cell gru --hidden 16 --length {len} --batch 1 --lr 3e-3 --online snap"),
+        figures: vec![svg],
+        table,
+        ..Default::default()
+    })
+}
+
 /// The most any one section holds (they run one after another), and the text's bytes.
 fn estimate(plan: &Plan, threads: usize, raw: Option<&str>) -> Result<memory::Estimate> {
     let task = |kind, hidden, len| TaskConfig { hidden, threads, ..TaskConfig::new(kind, CellKind::Lstm, len) };
@@ -436,7 +486,7 @@ fn estimate(plan: &Plan, threads: usize, raw: Option<&str>) -> Result<memory::Es
 }
 
 fn char_lm(cx: &Ctx, text: Option<(&Path, &str)>, steps: u64, q: &str) -> Result<Section> {
-    let title = "7. A character language model".to_string();
+    let title = "8. A character language model".to_string();
     let Some((path, raw)) = text else {
         return Ok(Section {
             title,

@@ -1,6 +1,7 @@
 //! `bptt task adding|copy`: the long-range benchmarks, with their baselines.
 
 use anyhow::Result;
+use bptt::online::Method;
 use bptt::tasks::{self, TaskConfig, TaskKind};
 use bptt::{CellKind, Clip, OptimizerConfig};
 use indicatif::{ProgressBar, ProgressDrawTarget};
@@ -50,6 +51,19 @@ pub struct Args {
     /// Threads: the caller plus N − 1 helpers share the parts of every pass [default: all cores].
     #[arg(long, allow_negative_numbers = true)]
     threads: Option<usize>,
+    /// Learn online instead of by BPTT: rtrl, uoro or snap (SnAp-1). One sequence at a time
+    /// as a stream, an update after every step with the method's gradient of that step's loss,
+    /// no stored window; --steps then counts sequences.
+    #[arg(long, value_parser = ["rtrl", "uoro", "snap"])]
+    online: Option<String>,
+    /// Truncated BPTT: feed each batch as windows of K steps, the state carried between them
+    /// and their gradients summed into one update (gradient paths longer than K steps cut).
+    #[arg(long, allow_negative_numbers = true, conflicts_with = "online")]
+    tbptt: Option<usize>,
+    /// Write the learning curve as CSV: update (sequence, online), sequences seen, training loss,
+    /// seconds since the start.
+    #[arg(long)]
+    curve: Option<std::path::PathBuf>,
     /// Print one JSON line: task, cell, length, steps, final_loss, baseline, solved, seconds.
     #[arg(long)]
     json: bool,
@@ -77,6 +91,13 @@ pub fn config(a: &Args) -> Result<TaskConfig> {
         threads: super::threads(a.threads)?,
         w_hh_scale: a.w_hh_scale,
         forget_bias: a.forget_bias,
+        tbptt: a.tbptt,
+        online: match a.online.as_deref() {
+            None => None,
+            Some("rtrl") => Some(Method::Rtrl),
+            Some("uoro") => Some(Method::Uoro { seed: a.seed }),
+            Some(_) => Some(Method::Snap1),
+        },
         ..TaskConfig::new(a.task.parse::<TaskKind>()?, a.cell.parse::<CellKind>()?, a.length)
     })
 }
@@ -89,13 +110,23 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let target =
         if std::io::stderr().is_terminal() { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
     let pb = ProgressBar::with_draw_target(Some(cfg.steps as u64), target);
+    let (started, mut curve) = (std::time::Instant::now(), String::from("step,sequences,loss,seconds\n"));
+    let per_step = if cfg.online.is_some() { 1 } else { cfg.batch };
     let r = tasks::run(&cfg, |s| {
+        if a.curve.is_some() {
+            let secs = started.elapsed().as_secs_f64();
+            curve.push_str(&format!("{},{},{},{secs:.4}\n", s.step, s.step * per_step, s.loss));
+        }
         pb.set_position(s.step as u64);
         if s.step % 10 == 0 {
             pb.set_message(format!("loss {:.4}", s.loss));
         }
     })?;
     pb.finish_and_clear();
+    if let Some(path) = &a.curve {
+        bptt::files::fsio::write_atomic(path, curve.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     if a.json {
         let mut v = serde_json::to_value(&r)?;
         if let Some(o) = v.as_object_mut()

@@ -301,3 +301,74 @@ pub fn task_chart(runs: &[TaskReport], title: &str) -> Chart {
         legend_below: false,
     }
 }
+
+/// One learner of [`online_training`]: its name, its learning curve (seconds of training — the
+/// run's time spread evenly over its sequences — and the training loss averaged over the last
+/// 100 sequences) and its report.
+#[derive(Clone, Debug)]
+pub struct LearningRun {
+    pub name: String,
+    pub curve: Vec<(f64, f64)>,
+    pub report: TaskReport,
+}
+
+/// Online learning against BPTT on the adding task (T = `length`, a GRU with H = 16, one
+/// sequence per update, seed 1): full BPTT and TBPTT(10) over `bptt_sequences` sequences; SnAp-1,
+/// RTRL (Adam at 3e-3) and UORO (1e-3) learning online — an update after every step, no stored
+/// window — over `online_sequences`.
+pub fn online_training(
+    length: usize,
+    bptt_sequences: usize,
+    online_sequences: usize,
+    threads: usize,
+) -> Result<Vec<LearningRun>> {
+    use crate::online::Method;
+    let base = TaskConfig {
+        hidden: 16,
+        batch: 1,
+        lr: 3e-3,
+        threads,
+        ..TaskConfig::new(TaskKind::Adding, CellKind::Gru, length)
+    };
+    let k = 10.min(length - 1);
+    let runs = [
+        ("BPTT".to_string(), TaskConfig { steps: bptt_sequences, ..base.clone() }),
+        (format!("TBPTT({k})"), TaskConfig { steps: bptt_sequences, tbptt: Some(k), ..base.clone() }),
+        ("SnAp-1 online".into(), TaskConfig { steps: online_sequences, online: Some(Method::Snap1), ..base.clone() }),
+        ("RTRL online".into(), TaskConfig { steps: online_sequences, online: Some(Method::Rtrl), ..base.clone() }),
+        (
+            "UORO online".into(),
+            TaskConfig { steps: online_sequences, lr: 1e-3, online: Some(Method::Uoro { seed: 1 }), ..base },
+        ),
+    ];
+    runs.into_iter()
+        .map(|(name, cfg)| {
+            let report = tasks::run(&cfg, |_| {})?;
+            let losses: Vec<f64> = report.history.iter().map(|s| s.loss).collect();
+            let curve = (0..losses.len())
+                .step_by(20)
+                .map(|n| {
+                    let window = &losses[n.saturating_sub(99)..=n];
+                    let seconds = report.seconds * (n + 1) as f64 / losses.len() as f64;
+                    (seconds, window.iter().sum::<f64>() / window.len() as f64)
+                })
+                .collect();
+            Ok(LearningRun { name, curve, report })
+        })
+        .collect()
+}
+
+/// The learning curves of [`online_training`], log scale, with the baseline.
+pub fn online_training_chart(runs: &[LearningRun], length: usize) -> Chart {
+    Chart {
+        title: format!(
+            "Learning the adding task (T = {length}): BPTT and online learners, GRU H = 16, one sequence at a time"
+        ),
+        x_label: "seconds of training (the same compute for every learner at any x)".into(),
+        y_label: "training MSE (mean of the last 100 sequences)".into(),
+        log_y: true,
+        series: runs.iter().map(|r| Series { name: r.name.clone(), points: r.curve.clone(), marks: vec![] }).collect(),
+        hlines: vec![(TaskKind::Adding.baseline(length), "baseline (always answer 1)".into())],
+        legend_below: true,
+    }
+}

@@ -77,12 +77,7 @@ pub fn gradient_report<F: Float>(
 ) -> Result<(F, u64)> {
     let Sequences { input, targets, batch: b, init } = seqs;
     let cfg = *net.config();
-    if cfg.bidirectional || cfg.head != Head::PerStep {
-        return Err(Error::Config(
-            "forward-mode gradients need a causal net with a per-step head (no bidirectional layers, no pooled head)"
-                .into(),
-        ));
-    }
+    causal(net)?;
     check_len("parameter slab", net.num_params(), params.len())?;
     check_len("gradient slab", net.num_params(), grads.len())?;
     let rows = check_sizes(net, &seqs)?;
@@ -104,6 +99,85 @@ pub fn gradient_report<F: Float>(
         carried = carried.max(row.carried());
     }
     Ok((F::of(loss), carried))
+}
+
+/// Ok for a net forward-mode methods can follow step by step: causal, with a per-step head.
+fn causal(net: &Net) -> Result<()> {
+    let cfg = net.config();
+    if cfg.bidirectional || cfg.head != Head::PerStep {
+        return Err(Error::Config(
+            "forward-mode gradients need a causal net with a per-step head (no bidirectional layers, no pooled head)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Online (real-time) learning on one stream: each step's loss and the method's estimate of its
+/// gradient through every earlier step of the stream, with no stored history — so the caller can
+/// update the weights after every step, as a learner that must learn while it runs does (then
+/// the influence carried is that of the weights of the past steps, as in Williams & Zipser's
+/// real-time RTRL). One sequence at a time (B = 1).
+///
+/// ```text
+/// learner.reset(&net, None);                   // a new stream
+/// for t in 0..T { learner.step(&net, &params, x_t, y_t, w_t)?;  apply_update(&mut params, learner.grads_mut(), …); }
+/// ```
+pub struct Learner<F> {
+    method: Method,
+    row: Row<F>,
+    ws: Workspace<F>,
+    grads: Vec<F>,
+    streams: usize,
+}
+
+impl<F: Float> Learner<F> {
+    /// A learner for `net` (causal, per-step head) by `method`; it holds the influence state of
+    /// one stream (RTRL and SnAp-1: S·P values, UORO: S + P).
+    pub fn new(net: &Net, method: Method) -> Result<Self> {
+        causal(net)?;
+        let row = Row::new(net, method);
+        let ws = net.workspace::<F>(1, 1, 1)?;
+        Ok(Learner { method, row, ws, grads: vec![F::zero(); net.num_params()], streams: 0 })
+    }
+
+    /// Starts a new stream from state `init` (B = 1; zeros if `None`): no influence carried.
+    pub fn reset(&mut self, net: &Net, init: Option<&State<F>>) {
+        self.streams += 1;
+        // (UORO: each stream its own signs, from the seed and the stream's number.)
+        let method = match self.method {
+            Method::Uoro { seed } => Method::Uoro { seed: seed ^ ((self.streams as u64) << 32) },
+            m => m,
+        };
+        self.row.start(net, init, 1, 0, method);
+    }
+
+    /// One step of the stream: input `x` (one row: I values, or one token id) and target `y`
+    /// (one class, or O values) with loss weight `weight` (0: no loss at this step). Returns the
+    /// step's loss and sets [`Learner::grads`] to `weight` times its gradient estimate; the state
+    /// and the influence move on.
+    pub fn step(&mut self, net: &Net, params: &[F], x: Input<'_, F>, y: Target<'_, F>, weight: F) -> Result<F> {
+        check_len("parameter slab", net.num_params(), params.len())?;
+        self.grads.fill(F::zero());
+        let step = StepData { input: x, target: y };
+        let loss = self.row.step(net, params, &mut self.ws, step, weight.f64(), &mut self.grads)?;
+        Ok(F::of(loss))
+    }
+
+    /// The gradient estimate of the last step (weighted).
+    pub fn grads(&self) -> &[F] {
+        &self.grads
+    }
+
+    /// The same, to clip and apply in place (`apply_update`).
+    pub fn grads_mut(&mut self) -> &mut [F] {
+        &mut self.grads
+    }
+
+    /// The stream's state after the last step (B = 1).
+    pub fn state(&self) -> &State<F> {
+        &self.row.state
+    }
 }
 
 /// T·B after checking that the input, targets, mask and initial state hold B sequences of T

@@ -184,6 +184,15 @@ pub struct TaskConfig {
     pub w_hh_scale: Option<f64>,
     /// LSTM forget-gate bias at initialisation.
     pub forget_bias: Option<f64>,
+    /// Learn online instead of by BPTT (`crate::online`): one sequence at a time as a stream,
+    /// the weights updated after every one of its steps with the method's gradient estimate of
+    /// that step's loss, no stored window; `steps` then counts sequences (each T updates) and
+    /// `batch` is unused.
+    pub online: Option<crate::online::Method>,
+    /// Truncated BPTT: each batch fed as windows of k steps (`crate::Tbptt`, k1 = k2 = k, the
+    /// state carried between them), their gradients summed into one update per batch — the
+    /// gradient BPTT would give with every path longer than k steps cut. `None`: full BPTT.
+    pub tbptt: Option<usize>,
 }
 
 impl TaskConfig {
@@ -205,6 +214,8 @@ impl TaskConfig {
             threads: 1,
             w_hh_scale: None,
             forget_bias: None,
+            online: None,
+            tbptt: None,
         }
     }
 }
@@ -348,11 +359,90 @@ pub fn trained(cfg: &TaskConfig) -> Result<(Net, Vec<f32>)> {
     Ok((net, params))
 }
 
+/// One batch through TBPTT(k, k) windows (see [`TaskConfig::tbptt`]): the gradients summed into
+/// `grads`; the loss of the whole batch (its windows' losses weighted by their targets' weights).
+fn truncated(
+    net: &Net,
+    params: &[f32],
+    tb: &mut crate::train::Tbptt<f32>,
+    batch: &Batch<f32>,
+    (b, k): (usize, usize),
+    grads: &mut [f32],
+) -> Result<f32> {
+    let (rows, width) = (batch.mask.len(), batch.x.len() / batch.mask.len());
+    let steps = rows / b;
+    tb.reset(None);
+    let (mut loss, mut weight) = (0.0f64, 0.0f64);
+    for t0 in (0..steps).step_by(k) {
+        let t1 = (t0 + k).min(steps);
+        let (r0, r1) = (t0 * b, t1 * b);
+        let mask = &batch.mask[r0..r1];
+        let target = if batch.classes.is_empty() {
+            let o = batch.values.len() / rows;
+            crate::net::Target::Values(&batch.values[r0 * o..r1 * o])
+        } else {
+            crate::net::Target::Classes(&batch.classes[r0..r1])
+        };
+        let w: f64 = mask.iter().map(|&v| v as f64).sum();
+        let x = Input::Dense(&batch.x[r0 * width..r1 * width]);
+        let l = tb.step(net, params, x, Targets { target, mask: Some(mask) }, grads)?;
+        if w > 0.0 {
+            (loss, weight) = (loss + l as f64 * w, weight + w);
+        }
+    }
+    Ok(if weight > 0.0 { (loss / weight) as f32 } else { 0.0 })
+}
+
+/// Online training (see [`TaskConfig::online`]): `cfg.steps` sequences, each a stream of T steps
+/// with an update after every step; one history row per sequence (its loss, the largest
+/// pre-clip gradient norm of its updates, whether any was clipped or skipped).
+#[allow(clippy::too_many_arguments)]
+fn train_online(
+    cfg: &TaskConfig,
+    net: &Net,
+    params: &mut [f32],
+    opt: &mut Optimizer<f32>,
+    method: crate::online::Method,
+    rng: &mut ChaCha8Rng,
+    history: &mut Vec<TaskStep>,
+    progress: &mut impl FnMut(&TaskStep),
+) -> Result<()> {
+    use crate::net::Target;
+    let (steps, o, i) = (cfg.kind.steps(cfg.length), net.config().output, net.config().input_width());
+    let mut learner = crate::online::Learner::<f32>::new(net, method)?;
+    for step in 1..=cfg.steps {
+        let seq = Batch::<f32>::generate(cfg.kind, cfg.length, 1, rng);
+        learner.reset(net, None);
+        let mut row = TaskStep { step, loss: 0.0, grad_norm: 0.0, clipped: false, skipped: false };
+        let (mut loss, mut weight) = (0.0, 0.0);
+        for t in 0..steps {
+            let w = seq.mask[t];
+            let y = match cfg.kind {
+                TaskKind::Adding => Target::Values(&seq.values[t * o..(t + 1) * o]),
+                TaskKind::Copy => Target::Classes(&seq.classes[t..t + 1]),
+            };
+            let l = learner.step(net, params, Input::Dense(&seq.x[t * i..(t + 1) * i]), y, w)?;
+            (loss, weight) = (loss + w as f64 * l as f64, weight + w as f64);
+            let r = apply_update(params, learner.grads_mut(), opt, cfg.lr, cfg.clip);
+            row.grad_norm = row.grad_norm.max(r.grad_norm);
+            row.clipped |= r.clipped;
+            row.skipped |= r.skipped;
+        }
+        row.loss = if weight > 0.0 { loss / weight } else { 0.0 };
+        progress(&row);
+        history.push(row);
+    }
+    Ok(())
+}
+
 /// Trains a fresh network (possibly for 0 updates), evaluates it on the held-out batch and
 /// returns the network, its parameters and the report.
 pub fn train(cfg: &TaskConfig, mut progress: impl FnMut(&TaskStep)) -> Result<(Net, Vec<f32>, TaskReport)> {
     if cfg.length < 2 || cfg.batch == 0 {
         return Err(Error::Config("`length` must be at least 2 and `batch` at least 1".into()));
+    }
+    if cfg.tbptt == Some(0) {
+        return Err(Error::Config("`tbptt` must be at least 1 step".into()));
     }
     let started = Instant::now();
     let net = Net::new(cfg.kind.net_config(cfg.cell, cfg.hidden, cfg.layers))?;
@@ -364,16 +454,30 @@ pub fn train(cfg: &TaskConfig, mut progress: impl FnMut(&TaskStep)) -> Result<(N
         net.set_forget_bias(&mut params, fb as f32)?;
     }
     let steps = cfg.kind.steps(cfg.length);
-    let mut ws = net.workspace::<f32>(steps, cfg.batch, cfg.threads)?;
-    let mut grads = vec![0.0f32; params.len()];
     let mut opt = Optimizer::new(cfg.optimizer, params.len())?.with_threads(cfg.threads);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_da7a);
     let mut history = Vec::with_capacity(cfg.steps);
-    for step in 1..=cfg.steps {
+    if let Some(method) = cfg.online {
+        train_online(cfg, &net, &mut params, &mut opt, method, &mut rng, &mut history, &mut progress)?;
+    }
+    let mut ws = net.workspace::<f32>(steps, cfg.batch, cfg.threads)?;
+    let mut grads = vec![0.0f32; params.len()];
+    let k = cfg.tbptt.unwrap_or(steps).clamp(1, steps);
+    let mut windows = match cfg.tbptt {
+        Some(_) => Some(crate::train::Tbptt::<f32>::new(&net, k, k, cfg.batch, cfg.threads)?),
+        None => None,
+    };
+    for step in (1..=cfg.steps).filter(|_| cfg.online.is_none()) {
         let batch = Batch::generate(cfg.kind, cfg.length, cfg.batch, &mut rng);
-        let loss = net.forward(&params, &mut ws, Input::Dense(&batch.x), Some(batch.targets()), None)?;
         grads.fill(0.0);
-        net.backward(&params, &mut ws, &mut grads)?;
+        let loss = match windows.as_mut() {
+            None => {
+                let loss = net.forward(&params, &mut ws, Input::Dense(&batch.x), Some(batch.targets()), None)?;
+                net.backward(&params, &mut ws, &mut grads)?;
+                loss
+            }
+            Some(tb) => truncated(&net, &params, tb, &batch, (cfg.batch, k), &mut grads)?,
+        };
         let r = apply_update(&mut params, &mut grads, &mut opt, cfg.lr, cfg.clip);
         let row = TaskStep { step, loss: loss.f64(), grad_norm: r.grad_norm, clipped: r.clipped, skipped: r.skipped };
         progress(&row);

@@ -225,6 +225,7 @@ fn demo_quick_writes_a_complete_report() {
         "flow_trained.png",
     ];
     let more = ["explode_loss.png", "explode_grad_norm.svg", "explode.csv", "truncation.png", "truncation.csv"];
+    let more = [&more[..], &["online.png", "online.svg", "online.csv"]].concat();
     for f in files.iter().chain(&more) {
         let len = std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0);
         assert!(len > 0, "{f} missing or empty");
@@ -237,7 +238,8 @@ fn demo_quick_writes_a_complete_report() {
         "4. Gradient flow after",
         "5. Exploding",
         "6. The bias",
-        "7. A character",
+        "7. Learning online",
+        "8. A character",
     ] {
         assert!(html.contains(s), "section {s} missing");
     }

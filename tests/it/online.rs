@@ -115,3 +115,60 @@ fn snap1_equals_rtrl_where_the_influence_is_diagonal() {
         assert!(err < 1e-12, "{cell}: SnAp-1 differs from RTRL by {err:.2e} with a diagonal W_hh");
     }
 }
+
+/// The online learner (`online::Learner`) with the weights held still: its per-step gradients
+/// of one stream, summed, are BPTT's gradient of the stream's summed losses (RTRL, every cell,
+/// 1–2 layers), and its state is the forward pass's final state.
+#[test]
+fn an_online_learner_with_fixed_weights_sums_to_bptt() {
+    use bptt::{Input, State, Target};
+    let mut seed = 7300;
+    for cell in CellKind::ALL {
+        for layers in [1, 2] {
+            seed += 1;
+            let p = Problem::new(cell, layers, Mode::WeightedCe, false, 1, 5, seed);
+            let w = p.mask.clone().unwrap();
+            // BPTT of Σ_t w_t ℓ_t: the net's weighted mean times Σ w.
+            let mut ws = p.net.workspace::<f64>(p.steps, 1, 1).unwrap();
+            let loss = p.net.forward(&p.params, &mut ws, p.input(), Some(p.targets()), Some(&p.init)).unwrap();
+            let mut g = vec![0.0; p.net.num_params()];
+            p.net.backward(&p.params, &mut ws, &mut g).unwrap();
+            let total: f64 = w.iter().sum();
+            g.iter_mut().for_each(|v| *v *= total);
+            let mut learner = online::Learner::<f64>::new(&p.net, Method::Rtrl).unwrap();
+            learner.reset(&p.net, Some(&p.init));
+            let (mut sum, mut online_loss) = (vec![0.0; g.len()], 0.0);
+            for (t, &wt) in w.iter().enumerate() {
+                let (x, y) = (Input::Dense(&p.x[t * 3..(t + 1) * 3]), Target::Classes(&p.classes[t..t + 1]));
+                online_loss += wt * learner.step(&p.net, &p.params, x, y, wt).unwrap();
+                sum.iter_mut().zip(learner.grads()).for_each(|(s, &v)| *s += v);
+            }
+            assert!((online_loss - loss * total).abs() < 1e-12, "{cell} L={layers}: loss {online_loss}");
+            let err = worst(&sum, &g);
+            assert!(err < 1e-10, "{cell} L={layers}: the learner's summed gradient differs from BPTT by {err:.2e}");
+            let mut last = State { h: Vec::new(), c: Vec::new() };
+            ws.state_at(p.steps, &mut last);
+            assert!(worst(&learner.state().h, &last.h) < 1e-12, "{cell} L={layers}: the learner's state");
+        }
+    }
+}
+
+/// Learning while streaming: SnAp-1 and RTRL on the adding task (T = 20, a GRU with H = 16), one
+/// sequence at a time with an update after every step, end well below the baseline (always
+/// answering 1) on held-out sequences; as full BPTT does with one update per sequence.
+#[test]
+fn online_learners_learn_the_adding_task() {
+    use bptt::tasks::{self, TaskConfig, TaskKind};
+    let base = TaskConfig {
+        hidden: 16,
+        batch: 1,
+        lr: 3e-3,
+        steps: 800,
+        ..TaskConfig::new(TaskKind::Adding, CellKind::Gru, 20)
+    };
+    for method in [Method::Snap1, Method::Rtrl] {
+        let r = tasks::run(&TaskConfig { online: Some(method), ..base.clone() }, |_| {}).unwrap();
+        assert!(r.final_loss < 0.3 * r.baseline, "{method:?}: held-out MSE {} (baseline {})", r.final_loss, r.baseline);
+        assert_eq!(r.history.len(), 800);
+    }
+}
