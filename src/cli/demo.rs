@@ -425,6 +425,12 @@ fn online_section(cx: &Ctx, plan: &Plan) -> Result<Section> {
     // (BPTT gets 10 times the sequences: it is that much cheaper per sequence.)
     let runs = ex::online_training(len, 10 * seqs, seqs, cx.threads)?;
     let svg = cx.chart(&ex::online_training_chart(&runs, len), "online")?;
+    // The gradients themselves, on an LSTM (H = 16) trained by BPTT on the same task.
+    let ks: Vec<usize> = [1, 2, 5, 10, 20].into_iter().filter(|&k| k < len).collect();
+    let points = ex::online(CellKind::Lstm, 16, len, seqs / 4, &ks, 100, 2, 1, cx.threads)?;
+    cx.write("online_gradients.csv", &bptt::diagnose::online::online_csv(&points))?;
+    let tradeoff = ex::online_tradeoff_chart(&points, &format!("LSTM H = 16, adding task T = {len}"));
+    let svg2 = cx.chart(&tradeoff, "online_tradeoff")?;
     let mut table = vec![row(&["learner", "sequences", "seconds", "ms per sequence", "held-out MSE", "vs baseline"])];
     for r in &runs {
         let rep = &r.report;
@@ -451,10 +457,14 @@ fn online_section(cx: &Ctx, plan: &Plan) -> Result<Section> {
              shared by all steps, so a window that sees the second number teaches the handling of the first — its \
              bias (section 6) slows it rather than stops it. At this size BPTT is far cheaper per sequence than any \
              forward-mode method (the table): those pay S one-step passes per step (S the state's size) for needing \
-             no history; they are for learners that cannot store the past."
+             no history; they are for learners that cannot store the past. The second figure compares the \
+             gradients themselves with BPTT's on one batch (an LSTM trained by BPTT; `online_gradients.csv` has the \
+             time per step too): RTRL is exact at the largest memory, SnAp-1 close to it with far less, TBPTT(1, k) \
+             approaches it as k grows, and UORO's rank-one estimate (S + P values) points only roughly the right way, \
+             each draw differently."
         ),
         command: format!("bptt task adding --cell gru --hidden 16 --length {len} --batch 1 --lr 3e-3 --online snap"),
-        figures: vec![svg],
+        figures: vec![svg, svg2],
         table,
         ..Default::default()
     })

@@ -372,3 +372,27 @@ pub fn online_training_chart(runs: &[LearningRun], length: usize) -> Chart {
         legend_below: true,
     }
 }
+
+/// The trade-off of [`crate::diagnose::online_bias`]'s points: the cosine of each method's
+/// gradient with BPTT's against the values it carries per sequence (log10), TBPTT(1, k) as a line
+/// over k, the others as points.
+pub fn online_tradeoff_chart(points: &[crate::diagnose::OnlinePoint], what: &str) -> Chart {
+    let at = |p: &crate::diagnose::OnlinePoint| ((p.carried.max(1) as f64).log10(), p.cosine);
+    let tbptt: Vec<(f64, f64)> = points.iter().filter(|p| p.method.starts_with("tbptt")).map(at).collect();
+    let mut series = vec![Series { name: "TBPTT(1, k), k growing to the right".into(), points: tbptt, marks: vec![] }];
+    for (method, name) in [("bptt", "BPTT"), ("rtrl", "RTRL"), ("snap1", "SnAp-1"), ("uoro", "UORO (mean over draws)")]
+    {
+        if let Some(p) = points.iter().find(|p| p.method == method) {
+            series.push(Series { name: name.into(), points: vec![at(p)], marks: vec![at(p)] });
+        }
+    }
+    Chart {
+        title: format!("What each gradient costs and how right it is: {what}"),
+        x_label: "log10 of the values carried per sequence (stored history, or influence)".into(),
+        y_label: "cosine with the BPTT gradient".into(),
+        log_y: false,
+        series,
+        hlines: vec![],
+        legend_below: true,
+    }
+}

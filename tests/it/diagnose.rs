@@ -225,7 +225,8 @@ fn demo_quick_writes_a_complete_report() {
         "flow_trained.png",
     ];
     let more = ["explode_loss.png", "explode_grad_norm.svg", "explode.csv", "truncation.png", "truncation.csv"];
-    let more = [&more[..], &["online.png", "online.svg", "online.csv"]].concat();
+    let more = [&more[..], &["online.png", "online.svg", "online.csv", "online_tradeoff.png", "online_gradients.csv"]]
+        .concat();
     for f in files.iter().chain(&more) {
         let len = std::fs::metadata(out.join(f)).map(|m| m.len()).unwrap_or(0);
         assert!(len > 0, "{f} missing or empty");
