@@ -83,6 +83,16 @@ pub struct Args {
 
 /// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
 fn gemm_peak(threads: usize, json: bool) -> Result<()> {
+    // The machine's own ceiling first: fused multiply-adds on registers, every thread at once.
+    let fma = bptt::kernels::machine::fma_peak(threads);
+    if json {
+        super::outln!(
+            "{}",
+            serde_json::json!({"system": "fma-peak", "threads": threads, "gflops": (fma * 10.0).round() / 10.0, "cpu": cpu_model()})
+        )?;
+    } else {
+        super::outln!("f32 FMA peak (registers only), {threads} threads: {fma:.1} GFLOP/s")?;
+    }
     for n in [256usize, 512, 1024, 2048] {
         let a: Vec<f32> = (0..n * n).map(|k| (k % 7) as f32 * 0.1).collect();
         let b = a.clone();

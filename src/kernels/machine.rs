@@ -68,3 +68,80 @@ pub fn ensure_available(what: impl FnOnce() -> String, bytes: u64) -> crate::Res
     }
     Ok(())
 }
+
+/// The f32 multiply-add throughput of `threads` cores at once, in GFLOP/s (2 per multiply-add),
+/// measured: each thread runs a loop of independent fused multiply-adds on registers (8 vectors:
+/// AVX-512, or AVX2 + FMA, as the CPU allows), the best of 3 runs. It is the machine's f32 vector peak as its frequency and vector units deliver it —
+/// the ceiling no product can pass — beside which the GEMM crate's peak and a model's GFLOP/s
+/// can be read.
+pub fn fma_peak(threads: usize) -> f64 {
+    const ITERS: usize = 20_000_000;
+    let per_round = fma_loop(1, 1.0, 0.0).1;
+    let flops = (2 * per_round * ITERS) as f64 * threads.max(1) as f64;
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for k in 0..threads.max(1) {
+                s.spawn(move || std::hint::black_box(fma_loop(ITERS, std::hint::black_box(0.999_99), k as f32 * 1e-9)));
+            }
+        });
+        best = best.max(flops / t0.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+/// `iters` rounds of 8 vectors' independent fused multiply-adds on registers (no memory
+/// traffic): AVX-512 (16 lanes) or AVX2 + FMA (8 lanes) where the CPU has them; returns the sum
+/// of the accumulators (so nothing is optimised away) and the multiply-adds per round.
+fn fma_loop(iters: usize, a: f32, b: f32) -> (f32, usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F (checked just above).
+            return (unsafe { fma_avx512(iters, a, b) }, 8 * 16);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return (unsafe { fma_avx2(iters, a, b) }, 8 * 8);
+        }
+    }
+    let mut acc = [1.0f32; 8];
+    for _ in 0..iters {
+        acc.iter_mut().for_each(|x| *x = x.mul_add(a, b));
+    }
+    (acc.iter().sum(), 8)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_avx512(iters: usize, a: f32, b: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let (va, vb) = (_mm512_set1_ps(a), _mm512_set1_ps(b));
+    let mut acc = [_mm512_set1_ps(1.0); 8];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, va, vb);
+        }
+    }
+    let sum = acc.iter().fold(_mm512_setzero_ps(), |s, &v| _mm512_add_ps(s, v));
+    _mm512_reduce_add_ps(sum)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_avx2(iters: usize, a: f32, b: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let (va, vb) = (_mm256_set1_ps(a), _mm256_set1_ps(b));
+    let mut acc = [_mm256_set1_ps(1.0); 8];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, va, vb);
+        }
+    }
+    let mut out = [0.0f32; 8];
+    let sum = acc.iter().fold(_mm256_setzero_ps(), |s, &v| _mm256_add_ps(s, v));
+    // SAFETY: `out` holds the 8 floats the store writes.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
+    out.iter().sum()
+}
