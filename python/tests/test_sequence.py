@@ -193,6 +193,21 @@ def test_zoneout_equals_the_cli(tmp_path):
         bptt.SequenceModel(cell="gru", zoneout_c=0.2, **QUICK).fit(X, y)
 
 
+def test_group_by_length_equals_the_cli(tmp_path):
+    """``group_by_length``: batches of similar lengths, the CLI's ``--group-by-length`` model bit
+    for bit, and ``get_params`` names it (scikit-learn's clone keeps it)."""
+    X, y = bptt.read_sequences(TRAIN)
+    m = bptt.SequenceModel(group_by_length=True, seed=5, **QUICK).fit(X, y)
+    assert m.get_params()["group_by_length"] is True
+    m.save(tmp_path / "py.safetensors")
+    run = tmp_path / "run"
+    subprocess.run([cli(), "fit", "--train", str(TRAIN), "--out", str(run), "--seed", "5", "--group-by-length",
+                    "--hidden", "16", "--epochs", "2", "--threads", "1"], check=True, capture_output=True)
+    assert (tmp_path / "py.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    plain = bptt.SequenceModel(seed=5, **QUICK).fit(X, y)
+    assert not np.array_equal(plain.state_dict()["head.weight"], m.state_dict()["head.weight"])
+
+
 def test_projected_lstm_equals_the_cli(tmp_path):
     """``proj_size``: PyTorch's ``weight_hr_l0`` in ``state_dict``, the CLI's ``--proj-size`` model
     bit for bit, a GRU with a projection refused with a ValueError naming it."""
