@@ -110,7 +110,7 @@ impl TrainConfig {
     fn dropout_at(&self, step: u64, rank: usize) -> Option<crate::net::Dropout> {
         let seed = self.mask_seed(0xd2b7_4407_b1ce_6e93, step) ^ (rank as u64).wrapping_mul(0xa076_1d64_78bd_642f);
         let d = crate::net::Dropout { p: self.dropout, locked: self.locked_dropout, seed };
-        (self.dropout > 0.0 || !self.model.zoneout.is_none()).then_some(d)
+        d.when_needed(&self.model.zoneout)
     }
 
     /// The weight drop of update `step`, seeded like [`TrainConfig::dropout_at`] (the same on

@@ -211,7 +211,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         k => Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads).map_err(memory::hint(HINT))?),
     };
     // Dropout and weight drop: validated (and their buffers allocated) before the timed loop.
-    let dropout = |seed: u64| Dropout { p: a.dropout, locked: false, seed }.when_needed(net.config());
+    let dropout = |seed: u64| Dropout { p: a.dropout, locked: false, seed }.when_needed(&net.config().zoneout);
     match ck.as_mut() {
         Some(ck) => ck.set_dropout(dropout(0))?,
         None => ws.set_dropout(dropout(0))?,

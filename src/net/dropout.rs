@@ -30,11 +30,11 @@ impl Dropout {
         check_rate("dropout", self.p)
     }
 
-    /// This dropout for the training passes of a net of `cfg`, or `None` where a pass has no
-    /// use for it: no dropout (p = 0) and no zoneout, whose training masks are drawn from the
+    /// This dropout for the training passes of a net with `zoneout`, or `None` where a pass has
+    /// no use for it: no dropout (p = 0) and no zoneout, whose training masks are drawn from the
     /// same seed (a pass with a `Dropout` set is a training pass; see `net/zoneout.rs`).
-    pub fn when_needed(self, cfg: &crate::net::NetConfig) -> Option<Self> {
-        (self.p > 0.0 || !cfg.zoneout.is_none()).then_some(self)
+    pub fn when_needed(self, zoneout: &crate::net::Zoneout) -> Option<Self> {
+        (self.p > 0.0 || !zoneout.is_none()).then_some(self)
     }
 }
 

@@ -185,8 +185,8 @@ impl FitConfig {
     fn dropout_at(&self, step: u64, rank: usize) -> Option<Dropout> {
         let seed = (self.seed ^ 0x3c6e_f372_fe94_f82b).wrapping_add(step.wrapping_mul(0x9e37_79b9_7f4a_7c15))
             ^ (rank as u64).wrapping_mul(0xa076_1d64_78bd_642f);
-        let zoneout = self.zoneout_h > 0.0 || self.zoneout_c > 0.0;
-        (self.dropout > 0.0 || zoneout).then_some(Dropout { p: self.dropout, locked: false, seed })
+        let zoneout = crate::net::Zoneout { h: self.zoneout_h, c: self.zoneout_c };
+        Dropout { p: self.dropout, locked: false, seed }.when_needed(&zoneout)
     }
 }
 

@@ -457,26 +457,35 @@ pub fn train(cfg: &TaskConfig, mut progress: impl FnMut(&TaskStep)) -> Result<(N
     let mut opt = Optimizer::new(cfg.optimizer, params.len())?.with_threads(cfg.threads);
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_da7a);
     let mut history = Vec::with_capacity(cfg.steps);
-    if let Some(method) = cfg.online {
-        train_online(cfg, &net, &mut params, &mut opt, method, &mut rng, &mut history, &mut progress)?;
+    /// How each batch is differentiated: whole, or in TBPTT(k, k) windows. (Built once.)
+    #[allow(clippy::large_enum_variant)]
+    enum Pass {
+        Whole(Workspace<f32>),
+        Windows(crate::train::Tbptt<f32>, usize),
     }
-    let mut ws = net.workspace::<f32>(steps, cfg.batch, cfg.threads)?;
-    let mut grads = vec![0.0f32; params.len()];
-    let k = cfg.tbptt.unwrap_or(steps).clamp(1, steps);
-    let mut windows = match cfg.tbptt {
-        Some(_) => Some(crate::train::Tbptt::<f32>::new(&net, k, k, cfg.batch, cfg.threads)?),
-        None => None,
+    let mut pass = match (cfg.online, cfg.tbptt) {
+        (Some(method), _) => {
+            train_online(cfg, &net, &mut params, &mut opt, method, &mut rng, &mut history, &mut progress)?;
+            None
+        }
+        (None, None) => Some(Pass::Whole(net.workspace::<f32>(steps, cfg.batch, cfg.threads)?)),
+        (None, Some(k)) => {
+            let k = k.min(steps);
+            Some(Pass::Windows(crate::train::Tbptt::new(&net, k, k, cfg.batch, cfg.threads)?, k))
+        }
     };
-    for step in (1..=cfg.steps).filter(|_| cfg.online.is_none()) {
+    let mut grads = vec![0.0f32; if pass.is_some() { params.len() } else { 0 }];
+    for step in 1..=pass.as_ref().map_or(0, |_| cfg.steps) {
         let batch = Batch::generate(cfg.kind, cfg.length, cfg.batch, &mut rng);
         grads.fill(0.0);
-        let loss = match windows.as_mut() {
-            None => {
-                let loss = net.forward(&params, &mut ws, Input::Dense(&batch.x), Some(batch.targets()), None)?;
-                net.backward(&params, &mut ws, &mut grads)?;
+        let loss = match pass.as_mut() {
+            Some(Pass::Whole(ws)) => {
+                let loss = net.forward(&params, ws, Input::Dense(&batch.x), Some(batch.targets()), None)?;
+                net.backward(&params, ws, &mut grads)?;
                 loss
             }
-            Some(tb) => truncated(&net, &params, tb, &batch, (cfg.batch, k), &mut grads)?,
+            Some(Pass::Windows(tb, k)) => truncated(&net, &params, tb, &batch, (cfg.batch, *k), &mut grads)?,
+            None => break, // (online: trained above)
         };
         let r = apply_update(&mut params, &mut grads, &mut opt, cfg.lr, cfg.clip);
         let row = TaskStep { step, loss: loss.f64(), grad_norm: r.grad_norm, clipped: r.clipped, skipped: r.skipped };
