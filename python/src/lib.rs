@@ -110,11 +110,12 @@ impl CharLM {
     #[staticmethod]
     #[pyo3(signature = (
         text, *, cell = "lstm", embedding_dim = 64, hidden = 256, layers = 2, seq_len = 100,
-        batch = 32, tbptt = None, checkpoint_every = 0, optimizer = "adam", lr = 2e-3,
+        batch = None, tbptt = None, checkpoint_every = 0, optimizer = "adam", lr = 2e-3,
         momentum = None, weight_decay = None, lr_schedule = "constant", warmup = 0,
         clip_norm = 5.0, clip_value = None, steps = None, epochs = None, val_fraction = 0.1,
         seed = 1337, max_bad_steps = 10, abort_loss_factor = None, dropout = 0.0,
-        locked_dropout = 0.0, weight_drop = 0.0, eval_every = 200, threads = None, callback = None
+        locked_dropout = 0.0, weight_drop = 0.0, online = None, eval_every = 200, threads = None,
+        callback = None
     ))]
     fn train(
         py: Python<'_>,
@@ -124,7 +125,7 @@ impl CharLM {
         hidden: usize,
         layers: usize,
         seq_len: usize,
-        batch: usize,
+        batch: Option<usize>,
         tbptt: Option<&str>,
         checkpoint_every: usize,
         optimizer: &str,
@@ -144,6 +145,7 @@ impl CharLM {
         dropout: f64,
         locked_dropout: f64,
         weight_drop: f64,
+        online: Option<String>,
         eval_every: u64,
         threads: Option<usize>,
         callback: Option<Py<PyAny>>,
@@ -172,7 +174,7 @@ impl CharLM {
             model: spec,
             seq_len: k2,
             k1,
-            batch,
+            batch: batch.unwrap_or(if online.is_some() { 1 } else { 32 }),
             optimizer: optimizer.into(),
             lr,
             momentum,
@@ -191,6 +193,7 @@ impl CharLM {
             dropout: if locked_dropout != 0.0 { locked_dropout } else { dropout },
             locked_dropout: locked_dropout > 0.0,
             weight_drop,
+            online,
         };
         cfg.validate().map_err(py_err)?;
         let per_epoch = cfg.updates_per_epoch(ids.len()).map_err(py_err)? as u64;

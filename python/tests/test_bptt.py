@@ -52,6 +52,26 @@ def test_train_equals_the_cli_bit_for_bit(tmp_path):
     assert [h["train_loss"] for h in m.history] == losses
 
 
+def test_online_training_equals_the_cli_bit_for_bit(tmp_path):
+    """CharLM.train(online="snap"): one stream, an update after every character, as
+    `bptt train --online snap` (batch 1 by default)."""
+    text = corpus()
+    (tmp_path / "t.txt").write_text(text)
+    small = dict(hidden=16, embedding_dim=8, layers=2, seq_len=16, threads=1)
+    m = bptt.CharLM.train(text, steps=6, seed=5, online="snap", **small)
+    args = [cli(), "train", "--text", str(tmp_path / "t.txt"), "--out", str(tmp_path / "run"), "--steps", "6",
+            "--seed", "5", "--online", "snap"]
+    for k, v in small.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    subprocess.run(args, check=True, capture_output=True)
+    ours, theirs = m.state_dict(), bptt.load_state_dict(tmp_path / "run" / "model.safetensors")
+    for k in ours:
+        assert np.array_equal(ours[k], theirs[k]), k
+    assert [h["tokens"] for h in m.history] == [16 * (k + 1) for k in range(6)]
+    with pytest.raises(ValueError, match="give batch 1"):
+        bptt.CharLM.train(text, steps=1, online="snap", batch=4, **small)
+
+
 def test_a_saved_model_loads_in_the_cli_and_back(tmp_path):
     m = bptt.CharLM.train(corpus(), steps=3, **SMALL)
     path = tmp_path / "m.safetensors"

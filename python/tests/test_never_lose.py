@@ -140,7 +140,8 @@ def test_fuzzed_arguments_raise_python_exceptions_never_abort():
     text = "hello world\\n" * 30
     calls = [
         (bptt.CharLM.train, ["cell", "embedding_dim", "hidden", "layers", "seq_len", "batch", "tbptt", "lr",
-                             "clip_norm", "steps", "epochs", "val_fraction", "dropout", "weight_drop", "seed"]),
+                             "clip_norm", "steps", "epochs", "val_fraction", "dropout", "weight_drop", "online",
+                             "seed"]),
         (bptt.gradient, ["cell", "hidden", "layers", "loss", "output", "seed"]),
         (bptt.SequenceModel, ["task", "cell", "hidden", "layers", "pool", "patch", "epochs", "batch", "lr",
                               "dropout", "clip_norm", "valid_fraction", "patience", "seed"]),

@@ -1,11 +1,14 @@
-//! The char-LM training loop: TBPTT over B contiguous streams (see `data`), the scheduled,
-//! clipped, guarded update, validation, and checkpoints that resume bit for bit.
+//! The char-LM training loop: TBPTT over B contiguous streams (see `data`) — or, `online`, one
+//! stream learnt while it streams, an update after every character by a forward-mode gradient
+//! (`crate::online`) — the scheduled, clipped, guarded update, validation, and checkpoints that
+//! resume bit for bit.
 
 use crate::charlm::data::{Split, Streams, TokenIds};
 use crate::charlm::model::{CharModel, Eval, ModelFile};
 use crate::dist::{GradReducer, Group};
 use crate::error::{Error, Result};
-use crate::net::{Input, State, Targets, WeightDrop};
+use crate::net::{Input, State, Target, Targets, WeightDrop};
+use crate::online::{Learner, Method};
 use crate::optim::{LrSchedule, Optimizer, OptimizerConfig};
 use crate::train::{Clip, Tbptt, Updater};
 use serde::{Deserialize, Serialize};
@@ -72,6 +75,12 @@ pub struct TrainConfig {
     /// `--weight-drop`.
     #[serde(default)]
     pub weight_drop: f64,
+    /// Learn online (`--online`): `snap` (SnAp-1), `uoro` or `rtrl` (exact; small models only).
+    /// One stream (B = 1), no stored window: the weights are updated after every character by
+    /// the method's gradient, carried forward in time. A run step is then `seq_len` characters
+    /// (that many updates). `None`: truncated BPTT.
+    #[serde(default)]
+    pub online: Option<String>,
 }
 
 impl TrainConfig {
@@ -101,7 +110,21 @@ impl TrainConfig {
             dropout: 0.0,
             locked_dropout: false,
             weight_drop: 0.0,
+            online: None,
         }
+    }
+
+    /// The forward-mode method of an online run (`None` for TBPTT); UORO's signs from the seed.
+    pub fn online_method(&self) -> Result<Option<Method>> {
+        Ok(match self.online.as_deref() {
+            None => None,
+            Some("snap") => Some(Method::Snap1),
+            Some("rtrl") => Some(Method::Rtrl),
+            Some("uoro") => Some(Method::Uoro { seed: self.seed ^ 0x0e0_5eed }),
+            Some(other) => {
+                return Err(Error::Config(format!("`online` takes snap, uoro or rtrl, got '{other}'")));
+            }
+        })
     }
 
     /// The dropout of update `step`: masks seeded by the run's seed and the step alone, so a
@@ -172,13 +195,17 @@ impl TrainConfig {
         } else {
             0
         };
+        let online = match self.online_method()? {
+            Some(m) => Learner::<f32>::estimate_bytes(&crate::net::Net::new(net)?, m) as u128,
+            None => 0,
+        };
         let validation = if self.val_fraction > 0.0 {
             crate::net::Workspace::<f32>::estimate_bytes(&net, chunk, self.batch) as u128
                 + (chunk * self.batch) as u128 * 8
         } else {
             0
         };
-        Ok(u64::try_from(slabs + step + window + masks + validation).unwrap_or(u64::MAX))
+        Ok(u64::try_from(slabs + step + window + masks + validation + online).unwrap_or(u64::MAX))
     }
 
     /// Updates per epoch on a text of `n` characters (after the validation split).
@@ -215,6 +242,30 @@ impl TrainConfig {
         self.optimizer()?;
         self.schedule()?;
         self.clip()?;
+        if self.online_method()?.is_some() {
+            self.validate_online()?;
+        }
+        Ok(())
+    }
+
+    /// An online run learns one stream of plain cells, step by step.
+    fn validate_online(&self) -> Result<()> {
+        let refuse = |what: &str| Err(Error::Config(format!("online learning (`online`) {what}")));
+        if self.batch != 1 {
+            return refuse(&format!("learns one stream: give batch 1, not {}", self.batch));
+        }
+        if self.k1 != self.seq_len {
+            return refuse("updates after every character: it has no K1:K2 window (`tbptt`)");
+        }
+        if self.checkpoint_every > 0 {
+            return refuse("stores no window to checkpoint: drop `checkpoint_every`");
+        }
+        if self.dropout > 0.0 || self.weight_drop > 0.0 {
+            return refuse("has no dropout or weight drop yet: drop `dropout` and `weight_drop`");
+        }
+        if self.model.layer_norm || !self.model.zoneout.is_none() {
+            return refuse("runs plain cells: no `layer_norm` or zoneout");
+        }
         Ok(())
     }
 }
@@ -274,6 +325,8 @@ pub struct Trainer {
     pub tokens: u64,
     /// Best validation loss so far.
     pub best_val: Option<f64>,
+    /// An online run's learner (its stream's state and influence).
+    online: Option<Learner<f32>>,
 }
 
 impl Trainer {
@@ -302,6 +355,30 @@ impl Trainer {
             )));
         }
         let local = cfg.batch / ranks;
+        let online = match cfg.online_method()? {
+            Some(_) if ranks > 1 => {
+                return Err(Error::Config(
+                    "online learning (`online`) learns one stream in one process: run it without mpirun".into(),
+                ));
+            }
+            Some(method) => {
+                // About a second per character on one core: a run that would seem to hang.
+                let flops = Learner::<f32>::flops_per_step(&model.net, method);
+                if flops > 5e9 {
+                    return Err(Error::Config(format!(
+                        "online `{}` costs about {:.0} GFLOP per character for this model ({} parameters): use \
+                         online `snap`, or a smaller model (hidden 32 or less)",
+                        cfg.online.as_deref().unwrap_or(""),
+                        flops / 1e9,
+                        model.params.len()
+                    )));
+                }
+                let mut learner = Learner::new(&model.net, method)?;
+                learner.reset(&model.net, None);
+                Some(learner)
+            }
+            None => None,
+        };
         let split = Split::new(ids, cfg.val_fraction)?;
         let streams = Streams::new(split.train.len(), cfg.batch, cfg.k1)?;
         let optimizer = Optimizer::new(cfg.optimizer()?, model.params.len())?.with_threads(threads);
@@ -341,6 +418,7 @@ impl Trainer {
             epoch_update: 0,
             tokens: 0,
             best_val: None,
+            online,
             cfg,
             model,
         })
@@ -392,12 +470,19 @@ impl Trainer {
         self.updater.health(self.step)
     }
 
-    /// One update: the next k1 steps of every stream, TBPTT, clip, optimizer step.
+    /// One update: the next k1 steps of every stream, TBPTT, clip, optimizer step. (Online:
+    /// the next k1 characters of the stream, an update after each.)
     pub fn train_step(&mut self) -> Result<StepMetrics> {
         if self.epoch_update >= self.streams.updates_per_epoch() {
             self.epoch += 1;
             self.epoch_update = 0;
             self.tbptt.reset(None);
+            if let Some(learner) = &mut self.online {
+                learner.reset(&self.model.net, None);
+            }
+        }
+        if self.online.is_some() {
+            return self.online_step();
         }
         self.chunk(self.epoch_update);
         self.grads.fill(0.0);
@@ -444,6 +529,44 @@ impl Trainer {
         })
     }
 
+    /// [`Trainer::train_step`] online: for each of the next k1 characters, its loss, the
+    /// learner's gradient estimate (this step's loss through every earlier step of the stream),
+    /// and the update. The metrics: the mean loss and gradient norm of the k1 updates, clipped
+    /// or skipped if any was.
+    fn online_step(&mut self) -> Result<StepMetrics> {
+        self.chunk(self.epoch_update);
+        let Some(learner) = self.online.as_mut() else { unreachable!("online_step needs a learner") };
+        let net = &self.model.net;
+        let (mut loss, mut norm, mut clipped, mut skipped, mut lr) = (0.0, 0.0, false, false, 0.0);
+        for (x, y) in self.x.iter().zip(&self.y) {
+            let l = learner.step(net, &self.model.params, Input::Tokens(&[*x]), Target::Classes(&[*y]), 1.0)?;
+            let (report, rate) = self.updater.apply(self.step, &mut self.model.params, learner.grads_mut());
+            loss += l as f64;
+            norm += report.grad_norm;
+            clipped |= report.clipped;
+            skipped |= report.skipped;
+            lr = rate;
+            if learner.state().h.iter().chain(&learner.state().c).any(|v| !v.is_finite()) {
+                learner.reset(net, None);
+            }
+        }
+        let n = self.x.len() as f64;
+        self.step += 1;
+        self.epoch_update += 1;
+        self.tokens += self.x.len() as u64;
+        self.updater.record(loss / n, skipped);
+        Ok(StepMetrics {
+            step: self.step,
+            epoch: self.epoch,
+            tokens: self.tokens,
+            train_loss: loss / n,
+            grad_norm: norm / n,
+            clipped,
+            skipped,
+            lr,
+        })
+    }
+
     /// The validation loss (the validation text cut into B streams), or `None` without one.
     pub fn validate(&mut self) -> Result<Option<Eval>> {
         if !self.has_validation() {
@@ -463,9 +586,21 @@ impl Trainer {
     /// With data parallelism every rank must call it (the carried state of all B streams is
     /// gathered: (L, B, H), as one process would hold it); every rank gets the same bytes.
     pub fn checkpoint_bytes(&self) -> Result<Vec<u8>> {
-        let local = self.tbptt.carried_state();
+        let local = match &self.online {
+            Some(learner) => learner.state(),
+            None => self.tbptt.carried_state(),
+        };
         let state = self.global_state(local)?;
-        let (mut extra, updater_meta) = self.updater.checkpoint();
+        let (mut extra, mut updater_meta) = self.updater.checkpoint();
+        let online = self.online.as_ref().map(|l| l.carried()).unwrap_or_default();
+        for (name, v) in &online {
+            extra.push((format!("state.online.{name}"), vec![v.len()], v));
+        }
+        if let Some(l) = &self.online {
+            updater_meta.push(("online_streams".into(), l.streams().to_string()));
+            updater_meta
+                .push(("online_tensors".into(), online.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")));
+        }
         extra.push(("state.h".into(), vec![state.h.len()], &state.h));
         if !state.c.is_empty() {
             extra.push(("state.c".into(), vec![state.c.len()], &state.c));
@@ -639,6 +774,15 @@ impl Trainer {
             hy[s * b..(s + 1) * b].copy_from_slice(&t.y[off * b..(off + 1) * b]);
         }
         t.tbptt.restore(start, Input::Tokens(&hx), Targets::classes(&hy)).map_err(|e| e.to_string())?;
+        if let Some(learner) = &mut t.online {
+            let names = meta("online_tensors")?;
+            let carried = names
+                .split(',')
+                .filter(|n| !n.is_empty())
+                .map(|n| Ok((n.to_string(), file.floats(&format!("state.online.{n}"))?)))
+                .collect::<std::result::Result<Vec<_>, String>>()?;
+            learner.restore(&t.model.net, int("online_streams")?, &carried).map_err(|e| e.to_string())?;
+        }
         Ok(t)
     }
 }

@@ -456,8 +456,10 @@ fn online_section(cx: &Ctx, plan: &Plan) -> Result<Section> {
              learnt (add a marked value into the state, keep the rest) happens within a step and the weights are \
              shared by all steps, so a window that sees the second number teaches the handling of the first — its \
              bias (section 6) slows it rather than stops it. At this size BPTT is far cheaper per sequence than any \
-             forward-mode method (the table): those pay S one-step passes per step (S the state's size) for needing \
-             no history; they are for learners that cannot store the past. The second figure compares the \
+             forward-mode method (the table): RTRL and UORO pay S one-step passes per step (S the state's size), \
+             SnAp-1 (per unit: a 2×2 Jacobian block and one coefficient per gate row) a step's forward and backward \
+             pass and an update per step, for needing no history; they are for learners that cannot store the past. \
+             The second figure compares the \
              gradients themselves with BPTT's on one batch (an LSTM trained by BPTT; `online_gradients.csv` has the \
              time per step too): RTRL is exact at the largest memory, SnAp-1 close to it with far less, TBPTT(1, k) \
              approaches it as k grows, and UORO's rank-one estimate (S + P values) points only roughly the right way, \

@@ -55,9 +55,9 @@ pub struct Args {
     /// Steps per update T (the BPTT window).
     #[arg(long, default_value_t = 100, conflicts_with = "resume", allow_negative_numbers = true)]
     seq_len: usize,
-    /// Streams per update B.
-    #[arg(long, default_value_t = 32, conflicts_with = "resume", allow_negative_numbers = true)]
-    batch: usize,
+    /// Streams per update B [default: 32; 1 with --online].
+    #[arg(long, conflicts_with = "resume", allow_negative_numbers = true)]
+    batch: Option<usize>,
     /// Truncated BPTT: every K1 steps back-propagate through the last K2 (overrides --seq-len).
     #[arg(long, value_name = "K1:K2", conflicts_with = "resume")]
     tbptt: Option<String>,
@@ -142,6 +142,12 @@ pub struct Args {
     /// DropConnect P on every layer's W_hh, one mask per update (AWD-LSTM's weight drop).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, conflicts_with = "resume", value_parser = super::finite)]
     weight_drop: f64,
+    /// Learn online while streaming one copy of the text (B = 1, no stored window): an update
+    /// after every character, its gradient through the past carried forward in time by snap
+    /// (SnAp-1, about a forward step's cost), uoro (UORO, an unbiased rank-one estimate) or rtrl
+    /// (exact real-time recurrent learning; tiny models only). A step is --seq-len characters.
+    #[arg(long, value_name = "snap|uoro|rtrl", conflicts_with_all = ["resume", "tbptt"])]
+    online: Option<String>,
     /// Start a fresh run even if --out already holds run files (they are replaced).
     #[arg(long, conflicts_with = "resume")]
     force: bool,
@@ -262,7 +268,7 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<Setup> {
         model: spec,
         seq_len: k2,
         k1,
-        batch: a.batch,
+        batch: a.batch.unwrap_or(if a.online.is_some() { 1 } else { 32 }),
         optimizer: a.optimizer.clone(),
         lr: a.lr,
         momentum: a.momentum,
@@ -281,6 +287,7 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<Setup> {
         dropout: if a.locked_dropout != 0.0 { a.locked_dropout } else { a.dropout },
         locked_dropout: a.locked_dropout > 0.0,
         weight_drop: a.weight_drop,
+        online: a.online.clone(),
     };
     cfg.validate()?;
     cfg.steps = total_steps(&cfg, ids.len(), a.steps, a.epochs)?.unwrap_or(cfg.updates_per_epoch(ids.len())? as u64);

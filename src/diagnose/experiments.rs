@@ -361,9 +361,7 @@ pub fn online_training(
 /// The learning curves of [`online_training`], log scale, with the baseline.
 pub fn online_training_chart(runs: &[LearningRun], length: usize) -> Chart {
     Chart {
-        title: format!(
-            "Learning the adding task (T = {length}): BPTT and online learners, GRU H = 16, one sequence at a time"
-        ),
+        title: format!("Adding task (T = {length}), GRU H = 16, one sequence at a time: BPTT and online learners"),
         x_label: "seconds of training (the same compute for every learner at any x)".into(),
         y_label: "training MSE (mean of the last 100 sequences)".into(),
         log_y: true,

@@ -187,6 +187,16 @@ impl Net {
         Ok(())
     }
 
+    /// Layer k's tensor offsets (forward direction: index k·D).
+    pub(crate) fn layer_params(&self, k: usize) -> &LayerParams {
+        &self.layers[k * self.config.directions()]
+    }
+
+    /// The offset of `encoder.weight` (token input only).
+    pub(crate) fn encoder_offset(&self) -> Option<usize> {
+        self.encoder
+    }
+
     /// The embedding in front of the first layer (token input only).
     fn embedding(&self) -> Option<Embedding> {
         match (self.config.input, self.encoder) {

@@ -104,3 +104,39 @@ fn forward_backward_do_not_allocate_after_warm_up() {
         }
     }
 }
+
+/// Learning online by SnAp-1 (the per-unit form): after a first step, a step of the learner
+/// allocates nothing — every cell, 2 layers, token input.
+#[test]
+fn an_online_snap_step_does_not_allocate_after_warm_up() {
+    use bptt::Target;
+    use bptt::online::{Learner, Method};
+    for cell in CellKind::ALL {
+        let cfg = NetConfig {
+            cell,
+            input: InputKind::Tokens { vocab: 7, embedding_dim: 5 },
+            hidden: 16,
+            layers: 2,
+            output: 7,
+            loss: LossKind::CrossEntropy,
+            head: Head::PerStep,
+            bidirectional: false,
+            proj_size: 0,
+            layer_norm: false,
+            zoneout: bptt::Zoneout::NONE,
+        };
+        let net = Net::new(cfg).unwrap();
+        let params = net.init_params::<f32>(1);
+        let mut learner = Learner::<f32>::new(&net, Method::Snap1).unwrap();
+        learner.reset(&net, None);
+        let mut step = |k: u32| {
+            learner.step(&net, &params, Input::Tokens(&[k % 7]), Target::Classes(&[(k + 1) % 7]), 1.0).unwrap();
+        };
+        step(0);
+        let before = ours();
+        for k in 1..6 {
+            step(k);
+        }
+        assert_eq!(ours() - before, 0, "{cell}: an online SnAp-1 step allocated");
+    }
+}

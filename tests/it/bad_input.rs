@@ -115,6 +115,12 @@ fn impossible_flags() {
     run(&["--weight-drop", "1.5"], "--weight-drop must be in [0, 1)");
     run(&["--hidden", "abc"], "invalid value");
     run(&["--no-such-flag"], "unexpected argument");
+    run(&["--online", "bptt"], "snap, uoro or rtrl");
+    run(&["--online", "snap", "--batch", "4"], "give batch 1");
+    run(&["--online", "snap", "--dropout", "0.1"], "no dropout");
+    run(&["--online", "snap", "--layer-norm"], "plain cells");
+    run(&["--online", "snap", "--tbptt", "5:10"], "cannot be used with");
+    run(&["--online", "rtrl"], "GFLOP per character");
     fails(&["train", "--text", t, "--out", o, "--steps", "0"], "at least 1");
     fails(&["train", "--text", t, "--out", o, "--epochs", "0"], "at least 1");
     fails(&["train", "--resume", d.path().join("nothing").to_str().unwrap()], "no such run folder");

@@ -220,6 +220,10 @@ fn sigterm_and_sighup_then_resume_equal_an_uninterrupted_run() {
     interrupted_runs_resume_bit_exactly(&["--cell", "lstm", "--layer-norm"]);
     // Zoneout: its masks from each update's seed, its rates in the model's metadata.
     interrupted_runs_resume_bit_exactly(&["--cell", "lstm", "--zoneout-h", "0.1", "--zoneout-c", "0.3"]);
+    // Learning online: the stream's state and the influence carried (SnAp-1's per unit, UORO's
+    // vectors and the position of its random signs) are in the checkpoint.
+    interrupted_runs_resume_bit_exactly(&["--online", "snap", "--batch", "1"]);
+    interrupted_runs_resume_bit_exactly(&["--online", "uoro", "--batch", "1", "--cell", "gru"]);
 }
 
 /// A char model with zoneout keeps its rates through a save and a load (metadata `zoneout_h`,
@@ -257,9 +261,11 @@ fn interrupted_runs_resume_bit_exactly(extra: &[&str]) {
     let text = corpus(d.path());
     let t = text.to_str().unwrap();
     let args = |out: &Path, steps: &str| -> Vec<String> {
+        let batch = if extra.contains(&"--batch") { &[][..] } else { &["--batch", "4"][..] };
         ["train", "--text", t, "--out", out.to_str().unwrap(), "--hidden", "16", "--embedding-dim", "8"]
             .into_iter()
-            .chain(["--layers", "1", "--batch", "4", "--seq-len", "16", "--threads", "1", "--steps", steps])
+            .chain(batch.iter().copied())
+            .chain(["--layers", "1", "--seq-len", "16", "--threads", "1", "--steps", steps])
             .chain(["--eval-every", "50"])
             .chain(extra.iter().copied())
             .map(String::from)
@@ -269,6 +275,7 @@ fn interrupted_runs_resume_bit_exactly(extra: &[&str]) {
     let o = Command::new(env!("CARGO_BIN_EXE_bptt")).args(args(&straight, "400")).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let run = d.path().join("run");
+    let mut interrupted = 0;
     for (k, (sig, code)) in [("-TERM", 143), ("-HUP", 129)].into_iter().enumerate() {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_bptt"));
         if k == 0 {
@@ -292,7 +299,9 @@ fn interrupted_runs_resume_bit_exactly(extra: &[&str]) {
         }
         assert_eq!(o.status.code(), Some(code), "{sig}: {err}");
         assert!(err.contains("checkpoint saved") && err.contains("--resume"), "{err}");
+        interrupted += 1;
     }
+    assert!(interrupted > 0, "{extra:?}: the run ended before a signal reached it");
     let o = bptt(&["train", "--resume", run.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     for f in ["model.safetensors", "checkpoint.safetensors"] {

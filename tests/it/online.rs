@@ -91,11 +91,12 @@ fn uoro_is_unbiased() {
 }
 
 /// SnAp-1 keeps the influence entries one step reaches: with a diagonal W_hh (each unit feeds
-/// only itself) that is all of them, so it equals RTRL; with a full W_hh it is an approximation
-/// that differs.
+/// only itself, in every gate) that is all of them, so it equals RTRL, for every cell (the
+/// GRU and LSTM by the per-unit form of `online/snap.rs`); with a full W_hh it is an
+/// approximation that differs.
 #[test]
 fn snap1_equals_rtrl_where_the_influence_is_diagonal() {
-    for cell in [CellKind::RnnTanh, CellKind::RnnRelu] {
+    for cell in CellKind::ALL {
         let mut p = Problem::new(cell, 1, Mode::ManyToManyCe, false, 2, 5, 7301);
         let (_, full_rtrl) = online_gradient(&p, Method::Rtrl);
         let (_, full_snap) = online_gradient(&p, Method::Snap1);
@@ -103,7 +104,7 @@ fn snap1_equals_rtrl_where_the_influence_is_diagonal() {
         let info = p.net.param("rnn.weight_hh_l0").unwrap().clone();
         let h = info.shape[1];
         for (k, w) in info.of_mut(&mut p.params).iter_mut().enumerate() {
-            if k / h != k % h {
+            if (k / h) % h != k % h {
                 *w = 0.0;
             }
         }
