@@ -62,6 +62,8 @@ def main():
     p.add_argument("--zoneout-h", type=float, default=0.0,
                    help="zoneout of h in both systems (PyTorch: an eager per-step cell loop, it has none)")
     p.add_argument("--zoneout-c", type=float, default=0.0, help="zoneout of c (LSTM) in both systems")
+    p.add_argument("--precision", default="f32", choices=["f32", "bf16"],
+                   help="bf16: bptt --precision bf16 beside PyTorch's bf16 autocast")
     p.add_argument("--config", action="append", default=[], metavar="CELL,H,L,B,T",
                    help="run these configs instead of the suite (repeatable)")
     a = p.parse_args()
@@ -79,7 +81,8 @@ def main():
                 "--steps", steps, "--threads", str(a.threads)] + (["--bidirectional"] if a.bidirectional else []) \
             + (["--proj-size", str(a.proj_size)] if a.proj_size else []) + (["--layer-norm"] if a.layer_norm else []) \
             + (["--zoneout-h", str(a.zoneout_h)] if a.zoneout_h else []) \
-            + (["--zoneout-c", str(a.zoneout_c)] if a.zoneout_c else [])
+            + (["--zoneout-c", str(a.zoneout_c)] if a.zoneout_c else []) \
+            + (["--precision", a.precision] if a.precision != "f32" else [])
         ours, theirs, before = [], [], []
         for r in range(a.rounds):
             print(f"{cell} H={h} L={l} B={b} T={t}: round {r + 1}/{a.rounds}", file=sys.stderr)

@@ -110,7 +110,7 @@ class ZoneoutRnn(nn.Module):
 
 
 def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=0.0, bidirectional=False,
-          proj_size=0, layer_norm=False, zoneout_h=0.0, zoneout_c=0.0):
+          proj_size=0, layer_norm=False, zoneout_h=0.0, zoneout_c=0.0, precision="f32"):
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     kind = {"lstm": nn.LSTM, "gru": nn.GRU}.get(cell)
@@ -137,15 +137,20 @@ def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=
              for k in range(layers)}
         return torch.func.functional_call(rnn, w, (x, state))
 
+    # bf16: PyTorch's CPU autocast (bf16 matmuls through oneDNN, f32 master weights and Adam),
+    # beside `bptt --precision bf16`.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+
     def step():
         nonlocal state
         x = torch.randint(0, v, (t, b))
         y = torch.randint(0, v, (t * b,))
-        out, state = run_rnn(drop(model["encoder"](x)), state)
-        out = drop(out)
-        # (As `bptt bench --bidirectional`: a bidirectional net's state is not carried.)
-        state = None if bidirectional else tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-        loss = nn.functional.cross_entropy(model["decoder"](out).view(-1, v), y)
+        with autocast:
+            out, state = run_rnn(drop(model["encoder"](x)), state)
+            out = drop(out)
+            # (As `bptt bench --bidirectional`: a bidirectional net's state is not carried.)
+            state = None if bidirectional else tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+            loss = nn.functional.cross_entropy(model["decoder"](out).view(-1, v).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -164,7 +169,7 @@ def bench(cell, h, layers, b, t, e, v, steps, threads, dropout=0.0, weight_drop=
         "ms_per_step": round(dt * 1e3, 3), "gflops": round(flops_per_token(cell, h, layers, e, v, d) * tps / 1e9, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "cpu": cpu_model(),
         "dropout": dropout, "weight_drop": weight_drop, "bidirectional": bidirectional, "proj_size": proj_size,
-        "layer_norm": layer_norm, "zoneout_h": zoneout_h, "zoneout_c": zoneout_c,
+        "layer_norm": layer_norm, "zoneout_h": zoneout_h, "zoneout_c": zoneout_c, "precision": precision,
     }
 
 
@@ -186,10 +191,11 @@ p.add_argument("--proj-size", type=int, default=0)
 p.add_argument("--layer-norm", action="store_true")
 p.add_argument("--zoneout-h", type=float, default=0.0)
 p.add_argument("--zoneout-c", type=float, default=0.0)
+p.add_argument("--precision", default="f32", choices=["f32", "bf16"])
 a = p.parse_args()
 configs = SUITE if a.suite else [(a.cell, a.hidden, a.layers, a.batch, a.seq_len)]
 for cell, h, layers, b, t in configs:
     steps = 50 if (a.suite and b == 1) else a.steps
     out = bench(cell, h, layers, b, t, a.embedding_dim, a.vocab, steps, a.threads, a.dropout, a.weight_drop,
-                a.bidirectional, a.proj_size, a.layer_norm, a.zoneout_h, a.zoneout_c)
+                a.bidirectional, a.proj_size, a.layer_norm, a.zoneout_h, a.zoneout_c, a.precision)
     print(json.dumps(out), flush=True)

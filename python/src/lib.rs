@@ -114,8 +114,8 @@ impl CharLM {
         momentum = None, weight_decay = None, lr_schedule = "constant", warmup = 0,
         clip_norm = 5.0, clip_value = None, steps = None, epochs = None, val_fraction = 0.1,
         seed = 1337, max_bad_steps = 10, abort_loss_factor = None, dropout = 0.0,
-        locked_dropout = 0.0, weight_drop = 0.0, online = None, eval_every = 200, threads = None,
-        callback = None
+        locked_dropout = 0.0, weight_drop = 0.0, online = None, precision = "f32", eval_every = 200,
+        threads = None, callback = None
     ))]
     fn train(
         py: Python<'_>,
@@ -146,6 +146,7 @@ impl CharLM {
         locked_dropout: f64,
         weight_drop: f64,
         online: Option<String>,
+        precision: &str,
         eval_every: u64,
         threads: Option<usize>,
         callback: Option<Py<PyAny>>,
@@ -194,6 +195,7 @@ impl CharLM {
             locked_dropout: locked_dropout > 0.0,
             weight_drop,
             online,
+            precision: precision.parse().map_err(py_err)?,
         };
         cfg.validate().map_err(py_err)?;
         let per_epoch = cfg.updates_per_epoch(ids.len()).map_err(py_err)? as u64;

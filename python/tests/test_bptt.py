@@ -72,6 +72,24 @@ def test_online_training_equals_the_cli_bit_for_bit(tmp_path):
         bptt.CharLM.train(text, steps=1, online="snap", batch=4, **small)
 
 
+def test_bf16_training_equals_the_cli_bit_for_bit(tmp_path):
+    """CharLM.train(precision="bf16") is `bptt train --precision bf16` (f32 where the CPU lacks
+    AVX512-BF16); an unknown precision is a ValueError."""
+    text = corpus()
+    (tmp_path / "t.txt").write_text(text)
+    m = bptt.CharLM.train(text, steps=5, seed=3, precision="bf16", **SMALL)
+    args = [cli(), "train", "--text", str(tmp_path / "t.txt"), "--out", str(tmp_path / "run"), "--steps", "5",
+            "--seed", "3", "--precision", "bf16"]
+    for k, v in SMALL.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    subprocess.run(args, check=True, capture_output=True)
+    ours, theirs = m.state_dict(), bptt.load_state_dict(tmp_path / "run" / "model.safetensors")
+    for k in ours:
+        assert np.array_equal(ours[k], theirs[k]), k
+    with pytest.raises(ValueError, match="f32 or bf16"):
+        bptt.CharLM.train(text, steps=1, precision="f16", **SMALL)
+
+
 def test_a_saved_model_loads_in_the_cli_and_back(tmp_path):
     m = bptt.CharLM.train(corpus(), steps=3, **SMALL)
     path = tmp_path / "m.safetensors"

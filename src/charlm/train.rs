@@ -81,6 +81,11 @@ pub struct TrainConfig {
     /// (that many updates). `None`: truncated BPTT.
     #[serde(default)]
     pub online: Option<String>,
+    /// The precision of the training passes' products (`--precision`): f32, or bf16 operands
+    /// with f32 accumulation where the CPU has AVX512-BF16 (f32 elsewhere). Validation, the
+    /// weights and the optimizer stay f32.
+    #[serde(default)]
+    pub precision: crate::kernels::Precision,
 }
 
 impl TrainConfig {
@@ -111,6 +116,7 @@ impl TrainConfig {
             locked_dropout: false,
             weight_drop: 0.0,
             online: None,
+            precision: crate::kernels::Precision::F32,
         }
     }
 
@@ -385,6 +391,7 @@ impl Trainer {
         let mut tbptt = Tbptt::with_checkpoints(&model.net, cfg.k1, cfg.seq_len, local, threads, cfg.checkpoint_every)?;
         // Allocates the masks now, not in the training loop.
         tbptt.set_dropout(cfg.dropout_at(0, group.rank()))?;
+        tbptt.set_precision(cfg.precision);
         // One bucket per layer and one for the readout.
         let reducer = group.reducer(model.params.len(), cfg.model.layers + 1);
         tbptt.workspace_mut().set_grad_ready(reducer.hook());

@@ -79,6 +79,10 @@ pub struct Args {
     /// LSTM: zoneout Z on c (as `train --zoneout-c`).
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = super::finite)]
     zoneout_c: f64,
+    /// f32, or bf16: the large products' operands rounded to bf16, f32 accumulation (on CPUs
+    /// with AVX512-BF16; f32 elsewhere).
+    #[arg(long, default_value = "f32", value_name = "f32|bf16")]
+    precision: String,
 }
 
 /// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
@@ -92,6 +96,18 @@ fn gemm_peak(threads: usize, json: bool) -> Result<()> {
         )?;
     } else {
         super::outln!("f32 FMA peak (registers only), {threads} threads: {fma:.1} GFLOP/s")?;
+    }
+    let bf16 = bptt::kernels::machine::bf16_peak(threads);
+    match (bf16, json) {
+        (Some(p), true) => super::outln!(
+            "{}",
+            serde_json::json!({"system": "bf16-peak", "threads": threads, "gflops": (p * 10.0).round() / 10.0, "cpu": cpu_model()})
+        )?,
+        (Some(p), false) => {
+            super::outln!("bf16 dot-product peak (vdpbf16ps, registers only), {threads} threads: {p:.1} GFLOP/s")?
+        }
+        (None, false) => super::outln!("bf16: this CPU has no AVX512-BF16 (the bf16 kernel runs a scalar loop)")?,
+        (None, true) => {}
     }
     for n in [256usize, 512, 1024, 2048] {
         let a: Vec<f32> = (0..n * n).map(|k| (k % 7) as f32 * 0.1).collect();
@@ -113,6 +129,31 @@ fn gemm_peak(threads: usize, json: bool) -> Result<()> {
             best = best.min(t0.elapsed().as_secs_f64() / reps as f64);
         }
         let gflops = 2.0 * (n * n * n) as f64 / best / 1e9;
+        // The bf16 kernel on one thread beside the crate on one (operands packed beforehand, as
+        // weights are once per update).
+        let one_thread = time_gemm(reps, || {
+            bptt::kernels::gemm(
+                bptt::kernels::MatMut::rows(&mut c, n, n),
+                bptt::kernels::Mat::rows(&a, n, n),
+                bptt::kernels::Mat::rows(&b, n, n),
+                false,
+                1,
+            )
+        });
+        let (mut pa, mut pb) = (bptt::kernels::bf16::PackedA::new(n, n), bptt::kernels::bf16::PackedB::new(n, n));
+        pa.pack(bptt::kernels::Mat::rows(&a, n, n));
+        pb.pack(bptt::kernels::Mat::rows(&b, n, n));
+        let bf16_time =
+            time_gemm(reps, || bptt::kernels::bf16::gemm(bptt::kernels::MatMut::rows(&mut c, n, n), &pa, &pb, false));
+        let (g1, gb) = (2.0 * (n * n * n) as f64 / one_thread / 1e9, 2.0 * (n * n * n) as f64 / bf16_time / 1e9);
+        if json {
+            super::outln!(
+                "{}",
+                serde_json::json!({"system": "bf16-kernel", "n": n, "threads": 1, "gflops": (gb * 10.0).round() / 10.0, "f32_gemm_crate_1_thread": (g1 * 10.0).round() / 10.0, "cpu": cpu_model()})
+            )?;
+        } else {
+            super::outln!("bf16 kernel {n}x{n}x{n}, 1 thread: {gb:.1} GFLOP/s (gemm f32, 1 thread: {g1:.1})")?;
+        }
         if json {
             super::outln!(
                 "{}",
@@ -123,6 +164,19 @@ fn gemm_peak(threads: usize, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The best of 3 timings of `reps` calls of `f`, seconds per call.
+fn time_gemm(reps: usize, mut f: impl FnMut()) -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        best = best.min(t0.elapsed().as_secs_f64() / reps as f64);
+    }
+    best
 }
 
 /// The BENCHMARKS.md table: (cell, H, L, B, T).
@@ -206,6 +260,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.wavefront != "auto" {
         ws.set_wavefront(a.wavefront == "on");
     }
+    let precision: bptt::kernels::Precision = a.precision.parse()?;
+    ws.set_precision(precision);
     let mut ck = match k {
         0 => None,
         k => Some(bptt::CheckpointedBptt::<f32>::new(&net, k, a.batch, threads).map_err(memory::hint(HINT))?),
@@ -306,6 +362,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "layer_norm": a.layer_norm,
         "zoneout_h": a.zoneout_h,
         "zoneout_c": a.zoneout_c,
+        "precision": precision.effective::<f32>().name(),
         "parts_per_thread": parts_run,
         "thread_share": share,
     });
@@ -313,13 +370,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
         super::outln!("{line}")?;
     } else {
         super::outln!(
-            "{} H={} L={} B={} T={} threads={}: {:.0} tokens/s, {:.2} ms/step, {:.1} GFLOP/s, peak RSS {:.1} MB, activations {:.1} MB, parts per thread {}",
+            "{} H={} L={} B={} T={} threads={} {}: {:.0} tokens/s, {:.2} ms/step, {:.1} GFLOP/s, peak RSS {:.1} MB, activations {:.1} MB, parts per thread {}",
             cell.name(),
             a.hidden,
             a.layers,
             a.batch,
             a.seq_len,
             threads,
+            precision.effective::<f32>().name(),
             tokens_per_s,
             ms,
             gflops,

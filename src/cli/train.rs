@@ -148,6 +148,11 @@ pub struct Args {
     /// (exact real-time recurrent learning; tiny models only). A step is --seq-len characters.
     #[arg(long, value_name = "snap|uoro|rtrl", conflicts_with_all = ["resume", "tbptt"])]
     online: Option<String>,
+    /// f32, or bf16: the training passes' large products take bf16 operands with f32
+    /// accumulation (CPUs with AVX512-BF16; f32 elsewhere). Weights, optimizer and validation
+    /// stay f32.
+    #[arg(long, default_value = "f32", value_name = "f32|bf16", conflicts_with = "resume")]
+    precision: String,
     /// Start a fresh run even if --out already holds run files (they are replaced).
     #[arg(long, conflicts_with = "resume")]
     force: bool,
@@ -288,6 +293,7 @@ fn fresh(a: &Args, threads: usize, group: &Arc<Group>) -> Result<Setup> {
         locked_dropout: a.locked_dropout > 0.0,
         weight_drop: a.weight_drop,
         online: a.online.clone(),
+        precision: a.precision.parse()?,
     };
     cfg.validate()?;
     cfg.steps = total_steps(&cfg, ids.len(), a.steps, a.epochs)?.unwrap_or(cfg.updates_per_epoch(ids.len())? as u64);

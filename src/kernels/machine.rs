@@ -91,6 +91,50 @@ pub fn fma_peak(threads: usize) -> f64 {
     best
 }
 
+/// The bf16 peak in GFLOP/s (products of bf16 pairs summed into f32, AVX512-BF16's
+/// `vdpbf16ps` on registers, every thread at once, best of 3), or `None` without the
+/// instruction. Counted as [`fma_peak`] counts: two FLOPs per multiply-add.
+pub fn bf16_peak(threads: usize) -> Option<f64> {
+    if !super::bf16::native() {
+        return None;
+    }
+    const ITERS: usize = 20_000_000;
+    // 8 vectors of 32 multiply-adds per round.
+    let flops = (2 * 8 * 32 * ITERS) as f64 * threads.max(1) as f64;
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for k in 0..threads.max(1) {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX-512F and AVX512-BF16 (`native` above).
+                s.spawn(move || std::hint::black_box(unsafe { dpbf16_loop(ITERS, std::hint::black_box(k as u32)) }));
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (s, k);
+            }
+        });
+        best = best.max(flops / t0.elapsed().as_secs_f64() / 1e9);
+    }
+    Some(best)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn dpbf16_loop(iters: usize, seed: u32) -> f32 {
+    use std::arch::x86_64::*;
+    // Small values (bf16 of 2^-10 and 2^-20): the sums stay finite however long the loop.
+    let a: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(0x3a80_3a80_u32.wrapping_add(seed) as i32)) };
+    let b: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(0x3580_3580)) };
+    let mut acc = [_mm512_setzero_ps(); 8];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_dpbf16_ps(*v, a, b);
+        }
+    }
+    let sum = acc.iter().fold(_mm512_setzero_ps(), |s, &v| _mm512_add_ps(s, v));
+    _mm512_reduce_add_ps(sum)
+}
+
 /// `iters` rounds of 8 vectors' independent fused multiply-adds on registers (no memory
 /// traffic): AVX-512 (16 lanes) or AVX2 + FMA (8 lanes) where the CPU has them; returns the sum
 /// of the accumulators (so nothing is optimised away) and the multiply-adds per round.

@@ -5,6 +5,7 @@
 //! Matrices are row-major slices described by [`Mat`]/[`MatMut`] views with explicit strides,
 //! so a transpose is a free view (`.t()`), never a copy.
 
+pub mod bf16;
 pub mod machine;
 pub mod math;
 pub(crate) mod parts;
@@ -259,6 +260,206 @@ fn gemm_one<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
         );
     }
     IN_GEMM.with(|f| f.set(false));
+}
+
+/// The precision of the large products (`--precision`): f32 throughout, or bf16 operands with
+/// f32 accumulation (`bf16`), which f32 data take where the CPU has AVX512-BF16. Weights,
+/// gradients, optimizer state and the cells' math stay f32 either way, as does f64 data (the
+/// gradient checks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 products (the GEMM crate).
+    #[default]
+    F32,
+    /// bf16 operands, f32 accumulation ([`bf16`]).
+    Bf16,
+}
+
+impl Precision {
+    /// `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// What products of `F` data run in on this CPU: bf16 only for f32 data where the CPU has
+    /// the instruction (else f32: a clean fall-back, never a slow emulation).
+    pub fn effective<F: Float>(self) -> Precision {
+        if self == Precision::Bf16 && F::NAME == "f32" && bf16::native() { Precision::Bf16 } else { Precision::F32 }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(crate::Error::Config(format!("`precision` takes f32 or bf16, got '{other}'"))),
+        }
+    }
+}
+
+/// A product's right operand: a plain view, or (bf16) one packed beforehand — weights read
+/// at every step are packed once per pass.
+#[derive(Clone, Copy)]
+pub enum Operand<'a, F> {
+    /// Read as it is (packed on the fly under bf16).
+    Plain(Mat<'a, F>),
+    /// Packed bf16 (f32 data only).
+    Packed(&'a bf16::PackedB),
+}
+
+/// The f32 view of an `F` view when F is f32.
+fn as_f32<F: Float>(m: Mat<'_, F>) -> Option<Mat<'_, f32>> {
+    (F::NAME == "f32").then(|| {
+        // SAFETY: F is f32 (its name says so; `Float` is implemented for f32 and f64 only).
+        let data = unsafe { std::slice::from_raw_parts(m.data.as_ptr().cast::<f32>(), m.data.len()) };
+        Mat { data, rows: m.rows, cols: m.cols, rs: m.rs, cs: m.cs }
+    })
+}
+
+/// The f32 view of an `F` view when F is f32.
+fn as_f32_mut<F: Float>(m: MatMut<'_, F>) -> Option<MatMut<'_, f32>> {
+    (F::NAME == "f32").then(|| MatMut {
+        data: m.data.cast::<f32>(),
+        rows: m.rows,
+        cols: m.cols,
+        rs: m.rs,
+        cs: m.cs,
+        _borrow: PhantomData,
+    })
+}
+
+thread_local! {
+    /// Each thread's packing scratch for bf16 products: it grows to the largest tile the
+    /// thread has packed and is reused.
+    static PACKS: std::cell::RefCell<(bf16::PackedA, bf16::PackedB)> = std::cell::RefCell::default();
+}
+
+/// [`gemm`] in `precision` (see [`Precision::effective`]): under bf16, each tile's operands are
+/// rounded and packed on the fly (the same tiles as f32, so results do not depend on the thread
+/// count either).
+pub fn gemm_at<F: Float>(
+    precision: Precision,
+    c: MatMut<'_, F>,
+    a: Mat<'_, F>,
+    b: Mat<'_, F>,
+    accumulate: bool,
+    threads: usize,
+) {
+    gemm_w(precision, c, a, Operand::Plain(b), accumulate, threads)
+}
+
+/// [`gemm_at`] with a right operand that may be packed already.
+///
+/// # Panics
+/// If the shapes disagree, or a packed operand meets f64 data (internal invariants).
+pub fn gemm_w<F: Float>(
+    precision: Precision,
+    c: MatMut<'_, F>,
+    a: Mat<'_, F>,
+    b: Operand<'_, F>,
+    accumulate: bool,
+    threads: usize,
+) {
+    let b = match b {
+        Operand::Plain(b) if precision.effective::<F>() == Precision::F32 => {
+            return gemm(c, a, b, accumulate, threads);
+        }
+        Operand::Plain(b) => Operand::Plain(as_f32(b).unwrap_or_else(|| unreachable!("bf16 runs on f32 data"))),
+        Operand::Packed(p) => Operand::Packed(p),
+    };
+    let (Some(c), Some(a)) = (as_f32_mut(c), as_f32(a)) else { unreachable!("bf16 products run on f32 data only") };
+    gemm_bf16(c, a, b, accumulate, threads);
+}
+
+/// A product with `b` as given: a plain operand in the data's own precision, a packed one in
+/// bf16 (see [`gemm_w`]).
+pub fn gemm_op<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Operand<'_, F>, accumulate: bool, threads: usize) {
+    gemm_w(Precision::F32, c, a, b, accumulate, threads)
+}
+
+/// Packs `b` ((k, n)) into `dst` in bf16 when F is f32 (else leaves `dst` as it is): the weights
+/// a pass reads at every step, packed once.
+pub fn pack_b<F: Float>(dst: &mut bf16::PackedB, b: Mat<'_, F>) {
+    if let Some(b) = as_f32(b) {
+        dst.reshape(b.rows, b.cols);
+        dst.pack(b);
+    }
+}
+
+/// The bf16 product on [`gemm`]'s tiles (cut at 16-wide blocks: whole panels of a packed B),
+/// each tile's A rows (and a plain B's columns) packed in the thread's scratch.
+fn gemm_bf16(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Operand<'_, f32>, accumulate: bool, threads: usize) {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    let (bk, bn) = match b {
+        Operand::Plain(b) => (b.rows, b.cols),
+        Operand::Packed(p) => p.shape(),
+    };
+    assert!(a.rows == m && bk == k && bn == n, "bf16 gemm shape mismatch: ({m}x{n}) = ({}x{k}) * ({bk}x{bn})", a.rows);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let tile = |ct: MatMut<'_, f32>, r0: usize, c0: usize| {
+        let (rows, cols) = (ct.rows, ct.cols);
+        PACKS.with(|packs| {
+            let (pa, pb) = &mut *packs.borrow_mut();
+            pa.reshape(rows, k);
+            pa.pack(a.sub_rows(r0, rows));
+            match b {
+                Operand::Plain(b) => {
+                    pb.reshape(k, cols);
+                    pb.pack(b.t().sub_rows(c0, cols).t());
+                    bf16::gemm_cols(ct, pa, pb, 0, accumulate);
+                }
+                Operand::Packed(p) => bf16::gemm_cols(ct, pa, p, c0, accumulate),
+            }
+        });
+    };
+    let (pm, pn) = tile_grid(m, n, k);
+    if pm * pn == 1 {
+        return tile(c, 0, 0);
+    }
+    // The tiles share the operands: all of A (and a plain B) is packed once, in parts on the
+    // team, into this thread's scratch; then the tiles run on it.
+    PACKS.with(|packs| {
+        let (pa, pb) = &mut *packs.borrow_mut();
+        let pairs = k.div_ceil(2);
+        pa.reshape(m, k);
+        let blocks = m.div_ceil(16).min(team::MAX_PARTS);
+        let mut rows = parts::chunks(pa.rows_mut(0, m), blocks, |p| parts::range(m, blocks, 16, p).0 * pairs);
+        team::for_each_mut(threads, &mut rows[..blocks], |p, out| {
+            let (r0, r1) = parts::range(m, blocks, 16, p);
+            bf16::pack_a(out, a.sub_rows(r0, r1 - r0));
+        });
+        let packed_b: &bf16::PackedB = match b {
+            Operand::Packed(p) => p,
+            Operand::Plain(b) => {
+                pb.reshape(k, n);
+                let panels = n.div_ceil(16);
+                let blocks = panels.min(team::MAX_PARTS);
+                let at = |p: usize| parts::range(panels, blocks, 1, p).0;
+                let mut cols = parts::chunks(pb.panels_mut(0, panels), blocks, |p| at(p) * pairs * 16);
+                team::for_each_mut(threads, &mut cols[..blocks], |p, out| {
+                    let (c0, c1) = (at(p) * 16, (at(p + 1) * 16).min(n));
+                    bf16::pack_b(out, b.t().sub_rows(c0, c1 - c0).t());
+                });
+                pb
+            }
+        };
+        let (pa, c) = (&*pa, SharedMat(c));
+        team::for_each(threads, pm * pn, |t| {
+            let ((r0, r1), (c0, c1)) = (parts::range(m, pm, 16, t / pn), parts::range(n, pn, 16, t % pn));
+            // SAFETY: tiles of one grid are disjoint blocks of C, and each tile runs once.
+            let ct = unsafe { c.block(r0, r1 - r0, c0, c1 - c0) };
+            bf16::gemm_block(ct, pa, r0, packed_b, c0, accumulate);
+        });
+    });
 }
 
 /// `dst` (cols, rows) = `src` (rows, cols)ᵀ, both row-major; in parts of `dst`'s rows (one per

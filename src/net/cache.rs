@@ -45,6 +45,9 @@ pub(crate) struct LayerCache<F> {
     pub zone_c: Vec<F>,
     pub zone_dh: Vec<F>,
     pub zone_dc: Vec<F>,
+    /// bf16 products (`Plan::precision`): W_hhᵀ (forward) or W_hh (backward) packed once per
+    /// pass for the per-step products of the row paths; empty otherwise (it grows on first use).
+    pub w_hh_pack: crate::kernels::bf16::PackedB,
 }
 
 /// The element counts of a layer cache's buffers for `cfg`, `t` steps and `b` rows, in the
@@ -105,6 +108,7 @@ impl<F: Float> LayerCache<F> {
             zone_c: next(),
             zone_dh: next(),
             zone_dc: next(),
+            w_hh_pack: Default::default(),
         }
     }
 

@@ -206,7 +206,7 @@ impl Net {
     }
 
     fn dims<F>(&self, plan: &Plan, ws: &Workspace<F>) -> Dims {
-        Dims::new(&self.config, plan.steps, ws.batch, plan.threads)
+        Dims::new(&self.config, plan.steps, ws.batch, plan.threads, plan.precision)
     }
 
     fn wave<'a>(
@@ -218,7 +218,7 @@ impl Net {
         w_hh_t: bool,
         lengths: &'a [usize],
     ) -> layer::wavefront::Wave<'a> {
-        let dims = Dims::new(&self.config, plan.steps, b, plan.threads);
+        let dims = Dims::new(&self.config, plan.steps, b, plan.threads, plan.precision);
         layer::wavefront::Wave { dims, units, chunk, w_hh_t, lengths }
     }
 }

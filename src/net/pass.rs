@@ -199,12 +199,12 @@ impl Net {
             top = d;
         }
         match cfg.head {
-            Head::PerStep => readout::forward(self, params, top, &mut logits[..n], plan.threads),
+            Head::PerStep => readout::forward(self, params, top, &mut logits[..n], plan.threads, plan.precision),
             Head::Pooled(pool) => {
                 let reverse = if cfg.bidirectional { cfg.state_width() } else { 0 };
                 let f = &mut feats[..b * cfg.readout_width()];
                 readout::pool(pool, top, &dims, &ws.lengths, reverse, f, &mut argmax);
-                readout::forward(self, params, f, &mut logits[..n], plan.threads);
+                readout::forward(self, params, f, &mut logits[..n], plan.threads, plan.precision);
             }
         }
         (ws.dropped, ws.logits, ws.features, ws.argmax) = (dropped, logits, feats, argmax);
@@ -243,12 +243,12 @@ impl Net {
         let hs = if plan.masked { &ws.dropped[slot..slot + steps * bo] } else { self.output(ws, last, steps) };
         let dlogits = &ws.dlogits[..cfg.readout_rows(steps, b) * cfg.output];
         match cfg.head {
-            Head::PerStep => readout::backward(self, params, grads, hs, dlogits, dh, plan.threads),
+            Head::PerStep => readout::backward(self, params, grads, hs, dlogits, dh, plan.threads, plan.precision),
             Head::Pooled(pool) => {
                 let w = b * cfg.readout_width();
                 let mut dfeats = std::mem::take(&mut ws.dfeatures);
                 let (feats, df) = (&ws.features[..w], &mut dfeats[..w]);
-                readout::backward(self, params, grads, feats, dlogits, df, plan.threads);
+                readout::backward(self, params, grads, feats, dlogits, df, plan.threads, plan.precision);
                 let last_half = if cfg.bidirectional { cfg.state_width() } else { 0 };
                 readout::unpool(pool, df, &dims, &ws.lengths, last_half, &ws.argmax, dh);
                 ws.dfeatures = dfeats;

@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::kernels::{parts, team};
+use crate::kernels::{Precision, parts, team};
 use crate::net::{Input, InputKind, NetConfig, Workspace};
 
 /// How the work of one layer's time loop is cut into parts.
@@ -77,6 +77,9 @@ pub(crate) struct Plan {
     /// Compute dL/dx of dense input.
     pub input_grad: bool,
     pub threads: usize,
+    /// The products' precision: the workspace's where this data and CPU run it
+    /// (`Precision::effective`).
+    pub precision: Precision,
 }
 
 impl Plan {
@@ -118,15 +121,21 @@ impl Plan {
         let (h, gh) = (cfg.hidden, cfg.cell.gates() * cfg.hidden);
         let lengths = !ws.lengths.is_empty();
         let zoneout = !cfg.zoneout.is_none();
+        // bf16 products read W_hh packed once per pass by the row paths (`layer/rows.rs`); a
+        // batch small enough for unit blocks (B = 1 …) keeps them and f32 instead, as bf16 whole
+        // steps ran slower there (LSTM H = 256, B = 1: 15k tokens/s against 19–33k).
+        let units = matches!(split(b, gh, h), Split::Units(_));
+        let precision = if units { Precision::F32 } else { ws.precision.effective::<F>() };
+        let bf16 = precision == Precision::Bf16;
         let split = match split(b, gh, h) {
             _ if cfg.proj_size > 0 => Split::Whole,
             // Every norm needs a whole row: row blocks, whole steps, never unit blocks. (So does
             // zoneout here: its blends run on the row paths, `layer/rows.rs`.)
-            Split::Units(_) if cfg.layer_norm || zoneout => Split::Whole,
+            Split::Units(_) if cfg.layer_norm || zoneout || bf16 => Split::Whole,
             split => split,
         };
-        let wavefront =
-            wavefront_units(cfg, b).filter(|_| ws.wavefront && !masked && !cfg.bidirectional && !whole && !zoneout);
+        let wavefront = wavefront_units(cfg, b)
+            .filter(|_| ws.wavefront && !masked && !cfg.bidirectional && !whole && !zoneout && !bf16);
         // A bidirectional layer with too few rows to cut into row blocks runs one direction per
         // part: no meeting per step (a unit split meets at every step).
         let pair = cfg.bidirectional && !whole && matches!(split, Split::Whole | Split::Units(_));
@@ -150,6 +159,7 @@ impl Plan {
             dh_norms,
             input_grad: ws.input_grad,
             threads: ws.threads,
+            precision,
         })
     }
 }

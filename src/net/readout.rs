@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result, check_len};
 use crate::float::Float;
-use crate::kernels::{self, Mat, MatMut, team};
+use crate::kernels::{self, Mat, MatMut, Precision, team};
 use crate::net::layer::Dims;
 use crate::net::{LossKind, Net, NetConfig, Pool, Pooling, Target, Targets};
 
@@ -110,11 +110,12 @@ pub(crate) fn unpool<F: Float>(
 }
 
 /// logits (rows, O) = bias + rows (rows, W) · W_outᵀ, W the readout width (H, or P·H pooled).
-pub(crate) fn forward<F: Float>(net: &Net, p: &[F], top: &[F], logits: &mut [F], threads: usize) {
+pub(crate) fn forward<F: Float>(net: &Net, p: &[F], top: &[F], logits: &mut [F], threads: usize, precision: Precision) {
     let (o, h) = (net.config.output, net.config.readout_width());
     let rows = logits.len() / o;
     kernels::fill_rows(logits, &p[net.b_out..net.b_out + o]);
-    kernels::gemm(
+    kernels::gemm_at(
+        precision,
         MatMut::rows(logits, rows, o),
         Mat::rows(top, rows, h),
         Mat::rows(&p[net.w_out..], o, h).t(),
@@ -229,6 +230,7 @@ fn cross_entropy<F: Float>(o: usize, z: &[F], dz: &mut [F], y: &[u32], mask: Opt
 }
 
 /// dW_out += dlogitsᵀ · rows, db_out += Σ rows of dlogits, drows = dlogits · W_out.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<F: Float>(
     net: &Net,
     p: &[F],
@@ -237,10 +239,12 @@ pub(crate) fn backward<F: Float>(
     dlogits: &[F],
     dtop: &mut [F],
     threads: usize,
+    precision: Precision,
 ) {
     let (o, h) = (net.config.output, net.config.readout_width());
     let rows = dlogits.len() / o;
-    kernels::gemm(
+    kernels::gemm_at(
+        precision,
         MatMut::rows(&mut grads[net.w_out..net.w_out + o * h], o, h),
         Mat::rows(dlogits, rows, o).t(),
         Mat::rows(top, rows, h),
@@ -248,7 +252,8 @@ pub(crate) fn backward<F: Float>(
         threads,
     );
     kernels::add_col_sums(&mut grads[net.b_out..net.b_out + o], dlogits, rows, o);
-    kernels::gemm(
+    kernels::gemm_at(
+        precision,
         MatMut::rows(dtop, rows, h),
         Mat::rows(dlogits, rows, o),
         Mat::rows(&p[net.w_out..], o, h),

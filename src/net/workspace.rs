@@ -58,6 +58,8 @@ pub struct Workspace<F> {
     pub(crate) record_dh_norms: bool,
     /// Run stacked layers as a wavefront where the sizes allow (net/layer/wavefront.rs).
     pub(crate) wavefront: bool,
+    /// The precision of the products of the next passes (`set_precision`).
+    pub(crate) precision: crate::kernels::Precision,
     /// Dropout of the next forward passes (net/dropout.rs); the buffers below exist only then:
     /// (T, B, I) the first layer's input mask, (L, T, B, D·H) each layer's output mask and the
     /// dropped outputs (slot k feeds layer k + 1; the top slot feeds the readout).
@@ -164,6 +166,7 @@ impl<F: Float> Workspace<F> {
             mask_h: Vec::new(),
             dropped: Vec::new(),
             wavefront: crate::net::plan::wavefront_by_default::<F>(cfg),
+            precision: crate::kernels::Precision::F32,
             grad_ready: GradHook::default(),
         }
     }
@@ -234,6 +237,15 @@ impl<F: Float> Workspace<F> {
     /// way, do not depend on the thread count. It applies from the next forward pass on.
     pub fn set_wavefront(&mut self, on: bool) {
         self.wavefront = on;
+    }
+
+    /// The precision of the passes' large products (`--precision`): `Bf16` rounds their
+    /// operands to bf16 and accumulates in f32 (`kernels::bf16`) where the data are f32 and the
+    /// CPU has AVX512-BF16, else runs f32 (see [`crate::kernels::Precision::effective`]).
+    /// Weights, gradients, the cells' math and the loss stay f32; results still do not depend
+    /// on the thread count. It applies from the next forward pass on.
+    pub fn set_precision(&mut self, precision: crate::kernels::Precision) {
+        self.precision = precision;
     }
 
     /// Sets (or with `None` clears) dropout for the following forward passes; a training loop

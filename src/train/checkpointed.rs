@@ -56,6 +56,11 @@ impl<F: Float> CheckpointedBptt<F> {
         })
     }
 
+    /// The precision of the segments' products (see [`Workspace::set_precision`]).
+    pub fn set_precision(&mut self, precision: crate::kernels::Precision) {
+        self.ws.set_precision(precision);
+    }
+
     /// Sets (or clears) dropout for the next runs (see [`Workspace::set_dropout`]). Segment s
     /// draws per-step masks from a seed of its own; locked masks are the same in every
     /// segment, so a locked run equals plain BPTT with the same dropout.

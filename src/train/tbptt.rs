@@ -170,6 +170,14 @@ impl<F: Float> Tbptt<F> {
         }
     }
 
+    /// The precision of the windows' products (see [`Workspace::set_precision`]).
+    pub fn set_precision(&mut self, precision: crate::kernels::Precision) {
+        self.ws.set_precision(precision);
+        if let Some(ck) = &mut self.checkpointed {
+            ck.set_precision(precision);
+        }
+    }
+
     /// Mutable access to the workspace settings (threads, recording).
     pub fn workspace_mut(&mut self) -> &mut Workspace<F> {
         &mut self.ws

@@ -140,3 +140,39 @@ fn an_online_snap_step_does_not_allocate_after_warm_up() {
         assert_eq!(ours() - before, 0, "{cell}: an online SnAp-1 step allocated");
     }
 }
+
+/// bf16 products (`Precision::Bf16`): their packing scratch (W_hh once per pass, each tile's
+/// operands) is sized on the first pass and reused — nothing is allocated after it.
+#[test]
+fn bf16_passes_do_not_allocate_after_warm_up() {
+    for (cell, b) in [(CellKind::Lstm, 32), (CellKind::Gru, 4)] {
+        let cfg = NetConfig {
+            cell,
+            input: InputKind::Tokens { vocab: 7, embedding_dim: 5 },
+            hidden: 64,
+            layers: 2,
+            output: 7,
+            loss: LossKind::CrossEntropy,
+            head: Head::PerStep,
+            bidirectional: false,
+            proj_size: 0,
+            layer_norm: false,
+            zoneout: bptt::Zoneout::NONE,
+        };
+        let net = Net::new(cfg).unwrap();
+        let params = net.init_params::<f32>(1);
+        let mut grads = vec![0.0f32; net.num_params()];
+        let mut ws = net.workspace::<f32>(10, b, 1).unwrap();
+        ws.set_precision(bptt::kernels::Precision::Bf16);
+        let ids: Vec<u32> = (0..10 * b).map(|k| (k % 7) as u32).collect();
+        let mut run = || {
+            net.forward(&params, &mut ws, Input::Tokens(&ids), Some(Targets::classes(&ids)), None).unwrap();
+            net.backward(&params, &mut ws, &mut grads).unwrap();
+        };
+        run();
+        let before = ours();
+        run();
+        run();
+        assert_eq!(ours() - before, 0, "{cell} B={b}: a bf16 pass allocated");
+    }
+}

@@ -121,6 +121,7 @@ fn impossible_flags() {
     run(&["--online", "snap", "--layer-norm"], "plain cells");
     run(&["--online", "snap", "--tbptt", "5:10"], "cannot be used with");
     run(&["--online", "rtrl"], "GFLOP per character");
+    run(&["--precision", "f16"], "f32 or bf16");
     fails(&["train", "--text", t, "--out", o, "--steps", "0"], "at least 1");
     fails(&["train", "--text", t, "--out", o, "--epochs", "0"], "at least 1");
     fails(&["train", "--resume", d.path().join("nothing").to_str().unwrap()], "no such run folder");

@@ -16,6 +16,7 @@ mod mpi;
 mod never_lose;
 mod online;
 mod optim;
+mod precision;
 mod reliability;
 mod seq;
 mod shakespeare;

@@ -36,6 +36,7 @@ class CharLM:
         locked_dropout: float = 0.0,
         weight_drop: float = 0.0,
         online: Optional[str] = None,
+        precision: str = "f32",
         eval_every: int = 200,
         threads: Optional[int] = None,
         callback: Optional[Callable[[int, dict], Optional[bool]]] = None,

@@ -17,7 +17,7 @@ use units::*;
 use crate::cell::{BackStep, CellKind, Step};
 use crate::float::Float;
 use crate::kernels::team::{self, Shared};
-use crate::kernels::{self, Mat, MatMut, parts};
+use crate::kernels::{self, Mat, MatMut, Operand, Precision, parts};
 use crate::net::plan::{Split, UNIT_ALIGN};
 use crate::net::workspace::LayerCache;
 use crate::net::zoneout;
@@ -48,12 +48,14 @@ pub(crate) struct Dims {
     /// T, the steps of this pass.
     pub steps: usize,
     pub threads: usize,
+    /// The precision of the pass's products (`Plan::precision`).
+    pub precision: Precision,
 }
 
 impl Dims {
-    pub(crate) fn new(cfg: &NetConfig, steps: usize, b: usize, threads: usize) -> Self {
+    pub(crate) fn new(cfg: &NetConfig, steps: usize, b: usize, threads: usize, precision: Precision) -> Self {
         let (h, hp, gh) = (cfg.hidden, cfg.state_width(), cfg.cell.gates() * cfg.hidden);
-        Dims { cell: cfg.cell, h, hp, gh, b, norm: cfg.layer_norm, steps, threads }
+        Dims { cell: cfg.cell, h, hp, gh, b, norm: cfg.layer_norm, steps, threads, precision }
     }
 }
 
@@ -117,6 +119,13 @@ pub(crate) fn forward<F: Float>(
 
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
     let w_hh_t = if pass.w_hh_t { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() }; // (H, G·H)
+    // bf16: W_hhᵀ packed once for every step's product (held apart from the cache meanwhile).
+    let mut packed = std::mem::take(&mut cache.w_hh_pack);
+    let bf16 = pass.dims.precision == Precision::Bf16;
+    if bf16 {
+        kernels::pack_b(&mut packed, w_hh_t);
+    }
+    let w_hh_t = operand(bf16, &packed, w_hh_t);
     let lstm = cell.has_cell_state();
     match pass.split {
         Split::Whole | Split::Tiles => {
@@ -149,7 +158,8 @@ pub(crate) fn forward<F: Float>(
         Split::Rows(parts) => {
             // Each part owns its batch rows for the whole pass: the parts never wait.
             let (bufs, w_t) = FwdBufs::new(cache, hproj);
-            let w_hh_t = if pass.w_hh_t { Mat::rows(w_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() };
+            let w_hh_t =
+                operand(bf16, &packed, if pass.w_hh_t { Mat::rows(w_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() });
             team::run(
                 threads,
                 parts,
@@ -176,6 +186,7 @@ pub(crate) fn forward<F: Float>(
             wavefront::forward_steps(lps, p, caches, hproj, table.as_ref(), wave);
         }
     }
+    cache.w_hh_pack = packed;
 }
 
 /// Token input's pre-activation rows: row (t, r) of `gates` starts as the folded table's row of
@@ -265,6 +276,13 @@ pub(crate) fn backward<F: Float>(
     let (bh, bgh, lengths) = (b * h, b * gh, pass.lengths);
     let Carry { dh_next, dc_next, mut dh_norms } = carry;
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
+    // bf16: W_hh packed once for every step's dh_{t−1} product.
+    let mut packed = std::mem::take(&mut cache.w_hh_pack);
+    let bf16 = pass.dims.precision == Precision::Bf16;
+    if bf16 {
+        kernels::pack_b(&mut packed, Mat::rows(w_hh, gh, h));
+    }
+    let w_op = if bf16 { Operand::Packed(&packed) } else { Operand::Plain(Mat::rows(w_hh, gh, h)) };
     match pass.split {
         Split::Whole | Split::Tiles => {
             let gemm_threads = if pass.split == Split::Tiles { threads } else { 1 };
@@ -290,7 +308,7 @@ pub(crate) fn backward<F: Float>(
                     zdh: &mut cache.zone_dh[..],
                     zdc: &mut cache.zone_dc[..],
                 };
-                backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows, gemm_threads, Ended { lengths, t, r0: 0 });
+                backward_rows(cell, h, gh, w_op, rows, gemm_threads, Ended { lengths, t, r0: 0 });
             }
         }
         Split::Rows(parts) => {
@@ -305,7 +323,7 @@ pub(crate) fn backward<F: Float>(
                     // SAFETY: as in `forward`: rows [r0, r1) of every buffer belong to this half.
                     let t = steps - 1 - k;
                     let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
-                    backward_rows(cell, h, gh, Mat::rows(w_hh, gh, h), rows, 1, Ended { lengths, t, r0 });
+                    backward_rows(cell, h, gh, w_op, rows, 1, Ended { lengths, t, r0 });
                 },
             );
         }
@@ -318,7 +336,7 @@ pub(crate) fn backward<F: Float>(
             wavefront::backward_steps(lps, p, caches, dh_next, dc_next, wave);
         }
     }
-
+    cache.w_hh_pack = packed;
     weight_grads(&pass.dims, lp, p, grads, cache, below);
 }
 
@@ -334,13 +352,14 @@ pub(crate) fn weight_grads<F: Float>(
     cache: &LayerCache<F>,
     below: Below<'_, F>,
 ) {
-    let Dims { cell, h, hp, gh, b, norm, steps, threads } = *dims;
+    let Dims { cell, h, hp, gh, b, norm, steps, threads, precision } = *dims;
     let n = steps * b;
     let dpre_x = &cache.gates[..n * gh]; // (T·B, G·H)
     let dpre_h = if cell.recurrent_apart() || norm { &cache.dgates_h[..n * gh] } else { dpre_x };
     let (g_lo, g_hi) = grads.split_at_mut(lp.w_hh);
     if let LayerInput::Rows(x) = below.x {
-        kernels::gemm(
+        kernels::gemm_at(
+            precision,
             MatMut::rows(&mut g_lo[lp.w_ih..lp.w_ih + gh * lp.input], gh, lp.input),
             Mat::rows(dpre_x, n, gh).t(),
             Mat::rows(x, n, lp.input),
@@ -349,7 +368,8 @@ pub(crate) fn weight_grads<F: Float>(
         );
     }
     // dW_hh (G·H, P) += dpreᵀ · h_{t−1} over all steps (P = H without a projection).
-    kernels::gemm(
+    kernels::gemm_at(
+        precision,
         MatMut::rows(&mut g_hi[..gh * hp], gh, hp),
         Mat::rows(dpre_h, n, gh).t(),
         Mat::rows(&cache.hs[..n * hp], n, hp),
@@ -358,7 +378,8 @@ pub(crate) fn weight_grads<F: Float>(
     );
     if hp != h {
         // dW_hr (P, H) += dhᵀ · m over all steps.
-        kernels::gemm(
+        kernels::gemm_at(
+            precision,
             MatMut::rows(&mut grads[lp.w_hr..lp.w_hr + hp * h], hp, h),
             Mat::rows(&cache.dh[..n * hp], n, hp).t(),
             Mat::rows(&cache.ms[..n * h], n, h),
@@ -371,7 +392,8 @@ pub(crate) fn weight_grads<F: Float>(
         kernels::add_col_sums(&mut grads[lp.b_hh..lp.b_hh + gh], dpre_h, n, gh);
     }
     if let Some(dx) = below.dx {
-        kernels::gemm(
+        kernels::gemm_at(
+            precision,
             MatMut::rows(dx, n, lp.input),
             Mat::rows(dpre_x, n, gh),
             Mat::rows(&p[lp.w_ih..], gh, lp.input),
@@ -379,4 +401,9 @@ pub(crate) fn weight_grads<F: Float>(
             threads,
         );
     }
+}
+
+/// W_hh (or its transpose) as the per-step products read it: packed bf16, or the view itself.
+fn operand<'a, F>(bf16: bool, packed: &'a kernels::bf16::PackedB, w: Mat<'a, F>) -> Operand<'a, F> {
+    if bf16 { Operand::Packed(packed) } else { Operand::Plain(w) }
 }

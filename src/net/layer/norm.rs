@@ -38,7 +38,8 @@ pub(super) fn forward<F: Float>(
     if let LayerInput::Rows(x) = x {
         let (x_hat, rstd_x) = (&mut cache.norm_x[..n * gh], &mut cache.rstd[..n]);
         let w_ih = Mat::rows(&p[lp.w_ih..], gh, lp.input).t();
-        kernels::gemm(MatMut::rows(x_hat, n, gh), Mat::rows(x, n, lp.input), w_ih, false, threads);
+        let precision = pass.dims.precision;
+        kernels::gemm_at(precision, MatMut::rows(x_hat, n, gh), Mat::rows(x, n, lp.input), w_ih, false, threads);
         let (b_ih, b_hh) = (&p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh]);
         let (xs, gs, rs) = (Shared::of(x_hat), Shared::of(&mut cache.gates[..n * gh]), Shared::of(rstd_x));
         in_row_parts(n, threads, |rows| {

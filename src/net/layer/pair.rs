@@ -42,7 +42,7 @@ pub(crate) fn forward_pair<'a, F: Float>(
             // SAFETY: part d touches only direction d's buffers (all rows of steps t and t + 1),
             // which no other part reads or writes.
             let mut rows = unsafe { bufs[d].rows(t, 0, b, b, h, gh) };
-            forward_rows(cell, h, b_hh, ws[d], &mut rows, 1, Ended { lengths, t, r0: 0 });
+            forward_rows(cell, h, b_hh, Operand::Plain(ws[d]), &mut rows, 1, Ended { lengths, t, r0: 0 });
         },
     );
 }
@@ -53,7 +53,7 @@ pub(super) fn project<F: Float>(d: &Dims, lp: &LayerParams, p: &[F], cache: &mut
     let gates = &mut cache.gates[..n * gh];
     fill_input_bias(d.cell, &p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh], gates);
     let w_ih = Mat::rows(&p[lp.w_ih..], gh, lp.input).t();
-    kernels::gemm(MatMut::rows(gates, n, gh), Mat::rows(x, n, lp.input), w_ih, true, d.threads);
+    kernels::gemm_at(d.precision, MatMut::rows(gates, n, gh), Mat::rows(x, n, lp.input), w_ih, true, d.threads);
 }
 
 /// Backward: both directions' time loops as two parts, then each one's weight gradients
@@ -84,7 +84,7 @@ pub(crate) fn backward_pair<F: Float>(
                 let w_hh = Mat::rows(&p[lps[d].w_hh..lps[d].w_hh + gh * h], gh, h);
                 // SAFETY: as in `forward_pair`: part d touches only direction d's buffers.
                 let rows = unsafe { bufs[d].rows(t, 0, b, b, h, gh) };
-                backward_rows(cell, h, gh, w_hh, rows, 1, Ended { lengths, t, r0: 0 });
+                backward_rows(cell, h, gh, Operand::Plain(w_hh), rows, 1, Ended { lengths, t, r0: 0 });
             },
         );
     }

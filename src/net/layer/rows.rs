@@ -24,7 +24,7 @@ pub(super) fn forward_rows<F: Float>(
     cell: CellKind,
     h: usize,
     b_hh: &[F],
-    w_hh_t: Mat<'_, F>,
+    w_hh_t: Operand<'_, F>,
     s: &mut FwdRows<'_, F>,
     threads: usize,
     ended: Ended<'_>,
@@ -38,10 +38,10 @@ pub(super) fn forward_rows<F: Float>(
         let hp: &[F] = if cell.recurrent_apart() {
             let hproj = &mut s.hproj[..r * gh];
             kernels::fill_rows(hproj, b_hh);
-            kernels::gemm(MatMut::rows(hproj, r, gh), Mat::rows(h_prev, r, h), w_hh_t, true, threads);
+            kernels::gemm_op(MatMut::rows(hproj, r, gh), Mat::rows(h_prev, r, h), w_hh_t, true, threads);
             hproj
         } else {
-            kernels::gemm(MatMut::rows(g, r, gh), Mat::rows(h_prev, r, h), w_hh_t, true, threads);
+            kernels::gemm_op(MatMut::rows(g, r, gh), Mat::rows(h_prev, r, h), w_hh_t, true, threads);
             &[]
         };
         let (c_prev, c, h_new) = (head(s.c_prev, n), head_mut(s.c, n), &mut s.h[..n]);
@@ -147,7 +147,7 @@ pub(super) fn backward_rows<F: Float>(
     cell: CellKind,
     h: usize,
     gh: usize,
-    w_hh: Mat<'_, F>,
+    w_hh: Operand<'_, F>,
     s: BwdRows<'_, F>,
     threads: usize,
     ended: Ended<'_>,
@@ -197,7 +197,7 @@ pub(super) fn backward_rows<F: Float>(
     let live = live_rows(ended.lengths, ended.t, ended.r0, r);
     if live > 0 {
         let (dh_next, dpre) = (&mut s.dh_next[..live * h], &dpre[..live * gh]);
-        kernels::gemm(MatMut::rows(dh_next, live, h), Mat::rows(dpre, live, gh), w_hh, gru, threads);
+        kernels::gemm_op(MatMut::rows(dh_next, live, h), Mat::rows(dpre, live, gh), w_hh, gru, threads);
     }
     if zoned_h {
         for run in ended.running(r) {

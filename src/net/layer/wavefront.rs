@@ -49,7 +49,8 @@ pub(crate) fn forward<F: Float>(
             let (lp, gates) = (&lps[0], &mut caches[0].gates[..steps * b * gh]);
             super::fill_input_bias(cell, &p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh], gates);
             let w_ih = Mat::rows(&p[lp.w_ih..], gh, lp.input).t();
-            kernels::gemm(MatMut::rows(gates, steps * b, gh), Mat::rows(x, steps * b, lp.input), w_ih, true, threads);
+            let (rows, precision) = (Mat::rows(x, steps * b, lp.input), wave.dims.precision);
+            kernels::gemm_at(precision, MatMut::rows(gates, steps * b, gh), rows, w_ih, true, threads);
             None
         }
         LayerInput::Table { table, tokens } => Some(TableRows { table, tokens, b, gh }),
