@@ -35,16 +35,21 @@ def corpus():
 SMALL = dict(hidden=16, embedding_dim=8, layers=2, batch=4, seq_len=16, threads=1)
 
 
+def cli_train(tmp_path, **flags):
+    """`bptt train --text tmp_path/t.txt --out tmp_path/run` with `flags` as --flags; the model's
+    state dict."""
+    args = [cli(), "train", "--text", str(tmp_path / "t.txt"), "--out", str(tmp_path / "run")]
+    for k, v in flags.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    subprocess.run(args, check=True, capture_output=True)
+    return bptt.load_state_dict(tmp_path / "run" / "model.safetensors")
+
+
 def test_train_equals_the_cli_bit_for_bit(tmp_path):
     text = corpus()
     (tmp_path / "t.txt").write_text(text)
     m = bptt.CharLM.train(text, steps=12, seed=5, **SMALL)
-    args = [cli(), "train", "--text", str(tmp_path / "t.txt"), "--out", str(tmp_path / "run"), "--steps", "12",
-            "--seed", "5"]
-    for k, v in SMALL.items():
-        args += ["--" + k.replace("_", "-"), str(v)]
-    subprocess.run(args, check=True, capture_output=True)
-    ours, theirs = m.state_dict(), bptt.load_state_dict(tmp_path / "run" / "model.safetensors")
+    ours, theirs = m.state_dict(), cli_train(tmp_path, steps=12, seed=5, **SMALL)
     assert ours.keys() == theirs.keys()
     for k in ours:
         assert np.array_equal(ours[k], theirs[k]), k
@@ -59,12 +64,7 @@ def test_online_training_equals_the_cli_bit_for_bit(tmp_path):
     (tmp_path / "t.txt").write_text(text)
     small = dict(hidden=16, embedding_dim=8, layers=2, seq_len=16, threads=1)
     m = bptt.CharLM.train(text, steps=6, seed=5, online="snap", **small)
-    args = [cli(), "train", "--text", str(tmp_path / "t.txt"), "--out", str(tmp_path / "run"), "--steps", "6",
-            "--seed", "5", "--online", "snap"]
-    for k, v in small.items():
-        args += ["--" + k.replace("_", "-"), str(v)]
-    subprocess.run(args, check=True, capture_output=True)
-    ours, theirs = m.state_dict(), bptt.load_state_dict(tmp_path / "run" / "model.safetensors")
+    ours, theirs = m.state_dict(), cli_train(tmp_path, steps=6, seed=5, online="snap", **small)
     for k in ours:
         assert np.array_equal(ours[k], theirs[k]), k
     assert [h["tokens"] for h in m.history] == [16 * (k + 1) for k in range(6)]
@@ -78,12 +78,7 @@ def test_bf16_training_equals_the_cli_bit_for_bit(tmp_path):
     text = corpus()
     (tmp_path / "t.txt").write_text(text)
     m = bptt.CharLM.train(text, steps=5, seed=3, precision="bf16", **SMALL)
-    args = [cli(), "train", "--text", str(tmp_path / "t.txt"), "--out", str(tmp_path / "run"), "--steps", "5",
-            "--seed", "3", "--precision", "bf16"]
-    for k, v in SMALL.items():
-        args += ["--" + k.replace("_", "-"), str(v)]
-    subprocess.run(args, check=True, capture_output=True)
-    ours, theirs = m.state_dict(), bptt.load_state_dict(tmp_path / "run" / "model.safetensors")
+    ours, theirs = m.state_dict(), cli_train(tmp_path, steps=5, seed=3, precision="bf16", **SMALL)
     for k in ours:
         assert np.array_equal(ours[k], theirs[k]), k
     with pytest.raises(ValueError, match="f32 or bf16"):

@@ -203,6 +203,37 @@ unsafe fn pack_rows_avx512(out: &mut [u32], a: &[f32], m: usize, k: usize, rs: u
     }
 }
 
+/// Words j = (x[j], y[j]) of two 16-lane lines, x at `src` and y `line` values further (zeros
+/// without `second`), the lanes of `mask` only (others 0), rounded to bf16, into `out` (16).
+///
+/// # Safety
+/// The CPU has AVX-512F/BW and AVX512-BF16; the masked lanes of both lines are readable.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+#[inline]
+unsafe fn pair_lines(src: *const f32, line: usize, second: bool, mask: std::arch::x86_64::__mmask16, out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    // Word j takes element j (the first line) low and element 16 + j (the second) high.
+    const ORDER: [i16; 32] = {
+        let mut o = [0i16; 32];
+        let mut e = 0;
+        while e < 32 {
+            o[e] = if e % 2 == 0 { (e / 2) as i16 } else { 16 + (e / 2) as i16 };
+            e += 1;
+        }
+        o
+    };
+    assert!(out.len() >= LANES, "16 words");
+    // SAFETY: the caller's contract for the loads; `ORDER` holds 32 indices, `out` 16 words.
+    unsafe {
+        let idx = _mm512_loadu_si512(ORDER.as_ptr().cast());
+        let x = _mm512_maskz_loadu_ps(mask, src);
+        let y = if second { _mm512_maskz_loadu_ps(mask, src.add(line)) } else { _mm512_setzero_ps() };
+        let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(y, x));
+        _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_permutexvar_epi16(idx, both));
+    }
+}
+
 /// [`PackedA::pack`] of a transposed view (element (i, j) at `a[i + j·cs]`): columns 2q and
 /// 2q+1 of 16 rows converted at once and interleaved, then written to their 16 rows.
 #[cfg(target_arch = "x86_64")]
@@ -210,9 +241,6 @@ unsafe fn pack_rows_avx512(out: &mut [u32], a: &[f32], m: usize, k: usize, rs: u
 unsafe fn pack_cols_avx512(out: &mut [u32], a: &[f32], m: usize, k: usize, cs: usize) {
     use std::arch::x86_64::*;
     let pairs = k.div_ceil(2);
-    let order: [i16; 32] = std::array::from_fn(|e| if e % 2 == 0 { (e / 2) as i16 } else { 16 + (e / 2) as i16 });
-    // SAFETY: `order` holds 32 16-bit indices.
-    let idx = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
     // A block of 16 pairs × 16 rows, turned so each row's 16 words are written at once.
     let mut block = [[0u32; LANES]; LANES];
     for i0 in (0..m).step_by(LANES) {
@@ -222,17 +250,8 @@ unsafe fn pack_cols_avx512(out: &mut [u32], a: &[f32], m: usize, k: usize, cs: u
             let span = LANES.min(pairs - q0);
             for (dq, words) in block.iter_mut().enumerate().take(span) {
                 let q = q0 + dq;
-                // SAFETY: masked loads read only rows < m of columns < k; `words` holds 16.
-                unsafe {
-                    let c0 = _mm512_maskz_loadu_ps(mask, a.as_ptr().add(2 * q * cs + i0));
-                    let c1 = if 2 * q + 1 < k {
-                        _mm512_maskz_loadu_ps(mask, a.as_ptr().add((2 * q + 1) * cs + i0))
-                    } else {
-                        _mm512_setzero_ps()
-                    };
-                    let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(c1, c0));
-                    _mm512_storeu_si512(words.as_mut_ptr().cast(), _mm512_permutexvar_epi16(idx, both));
-                }
+                // SAFETY: the lanes of `mask` are rows < m of columns 2q (and 2q + 1 < k).
+                unsafe { pair_lines(a.as_ptr().add(2 * q * cs + i0), cs, 2 * q + 1 < k, mask, words) };
             }
             for j in 0..width {
                 let row = &mut out[(i0 + j) * pairs + q0..(i0 + j) * pairs + q0 + span];
@@ -251,27 +270,14 @@ unsafe fn pack_cols_avx512(out: &mut [u32], a: &[f32], m: usize, k: usize, cs: u
 unsafe fn pack_panels_avx512(out: &mut [u32], b: &[f32], k: usize, n: usize, rs: usize) {
     use std::arch::x86_64::*;
     let pairs = k.div_ceil(2);
-    // Word j takes element j (row 2q) low and element 16 + j (row 2q+1) high.
-    let order: [i16; 32] = std::array::from_fn(|e| if e % 2 == 0 { (e / 2) as i16 } else { 16 + (e / 2) as i16 });
-    // SAFETY: `order` holds 32 16-bit indices.
-    let idx = unsafe { _mm512_loadu_si512(order.as_ptr().cast()) };
     for p in 0..n.div_ceil(LANES) {
         let col = p * LANES;
         let width = LANES.min(n - col);
         let mask: __mmask16 = if width == LANES { 0xffff } else { (1u16 << width) - 1 };
         for q in 0..pairs {
             let dst = &mut out[(p * pairs + q) * LANES..(p * pairs + q + 1) * LANES];
-            // SAFETY: masked loads read only columns < n of rows < k; the store writes 16 words.
-            unsafe {
-                let r0 = _mm512_maskz_loadu_ps(mask, b.as_ptr().add(2 * q * rs + col));
-                let r1 = if 2 * q + 1 < k {
-                    _mm512_maskz_loadu_ps(mask, b.as_ptr().add((2 * q + 1) * rs + col))
-                } else {
-                    _mm512_setzero_ps()
-                };
-                let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(r1, r0));
-                _mm512_storeu_si512(dst.as_mut_ptr().cast(), _mm512_permutexvar_epi16(idx, both));
-            }
+            // SAFETY: the lanes of `mask` are columns < n of rows 2q (and 2q + 1 < k).
+            unsafe { pair_lines(b.as_ptr().add(2 * q * rs + col), rs, 2 * q + 1 < k, mask, dst) };
         }
     }
 }

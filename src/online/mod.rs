@@ -461,20 +461,29 @@ impl<F: Float> Row<F> {
         scale: f64,
         grads: &mut [F],
     ) -> Result<f64> {
-        if self.snap.is_some() {
-            return self.step_snap(net, params, ws, data, scale, grads);
-        }
-        let (s, p) = (self.j.len().isqrt(), params.len());
         let sc = F::of(scale);
         // The loss of this step: its gradient through step t, and dℓ_t/ds_{t−1}.
         let one = [F::one()];
         let targets = Targets { target: data.target, mask: Some(&one) };
         let loss = net.forward(params, ws, data.input, Some(targets), Some(&self.state))?.f64();
+        if let Some(snap) = &mut self.snap {
+            // (SnAp-1 per unit reads the step's activations before backward overwrites them.)
+            snap.capture(net, params, ws, data.input, &self.state);
+        }
         self.scratch.fill(F::zero());
         net.backward(params, ws, &mut self.scratch)?;
         for (g, &d) in grads.iter_mut().zip(&self.scratch) {
             *g += sc * d;
         }
+        if let Some(snap) = &mut self.snap {
+            // SnAp-1 per unit: the influence carried per unit, no J_t or Ī_t built.
+            snap.add_gradient(&ws.dh0, &ws.dc0, sc, grads);
+            snap.advance(params);
+            ws.state_at(1, &mut self.next);
+            std::mem::swap(&mut self.state, &mut self.next);
+            return Ok(loss);
+        }
+        let (s, p) = (self.j.len().isqrt(), params.len());
         let next = ws.final_state();
         let ds_prev = flat(&ws.initial_state_grad());
         // J_t and Ī_t, row by row: dL/ds_t = e_k, no loss.
@@ -507,35 +516,6 @@ impl<F: Float> Row<F> {
             self.advance_uoro(s, p);
         }
         self.state = next;
-        Ok(loss)
-    }
-
-    /// [`Row::step`] by SnAp-1's per-unit form: one forward and backward step, then the
-    /// influence carried per unit.
-    fn step_snap(
-        &mut self,
-        net: &Net,
-        params: &[F],
-        ws: &mut Workspace<F>,
-        data: StepData<'_, F>,
-        scale: f64,
-        grads: &mut [F],
-    ) -> Result<f64> {
-        let Some(snap) = self.snap.as_mut() else { unreachable!("step_snap needs the per-unit form") };
-        let sc = F::of(scale);
-        let one = [F::one()];
-        let targets = Targets { target: data.target, mask: Some(&one) };
-        let loss = net.forward(params, ws, data.input, Some(targets), Some(&self.state))?.f64();
-        snap.capture(net, params, ws, data.input, &self.state);
-        self.scratch.fill(F::zero());
-        net.backward(params, ws, &mut self.scratch)?;
-        for (g, &d) in grads.iter_mut().zip(&self.scratch) {
-            *g += sc * d;
-        }
-        snap.add_gradient(&ws.dh0, &ws.dc0, sc, grads);
-        snap.advance(params);
-        ws.state_at(1, &mut self.next);
-        std::mem::swap(&mut self.state, &mut self.next);
         Ok(loss)
     }
 

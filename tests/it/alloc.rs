@@ -112,20 +112,7 @@ fn an_online_snap_step_does_not_allocate_after_warm_up() {
     use bptt::Target;
     use bptt::online::{Learner, Method};
     for cell in CellKind::ALL {
-        let cfg = NetConfig {
-            cell,
-            input: InputKind::Tokens { vocab: 7, embedding_dim: 5 },
-            hidden: 16,
-            layers: 2,
-            output: 7,
-            loss: LossKind::CrossEntropy,
-            head: Head::PerStep,
-            bidirectional: false,
-            proj_size: 0,
-            layer_norm: false,
-            zoneout: bptt::Zoneout::NONE,
-        };
-        let net = Net::new(cfg).unwrap();
+        let net = token_net(cell, 16);
         let params = net.init_params::<f32>(1);
         let mut learner = Learner::<f32>::new(&net, Method::Snap1).unwrap();
         learner.reset(&net, None);
@@ -146,20 +133,7 @@ fn an_online_snap_step_does_not_allocate_after_warm_up() {
 #[test]
 fn bf16_passes_do_not_allocate_after_warm_up() {
     for (cell, b) in [(CellKind::Lstm, 32), (CellKind::Gru, 4)] {
-        let cfg = NetConfig {
-            cell,
-            input: InputKind::Tokens { vocab: 7, embedding_dim: 5 },
-            hidden: 64,
-            layers: 2,
-            output: 7,
-            loss: LossKind::CrossEntropy,
-            head: Head::PerStep,
-            bidirectional: false,
-            proj_size: 0,
-            layer_norm: false,
-            zoneout: bptt::Zoneout::NONE,
-        };
-        let net = Net::new(cfg).unwrap();
+        let net = token_net(cell, 64);
         let params = net.init_params::<f32>(1);
         let mut grads = vec![0.0f32; net.num_params()];
         let mut ws = net.workspace::<f32>(10, b, 1).unwrap();
@@ -175,4 +149,22 @@ fn bf16_passes_do_not_allocate_after_warm_up() {
         run();
         assert_eq!(ours() - before, 0, "{cell} B={b}: a bf16 pass allocated");
     }
+}
+
+/// Two layers of `cell` (width `hidden`) over 7 tokens embedded in 5 values, a per-step readout.
+fn token_net(cell: CellKind, hidden: usize) -> Net {
+    Net::new(NetConfig {
+        cell,
+        input: InputKind::Tokens { vocab: 7, embedding_dim: 5 },
+        hidden,
+        layers: 2,
+        output: 7,
+        loss: LossKind::CrossEntropy,
+        head: Head::PerStep,
+        bidirectional: false,
+        proj_size: 0,
+        layer_norm: false,
+        zoneout: bptt::Zoneout::NONE,
+    })
+    .unwrap()
 }
