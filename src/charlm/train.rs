@@ -211,7 +211,13 @@ impl TrainConfig {
         } else {
             0
         };
-        Ok(u64::try_from(slabs + step + window + masks + validation + online).unwrap_or(u64::MAX))
+        let bf16 = match self.precision {
+            crate::kernels::Precision::Bf16 => {
+                crate::net::Workspace::<f32>::estimate_bf16_bytes(&net, chunk, self.batch)
+            }
+            crate::kernels::Precision::F32 => 0,
+        } as u128;
+        Ok(u64::try_from(slabs + step + window + masks + validation + online + bf16).unwrap_or(u64::MAX))
     }
 
     /// Updates per epoch on a text of `n` characters (after the validation split).

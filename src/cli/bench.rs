@@ -248,9 +248,15 @@ pub fn run(a: Args) -> Result<ExitCode> {
         k => bptt::CheckpointedBptt::<f32>::estimate_bytes(cfg, k, a.seq_len, a.batch)
             .saturating_add(Workspace::<f32>::estimate_bytes(cfg, 1, a.batch)),
     };
+    let precision: bptt::kernels::Precision = a.precision.parse()?;
+    let packs = match precision {
+        bptt::kernels::Precision::Bf16 => Workspace::<f32>::estimate_bf16_bytes(cfg, a.seq_len, a.batch),
+        bptt::kernels::Precision::F32 => 0,
+    };
     memory::Estimate::new(threads)
         .add("weights, gradients, Adam", (net.num_params() as u64).saturating_mul(4 * 4))
         .add("activations", activations)
+        .add("bf16 packs", packs)
         .add("batch", (a.seq_len as u64).saturating_mul(a.batch as u64).saturating_mul(8))
         .check(HINT)?;
     let mut params = net.init_params::<f32>(1);
@@ -260,7 +266,6 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.wavefront != "auto" {
         ws.set_wavefront(a.wavefront == "on");
     }
-    let precision: bptt::kernels::Precision = a.precision.parse()?;
     ws.set_precision(precision);
     let mut ck = match k {
         0 => None,

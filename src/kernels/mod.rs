@@ -6,6 +6,7 @@
 //! so a transpose is a free view (`.t()`), never a copy.
 
 pub mod bf16;
+mod few;
 pub mod machine;
 pub mod math;
 pub(crate) mod parts;
@@ -214,8 +215,21 @@ impl<F> SharedMat<'_, F> {
     }
 }
 
-/// One call of the GEMM crate, single-threaded.
+/// One product, single-threaded: f32 products of up to eight rows in [`few`] where the CPU has
+/// AVX-512, else one call of the GEMM crate.
 fn gemm_one<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate: bool) {
+    if c.rows == 0 || c.cols == 0 {
+        return;
+    }
+    if F::NAME == "f32" && few::takes(c.rows, b.cs, c.cs) {
+        let (Some(c), Some(a), Some(b)) = (as_f32_mut(c), as_f32(a), as_f32(b)) else { unreachable!("f32 views") };
+        return few::gemm(c, a, b, accumulate);
+    }
+    crate_gemm(c, a, b, accumulate)
+}
+
+/// One call of the GEMM crate, single-threaded.
+fn crate_gemm<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate: bool) {
     let (m, n, k) = (c.rows, c.cols, a.cols);
     if m == 0 || n == 0 {
         return;

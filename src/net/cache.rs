@@ -48,6 +48,10 @@ pub(crate) struct LayerCache<F> {
     /// bf16 products (`Plan::precision`): W_hhᵀ (forward) or W_hh (backward) packed once per
     /// pass for the per-step products of the row paths; empty otherwise (it grows on first use).
     pub w_hh_pack: crate::kernels::bf16::PackedB,
+    /// Passes with lengths: the live rows of the steps with ended rows, gathered a chunk at a
+    /// time for the weight-gradient products (`layer::weight_grads`); sized by
+    /// `Workspace::set_lengths`, empty until then.
+    pub pack: Vec<F>,
 }
 
 /// The element counts of a layer cache's buffers for `cfg`, `t` steps and `b` rows, in the
@@ -109,6 +113,7 @@ impl<F: Float> LayerCache<F> {
             zone_dh: next(),
             zone_dc: next(),
             w_hh_pack: Default::default(),
+            pack: Vec::new(),
         }
     }
 
@@ -118,12 +123,20 @@ impl<F: Float> LayerCache<F> {
         sizes(cfg, t, b).iter().sum()
     }
 
+    /// The elements of a cache's `pack` for `cfg` and a layer input `input` wide (allocated by
+    /// `Workspace::set_lengths` for passes with lengths).
+    pub(crate) fn pack_len(cfg: &NetConfig, input: usize) -> usize {
+        use crate::net::layer::{Dims, PACK_ROWS, Widths};
+        let dims = Dims::new(cfg, 1, 1, 1, crate::kernels::Precision::F32);
+        PACK_ROWS * Widths::of(&dims, input).total()
+    }
+
     /// The elements this cache holds.
     pub(crate) fn len(&self) -> usize {
         let c = self;
         [&c.gates, &c.hs, &c.cs, &c.aux, &c.dgates_h, &c.w_hh_t, &c.dh, &c.ms, &c.dm, &c.norm_x, &c.norm_h, &c.norm_c]
             .into_iter()
-            .chain([&c.rstd, &c.dnorm_c, &c.zone_h, &c.zone_c, &c.zone_dh, &c.zone_dc])
+            .chain([&c.rstd, &c.dnorm_c, &c.zone_h, &c.zone_c, &c.zone_dh, &c.zone_dc, &c.pack])
             .map(|v| v.len())
             .sum()
     }

@@ -306,10 +306,6 @@ impl NetConfig {
             ));
         }
         self.zoneout.validate(self.cell)?;
-        if !self.zoneout.is_none() && (self.layer_norm || self.proj_size > 0) {
-            let other = if self.layer_norm { "layer_norm" } else { "proj_size" };
-            return Err(Error::Config(format!("zoneout and `{other}` cannot be combined yet: choose one of them")));
-        }
         if self.loss == LossKind::CrossEntropy && self.output < 2 {
             return Err(Error::Config("cross-entropy needs an output size of at least 2".into()));
         }

@@ -16,7 +16,7 @@ mod cache;
 mod config;
 mod dropout;
 mod embedding;
-mod layer;
+pub(crate) mod layer;
 mod pass;
 mod plan;
 mod readout;

@@ -41,10 +41,12 @@ impl Net {
         let stride = ws.max_steps * bo;
         let z = self.config.zoneout;
         if !z.is_none() {
-            let n = steps * ws.batch * self.config.hidden;
+            // (h is P wide with a projection, c H wide.)
+            let n = |w: usize| steps * ws.batch * w;
+            let (nh, nc) = (n(self.config.state_width()), n(self.config.hidden));
             let mut rng = ws.dropout.map(|d| zoneout::stream(&d));
             for cache in ws.layers.iter_mut() {
-                for (mask, rate) in [(&mut cache.zone_h, z.h), (&mut cache.zone_c, z.c)] {
+                for (mask, rate, n) in [(&mut cache.zone_h, z.h, nh), (&mut cache.zone_c, z.c, nc)] {
                     if mask.is_empty() {
                         continue;
                     }
@@ -308,7 +310,15 @@ impl Net {
             // dL/dx of the layers above the first went down step by step.
             (Schedule::Wavefront(_), _) => {
                 let dx = if k == 0 { dx } else { None };
-                layer::weight_grads(&dims, &self.layers[k], params, grads, &upper[0], Below { x, dx });
+                layer::weight_grads(
+                    &dims,
+                    &lent.lengths,
+                    &self.layers[k],
+                    params,
+                    grads,
+                    &mut upper[0],
+                    Below { x, dx },
+                );
             }
             (Schedule::Layers(split), 1) => {
                 let pass = Pass { dims, split, w_hh_t: plan.w_hh_t_backward, lengths: &lent.lengths };

@@ -178,6 +178,14 @@ impl<F: Float> Workspace<F> {
         let (gh, l, o) = (cfg.cell.gates() as u128 * h, cfg.layers as u128, cfg.output as u128);
         let (d, p) = (cfg.directions() as u128, cfg.state_width() as u128);
         let per_layer = d * LayerCache::<F>::estimate(cfg, max_steps, batch);
+        // (With lengths, each cache also gathers chunks of live rows: `set_lengths`.)
+        let first = match cfg.input {
+            InputKind::Dense { size } => size,
+            InputKind::Tokens { embedding_dim, .. } => embedding_dim,
+        };
+        let packs = d
+            * (LayerCache::<F>::pack_len(cfg, first)
+                + (cfg.layers - 1) * LayerCache::<F>::pack_len(cfg, cfg.out_width())) as u128;
         let (input, table) = match cfg.input {
             InputKind::Dense { size } => (t * b * size as u128 * 2, 0),
             InputKind::Tokens { vocab, embedding_dim } => {
@@ -189,7 +197,29 @@ impl<F: Float> Workspace<F> {
         let width = input / (2 * t * b).max(1);
         let both = if cfg.bidirectional { 2 * l * t * b * 2 * p + 2 * t * b * width.max(2 * p) } else { 0 };
         let rest = input + table + l * d * b * gh + 2 * t * b * o + l * d * b * (h + p) + l * d * t + pooled + both;
-        let bytes = (l * per_layer + rest) * std::mem::size_of::<F>() as u128;
+        let bytes = (l * per_layer + packs + rest) * std::mem::size_of::<F>() as u128;
+        u64::try_from(bytes).unwrap_or(u64::MAX)
+    }
+
+    /// The bytes that bf16 products (`set_precision(Bf16)`) add to a workspace for `cfg`,
+    /// `max_steps` and `batch`, computed without allocating: each cache's W_hh packed once per
+    /// pass, and the calling thread's packs of both operands of the largest product — a weight
+    /// gradient over all T·B rows (`kernels::gemm_at`), which it keeps for reuse.
+    pub fn estimate_bf16_bytes(cfg: &NetConfig, max_steps: usize, batch: usize) -> u64 {
+        let w = |n: usize| n as u128;
+        let (rows, h, p, d) = (w(max_steps) * w(batch), w(cfg.hidden), w(cfg.state_width()), w(cfg.directions()));
+        let gh = w(cfg.cell.gates()) * h;
+        let first = w(match cfg.input {
+            InputKind::Dense { size } => size,
+            InputKind::Tokens { embedding_dim, .. } => embedding_dim,
+        });
+        // (Packed operands round k up to pairs and columns up to 16-wide panels.)
+        let pad = |n: u128| n.div_ceil(16) * 16;
+        let caches = w(cfg.layers) * d * (gh.div_ceil(2) * 2 * pad(gh.max(p)));
+        let widest = first.max(d * p).max(h);
+        let layer = rows.div_ceil(2) * 2 * (pad(gh) + pad(widest)) + pad(gh) * pad(widest);
+        let readout = rows.div_ceil(2) * 2 * (pad(w(cfg.output)) + pad(w(cfg.readout_width())));
+        let bytes = 2 * (caches + layer.max(readout));
         u64::try_from(bytes).unwrap_or(u64::MAX)
     }
 
@@ -287,6 +317,12 @@ impl<F: Float> Workspace<F> {
                 }
                 if self.length_mask.is_empty() {
                     self.length_mask = vec![F::zero(); self.max_steps * self.batch];
+                    // The chunks of live rows the weight gradients gather (`layer::weight_grads`).
+                    let (cfg, d, first) = (self.config, self.config.directions(), self.input_width());
+                    for (c, cache) in self.layers.iter_mut().enumerate() {
+                        let input = if c < d { first } else { cfg.out_width() };
+                        cache.pack = vec![F::zero(); LayerCache::<F>::pack_len(&cfg, input)];
+                    }
                 }
                 self.lengths.clear();
                 self.lengths.extend_from_slice(l);

@@ -337,32 +337,232 @@ pub(crate) fn backward<F: Float>(
         }
     }
     cache.w_hh_pack = packed;
-    weight_grads(&pass.dims, lp, p, grads, cache, below);
+    weight_grads(&pass.dims, pass.lengths, lp, p, grads, cache, below);
 }
+
+/// Rows per chunk of a padded pass's weight-gradient products: the live rows of its steps are
+/// gathered this many at a time (`LayerCache::pack`) so that no product runs over padding.
+pub(crate) const PACK_ROWS: usize = 512;
 
 /// The shared-weight gradients of a layer after its time loop, accumulated over all steps: one
 /// GEMM each over the T·B rows of pre-activation gradients; `below.dx` (T·B, I), when given,
 /// receives dL/dx. (A LayerNorm-LSTM's `layer/norm.rs` has summed its biases already and left
 /// its two sides' pre-norm gradients in `gates` and `dgates_h`.)
+///
+/// With lengths, each step's rows after its last running one (`live_rows`) count nothing (their
+/// pre-activation gradients and projected outputs are zero): the steps whose every row runs are
+/// read in place, the others' live rows gathered into chunks of [`PACK_ROWS`] (cuDNN's packed
+/// layout), so the products skip the padding; dx is zero on the rows skipped.
 pub(crate) fn weight_grads<F: Float>(
+    dims: &Dims,
+    lengths: &[usize],
+    lp: &LayerParams,
+    p: &[F],
+    grads: &mut [F],
+    cache: &mut LayerCache<F>,
+    below: Below<'_, F>,
+) {
+    let Dims { h, hp, gh, b, steps, .. } = *dims;
+    let n = steps * b;
+    let live = |t: usize| live_rows(lengths, t, 0, b);
+    let x = match below.x {
+        LayerInput::Rows(x) => Some(x),
+        LayerInput::Table { .. } => None,
+    };
+    let (apart, proj, input) = (dims.cell.recurrent_apart() || dims.norm, hp != h, lp.input);
+    let layout = Layout { x, h, hp, gh, input, apart, proj };
+    let view = |c, r0, r1| layout.view(c, r0, r1);
+    let mut dx = below.dx;
+    if (0..steps).all(|t| live(t) == b) {
+        return products(dims, lp, p, grads, view(cache, 0, n), dx);
+    }
+    let widths = Widths::of(dims, input);
+    let mut pack = std::mem::take(&mut cache.pack);
+    if pack.len() < PACK_ROWS * widths.total() {
+        pack.resize(PACK_ROWS * widths.total(), F::zero()); // (`Workspace::set_lengths` sized it)
+    }
+    if let Some(dx) = dx.as_deref_mut() {
+        for t in (0..steps).filter(|&t| live(t) < b) {
+            dx[(t * b + live(t)) * input..(t + 1) * b * input].fill(F::zero());
+        }
+    }
+    let mut t = 0;
+    while t < steps {
+        // A run of steps whose every row runs: read in place.
+        let full = (t..steps).take_while(|&s| live(s) == b).count();
+        if full > 0 {
+            let (r0, r1) = (t * b, (t + full) * b);
+            products(
+                dims,
+                lp,
+                p,
+                grads,
+                view(cache, r0, r1),
+                dx.as_deref_mut().map(|d| &mut d[r0 * input..r1 * input]),
+            );
+            t += full;
+            continue;
+        }
+        // Steps with ended rows, up to the next full run: their live rows gathered a chunk at
+        // a time (a step's rows may straddle two chunks), then dx scattered back.
+        let end = (t..steps).find(|&s| live(s) == b).unwrap_or(steps);
+        let mut at = (t, 0);
+        while at.0 < end {
+            let mut chunk = widths.split(&mut pack);
+            let (first, mut m) = (at, 0);
+            while at.0 < end && m < PACK_ROWS {
+                let (s, r) = at;
+                let k = (live(s) - r).min(PACK_ROWS - m);
+                chunk.put(m, &view(cache, s * b + r, s * b + r + k), k, &widths);
+                m += k;
+                at = if r + k == live(s) { (s + 1, 0) } else { (s, r + k) };
+            }
+            let (rows, packed_dx) = chunk.rows(m, &widths);
+            if m == 0 {
+                continue; // (steps whose every row has ended)
+            }
+            let wants_dx = dx.is_some();
+            products(dims, lp, p, grads, rows, wants_dx.then_some(&mut packed_dx[..m * input]));
+            if let Some(dx) = dx.as_deref_mut() {
+                // Back to rows (s, r), in the order gathered.
+                let (mut at, mut done) = (first, 0);
+                while done < m {
+                    let (s, r) = at;
+                    let k = (live(s) - r).min(m - done);
+                    let dst = &mut dx[(s * b + r) * input..(s * b + r + k) * input];
+                    dst.copy_from_slice(&packed_dx[done * input..(done + k) * input]);
+                    at = if r + k == live(s) { (s + 1, 0) } else { (s, r + k) };
+                    done += k;
+                }
+            }
+        }
+        t = end;
+    }
+    cache.pack = pack;
+}
+
+/// Where [`weight_grads`] finds a pass's rows.
+struct Layout<'x, F> {
+    x: Option<&'x [F]>,
+    h: usize,
+    hp: usize,
+    gh: usize,
+    input: usize,
+    apart: bool,
+    proj: bool,
+}
+
+impl<'x, F> Layout<'x, F> {
+    /// Rows [r0, r1) of the pass's buffers, as the products read them.
+    fn view<'c>(&self, c: &'c LayerCache<F>, r0: usize, r1: usize) -> GradRows<'c, F>
+    where
+        'x: 'c,
+    {
+        let Layout { h, hp, gh, input, .. } = *self;
+        GradRows {
+            dpre_x: &c.gates[r0 * gh..r1 * gh],
+            dpre_h: if self.apart { &c.dgates_h[r0 * gh..r1 * gh] } else { &[] },
+            h_prev: &c.hs[r0 * hp..r1 * hp],
+            x: self.x.map_or(&[][..], |x| &x[r0 * input..r1 * input]),
+            dh: if self.proj { &c.dh[r0 * hp..r1 * hp] } else { &[] },
+            ms: if self.proj { &c.ms[r0 * h..r1 * h] } else { &[] },
+        }
+    }
+}
+
+/// The rows one call of [`products`] reads (m each; empty where the layer has no such buffer):
+/// dL/d(input and recurrent pre-activations), h_{t−1}, x, and with a projection dL/dh and m.
+struct GradRows<'a, F> {
+    dpre_x: &'a [F],
+    /// Empty where the recurrent side's gradient is the input side's (`dpre_x`).
+    dpre_h: &'a [F],
+    h_prev: &'a [F],
+    x: &'a [F],
+    dh: &'a [F],
+    ms: &'a [F],
+}
+
+/// The widths of a padded pass's gathered rows (see [`weight_grads`]), in the order of
+/// [`GradRows`]' fields, then dx.
+#[derive(Clone, Copy)]
+pub(crate) struct Widths([usize; 7]);
+
+impl Widths {
+    /// A layer's widths for input width `input` (every buffer it may gather, used or not).
+    pub(crate) fn of(d: &Dims, input: usize) -> Self {
+        let (apart, proj) = (d.cell.recurrent_apart() || d.norm, d.hp != d.h);
+        let on = |yes: bool, w: usize| if yes { w } else { 0 };
+        Widths([d.gh, on(apart, d.gh), d.hp, input, on(proj, d.hp), on(proj, d.h), input])
+    }
+
+    pub(crate) fn total(self) -> usize {
+        self.0.iter().sum()
+    }
+
+    /// The pack cut into its buffers, [`PACK_ROWS`] rows each.
+    fn split<F>(self, mut pack: &mut [F]) -> Chunk<'_, F> {
+        let mut bufs: [&mut [F]; 7] = Default::default();
+        for (buf, w) in bufs.iter_mut().zip(self.0) {
+            let (head, rest) = std::mem::take(&mut pack).split_at_mut(PACK_ROWS * w);
+            (*buf, pack) = (head, rest);
+        }
+        Chunk(bufs)
+    }
+}
+
+/// One chunk of gathered rows: the buffers of [`Widths`].
+struct Chunk<'a, F>([&'a mut [F]; 7]);
+
+impl<'a, F: Copy> Chunk<'a, F> {
+    /// Copies `k` rows of `src` to rows [m, m + k) (the buffers `src` has).
+    fn put(&mut self, m: usize, src: &GradRows<'_, F>, k: usize, w: &Widths) {
+        let srcs = [src.dpre_x, src.dpre_h, src.h_prev, src.x, src.dh, src.ms];
+        for ((dst, from), &w) in self.0.iter_mut().zip(srcs).zip(&w.0) {
+            if !from.is_empty() {
+                dst[m * w..(m + k) * w].copy_from_slice(from);
+            }
+        }
+    }
+
+    /// The first `m` rows as the products read them (the buffers `put` filled), and dx's.
+    fn rows(self, m: usize, w: &Widths) -> (GradRows<'a, F>, &'a mut [F]) {
+        let [dpre_x, dpre_h, h_prev, x, dh, ms, dx] = self.0;
+        let rows = |v: &'a mut [F], w: usize| -> &'a [F] { &v[..m * w] };
+        let [a, b, c, d, e, f, _] = w.0;
+        (
+            GradRows {
+                dpre_x: rows(dpre_x, a),
+                dpre_h: rows(dpre_h, b),
+                h_prev: rows(h_prev, c),
+                x: rows(x, d),
+                dh: rows(dh, e),
+                ms: rows(ms, f),
+            },
+            dx,
+        )
+    }
+}
+
+/// [`weight_grads`]' products over the m rows of `r`: dW_ih (with rows of x), dW_hh, dW_hr
+/// (with a projection), the biases (without layer norm) and dx (when given, overwritten).
+fn products<F: Float>(
     dims: &Dims,
     lp: &LayerParams,
     p: &[F],
     grads: &mut [F],
-    cache: &LayerCache<F>,
-    below: Below<'_, F>,
+    r: GradRows<'_, F>,
+    dx: Option<&mut [F]>,
 ) {
-    let Dims { cell, h, hp, gh, b, norm, steps, threads, precision } = *dims;
-    let n = steps * b;
-    let dpre_x = &cache.gates[..n * gh]; // (T·B, G·H)
-    let dpre_h = if cell.recurrent_apart() || norm { &cache.dgates_h[..n * gh] } else { dpre_x };
+    let Dims { h, hp, gh, norm, threads, precision, .. } = *dims;
+    let m = r.dpre_x.len() / gh;
+    let dpre_h = if r.dpre_h.is_empty() { r.dpre_x } else { r.dpre_h };
     let (g_lo, g_hi) = grads.split_at_mut(lp.w_hh);
-    if let LayerInput::Rows(x) = below.x {
+    if !r.x.is_empty() {
         kernels::gemm_at(
             precision,
             MatMut::rows(&mut g_lo[lp.w_ih..lp.w_ih + gh * lp.input], gh, lp.input),
-            Mat::rows(dpre_x, n, gh).t(),
-            Mat::rows(x, n, lp.input),
+            Mat::rows(r.dpre_x, m, gh).t(),
+            Mat::rows(r.x, m, lp.input),
             true,
             threads,
         );
@@ -371,8 +571,8 @@ pub(crate) fn weight_grads<F: Float>(
     kernels::gemm_at(
         precision,
         MatMut::rows(&mut g_hi[..gh * hp], gh, hp),
-        Mat::rows(dpre_h, n, gh).t(),
-        Mat::rows(&cache.hs[..n * hp], n, hp),
+        Mat::rows(dpre_h, m, gh).t(),
+        Mat::rows(r.h_prev, m, hp),
         true,
         threads,
     );
@@ -381,21 +581,21 @@ pub(crate) fn weight_grads<F: Float>(
         kernels::gemm_at(
             precision,
             MatMut::rows(&mut grads[lp.w_hr..lp.w_hr + hp * h], hp, h),
-            Mat::rows(&cache.dh[..n * hp], n, hp).t(),
-            Mat::rows(&cache.ms[..n * h], n, h),
+            Mat::rows(r.dh, m, hp).t(),
+            Mat::rows(r.ms, m, h),
             true,
             threads,
         );
     }
     if !norm {
-        kernels::add_col_sums(&mut grads[lp.b_ih..lp.b_ih + gh], dpre_x, n, gh);
-        kernels::add_col_sums(&mut grads[lp.b_hh..lp.b_hh + gh], dpre_h, n, gh);
+        kernels::add_col_sums(&mut grads[lp.b_ih..lp.b_ih + gh], r.dpre_x, m, gh);
+        kernels::add_col_sums(&mut grads[lp.b_hh..lp.b_hh + gh], dpre_h, m, gh);
     }
-    if let Some(dx) = below.dx {
+    if let Some(dx) = dx {
         kernels::gemm_at(
             precision,
-            MatMut::rows(dx, n, lp.input),
-            Mat::rows(dpre_x, n, gh),
+            MatMut::rows(dx, m, lp.input),
+            Mat::rows(r.dpre_x, m, gh),
             Mat::rows(&p[lp.w_ih..], gh, lp.input),
             false,
             threads,

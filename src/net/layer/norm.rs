@@ -95,6 +95,13 @@ fn forward_rows<F: Float>(
     }
     let norm_c = CellNorm { gain: gain_c, bias: bias_c, c_hat: s.c_hat, rstd: s.rstd_c };
     lstm::forward_step_norm(h, s.g, s.c_prev, s.c, s.aux, s.h, norm_c);
+    // Zoneout (net/zoneout.rs): each unit of h_t and c_t keeps its previous value or the step's.
+    if !s.zh.is_empty() {
+        zoneout::blend(s.h, s.h_prev, s.zh);
+    }
+    if !s.zc.is_empty() {
+        zoneout::blend(s.c, s.c_prev, s.zc);
+    }
     ended.copy_rows(h, s.h_prev, s.h);
     ended.copy_rows(h, s.c_prev, s.c);
 }
@@ -179,7 +186,7 @@ pub(super) fn backward<F: Float>(
             norm::backward(d, x_hat, r);
         }
     });
-    weight_grads(&pass.dims, lp, p, grads, cache, below);
+    weight_grads(&pass.dims, pass.lengths, lp, p, grads, cache, below);
 }
 
 /// Runs `work(rows)` for the rows [0, n) cut into parts (from n alone) on up to `threads`
@@ -217,7 +224,9 @@ fn cache_dh<'a, F>(bufs: &NormBufs<F>, t: usize, bh: usize) -> &'a [F] {
 
 /// One backward step of a block of rows: the cell's step through the norm of c_t (rows that
 /// ended contribute nothing), dL/d(W_hh h_{t−1}) through the recurrent side's norm, and
-/// dh_{t−1} = that · W_hh (an ended row's gradient passes straight through).
+/// dh_{t−1} = that · W_hh (an ended row's gradient passes straight through). Under zoneout the
+/// cell's step gets (1 − m) ⊙ dh_t (and (1 − k) ⊙ dc_t), and m ⊙ dh_t (k ⊙ dc_t) joins
+/// dL/dh_{t−1} (dL/dc_{t−1}) past it, as `rows::backward_rows`.
 fn backward_rows<F: Float>(
     d: &Dims,
     norms: &[(&[F], &[F]); 3],
@@ -238,8 +247,20 @@ fn backward_rows<F: Float>(
             acc: &mut s.acc[run.start * 2 * h..run.end * 2 * h],
             scratch: &mut s.scratch[hr.clone()],
         };
+        let dh = if s.zh.is_empty() {
+            &s.dh[hr.clone()]
+        } else {
+            zoneout::into_cell(&mut s.zdh[hr.clone()], &s.dh[hr.clone()], &s.zh[hr.clone()]);
+            &s.zdh[hr.clone()]
+        };
+        if !s.zc.is_empty() {
+            zoneout::split_in_place(&mut s.zdc[hr.clone()], &mut s.dc[hr.clone()], &s.zc[hr.clone()]);
+        }
         let (dc, g) = (&mut s.dc[hr.clone()], &mut s.g[gr]);
-        lstm::backward_step_norm(h, &s.dh[hr.clone()], dc, g, &s.c_prev[hr.clone()], &s.aux[hr], grad);
+        lstm::backward_step_norm(h, dh, dc, g, &s.c_prev[hr.clone()], &s.aux[hr.clone()], grad);
+        if !s.zc.is_empty() {
+            kernels::add_into(&mut s.dc[hr.clone()], &s.zdc[hr]);
+        }
     }
     let rows = s.dah.chunks_exact_mut(gh).zip(s.g.chunks_exact(gh)).zip(s.ah_hat.chunks_exact(gh));
     for (((dah, g), ah_hat), &rstd) in rows.zip(s.rstd_h) {
@@ -249,6 +270,12 @@ fn backward_rows<F: Float>(
         norm::backward(dah, ah_hat, rstd);
     }
     kernels::gemm(MatMut::rows(s.dh_next, r, h), Mat::rows(s.dah, r, gh), w_hh, false, threads);
+    if !s.zh.is_empty() {
+        for run in ended.running(r) {
+            let hr = run.start * h..run.end * h;
+            zoneout::past_cell(&mut s.dh_next[hr.clone()], &s.dh[hr.clone()], &s.zh[hr]);
+        }
+    }
     ended.copy_rows(h, s.dh, s.dh_next);
 }
 
@@ -274,6 +301,8 @@ struct NormFwd<'a, F> {
     c_hat: &'a mut [F],  // (r, H) out: ĉ_t
     rstd_h: &'a mut [F], // (r) out
     rstd_c: &'a mut [F], // (r) out
+    zh: &'a [F],         // (r, H) zoneout's hold mask of h (empty: none)
+    zc: &'a [F],         // (r, H) zoneout's hold mask of c (empty: none)
 }
 
 /// One backward step's slices for a block of r rows.
@@ -291,6 +320,10 @@ struct NormBwd<'a, F> {
     dh_next: &'a mut [F], // (r, H) in: dL/dh_t from t + 1; out: dL/dh_{t−1}
     acc: &'a mut [F],     // (r, 2H) each row's dγ_c, dβ_c
     scratch: &'a mut [F], // (r, H)
+    zh: &'a [F],          // (r, H) zoneout's hold mask of h (empty: none)
+    zc: &'a [F],          // (r, H) zoneout's hold mask of c (empty: none)
+    zdh: &'a mut [F],     // (r, H) zoneout scratch: dL/dh̃_t
+    zdc: &'a mut [F],     // (r, H) zoneout scratch: the part of dL/dc_t held
 }
 
 /// A LayerNorm-LSTM layer's buffers, shared out between the parts of a pass by rows.
@@ -308,6 +341,10 @@ struct NormBufs<F> {
     dnorm_c: Shared<F>,
     dc: Shared<F>,
     dh_next: Shared<F>,
+    zone_h: Shared<F>,
+    zone_c: Shared<F>,
+    zone_dh: Shared<F>,
+    zone_dc: Shared<F>,
 }
 
 impl<F: Float> NormBufs<F> {
@@ -329,6 +366,10 @@ impl<F: Float> NormBufs<F> {
             dnorm_c: s(&mut c.dnorm_c),
             dc: s(dc_next),
             dh_next: s(dh_next),
+            zone_h: s(&mut c.zone_h),
+            zone_c: s(&mut c.zone_c),
+            zone_dh: s(&mut c.zone_dh),
+            zone_dc: s(&mut c.zone_dc),
         };
         (bufs, &c.w_hh_t)
     }
@@ -355,6 +396,8 @@ impl<F: Float> NormBufs<F> {
                 c_hat: self.norm_c.slice(at_h, r * h),
                 rstd_h: self.rstd.slice(tb + t * b + r0, r),
                 rstd_c: self.rstd.slice(2 * tb + t * b + r0, r),
+                zh: read_or_empty(&self.zone_h, at_h, r * h),
+                zc: read_or_empty(&self.zone_c, at_h, r * h),
             }
         }
     }
@@ -385,7 +428,29 @@ impl<F: Float> NormBufs<F> {
                 dh_next,
                 acc: self.dnorm_c.slice(r0 * 2 * h, r * 2 * h),
                 scratch: self.dm.slice(r0 * h, r * h),
+                zh: read_or_empty(&self.zone_h, at_h, r * h),
+                zc: read_or_empty(&self.zone_c, at_h, r * h),
+                zdh: slice_or_empty(&self.zone_dh, r0 * h, r * h),
+                zdc: slice_or_empty(&self.zone_dc, r0 * h, r * h),
             }
         }
     }
+}
+
+/// [`Shared::read`], or an empty slice where the buffer is (a zoneout mask the net has not).
+///
+/// # Safety
+/// As [`Shared::read`].
+unsafe fn read_or_empty<'a, F>(v: &Shared<F>, at: usize, len: usize) -> &'a [F] {
+    // SAFETY: the caller's contract.
+    if v.is_empty() { &[] } else { unsafe { v.read(at, len) } }
+}
+
+/// [`Shared::slice`], or an empty slice where the buffer is.
+///
+/// # Safety
+/// As [`Shared::slice`].
+unsafe fn slice_or_empty<'a, F>(v: &Shared<F>, at: usize, len: usize) -> &'a mut [F] {
+    // SAFETY: the caller's contract.
+    if v.is_empty() { &mut [] } else { unsafe { v.slice(at, len) } }
 }

@@ -68,12 +68,12 @@ pub(crate) fn backward_pair<F: Float>(
     carries: [Carry<'_, F>; 2],
 ) {
     let Dims { cell, h, gh, b, steps, threads, .. } = pass.dims;
-    let [fwd, rev] = caches;
+    let ([fwd, rev], lengths) = (caches, pass.lengths);
     let [cf, cr] = carries;
     {
         let (bf, _) = BwdBufs::new(fwd, cf.dh_next, cf.dc_next);
         let (br, _) = BwdBufs::new(rev, cr.dh_next, cr.dc_next);
-        let (bufs, lengths) = ([bf, br], pass.lengths);
+        let bufs = [bf, br];
         team::run(
             threads,
             2,
@@ -89,6 +89,6 @@ pub(crate) fn backward_pair<F: Float>(
         );
     }
     let [below_f, below_r] = belows;
-    weight_grads(&pass.dims, lps[0], p, grads, fwd, below_f);
-    weight_grads(&pass.dims, lps[1], p, grads, rev, below_r);
+    weight_grads(&pass.dims, lengths, lps[0], p, grads, fwd, below_f);
+    weight_grads(&pass.dims, lengths, lps[1], p, grads, rev, below_r);
 }

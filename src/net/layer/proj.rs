@@ -37,17 +37,27 @@ pub(super) fn forward<F: Float>(
         let aux = &mut cache.aux[t * bh..(t + 1) * bh];
         let step = Step { g: [g, &mut [], &mut [], &mut []], hp: [&[], &[], &[]], h_prev: &[], c_prev, c, aux, h: m };
         cell.forward_rows(h, step);
+        // Zoneout (net/zoneout.rs) of c_t here, of the projected h_t below.
+        let (zh, zc) = (step_of(&cache.zone_h, t, bp), step_of(&cache.zone_c, t, bh));
+        if !zc.is_empty() {
+            zoneout::blend(c, c_prev, zc);
+        }
         // A row whose sequence has ended keeps its state, and its m counts for nothing.
         let ended = Ended { lengths: pass.lengths, t, r0: 0 };
         ended.zero_rows(h, m);
         ended.copy_rows(h, c_prev, c);
         kernels::gemm(MatMut::rows(h_t, b, hp), Mat::rows(m, b, h), w_hr_t, false, threads);
+        if !zh.is_empty() {
+            zoneout::blend(h_t, h_prev, zh);
+        }
         ended.copy_rows(hp, h_prev, h_t);
     }
 }
 
 /// Backward over the steps of the last forward pass: as `layer::backward`, with dL/dm_t =
 /// dL/dh_t · W_hr in front of the cell's backward step, and dh_next (P wide) = dpre · W_hh.
+/// Under zoneout dL/dh̃_t = (1 − m) ⊙ dL/dh_t goes into the projection (and stays in `dh` for
+/// dW_hr), m ⊙ dL/dh_t straight to h_{t−1}; c as in `rows::backward_rows`.
 pub(super) fn backward<F: Float>(
     pass: &Pass<'_>,
     lp: &LayerParams,
@@ -70,11 +80,21 @@ pub(super) fn backward<F: Float>(
             let total: f64 = dh_t.chunks_exact(hp).map(|r| kernels::sum_sq(r).sqrt()).sum();
             norms[t] = F::of(total / b as f64);
         }
-        kernels::gemm(MatMut::rows(&mut cache.dm, b, h), Mat::rows(dh_t, b, hp), w_hr, false, threads);
+        let (zh, zc) = (step_of(&cache.zone_h, t, bp), step_of(&cache.zone_c, t, bh));
+        let dh_cell = if zh.is_empty() {
+            &*dh_t
+        } else {
+            zoneout::into_cell(&mut cache.zone_dh[..bp], dh_t, zh);
+            &cache.zone_dh[..bp]
+        };
+        kernels::gemm(MatMut::rows(&mut cache.dm, b, h), Mat::rows(dh_cell, b, hp), w_hr, false, threads);
         let g = &mut cache.gates[t * bgh..(t + 1) * bgh];
         ended.zero_rows(gh, g);
         for run in ended.running(b) {
             let (hr, gr) = (run.start * h..run.end * h, run.start * gh..run.end * gh);
+            if !zc.is_empty() {
+                zoneout::split_in_place(&mut cache.zone_dc[hr.clone()], &mut dc_next[hr.clone()], &zc[hr.clone()]);
+            }
             let step = BackStep {
                 dh: &cache.dm[hr.clone()],
                 g: [&mut g[gr], &mut [], &mut [], &mut []],
@@ -83,14 +103,25 @@ pub(super) fn backward<F: Float>(
                 h_prev: &[],
                 c_prev: &cache.cs[t * bh..(t + 1) * bh][hr.clone()],
                 dc: &mut dc_next[hr.clone()],
-                aux: &cache.aux[t * bh..(t + 1) * bh][hr],
+                aux: &cache.aux[t * bh..(t + 1) * bh][hr.clone()],
                 dh_prev: &mut [],
             };
             cell.backward_rows(h, step);
+            if !zc.is_empty() {
+                kernels::add_into(&mut dc_next[hr.clone()], &cache.zone_dc[hr]);
+            }
         }
         kernels::gemm(MatMut::rows(dh_next, b, hp), Mat::rows(g, b, gh), w_hh, false, threads);
+        let dh_t = &mut cache.dh[t * bp..(t + 1) * bp];
+        if !zh.is_empty() {
+            zoneout::past_cell(dh_next, dh_t, zh);
+        }
         // An ended row held its state: its gradient passes straight through.
-        ended.copy_rows(hp, &cache.dh[t * bp..(t + 1) * bp], dh_next);
+        ended.copy_rows(hp, dh_t, dh_next);
+        if !zh.is_empty() {
+            // dW_hr reads dL/dh̃_t.
+            dh_t.copy_from_slice(&cache.zone_dh[..bp]);
+        }
     }
-    weight_grads(&pass.dims, lp, p, grads, cache, below);
+    weight_grads(&pass.dims, pass.lengths, lp, p, grads, cache, below);
 }

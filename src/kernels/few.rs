@@ -1,0 +1,220 @@
+//! Products with few rows: C (m × n) (+)= A (m × k) · B (k × n) for m ≤ 8, each row of B loaded
+//! once into registers and multiplied into every row of C — the per-step recurrent products of a
+//! batch's last running rows (lengths) and of small batches, where the GEMM crate's packing and
+//! dispatch cost more than the arithmetic. f32 with AVX-512 only (checked at run time, as the
+//! cells' kernels); everything else runs in the crate.
+//!
+//! Each element of C is one chain of fused multiply-adds over k in order (then + C when
+//! accumulating), so a product gives the same bits however its columns are cut into tiles.
+
+use super::{Mat, MatMut};
+
+/// The most rows of A (and of C) the kernel takes.
+pub(crate) const MAX_ROWS: usize = 8;
+
+/// 16-wide vectors of C's columns per block: with up to 4 rows 6 (24 accumulators and 6 loaded
+/// rows of B fill the 32 registers), with 5 to 8 rows 3.
+const VECTORS: usize = 6;
+const VECTORS_8: usize = 3;
+
+/// Whether the kernel runs a product of `m` rows whose B and C have unit column strides.
+pub(crate) fn takes(m: usize, b_cs: usize, c_cs: usize) -> bool {
+    m <= MAX_ROWS && b_cs == 1 && c_cs == 1 && native()
+}
+
+/// Whether this CPU has AVX-512F (detected once).
+fn native() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// C (+)= A · B (see the module docs).
+///
+/// # Panics
+/// If the product is not one [`takes`] (an internal invariant).
+pub(crate) fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumulate: bool) {
+    assert!(takes(c.rows, b.cs, c.cs), "few-row product of a shape it does not take");
+    assert!(a.rows == c.rows && a.cols == b.rows && b.cols == c.cols, "few-row product shape mismatch");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vectors = if c.rows <= 4 { VECTORS } else { VECTORS_8 };
+        let full = c.cols / (16 * vectors) * 16 * vectors;
+        let rest = (c.cols - full).div_ceil(16);
+        // SAFETY: AVX-512F is present (`takes`); the views were bounds-checked on construction
+        // and the kernels touch only their elements (masked loads and stores at the edge).
+        unsafe {
+            if full > 0 {
+                match vectors {
+                    VECTORS => by_rows::<VECTORS>(c.rows, &c, a, b, 0, full, accumulate),
+                    _ => by_rows::<VECTORS_8>(c.rows, &c, a, b, 0, full, accumulate),
+                }
+            }
+            match rest {
+                0 => {}
+                1 => by_rows::<1>(c.rows, &c, a, b, full, c.cols, accumulate),
+                2 => by_rows::<2>(c.rows, &c, a, b, full, c.cols, accumulate),
+                3 => by_rows::<3>(c.rows, &c, a, b, full, c.cols, accumulate),
+                4 => by_rows::<4>(c.rows, &c, a, b, full, c.cols, accumulate),
+                _ => by_rows::<5>(c.rows, &c, a, b, full, c.cols, accumulate),
+            }
+        }
+    }
+}
+
+/// Columns [j0, j1) in blocks of `V` vectors, for `m` rows.
+///
+/// # Safety
+/// As [`block`].
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn by_rows<const V: usize>(
+    m: usize,
+    c: &MatMut<'_, f32>,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    j0: usize,
+    j1: usize,
+    accumulate: bool,
+) {
+    let mut j = j0;
+    while j < j1 {
+        let w = (j1 - j).min(16 * V);
+        // SAFETY: the caller's contract.
+        unsafe {
+            match m {
+                1 => block::<1, V>(c, a, b, j, w, accumulate),
+                2 => block::<2, V>(c, a, b, j, w, accumulate),
+                3 => block::<3, V>(c, a, b, j, w, accumulate),
+                4 => block::<4, V>(c, a, b, j, w, accumulate),
+                // (5 to 8 rows: at most 3 vectors, `gemm`'s blocks and remainders of ≤ 48.)
+                5 => block::<5, V>(c, a, b, j, w, accumulate),
+                6 => block::<6, V>(c, a, b, j, w, accumulate),
+                7 => block::<7, V>(c, a, b, j, w, accumulate),
+                _ => block::<8, V>(c, a, b, j, w, accumulate),
+            }
+        }
+        j += w;
+    }
+}
+
+/// Columns [j, j + w) (w ≤ 16·V) of all M rows: M × V accumulators over k.
+///
+/// # Safety
+/// AVX-512F must be present; the views must be in bounds with unit column strides in B and C,
+/// and C's elements this call's alone.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block<const M: usize, const V: usize>(
+    c: &MatMut<'_, f32>,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    j: usize,
+    w: usize,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    // (Plain loops, no closures: the intrinsics stay inside this function's target feature.)
+    let mut masks: [__mmask16; V] = [0; V];
+    for (v, m) in masks.iter_mut().enumerate() {
+        let left = w.saturating_sub(16 * v).min(16);
+        *m = ((1u32 << left) - 1) as __mmask16;
+    }
+    let mut acc = [[_mm512_setzero_ps(); V]; M];
+    let mut bv = [_mm512_setzero_ps(); V];
+    let (bp, ap) = (b.data.as_ptr(), a.data.as_ptr());
+    for k in 0..a.cols {
+        // SAFETY: row k of B from column j: in bounds where the mask is set (masked lanes are
+        // neither read nor faulted on); A's (r, k) are in bounds (r < M = its rows).
+        unsafe {
+            let row = bp.wrapping_add(k * b.rs + j);
+            for (v, bv) in bv.iter_mut().enumerate() {
+                *bv = _mm512_maskz_loadu_ps(masks[v], row.wrapping_add(16 * v));
+            }
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*ap.add(r * a.rs + k * a.cs));
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_fmadd_ps(x, bv, *acc);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, &sum) in acc.iter().enumerate() {
+            // SAFETY: row r of C from column j + 16v, masked to the block's columns.
+            unsafe {
+                let at = c.data.wrapping_add(r * c.rs + j + 16 * v);
+                let sum = if accumulate { _mm512_add_ps(sum, _mm512_maskz_loadu_ps(masks[v], at)) } else { sum };
+                _mm512_mask_storeu_ps(at, masks[v], sum);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    /// Every row count, column counts around the block edges, strided A and B, with and without
+    /// accumulation: against the definition (in f64: k ulps) and the GEMM crate (the same to
+    /// rounding), and bit for bit the same when C's columns are cut in two.
+    #[test]
+    fn few_rows_match_the_definition_and_the_crate() {
+        if !native() {
+            return; // (the crate runs these products here)
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for m in 1..=MAX_ROWS {
+            for (k, n) in [(1, 1), (3, 17), (16, 96), (37, 100), (64, 128), (256, 384), (5, 193)] {
+                for accumulate in [false, true] {
+                    let (ars, brs) = (k + 3, n + 5);
+                    let a: Vec<f32> = (0..m * ars).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    let b: Vec<f32> = (0..k * brs).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    let c0: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    let (av, bv) = (Mat::strided(&a, m, k, ars, 1), Mat::strided(&b, k, n, brs, 1));
+                    let mut c = c0.clone();
+                    gemm(MatMut::rows(&mut c, m, n), av, bv, accumulate);
+                    let mut crate_c = c0.clone();
+                    super::super::crate_gemm(MatMut::rows(&mut crate_c, m, n), av, bv, accumulate);
+                    for r in 0..m {
+                        for j in 0..n {
+                            let mut want = if accumulate { c0[r * n + j] as f64 } else { 0.0 };
+                            let mut scale = want.abs();
+                            for kk in 0..k {
+                                let p = a[r * ars + kk] as f64 * b[kk * brs + j] as f64;
+                                want += p;
+                                scale += p.abs();
+                            }
+                            let got = c[r * n + j] as f64;
+                            let tol = (k + 2) as f64 * f32::EPSILON as f64 * scale;
+                            assert!((got - want).abs() <= tol, "m={m} k={k} n={n} ({r},{j}): {got} vs {want}");
+                            let other = crate_c[r * n + j] as f64;
+                            assert!((got - other).abs() <= 2.0 * tol, "m={m} k={k} n={n}: crate {other}, few {got}");
+                        }
+                    }
+                    // Two column tiles give the same bits as one product.
+                    let cut = n / 2;
+                    let mut tiled = c0.clone();
+                    {
+                        let (left, right) =
+                            (Mat::strided(&b, k, cut, brs, 1), Mat::strided(&b[cut..], k, n - cut, brs, 1));
+                        let cm = MatMut::rows(&mut tiled, m, n);
+                        // SAFETY: the two blocks are disjoint columns of C.
+                        let (l, r) = unsafe { (cm.block(0, m, 0, cut), cm.block(0, m, cut, n - cut)) };
+                        if cut > 0 {
+                            gemm(l, av, left, accumulate);
+                        }
+                        gemm(r, av, right, accumulate);
+                    }
+                    assert_eq!(tiled, c, "m={m} k={k} n={n}: tiles differ");
+                }
+            }
+        }
+    }
+}
