@@ -98,7 +98,7 @@ def main():
         print(json.dumps(peak))
         return
     if a.before:
-        print_before_now(rows, a)
+        print_before_now(rows, a, peak["gflops"], fma)
         return
 
     med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
@@ -120,18 +120,23 @@ def main():
               f"| {med(ours, 'peak_rss_mb'):.1f} | {med(theirs, 'peak_rss_mb'):.1f} | {med(ours, 'activation_mb'):.1f} |")
 
 
-def print_before_now(rows, a):
-    """The table of a change: the other build, this one and PyTorch, medians and per-round ratios."""
-    med = lambda runs: statistics.median(r["tokens_per_s"] for r in runs)  # noqa: E731
+def print_before_now(rows, a, peak, fma):
+    """The table of a change: the other build, this one and PyTorch, medians and per-round ratios,
+    and each one's model GFLOP/s as a share of the GEMM crate's peak and of the FMA peak."""
+    med = lambda runs, key="tokens_per_s": statistics.median(r[key] for r in runs)  # noqa: E731
     ratio = lambda xs, ys: sorted(x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(xs, ys))  # noqa: E731
-    print(f"{a.rounds} rounds per config, {a.threads} threads; CPU: {ours_cpu(rows)}; tokens/s.\n")
-    print("| config | bptt before | bptt now | now ÷ before (median, range) | PyTorch | now ÷ PyTorch (median, range) |")
-    print("|---|---|---|---|---|---|")
+    share = lambda gf: f"{gf:.0f} ({100 * gf / peak:.0f}%, {100 * gf / fma:.0f}%)"  # noqa: E731
+    print(f"{a.rounds} rounds per config, {a.threads} threads; CPU: {ours_cpu(rows)}; tokens/s; GFLOP/s (share "
+          f"of the GEMM crate's peak {peak} and of the FMA peak {fma}).\n")
+    print("| config | bptt before | bptt now | now ÷ before (median, range) | PyTorch | now ÷ PyTorch (median, range) "
+          "| GFLOP/s before | GFLOP/s now | PyTorch GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for cell, h, l, b, t, _, ours, theirs, before in rows:
         nb, nt = ratio(ours, before), ratio(ours, theirs)
         print(f"| {cell} H={h} L={l} B={b} T={t} | {med(before) / 1e3:.1f}k | {med(ours) / 1e3:.1f}k "
               f"| **{statistics.median(nb):.2f}×** ({nb[0]:.2f}–{nb[-1]:.2f}) | {med(theirs) / 1e3:.1f}k "
-              f"| **{statistics.median(nt):.2f}×** ({nt[0]:.2f}–{nt[-1]:.2f}) |")
+              f"| **{statistics.median(nt):.2f}×** ({nt[0]:.2f}–{nt[-1]:.2f}) | {share(med(before, 'gflops'))} "
+              f"| {share(med(ours, 'gflops'))} | {share(med(theirs, 'gflops'))} |")
 
 
 def ours_cpu(rows):

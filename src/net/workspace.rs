@@ -215,7 +215,8 @@ impl<F: Float> Workspace<F> {
         });
         // (Packed operands round k up to pairs and columns up to 16-wide panels.)
         let pad = |n: u128| n.div_ceil(16) * 16;
-        let caches = w(cfg.layers) * d * (gh.div_ceil(2) * 2 * pad(gh.max(p)));
+        // (W_hhᵀ, (P, G·H), forward; W_hh, (G·H, P), backward.)
+        let caches = w(cfg.layers) * d * (p.div_ceil(2) * 2 * pad(gh)).max(gh.div_ceil(2) * 2 * pad(p));
         let widest = first.max(d * p).max(h);
         let layer = rows.div_ceil(2) * 2 * (pad(gh) + pad(widest)) + pad(gh) * pad(widest);
         let readout = rows.div_ceil(2) * 2 * (pad(w(cfg.output)) + pad(w(cfg.readout_width())));
