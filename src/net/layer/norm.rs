@@ -396,8 +396,8 @@ impl<F: Float> NormBufs<F> {
                 c_hat: self.norm_c.slice(at_h, r * h),
                 rstd_h: self.rstd.slice(tb + t * b + r0, r),
                 rstd_c: self.rstd.slice(2 * tb + t * b + r0, r),
-                zh: read_or_empty(&self.zone_h, at_h, r * h),
-                zc: read_or_empty(&self.zone_c, at_h, r * h),
+                zh: self.zone_h.read(at_h, r * h),
+                zc: self.zone_c.read(at_h, r * h),
             }
         }
     }
@@ -428,29 +428,11 @@ impl<F: Float> NormBufs<F> {
                 dh_next,
                 acc: self.dnorm_c.slice(r0 * 2 * h, r * 2 * h),
                 scratch: self.dm.slice(r0 * h, r * h),
-                zh: read_or_empty(&self.zone_h, at_h, r * h),
-                zc: read_or_empty(&self.zone_c, at_h, r * h),
-                zdh: slice_or_empty(&self.zone_dh, r0 * h, r * h),
-                zdc: slice_or_empty(&self.zone_dc, r0 * h, r * h),
+                zh: self.zone_h.read(at_h, r * h),
+                zc: self.zone_c.read(at_h, r * h),
+                zdh: self.zone_dh.slice(r0 * h, r * h),
+                zdc: self.zone_dc.slice(r0 * h, r * h),
             }
         }
     }
-}
-
-/// [`Shared::read`], or an empty slice where the buffer is (a zoneout mask the net has not).
-///
-/// # Safety
-/// As [`Shared::read`].
-unsafe fn read_or_empty<'a, F>(v: &Shared<F>, at: usize, len: usize) -> &'a [F] {
-    // SAFETY: the caller's contract.
-    if v.is_empty() { &[] } else { unsafe { v.read(at, len) } }
-}
-
-/// [`Shared::slice`], or an empty slice where the buffer is.
-///
-/// # Safety
-/// As [`Shared::slice`].
-unsafe fn slice_or_empty<'a, F>(v: &Shared<F>, at: usize, len: usize) -> &'a mut [F] {
-    // SAFETY: the caller's contract.
-    if v.is_empty() { &mut [] } else { unsafe { v.slice(at, len) } }
 }
