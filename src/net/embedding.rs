@@ -65,8 +65,13 @@ impl Embedding {
         let (gh, e, n) = (d.gh, self.dim, d.steps * d.b);
         ws.dtable.fill(F::zero());
         let dpre = &ws.layers[0].gates[..n * gh];
-        for (row, &tok) in dpre.chunks_exact(gh).zip(&ws.tokens[..n]) {
-            kernels::add_into(&mut ws.dtable[tok as usize * gh..(tok as usize + 1) * gh], row);
+        // (With lengths, each step's rows after its last running one count nothing: the time
+        // loop left their dpre alone, `layer::live_rows`.)
+        for t in 0..d.steps {
+            for k in t * d.b..t * d.b + layer::live_rows(&ws.lengths, t, 0, d.b) {
+                let (row, tok) = (&dpre[k * gh..(k + 1) * gh], ws.tokens[k] as usize);
+                kernels::add_into(&mut ws.dtable[tok * gh..(tok + 1) * gh], row);
+            }
         }
         let (g_enc, g_rest) = grads.split_at_mut(lp.w_ih);
         kernels::gemm(

@@ -111,7 +111,7 @@ pub(crate) fn forward<F: Float>(
     // recurrent GEMM (while they are hot in cache, not in one pass over all of `gates`).
     let table = match x {
         LayerInput::Rows(x) => {
-            project(&pass.dims, lp, p, cache, x);
+            project(&pass.dims, lp, p, &mut cache.gates, x);
             None
         }
         LayerInput::Table { table, tokens } => Some(TableRows { table, tokens, b, gh }),
@@ -234,7 +234,7 @@ fn ended(lengths: &[usize], t: usize, r: usize) -> bool {
 /// running. The rows after it have ended and only hold their state, so the step's products
 /// skip them — all the padding when the rows are sorted by length, longest first, as the
 /// `fit` loop's batches are (cuDNN's packed layout).
-fn live_rows(lengths: &[usize], t: usize, r0: usize, rows: usize) -> usize {
+pub(crate) fn live_rows(lengths: &[usize], t: usize, r0: usize, rows: usize) -> usize {
     if lengths.is_empty() {
         return rows;
     }

@@ -22,7 +22,7 @@ pub(crate) fn forward_pair<'a, F: Float>(
         if pass.w_hh_t {
             kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut cache.w_hh_t, threads);
         }
-        project(&pass.dims, lp, p, cache, x);
+        project(&pass.dims, lp, p, &mut cache.gates, x);
     }
     // (H, G·H): W_hhᵀ as transposed into the cache, or a view of W_hh.
     let w_hh_t = |t: &'a [F], lp: &LayerParams| -> Mat<'a, F> {
@@ -47,10 +47,12 @@ pub(crate) fn forward_pair<'a, F: Float>(
     );
 }
 
-/// The bias and input projection of all T steps: gates (T·B, G·H) = bias + X · W_ihᵀ.
-pub(super) fn project<F: Float>(d: &Dims, lp: &LayerParams, p: &[F], cache: &mut LayerCache<F>, x: &[F]) {
+/// The bias and input projection of all T steps: gates (T·B, G·H) = bias + X · W_ihᵀ, one
+/// GEMM on up to `threads` threads. (With lengths it runs over the padding too: one product per
+/// step of live rows instead cost GRU H = 256, B = 8 about 2% more than the padded rows do.)
+pub(super) fn project<F: Float>(d: &Dims, lp: &LayerParams, p: &[F], gates: &mut [F], x: &[F]) {
     let (gh, n) = (d.gh, d.steps * d.b);
-    let gates = &mut cache.gates[..n * gh];
+    let gates = &mut gates[..n * gh];
     fill_input_bias(d.cell, &p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh], gates);
     let w_ih = Mat::rows(&p[lp.w_ih..], gh, lp.input).t();
     kernels::gemm_at(d.precision, MatMut::rows(gates, n, gh), Mat::rows(x, n, lp.input), w_ih, true, d.threads);

@@ -100,6 +100,16 @@ impl Ended<'_> {
         ended(self.lengths, self.t, self.r0 + k)
     }
 
+    /// Of the first `rows` rows (counted from r0), how many come before the last running row
+    /// of the whole batch (`live_rows` of all its rows): the rows the weight gradients gather
+    /// (`weight_grads`), so an ended one among them must give a zero dpre.
+    pub(super) fn batch_live(self, rows: usize) -> usize {
+        if self.lengths.is_empty() {
+            return rows;
+        }
+        live_rows(self.lengths, self.t, 0, self.lengths.len()).saturating_sub(self.r0).min(rows)
+    }
+
     /// Copies the ended rows of `from` over those of `to` ((r, w) each; nothing if `to` is
     /// empty): an ended row holds its state forward, and its gradient passes straight through.
     pub(super) fn copy_rows<F: Copy>(self, w: usize, from: &[F], to: &mut [F]) {
@@ -141,7 +151,10 @@ impl Ended<'_> {
 /// The cell's backward step and the recurrent GEMM dh_next = dpre · W_hh (tiled on up to
 /// `threads` threads) for some rows. A row whose sequence has ended (`ended`) held its state
 /// through this step, so its gradient passes straight through: dpre = 0, dh_{t−1} = dh_t and
-/// dc unchanged. Under zoneout the cell's step gets (1 − m) ⊙ dh_t (and (1 − k) ⊙ dc_t), and
+/// dc unchanged — written only up to the batch's last running row ([`Ended::batch_live`]): the
+/// rows after it are not touched at all: no product reads their dpre, and dh_t at a padded
+/// position carries no gradient, so dh_next and dc already hold dh_{t−1} and dc_{t−1}. Under
+/// zoneout the cell's step gets (1 − m) ⊙ dh_t (and (1 − k) ⊙ dc_t), and
 /// m ⊙ dh_t (k ⊙ dc_t) joins dL/dh_{t−1} (dL/dc_{t−1}) past it.
 pub(super) fn backward_rows<F: Float>(
     cell: CellKind,
@@ -153,8 +166,9 @@ pub(super) fn backward_rows<F: Float>(
     ended: Ended<'_>,
 ) {
     let r = s.dh.len() / h;
-    ended.zero_rows(gh, s.g);
-    ended.zero_rows(gh, s.dgh);
+    let batch_live = ended.batch_live(r);
+    ended.zero_rows(gh, head_mut(s.g, batch_live * gh));
+    ended.zero_rows(gh, head_mut(s.dgh, batch_live * gh));
     let rows = |a: usize, b: usize, w: usize| a * w..b * w;
     let (lstm, gru, aux) = (cell.has_cell_state(), cell.recurrent_apart(), cell.has_aux());
     let (zoned_h, zoned_c) = (!s.zh.is_empty(), !s.zc.is_empty());
@@ -192,7 +206,6 @@ pub(super) fn backward_rows<F: Float>(
             kernels::add_into(&mut s.dc[hr.clone()], &s.zdc[hr]);
         }
     }
-    // (The rows after the last running one have ended: their dh_next is copied below.)
     let (dpre, gru) = if cell.recurrent_apart() { (&*s.dgh, true) } else { (&*s.g, false) };
     let live = live_rows(ended.lengths, ended.t, ended.r0, r);
     if live > 0 {
@@ -205,5 +218,5 @@ pub(super) fn backward_rows<F: Float>(
             zoneout::past_cell(&mut s.dh_next[hr.clone()], &s.dh[hr.clone()], &s.zh[hr]);
         }
     }
-    ended.copy_rows(h, s.dh, s.dh_next);
+    ended.copy_rows(h, &s.dh[..batch_live * h], &mut s.dh_next[..batch_live * h]);
 }

@@ -179,7 +179,8 @@ pub(super) struct FromAbove<'a, F> {
 
 /// Units [u0, u1) of every row of backward step t, first half: (for the last step of a run in a
 /// wavefront, dL/dh of these units for all the run's steps from the layer above), dh_t +=
-/// dh_next, then the cell's backward step (dpre_t, dc, and the GRU's direct term into dh_next).
+/// dh_next, then the cell's backward step (dpre_t, dc, and the GRU's direct term into dh_next);
+/// the rows after the last running one are not touched, as in `rows::backward_rows`.
 ///
 /// # Safety
 /// Nothing else may touch units [u0, u1) of step t's dh (of every step of `above`), dpre or of
@@ -203,7 +204,9 @@ pub(super) unsafe fn backward_units_cell<F: Float>(
             kernels::gemm(c, dpre, Mat::strided(&a.w_ih[u0..], gh, u, h, 1), false, 1);
         }
         let (gates, lstm, gru, aux) = (cell.gates(), cell.has_cell_state(), cell.recurrent_apart(), cell.has_aux());
-        for r in 0..b {
+        // The rows after the last running one are not touched (`rows::backward_rows`).
+        let live = live_rows(lengths, t, 0, b);
+        for r in 0..live {
             let g = |q: usize| if q < gates { bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u) } else { &mut [] };
             let st = |step: usize| r * h + u0 + step * bh; // offset of these units in a (·, B, H) buffer
             let dh = bufs.dh.slice(st(t), u);
@@ -255,7 +258,7 @@ pub(super) unsafe fn backward_units_gemm<F: Float>(d: &Dims, w: &UnitWeights<'_,
             kernels::gemm(c, Mat::rows(dpre, live, gh), w.backward(gh, h, u0, u1 - u0), gru, 1);
         }
         // An ended row's gradient passes straight through: dh_{t−1} = dh_t.
-        for r in (0..b).filter(|&r| ended(lengths, t, r)) {
+        for r in (0..live).filter(|&r| ended(lengths, t, r)) {
             let at = r * h + u0;
             bufs.dh_next.slice(at, u1 - u0).copy_from_slice(bufs.dh.read(t * b * h + at, u1 - u0));
         }

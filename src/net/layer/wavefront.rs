@@ -15,7 +15,7 @@ use super::{
 };
 use crate::float::Float;
 use crate::kernels::team;
-use crate::kernels::{self, Mat, MatMut, parts};
+use crate::kernels::{self, parts};
 use crate::net::LayerParams;
 use crate::net::plan::MAX_LAYERS;
 use crate::net::workspace::LayerCache;
@@ -42,15 +42,11 @@ pub(crate) fn forward<F: Float>(
     x0: LayerInput<'_, F>,
     wave: Wave,
 ) {
-    let Dims { cell, h, gh, b, steps, threads, .. } = wave.dims;
+    let Dims { h, gh, b, threads, .. } = wave.dims;
     let table = match x0 {
         LayerInput::Rows(x) => {
-            // The first layer's input is known: project all its steps in one GEMM.
-            let (lp, gates) = (&lps[0], &mut caches[0].gates[..steps * b * gh]);
-            super::fill_input_bias(cell, &p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh], gates);
-            let w_ih = Mat::rows(&p[lp.w_ih..], gh, lp.input).t();
-            let (rows, precision) = (Mat::rows(x, steps * b, lp.input), wave.dims.precision);
-            kernels::gemm_at(precision, MatMut::rows(gates, steps * b, gh), rows, w_ih, true, threads);
+            // The first layer's input is known: project all its steps at once.
+            super::project(&wave.dims, &lps[0], p, &mut caches[0].gates, x);
             None
         }
         LayerInput::Table { table, tokens } => Some(TableRows { table, tokens, b, gh }),
