@@ -12,8 +12,11 @@ use super::{Mat, MatMut};
 /// The most rows of A (and of C) the kernel takes.
 pub(crate) const MAX_ROWS: usize = 8;
 
-/// 16-wide vectors of C's columns per block: with up to 4 rows 6 (24 accumulators and 6 loaded
-/// rows of B fill the 32 registers), with 5 to 8 rows 3.
+/// 16-wide vectors of C's columns per block: with 1 or 2 rows 8 (a block of 128 columns, a
+/// whole unit block of the unit split: one stream of B instead of two, the lengths' last rows
+/// run at the latency of one chain), with 3 or 4 rows 6 (24 accumulators and 6 loaded rows of B
+/// fill the 32 registers), with 5 to 8 rows 3.
+const VECTORS_2: usize = 8;
 const VECTORS: usize = 6;
 const VECTORS_8: usize = 3;
 
@@ -43,7 +46,11 @@ pub(crate) fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumul
     assert!(a.rows == c.rows && a.cols == b.rows && b.cols == c.cols, "few-row product shape mismatch");
     #[cfg(target_arch = "x86_64")]
     {
-        let vectors = if c.rows <= 4 { VECTORS } else { VECTORS_8 };
+        let vectors = match c.rows {
+            0..=2 => VECTORS_2,
+            3..=4 => VECTORS,
+            _ => VECTORS_8,
+        };
         let full = c.cols / (16 * vectors) * 16 * vectors;
         let rest = (c.cols - full).div_ceil(16);
         // SAFETY: AVX-512F is present (`takes`); the views were bounds-checked on construction
@@ -51,6 +58,7 @@ pub(crate) fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumul
         unsafe {
             if full > 0 {
                 match vectors {
+                    VECTORS_2 => by_rows::<VECTORS_2>(c.rows, &c, a, b, 0, full, accumulate),
                     VECTORS => by_rows::<VECTORS>(c.rows, &c, a, b, 0, full, accumulate),
                     _ => by_rows::<VECTORS_8>(c.rows, &c, a, b, 0, full, accumulate),
                 }
@@ -61,7 +69,9 @@ pub(crate) fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumul
                 2 => by_rows::<2>(c.rows, &c, a, b, full, c.cols, accumulate),
                 3 => by_rows::<3>(c.rows, &c, a, b, full, c.cols, accumulate),
                 4 => by_rows::<4>(c.rows, &c, a, b, full, c.cols, accumulate),
-                _ => by_rows::<5>(c.rows, &c, a, b, full, c.cols, accumulate),
+                5 => by_rows::<5>(c.rows, &c, a, b, full, c.cols, accumulate),
+                6 => by_rows::<6>(c.rows, &c, a, b, full, c.cols, accumulate),
+                _ => by_rows::<7>(c.rows, &c, a, b, full, c.cols, accumulate),
             }
         }
     }

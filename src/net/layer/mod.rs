@@ -343,6 +343,8 @@ pub(crate) fn backward<F: Float>(
 /// Rows per chunk of a padded pass's weight-gradient products: the live rows of its steps are
 /// gathered this many at a time (`LayerCache::pack`) so that no product runs over padding.
 pub(crate) const PACK_ROWS: usize = 512;
+/// Elements a part of the gather copies at least (fewer: fewer parts, or the caller alone).
+const GATHER_PER_PART: usize = 1 << 14;
 
 /// The shared-weight gradients of a layer after its time loop, accumulated over all steps: one
 /// GEMM each over the T·B rows of pre-activation gradients; `below.dx` (T·B, I), when given,
@@ -413,10 +415,10 @@ pub(crate) fn weight_grads<F: Float>(
             while at.0 < end && m < PACK_ROWS {
                 let (s, r) = at;
                 let k = (live(s) - r).min(PACK_ROWS - m);
-                chunk.put(m, &view(cache, s * b + r, s * b + r + k), k, &widths);
                 m += k;
                 at = if r + k == live(s) { (s + 1, 0) } else { (s, r + k) };
             }
+            chunk.gather(first, m, &live, &|r0, r1| view(cache, r0, r1), &widths, dims);
             let (rows, packed_dx) = chunk.rows(m, &widths);
             if m == 0 {
                 continue; // (steps whose every row has ended)
@@ -513,15 +515,44 @@ impl Widths {
 /// One chunk of gathered rows: the buffers of [`Widths`].
 struct Chunk<'a, F>([&'a mut [F]; 7]);
 
-impl<'a, F: Copy> Chunk<'a, F> {
-    /// Copies `k` rows of `src` to rows [m, m + k) (the buffers `src` has).
-    fn put(&mut self, m: usize, src: &GradRows<'_, F>, k: usize, w: &Widths) {
-        let srcs = [src.dpre_x, src.dpre_h, src.h_prev, src.x, src.dh, src.ms];
-        for ((dst, from), &w) in self.0.iter_mut().zip(srcs).zip(&w.0) {
-            if !from.is_empty() {
-                dst[m * w..(m + k) * w].copy_from_slice(from);
+impl<'a, F: Copy + Send + Sync + 'a> Chunk<'a, F> {
+    /// Gathers the chunk's m rows: the live rows (`live`) of steps from `first` = (step, row)
+    /// on, in order, from the pass's rows (`view` of the (T·B) rows [r0, r1)); the threads of
+    /// the pass each copy a contiguous share of them.
+    fn gather<'c>(
+        &mut self,
+        first: (usize, usize),
+        m: usize,
+        live: &(impl Fn(usize) -> usize + Sync),
+        view: &(impl Fn(usize, usize) -> GradRows<'c, F> + Sync),
+        w: &Widths,
+        d: &Dims,
+    ) where
+        F: 'c,
+    {
+        let parts = (m * w.total() / GATHER_PER_PART).clamp(1, d.threads.min(team::MAX_PARTS));
+        let dsts = self.0.each_mut().map(|v| Shared::of(v));
+        team::for_each(d.threads, parts, |part| {
+            let (lo, hi) = (m * part / parts, m * (part + 1) / parts);
+            let (mut at, mut done) = (first, 0);
+            while done < hi {
+                let (s, r) = at;
+                let k = (live(s) - r).min(m - done);
+                let (a, z) = (done.max(lo), (done + k).min(hi));
+                if a < z {
+                    let row = s * d.b + r + (a - done);
+                    let src = view(row, row + z - a);
+                    let srcs = [src.dpre_x, src.dpre_h, src.h_prev, src.x, src.dh, src.ms];
+                    for ((dst, from), &w) in dsts.iter().zip(srcs).zip(&w.0) {
+                        // SAFETY: rows [a, z) of the chunk are this part's alone, in bounds
+                        // (m ≤ PACK_ROWS rows of width w each); the pass's rows are only read.
+                        unsafe { dst.slice(a * w, from.len()).copy_from_slice(from) };
+                    }
+                }
+                done += k;
+                at = if r + k == live(s) { (s + 1, 0) } else { (s, r + k) };
             }
-        }
+        });
     }
 
     /// The first `m` rows as the products read them (the buffers `put` filled), and dx's.
