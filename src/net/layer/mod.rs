@@ -166,7 +166,7 @@ pub(crate) fn forward<F: Float>(
                 steps,
                 |_| false,
                 |part, t| {
-                    let (r0, r1) = parts::range(b, parts, 1, part);
+                    let (r0, r1) = row_block(lengths, steps, b, parts, part);
                     // SAFETY: this part touches only rows [r0, r1) of each step (and of the (B, ·)
                     // scratch), every other part only other rows (see `FwdBufs::rows`).
                     let mut rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
@@ -239,6 +239,28 @@ pub(crate) fn live_rows(lengths: &[usize], t: usize, r0: usize, rows: usize) -> 
         return rows;
     }
     (0..rows).rev().find(|&k| !ended(lengths, t, r0 + k)).map_or(0, |k| k + 1)
+}
+
+/// Rows [r0, r1) of row block `part` of `parts` over a batch of `b` rows: equal counts, or with
+/// `lengths` equal shares of the batch's real steps (each length up to the pass's `steps`), so
+/// that a batch sorted longest first does not leave one block all its longest sequences (GRU
+/// H = 256, B = 32: 76% of the equal-length speed with equal counts). Every block keeps a row.
+pub(super) fn row_block(lengths: &[usize], steps: usize, b: usize, parts: usize, part: usize) -> (usize, usize) {
+    if lengths.is_empty() || parts > b {
+        return parts::range(b, parts, 1, part);
+    }
+    let len = |r: usize| lengths[r].min(steps);
+    let total: usize = (0..b).map(len).sum();
+    // Block q starts at the first row whose real steps before it reach q/parts of the total.
+    let start = |q: usize| {
+        let (mut k, mut before) = (0, 0);
+        while k < b && before * parts < q * total {
+            before += len(k);
+            k += 1;
+        }
+        k.clamp(q, b - (parts - q))
+    };
+    (start(part), if part + 1 == parts { b } else { start(part + 1) })
 }
 
 /// The first `n` elements of `v` (`v` itself if the cell does not use the buffer: empty).
@@ -319,7 +341,7 @@ pub(crate) fn backward<F: Float>(
                 steps,
                 |_| false,
                 |part, k| {
-                    let (r0, r1) = parts::range(b, parts, 1, part);
+                    let (r0, r1) = row_block(lengths, steps, b, parts, part);
                     // SAFETY: as in `forward`: rows [r0, r1) of every buffer belong to this half.
                     let t = steps - 1 - k;
                     let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
@@ -637,4 +659,40 @@ fn products<F: Float>(
 /// W_hh (or its transpose) as the per-step products read it: packed bf16, or the view itself.
 fn operand<'a, F>(bf16: bool, packed: &'a kernels::bf16::PackedB, w: Mat<'a, F>) -> Operand<'a, F> {
     if bf16 { Operand::Packed(packed) } else { Operand::Plain(w) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_block;
+
+    /// Row blocks cover the batch in order, each with a row; with lengths each holds about its
+    /// share of the real steps (within one sequence's length), sorted or not, long or short.
+    #[test]
+    fn row_blocks_share_the_real_steps() {
+        let sorted: Vec<usize> = (0..32).map(|r| 180 - 5 * r).collect();
+        let shuffled: Vec<usize> = (0..32).map(|r| sorted[(7 * r + 3) % 32]).collect();
+        let one_long: Vec<usize> = (0..16).map(|r| if r == 0 { 500 } else { 1 }).collect();
+        for lengths in [&sorted[..], &shuffled, &one_long, &[]] {
+            let b = if lengths.is_empty() { 24 } else { lengths.len() };
+            for parts in [1, 2, 3, 4, 8] {
+                let blocks: Vec<(usize, usize)> = (0..parts).map(|p| row_block(lengths, 400, b, parts, p)).collect();
+                assert_eq!(blocks[0].0, 0);
+                assert_eq!(blocks[parts - 1].1, b);
+                assert!(blocks.windows(2).all(|w| w[0].1 == w[1].0), "{blocks:?}");
+                assert!(blocks.iter().all(|&(r0, r1)| r0 < r1), "a block without rows: {blocks:?}");
+                if lengths.is_empty() || lengths == &one_long[..] {
+                    continue;
+                }
+                let total: usize = lengths.iter().sum();
+                let longest = *lengths.iter().max().unwrap();
+                for &(r0, r1) in &blocks {
+                    let share: usize = lengths[r0..r1].iter().sum();
+                    assert!(share.abs_diff(total / parts) <= longest, "{parts} parts: {blocks:?}");
+                }
+            }
+        }
+        // The longest sequence alone in its block; lengths past the pass's steps count as it.
+        assert_eq!(row_block(&one_long, 400, 16, 2, 0), (0, 1));
+        assert_eq!(row_block(&[9, 1, 1, 1, 1, 1, 1, 1], 2, 8, 2, 0), (0, 4));
+    }
 }

@@ -68,7 +68,7 @@ pub(super) fn forward<F: Float>(
             steps,
             |_| false,
             |part, t| {
-                let (r0, r1) = parts::range(b, parts, 1, part);
+                let (r0, r1) = row_block(pass.lengths, steps, b, parts, part);
                 step(t, r0, r1, 1);
             },
         ),
@@ -136,7 +136,7 @@ pub(super) fn backward<F: Float>(
                 steps,
                 |_| false,
                 |part, k| {
-                    let (r0, r1) = parts::range(b, parts, 1, part);
+                    let (r0, r1) = row_block(pass.lengths, steps, b, parts, part);
                     step(steps - 1 - k, r0, r1, 1);
                 },
             ),
