@@ -2,10 +2,11 @@
 """Mixed-length efficiency: the time to fit sequences of mixed lengths against sequences of one
 length with the same number of real steps, `bptt fit` beside PyTorch's packed sequences.
 
-    python bench/mixed_lengths.py [--bptt target/release/bptt] [--rounds 3] [--threads 2]
+    python bench/mixed_lengths.py [--bptt target/release/bptt] [--rounds 3] [--threads 2] [--batch 8,32]
 
 256 random sequences of 8 features, lengths uniform in 20–180 (about 25,600 real steps), against
-256 sequences of their mean length; binary labels; a GRU H256, batch 8, 3 epochs, Adam, the last
+256 sequences of their mean length; binary labels; a GRU H256, batch 8 (bptt's unit split) and 32
+(its row blocks), 3 epochs, Adam, the last
 state and the mean over each sequence's own steps into a linear head (bptt's defaults with
 `--patch 1 --dropout 0`; the same model in PyTorch with `pack_padded_sequence`). Efficiency is
 equal-length time ÷ mixed-length time (1 = padding costs nothing); "grouped" draws the batches
@@ -36,11 +37,12 @@ def data(n=256, t=180, f=8, seed=0):
     return x, y, mixed, equal
 
 
-def bptt_seconds(exe, path, threads, group=False):
+def bptt_seconds(exe, path, threads, batch, group=False):
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         subprocess.run([exe, "fit", "--train", path, "--out", d + "/run", "--epochs", "3", "--patch", "1",
-                        "--dropout", "0", "--threads", str(threads)] + (["--group-by-length"] if group else []),
+                        "--dropout", "0", "--threads", str(threads), "--batch", str(batch)]
+                       + (["--group-by-length"] if group else []),
                        check=True, capture_output=True)
         return time.perf_counter() - t0
 
@@ -65,7 +67,7 @@ def grouped(order, lengths, b=8):
     return np.array([i for run in runs for i in run])
 
 
-def torch_seconds(x, y, lengths, group=False):
+def torch_seconds(x, y, lengths, batch, group=False):
     torch.manual_seed(0)
     model = Model(x.shape[2])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -75,9 +77,9 @@ def torch_seconds(x, y, lengths, group=False):
     for _ in range(3):
         order = rng.permutation(len(x))
         if group:
-            order = grouped(order, lengths)
-        for k in range(0, len(x), 8):
-            idx = order[k:k + 8]
+            order = grouped(order, lengths, batch)
+        for k in range(0, len(x), batch):
+            idx = order[k:k + batch]
             lens = torch.from_numpy(lengths[idx])
             xb = torch.from_numpy(np.ascontiguousarray(x[idx, : int(lens.max())].transpose(1, 0, 2)))
             loss = torch.nn.functional.cross_entropy(model(xb, lens), yt[idx])
@@ -92,30 +94,37 @@ def main():
     ap.add_argument("--bptt", default=os.path.join(HERE, "..", "target", "release", "bptt"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", default="8,32", help="batch sizes, comma-separated")
     a = ap.parse_args()
+    batches = [int(v) for v in a.batch.split(",")]
     torch.set_num_threads(a.threads)
     x, y, mixed, equal = data()
     with tempfile.TemporaryDirectory() as d:
         np.savez(d + "/mixed.npz", X=x, y=y, lengths=mixed)
         np.savez(d + "/equal.npz", X=x[:, :equal], y=y, lengths=np.full(len(x), equal))
-        runs = {k: [] for k in ("bptt mixed", "bptt equal", "bptt grouped", "torch mixed", "torch equal",
-                                "torch grouped")}
+        runs = {(s, k, b): [] for s in ("bptt", "torch") for k in ("mixed", "equal", "grouped") for b in batches}
+        eq = np.full(len(x), equal)
         for _ in range(a.rounds):
-            runs["bptt mixed"].append(bptt_seconds(a.bptt, d + "/mixed.npz", a.threads))
-            runs["bptt grouped"].append(bptt_seconds(a.bptt, d + "/mixed.npz", a.threads, group=True))
-            runs["bptt equal"].append(bptt_seconds(a.bptt, d + "/equal.npz", a.threads))
-            runs["torch mixed"].append(torch_seconds(x, y, mixed))
-            runs["torch grouped"].append(torch_seconds(x, y, mixed, group=True))
-            runs["torch equal"].append(torch_seconds(x[:, :equal], y, np.full(len(x), equal)))
-    med = {k: statistics.median(v) for k, v in runs.items()}
+            for b in batches:
+                runs["bptt", "mixed", b].append(bptt_seconds(a.bptt, d + "/mixed.npz", a.threads, b))
+                runs["bptt", "grouped", b].append(bptt_seconds(a.bptt, d + "/mixed.npz", a.threads, b, group=True))
+                runs["bptt", "equal", b].append(bptt_seconds(a.bptt, d + "/equal.npz", a.threads, b))
+                runs["torch", "mixed", b].append(torch_seconds(x, y, mixed, b))
+                runs["torch", "grouped", b].append(torch_seconds(x, y, mixed, b, group=True))
+                runs["torch", "equal", b].append(torch_seconds(x[:, :equal], y, eq, b))
     print(f"{mixed.sum()} real steps mixed (lengths 20–180), {equal * len(x)} equal ({equal} each); "
-          f"{a.rounds} rounds, {a.threads} threads, torch {torch.__version__}")
-    print("| system | mixed lengths s | equal lengths s | efficiency (equal ÷ mixed) | mixed, grouped by length s "
-          "| efficiency, grouped |")
-    print("|---|---|---|---|---|---|")
-    for s in ("bptt", "torch"):
-        m, e, g = med[s + " mixed"], med[s + " equal"], med[s + " grouped"]
-        print(f"| {s} | {m:.2f} | {e:.2f} | {e / m:.0%} | {g:.2f} | {e / g:.0%} |")
+          f"{a.rounds} rounds, {a.threads} threads, torch {torch.__version__}; medians (best of the rounds)")
+    print("| system | batch | mixed lengths s | equal lengths s | efficiency (equal ÷ mixed) "
+          "| mixed, grouped by length s | efficiency, grouped |")
+    print("|---|---|---|---|---|---|---|")
+    for b in batches:
+        for s in ("bptt", "torch"):
+            med = {k: statistics.median(runs[s, k, b]) for k in ("mixed", "equal", "grouped")}
+            best = {k: min(runs[s, k, b]) for k in ("mixed", "equal", "grouped")}
+            m, e, g = med["mixed"], med["equal"], med["grouped"]
+            print(f"| {s} | {b} | {m:.2f} ({best['mixed']:.2f}) | {e:.2f} ({best['equal']:.2f}) "
+                  f"| {e / m:.0%} ({best['equal'] / best['mixed']:.0%}) | {g:.2f} ({best['grouped']:.2f}) "
+                  f"| {e / g:.0%} ({best['equal'] / best['grouped']:.0%}) |")
 
 
 if __name__ == "__main__":
