@@ -577,7 +577,7 @@ impl<'a, F: Copy + Send + Sync + 'a> Chunk<'a, F> {
         });
     }
 
-    /// The first `m` rows as the products read them (the buffers `put` filled), and dx's.
+    /// The first `m` rows as the products read them (the buffers `gather` filled), and dx's.
     fn rows(self, m: usize, w: &Widths) -> (GradRows<'a, F>, &'a mut [F]) {
         let [dpre_x, dpre_h, h_prev, x, dh, ms, dx] = self.0;
         let rows = |v: &'a mut [F], w: usize| -> &'a [F] { &v[..m * w] };

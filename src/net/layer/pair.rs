@@ -52,7 +52,7 @@ const FILL_PER_PART: usize = 1 << 15;
 
 /// The bias and input projection of all T steps: gates (T·B, G·H) = bias + X · W_ihᵀ, one
 /// GEMM on up to `threads` threads. (With lengths it runs over the padding too: one product per
-/// step of live rows instead cost GRU H = 256, B = 8 about 2% more than the padded rows do.)
+/// step of live rows instead ran slower, GRU H = 256, B = 8 — a call costs more than its rows.)
 pub(super) fn project<F: Float>(d: &Dims, lp: &LayerParams, p: &[F], gates: &mut [F], x: &[F]) {
     let (gh, n) = (d.gh, d.steps * d.b);
     let gates = &mut gates[..n * gh];
