@@ -83,6 +83,11 @@ pub struct Args {
     /// with AVX512-BF16; f32 elsewhere).
     #[arg(long, default_value = "f32", value_name = "f32|bf16")]
     precision: String,
+    /// The schedule model: time every part of every pass on one thread and predict the time of
+    /// an update on 1, 2, 4, 8 and 16 threads (the slowest thread's parts per segment, plus
+    /// meetings and hand-offs measured here); the measured line is then the 1-thread run.
+    #[arg(long)]
+    plan: bool,
 }
 
 /// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
@@ -208,7 +213,8 @@ fn cpu_model() -> String {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
-    let threads = super::threads(a.threads)?;
+    // (The schedule model times each part on one thread.)
+    let threads = if a.plan { 1 } else { super::threads(a.threads)? };
     if a.gemm_peak {
         gemm_peak(threads, a.json)?;
         return Ok(ExitCode::SUCCESS);
@@ -331,10 +337,13 @@ pub fn run(a: Args) -> Result<ExitCode> {
     }
     // How the parts of every pass were shared between the threads, over the timed steps only.
     let _ = bptt::kernels::team::take_shares();
+    bptt::kernels::team::model_start(a.plan);
     let mut total = 0.0;
     for _ in 0..a.steps {
         total += step(true)?;
     }
+    let model = bptt::kernels::team::model_sums();
+    bptt::kernels::team::model_start(false);
     let parts_run = bptt::kernels::team::take_shares();
     let all_parts: u64 = parts_run.iter().sum::<u64>().max(1);
     let share: Vec<f64> = parts_run.iter().map(|&n| (n as f64 / all_parts as f64 * 1000.0).round() / 1000.0).collect();
@@ -391,5 +400,63 @@ pub fn run(a: Args) -> Result<ExitCode> {
             share.iter().map(|f| format!("{:.0}%", f * 100.0)).collect::<Vec<_>>().join("/")
         )?;
     }
+    if a.plan {
+        print_plan(&model, total / a.steps as f64, a.steps, n, a.json)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The schedule model's predictions (`--plan`) from its sums over `steps` updates of `n` tokens
+/// that took `per_update` seconds each on one thread: the time outside passes (the same at any
+/// count), the slowest thread's parts per segment, and meetings and hand-offs at their cost on 2
+/// threads here times (threads − 1) — a meeting waits for every thread.
+fn print_plan(
+    model: &[bptt::kernels::team::ModelSums],
+    per_update: f64,
+    steps: usize,
+    n: usize,
+    json: bool,
+) -> Result<()> {
+    let (meeting, hand_off) = bptt::kernels::team::meeting_costs(2, 4000);
+    let per = |v: f64| v / steps as f64;
+    let serial = (per_update - per(model[0].busy_s)).max(0.0);
+    let rows: Vec<(usize, f64, f64, f64)> = model
+        .iter()
+        .map(|m| {
+            let extra = (m.lanes - 1) as f64;
+            let sync = per(m.meetings as f64) * meeting * extra + per(m.passes as f64) * hand_off * extra;
+            let t = serial + per(m.busy_s) + sync;
+            (m.lanes, t, per(m.busy_s), sync)
+        })
+        .collect();
+    if json {
+        let predicted: Vec<_> = rows
+            .iter()
+            .map(|&(lanes, t, busy, sync)| {
+                serde_json::json!({"threads": lanes, "ms_per_step": (t * 1e6).round() / 1e3,
+                    "tokens_per_s": (n as f64 / t).round(), "parts_ms": (busy * 1e6).round() / 1e3,
+                    "sync_ms": (sync * 1e6).round() / 1e3})
+            })
+            .collect();
+        let line = serde_json::json!({"system": "bptt-plan", "serial_ms": (serial * 1e6).round() / 1e3,
+            "meeting_us": (meeting * 1e9).round() / 1e3, "hand_off_us": (hand_off * 1e9).round() / 1e3,
+            "predicted": predicted});
+        return Ok(super::outln!("{line}")?);
+    }
+    super::outln!(
+        "schedule model: {:.2} ms/update outside passes; a meeting {:.2} µs, a hand-off {:.2} µs on 2 threads here",
+        serial * 1e3,
+        meeting * 1e6,
+        hand_off * 1e6
+    )?;
+    for (lanes, t, busy, sync) in rows {
+        super::outln!(
+            "  {lanes:>2} threads: {:.2} ms/update ({:.0} tokens/s): parts {:.2} ms, meetings and hand-offs {:.2} ms",
+            t * 1e3,
+            n as f64 / t,
+            busy * 1e3,
+            sync * 1e3
+        )?;
+    }
+    Ok(())
 }

@@ -51,16 +51,31 @@ pub(crate) fn run(
     assert!(parts <= MAX_PARTS, "a pass of {parts} parts (at most {MAX_PARTS})");
     let lanes = threads.min(parts).min(MAX_LANES);
     if lanes <= 1 || phases == 0 {
-        // The reference order: segment by segment, every part in turn.
+        // The reference order: segment by segment, every part in turn (timed for the schedule
+        // model when it is on, outside any pass that is itself a part of one).
+        let timed = MODEL_ON.load(Ordering::Relaxed) && DEPTH.get() == 0;
+        let mut took = [0u64; MAX_PARTS];
         let mut start = 0;
         while start < phases {
             let end = next_barrier(start, phases, &sync);
-            for p in 0..parts {
+            for (p, took) in took.iter_mut().enumerate().take(parts) {
+                let t0 = timed.then(Instant::now);
+                DEPTH.set(DEPTH.get() + 1);
                 for ph in start..end {
                     work(p, ph);
                 }
+                DEPTH.set(DEPTH.get() - 1);
+                *took = t0.map_or(0, |t0| t0.elapsed().as_nanos() as u64);
+            }
+            if timed {
+                model_segment(&took[..parts]);
             }
             start = end;
+        }
+        if timed {
+            for (n, passes) in MODEL_LANES.iter().zip(&MODEL.passes) {
+                passes.fetch_add(u64::from(parts.min(*n) > 1), Ordering::Relaxed);
+            }
         }
         if threads > 1 {
             record(0, parts * segments(phases, &sync));
@@ -112,6 +127,91 @@ pub fn take_shares() -> Vec<u64> {
     let all: Vec<u64> = SHARES.iter().map(|s| s.swap(0, Ordering::Relaxed)).collect();
     let used = all.iter().rposition(|&n| n > 0).map_or(0, |k| k + 1);
     all[..used].to_vec()
+}
+
+/// Lane counts the schedule model predicts for (`bptt bench --plan`).
+pub const MODEL_LANES: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// The schedule model: passes run in the reference order (one thread) time each part's share
+/// of each segment; for each lane count n of [`MODEL_LANES`] a segment then takes as long as the
+/// slowest of min(n, parts) lanes (part p on lane p % lanes, as [`run`] shares them in the steady
+/// state) and, on more than one lane, ends in a meeting; a pass on more than one lane is handed
+/// to helpers once.
+struct Model {
+    busy_ns: [AtomicU64; MODEL_LANES.len()],
+    meetings: [AtomicU64; MODEL_LANES.len()],
+    passes: [AtomicU64; MODEL_LANES.len()],
+}
+
+static MODEL_ON: AtomicBool = AtomicBool::new(false);
+static MODEL: Model = Model {
+    busy_ns: [const { AtomicU64::new(0) }; MODEL_LANES.len()],
+    meetings: [const { AtomicU64::new(0) }; MODEL_LANES.len()],
+    passes: [const { AtomicU64::new(0) }; MODEL_LANES.len()],
+};
+
+thread_local! {
+    /// How many passes' parts this thread is inside (the model times the outermost only).
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// One segment's part times into the model.
+fn model_segment(took: &[u64]) {
+    for (i, &n) in MODEL_LANES.iter().enumerate() {
+        let lanes = n.min(took.len()).max(1);
+        let slowest = (0..lanes).map(|l| took.iter().skip(l).step_by(lanes).sum::<u64>()).max().unwrap_or(0);
+        MODEL.busy_ns[i].fetch_add(slowest, Ordering::Relaxed);
+        MODEL.meetings[i].fetch_add(u64::from(lanes > 1), Ordering::Relaxed);
+    }
+}
+
+/// What the schedule model summed for one lane count since [`model_start`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelSums {
+    /// The lane count.
+    pub lanes: usize,
+    /// Seconds of the slowest lane, summed over every segment of every pass.
+    pub busy_s: f64,
+    /// Segments that end in a meeting of more than one lane.
+    pub meetings: u64,
+    /// Passes handed to helpers.
+    pub passes: u64,
+}
+
+/// Clears the schedule model and turns it on (`on`) or off. It times passes that run on one
+/// thread only (`Workspace::set_threads(1)`).
+pub fn model_start(on: bool) {
+    for v in MODEL.busy_ns.iter().chain(&MODEL.meetings).chain(&MODEL.passes) {
+        v.store(0, Ordering::Relaxed);
+    }
+    MODEL_ON.store(on, Ordering::Relaxed);
+}
+
+/// The schedule model's sums per lane count of [`MODEL_LANES`] since [`model_start`].
+pub fn model_sums() -> Vec<ModelSums> {
+    let get = |v: &[AtomicU64; MODEL_LANES.len()], i: usize| v[i].load(Ordering::Relaxed);
+    (0..MODEL_LANES.len())
+        .map(|i| ModelSums {
+            lanes: MODEL_LANES[i],
+            busy_s: get(&MODEL.busy_ns, i) as f64 * 1e-9,
+            meetings: get(&MODEL.meetings, i),
+            passes: get(&MODEL.passes, i),
+        })
+        .collect()
+}
+
+/// Seconds per meeting and per hand-off of a pass on `threads` threads, measured: `rounds`
+/// phases of two parts that all meet, and `rounds` passes of one phase.
+pub fn meeting_costs(threads: usize, rounds: usize) -> (f64, f64) {
+    let rounds = rounds.max(1);
+    let t0 = Instant::now();
+    run(threads, 2, rounds, |_| true, |_, _| std::hint::black_box(()));
+    let meeting = t0.elapsed().as_secs_f64() / rounds as f64;
+    let t0 = Instant::now();
+    for _ in 0..rounds {
+        run(threads, 2, 1, |_| false, |_, _| std::hint::black_box(()));
+    }
+    (meeting, t0.elapsed().as_secs_f64() / rounds as f64)
 }
 
 /// The first phase after `start` that waits for every part (or `phases`).
@@ -468,9 +568,24 @@ impl<F> Shared<F> {
 
 #[cfg(test)]
 mod tests {
-    use super::{for_each, run};
+    use super::{for_each, model_segment, model_sums, run};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The schedule model gives a segment the time of its slowest lane (part p on lane p % lanes)
+    /// for each lane count, and a meeting where more than one lane runs it.
+    #[test]
+    fn the_schedule_model_takes_the_slowest_lane() {
+        // (The model's sums are global, and only a pass run with the model on adds to them.)
+        let before = model_sums();
+        model_segment(&[5, 1, 1, 1, 3]);
+        let after = model_sums();
+        let ns = |i: usize| ((after[i].busy_s - before[i].busy_s) * 1e9).round() as u64;
+        // 1 lane: 11; 2: {5, 1, 3} against {1, 1}; 4: {5, 3}, {1}, {1}, {1}; 8 and 16: 5 lanes.
+        assert_eq!((0..5).map(ns).collect::<Vec<_>>(), [11, 9, 8, 5, 5]);
+        let meetings: Vec<u64> = (0..5).map(|i| after[i].meetings - before[i].meetings).collect();
+        assert_eq!(meetings, [0, 1, 1, 1, 1]);
+    }
 
     /// Every (part, phase) runs exactly once, in phase order per part, and a synced phase of any
     /// part never starts before every part has finished the phase before; at 1 to 16 threads.

@@ -249,6 +249,20 @@ fn task_bench_plot_and_diagnose_print_what_they_document() {
     }
     assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
 
+    // The schedule model: the measured line at 1 thread, then the predictions for 1–16 threads,
+    // whose 1-thread time is the measured one (the parts timed plus the time outside them).
+    let o = bptt(&["bench", "--hidden", "64", "--batch", "2", "--seq-len", "8", "--steps", "3", "--json", "--plan"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> =
+        o.stdout.split(|&c| c == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+    assert_eq!((lines.len(), lines[0]["threads"].as_u64()), (2, Some(1)), "{lines:?}");
+    let predicted = lines[1]["predicted"].as_array().unwrap();
+    let threads: Vec<u64> = predicted.iter().map(|p| p["threads"].as_u64().unwrap()).collect();
+    assert_eq!(threads, [1, 2, 4, 8, 16]);
+    let (one, measured) = (predicted[0]["ms_per_step"].as_f64().unwrap(), lines[0]["ms_per_step"].as_f64().unwrap());
+    assert!((one - measured).abs() <= 0.002 + 1e-3 * measured, "{one} against {measured}");
+    assert!(predicted.iter().all(|p| p["parts_ms"].as_f64().unwrap() > 0.0), "{predicted:?}");
+
     let d = tempfile::tempdir().unwrap();
     let text = corpus(d.path());
     assert!(train(d.path(), &text, "run", &["--steps", "6", "--eval-every", "3"]).status.success());
