@@ -8,7 +8,9 @@
 # Every (config, thread count) runs bptt, then PyTorch, right after each other; tokens/s are
 # one run each (training steps with Adam and clipping, after 3 warm-up steps). The last column
 # is the smallest share of parts that any bptt thread ran at the highest thread count (1/N when
-# every thread ran its share). The raw JSON lines go to $RAW (default: a temp file).
+# every thread ran its share). A second table sets the schedule model's predictions
+# (`bptt bench --plan`, part times measured on one thread of this machine) beside the measured
+# tokens/s. The raw JSON lines go to $RAW (default: a temp file).
 set -euo pipefail
 BPTT=${1:?usage: bench/scaling.sh PATH/TO/bptt}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -36,6 +38,9 @@ for cfg in "${CONFIGS[@]}"; do
     "$BPTT" bench --json "${args[@]}" | tail -n 1 >> "$RAW"
     "$PYTHON" "$HERE/torch_reference.py" "${args[@]}" | tail -n 1 >> "$RAW"
   done
+  echo "$cell H=$h L=$l B=$b T=$t: the schedule model" >&2
+  "$BPTT" bench --json --plan --cell "$cell" --hidden "$h" --layers "$l" --batch "$b" --seq-len "$t" \
+    --steps "$steps" | tail -n 1 >> "$RAW"
 done
 "$PYTHON" - "$RAW" "$THREADS" <<'PY'
 import json, sys
@@ -50,7 +55,8 @@ head = " | ".join(f"bptt {t}" for t in threads) + " | " + " | ".join(f"PyTorch {
 print(f"| config | {head} | best ÷ best | bptt {threads[-1]} ÷ {threads[min(1, len(threads) - 1)]} | min share at {threads[-1]} |")
 print("|---" * (2 * len(threads) + 4) + "|")
 for c in configs:
-    get = lambda sys_, t: next((r for r in rows if key(r) == c and r["system"].startswith(sys_) and r["threads"] == t), None)
+    is_ = lambda r, sys_: r["system"] == "bptt" if sys_ == "bptt" else r["system"].startswith(sys_)
+    get = lambda sys_, t: next((r for r in rows if key(r) == c and is_(r, sys_) and r.get("threads") == t), None)
     ours = [get("bptt", t) for t in threads]
     theirs = [get("pytorch", t) for t in threads]
     tok = lambda r: r["tokens_per_s"] if r else float("nan")
@@ -63,4 +69,17 @@ for c in configs:
     cells = " | ".join(fmt(tok(r)) for r in ours) + " | " + " | ".join(fmt(tok(r)) for r in theirs)
     print(f"| {cell.upper() if cell != 'rnn_tanh' else 'RNN-tanh'} H{h} L{l} B{b} T{t} | {cells} | "
           f"{best_o / best_t:.2f}× | {scale:.2f}× | {low:.3f} |")
+
+print("\nThe schedule model (`bptt bench --plan`): predicted ÷ measured bptt tokens/s per thread count.\n")
+print("| config | " + " | ".join(f"{t} threads" for t in threads) + " |")
+print("|---" * (len(threads) + 1) + "|")
+for c in configs:
+    plan = next((r for r in rows if key(r) == c and r["system"] == "bptt-plan"), None)
+    if plan is None:
+        continue
+    predicted = {p["threads"]: p["tokens_per_s"] for p in plan["predicted"]}
+    measured = {r["threads"]: r["tokens_per_s"] for r in rows if key(r) == c and r["system"] == "bptt"}
+    ratio = lambda t: f"{predicted[t] / measured[t]:.2f}" if t in predicted and t in measured else "–"
+    cell, h, l, b, t = c
+    print(f"| {cell.upper()} H{h} L{l} B{b} T{t} | " + " | ".join(ratio(t) for t in threads) + " |")
 PY

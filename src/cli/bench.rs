@@ -401,7 +401,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         )?;
     }
     if a.plan {
-        print_plan(&model, total / a.steps as f64, a.steps, n, a.json)?;
+        print_plan(&model, total / a.steps as f64, a.steps, n, a.json.then_some(&line))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -409,13 +409,14 @@ pub fn run(a: Args) -> Result<ExitCode> {
 /// The schedule model's predictions (`--plan`) from its sums over `steps` updates of `n` tokens
 /// that took `per_update` seconds each on one thread: the time outside passes (the same at any
 /// count), the slowest thread's parts per segment, and meetings and hand-offs at their cost on 2
-/// threads here times (threads − 1) — a meeting waits for every thread.
+/// threads here times (threads − 1) — a meeting waits for every thread. `json`: one line, with
+/// the config's keys of the measured line.
 fn print_plan(
     model: &[bptt::kernels::team::ModelSums],
     per_update: f64,
     steps: usize,
     n: usize,
-    json: bool,
+    json: Option<&serde_json::Value>,
 ) -> Result<()> {
     let (meeting, hand_off) = bptt::kernels::team::meeting_costs(2, 4000);
     let per = |v: f64| v / steps as f64;
@@ -429,7 +430,7 @@ fn print_plan(
             (m.lanes, t, per(m.busy_s), sync)
         })
         .collect();
-    if json {
+    if let Some(measured) = json {
         let predicted: Vec<_> = rows
             .iter()
             .map(|&(lanes, t, busy, sync)| {
@@ -438,9 +439,12 @@ fn print_plan(
                     "sync_ms": (sync * 1e6).round() / 1e3})
             })
             .collect();
-        let line = serde_json::json!({"system": "bptt-plan", "serial_ms": (serial * 1e6).round() / 1e3,
+        let mut line = serde_json::json!({"system": "bptt-plan", "serial_ms": (serial * 1e6).round() / 1e3,
             "meeting_us": (meeting * 1e9).round() / 1e3, "hand_off_us": (hand_off * 1e9).round() / 1e3,
             "predicted": predicted});
+        for key in ["cell", "hidden", "layers", "embedding_dim", "vocab", "batch", "seq_len", "cpu"] {
+            line[key] = measured[key].clone();
+        }
         return Ok(super::outln!("{line}")?);
     }
     super::outln!(
