@@ -85,7 +85,7 @@ pub struct Args {
     precision: String,
     /// The schedule model: time every part of every pass on one thread and predict the time of
     /// an update on 1, 2, 4, 8 and 16 threads (the slowest thread's parts per segment, plus
-    /// meetings and hand-offs measured here); the measured line is then the 1-thread run.
+    /// meetings and hand-offs measured here, per helper); the measured line is the 1-thread run.
     #[arg(long)]
     plan: bool,
 }
@@ -409,8 +409,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
 /// The schedule model's predictions (`--plan`) from its sums over `steps` updates of `n` tokens
 /// that took `per_update` seconds each on one thread: the time outside passes (the same at any
 /// count), the slowest thread's parts per segment, and meetings and hand-offs at their cost on 2
-/// threads here times (threads − 1) — a meeting waits for every thread. `json`: one line, with
-/// the config's keys of the measured line.
+/// threads here, once per helper taking part (a pass runs on no more threads than it has
+/// parts). `json`: one line, with the config's keys of the measured line.
 fn print_plan(
     model: &[bptt::kernels::team::ModelSums],
     per_update: f64,
@@ -424,8 +424,7 @@ fn print_plan(
     let rows: Vec<(usize, f64, f64, f64)> = model
         .iter()
         .map(|m| {
-            let extra = (m.lanes - 1) as f64;
-            let sync = per(m.meetings as f64) * meeting * extra + per(m.passes as f64) * hand_off * extra;
+            let sync = per(m.meetings as f64) * meeting + per(m.passes as f64) * hand_off;
             let t = serial + per(m.busy_s) + sync;
             (m.lanes, t, per(m.busy_s), sync)
         })

@@ -74,7 +74,7 @@ pub(crate) fn run(
         }
         if timed {
             for (n, passes) in MODEL_LANES.iter().zip(&MODEL.passes) {
-                passes.fetch_add(u64::from(parts.min(*n) > 1), Ordering::Relaxed);
+                passes.fetch_add((parts.min(*n).max(1) - 1) as u64, Ordering::Relaxed);
             }
         }
         if threads > 1 {
@@ -135,8 +135,8 @@ pub const MODEL_LANES: [usize; 5] = [1, 2, 4, 8, 16];
 /// The schedule model: passes run in the reference order (one thread) time each part's share
 /// of each segment; for each lane count n of [`MODEL_LANES`] a segment then takes as long as the
 /// slowest of min(n, parts) lanes (part p on lane p % lanes, as [`run`] shares them in the steady
-/// state) and, on more than one lane, ends in a meeting; a pass on more than one lane is handed
-/// to helpers once.
+/// state) and ends in a meeting of those lanes; a pass is handed to its min(n, parts) − 1
+/// helpers once. Meetings and hand-offs are counted per helper taking part (lanes − 1).
 struct Model {
     busy_ns: [AtomicU64; MODEL_LANES.len()],
     meetings: [AtomicU64; MODEL_LANES.len()],
@@ -161,7 +161,7 @@ fn model_segment(took: &[u64]) {
         let lanes = n.min(took.len()).max(1);
         let slowest = (0..lanes).map(|l| took.iter().skip(l).step_by(lanes).sum::<u64>()).max().unwrap_or(0);
         MODEL.busy_ns[i].fetch_add(slowest, Ordering::Relaxed);
-        MODEL.meetings[i].fetch_add(u64::from(lanes > 1), Ordering::Relaxed);
+        MODEL.meetings[i].fetch_add((lanes - 1) as u64, Ordering::Relaxed);
     }
 }
 
@@ -172,9 +172,9 @@ pub struct ModelSums {
     pub lanes: usize,
     /// Seconds of the slowest lane, summed over every segment of every pass.
     pub busy_s: f64,
-    /// Segments that end in a meeting of more than one lane.
+    /// Meetings at the ends of segments, one per helper that takes part (lanes − 1 each).
     pub meetings: u64,
-    /// Passes handed to helpers.
+    /// Passes handed to helpers, one per helper (lanes − 1 each).
     pub passes: u64,
 }
 
@@ -573,7 +573,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// The schedule model gives a segment the time of its slowest lane (part p on lane p % lanes)
-    /// for each lane count, and a meeting where more than one lane runs it.
+    /// for each lane count, and a meeting per helper that takes part (no more lanes than parts).
     #[test]
     fn the_schedule_model_takes_the_slowest_lane() {
         // (The model's sums are global, and only a pass run with the model on adds to them.)
@@ -584,7 +584,7 @@ mod tests {
         // 1 lane: 11; 2: {5, 1, 3} against {1, 1}; 4: {5, 3}, {1}, {1}, {1}; 8 and 16: 5 lanes.
         assert_eq!((0..5).map(ns).collect::<Vec<_>>(), [11, 9, 8, 5, 5]);
         let meetings: Vec<u64> = (0..5).map(|i| after[i].meetings - before[i].meetings).collect();
-        assert_eq!(meetings, [0, 1, 1, 1, 1]);
+        assert_eq!(meetings, [0, 1, 3, 4, 4]);
     }
 
     /// Every (part, phase) runs exactly once, in phase order per part, and a synced phase of any
