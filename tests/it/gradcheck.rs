@@ -805,6 +805,22 @@ fn layer_norm_is_refused_where_it_has_no_meaning() {
     }
 }
 
+/// A zoneout check: `p` zoned by `z` with a loss on the final state too (its weights scaled
+/// down), lengths 1 to T over its `b` rows, and in training (`dropout` given) a fixed seed's
+/// masks — the same in every pass — with that dropout; in evaluation the expectation.
+fn check_zoned(p: Problem, z: bptt::Zoneout, dropout: Option<f64>, b: usize, seed: u64) -> (f64, String) {
+    let mut p = p.zoned(z).with_final_loss(seed);
+    let w = p.final_weights.as_mut().unwrap();
+    w.h.iter_mut().chain(w.c.iter_mut()).for_each(|v| *v *= 0.25);
+    let lengths: Vec<usize> = (0..b).map(|r| 1 + (3 * r + 1) % 4).collect();
+    check_with(&p, &|ws| {
+        ws.set_lengths(Some(&lengths)).unwrap();
+        if let Some(p) = dropout {
+            ws.set_dropout(Some(Dropout { p, locked: false, seed })).unwrap();
+        }
+    })
+}
+
 /// Zoneout on h (every cell) and on c (LSTM) in training passes (a fixed seed: the same hold
 /// masks in every pass; once with dropout too) and in evaluation (the expectation), 1–2 layers,
 /// dense/token input, one or both directions, whole steps (B = 3) and row blocks (B = 8), with
@@ -823,16 +839,7 @@ fn zoneout_matches_finite_differences() {
                 let p = Problem::new(cell, layers, Mode::WeightedCe, tokens, b, 4, seed);
                 let p = if bidirectional { p.bidirectional(seed) } else { p };
                 let z = Zoneout { h: 0.3, c: if cell == CellKind::Lstm { 0.4 } else { 0.0 } };
-                let mut p = p.zoned(z).with_final_loss(seed);
-                let w = p.final_weights.as_mut().unwrap();
-                w.h.iter_mut().chain(w.c.iter_mut()).for_each(|v| *v *= 0.25);
-                let lengths: Vec<usize> = (0..b).map(|r| 1 + (3 * r + 1) % 4).collect();
-                let (err, at) = check_with(&p, &|ws| {
-                    ws.set_lengths(Some(&lengths)).unwrap();
-                    if training {
-                        ws.set_dropout(Some(Dropout { p: dropout, locked: false, seed })).unwrap();
-                    }
-                });
+                let (err, at) = check_zoned(p, z, training.then_some(dropout), b, seed);
                 assert!(
                     err < TOL,
                     "{cell} layers={layers} training={training} bidirectional={bidirectional} B={b}: \
@@ -895,16 +902,7 @@ fn zoneout_with_layer_norm_and_projection_matches_finite_differences() {
                 let p = Problem::new(CellKind::Lstm, layers, Mode::WeightedCe, seed % 2 == 0, b, 4, seed);
                 let p = if bidirectional { p.bidirectional(seed) } else { p };
                 let p = if option == "layer_norm" { p.layer_normed(seed) } else { p.projected(2, seed) };
-                let mut p = p.zoned(Zoneout { h: 0.3, c: 0.4 }).with_final_loss(seed);
-                let w = p.final_weights.as_mut().unwrap();
-                w.h.iter_mut().chain(w.c.iter_mut()).for_each(|v| *v *= 0.25);
-                let lengths: Vec<usize> = (0..b).map(|r| 1 + (3 * r + 1) % 4).collect();
-                let (err, at) = check_with(&p, &|ws| {
-                    ws.set_lengths(Some(&lengths)).unwrap();
-                    if training {
-                        ws.set_dropout(Some(Dropout { p: 0.0, locked: false, seed })).unwrap();
-                    }
-                });
+                let (err, at) = check_zoned(p, Zoneout { h: 0.3, c: 0.4 }, training.then_some(0.0), b, seed);
                 assert!(
                     err < TOL,
                     "{option} layers={layers} training={training} bidirectional={bidirectional} B={b}: \
