@@ -111,7 +111,7 @@ pub(crate) fn forward<F: Float>(
     // recurrent GEMM (while they are hot in cache, not in one pass over all of `gates`).
     let table = match x {
         LayerInput::Rows(x) => {
-            project(&pass.dims, lp, p, &mut cache.gates, x);
+            project(&pass.dims, lengths, lp, p, &mut cache.gates, x);
             None
         }
         LayerInput::Table { table, tokens } => Some(TableRows { table, tokens, b, gh }),

@@ -21,7 +21,8 @@ pub(super) fn forward<F: Float>(
         kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * hp], gh, hp, &mut cache.w_hh_t, threads);
     }
     if let LayerInput::Rows(x) = x {
-        project(&pass.dims, lp, p, &mut cache.gates, x);
+        // (All rows: the whole steps below run the cell on every row.)
+        project(&pass.dims, &[], lp, p, &mut cache.gates, x);
     }
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * hp]; // (G·H, P)
     let w_hh_t = if pass.w_hh_t { Mat::rows(&cache.w_hh_t, hp, gh) } else { Mat::rows(w_hh, gh, hp).t() };

@@ -46,7 +46,7 @@ pub(crate) fn forward<F: Float>(
     let table = match x0 {
         LayerInput::Rows(x) => {
             // The first layer's input is known: project all its steps at once.
-            super::project(&wave.dims, &lps[0], p, &mut caches[0].gates, x);
+            super::project(&wave.dims, wave.lengths, &lps[0], p, &mut caches[0].gates, x);
             None
         }
         LayerInput::Table { table, tokens } => Some(TableRows { table, tokens, b, gh }),
