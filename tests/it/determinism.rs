@@ -117,12 +117,12 @@ fn lengths_on_unit_blocks_do_not_depend_on_the_thread_count() {
 /// without lengths over other data (every row of its buffers written) gives a padded pass the
 /// same loss and gradients, bit for bit, as a fresh one — on whole steps, row blocks, unit
 /// blocks, the wavefront, both directions at once, a projection, the LayerNorm-LSTM and
-/// zoneout, with lengths sorted longest first but for short rows among them (T = 32: enough
+/// zoneout, with lengths sorted longest first but for short rows among them (T = 48: enough
 /// padding that the input projection skips it, `layer::project`).
 #[test]
 fn padding_is_never_read() {
     use bptt::{NetConfig, Zoneout};
-    let t = 32;
+    let t = 48;
     for cell in CellKind::ALL {
         let lstm = cell == CellKind::Lstm;
         for (b, h, option) in [

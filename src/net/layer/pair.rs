@@ -50,38 +50,47 @@ pub(crate) fn forward_pair<'a, F: Float>(
 /// Elements of `gates` a thread fills with the biases at least.
 const FILL_PER_PART: usize = 1 << 15;
 /// Padded rows per batch row from which [`project`] skips the padding: each batch row's
-/// product is then a call of its own (the GEMM crate packs W_ihᵀ at every call), worth it
-/// once the rows skipped outweigh B packings of W_ihᵀ (a padded row saves G·H·I multiply-adds
-/// and G·H writes, a packing costs about 4 rows' worth).
-const SKIP_PADDING: usize = 8;
+/// product is then a call of its own, which costs about as much as 16–30 padded rows (GRU
+/// H = 256, I = 8: ≈ 8 µs a call, ≈ 0.3 µs a padded row; larger inputs also pack W_ihᵀ per call).
+const SKIP_PADDING: usize = 16;
 
 /// The bias and input projection of all T steps: gates (T·B, G·H) = bias + X · W_ihᵀ, one
-/// GEMM on up to `threads` threads. With `lengths` and enough padding, only the rows a time
-/// loop reads (`live_rows`: up to each step's last running row) are projected — batch row r's
-/// steps [0, M_r) in one strided product of its own — and the padding's gates are left as
-/// they are (nothing reads them). (One product per step of live rows instead ran slower, GRU
-/// H = 256, B = 8: a call costs more than its rows.)
+/// GEMM on up to `threads` threads. With `lengths` and enough padding ([`SKIP_PADDING`]), only
+/// the rows a time loop reads are projected ([`project_live`]). (One product per step of live
+/// rows instead ran slower, GRU H = 256, B = 8: a call costs more than its rows.)
 pub(super) fn project<F: Float>(d: &Dims, lengths: &[usize], lp: &LayerParams, p: &[F], gates: &mut [F], x: &[F]) {
-    let (gh, b, input, n) = (d.gh, d.b, lp.input, d.steps * d.b);
+    let (gh, n) = (d.gh, d.steps * d.b);
+    let real: usize = (0..d.b).map(|r| row_steps(lengths, d.steps, r)).sum();
+    // (bf16 products pack both operands per call: they keep the one product.)
+    if n - real >= SKIP_PADDING * d.b && d.precision == Precision::F32 {
+        return project_live(d, lengths, lp, p, gates, x);
+    }
     let gates = &mut gates[..n * gh];
     let (b_ih, b_hh) = (&p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh]);
+    // (The rows shared out between the threads: a padded batch of GRU H = 256 spent 1.3% of a
+    // `fit` filling them on one.)
+    let parts = (n * gh / FILL_PER_PART).clamp(1, d.threads.min(team::MAX_PARTS));
+    let mut chunks = parts::chunks(gates, parts, |q| parts::range(n, parts, 1, q).0 * gh);
+    team::for_each_mut(d.threads, &mut chunks[..parts], |_, rows| fill_input_bias(d.cell, b_ih, b_hh, rows));
+    let w_ih = Mat::rows(&p[lp.w_ih..], gh, lp.input).t();
+    kernels::gemm_at(d.precision, MatMut::rows(gates, n, gh), Mat::rows(x, n, lp.input), w_ih, true, d.threads);
+}
+
+/// [`project`] of the rows a time loop reads (`live_rows`: up to each step's last running
+/// row), f32 or f64 products: batch row r's steps [0, M_r) in one strided product of its own,
+/// each on one thread — the same bits as the one product's rows. The padding's gates are left
+/// as they are: nothing reads them (the test `padding_is_never_read`).
+fn project_live<F: Float>(d: &Dims, lengths: &[usize], lp: &LayerParams, p: &[F], gates: &mut [F], x: &[F]) {
+    let (gh, b, input) = (d.gh, d.b, lp.input);
+    let (b_ih, b_hh) = (&p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh]);
     let w_ih = Mat::rows(&p[lp.w_ih..], gh, input).t();
-    let real: usize = (0..b).map(|r| row_steps(lengths, d.steps, r)).sum();
-    // (bf16 products pack both operands per call: they keep the one product.)
-    if n - real < SKIP_PADDING * b || d.precision != Precision::F32 {
-        // (The rows shared out between the threads: a padded batch of GRU H = 256 spent 1.3%
-        // of a `fit` filling them on one.)
-        let parts = (n * gh / FILL_PER_PART).clamp(1, d.threads.min(team::MAX_PARTS));
-        let mut chunks = parts::chunks(gates, parts, |q| parts::range(n, parts, 1, q).0 * gh);
-        team::for_each_mut(d.threads, &mut chunks[..parts], |_, rows| fill_input_bias(d.cell, b_ih, b_hh, rows));
-        kernels::gemm_at(d.precision, MatMut::rows(gates, n, gh), Mat::rows(x, n, input), w_ih, true, d.threads);
-        return;
-    }
     let parts = b.min(d.threads).min(team::MAX_PARTS);
-    let gates = Shared::of(gates);
+    let gates = Shared::of(&mut gates[..d.steps * b * gh]);
     team::for_each(d.threads, parts, |part| {
-        // Rows part, part + parts, …: rows sorted longest first share the steps evenly.
-        for r in (part..b).step_by(parts) {
+        // Rows dealt out back and forth (0, 1, 1, 0, 0, 1, … for two parts): rows sorted
+        // longest first give each part about the same steps.
+        let mine = |r: usize| if (r / parts) % 2 == 0 { r % parts == part } else { parts - 1 - r % parts == part };
+        for r in (0..b).filter(|&r| mine(r)) {
             let m = row_steps(lengths, d.steps, r);
             for t in 0..m {
                 // SAFETY: row r of every step is this part's alone.
@@ -145,9 +154,9 @@ pub(crate) fn backward_pair<F: Float>(
 mod tests {
     use super::*;
 
-    /// With enough padding the projection skips it: every row a time loop reads (`live_rows`)
-    /// holds the same bits as the full product's, at 1 and 3 threads, sorted lengths or not,
-    /// f32 and f64; the padding is left as it was.
+    /// The projection of live rows only: every row a time loop reads (`live_rows`) holds the
+    /// same bits as the full product's, at 1 and 3 threads, sorted lengths or not, f32 and f64;
+    /// the padding is left as it was.
     #[test]
     fn the_projection_skips_only_padding() {
         fn check<F: Float>() {
@@ -175,7 +184,7 @@ mod tests {
                     project(&d, &[], &lp, &p, &mut full, &x);
                     let stale = F::of(7.5);
                     let mut skip = vec![stale; t * b * gh];
-                    project(&d, lengths, &lp, &p, &mut skip, &x);
+                    project_live(&d, lengths, &lp, &p, &mut skip, &x);
                     for s in 0..t {
                         let live = live_rows(lengths, s, 0, b);
                         assert!(live < b || s == 0, "the test's lengths leave padding");
