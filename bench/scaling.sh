@@ -10,7 +10,9 @@
 # is the smallest share of parts that any bptt thread ran at the highest thread count (1/N when
 # every thread ran its share). A second table sets the schedule model's predictions
 # (`bptt bench --plan`, part times measured on one thread of this machine) beside the measured
-# tokens/s. The raw JSON lines go to $RAW (default: a temp file).
+# tokens/s, and a third bptt's own runs with row blocks only (`--grid off`) beside its default
+# (machines with 8+ cores cut row blocks into rows × units: the grid), for the batches of 8 and
+# more. The raw JSON lines go to $RAW (default: a temp file).
 set -euo pipefail
 BPTT=${1:?usage: bench/scaling.sh PATH/TO/bptt}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -36,6 +38,9 @@ for cfg in "${CONFIGS[@]}"; do
     echo "$cell H=$h L=$l B=$b T=$t: $th threads" >&2
     args=(--cell "$cell" --hidden "$h" --layers "$l" --batch "$b" --seq-len "$t" --steps "$steps" --threads "$th")
     "$BPTT" bench --json "${args[@]}" | tail -n 1 >> "$RAW"
+    if [ "$b" -ge 8 ]; then
+      "$BPTT" bench --json --grid off "${args[@]}" | tail -n 1 >> "$RAW"
+    fi
     "$PYTHON" "$HERE/torch_reference.py" "${args[@]}" | tail -n 1 >> "$RAW"
   done
   echo "$cell H=$h L=$l B=$b T=$t: the schedule model" >&2
@@ -44,7 +49,10 @@ for cfg in "${CONFIGS[@]}"; do
 done
 "$PYTHON" - "$RAW" "$THREADS" <<'PY'
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+every = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+# (The `--grid off` runs have their own table, the last.)
+rows = [r for r in every if r.get("grid", "auto") != "off"]
+grid_off = [r for r in every if r.get("grid") == "off"]
 threads = [int(t) for t in sys.argv[2].split()]
 key = lambda r: (r["cell"], r["hidden"], r["layers"], r["batch"], r["seq_len"])
 configs = list(dict.fromkeys(key(r) for r in rows))
@@ -80,6 +88,18 @@ for c in configs:
     predicted = {p["threads"]: p["tokens_per_s"] for p in plan["predicted"]}
     measured = {r["threads"]: r["tokens_per_s"] for r in rows if key(r) == c and r["system"] == "bptt"}
     ratio = lambda t: f"{predicted[t] / measured[t]:.2f}" if t in predicted and t in measured else "–"
+    cell, h, l, b, t = c
+    print(f"| {cell.upper()} H{h} L{l} B{b} T{t} | " + " | ".join(ratio(t) for t in threads) + " |")
+
+print("\nThe grid (rows × units, on by default with 8+ cores): bptt's default ÷ `--grid off` tokens/s.\n")
+print("| config | " + " | ".join(f"{t} threads" for t in threads) + " |")
+print("|---" * (len(threads) + 1) + "|")
+for c in configs:
+    off = {r["threads"]: r["tokens_per_s"] for r in grid_off if key(r) == c}
+    if not off:
+        continue
+    on = {r["threads"]: r["tokens_per_s"] for r in rows if key(r) == c and r["system"] == "bptt"}
+    ratio = lambda t: f"{on[t] / off[t]:.2f}" if t in on and t in off else "–"
     cell, h, l, b, t = c
     print(f"| {cell.upper()} H{h} L{l} B{b} T{t} | " + " | ".join(ratio(t) for t in threads) + " |")
 PY

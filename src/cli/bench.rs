@@ -63,6 +63,10 @@ pub struct Args {
     /// Stacked layers with small batches as a wavefront: auto (on with 4+ cores), on, off.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     wavefront: String,
+    /// Row blocks of mid-size batches cut into rows × units (more parts for many cores): auto
+    /// (on with 8+ cores where a part's step pays for its meeting), on, off.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    grid: String,
     /// Bidirectional layers (a reverse direction too, outputs 2H wide, as PyTorch's
     /// bidirectional=True): the state is not carried between steps.
     #[arg(long)]
@@ -272,6 +276,9 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.wavefront != "auto" {
         ws.set_wavefront(a.wavefront == "on");
     }
+    if a.grid != "auto" {
+        ws.set_grid(a.grid == "on");
+    }
     ws.set_precision(precision);
     let mut ck = match k {
         0 => None,
@@ -369,6 +376,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "activation_mb": (ck.as_ref().map_or(ws.bytes(), |c| c.bytes()) as f64 / 1048576.0 * 10.0).round() / 10.0,
         "cpu": cpu_model(),
         "wavefront": a.wavefront,
+        "grid": a.grid,
         "dropout": a.dropout,
         "weight_drop": a.weight_drop,
         "bidirectional": a.bidirectional,

@@ -219,6 +219,6 @@ impl Net {
         lengths: &'a [usize],
     ) -> layer::wavefront::Wave<'a> {
         let dims = Dims::new(&self.config, plan.steps, b, plan.threads, plan.precision);
-        layer::wavefront::Wave { dims, units, chunk, w_hh_t, lengths }
+        layer::wavefront::Wave { dims, rows: 1, units, chunk, w_hh_t, lengths }
     }
 }

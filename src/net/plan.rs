@@ -25,6 +25,21 @@ pub(crate) enum Split {
     /// The whole step, its recurrent products cut into GEMM tiles of W_hh's columns (`kernels::
     /// gemm`): for a W_hh too large for any cache, each tile's slice is streamed once per step.
     Tiles,
+    /// Row blocks × unit blocks (rows, units): each part runs its units of its rows, reading
+    /// only its units' rows of W_hh, and the parts meet once per step — more parts than row
+    /// blocks for machines with many cores (`Workspace::set_grid`).
+    Grid(usize, usize),
+}
+
+impl Split {
+    /// (Row blocks, unit blocks) of a split run by the unit-block driver (`layer/wavefront.rs`).
+    pub(crate) fn blocks(self) -> (usize, usize) {
+        match self {
+            Split::Grid(rows, units) => (rows, units),
+            Split::Units(units) => (1, units),
+            _ => (1, 1),
+        }
+    }
 }
 
 /// How the layers of one direction of a pass (forward or backward) run.
@@ -132,6 +147,12 @@ impl Plan {
             // Every norm needs a whole row: row blocks, whole steps, never unit blocks. (So does
             // zoneout here: its blends run on the row paths, `layer/rows.rs`.)
             Split::Units(_) if cfg.layer_norm || zoneout || bf16 => Split::Whole,
+            Split::Rows(rows)
+                if !(cfg.layer_norm || zoneout || bf16)
+                    && ws.grid.unwrap_or_else(|| grid_by_default(b, gh, h, rows)) =>
+            {
+                grid(rows, h)
+            }
             split => split,
         };
         let wavefront = wavefront_units(cfg, b)
@@ -201,6 +222,41 @@ pub(crate) fn split(b: usize, gh: usize, h: usize) -> Split {
     }
 }
 
+/// Machines with at least this many cores cut row blocks into a grid by default.
+const GRID_CORES: usize = 8;
+
+/// Units per block of a grid ([`Split::Grid`]): half the unit split's, so that a 2-row-block
+/// batch of H = 256 has 8 parts (the schedule model, `bench --plan --grid on`, LSTM H = 256,
+/// B = 32: 169k tokens/s predicted at 8–16 threads with 64-unit blocks, 163k with 128, 113k with
+/// the 2 row blocks alone, in one run; 195k against 122k in another).
+const GRID_UNITS: usize = 64;
+
+/// Row blocks `rows` cut into a grid with blocks of [`GRID_UNITS`] units (at least 2), as long
+/// as the parts fit a pass; H under 32 keeps its row blocks.
+fn grid(rows: usize, h: usize) -> Split {
+    let units = parts::count(h, GRID_UNITS, UNIT_ALIGN).max(2).min(team::MAX_PARTS / rows);
+    if h < 32 || units < 2 { Split::Rows(rows) } else { Split::Grid(rows, units) }
+}
+
+/// Multiply-adds per part and step from which a grid's meeting per step pays (≈ 1.8 µs): the
+/// schedule model predicts LSTM H = 128, B = 32 (2 × 2 parts of 16 rows × 256 × 128 = 2¹⁹) 10%
+/// faster at 4–16 threads than its 2 row blocks, and LSTM H = 64, B = 16 (8 × 128 × 64 per
+/// part) 35% slower.
+const GRID_WORK: usize = 1 << 19;
+
+/// Whether row blocks are cut into a grid by default (`Workspace::set_grid`): on machines with
+/// 8+ cores (more than the row split's parts for mid-size batches), where each part's work per
+/// step pays for its meeting.
+pub(crate) fn grid_by_default(b: usize, gh: usize, h: usize, rows: usize) -> bool {
+    crate::kernels::machine::machine_cores() >= GRID_CORES && grid_pays(b, gh, h, rows)
+}
+
+/// Whether the grid of `rows` row blocks gives each part [`GRID_WORK`] per step.
+fn grid_pays(b: usize, gh: usize, h: usize, rows: usize) -> bool {
+    let Split::Grid(rows, units) = grid(rows, h) else { return false };
+    b.div_ceil(rows) * gh.div_ceil(units) * h >= GRID_WORK
+}
+
 /// Unit blocks per layer if a net of these sizes runs its layers as a wavefront: two or more
 /// layers whose steps are cut into blocks of hidden units (small batches). Row blocks need no
 /// wavefront (a block of rows never meets the others), and steps too small to cut gain nothing.
@@ -235,7 +291,26 @@ pub(crate) fn chunk(steps: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::{Split, split, wavefront_units};
+    use super::{Split, grid, split, wavefront_units};
+
+    /// The sizes the grid's tests use (tests/it/determinism.rs, gradcheck.rs) reach row blocks
+    /// and are cut into 2 × 2 and 2 × 4 parts; narrow layers keep their row blocks, and a grid
+    /// never exceeds a pass's parts.
+    #[test]
+    fn the_tests_sizes_reach_the_grid() {
+        for g in [1, 3, 4] {
+            assert_eq!(split(16, g * 64, 64), Split::Rows(2));
+            assert_eq!(split(32, g * 256, 256), Split::Rows(2));
+        }
+        assert_eq!(grid(2, 64), Split::Grid(2, 2));
+        assert_eq!(grid(2, 256), Split::Grid(2, 4));
+        assert_eq!(grid(4, 16), Split::Rows(4));
+        assert_eq!(grid(32, 1024), Split::Grid(32, 2));
+        // Where a part's step pays for a meeting (the default on 8+ cores).
+        use super::grid_pays;
+        assert!(grid_pays(32, 4 * 256, 256, 2) && grid_pays(32, 3 * 256, 256, 2) && grid_pays(32, 4 * 128, 128, 2));
+        assert!(!grid_pays(16, 4 * 64, 64, 2) && !grid_pays(64, 4 * 16, 16, 2));
+    }
 
     /// The sizes the integration tests use to reach each split do reach it with at least four
     /// parts, for every cell (G = 1, 3, 4): tests/it/gradcheck.rs and tests/it/determinism.rs.

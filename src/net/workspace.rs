@@ -58,6 +58,9 @@ pub struct Workspace<F> {
     pub(crate) record_dh_norms: bool,
     /// Run stacked layers as a wavefront where the sizes allow (net/layer/wavefront.rs).
     pub(crate) wavefront: bool,
+    /// Cut row blocks into rows × units where the sizes allow (`plan::Split::Grid`); `None`:
+    /// the plan's default (`plan::grid_by_default`).
+    pub(crate) grid: Option<bool>,
     /// The precision of the products of the next passes (`set_precision`).
     pub(crate) precision: crate::kernels::Precision,
     /// Dropout of the next forward passes (net/dropout.rs); the buffers below exist only then:
@@ -166,6 +169,7 @@ impl<F: Float> Workspace<F> {
             mask_h: Vec::new(),
             dropped: Vec::new(),
             wavefront: crate::net::plan::wavefront_by_default::<F>(cfg),
+            grid: None,
             precision: crate::kernels::Precision::F32,
             grad_ready: GradHook::default(),
         }
@@ -268,6 +272,17 @@ impl<F: Float> Workspace<F> {
     /// way, do not depend on the thread count. It applies from the next forward pass on.
     pub fn set_wavefront(&mut self, on: bool) {
         self.wavefront = on;
+    }
+
+    /// Cuts the row blocks of mid-size batches (the plan's row split) into rows × units — the
+    /// parts meeting once per step — for machines with more cores than row blocks: B = 32 has
+    /// two row blocks, a grid of 2 × 4 at H = 256 (64-unit blocks), or (`false`) keeps the row
+    /// blocks. By default the plan decides: a grid on machines with 8 or more cores where a
+    /// part's work per step pays for its meeting (a property of the machine and the sizes,
+    /// never of the thread count). Results agree with row blocks to rounding and, either way, do
+    /// not depend on the thread count. It applies from the next forward pass on.
+    pub fn set_grid(&mut self, on: bool) {
+        self.grid = Some(on);
     }
 
     /// The precision of the passes' large products (`--precision`): `Bf16` rounds their

@@ -113,11 +113,39 @@ fn lengths_on_unit_blocks_do_not_depend_on_the_thread_count() {
     }
 }
 
+/// Row blocks cut into rows × units (`Workspace::set_grid`; B = 16, H = 64: 2 × 2 parts; B = 32,
+/// H = 256: 2 × 4), 2 layers, one or both directions, every cell, with all rows full and with
+/// mixed lengths, training with dropout: the same losses, gradients and trained weights at 1,
+/// 2, 3, 4, 8 and 16 threads.
+#[test]
+fn grid_does_not_depend_on_the_thread_count() {
+    use bptt::NetConfig;
+    for cell in CellKind::ALL {
+        for (b, h, bidirectional) in [(16, 64, false), (32, 256, false), (16, 64, true)] {
+            let t = 6;
+            let (net, x, y) = dense_problem::<f32>(cell, h, t, b, 5, 6);
+            let net = Net::new(NetConfig { bidirectional, ..*net.config() }).unwrap();
+            let mixed: Vec<usize> = (0..b).map(|r| 1 + (5 * r + 2) % t).collect();
+            for lengths in [vec![t; b], mixed] {
+                let run = |threads: usize| {
+                    two_updates_with(&net, &x, &y, t, b, &lengths, true, threads, &|ws| ws.set_grid(true))
+                };
+                let one = run(1);
+                assert!(one.iter().all(|v| v.is_finite()));
+                for threads in [2, 3, 4, 8, 16] {
+                    let at = format!("{cell} B={b} H={h} bidirectional={bidirectional} lengths={lengths:?}");
+                    assert!(run(threads) == one, "{at}: the grid at {threads} threads differs from one");
+                }
+            }
+        }
+    }
+}
+
 /// The padding of a batch of mixed lengths is never read: a workspace that first ran a pass
 /// without lengths over other data (every row of its buffers written) gives a padded pass the
 /// same loss and gradients, bit for bit, as a fresh one — on whole steps, row blocks, unit
-/// blocks, the wavefront, both directions at once, a projection, the LayerNorm-LSTM and
-/// zoneout, with lengths sorted longest first but for short rows among them (T = 48: enough
+/// blocks, the wavefront, both directions at once, a projection, the LayerNorm-LSTM, zoneout
+/// and the grid, with lengths sorted longest first but for short rows among them (T = 48: enough
 /// padding that the input projection skips it, `layer::project`).
 #[test]
 fn padding_is_never_read() {
@@ -134,6 +162,7 @@ fn padding_is_never_read() {
             (8, 64, "zoneout"),
             (8, 64, "proj_size"),
             (8, 64, "layer_norm"),
+            (16, 64, "grid"),
         ] {
             if !lstm && (option == "proj_size" || option == "layer_norm") {
                 continue;
@@ -155,6 +184,7 @@ fn padding_is_never_read() {
             let pass = |dirty: bool| {
                 let mut ws = net.workspace::<f32>(t, b, 2).unwrap();
                 ws.set_wavefront(option == "wavefront");
+                ws.set_grid(option == "grid");
                 if option == "zoneout" {
                     // (A training pass: zoneout's masks.)
                     ws.set_dropout(Some(bptt::net::Dropout { p: 0.0, locked: false, seed: 9 })).unwrap();
@@ -296,9 +326,26 @@ fn two_updates(
     training: bool,
     threads: usize,
 ) -> Vec<f32> {
+    two_updates_with(net, x, y, t, b, lengths, training, threads, &|_| {})
+}
+
+/// [`two_updates`] with the workspace set up by `setup` first.
+#[allow(clippy::too_many_arguments)]
+fn two_updates_with(
+    net: &Net,
+    x: &[f32],
+    y: &[u32],
+    t: usize,
+    b: usize,
+    lengths: &[usize],
+    training: bool,
+    threads: usize,
+    setup: &dyn Fn(&mut bptt::Workspace<f32>),
+) -> Vec<f32> {
     use bptt::{Clip, Optimizer, OptimizerConfig, apply_update, net::Dropout};
     let mut p = net.init_params::<f32>(3);
     let mut ws = net.workspace::<f32>(t, b, threads).unwrap();
+    setup(&mut ws);
     ws.set_lengths(Some(lengths)).unwrap();
     let mut opt = Optimizer::new(OptimizerConfig::adam(), p.len()).unwrap().with_threads(threads);
     let mut g = vec![0.0f32; p.len()];

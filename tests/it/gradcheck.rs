@@ -196,17 +196,17 @@ fn gru() {
 #[test]
 fn split_paths_match_finite_differences() {
     for (b, h) in [(128, 16), (32, 256), (1, 512), (4, 512)] {
-        split_path_matches_finite_differences(b, h, 1, false, false, false, false);
+        split_path_matches_finite_differences(b, h, 1, false, Setup::Plain, false, false);
     }
     // Stacked layers one after the other (the default on 2-core machines), unit blocks.
-    split_path_matches_finite_differences(4, 256, 2, false, false, false, false);
+    split_path_matches_finite_differences(4, 256, 2, false, Setup::Plain, false, false);
 }
 
 /// Steps whose W_hh is too large for a cache (≥ 4 MB in f32) are whole steps with their
 /// recurrent products cut into GEMM tiles: B = 16 at H = 512 (LSTM), 592 (GRU), 1024 (RNN).
 #[test]
 fn tiled_steps_match_finite_differences() {
-    split_path_matches_finite_differences(16, 0, 1, false, false, false, false);
+    split_path_matches_finite_differences(16, 0, 1, false, Setup::Plain, false, false);
 }
 
 /// The same check on the wavefront over layers (net/layer/wavefront.rs: 2–3 layers × 2 unit
@@ -214,8 +214,8 @@ fn tiled_steps_match_finite_differences() {
 /// folded embedding table) at B = 4.
 #[test]
 fn wavefront_matches_finite_differences() {
-    split_path_matches_finite_differences(1, 256, 3, false, true, false, false);
-    split_path_matches_finite_differences(4, 256, 2, true, true, false, false);
+    split_path_matches_finite_differences(1, 256, 3, false, Setup::Wavefront, false, false);
+    split_path_matches_finite_differences(4, 256, 2, true, Setup::Wavefront, false, false);
 }
 
 /// Variable lengths (1 to T, row by row) on every path they take: row blocks (B = 32, H = 256),
@@ -223,10 +223,10 @@ fn wavefront_matches_finite_differences() {
 /// tiled whole steps (B = 16, H ≥ 512).
 #[test]
 fn variable_lengths_on_split_paths_match_finite_differences() {
-    split_path_matches_finite_differences(32, 256, 1, false, false, true, false);
-    split_path_matches_finite_differences(4, 512, 1, true, false, true, false);
-    split_path_matches_finite_differences(4, 256, 2, false, true, true, false);
-    split_path_matches_finite_differences(16, 0, 1, false, false, true, false);
+    split_path_matches_finite_differences(32, 256, 1, false, Setup::Plain, true, false);
+    split_path_matches_finite_differences(4, 512, 1, true, Setup::Plain, true, false);
+    split_path_matches_finite_differences(4, 256, 2, false, Setup::Wavefront, true, false);
+    split_path_matches_finite_differences(16, 0, 1, false, Setup::Plain, true, false);
 }
 
 /// Bidirectional layers on each path: the directions one after the other, each cut into row
@@ -235,9 +235,27 @@ fn variable_lengths_on_split_paths_match_finite_differences() {
 /// cut into unit blocks (B = 4, H = 512; 2 layers of H = 256 with token input and lengths).
 #[test]
 fn bidirectional_split_paths_match_finite_differences() {
-    split_path_matches_finite_differences(32, 256, 1, false, false, true, true);
-    split_path_matches_finite_differences(4, 512, 1, false, false, false, true);
-    split_path_matches_finite_differences(4, 256, 2, true, false, true, true);
+    split_path_matches_finite_differences(32, 256, 1, false, Setup::Plain, true, true);
+    split_path_matches_finite_differences(4, 512, 1, false, Setup::Plain, false, true);
+    split_path_matches_finite_differences(4, 256, 2, true, Setup::Plain, true, true);
+}
+
+/// How [`split_path_matches_finite_differences`] sets the workspace up: the plan's defaults
+/// but for the wavefront (off), the wavefront on, or row blocks cut into a grid.
+#[derive(Clone, Copy, PartialEq)]
+enum Setup {
+    Plain,
+    Wavefront,
+    Grid,
+}
+
+/// Row blocks cut into rows × units (`Workspace::set_grid`): B = 16, H = 64 (2 × 2 parts) and
+/// B = 32, H = 256 (2 × 4), dense and token input, 1 and 2 layers, with and without lengths.
+#[test]
+fn grid_matches_finite_differences() {
+    split_path_matches_finite_differences(16, 64, 1, false, Setup::Grid, false, false);
+    split_path_matches_finite_differences(16, 64, 2, true, Setup::Grid, true, false);
+    split_path_matches_finite_differences(32, 256, 1, false, Setup::Grid, true, false);
 }
 
 /// `h` = 0: the smallest tiled width of each cell (see `tiled_steps_match_finite_differences`).
@@ -247,7 +265,7 @@ fn split_path_matches_finite_differences(
     h: usize,
     layers: usize,
     tokens: bool,
-    wavefront: bool,
+    setup: Setup,
     lengths: bool,
     bidirectional: bool,
 ) {
@@ -286,7 +304,8 @@ fn split_path_matches_finite_differences(
         init.h = crate::common::uniform(&mut r, init.h.len(), 0.5);
         init.c = crate::common::uniform(&mut r, init.c.len(), 0.5);
         let mut ws = net.workspace::<f64>(t, b, 2).unwrap();
-        ws.set_wavefront(wavefront);
+        ws.set_wavefront(setup == Setup::Wavefront);
+        ws.set_grid(setup == Setup::Grid);
         if lengths {
             ws.set_lengths(Some(&(0..b).map(|r| 1 + 7 * r % t).collect::<Vec<_>>())).unwrap();
         }

@@ -177,12 +177,14 @@ pub(crate) fn forward<F: Float>(
                 },
             );
         }
-        Split::Units(parts) => {
-            // Each part owns units [u0, u1) of every row: its G row blocks of W_hh stay in its
-            // core's cache. Step t needs all of h_{t−1}, so the parts meet before each step. (A
-            // wavefront of one layer: the same driver runs stacked layers at once.)
+        Split::Units(_) | Split::Grid(..) => {
+            // Each part owns units [u0, u1) of every row (of a block of rows, in a grid): its G
+            // row blocks of W_hh stay in its core's cache. Step t needs all of h_{t−1}, so the
+            // parts meet before each step. (A wavefront of one layer: the same driver runs
+            // stacked layers at once.)
             let (caches, lps) = (std::slice::from_mut(cache), std::slice::from_ref(lp));
-            let wave = wavefront::Wave { dims: pass.dims, units: parts, chunk: steps, w_hh_t: pass.w_hh_t, lengths };
+            let (rows, units) = pass.split.blocks();
+            let wave = wavefront::Wave { dims: pass.dims, rows, units, chunk: steps, w_hh_t: pass.w_hh_t, lengths };
             wavefront::forward_steps(lps, p, caches, hproj, table.as_ref(), wave);
         }
     }
@@ -349,12 +351,13 @@ pub(crate) fn backward<F: Float>(
                 },
             );
         }
-        Split::Units(parts) => {
+        Split::Units(_) | Split::Grid(..) => {
             // Per step, the cell's backward step for each part's units, then (after every part's
-            // dpre_t is in) dh_next for its units, a GEMM over all of dpre_t: a wavefront of one
-            // layer (net/layer/wavefront.rs).
+            // dpre_t is in) dh_next for its units, a GEMM over all of dpre_t (of its rows): a
+            // wavefront of one layer (net/layer/wavefront.rs).
             let (caches, lps) = (std::slice::from_mut(cache), std::slice::from_ref(lp));
-            let wave = wavefront::Wave { dims: pass.dims, units: parts, chunk: steps, w_hh_t: pass.w_hh_t, lengths };
+            let (rows, units) = pass.split.blocks();
+            let wave = wavefront::Wave { dims: pass.dims, rows, units, chunk: steps, w_hh_t: pass.w_hh_t, lengths };
             wavefront::backward_steps(lps, p, caches, dh_next, dc_next, wave);
         }
     }

@@ -89,7 +89,8 @@ fn project_live<F: Float>(d: &Dims, lengths: &[usize], lp: &LayerParams, p: &[F]
     team::for_each(d.threads, parts, |part| {
         // Rows dealt out back and forth (0, 1, 1, 0, 0, 1, … for two parts): rows sorted
         // longest first give each part about the same steps.
-        let mine = |r: usize| if (r / parts) % 2 == 0 { r % parts == part } else { parts - 1 - r % parts == part };
+        let mine =
+            |r: usize| if (r / parts).is_multiple_of(2) { r % parts == part } else { parts - 1 - r % parts == part };
         for r in (0..b).filter(|&r| mine(r)) {
             let m = row_steps(lengths, d.steps, r);
             for t in 0..m {

@@ -43,23 +43,27 @@ pub(super) struct InputRows<'a, F> {
     pub(super) input: usize,  // I
 }
 
-/// Units [u0, u1) of every row of step t: one part's share of one phase; `lengths` each row's
-/// (empty: every row runs every step): an ended row holds its state, its gradient passes through.
+/// Units [u0, u1) of rows [r0, r1) of step t: one part's share of one phase (the unit split:
+/// every row; the grid: a block of rows); `lengths` each row's (empty: every row runs every
+/// step): an ended row holds its state, its gradient passes through.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Block<'a> {
     pub(super) t: usize,
+    pub(super) r0: usize,
+    pub(super) r1: usize,
     pub(super) u0: usize,
     pub(super) u1: usize,
     pub(super) lengths: &'a [usize],
 }
 
-/// Units [u0, u1) of every row of forward step t: (first, for a run of steps of an upper layer in
-/// a wavefront, the biases and input projections of these units of all its steps), the recurrent
-/// GEMM of each gate block, then the cell's step.
+/// Units [u0, u1) of rows [r0, r1) of forward step t: (first, for a run of steps of an upper
+/// layer in a wavefront — whose blocks hold every row — the biases and input projections of
+/// these units of all its steps), the recurrent GEMM of each gate block, then the cell's step.
 ///
 /// # Safety
-/// Nothing else may touch units [u0, u1) of step t's gates (of every step of `input`), of the GRU
-/// scratch, or of step t+1's states while this runs, nor write step t's states.
+/// Nothing else may touch units [u0, u1) of rows [r0, r1) of step t's gates (of every step of
+/// `input`), of the GRU scratch, or of step t+1's states while this runs, nor write step t's
+/// states.
 pub(super) unsafe fn forward_units<F: Float>(
     d: &Dims,
     b_hh: &[F],
@@ -69,14 +73,15 @@ pub(super) unsafe fn forward_units<F: Float>(
     bufs: &FwdBufs<F>,
     blk: Block<'_>,
 ) {
-    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1, .. }) = (*d, blk);
+    let (Dims { cell, h, gh, b, .. }, Block { t, r0, r1, u0, u1, .. }) = (*d, blk);
     let (u, bh) = (u1 - u0, b * h);
     let gate_blocks = cell.gates();
-    // SAFETY (whole body): every range below is units [u0, u1) of one gate block of one row
-    // (or of the whole (B, ·) view of them, or of every row of the input run), which the
-    // contract gives to this call, or step t's states, read-only.
+    // SAFETY (whole body): every range below is units [u0, u1) of one gate block of one of rows
+    // [r0, r1) (or of the (r1 − r0, ·) view of them, or of every row of the input run), which
+    // the contract gives to this call, or step t's states, read-only.
     unsafe {
         if let Some(x) = input {
+            assert!(r0 == 0 && r1 == b, "a wavefront's blocks hold every row");
             // Bias (b_ih + b_hh, or b_ih for the GRU), then + x·W_ihᵀ: the layer-by-layer order.
             let rows = x.x.len() / x.input;
             for r in 0..rows {
@@ -95,7 +100,7 @@ pub(super) unsafe fn forward_units<F: Float>(
             }
         }
         if let Some(tr) = table {
-            for r in 0..b {
+            for r in r0..r1 {
                 for q in 0..gate_blocks {
                     let at = q * h + u0;
                     let dst = bufs.gates.slice(t * b * gh + r * gh + at, u);
@@ -104,11 +109,11 @@ pub(super) unsafe fn forward_units<F: Float>(
             }
         }
         // Rows up to the last one still running (the rest hold their state: `live_rows`).
-        let live = live_rows(blk.lengths, t, 0, b);
-        let h_prev = bufs.hs.read(t * bh, live * h); // (live, H) of step t, read-only
-        let (out, at) = if cell.recurrent_apart() { (bufs.hproj, 0) } else { (bufs.gates, t * b * gh) };
+        let live = live_rows(blk.lengths, t, r0, r1 - r0);
+        let h_prev = bufs.hs.read(t * bh + r0 * h, live * h); // (live, H) of step t, read-only
+        let (out, at) = if cell.recurrent_apart() { (bufs.hproj, r0 * gh) } else { (bufs.gates, (t * b + r0) * gh) };
         if cell.recurrent_apart() {
-            for r in 0..live {
+            for r in r0..r0 + live {
                 for q in 0..gate_blocks {
                     let k = r * gh + q * h + u0;
                     out.slice(k, u).copy_from_slice(&b_hh[q * h + u0..q * h + u1]);
@@ -123,24 +128,24 @@ pub(super) unsafe fn forward_units<F: Float>(
     }
 }
 
-/// The cell's step for units [u0, u1) of the first `live` rows of forward step t (see
-/// [`forward_units`]); the ended rows hold their state.
+/// The cell's step for units [u0, u1) of the first `live` of rows [r0, r1) of forward step t
+/// (see [`forward_units`]); the ended rows hold their state.
 ///
 /// # Safety
 /// As [`forward_units`].
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub(super) unsafe fn forward_units_cell<F: Float>(d: &Dims, bufs: &FwdBufs<F>, at: Block<'_>, live: usize) {
-    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1, lengths }) = (*d, at);
+    let (Dims { cell, h, gh, b, .. }, Block { t, r0, r1, u0, u1, lengths }) = (*d, at);
     let (u, bh) = (u1 - u0, b * h);
     // SAFETY (whole body): every range below is units [u0, u1) of one gate block or state of
-    // one row, which the contract gives to this call, or step t's states, read-only.
+    // one of rows [r0, r1), which the contract gives to this call, or step t's states, read-only.
     unsafe {
         let (gates, lstm, gru, aux) = (cell.gates(), cell.has_cell_state(), cell.recurrent_apart(), cell.has_aux());
-        for r in 0..b {
+        for r in r0..r1 {
             let g = |q: usize| if q < gates { bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u) } else { &mut [] };
             let st = |buf: &Shared<F>, step: usize| buf.slice(step * bh + r * h + u0, u);
             let hp = |q: usize| if gru { bufs.hproj.read(r * gh + q * h + u0, u) } else { &[] };
-            if r >= live {
+            if r >= r0 + live {
                 // (Past the last running row: ended, nothing to compute.)
                 st(&bufs.hs, t + 1).copy_from_slice(bufs.hs.read(t * bh + r * h + u0, u));
                 if lstm {
@@ -177,14 +182,17 @@ pub(super) struct FromAbove<'a, F> {
     pub(super) w_ih: &'a [F],   // the layer above's (G·H, H)
 }
 
-/// Units [u0, u1) of every row of backward step t, first half: (for the last step of a run in a
-/// wavefront, dL/dh of these units for all the run's steps from the layer above), dh_t +=
-/// dh_next, then the cell's backward step (dpre_t, dc, and the GRU's direct term into dh_next);
-/// the rows after the last running one are not touched, as in `rows::backward_rows`.
+/// Units [u0, u1) of rows [r0, r1) of backward step t, first half: (for the last step of a run
+/// in a wavefront — whose blocks hold every row — dL/dh of these units for all the run's steps
+/// from the layer above), dh_t += dh_next, then the cell's backward step (dpre_t, dc, and the
+/// GRU's direct term into dh_next); the rows after the block's last running one are not
+/// touched but for a zero dpre up to the batch's last running row, which the weight gradients
+/// gather (as `rows::backward_rows`).
 ///
 /// # Safety
-/// Nothing else may touch units [u0, u1) of step t's dh (of every step of `above`), dpre or of
-/// dh_next/dc_next while this runs, nor write step t's or t+1's states or `above`'s dpre.
+/// Nothing else may touch units [u0, u1) of rows [r0, r1) of step t's dh (of every step of
+/// `above`), dpre or of dh_next/dc_next while this runs, nor write step t's or t+1's states or
+/// `above`'s dpre.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512vl+avx512dq+avx512bw", "x86_64+avx2+fma"))]
 pub(super) unsafe fn backward_units_cell<F: Float>(
     d: &Dims,
@@ -192,21 +200,31 @@ pub(super) unsafe fn backward_units_cell<F: Float>(
     bufs: &BwdBufs<F>,
     at: Block<'_>,
 ) {
-    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1, lengths }) = (*d, at);
+    let (Dims { cell, h, gh, b, .. }, Block { t, r0, r1, u0, u1, lengths }) = (*d, at);
     let (u, bh) = (u1 - u0, b * h);
-    // SAFETY (whole body): each slice is units [u0, u1) of one gate block or state of one row
-    // (or the run's dh of these units), given to this call by the contract, or a read of a
-    // cached state or of the layer above's dpre, which nobody writes now.
+    // SAFETY (whole body): each slice is units [u0, u1) of one gate block or state of one of
+    // rows [r0, r1) (or the run's dh of these units), given to this call by the contract, or a
+    // read of a cached state or of the layer above's dpre, which nobody writes now.
     unsafe {
         if let Some(a) = above {
+            assert!(r0 == 0 && r1 == b, "a wavefront's blocks hold every row");
             let dpre = Mat::rows(a.dpre.read(a.t0 * b * gh, a.n * b * gh), a.n * b, gh);
             let c = MatMut::from_shared(bufs.dh, a.t0 * b * h + u0, a.n * b, u, h, 1);
             kernels::gemm(c, dpre, Mat::strided(&a.w_ih[u0..], gh, u, h, 1), false, 1);
         }
         let (gates, lstm, gru, aux) = (cell.gates(), cell.has_cell_state(), cell.recurrent_apart(), cell.has_aux());
-        // The rows after the last running one are not touched (`rows::backward_rows`).
-        let live = live_rows(lengths, t, 0, b);
-        for r in 0..live {
+        // The rows after the last running one are not touched (`rows::backward_rows`), but for
+        // a zero dpre up to the batch's last running one (`Ended::batch_live`).
+        let (live, batch_live) = (live_rows(lengths, t, r0, r1 - r0), live_rows(lengths, t, 0, b).min(r1));
+        for r in r0 + live..batch_live {
+            for q in 0..gates {
+                bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u).fill(F::zero());
+                if gru {
+                    bufs.dgh.slice(t * b * gh + r * gh + q * h + u0, u).fill(F::zero());
+                }
+            }
+        }
+        for r in r0..r0 + live {
             let g = |q: usize| if q < gates { bufs.gates.slice(t * b * gh + r * gh + q * h + u0, u) } else { &mut [] };
             let st = |step: usize| r * h + u0 + step * bh; // offset of these units in a (·, B, H) buffer
             let dh = bufs.dh.slice(st(t), u);
@@ -239,26 +257,27 @@ pub(super) unsafe fn backward_units_cell<F: Float>(
     }
 }
 
-/// Units [u0, u1) of backward step t, second half: dh_next[:, u0..u1] (+)= dpre_t · W_hh[:, u0..u1]
-/// (the GRU adds to its direct term).
+/// Units [u0, u1) of rows [r0, r1) of backward step t, second half: dh_next[r0..r1, u0..u1]
+/// (+)= dpre_t[r0..r1] · W_hh[:, u0..u1] (the GRU adds to its direct term).
 ///
 /// # Safety
-/// Nothing may write step t's dpre while this runs, nor touch units [u0, u1) of dh_next.
+/// Nothing may write rows [r0, r1) of step t's dpre while this runs, nor touch units [u0, u1)
+/// of those rows of dh_next.
 pub(super) unsafe fn backward_units_gemm<F: Float>(d: &Dims, w: &UnitWeights<'_, F>, bufs: &BwdBufs<F>, at: Block<'_>) {
-    let (Dims { cell, h, gh, b, .. }, Block { t, u0, u1, lengths }) = (*d, at);
+    let (Dims { cell, h, gh, b, .. }, Block { t, r0, r1, u0, u1, lengths }) = (*d, at);
     let gru = cell.recurrent_apart();
     let dpre = if gru { bufs.dgh } else { bufs.gates };
     // SAFETY: the contract.
     unsafe {
         // Rows up to the last one still running; the ended ones are copied below.
-        let live = live_rows(lengths, t, 0, b);
+        let live = live_rows(lengths, t, r0, r1 - r0);
         if live > 0 {
-            let dpre = dpre.read(t * b * gh, live * gh); // (live, G·H)
-            let c = MatMut::from_shared(bufs.dh_next, u0, live, u1 - u0, h, 1);
+            let dpre = dpre.read((t * b + r0) * gh, live * gh); // (live, G·H)
+            let c = MatMut::from_shared(bufs.dh_next, r0 * h + u0, live, u1 - u0, h, 1);
             kernels::gemm(c, Mat::rows(dpre, live, gh), w.backward(gh, h, u0, u1 - u0), gru, 1);
         }
         // An ended row's gradient passes straight through: dh_{t−1} = dh_t.
-        for r in (0..live).filter(|&r| ended(lengths, t, r)) {
+        for r in (r0..r0 + live).filter(|&r| ended(lengths, t, r)) {
             let at = r * h + u0;
             bufs.dh_next.slice(at, u1 - u0).copy_from_slice(bufs.dh.read(t * b * h + at, u1 - u0));
         }

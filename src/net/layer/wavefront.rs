@@ -21,11 +21,13 @@ use crate::net::plan::MAX_LAYERS;
 use crate::net::workspace::LayerCache;
 
 /// The shape of a pass through [`forward_steps`] / [`backward_steps`]: each layer cut into
-/// `units` blocks, layers running `chunk` steps apart, W_hh read through its transpose or not
-/// (the plan's choice for this direction), each row's length (empty: all T steps).
+/// `rows` × `units` blocks (rows: 1 but for one layer's grid, `plan::Split::Grid`), layers
+/// running `chunk` steps apart, W_hh read through its transpose or not (the plan's choice for
+/// this direction), each row's length (empty: all T steps).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Wave<'a> {
     pub dims: Dims,
+    pub rows: usize,
     pub units: usize,
     pub chunk: usize,
     pub w_hh_t: bool,
@@ -71,9 +73,9 @@ pub(super) fn forward_steps<F: Float>(
     table: Option<&TableRows<'_, F>>,
     wave: Wave,
 ) {
-    let Wave { dims, units, chunk, w_hh_t, lengths } = wave;
+    let Wave { dims, rows, units, chunk, w_hh_t, lengths } = wave;
     let Dims { h, gh, b, steps, threads, .. } = dims;
-    let (layers, bh) = (caches.len().min(MAX_LAYERS), b * h);
+    let (layers, bh, blocks) = (caches.len().min(MAX_LAYERS), b * h, rows * units);
     let mut bufs: [Option<FwdBufs<F>>; MAX_LAYERS] = Default::default();
     let mut weights: [Option<UnitWeights<'_, F>>; MAX_LAYERS] = Default::default();
     let hprojs = hproj.chunks_mut((b * gh).max(1)).map(Some).chain(std::iter::repeat_with(|| None));
@@ -85,16 +87,18 @@ pub(super) fn forward_steps<F: Float>(
     let supers = steps.div_ceil(chunk) + layers - 1;
     team::run(
         threads,
-        layers * units,
+        layers * blocks,
         supers * chunk,
         |_| true,
         |part, phase| {
-            let (l, block, j) = (part / units, part % units, phase % chunk);
+            let (l, block, j) = (part / blocks, part % blocks, phase % chunk);
             let Some(t0) = (phase / chunk).checked_sub(l).map(|run| run * chunk).filter(|&t0| t0 + j < steps) else {
                 return;
             };
             let (Some(buf), Some(w)) = (&bufs[l], &weights[l]) else { return };
-            let (t, (u0, u1), lp) = (t0 + j, parts::range(h, units, UNIT_ALIGN, block), &lps[l]);
+            let (t, lp) = (t0 + j, &lps[l]);
+            let ((r0, r1), (u0, u1)) =
+                (row_range(wave, block / units), parts::range(h, units, UNIT_ALIGN, block % units));
             let b_hh = &p[lp.b_hh..lp.b_hh + gh];
             // The run's input projection, from the layer below (which ran it a super-step ago).
             let below = l.checked_sub(1).and_then(|k| bufs[k].as_ref()).filter(|_| j == 0);
@@ -112,7 +116,7 @@ pub(super) fn forward_steps<F: Float>(
                     input: lp.input,
                 });
                 let table = table.filter(|_| l == 0);
-                super::forward_units(&dims, b_hh, w, table, input, buf, Block { t, u0, u1, lengths });
+                super::forward_units(&dims, b_hh, w, table, input, buf, Block { t, r0, r1, u0, u1, lengths });
             }
         },
     );
@@ -134,9 +138,9 @@ pub(crate) fn backward_steps<F: Float>(
     dc0: &mut [F],
     wave: Wave,
 ) {
-    let Wave { dims, units, chunk, w_hh_t: single, lengths } = wave;
+    let Wave { dims, rows, units, chunk, w_hh_t: single, lengths } = wave;
     let Dims { h, gh, b, steps, threads, .. } = dims;
-    let (layers, bh) = (caches.len().min(MAX_LAYERS), b * h);
+    let (layers, bh, blocks) = (caches.len().min(MAX_LAYERS), b * h, rows * units);
     let mut bufs: [Option<BwdBufs<F>>; MAX_LAYERS] = Default::default();
     let mut weights: [Option<UnitWeights<'_, F>>; MAX_LAYERS] = Default::default();
     let dcs = dc0.chunks_mut(bh).map(Some).chain(std::iter::repeat_with(|| None));
@@ -153,13 +157,13 @@ pub(crate) fn backward_steps<F: Float>(
     let (top, supers) = (layers - 1, steps.div_ceil(chunk) + layers - 1);
     team::run(
         threads,
-        layers * units,
+        layers * blocks,
         2 * supers * chunk,
         // After each cell phase (the dh_next GEMM reads all of dpre_t), and before each run
         // (it reads the layer above's dpre of the run).
         |phase| phase % 2 == 1 || (phase / 2) % chunk == 0,
         |part, phase| {
-            let (l, block, j) = (part / units, part % units, (phase / 2) % chunk);
+            let (l, block, j) = (part / blocks, part % blocks, (phase / 2) % chunk);
             // Step k from the end: layer l starts `top − l` super-steps after the top layer.
             let Some(k0) =
                 (phase / (2 * chunk)).checked_sub(top - l).map(|run| run * chunk).filter(|&k0| k0 + j < steps)
@@ -167,7 +171,9 @@ pub(crate) fn backward_steps<F: Float>(
                 return;
             };
             let (Some(buf), Some(w)) = (&bufs[l], &weights[l]) else { return };
-            let (t, (u0, u1)) = (steps - 1 - (k0 + j), parts::range(h, units, UNIT_ALIGN, block));
+            let t = steps - 1 - (k0 + j);
+            let ((r0, r1), (u0, u1)) =
+                (row_range(wave, block / units), parts::range(h, units, UNIT_ALIGN, block % units));
             let n = (k0 + chunk).min(steps) - k0; // the run: steps [T − k0 − n, T − k0)
             let above = bufs.get(l + 1).and_then(Option::as_ref).filter(|_| j == 0 && phase % 2 == 0).map(|a| {
                 FromAbove { t0: steps - k0 - n, n, dpre: a.gates, w_ih: &p[lps[l + 1].w_ih..lps[l + 1].w_ih + gh * h] }
@@ -178,12 +184,22 @@ pub(crate) fn backward_steps<F: Float>(
             // dpre_t, finished at the phase before (the barrier), and writes units [u0, u1) of its
             // dh_next.
             unsafe {
+                let blk = Block { t, r0, r1, u0, u1, lengths };
                 if phase % 2 == 0 {
-                    super::backward_units_cell(&dims, above, buf, Block { t, u0, u1, lengths });
+                    super::backward_units_cell(&dims, above, buf, blk);
                 } else {
-                    super::backward_units_gemm(&dims, w, buf, Block { t, u0, u1, lengths });
+                    super::backward_units_gemm(&dims, w, buf, blk);
                 }
             }
         },
     );
+}
+
+/// Rows [r0, r1) of row block `block` of a wave's `rows` (every row with one block; with
+/// lengths, equal shares of the real steps, `layer::row_block`).
+fn row_range(wave: Wave<'_>, block: usize) -> (usize, usize) {
+    if wave.rows == 1 {
+        return (0, wave.dims.b);
+    }
+    super::row_block(wave.lengths, wave.dims.steps, wave.dims.b, wave.rows, block)
 }
