@@ -92,6 +92,10 @@ pub struct Args {
     /// meetings and hand-offs measured here, per helper); the measured line is the 1-thread run.
     #[arg(long)]
     plan: bool,
+    /// Plan as if this machine had N cores — the wavefront, the grid, the tiles of deep
+    /// products — so that `--plan` predicts that machine's schedule (0 = this machine's own).
+    #[arg(long, default_value_t = 0)]
+    plan_cores: usize,
 }
 
 /// The GEMM crate's f32 throughput on square n×n×n products, best of several runs.
@@ -217,6 +221,7 @@ fn cpu_model() -> String {
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
+    bptt::kernels::machine::set_plan_cores(a.plan_cores);
     // (The schedule model times each part on one thread.)
     let threads = if a.plan { 1 } else { super::threads(a.threads)? };
     if a.gemm_peak {
@@ -377,6 +382,8 @@ pub fn run(a: Args) -> Result<ExitCode> {
         "cpu": cpu_model(),
         "wavefront": a.wavefront,
         "grid": a.grid,
+        "plan_cores": bptt::kernels::machine::plan_cores(),
+        "schedule": ws.schedule(),
         "dropout": a.dropout,
         "weight_drop": a.weight_drop,
         "bidirectional": a.bidirectional,

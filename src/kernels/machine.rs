@@ -10,6 +10,26 @@ pub fn machine_cores() -> usize {
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// What [`set_plan_cores`] set (0: nothing).
+static PLAN_CORES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The cores plans are made for: [`machine_cores`], unless [`set_plan_cores`] said otherwise.
+/// The wavefront's and the grid's defaults and the tiles of deep products read it.
+pub fn plan_cores() -> usize {
+    match PLAN_CORES.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => machine_cores(),
+        n => n,
+    }
+}
+
+/// Plans every later pass as if this machine had `cores` cores (0: its own) — the wavefront,
+/// the grid and the tiles of deep products — so that `bptt bench --plan --plan-cores 16`
+/// predicts what a 16-core machine would run. Process-wide: set it before the first pass, never
+/// while passes run (their results would depend on when).
+pub fn set_plan_cores(cores: usize) {
+    PLAN_CORES.store(cores, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The size of one core's L2 cache in bytes (Linux sysfs; 1 MiB if unknown). Like
 /// [`machine_cores`], a plan may depend on it.
 pub fn l2_bytes() -> usize {

@@ -155,7 +155,20 @@ pub fn gemm<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
         b.rows,
         b.cols
     );
-    let (pm, pn) = tile_grid(c.rows, c.cols, a.cols);
+    let grid = tile_grid(c.rows, c.cols, a.cols, tile_side(a.cols, machine::plan_cores()));
+    gemm_tiled(c, a, b, accumulate, threads, grid);
+}
+
+/// [`gemm`] cut into the tile grid `(pm, pn)`.
+fn gemm_tiled<F: Float>(
+    c: MatMut<'_, F>,
+    a: Mat<'_, F>,
+    b: Mat<'_, F>,
+    accumulate: bool,
+    threads: usize,
+    grid: (usize, usize),
+) {
+    let (pm, pn) = grid;
     if pm * pn == 1 {
         return gemm_one(c, a, b, accumulate);
     }
@@ -169,11 +182,25 @@ pub fn gemm<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
     });
 }
 
+/// Products this deep (k) from which machines with [`NARROW_CORES`] cores cut tiles half as
+/// narrow: with a long k a 128-wide tile still runs near the crate's peak, and the large LSTMs'
+/// per-step products get twice the parts (LSTM H = 1024, B = 64: dh_{t−1} = dpre · W_hh in 8
+/// tiles instead of 4; the schedule model predicts H1024 B64 and H512 L2 B64 31% faster at 16
+/// threads, both unchanged at 1–2; measured at 2 threads, 128-wide tiles cost H1024 2.5%).
+const NARROW_K: usize = 1024;
+/// The cores (`machine::plan_cores`) from which deep products take narrow tiles.
+const NARROW_CORES: usize = 8;
+
+/// The shortest side of a tile of a product of depth `k` on a machine of `cores` cores.
+fn tile_side(k: usize, cores: usize) -> usize {
+    if k >= NARROW_K && cores >= NARROW_CORES { TILE_SIDE / 2 } else { TILE_SIDE }
+}
+
 /// The tile grid (rows × columns of C) of an (m, n, k) product: about one tile per
-/// [`TILE_WORK`] (two from [`SPLIT_WORK`]), at most `team::MAX_PARTS`, tiles at least
-/// [`TILE_SIDE`] long on a cut side (else halves), a power of two per side, cut at whole
-/// 16-wide microkernel blocks, cutting the side whose tiles are longer.
-fn tile_grid(m: usize, n: usize, k: usize) -> (usize, usize) {
+/// [`TILE_WORK`] (two from [`SPLIT_WORK`]), at most `team::MAX_PARTS`, tiles at least `side`
+/// long on a cut side (else halves), a power of two per side, cut at whole 16-wide microkernel
+/// blocks, cutting the side whose tiles are longer.
+fn tile_grid(m: usize, n: usize, k: usize, side: usize) -> (usize, usize) {
     let work = m * n * k;
     if work < SPLIT_WORK || m.max(n) < 32 {
         return (1, 1);
@@ -182,7 +209,7 @@ fn tile_grid(m: usize, n: usize, k: usize) -> (usize, usize) {
     // Powers of two on each side, so that 2, 4, 8, 16 threads share the tiles evenly.
     let (mut pm, mut pn) = (1, 1);
     while pm * pn < tiles {
-        let (can_m, can_n) = (m / (2 * pm) >= TILE_SIDE, n / (2 * pn) >= TILE_SIDE);
+        let (can_m, can_n) = (m / (2 * pm) >= side, n / (2 * pn) >= side);
         if can_m && (m * pn >= n * pm || !can_n) {
             pm *= 2;
         } else if can_n {
@@ -435,7 +462,7 @@ fn gemm_bf16(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Operand<'_, f32>, accumulat
             }
         });
     };
-    let (pm, pn) = tile_grid(m, n, k);
+    let (pm, pn) = tile_grid(m, n, k, tile_side(k, machine::plan_cores()));
     if pm * pn == 1 {
         return tile(c, 0, 0);
     }
@@ -563,6 +590,31 @@ pub fn sum_sq<F: Float>(x: &[F]) -> f64 {
 mod tests {
     use super::{Mat, MatMut, gemm};
 
+    /// Deep products on machines of 8+ cores take tiles half as narrow — the large LSTMs'
+    /// per-step products (H = 1024, B = 64: dh_{t−1} in 8 tiles, not 4) — with the same bits as
+    /// the wider tiles and the uncut product, at any thread count.
+    #[test]
+    fn narrow_tiles_give_the_same_bits() {
+        use super::{TILE_SIDE, gemm_tiled, tile_grid, tile_side};
+        assert_eq!(tile_grid(64, 1024, 4096, tile_side(4096, 2)), (1, 4));
+        assert_eq!(tile_grid(64, 1024, 4096, tile_side(4096, 16)), (1, 8));
+        assert_eq!(tile_grid(64, 4096, 1024, tile_side(1024, 16)), (1, 32));
+        assert_eq!(tile_side(512, 64), TILE_SIDE);
+        let (m, n, k) = (64, 1024, 1024);
+        let val = |i: usize| ((i * 7919) % 97) as f32 / 48.0 - 1.0;
+        let a: Vec<f32> = (0..m * k).map(val).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| val(i + 13)).collect();
+        let run = |grid: (usize, usize), threads: usize| {
+            let mut c: Vec<f32> = (0..m * n).map(|i| val(i + 5)).collect();
+            gemm_tiled(MatMut::rows(&mut c, m, n), Mat::rows(&a, m, k), Mat::rows(&b, k, n), true, threads, grid);
+            c
+        };
+        let whole = run((1, 1), 1);
+        for (grid, threads) in [((1, 4), 1), ((1, 4), 2), ((1, 8), 1), ((1, 8), 3), ((1, 8), 16)] {
+            assert!(run(grid, threads) == whole, "grid {grid:?} on {threads} threads differs from one product");
+        }
+    }
+
     /// Every part of a transpose, on 1 to 16 threads, odd sizes included.
     #[test]
     fn transpose_matches_the_definition() {
@@ -619,7 +671,7 @@ mod tests {
     /// any thread count.
     #[test]
     fn tiles_do_not_depend_on_the_thread_count() {
-        let (pm, pn) = super::tile_grid(1040, 300, 70);
+        let (pm, pn) = super::tile_grid(1040, 300, 70, super::TILE_SIDE);
         assert!(pm * pn >= 4, "grid {pm}x{pn}");
         let (m, n, k) = (1040, 300, 70);
         let a: Vec<f32> = (0..m * k).map(|i| ((i * 31) % 101) as f32 / 50.0 - 1.0).collect();

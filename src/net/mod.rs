@@ -97,6 +97,7 @@ impl Net {
         // Every decision of this pass, made once; `backward` runs the same plan.
         let plan = Plan::make(&self.config, ws, &input)?;
         ws.plan = None;
+        ws.schedule = Some(plan.forward);
         ws.steps = plan.steps;
         self.load_input(ws, input, init)?;
         self.draw_masks(ws, &plan);

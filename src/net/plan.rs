@@ -3,7 +3,8 @@
 //! layout W_hh is read in, dropout, lengths, diagnostics — made once, here, and kept in the
 //! workspace so that `backward` runs the pass its forward made, whatever is set in between.
 //!
-//! Splits are chosen from the sizes alone, never the thread count, so results are the same at
+//! Splits are chosen from the sizes and the machine (its cores, `machine::plan_cores`: the
+//! wavefront, the grid), never the thread count, so results are the same at
 //! any `--threads` (one thread runs the parts in turn).
 
 use crate::error::{Error, Result};
@@ -29,6 +30,28 @@ pub(crate) enum Split {
     /// only its units' rows of W_hh, and the parts meet once per step — more parts than row
     /// blocks for machines with many cores (`Workspace::set_grid`).
     Grid(usize, usize),
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Split::Whole => write!(f, "whole steps"),
+            Split::Rows(rows) => write!(f, "{rows} row blocks"),
+            Split::Units(units) => write!(f, "{units} unit blocks"),
+            Split::Tiles => write!(f, "whole steps in GEMM tiles"),
+            Split::Grid(rows, units) => write!(f, "{rows} × {units} row × unit blocks"),
+        }
+    }
+}
+
+impl std::fmt::Display for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schedule::Layers(split) => write!(f, "layer by layer, {split}"),
+            Schedule::Wavefront(units) => write!(f, "a wavefront of {units} unit blocks per layer"),
+            Schedule::Directions => write!(f, "both directions at once"),
+        }
+    }
 }
 
 impl Split {
@@ -248,7 +271,7 @@ const GRID_WORK: usize = 1 << 19;
 /// 8+ cores (more than the row split's parts for mid-size batches), where each part's work per
 /// step pays for its meeting.
 pub(crate) fn grid_by_default(b: usize, gh: usize, h: usize, rows: usize) -> bool {
-    crate::kernels::machine::machine_cores() >= GRID_CORES && grid_pays(b, gh, h, rows)
+    crate::kernels::machine::plan_cores() >= GRID_CORES && grid_pays(b, gh, h, rows)
 }
 
 /// Whether the grid of `rows` row blocks gives each part [`GRID_WORK`] per step.
@@ -275,10 +298,10 @@ pub(crate) fn wavefront_units(cfg: &NetConfig, b: usize) -> Option<usize> {
 /// every layer between them (each core then keeps its slice of every layer resident). On 2
 /// cores it gains nothing (±5% measured) and loses up to 2× when the weights do not fit.
 pub(crate) fn wavefront_by_default<F>(cfg: &NetConfig) -> bool {
-    use crate::kernels::machine::{l2_bytes, machine_cores};
+    use crate::kernels::machine::{l2_bytes, plan_cores};
     let (gh, h, l) = (cfg.cell.gates() * cfg.hidden, cfg.hidden, cfg.layers);
     let weights = (2 * l).saturating_sub(1) * gh * h * std::mem::size_of::<F>();
-    let cores = machine_cores();
+    let cores = plan_cores();
     cores >= WAVEFRONT_CORES && weights / cores <= l2_bytes() / 2
 }
 

@@ -18,6 +18,8 @@ pub struct Workspace<F> {
     pub(crate) steps: usize,
     /// The plan of the last forward pass with targets, until the backward pass runs it.
     pub(crate) plan: Option<Plan>,
+    /// The last forward pass's schedule (kept after its backward pass, unlike `plan`).
+    pub(crate) schedule: Option<crate::net::plan::Schedule>,
     /// One cache per layer and direction: layer k's direction d is cache k·D + d.
     pub(crate) layers: Vec<LayerCache<F>>,
     /// Bidirectional only (else empty): (L, T, B, 2H) each layer's outputs, the forward and
@@ -139,6 +141,7 @@ impl<F: Float> Workspace<F> {
             threads,
             steps: 0,
             plan: None,
+            schedule: None,
             layers,
             outputs: z(outputs),
             doutputs: z(outputs),
@@ -272,6 +275,14 @@ impl<F: Float> Workspace<F> {
     /// way, do not depend on the thread count. It applies from the next forward pass on.
     pub fn set_wavefront(&mut self, on: bool) {
         self.wavefront = on;
+    }
+
+    /// How the last forward pass's time loops were cut into parts, in words ("layer by layer,
+    /// 2 row blocks", "… 2 × 4 row × unit blocks", "a wavefront of 2 unit blocks per layer", …),
+    /// or `None` before the first pass. It depends on the sizes and the machine, never on the
+    /// thread count.
+    pub fn schedule(&self) -> Option<String> {
+        self.schedule.map(|s| s.to_string())
     }
 
     /// Cuts the row blocks of mid-size batches (the plan's row split) into rows × units — the

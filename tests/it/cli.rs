@@ -263,6 +263,19 @@ fn task_bench_plot_and_diagnose_print_what_they_document() {
     assert!((one - measured).abs() <= 0.002 + 1e-3 * measured, "{one} against {measured}");
     assert!(predicted.iter().all(|p| p["parts_ms"].as_f64().unwrap() > 0.0), "{predicted:?}");
 
+    // `--plan-cores`: the plan of a machine with that many cores — a 16-core one cuts LSTM
+    // H = 128, B = 32's 2 row blocks into a 2 × 2 grid (and its deep products into narrower
+    // tiles), a 2-core one keeps the row blocks; the run reports the schedule it ran.
+    for (cores, want) in [(2, "layer by layer, 2 row blocks"), (16, "layer by layer, 2 × 2 row × unit blocks")] {
+        let cores = cores.to_string();
+        let args = ["bench", "--hidden", "128", "--batch", "32", "--seq-len", "8", "--steps", "2", "--json"];
+        let o = bptt(&[&args[..], &["--threads", "2", "--plan-cores", &cores]].concat());
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["schedule"].as_str(), Some(want), "{v}");
+        assert_eq!(v["plan_cores"].as_u64().map(|c| c.to_string()), Some(cores.clone()), "{v}");
+    }
+
     let d = tempfile::tempdir().unwrap();
     let text = corpus(d.path());
     assert!(train(d.path(), &text, "run", &["--steps", "6", "--eval-every", "3"]).status.success());
