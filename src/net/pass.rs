@@ -132,7 +132,11 @@ impl Net {
             layer::wavefront::forward(&self.layers, params, &mut lent.caches, &mut lent.hproj, x, wave);
             return lent.give_back(ws);
         }
-        let split = if let Schedule::Layers(split) = plan.forward { split } else { Split::Whole };
+        let split = match plan.forward {
+            Schedule::Layers(split) => split,
+            Schedule::Directions(rows) if rows > 1 => Split::Rows(rows),
+            _ => Split::Whole,
+        };
         let pass = Pass { dims, split, w_hh_t: plan.w_hh_t_forward, lengths: &lent.lengths };
         // The GRU's scratch: one per direction (both run at once under `Schedule::Directions`).
         let (hproj, hproj_r) = lent.hproj.split_at_mut(if cfg.cell.recurrent_apart() { b * gh } else { 0 });
@@ -162,7 +166,7 @@ impl Net {
             let rv = Reverse { steps, b, lengths: pass.lengths };
             rv.copy(x, &mut lent.reversed, w);
             let (xr, lps) = (&lent.reversed[..steps * b * w], [&self.layers[2 * k], &self.layers[2 * k + 1]]);
-            if plan.forward == Schedule::Directions {
+            if matches!(plan.forward, Schedule::Directions(_)) {
                 layer::forward_pair(&pass, lps, params, [&mut *fwd, &mut *rev], [&mut *hproj, &mut *hproj_r], [x, xr]);
             } else {
                 layer::forward(&pass, lps[0], params, fwd, hproj, LayerInput::Rows(x));
@@ -326,7 +330,11 @@ impl Net {
                 layer::backward(&pass, &self.layers[k], params, grads, &mut upper[0], below, carry.of(k, ws.max_steps));
             }
             (schedule, _) => {
-                let split = if let Schedule::Layers(split) = schedule { split } else { Split::Whole };
+                let split = match schedule {
+                    Schedule::Layers(split) => split,
+                    Schedule::Directions(rows) if rows > 1 => Split::Rows(rows),
+                    _ => Split::Whole,
+                };
                 let pass = Pass { dims, split, w_hh_t: plan.w_hh_t_backward, lengths: &lent.lengths };
                 let LayerInput::Rows(x) = x else { unreachable!("the plan gathers a bidirectional net's token rows") };
                 let [fwd, rev, ..] = upper else { unreachable!("two caches per layer") };
@@ -340,7 +348,7 @@ impl Net {
                     Below { x: LayerInput::Rows(x), dx: dx.as_deref_mut() },
                     Below { x: LayerInput::Rows(xr), dx: dxr },
                 );
-                if schedule == Schedule::Directions {
+                if matches!(schedule, Schedule::Directions(_)) {
                     let carries = carry.pair(2 * k);
                     layer::backward_pair(&pass, lps, params, grads, [fwd, rev], [below, below_r], carries);
                 } else {

@@ -49,7 +49,8 @@ impl std::fmt::Display for Schedule {
         match self {
             Schedule::Layers(split) => write!(f, "layer by layer, {split}"),
             Schedule::Wavefront(units) => write!(f, "a wavefront of {units} unit blocks per layer"),
-            Schedule::Directions => write!(f, "both directions at once"),
+            Schedule::Directions(1) => write!(f, "both directions at once"),
+            Schedule::Directions(rows) => write!(f, "both directions at once, {rows} row blocks each"),
         }
     }
 }
@@ -73,9 +74,10 @@ pub(crate) enum Schedule {
     /// All layers at once as a wavefront (`layer/wavefront.rs`), each cut into this many unit
     /// blocks.
     Wavefront(usize),
-    /// Layer by layer, the two directions of each bidirectional layer at once as two parts,
-    /// whole steps each (`layer/pair.rs`).
-    Directions,
+    /// Layer by layer, the two directions of each bidirectional layer at once (`layer/pair.rs`),
+    /// each cut into this many row blocks (1: whole steps): 2 × this many parts, which never
+    /// meet.
+    Directions(usize),
 }
 
 /// Where the first layer's input rows come from.
@@ -159,6 +161,8 @@ impl Plan {
         let (h, gh) = (cfg.hidden, cfg.cell.gates() * cfg.hidden);
         let lengths = !ws.lengths.is_empty();
         let zoneout = !cfg.zoneout.is_none();
+        // The cores the plan is made for (`Workspace::set_plan_cores`, else the machine's).
+        let cores = ws.plan_cores.unwrap_or_else(crate::kernels::machine::plan_cores);
         // bf16 products read W_hh packed once per pass by the row paths (`layer/rows.rs`); a
         // batch small enough for unit blocks (B = 1 …) keeps them and f32 instead, as bf16 whole
         // steps ran slower there (LSTM H = 256, B = 1: 15k tokens/s against 19–33k).
@@ -170,9 +174,10 @@ impl Plan {
             // Every norm needs a whole row: row blocks, whole steps, never unit blocks. (So does
             // zoneout here: its blends run on the row paths, `layer/rows.rs`.)
             Split::Units(_) if cfg.layer_norm || zoneout || bf16 => Split::Whole,
+            // (A bidirectional layer's row blocks run as a pair instead, below, unless forced.)
             Split::Rows(rows)
                 if !(cfg.layer_norm || zoneout || bf16)
-                    && ws.grid.unwrap_or_else(|| grid_by_default(b, gh, h, rows)) =>
+                    && ws.grid.unwrap_or_else(|| !cfg.bidirectional && grid_by_default(cores, b, gh, h, rows)) =>
             {
                 grid(rows, h)
             }
@@ -180,13 +185,20 @@ impl Plan {
         };
         let wavefront = wavefront_units(cfg, b)
             .filter(|_| ws.wavefront && !masked && !cfg.bidirectional && !whole && !zoneout && !bf16);
-        // A bidirectional layer with too few rows to cut into row blocks runs one direction per
-        // part: no meeting per step (a unit split meets at every step).
-        let pair = cfg.bidirectional && !whole && matches!(split, Split::Whole | Split::Units(_));
-        let forward = match wavefront {
-            Some(units) => Schedule::Wavefront(units),
-            None if pair => Schedule::Directions,
-            None => Schedule::Layers(split),
+        // A bidirectional layer runs both directions at once: with too few rows to cut into row
+        // blocks one direction per part — no meeting per step (a unit split meets at every
+        // step) — and with row blocks (f32: the pair reads W_hh unpacked), each direction's
+        // row blocks as parts of one pass, twice the parts of one direction.
+        let pair = match split {
+            _ if !cfg.bidirectional || whole => None,
+            Split::Whole | Split::Units(_) => Some(1),
+            Split::Rows(rows) if !bf16 && cores >= GRID_CORES => Some(rows),
+            _ => None,
+        };
+        let forward = match (wavefront, pair) {
+            (Some(units), _) => Schedule::Wavefront(units),
+            (None, Some(rows)) => Schedule::Directions(rows),
+            (None, None) => Schedule::Layers(split),
         };
         let dh_norms = ws.record_dh_norms;
         let backward = if dh_norms { Schedule::Layers(Split::Whole) } else { forward };
@@ -270,8 +282,8 @@ const GRID_WORK: usize = 1 << 19;
 /// Whether row blocks are cut into a grid by default (`Workspace::set_grid`): on machines with
 /// 8+ cores (more than the row split's parts for mid-size batches), where each part's work per
 /// step pays for its meeting.
-pub(crate) fn grid_by_default(b: usize, gh: usize, h: usize, rows: usize) -> bool {
-    crate::kernels::machine::plan_cores() >= GRID_CORES && grid_pays(b, gh, h, rows)
+pub(crate) fn grid_by_default(cores: usize, b: usize, gh: usize, h: usize, rows: usize) -> bool {
+    cores >= GRID_CORES && grid_pays(b, gh, h, rows)
 }
 
 /// Whether the grid of `rows` row blocks gives each part [`GRID_WORK`] per step.
@@ -396,8 +408,8 @@ mod tests {
             let ws = net.workspace::<f64>(3, b, 1).unwrap();
             super::Plan::make(&cfg, &ws, &crate::net::Input::Dense(&vec![0.0; 3 * b * 4])).unwrap().forward
         };
-        assert_eq!(bidir(4, 512), super::Schedule::Directions);
-        assert_eq!(bidir(1, 64), super::Schedule::Directions);
+        assert_eq!(bidir(4, 512), super::Schedule::Directions(1));
+        assert_eq!(bidir(1, 64), super::Schedule::Directions(1));
         assert_eq!(bidir(32, 256), super::Schedule::Layers(Split::Rows(2)));
         assert_eq!(bidir(16, 512), super::Schedule::Layers(Split::Tiles));
     }

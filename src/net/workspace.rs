@@ -63,6 +63,8 @@ pub struct Workspace<F> {
     /// Cut row blocks into rows × units where the sizes allow (`plan::Split::Grid`); `None`:
     /// the plan's default (`plan::grid_by_default`).
     pub(crate) grid: Option<bool>,
+    /// The cores this workspace's plans are made for (`set_plan_cores`; `None`: the machine's).
+    pub(crate) plan_cores: Option<usize>,
     /// The precision of the products of the next passes (`set_precision`).
     pub(crate) precision: crate::kernels::Precision,
     /// Dropout of the next forward passes (net/dropout.rs); the buffers below exist only then:
@@ -173,6 +175,7 @@ impl<F: Float> Workspace<F> {
             dropped: Vec::new(),
             wavefront: crate::net::plan::wavefront_by_default::<F>(cfg),
             grid: None,
+            plan_cores: None,
             precision: crate::kernels::Precision::F32,
             grad_ready: GradHook::default(),
         }
@@ -294,6 +297,14 @@ impl<F: Float> Workspace<F> {
     /// not depend on the thread count. It applies from the next forward pass on.
     pub fn set_grid(&mut self, on: bool) {
         self.grid = Some(on);
+    }
+
+    /// Plans this workspace's passes as if the machine had `cores` cores: the grid's default
+    /// and a bidirectional layer's row blocks of both directions at once (8+ cores) — to run,
+    /// test or predict (`bench --plan --plan-cores`) another machine's schedule here. Results do
+    /// not depend on the thread count either way. It applies from the next forward pass on.
+    pub fn set_plan_cores(&mut self, cores: usize) {
+        self.plan_cores = Some(cores).filter(|&c| c > 0);
     }
 
     /// The precision of the passes' large products (`--precision`): `Bf16` rounds their

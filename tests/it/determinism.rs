@@ -141,6 +141,37 @@ fn grid_does_not_depend_on_the_thread_count() {
     }
 }
 
+/// A bidirectional layer planned for 16 cores (`Workspace::set_plan_cores`) runs both
+/// directions' row blocks at once (B = 32, H = 256 and B = 16, H = 64: 2 × 2 parts, no
+/// meeting): the same losses, gradients and trained weights at 1, 2, 3, 4, 8 and 16 threads,
+/// with all rows full and with mixed lengths, training with dropout.
+#[test]
+fn wide_bidirectional_does_not_depend_on_the_thread_count() {
+    use bptt::NetConfig;
+    for cell in CellKind::ALL {
+        for (b, h) in [(32, 256), (16, 64)] {
+            let t = 6;
+            let (net, x, y) = dense_problem::<f32>(cell, h, t, b, 5, 6);
+            let net = Net::new(NetConfig { bidirectional: true, ..*net.config() }).unwrap();
+            let mut ws = net.workspace::<f32>(t, b, 2).unwrap();
+            ws.set_plan_cores(16);
+            net.forward(&net.init_params::<f32>(3), &mut ws, Input::Dense(&x), None, None).unwrap();
+            assert_eq!(ws.schedule().as_deref(), Some("both directions at once, 2 row blocks each"));
+            let mixed: Vec<usize> = (0..b).map(|r| 1 + (5 * r + 2) % t).collect();
+            for lengths in [vec![t; b], mixed] {
+                let run = |threads: usize| {
+                    two_updates_with(&net, &x, &y, t, b, &lengths, true, threads, &|ws| ws.set_plan_cores(16))
+                };
+                let one = run(1);
+                assert!(one.iter().all(|v| v.is_finite()));
+                for threads in [2, 3, 4, 8, 16] {
+                    assert!(run(threads) == one, "{cell} B={b} H={h} lengths={lengths:?}: {threads} threads differ");
+                }
+            }
+        }
+    }
+}
+
 /// The padding of a batch of mixed lengths is never read: a workspace that first ran a pass
 /// without lengths over other data (every row of its buffers written) gives a padded pass the
 /// same loss and gradients, bit for bit, as a fresh one — on whole steps, row blocks, unit

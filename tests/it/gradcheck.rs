@@ -247,12 +247,18 @@ enum Setup {
     Plain,
     Wavefront,
     Grid,
+    /// Planned as on a 16-core machine (`Workspace::set_plan_cores`).
+    Wide,
 }
 
 /// Row blocks cut into rows × units (`Workspace::set_grid`): B = 16, H = 64 (2 × 2 parts) and
-/// B = 32, H = 256 (2 × 4), dense and token input, 1 and 2 layers, with and without lengths.
+/// B = 32, H = 256 (2 × 4), dense and token input, 1 and 2 layers, with and without lengths;
+/// and a bidirectional layer's row blocks of both directions at once, as planned on 16 cores.
 #[test]
 fn grid_matches_finite_differences() {
+    // (Bidirectional, planned for 16 cores: both directions' 2 row blocks at once, 4 parts.)
+    split_path_matches_finite_differences(32, 256, 1, false, Setup::Wide, true, true);
+    split_path_matches_finite_differences(16, 64, 2, false, Setup::Wide, false, true);
     split_path_matches_finite_differences(16, 64, 1, false, Setup::Grid, false, false);
     split_path_matches_finite_differences(16, 64, 2, true, Setup::Grid, true, false);
     split_path_matches_finite_differences(32, 256, 1, false, Setup::Grid, true, false);
@@ -306,6 +312,9 @@ fn split_path_matches_finite_differences(
         let mut ws = net.workspace::<f64>(t, b, 2).unwrap();
         ws.set_wavefront(setup == Setup::Wavefront);
         ws.set_grid(setup == Setup::Grid);
+        if setup == Setup::Wide {
+            ws.set_plan_cores(16);
+        }
         if lengths {
             ws.set_lengths(Some(&(0..b).map(|r| 1 + 7 * r % t).collect::<Vec<_>>())).unwrap();
         }

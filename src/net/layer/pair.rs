@@ -1,7 +1,8 @@
 //! Both directions of a bidirectional layer at once: each direction's time loop is one part,
-//! whole steps over all rows, and the two parts never meet (they share no buffer). Small
-//! batches gain the most: instead of cutting each direction's steps into unit blocks that meet
-//! at every step, each core runs one direction straight through.
+//! whole steps over all rows — or, planned for 8+ cores, each direction's row blocks are parts —
+//! and the parts never meet (they share no buffer). Small batches gain the most: instead of
+//! cutting each direction's steps into unit blocks that meet at every step, each core runs one
+//! direction straight through; many cores get twice one direction's row blocks.
 
 use super::*;
 
@@ -31,20 +32,27 @@ pub(crate) fn forward_pair<'a, F: Float>(
     let [hp_f, hp_r] = hprojs;
     let ((bf, tf), (br, tr)) = (FwdBufs::new(fwd, hp_f), FwdBufs::new(rev, hp_r));
     let (w_f, w_r, bufs) = (w_hh_t(tf, lps[0]), w_hh_t(tr, lps[1]), [bf, br]);
-    let (ws, lengths) = ([w_f, w_r], pass.lengths);
+    let (ws, lengths, blocks) = ([w_f, w_r], pass.lengths, row_blocks(pass));
     team::run(
         threads,
-        2,
+        2 * blocks,
         steps,
         |_| false,
-        |d, t| {
+        |part, t| {
+            let (d, (r0, r1)) = (part / blocks, row_block(lengths, steps, b, blocks, part % blocks));
             let b_hh = &p[lps[d].b_hh..lps[d].b_hh + gh];
-            // SAFETY: part d touches only direction d's buffers (all rows of steps t and t + 1),
-            // which no other part reads or writes.
-            let mut rows = unsafe { bufs[d].rows(t, 0, b, b, h, gh) };
-            forward_rows(cell, h, b_hh, Operand::Plain(ws[d]), &mut rows, 1, Ended { lengths, t, r0: 0 });
+            // SAFETY: part (d, block) touches only rows [r0, r1) of direction d's buffers (of steps
+            // t and t + 1), which no other part reads or writes.
+            let mut rows = unsafe { bufs[d].rows(t, r0, r1, b, h, gh) };
+            forward_rows(cell, h, b_hh, Operand::Plain(ws[d]), &mut rows, 1, Ended { lengths, t, r0 });
         },
     );
+}
+
+/// Row blocks per direction of a pair (the plan's `Schedule::Directions(rows)`, carried in the
+/// pass's split).
+fn row_blocks(pass: &Pass<'_>) -> usize {
+    if let Split::Rows(rows) = pass.split { rows } else { 1 }
 }
 
 /// Elements of `gates` a thread fills with the biases at least.
@@ -131,18 +139,20 @@ pub(crate) fn backward_pair<F: Float>(
     {
         let (bf, _) = BwdBufs::new(fwd, cf.dh_next, cf.dc_next);
         let (br, _) = BwdBufs::new(rev, cr.dh_next, cr.dc_next);
-        let bufs = [bf, br];
+        let (bufs, blocks) = ([bf, br], row_blocks(pass));
         team::run(
             threads,
-            2,
+            2 * blocks,
             steps,
             |_| false,
-            |d, k| {
+            |part, k| {
+                let (d, (r0, r1)) = (part / blocks, row_block(lengths, steps, b, blocks, part % blocks));
                 let t = steps - 1 - k;
                 let w_hh = Mat::rows(&p[lps[d].w_hh..lps[d].w_hh + gh * h], gh, h);
-                // SAFETY: as in `forward_pair`: part d touches only direction d's buffers.
-                let rows = unsafe { bufs[d].rows(t, 0, b, b, h, gh) };
-                backward_rows(cell, h, gh, Operand::Plain(w_hh), rows, 1, Ended { lengths, t, r0: 0 });
+                // SAFETY: as in `forward_pair`: part (d, block) touches only its rows of direction
+                // d's buffers.
+                let rows = unsafe { bufs[d].rows(t, r0, r1, b, h, gh) };
+                backward_rows(cell, h, gh, Operand::Plain(w_hh), rows, 1, Ended { lengths, t, r0 });
             },
         );
     }
