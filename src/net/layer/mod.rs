@@ -160,13 +160,14 @@ pub(crate) fn forward<F: Float>(
             let (bufs, w_t) = FwdBufs::new(cache, hproj);
             let w_hh_t =
                 operand(bf16, &packed, if pass.w_hh_t { Mat::rows(w_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() });
+            let ranges = row_ranges(lengths, steps, b, parts);
             team::run(
                 threads,
                 parts,
                 steps,
                 |_| false,
                 |part, t| {
-                    let (r0, r1) = row_block(lengths, steps, b, parts, part);
+                    let (r0, r1) = ranges[part];
                     // SAFETY: this part touches only rows [r0, r1) of each step (and of the (B, ·)
                     // scratch), every other part only other rows (see `FwdBufs::rows`).
                     let mut rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
@@ -265,6 +266,16 @@ pub(super) fn row_block(lengths: &[usize], steps: usize, b: usize, parts: usize,
     (start(part), if part + 1 == parts { b } else { start(part + 1) })
 }
 
+/// Every row block of [`row_block`], computed once per pass (the parts look theirs up at each
+/// step); entries past `parts` are empty.
+pub(super) fn row_ranges(lengths: &[usize], steps: usize, b: usize, parts: usize) -> [(usize, usize); team::MAX_PARTS] {
+    let mut ranges = [(0, 0); team::MAX_PARTS];
+    for (part, range) in ranges.iter_mut().enumerate().take(parts) {
+        *range = row_block(lengths, steps, b, parts, part);
+    }
+    ranges
+}
+
 /// The first `n` elements of `v` (`v` itself if the cell does not use the buffer: empty).
 fn head<F>(v: &[F], n: usize) -> &[F] {
     if v.is_empty() { v } else { &v[..n] }
@@ -337,13 +348,14 @@ pub(crate) fn backward<F: Float>(
         }
         Split::Rows(parts) => {
             let (bufs, _) = BwdBufs::new(cache, dh_next, dc_next);
+            let ranges = row_ranges(lengths, steps, b, parts);
             team::run(
                 threads,
                 parts,
                 steps,
                 |_| false,
                 |part, k| {
-                    let (r0, r1) = row_block(lengths, steps, b, parts, part);
+                    let (r0, r1) = ranges[part];
                     // SAFETY: as in `forward`: rows [r0, r1) of every buffer belong to this half.
                     let t = steps - 1 - k;
                     let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };

@@ -62,16 +62,19 @@ pub(super) fn forward<F: Float>(
     };
     match pass.split {
         // Each part owns its rows for the whole pass: the parts never meet.
-        Split::Rows(parts) => team::run(
-            threads,
-            parts,
-            steps,
-            |_| false,
-            |part, t| {
-                let (r0, r1) = row_block(pass.lengths, steps, b, parts, part);
-                step(t, r0, r1, 1);
-            },
-        ),
+        Split::Rows(parts) => {
+            let ranges = row_ranges(pass.lengths, steps, b, parts);
+            team::run(
+                threads,
+                parts,
+                steps,
+                |_| false,
+                |part, t| {
+                    let (r0, r1) = ranges[part];
+                    step(t, r0, r1, 1);
+                },
+            )
+        }
         _ => (0..steps).for_each(|t| step(t, 0, b, threads)),
     }
 }
@@ -130,16 +133,19 @@ pub(super) fn backward<F: Float>(
             backward_rows(&pass.dims, &norms, w_hh, s, Ended { lengths: pass.lengths, t, r0 }, threads);
         };
         match pass.split {
-            Split::Rows(parts) => team::run(
-                threads,
-                parts,
-                steps,
-                |_| false,
-                |part, k| {
-                    let (r0, r1) = row_block(pass.lengths, steps, b, parts, part);
-                    step(steps - 1 - k, r0, r1, 1);
-                },
-            ),
+            Split::Rows(parts) => {
+                let ranges = row_ranges(pass.lengths, steps, b, parts);
+                team::run(
+                    threads,
+                    parts,
+                    steps,
+                    |_| false,
+                    |part, k| {
+                        let (r0, r1) = ranges[part];
+                        step(steps - 1 - k, r0, r1, 1);
+                    },
+                )
+            }
             _ => {
                 for t in (0..steps).rev() {
                     step(t, 0, b, threads);

@@ -33,13 +33,14 @@ pub(crate) fn forward_pair<'a, F: Float>(
     let ((bf, tf), (br, tr)) = (FwdBufs::new(fwd, hp_f), FwdBufs::new(rev, hp_r));
     let (w_f, w_r, bufs) = (w_hh_t(tf, lps[0]), w_hh_t(tr, lps[1]), [bf, br]);
     let (ws, lengths, blocks) = ([w_f, w_r], pass.lengths, row_blocks(pass));
+    let ranges = row_ranges(lengths, steps, b, blocks);
     team::run(
         threads,
         2 * blocks,
         steps,
         |_| false,
         |part, t| {
-            let (d, (r0, r1)) = (part / blocks, row_block(lengths, steps, b, blocks, part % blocks));
+            let (d, (r0, r1)) = (part / blocks, ranges[part % blocks]);
             let b_hh = &p[lps[d].b_hh..lps[d].b_hh + gh];
             // SAFETY: part (d, block) touches only rows [r0, r1) of direction d's buffers (of steps
             // t and t + 1), which no other part reads or writes.
@@ -140,13 +141,14 @@ pub(crate) fn backward_pair<F: Float>(
         let (bf, _) = BwdBufs::new(fwd, cf.dh_next, cf.dc_next);
         let (br, _) = BwdBufs::new(rev, cr.dh_next, cr.dc_next);
         let (bufs, blocks) = ([bf, br], row_blocks(pass));
+        let ranges = row_ranges(lengths, steps, b, blocks);
         team::run(
             threads,
             2 * blocks,
             steps,
             |_| false,
             |part, k| {
-                let (d, (r0, r1)) = (part / blocks, row_block(lengths, steps, b, blocks, part % blocks));
+                let (d, (r0, r1)) = (part / blocks, ranges[part % blocks]);
                 let t = steps - 1 - k;
                 let w_hh = Mat::rows(&p[lps[d].w_hh..lps[d].w_hh + gh * h], gh, h);
                 // SAFETY: as in `forward_pair`: part (d, block) touches only its rows of direction

@@ -85,6 +85,7 @@ pub(super) fn forward_steps<F: Float>(
         weights[l] = Some(UnitWeights { w_hh, w_hh_t: if w_hh_t { &c.w_hh_t[..] } else { &[] } });
     }
     let supers = steps.div_ceil(chunk) + layers - 1;
+    let ranges = super::row_ranges(lengths, steps, b, rows);
     team::run(
         threads,
         layers * blocks,
@@ -97,8 +98,7 @@ pub(super) fn forward_steps<F: Float>(
             };
             let (Some(buf), Some(w)) = (&bufs[l], &weights[l]) else { return };
             let (t, lp) = (t0 + j, &lps[l]);
-            let ((r0, r1), (u0, u1)) =
-                (row_range(wave, block / units), parts::range(h, units, UNIT_ALIGN, block % units));
+            let ((r0, r1), (u0, u1)) = (ranges[block / units], parts::range(h, units, UNIT_ALIGN, block % units));
             let b_hh = &p[lp.b_hh..lp.b_hh + gh];
             // The run's input projection, from the layer below (which ran it a super-step ago).
             let below = l.checked_sub(1).and_then(|k| bufs[k].as_ref()).filter(|_| j == 0);
@@ -155,6 +155,7 @@ pub(crate) fn backward_steps<F: Float>(
         weights[l] = Some(UnitWeights { w_hh, w_hh_t: if single { w_hh_t } else { &[] } });
     }
     let (top, supers) = (layers - 1, steps.div_ceil(chunk) + layers - 1);
+    let ranges = super::row_ranges(lengths, steps, b, rows);
     team::run(
         threads,
         layers * blocks,
@@ -172,8 +173,7 @@ pub(crate) fn backward_steps<F: Float>(
             };
             let (Some(buf), Some(w)) = (&bufs[l], &weights[l]) else { return };
             let t = steps - 1 - (k0 + j);
-            let ((r0, r1), (u0, u1)) =
-                (row_range(wave, block / units), parts::range(h, units, UNIT_ALIGN, block % units));
+            let ((r0, r1), (u0, u1)) = (ranges[block / units], parts::range(h, units, UNIT_ALIGN, block % units));
             let n = (k0 + chunk).min(steps) - k0; // the run: steps [T − k0 − n, T − k0)
             let above = bufs.get(l + 1).and_then(Option::as_ref).filter(|_| j == 0 && phase % 2 == 0).map(|a| {
                 FromAbove { t0: steps - k0 - n, n, dpre: a.gates, w_ih: &p[lps[l + 1].w_ih..lps[l + 1].w_ih + gh * h] }
@@ -193,13 +193,4 @@ pub(crate) fn backward_steps<F: Float>(
             }
         },
     );
-}
-
-/// Rows [r0, r1) of row block `block` of a wave's `rows` (every row with one block; with
-/// lengths, equal shares of the real steps, `layer::row_block`).
-fn row_range(wave: Wave<'_>, block: usize) -> (usize, usize) {
-    if wave.rows == 1 {
-        return (0, wave.dims.b);
-    }
-    super::row_block(wave.lengths, wave.dims.steps, wave.dims.b, wave.rows, block)
 }
