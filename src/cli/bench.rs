@@ -122,6 +122,20 @@ fn gemm_peak(threads: usize, json: bool) -> Result<()> {
         (None, false) => super::outln!("bf16: this CPU has no AVX512-BF16 (the bf16 kernel runs a scalar loop)")?,
         (None, true) => {}
     }
+    let amx = bptt::kernels::machine::amx_peak(threads);
+    match (amx, json) {
+        (Some(p), true) => super::outln!(
+            "{}",
+            serde_json::json!({"system": "amx-peak", "threads": threads, "gflops": (p * 10.0).round() / 10.0, "cpu": cpu_model()})
+        )?,
+        (Some(p), false) => super::outln!(
+            "bf16 AMX tile peak (tdpbf16ps, registers only), {threads} threads: {p:.1} GFLOP/s — the bf16 kernel below runs on AMX tiles"
+        )?,
+        (None, false) => {
+            super::outln!("AMX: no tiles here (CPU, kernel or BPTT_AMX=off): the bf16 kernel runs vdpbf16ps")?
+        }
+        (None, true) => {}
+    }
     for n in [256usize, 512, 1024, 2048] {
         let a: Vec<f32> = (0..n * n).map(|k| (k % 7) as f32 * 0.1).collect();
         let b = a.clone();

@@ -5,19 +5,32 @@
 //! lacks it. Tested against the definition on the rounded operands and against the f32 GEMM
 //! within bf16's rounding; `bptt bench --gemm-peak` measures it beside the crate.
 //!
-//! Layouts (k is padded to pairs, n to panels of 16 columns, with zeros):
+//! Layouts (k is padded to pairs and to a multiple of 32, n to panels of 16 columns, with zeros;
+//! A has 16 rows to spare):
 //!
 //! ```text
-//! PackedA (m × k):  word [i · K2 + q]             = (A[i, 2q], A[i, 2q+1])      K2 = ⌈k/2⌉
+//! PackedA (m × k):  word [i · K2 + q]             = (A[i, 2q], A[i, 2q+1])      K2 = ⌈k/32⌉ · 16
 //! PackedB (k × n):  word [(p · K2 + q) · 16 + j]  = (B[2q, 16p+j], B[2q+1, 16p+j])
 //! ```
 //! (each word holds the even-k element in its low half), so one broadcast word of A times one
-//! 16-word row of a B panel is one `vdpbf16ps`.
+//! 16-word row of a B panel is one `vdpbf16ps`, and 16 rows of 16 words of A and of a B panel
+//! are the operand tiles of one AMX `tdpbf16ps` ([`super::amx`]) — the padding makes every
+//! tile whole.
 
 use super::{Mat, MatMut};
 
+pub mod amx;
+
 /// Columns of a B panel: one 512-bit vector of f32 accumulators.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
+/// k-pairs of one AMX tile: packed rows and panels hold a multiple of this many.
+pub(crate) const DEPTH: usize = 16;
+
+/// Words per packed row of A (and rows per panel of B) for depth k: ⌈k/2⌉ pairs, padded with
+/// zeros to whole tiles.
+pub(crate) fn stride(k: usize) -> usize {
+    k.div_ceil(2).next_multiple_of(DEPTH)
+}
 /// Rows and panels of C one micro-kernel call holds in registers (4 × 4 of 16 accumulators).
 const MR: usize = 4;
 const NP: usize = 4;
@@ -54,24 +67,70 @@ fn pair(lo: f32, hi: f32) -> u32 {
     u32::from(round(lo)) | (u32::from(round(hi)) << 16)
 }
 
+/// A cache line of words.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default)]
+struct Line([u32; LANES]);
+
+/// Words that start on a cache line: the packed rows and panels (whole multiples of 16 words)
+/// then start on lines of their own, and a 16-word store fills one line.
+#[derive(Clone, Debug, Default)]
+struct Words {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl Words {
+    fn zeros(len: usize) -> Self {
+        Words { lines: vec![Line::default(); len.div_ceil(LANES)], len }
+    }
+
+    /// `len` words, the first ones kept (new ones zero).
+    fn resize(&mut self, len: usize) {
+        self.lines.resize(len.div_ceil(LANES), Line::default());
+        self.len = len;
+    }
+}
+
+impl std::ops::Deref for Words {
+    type Target = [u32];
+    fn deref(&self) -> &[u32] {
+        // SAFETY: `lines` holds at least `len` contiguous u32 (a `Line` is 16 of them, no padding).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Words {
+    fn deref_mut(&mut self) -> &mut [u32] {
+        // SAFETY: as for `deref`, borrowed exclusively.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
+    }
+}
+
+impl PartialEq for Words {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
 /// A (m × k) rounded to bf16 and packed by rows of k-pairs.
 #[derive(Clone, Debug, Default)]
 pub struct PackedA {
     m: usize,
     k: usize,
-    data: Vec<u32>,
+    data: Words,
 }
 
 impl PackedA {
     /// Room for an (m × k) matrix.
     pub fn new(m: usize, k: usize) -> Self {
-        PackedA { m, k, data: vec![0; m * k.div_ceil(2)] }
+        PackedA { m, k, data: Words::zeros((m + DEPTH) * stride(k)) }
     }
 
     /// Makes room for an (m × k) matrix, reusing the buffer (it only grows).
     pub fn reshape(&mut self, m: usize, k: usize) {
         (self.m, self.k) = (m, k);
-        self.data.resize(m * k.div_ceil(2), 0);
+        self.data.resize((m + DEPTH) * stride(k));
     }
 
     /// Rounds and packs `a` ((m, k), any strides).
@@ -85,15 +144,18 @@ impl PackedA {
 
     /// The packed rows [r0, r1) (contiguous), for packing a block of them on its own.
     pub(crate) fn rows_mut(&mut self, r0: usize, r1: usize) -> &mut [u32] {
-        let pairs = self.k.div_ceil(2);
-        &mut self.data[r0 * pairs..r1 * pairs]
+        let words = stride(self.k);
+        &mut self.data[r0 * words..r1 * words]
     }
 }
 
-/// Rounds and packs `a` ((m, k), any strides) into `out` (m rows of ⌈k/2⌉ words).
+/// Rounds and packs `a` ((m, k), any strides) into `out` (m rows of [`stride`] words).
 pub(crate) fn pack_a(out: &mut [u32], a: Mat<'_, f32>) {
     let (m, k) = (a.rows, a.cols);
-    let pairs = k.div_ceil(2);
+    let (pairs, words) = (k.div_ceil(2), stride(k));
+    for row in out.chunks_exact_mut(words).take(m) {
+        row[pairs..].fill(0);
+    }
     #[cfg(target_arch = "x86_64")]
     if a.cs == 1 && native() {
         // SAFETY: the CPU has the instructions (checked); the view's rows are in bounds.
@@ -108,8 +170,8 @@ pub(crate) fn pack_a(out: &mut [u32], a: Mat<'_, f32>) {
         return;
     }
     let at = |i: usize, j: usize| if j < k { a.data[i * a.rs + j * a.cs] } else { 0.0 };
-    for (i, row) in out.chunks_exact_mut(pairs.max(1)).enumerate().take(m) {
-        for (q, w) in row.iter_mut().enumerate() {
+    for (i, row) in out.chunks_exact_mut(words).enumerate().take(m) {
+        for (q, w) in row[..pairs].iter_mut().enumerate() {
             *w = pair(at(i, 2 * q), at(i, 2 * q + 1));
         }
     }
@@ -120,19 +182,19 @@ pub(crate) fn pack_a(out: &mut [u32], a: Mat<'_, f32>) {
 pub struct PackedB {
     k: usize,
     n: usize,
-    data: Vec<u32>,
+    data: Words,
 }
 
 impl PackedB {
     /// Room for a (k × n) matrix.
     pub fn new(k: usize, n: usize) -> Self {
-        PackedB { k, n, data: vec![0; n.div_ceil(LANES) * k.div_ceil(2) * LANES] }
+        PackedB { k, n, data: Words::zeros(n.div_ceil(LANES) * stride(k) * LANES) }
     }
 
     /// Makes room for a (k × n) matrix, reusing the buffer (it only grows).
     pub fn reshape(&mut self, k: usize, n: usize) {
         (self.k, self.n) = (k, n);
-        self.data.resize(n.div_ceil(LANES) * k.div_ceil(2) * LANES, 0);
+        self.data.resize(n.div_ceil(LANES) * stride(k) * LANES);
     }
 
     /// (k, n).
@@ -151,15 +213,19 @@ impl PackedB {
 
     /// The packed panels [p0, p1) (contiguous), for packing a block of them on its own.
     pub(crate) fn panels_mut(&mut self, p0: usize, p1: usize) -> &mut [u32] {
-        let words = self.k.div_ceil(2) * LANES;
+        let words = stride(self.k) * LANES;
         &mut self.data[p0 * words..p1 * words]
     }
 }
 
-/// Rounds and packs `b` ((k, n), any strides) into `out` (⌈n/16⌉ panels of ⌈k/2⌉ × 16 words).
+/// Rounds and packs `b` ((k, n), any strides) into `out` (⌈n/16⌉ panels of [`stride`] × 16
+/// words).
 pub(crate) fn pack_b(out: &mut [u32], b: Mat<'_, f32>) {
     let (k, n) = (b.rows, b.cols);
-    let pairs = k.div_ceil(2);
+    let (pairs, words) = (k.div_ceil(2), stride(k));
+    for panel in out.chunks_exact_mut(words * LANES).take(n.div_ceil(LANES)) {
+        panel[pairs * LANES..].fill(0);
+    }
     #[cfg(target_arch = "x86_64")]
     if b.cs == 1 && native() {
         // SAFETY: the CPU has the instructions (checked); the view's rows are in bounds.
@@ -167,8 +233,8 @@ pub(crate) fn pack_b(out: &mut [u32], b: Mat<'_, f32>) {
         return;
     }
     let at = |i: usize, j: usize| if i < k && j < n { b.data[i * b.rs + j * b.cs] } else { 0.0 };
-    for (p, panel) in out.chunks_exact_mut(pairs * LANES).enumerate() {
-        for (q, row) in panel.chunks_exact_mut(LANES).enumerate() {
+    for (p, panel) in out.chunks_exact_mut(words * LANES).enumerate().take(n.div_ceil(LANES)) {
+        for (q, row) in panel.chunks_exact_mut(LANES).enumerate().take(pairs) {
             for (j, w) in row.iter_mut().enumerate() {
                 let col = p * LANES + j;
                 *w = pair(at(2 * q, col), at(2 * q + 1, col));
@@ -183,9 +249,9 @@ pub(crate) fn pack_b(out: &mut [u32], b: Mat<'_, f32>) {
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
 unsafe fn pack_rows_avx512(out: &mut [u32], a: &[f32], m: usize, k: usize, rs: usize) {
     use std::arch::x86_64::*;
-    let pairs = k.div_ceil(2);
+    let (pairs, words) = (k.div_ceil(2), stride(k));
     for i in 0..m {
-        let (row, dst) = (&a[i * rs..i * rs + k], &mut out[i * pairs..(i + 1) * pairs]);
+        let (row, dst) = (&a[i * rs..i * rs + k], &mut out[i * words..i * words + pairs]);
         let whole = k / 32;
         for v in 0..whole {
             // SAFETY: 32 values from 32·v are inside the row, 16 words inside the output row.
@@ -212,6 +278,27 @@ unsafe fn pack_rows_avx512(out: &mut [u32], a: &[f32], m: usize, k: usize, rs: u
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
 #[inline]
 unsafe fn pair_lines(src: *const f32, line: usize, second: bool, mask: std::arch::x86_64::__mmask16, out: &mut [u32]) {
+    assert!(out.len() >= LANES, "16 words");
+    // SAFETY: the caller's contract for the loads; `out` holds 16 words.
+    unsafe {
+        let v = pair_vector(src, line, second, mask);
+        std::arch::x86_64::_mm512_storeu_si512(out.as_mut_ptr().cast(), v);
+    }
+}
+
+/// [`pair_lines`] as a vector of 16 words.
+///
+/// # Safety
+/// As [`pair_lines`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
+#[inline]
+unsafe fn pair_vector(
+    src: *const f32,
+    line: usize,
+    second: bool,
+    mask: std::arch::x86_64::__mmask16,
+) -> std::arch::x86_64::__m512i {
     use std::arch::x86_64::*;
     // Word j takes element j (the first line) low and element 16 + j (the second) high.
     const ORDER: [i16; 32] = {
@@ -223,44 +310,114 @@ unsafe fn pair_lines(src: *const f32, line: usize, second: bool, mask: std::arch
         }
         o
     };
-    assert!(out.len() >= LANES, "16 words");
-    // SAFETY: the caller's contract for the loads; `ORDER` holds 32 indices, `out` 16 words.
+    // SAFETY: the caller's contract for the loads; `ORDER` holds 32 indices.
     unsafe {
         let idx = _mm512_loadu_si512(ORDER.as_ptr().cast());
         let x = _mm512_maskz_loadu_ps(mask, src);
         let y = if second { _mm512_maskz_loadu_ps(mask, src.add(line)) } else { _mm512_setzero_ps() };
         let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(y, x));
-        _mm512_storeu_si512(out.as_mut_ptr().cast(), _mm512_permutexvar_epi16(idx, both));
+        _mm512_permutexvar_epi16(idx, both)
+    }
+}
+
+/// The 16 × 16 words of `r` transposed in registers: four rounds of swapping the off-diagonal
+/// blocks of 8, 4, 2 and 1 (`vpermt2d`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose16(r: &mut [std::arch::x86_64::__m512i; LANES]) {
+    use std::arch::x86_64::*;
+    const fn indices(s: usize, high: bool) -> [i32; 16] {
+        let mut o = [0i32; 16];
+        let mut l = 0;
+        while l < 16 {
+            // Row i (bit s clear) keeps its lanes without bit s and takes row i + s's lanes
+            // l − s; row i + s takes row i's lanes l + s and keeps its own with bit s.
+            o[l] = match (l & s == 0, high) {
+                (true, false) => l as i32,
+                (false, false) => (16 + l - s) as i32,
+                (true, true) => (l + s) as i32,
+                (false, true) => (16 + l) as i32,
+            };
+            l += 1;
+        }
+        o
+    }
+    const STAGES: [(usize, [i32; 16], [i32; 16]); 4] = [
+        (8, indices(8, false), indices(8, true)),
+        (4, indices(4, false), indices(4, true)),
+        (2, indices(2, false), indices(2, true)),
+        (1, indices(1, false), indices(1, true)),
+    ];
+    for (s, lo, hi) in STAGES {
+        // SAFETY: each index array holds 16 lanes.
+        let (lo, hi) = unsafe { (_mm512_loadu_si512(lo.as_ptr().cast()), _mm512_loadu_si512(hi.as_ptr().cast())) };
+        for i in (0..LANES).filter(|i| i & s == 0) {
+            let (x, y) = (r[i], r[i + s]);
+            r[i] = _mm512_permutex2var_epi32(x, lo, y);
+            r[i + s] = _mm512_permutex2var_epi32(x, hi, y);
+        }
     }
 }
 
 /// [`PackedA::pack`] of a transposed view (element (i, j) at `a[i + j·cs]`): columns 2q and
-/// 2q+1 of 16 rows converted at once and interleaved, then written to their 16 rows.
+/// 2q+1 of 16 rows converted at once and interleaved, 16 such pairs turned in registers so that
+/// each row's 16 words are one store.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
 unsafe fn pack_cols_avx512(out: &mut [u32], a: &[f32], m: usize, k: usize, cs: usize) {
     use std::arch::x86_64::*;
-    let pairs = k.div_ceil(2);
-    // A block of 16 pairs × 16 rows, turned so each row's 16 words are written at once.
-    let mut block = [[0u32; LANES]; LANES];
-    for i0 in (0..m).step_by(LANES) {
-        let width = LANES.min(m - i0);
-        let mask: __mmask16 = if width == LANES { 0xffff } else { (1u16 << width) - 1 };
-        for q0 in (0..pairs).step_by(LANES) {
-            let span = LANES.min(pairs - q0);
-            for (dq, words) in block.iter_mut().enumerate().take(span) {
-                let q = q0 + dq;
-                // SAFETY: the lanes of `mask` are rows < m of columns 2q (and 2q + 1 < k).
-                unsafe { pair_lines(a.as_ptr().add(2 * q * cs + i0), cs, 2 * q + 1 < k, mask, words) };
+    /// How far ahead along the source lines to prefetch (values: 24 blocks of 16).
+    const AHEAD: usize = 24 * LANES;
+    /// Packings from this many bytes on are streamed to memory (they would not stay in L2).
+    const STREAM: usize = 1 << 20;
+    let (pairs, words) = (k.div_ceil(2), stride(k));
+    let stream = m * words * 4 >= STREAM;
+    let mut block = [_mm512_setzero_si512(); LANES];
+    // 32 lines of the source (its rows, when it is a transposed row-major matrix) at a time,
+    // read along their length: a walk down its columns would touch a new page at every line.
+    for q0 in (0..pairs).step_by(LANES) {
+        let span = LANES.min(pairs - q0);
+        for i0 in (0..m).step_by(LANES) {
+            let width = LANES.min(m - i0);
+            let mask: __mmask16 = if width == LANES { 0xffff } else { (1u16 << width) - 1 };
+            // The lines of these 2·16 source lines a few blocks on, asked for now: 32 streams
+            // at once are more than the hardware prefetchers follow.
+            if i0 + AHEAD < m {
+                for line in 2 * q0..(2 * (q0 + span)).min(k) {
+                    // SAFETY: only an address inside `a` is formed (prefetches never fault).
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(a.as_ptr().add(line * cs + i0 + AHEAD).cast()) };
+                }
             }
-            for j in 0..width {
-                let row = &mut out[(i0 + j) * pairs + q0..(i0 + j) * pairs + q0 + span];
-                for (dq, w) in row.iter_mut().enumerate() {
-                    *w = block[dq][j];
+            for (dq, v) in block.iter_mut().enumerate() {
+                let q = q0 + dq;
+                *v = if dq < span {
+                    // SAFETY: the lanes of `mask` are rows < m of columns 2q (and 2q + 1 < k).
+                    unsafe { pair_vector(a.as_ptr().add(2 * q * cs + i0), cs, 2 * q + 1 < k, mask) }
+                } else {
+                    _mm512_setzero_si512()
+                };
+            }
+            transpose16(&mut block);
+            let keep: __mmask16 = if span == LANES { 0xffff } else { (1u16 << span) - 1 };
+            for (j, v) in block.iter().enumerate().take(width) {
+                let row = &mut out[(i0 + j) * words + q0..(i0 + j) * words + q0 + span];
+                // SAFETY: the lanes of `keep` are the row's `span` words. (A large packing's whole
+                // lines — 16 words from a multiple of 16: `Words` starts on a line — go straight
+                // to memory, past caches they would only crowd.)
+                unsafe {
+                    let at = row.as_mut_ptr();
+                    if stream && span == LANES && (at as usize).is_multiple_of(64) {
+                        _mm512_stream_si512(at.cast(), *v);
+                    } else {
+                        _mm512_mask_storeu_epi32(at.cast(), keep, *v);
+                    }
                 }
             }
         }
     }
+    // Streamed stores are ordered with the rest only by a fence (another thread reads these).
+    _mm_sfence();
 }
 
 /// [`PackedB::pack`] of contiguous rows: rows 2q and 2q+1 of a 16-column panel converted at once
@@ -269,13 +426,14 @@ unsafe fn pack_cols_avx512(out: &mut [u32], a: &[f32], m: usize, k: usize, cs: u
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
 unsafe fn pack_panels_avx512(out: &mut [u32], b: &[f32], k: usize, n: usize, rs: usize) {
     use std::arch::x86_64::*;
-    let pairs = k.div_ceil(2);
-    for p in 0..n.div_ceil(LANES) {
-        let col = p * LANES;
-        let width = LANES.min(n - col);
-        let mask: __mmask16 = if width == LANES { 0xffff } else { (1u16 << width) - 1 };
-        for q in 0..pairs {
-            let dst = &mut out[(p * pairs + q) * LANES..(p * pairs + q + 1) * LANES];
+    let (pairs, words) = (k.div_ceil(2), stride(k));
+    // Two rows of the source at a time, along their length (not down each panel's columns).
+    for q in 0..pairs {
+        for p in 0..n.div_ceil(LANES) {
+            let col = p * LANES;
+            let width = LANES.min(n - col);
+            let mask: __mmask16 = if width == LANES { 0xffff } else { (1u16 << width) - 1 };
+            let dst = &mut out[(p * words + q) * LANES..(p * words + q + 1) * LANES];
             // SAFETY: the lanes of `mask` are columns < n of rows 2q (and 2q + 1 < k).
             unsafe { pair_lines(b.as_ptr().add(2 * q * rs + col), rs, 2 * q + 1 < k, mask, dst) };
         }
@@ -313,6 +471,13 @@ pub fn gemm_block(mut c: MatMut<'_, f32>, a: &PackedA, row0: usize, b: &PackedB,
     );
     let first = col0 / LANES;
     #[cfg(target_arch = "x86_64")]
+    if amx::ready() {
+        // SAFETY: AMX is ready (just checked); the shapes were checked above and the views
+        // when built; packings hold whole tiles and 16 rows to spare.
+        unsafe { amx::gemm(&mut c, a, row0, b, first, accumulate) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if native() {
         // SAFETY: the CPU has AVX-512F and AVX512-BF16 (checked just above); the views were
         // bounds-checked when built and the packings hold their padded sizes.
@@ -324,13 +489,13 @@ pub fn gemm_block(mut c: MatMut<'_, f32>, a: &PackedA, row0: usize, b: &PackedB,
 
 /// [`gemm`] without the instruction: the same rounded operands, f32 sums pair by pair.
 fn gemm_scalar(c: &mut MatMut<'_, f32>, a: &PackedA, row0: usize, b: &PackedB, first: usize, accumulate: bool) {
-    let pairs = a.k.div_ceil(2);
+    let (pairs, words) = (a.k.div_ceil(2), stride(a.k));
     for i in 0..c.rows {
         for j in 0..c.cols {
             let (p, lane) = (first + j / LANES, j % LANES);
             let mut s = 0.0f32;
             for q in 0..pairs {
-                let (x, y) = (a.data[(row0 + i) * pairs + q], b.data[(p * pairs + q) * LANES + lane]);
+                let (x, y) = (a.data[(row0 + i) * words + q], b.data[(p * words + q) * LANES + lane]);
                 let lo = widen(x as u16) * widen(y as u16);
                 let hi = widen((x >> 16) as u16) * widen((y >> 16) as u16);
                 s += lo + hi;
@@ -384,10 +549,10 @@ unsafe fn tile<const R: usize, const P: usize>(
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
-    let pairs = a.k.div_ceil(2);
+    let (pairs, words) = (a.k.div_ceil(2), stride(a.k));
     let mut acc = [[_mm512_setzero_ps(); P]; R];
-    let a_rows: [*const u32; R] = std::array::from_fn(|r| a.data[(row0 + i0 + r) * pairs..].as_ptr());
-    let b_panels: [*const u32; P] = std::array::from_fn(|j| b.data[(first + p0 + j) * pairs * LANES..].as_ptr());
+    let a_rows: [*const u32; R] = std::array::from_fn(|r| a.data[(row0 + i0 + r) * words..].as_ptr());
+    let b_panels: [*const u32; P] = std::array::from_fn(|j| b.data[(first + p0 + j) * words * LANES..].as_ptr());
     for q in 0..pairs {
         // SAFETY: q < pairs, so every read is inside its row of A and its panel of B.
         unsafe {
@@ -441,7 +606,17 @@ mod tests {
     #[test]
     fn bf16_gemm_equals_the_definition_and_the_f32_gemm() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(30);
-        for (m, n, k) in [(1, 1, 1), (3, 15, 2), (4, 16, 7), (5, 17, 64), (9, 70, 131), (8, 64, 256), (2, 33, 3)] {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (3, 15, 2),
+            (4, 16, 7),
+            (5, 17, 64),
+            (9, 70, 131),
+            (8, 64, 256),
+            (2, 33, 3),
+            (33, 40, 97),
+            (48, 17, 64),
+        ] {
             for accumulate in [false, true] {
                 let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let b: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();

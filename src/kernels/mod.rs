@@ -91,6 +91,12 @@ impl<'a, F> MatMut<'a, F> {
         Self { data: data.as_mut_ptr(), rows, cols, rs, cs, _borrow: PhantomData }
     }
 
+    /// The same view for a shorter borrow.
+    #[inline]
+    pub fn reborrow(&mut self) -> MatMut<'_, F> {
+        MatMut { data: self.data, rows: self.rows, cols: self.cols, rs: self.rs, cs: self.cs, _borrow: PhantomData }
+    }
+
     /// The (rows, cols) block at (r0, c0), as a view.
     ///
     /// # Safety
@@ -438,68 +444,117 @@ pub fn pack_b<F: Float>(dst: &mut bf16::PackedB, b: Mat<'_, F>) {
 /// each tile's A rows (and a plain B's columns) packed in the thread's scratch.
 fn gemm_bf16(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Operand<'_, f32>, accumulate: bool, threads: usize) {
     let (m, n, k) = (c.rows, c.cols, a.cols);
-    let (bk, bn) = match b {
-        Operand::Plain(b) => (b.rows, b.cols),
-        Operand::Packed(p) => p.shape(),
-    };
+    let (bk, bn) = b_shape(b);
     assert!(a.rows == m && bk == k && bn == n, "bf16 gemm shape mismatch: ({m}x{n}) = ({}x{k}) * ({bk}x{bn})", a.rows);
     if m == 0 || n == 0 {
         return;
     }
-    let tile = |ct: MatMut<'_, f32>, r0: usize, c0: usize| {
-        let (rows, cols) = (ct.rows, ct.cols);
-        PACKS.with(|packs| {
-            let (pa, pb) = &mut *packs.borrow_mut();
-            pa.reshape(rows, k);
-            pa.pack(a.sub_rows(r0, rows));
-            match b {
-                Operand::Plain(b) => {
-                    pb.reshape(k, cols);
-                    pb.pack(b.t().sub_rows(c0, cols).t());
-                    bf16::gemm_cols(ct, pa, pb, 0, accumulate);
-                }
-                Operand::Packed(p) => bf16::gemm_cols(ct, pa, p, c0, accumulate),
-            }
-        });
-    };
     let (pm, pn) = tile_grid(m, n, k, tile_side(k, machine::plan_cores()));
     if pm * pn == 1 {
-        return tile(c, 0, 0);
+        return PACKS.with(|packs| {
+            let (pa, pb) = &mut *packs.borrow_mut();
+            pa.reshape(m, k);
+            pa.pack(a);
+            let b = pack_operand(b, pb, threads);
+            bf16::gemm_cols(c, pa, b, 0, accumulate);
+        });
     }
     // The tiles share the operands: all of A (and a plain B) is packed once, in parts on the
     // team, into this thread's scratch; then the tiles run on it.
     PACKS.with(|packs| {
         let (pa, pb) = &mut *packs.borrow_mut();
-        let pairs = k.div_ceil(2);
-        pa.reshape(m, k);
-        let blocks = m.div_ceil(16).min(team::MAX_PARTS);
-        let mut rows = parts::chunks(pa.rows_mut(0, m), blocks, |p| parts::range(m, blocks, 16, p).0 * pairs);
-        team::for_each_mut(threads, &mut rows[..blocks], |p, out| {
-            let (r0, r1) = parts::range(m, blocks, 16, p);
-            bf16::pack_a(out, a.sub_rows(r0, r1 - r0));
-        });
-        let packed_b: &bf16::PackedB = match b {
-            Operand::Packed(p) => p,
-            Operand::Plain(b) => {
-                pb.reshape(k, n);
-                let panels = n.div_ceil(16);
-                let blocks = panels.min(team::MAX_PARTS);
-                let at = |p: usize| parts::range(panels, blocks, 1, p).0;
-                let mut cols = parts::chunks(pb.panels_mut(0, panels), blocks, |p| at(p) * pairs * 16);
-                team::for_each_mut(threads, &mut cols[..blocks], |p, out| {
-                    let (c0, c1) = (at(p) * 16, (at(p + 1) * 16).min(n));
-                    bf16::pack_b(out, b.t().sub_rows(c0, c1 - c0).t());
-                });
-                pb
+        pack_a_parts(pa, a, threads);
+        let b = pack_operand(b, pb, threads);
+        bf16_tiles(c, pa, b, accumulate, threads);
+    });
+}
+
+/// (k, n) of a right operand.
+fn b_shape<F>(b: Operand<'_, F>) -> (usize, usize) {
+    match b {
+        Operand::Plain(b) => (b.rows, b.cols),
+        Operand::Packed(p) => p.shape(),
+    }
+}
+
+/// `a` rounded and packed into `pa`, in parts on the team.
+fn pack_a_parts(pa: &mut bf16::PackedA, a: Mat<'_, f32>, threads: usize) {
+    let (m, k) = (a.rows, a.cols);
+    let words = bf16::stride(k);
+    pa.reshape(m, k);
+    // (One block per thread: how the packing is cut never changes a bit, and long blocks read a
+    // transposed A along its rows rather than 16 values per row.)
+    let blocks = m.div_ceil(16).clamp(1, threads.clamp(1, team::MAX_PARTS));
+    let mut rows = parts::chunks(pa.rows_mut(0, m), blocks, |p| parts::range(m, blocks, 16, p).0 * words);
+    team::for_each_mut(threads, &mut rows[..blocks], |p, out| {
+        let (r0, r1) = parts::range(m, blocks, 16, p);
+        bf16::pack_a(out, a.sub_rows(r0, r1 - r0));
+    });
+}
+
+/// A packed right operand: `b` itself, or a plain one rounded and packed into `pb`, in parts on
+/// the team.
+fn pack_operand<'a>(b: Operand<'a, f32>, pb: &'a mut bf16::PackedB, threads: usize) -> &'a bf16::PackedB {
+    match b {
+        Operand::Packed(p) => p,
+        Operand::Plain(b) => {
+            let (k, n) = (b.rows, b.cols);
+            pb.reshape(k, n);
+            let (panels, words) = (n.div_ceil(16), bf16::stride(k));
+            let blocks = panels.clamp(1, threads.clamp(1, team::MAX_PARTS));
+            let at = |p: usize| parts::range(panels, blocks, 1, p).0;
+            let mut cols = parts::chunks(pb.panels_mut(0, panels), blocks, |p| at(p) * words * 16);
+            team::for_each_mut(threads, &mut cols[..blocks], |p, out| {
+                let (c0, c1) = (at(p) * 16, (at(p + 1) * 16).min(n));
+                bf16::pack_b(out, b.t().sub_rows(c0, c1 - c0).t());
+            });
+            pb
+        }
+    }
+}
+
+/// C (+)= A · B from packed operands, on [`gemm`]'s tiles.
+fn bf16_tiles(c: MatMut<'_, f32>, pa: &bf16::PackedA, pb: &bf16::PackedB, accumulate: bool, threads: usize) {
+    let (m, n, k) = (c.rows, c.cols, pb.shape().0);
+    let (pm, pn) = tile_grid(m, n, k, tile_side(k, machine::plan_cores()));
+    let c = SharedMat(c);
+    team::for_each(threads, pm * pn, |t| {
+        let ((r0, r1), (c0, c1)) = (parts::range(m, pm, 16, t / pn), parts::range(n, pn, 16, t % pn));
+        // SAFETY: tiles of one grid are disjoint blocks of C, and each tile runs once.
+        let ct = unsafe { c.block(r0, r1 - r0, c0, c1 - c0) };
+        bf16::gemm_block(ct, pa, r0, pb, c0, accumulate);
+    });
+}
+
+/// Several products with one left operand, `c_i (+)= a · b_i` ([`gemm_at`] each): under bf16,
+/// `a` is rounded and packed once for all of them (a layer's weight gradients dW_ih and dW_hh
+/// both read dpreᵀ). The same bits as the products one by one.
+pub fn gemm_shared_a<F: Float>(
+    precision: Precision,
+    a: Mat<'_, F>,
+    products: &mut [(MatMut<'_, F>, Mat<'_, F>)],
+    accumulate: bool,
+    threads: usize,
+) {
+    if precision.effective::<F>() == Precision::F32 || products.len() < 2 {
+        for (c, b) in products.iter_mut() {
+            gemm_at(precision, c.reborrow(), a, *b, accumulate, threads);
+        }
+        return;
+    }
+    let a = as_f32(a).unwrap_or_else(|| unreachable!("bf16 runs on f32 data"));
+    PACKS.with(|packs| {
+        let (pa, pb) = &mut *packs.borrow_mut();
+        pack_a_parts(pa, a, threads);
+        for (c, b) in products.iter_mut() {
+            let (Some(c), Some(b)) = (as_f32_mut(c.reborrow()), as_f32(*b)) else { unreachable!("f32 views") };
+            assert!(c.rows == a.rows && b.rows == a.cols && b.cols == c.cols, "bf16 gemm shape mismatch");
+            if c.rows == 0 || c.cols == 0 {
+                continue;
             }
-        };
-        let (pa, c) = (&*pa, SharedMat(c));
-        team::for_each(threads, pm * pn, |t| {
-            let ((r0, r1), (c0, c1)) = (parts::range(m, pm, 16, t / pn), parts::range(n, pn, 16, t % pn));
-            // SAFETY: tiles of one grid are disjoint blocks of C, and each tile runs once.
-            let ct = unsafe { c.block(r0, r1 - r0, c0, c1 - c0) };
-            bf16::gemm_block(ct, pa, r0, packed_b, c0, accumulate);
-        });
+            let b = pack_operand(Operand::Plain(b), pb, threads);
+            bf16_tiles(c, pa, b, accumulate, threads);
+        }
     });
 }
 

@@ -625,25 +625,20 @@ fn products<F: Float>(
     let m = r.dpre_x.len() / gh;
     let dpre_h = if r.dpre_h.is_empty() { r.dpre_x } else { r.dpre_h };
     let (g_lo, g_hi) = grads.split_at_mut(lp.w_hh);
-    if !r.x.is_empty() {
-        kernels::gemm_at(
-            precision,
-            MatMut::rows(&mut g_lo[lp.w_ih..lp.w_ih + gh * lp.input], gh, lp.input),
-            Mat::rows(r.dpre_x, m, gh).t(),
-            Mat::rows(r.x, m, lp.input),
-            true,
-            threads,
-        );
+    // dW_ih (G·H, I) += dpreᵀ · x and dW_hh (G·H, P) += dpreᵀ · h_{t−1} over all steps (P = H
+    // without a projection); one dpreᵀ for both unless the cell keeps the recurrent part apart.
+    let dw_ih = MatMut::rows(&mut g_lo[lp.w_ih..lp.w_ih + gh * lp.input], gh, lp.input);
+    let dw_hh = MatMut::rows(&mut g_hi[..gh * hp], gh, hp);
+    let (x, h_prev) = (|| Mat::rows(r.x, m, lp.input), Mat::rows(r.h_prev, m, hp));
+    if r.x.is_empty() {
+        kernels::gemm_at(precision, dw_hh, Mat::rows(dpre_h, m, gh).t(), h_prev, true, threads);
+    } else if std::ptr::eq(dpre_h, r.dpre_x) {
+        let mut both = [(dw_ih, x()), (dw_hh, h_prev)];
+        kernels::gemm_shared_a(precision, Mat::rows(r.dpre_x, m, gh).t(), &mut both, true, threads);
+    } else {
+        kernels::gemm_at(precision, dw_ih, Mat::rows(r.dpre_x, m, gh).t(), x(), true, threads);
+        kernels::gemm_at(precision, dw_hh, Mat::rows(dpre_h, m, gh).t(), h_prev, true, threads);
     }
-    // dW_hh (G·H, P) += dpreᵀ · h_{t−1} over all steps (P = H without a projection).
-    kernels::gemm_at(
-        precision,
-        MatMut::rows(&mut g_hi[..gh * hp], gh, hp),
-        Mat::rows(dpre_h, m, gh).t(),
-        Mat::rows(r.h_prev, m, hp),
-        true,
-        threads,
-    );
     if hp != h {
         // dW_hr (P, H) += dhᵀ · m over all steps.
         kernels::gemm_at(
