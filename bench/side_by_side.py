@@ -62,8 +62,9 @@ def main():
     p.add_argument("--zoneout-h", type=float, default=0.0,
                    help="zoneout of h in both systems (PyTorch: an eager per-step cell loop, it has none)")
     p.add_argument("--zoneout-c", type=float, default=0.0, help="zoneout of c (LSTM) in both systems")
-    p.add_argument("--precision", default="f32", choices=["f32", "bf16"],
-                   help="bf16: bptt --precision bf16 beside PyTorch's bf16 autocast")
+    p.add_argument("--precision", default="f32", choices=["f32", "bf16", "both"],
+                   help="bf16: bptt --precision bf16 beside PyTorch's bf16 autocast; both: f32 and bf16 of "
+                        "both systems in every round (the bf16 table)")
     p.add_argument("--config", action="append", default=[], metavar="CELL,H,L,B,T",
                    help="run these configs instead of the suite (repeatable)")
     a = p.parse_args()
@@ -74,6 +75,11 @@ def main():
     lines = [json.loads(line) for line in out.splitlines() if line.strip()]
     peak = max((r for r in lines if r["system"] == "gemm-crate"), key=lambda r: r["gflops"])
     fma = next((r["gflops"] for r in lines if r["system"] == "fma-peak"), float("nan"))
+    amx = next((r["gflops"] for r in lines if r["system"] == "amx-peak"), None)
+    bf16 = next((r["gflops"] for r in lines if r["system"] == "bf16-peak"), None)
+    if a.precision == "both":
+        both(a, suite, peak["gflops"], fma, amx or bf16)
+        return
     rows = []
     for cell, h, l, b, t, target in suite:
         steps = timed_steps(h, b)
@@ -118,6 +124,46 @@ def main():
               f"| **{ratio:.2f}×** | {ratios[0]:.2f}–{ratios[-1]:.2f}× | ≥ {target:g}× | {status} "
               f"| {gf:.1f} ({100 * gf / peak['gflops']:.0f}%, {100 * gf / fma:.0f}%) | {med(theirs, 'gflops'):.1f} "
               f"| {med(ours, 'peak_rss_mb'):.1f} | {med(theirs, 'peak_rss_mb'):.1f} | {med(ours, 'activation_mb'):.1f} |")
+
+
+def both(a, suite, peak, fma, bf16_peak):
+    """Every round runs bptt f32, bptt bf16, PyTorch f32 and PyTorch under bf16 autocast right
+    after each other; the table gives medians, per-round ratios and each system's model GFLOP/s
+    (f32-equivalent FLOPs) as a share of the GEMM crate's f32 peak, the f32 FMA peak and the
+    bf16 peak (AMX tiles where the CPU has them, else vdpbf16ps)."""
+    rows = []
+    for cell, h, l, b, t, _ in suite:
+        args = ["--cell", cell, "--hidden", str(h), "--layers", str(l), "--batch", str(b), "--seq-len", str(t),
+                "--steps", timed_steps(h, b), "--threads", str(a.threads)]
+        runs = {k: [] for k in ("b32", "b16", "t32", "t16")}
+        for r in range(a.rounds):
+            print(f"{cell} H={h} L={l} B={b} T={t}: round {r + 1}/{a.rounds}", file=sys.stderr)
+            for key, cmd in (("b32", [a.bptt, "bench", "--json"] + args),
+                             ("b16", [a.bptt, "bench", "--json", "--precision", "bf16"] + args),
+                             ("t32", [sys.executable, os.path.join(HERE, "torch_reference.py")] + args),
+                             ("t16", [sys.executable, os.path.join(HERE, "torch_reference.py"), "--precision", "bf16"]
+                              + args)):
+                runs[key].append(run(cmd))
+        rows.append((cell, h, l, b, t, runs))
+    med = lambda runs, key="tokens_per_s": statistics.median(r[key] for r in runs)  # noqa: E731
+    ratio = lambda xs, ys: sorted(x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(xs, ys))  # noqa: E731
+    share = lambda gf: f"{gf:.0f} ({100 * gf / peak:.0f}%, {100 * gf / fma:.0f}%, {100 * gf / bf16_peak:.0f}%)"  # noqa: E731
+    cpu = rows[0][5]["b32"][0].get("cpu", "unknown") if rows else "unknown"
+    print(f"{a.rounds} rounds per config, {a.threads} threads; CPU: {cpu}; tokens/s; GFLOP/s counts the model's "
+          f"f32-equivalent FLOPs, in brackets as a share of the GEMM crate's f32 peak ({peak}), the f32 FMA peak "
+          f"({fma}) and the bf16 peak ({bf16_peak}).\n")
+    print("| config | bptt f32 | bptt bf16 | PyTorch f32 | PyTorch bf16 | bptt bf16 ÷ f32 (median, range) "
+          "| bptt f32 ÷ PyTorch f32 | bptt bf16 ÷ PyTorch bf16 | bptt bf16 ÷ PyTorch f32 | bptt f32 GFLOP/s "
+          "| bptt bf16 GFLOP/s | PyTorch f32 GFLOP/s | PyTorch bf16 GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for cell, h, l, b, t, r in rows:
+        q = lambda x, y: ratio(r[x], r[y])  # noqa: E731
+        m = lambda xs: f"**{statistics.median(xs):.2f}×** ({xs[0]:.2f}–{xs[-1]:.2f})"  # noqa: E731
+        print(f"| {cell} H={h} L={l} B={b} T={t} | {med(r['b32']) / 1e3:.1f}k | {med(r['b16']) / 1e3:.1f}k "
+              f"| {med(r['t32']) / 1e3:.1f}k | {med(r['t16']) / 1e3:.1f}k | {m(q('b16', 'b32'))} | {m(q('b32', 't32'))} "
+              f"| {m(q('b16', 't16'))} | {m(q('b16', 't32'))} | {share(med(r['b32'], 'gflops'))} "
+              f"| {share(med(r['b16'], 'gflops'))} | {share(med(r['t32'], 'gflops'))} "
+              f"| {share(med(r['t16'], 'gflops'))} |")
 
 
 def print_before_now(rows, a, peak, fma):

@@ -650,7 +650,11 @@ fn products<F: Float>(
             threads,
         );
     }
-    if !norm {
+    if !norm && std::ptr::eq(dpre_h, r.dpre_x) {
+        // (b_ih's gradient comes before b_hh's in the slab.)
+        let (lo, hi) = grads.split_at_mut(lp.b_hh);
+        kernels::add_col_sums_twice(&mut lo[lp.b_ih..lp.b_ih + gh], &mut hi[..gh], r.dpre_x, m, gh);
+    } else if !norm {
         kernels::add_col_sums(&mut grads[lp.b_ih..lp.b_ih + gh], r.dpre_x, m, gh);
         kernels::add_col_sums(&mut grads[lp.b_hh..lp.b_hh + gh], dpre_h, m, gh);
     }
