@@ -102,39 +102,35 @@ pub struct Args {
 fn gemm_peak(threads: usize, json: bool) -> Result<()> {
     // The machine's own ceiling first: fused multiply-adds on registers, every thread at once.
     let fma = bptt::kernels::machine::fma_peak(threads);
-    if json {
-        super::outln!(
-            "{}",
-            serde_json::json!({"system": "fma-peak", "threads": threads, "gflops": (fma * 10.0).round() / 10.0, "cpu": cpu_model()})
-        )?;
-    } else {
-        super::outln!("f32 FMA peak (registers only), {threads} threads: {fma:.1} GFLOP/s")?;
-    }
     let bf16 = bptt::kernels::machine::bf16_peak(threads);
-    match (bf16, json) {
-        (Some(p), true) => super::outln!(
-            "{}",
-            serde_json::json!({"system": "bf16-peak", "threads": threads, "gflops": (p * 10.0).round() / 10.0, "cpu": cpu_model()})
-        )?,
-        (Some(p), false) => {
-            super::outln!("bf16 dot-product peak (vdpbf16ps, registers only), {threads} threads: {p:.1} GFLOP/s")?
-        }
-        (None, false) => super::outln!("bf16: this CPU has no AVX512-BF16 (the bf16 kernel runs a scalar loop)")?,
-        (None, true) => {}
-    }
     let amx = bptt::kernels::machine::amx_peak(threads);
-    match (amx, json) {
-        (Some(p), true) => super::outln!(
-            "{}",
-            serde_json::json!({"system": "amx-peak", "threads": threads, "gflops": (p * 10.0).round() / 10.0, "cpu": cpu_model()})
-        )?,
-        (Some(p), false) => super::outln!(
-            "bf16 AMX tile peak (tdpbf16ps, registers only), {threads} threads: {p:.1} GFLOP/s — the bf16 kernel below runs on AMX tiles"
-        )?,
-        (None, false) => {
-            super::outln!("AMX: no tiles here (CPU, kernel or BPTT_AMX=off): the bf16 kernel runs vdpbf16ps")?
+    let peaks = [
+        ("fma-peak", Some(fma), "f32 FMA peak (registers only)", "", ""),
+        (
+            "bf16-peak",
+            bf16,
+            "bf16 dot-product peak (vdpbf16ps, registers only)",
+            "",
+            "bf16: this CPU has no AVX512-BF16 (the bf16 kernel runs a scalar loop)",
+        ),
+        (
+            "amx-peak",
+            amx,
+            "bf16 AMX tile peak (tdpbf16ps, registers only)",
+            " — the bf16 kernel below runs on AMX tiles",
+            "AMX: no tiles here (CPU, kernel or BPTT_AMX=off): the bf16 kernel runs vdpbf16ps",
+        ),
+    ];
+    for (system, peak, what, after, absent) in peaks {
+        match (peak, json) {
+            (Some(p), true) => super::outln!(
+                "{}",
+                serde_json::json!({"system": system, "threads": threads, "gflops": (p * 10.0).round() / 10.0, "cpu": cpu_model()})
+            )?,
+            (Some(p), false) => super::outln!("{what}, {threads} threads: {p:.1} GFLOP/s{after}")?,
+            (None, false) => super::outln!("{absent}")?,
+            (None, true) => {}
         }
-        (None, true) => {}
     }
     for n in [256usize, 512, 1024, 2048] {
         let a: Vec<f32> = (0..n * n).map(|k| (k % 7) as f32 * 0.1).collect();

@@ -160,23 +160,15 @@ pub(crate) fn forward<F: Float>(
             let (bufs, w_t) = FwdBufs::new(cache, hproj);
             let w_hh_t =
                 operand(bf16, &packed, if pass.w_hh_t { Mat::rows(w_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() });
-            let ranges = row_ranges(lengths, steps, b, parts);
-            team::run(
-                threads,
-                parts,
-                steps,
-                |_| false,
-                |part, t| {
-                    let (r0, r1) = ranges[part];
-                    // SAFETY: this part touches only rows [r0, r1) of each step (and of the (B, ·)
-                    // scratch), every other part only other rows (see `FwdBufs::rows`).
-                    let mut rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
-                    if let Some(tr) = &table {
-                        tr.fill(t, r0, rows.g);
-                    }
-                    forward_rows(cell, h, b_hh, w_hh_t, &mut rows, 1, Ended { lengths, t, r0 });
-                },
-            );
+            run_row_blocks(threads, lengths, (steps, b, parts), false, |t, r0, r1| {
+                // SAFETY: this part touches only rows [r0, r1) of each step (and of the (B, ·)
+                // scratch), every other part only other rows (see `FwdBufs::rows`).
+                let mut rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
+                if let Some(tr) = &table {
+                    tr.fill(t, r0, rows.g);
+                }
+                forward_rows(cell, h, b_hh, w_hh_t, &mut rows, 1, Ended { lengths, t, r0 });
+            });
         }
         Split::Units(_) | Split::Grid(..) => {
             // Each part owns units [u0, u1) of every row (of a block of rows, in a grid): its G
@@ -276,6 +268,29 @@ pub(super) fn row_ranges(lengths: &[usize], steps: usize, b: usize, parts: usize
     ranges
 }
 
+/// Runs a pass cut into `parts` row blocks ([`row_ranges`]): `step(t, r0, r1)` for every step
+/// t of each block's rows [r0, r1), forward in time or (`reverse`) backward. Each part owns its
+/// rows for the whole pass, so the parts never meet.
+pub(super) fn run_row_blocks(
+    threads: usize,
+    lengths: &[usize],
+    (steps, b, parts): (usize, usize, usize),
+    reverse: bool,
+    step: impl Fn(usize, usize, usize) + Sync,
+) {
+    let ranges = row_ranges(lengths, steps, b, parts);
+    team::run(
+        threads,
+        parts,
+        steps,
+        |_| false,
+        |part, k| {
+            let (r0, r1) = ranges[part];
+            step(if reverse { steps - 1 - k } else { k }, r0, r1);
+        },
+    );
+}
+
 /// The first `n` elements of `v` (`v` itself if the cell does not use the buffer: empty).
 fn head<F>(v: &[F], n: usize) -> &[F] {
     if v.is_empty() { v } else { &v[..n] }
@@ -348,20 +363,11 @@ pub(crate) fn backward<F: Float>(
         }
         Split::Rows(parts) => {
             let (bufs, _) = BwdBufs::new(cache, dh_next, dc_next);
-            let ranges = row_ranges(lengths, steps, b, parts);
-            team::run(
-                threads,
-                parts,
-                steps,
-                |_| false,
-                |part, k| {
-                    let (r0, r1) = ranges[part];
-                    // SAFETY: as in `forward`: rows [r0, r1) of every buffer belong to this half.
-                    let t = steps - 1 - k;
-                    let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
-                    backward_rows(cell, h, gh, w_op, rows, 1, Ended { lengths, t, r0 });
-                },
-            );
+            run_row_blocks(threads, lengths, (steps, b, parts), true, |t, r0, r1| {
+                // SAFETY: as in `forward`: rows [r0, r1) of every buffer belong to this part.
+                let rows = unsafe { bufs.rows(t, r0, r1, b, h, gh) };
+                backward_rows(cell, h, gh, w_op, rows, 1, Ended { lengths, t, r0 });
+            });
         }
         Split::Units(_) | Split::Grid(..) => {
             // Per step, the cell's backward step for each part's units, then (after every part's

@@ -63,17 +63,7 @@ pub(super) fn forward<F: Float>(
     match pass.split {
         // Each part owns its rows for the whole pass: the parts never meet.
         Split::Rows(parts) => {
-            let ranges = row_ranges(pass.lengths, steps, b, parts);
-            team::run(
-                threads,
-                parts,
-                steps,
-                |_| false,
-                |part, t| {
-                    let (r0, r1) = ranges[part];
-                    step(t, r0, r1, 1);
-                },
-            )
+            run_row_blocks(threads, pass.lengths, (steps, b, parts), false, |t, r0, r1| step(t, r0, r1, 1))
         }
         _ => (0..steps).for_each(|t| step(t, 0, b, threads)),
     }
@@ -134,17 +124,7 @@ pub(super) fn backward<F: Float>(
         };
         match pass.split {
             Split::Rows(parts) => {
-                let ranges = row_ranges(pass.lengths, steps, b, parts);
-                team::run(
-                    threads,
-                    parts,
-                    steps,
-                    |_| false,
-                    |part, k| {
-                        let (r0, r1) = ranges[part];
-                        step(steps - 1 - k, r0, r1, 1);
-                    },
-                )
+                run_row_blocks(threads, pass.lengths, (steps, b, parts), true, |t, r0, r1| step(t, r0, r1, 1))
             }
             _ => {
                 for t in (0..steps).rev() {
