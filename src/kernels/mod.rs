@@ -9,6 +9,7 @@ pub mod bf16;
 mod few;
 pub mod machine;
 pub mod math;
+pub mod panels;
 pub(crate) mod parts;
 pub mod team;
 
@@ -161,6 +162,10 @@ pub fn gemm<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
         b.rows,
         b.cols
     );
+    if F::NAME == "f32" && panels::takes_deep(c.rows, c.cols, a.cols, c.cs) {
+        let (Some(c), Some(a), Some(b)) = (as_f32_mut(c), as_f32(a), as_f32(b)) else { unreachable!("f32 views") };
+        return panels::gemm_deep(c, a, b, accumulate, threads);
+    }
     let grid = tile_grid(c.rows, c.cols, a.cols, tile_side(a.cols, machine::plan_cores()));
     gemm_tiled(c, a, b, accumulate, threads, grid);
 }
@@ -351,14 +356,16 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// A product's right operand: a plain view, or (bf16) one packed beforehand — weights read
-/// at every step are packed once per pass.
+/// A product's right operand: a plain view, or one packed beforehand — weights read at every
+/// step are packed once per pass.
 #[derive(Clone, Copy)]
 pub enum Operand<'a, F> {
     /// Read as it is (packed on the fly under bf16).
     Plain(Mat<'a, F>),
     /// Packed bf16 (f32 data only).
     Packed(&'a bf16::PackedB),
+    /// Packed f32 panels ([`panels`]; f32 data on AVX-512F only).
+    Panels(&'a panels::Panels),
 }
 
 /// The f32 view of an `F` view when F is f32.
@@ -420,6 +427,10 @@ pub fn gemm_w<F: Float>(
         }
         Operand::Plain(b) => Operand::Plain(as_f32(b).unwrap_or_else(|| unreachable!("bf16 runs on f32 data"))),
         Operand::Packed(p) => Operand::Packed(p),
+        Operand::Panels(p) => {
+            let (Some(c), Some(a)) = (as_f32_mut(c), as_f32(a)) else { unreachable!("panels hold f32 data only") };
+            return panels::gemm(c, a, p, accumulate, threads);
+        }
     };
     let (Some(c), Some(a)) = (as_f32_mut(c), as_f32(a)) else { unreachable!("bf16 products run on f32 data only") };
     gemm_bf16(c, a, b, accumulate, threads);
@@ -429,6 +440,14 @@ pub fn gemm_w<F: Float>(
 /// bf16 (see [`gemm_w`]).
 pub fn gemm_op<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Operand<'_, F>, accumulate: bool, threads: usize) {
     gemm_w(Precision::F32, c, a, b, accumulate, threads)
+}
+
+/// Packs `b` ((k, n)) into f32 panels when F is f32 (else leaves `dst` as it is): the weights a
+/// pass reads at every step, packed once ([`panels`]).
+pub fn pack_panels<F: Float>(dst: &mut panels::Panels, b: Mat<'_, F>, threads: usize) {
+    if let Some(b) = as_f32(b) {
+        dst.pack(b, threads);
+    }
 }
 
 /// Packs `b` ((k, n)) into `dst` in bf16 when F is f32 (else leaves `dst` as it is): the weights
@@ -474,6 +493,7 @@ fn b_shape<F>(b: Operand<'_, F>) -> (usize, usize) {
     match b {
         Operand::Plain(b) => (b.rows, b.cols),
         Operand::Packed(p) => p.shape(),
+        Operand::Panels(p) => (p.k(), p.n()),
     }
 }
 
@@ -497,6 +517,7 @@ fn pack_a_parts(pa: &mut bf16::PackedA, a: Mat<'_, f32>, threads: usize) {
 fn pack_operand<'a>(b: Operand<'a, f32>, pb: &'a mut bf16::PackedB, threads: usize) -> &'a bf16::PackedB {
     match b {
         Operand::Packed(p) => p,
+        Operand::Panels(_) => unreachable!("f32 panels never reach the bf16 kernel (`gemm_w`)"),
         Operand::Plain(b) => {
             let (k, n) = (b.rows, b.cols);
             pb.reshape(k, n);

@@ -48,6 +48,9 @@ pub(crate) struct LayerCache<F> {
     /// bf16 products (`Plan::precision`): W_hhᵀ (forward) or W_hh (backward) packed once per
     /// pass for the per-step products of the row paths; empty otherwise (it grows on first use).
     pub w_hh_pack: crate::kernels::bf16::PackedB,
+    /// f32 products on AVX-512F (`layer::Packing::Panels`): W_hhᵀ or W_hh packed once per pass
+    /// into the panels of `kernels/panels.rs`; empty otherwise (it grows on first use).
+    pub w_hh_panels: crate::kernels::panels::Panels,
     /// Passes with lengths: the live rows of the steps with ended rows, gathered a chunk at a
     /// time for the weight-gradient products (`layer::weight_grads`); sized by
     /// `Workspace::set_lengths`, empty until then.
@@ -113,6 +116,7 @@ impl<F: Float> LayerCache<F> {
             zone_dh: next(),
             zone_dc: next(),
             w_hh_pack: Default::default(),
+            w_hh_panels: Default::default(),
             pack: Vec::new(),
         }
     }

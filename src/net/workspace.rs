@@ -206,7 +206,15 @@ impl<F: Float> Workspace<F> {
         // Bidirectional: each layer's outputs and their gradient, the reversed rows and theirs.
         let width = input / (2 * t * b).max(1);
         let both = if cfg.bidirectional { 2 * l * t * b * 2 * p + 2 * t * b * width.max(2 * p) } else { 0 };
-        let rest = input + table + l * d * b * gh + 2 * t * b * o + l * d * b * (h + p) + l * d * t + pooled + both;
+        // f32: each cache's W_hh packed into panels once per pass (`layer::Packing::Panels`).
+        let panels = if F::NAME == "f32" {
+            use crate::kernels::panels::Panels;
+            l * d * Panels::len_for(p, gh).max(Panels::len_for(gh, p))
+        } else {
+            0
+        };
+        let rest =
+            input + table + l * d * b * gh + 2 * t * b * o + l * d * b * (h + p) + l * d * t + pooled + both + panels;
         let bytes = (l * per_layer + packs + rest) * std::mem::size_of::<F>() as u128;
         u64::try_from(bytes).unwrap_or(u64::MAX)
     }

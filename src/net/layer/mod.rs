@@ -103,7 +103,8 @@ pub(crate) fn forward<F: Float>(
     let Dims { cell, h, gh, b, steps, threads, .. } = pass.dims;
     let (bh, bgh) = (b * h, b * gh);
     let (b_hh, lengths) = (&p[lp.b_hh..lp.b_hh + gh], pass.lengths);
-    if pass.w_hh_t {
+    let packing = Packing::of::<F>(pass);
+    if pass.w_hh_t && packing != Packing::Panels {
         kernels::transpose(&p[lp.w_hh..lp.w_hh + gh * h], gh, h, &mut cache.w_hh_t, threads);
     }
     // Input projections of all T steps at once: gates (T·B, G·H) = bias + X · W_ihᵀ. Token
@@ -118,14 +119,15 @@ pub(crate) fn forward<F: Float>(
     };
 
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
-    let w_hh_t = if pass.w_hh_t { Mat::rows(&cache.w_hh_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() }; // (H, G·H)
-    // bf16: W_hhᵀ packed once for every step's product (held apart from the cache meanwhile).
-    let mut packed = std::mem::take(&mut cache.w_hh_pack);
-    let bf16 = pass.dims.precision == Precision::Bf16;
-    if bf16 {
-        kernels::pack_b(&mut packed, w_hh_t);
-    }
-    let w_hh_t = operand(bf16, &packed, w_hh_t);
+    let mut packs = Packs::take(cache, packing);
+    let w_hh_t = if pass.w_hh_t && packing != Packing::Panels {
+        Mat::rows(&cache.w_hh_t, h, gh)
+    } else {
+        Mat::rows(w_hh, gh, h).t()
+    }; // (H, G·H)
+    // W_hhᵀ packed once for every step's product (held apart from the cache meanwhile).
+    packs.pack(w_hh_t, threads);
+    let w_hh_t = packs.operand(w_hh_t);
     let lstm = cell.has_cell_state();
     match pass.split {
         Split::Whole | Split::Tiles => {
@@ -158,8 +160,8 @@ pub(crate) fn forward<F: Float>(
         Split::Rows(parts) => {
             // Each part owns its batch rows for the whole pass: the parts never wait.
             let (bufs, w_t) = FwdBufs::new(cache, hproj);
-            let w_hh_t =
-                operand(bf16, &packed, if pass.w_hh_t { Mat::rows(w_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() });
+            let plain_t = pass.w_hh_t && packing == Packing::Plain;
+            let w_hh_t = packs.operand(if plain_t { Mat::rows(w_t, h, gh) } else { Mat::rows(w_hh, gh, h).t() });
             run_row_blocks(threads, lengths, (steps, b, parts), false, |t, r0, r1| {
                 // SAFETY: this part touches only rows [r0, r1) of each step (and of the (B, ·)
                 // scratch), every other part only other rows (see `FwdBufs::rows`).
@@ -181,7 +183,7 @@ pub(crate) fn forward<F: Float>(
             wavefront::forward_steps(lps, p, caches, hproj, table.as_ref(), wave);
         }
     }
-    cache.w_hh_pack = packed;
+    packs.put_back(cache);
 }
 
 /// Token input's pre-activation rows: row (t, r) of `gates` starts as the folded table's row of
@@ -326,13 +328,10 @@ pub(crate) fn backward<F: Float>(
     let (bh, bgh, lengths) = (b * h, b * gh, pass.lengths);
     let Carry { dh_next, dc_next, mut dh_norms } = carry;
     let w_hh = &p[lp.w_hh..lp.w_hh + gh * h]; // (G·H, H)
-    // bf16: W_hh packed once for every step's dh_{t−1} product.
-    let mut packed = std::mem::take(&mut cache.w_hh_pack);
-    let bf16 = pass.dims.precision == Precision::Bf16;
-    if bf16 {
-        kernels::pack_b(&mut packed, Mat::rows(w_hh, gh, h));
-    }
-    let w_op = if bf16 { Operand::Packed(&packed) } else { Operand::Plain(Mat::rows(w_hh, gh, h)) };
+    // W_hh packed once for every step's dh_{t−1} product.
+    let mut packs = Packs::take(cache, Packing::of::<F>(pass));
+    packs.pack(Mat::rows(w_hh, gh, h), threads);
+    let w_op = packs.operand(Mat::rows(w_hh, gh, h));
     match pass.split {
         Split::Whole | Split::Tiles => {
             let gemm_threads = if pass.split == Split::Tiles { threads } else { 1 };
@@ -379,7 +378,7 @@ pub(crate) fn backward<F: Float>(
             wavefront::backward_steps(lps, p, caches, dh_next, dc_next, wave);
         }
     }
-    cache.w_hh_pack = packed;
+    packs.put_back(cache);
     weight_grads(&pass.dims, pass.lengths, lp, p, grads, cache, below);
 }
 
@@ -676,9 +675,66 @@ fn products<F: Float>(
     }
 }
 
-/// W_hh (or its transpose) as the per-step products read it: packed bf16, or the view itself.
-fn operand<'a, F>(bf16: bool, packed: &'a kernels::bf16::PackedB, w: Mat<'a, F>) -> Operand<'a, F> {
-    if bf16 { Operand::Packed(packed) } else { Operand::Plain(w) }
+/// How a pass's row paths read W_hh (or W_hhᵀ) at every step: packed once per pass into bf16
+/// tiles (`--precision bf16`), into f32 panels (f32 data on AVX-512F: `kernels/panels.rs`), or
+/// as it is (f64, other CPUs, and the unit splits, whose parts read their own units' rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Packing {
+    Bf16,
+    Panels,
+    Plain,
+}
+
+impl Packing {
+    pub(crate) fn of<F: Float>(pass: &Pass<'_>) -> Packing {
+        let rows = matches!(pass.split, Split::Whole | Split::Tiles | Split::Rows(_));
+        if pass.dims.precision == Precision::Bf16 {
+            Packing::Bf16
+        } else if rows && F::NAME == "f32" && kernels::panels::native() {
+            Packing::Panels
+        } else {
+            Packing::Plain
+        }
+    }
+}
+
+/// A layer's packed W_hh for one pass, held apart from its cache while the steps borrow it.
+pub(crate) struct Packs {
+    packing: Packing,
+    bf16: kernels::bf16::PackedB,
+    panels: kernels::panels::Panels,
+}
+
+impl Packs {
+    /// Takes the cache's packing buffers for a pass that reads W_hh as `packing` says.
+    pub(crate) fn take<F>(cache: &mut LayerCache<F>, packing: Packing) -> Self {
+        let (bf16, panels) = (std::mem::take(&mut cache.w_hh_pack), std::mem::take(&mut cache.w_hh_panels));
+        Packs { packing, bf16, panels }
+    }
+
+    /// Packs `w` ((k, n), as the per-step products read it), if the pass packs.
+    pub(crate) fn pack<F: Float>(&mut self, w: Mat<'_, F>, threads: usize) {
+        match self.packing {
+            Packing::Bf16 => kernels::pack_b(&mut self.bf16, w),
+            Packing::Panels => kernels::pack_panels(&mut self.panels, w, threads),
+            Packing::Plain => {}
+        }
+    }
+
+    /// The per-step products' right operand: packed, or `w` itself.
+    pub(crate) fn operand<'a, F>(&'a self, w: Mat<'a, F>) -> Operand<'a, F> {
+        match self.packing {
+            Packing::Bf16 => Operand::Packed(&self.bf16),
+            Packing::Panels => Operand::Panels(&self.panels),
+            Packing::Plain => Operand::Plain(w),
+        }
+    }
+
+    /// Returns the buffers to the cache for the next pass.
+    pub(crate) fn put_back<F>(self, cache: &mut LayerCache<F>) {
+        cache.w_hh_pack = self.bf16;
+        cache.w_hh_panels = self.panels;
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,457 @@
+//! f32 products against a right operand packed once into column panels: the per-step recurrent
+//! products (h_{t−1} · W_hhᵀ forward, dpre_t · W_hh backward), whose weights every step reads
+//! again. The GEMM crate repacks its right operand at every call (at LSTM H = 1024, B = 64 its
+//! packing took 40% of a training step); here W_hh is packed once per pass and each step runs
+//! [`few::block`]'s register blocks over it — 8 rows × 48 columns, 24 accumulators — with the
+//! next panel brought toward L2 while one runs. AVX-512F only (checked at run time); elsewhere
+//! the row paths keep the crate.
+//!
+//! Each element of C is one chain of fused multiply-adds over k in order (then + C when
+//! accumulating), as in [`few`], so a product gives the same bits however its rows and panels
+//! are cut into tiles or threads — and the same bits as [`few`] on the same operands.
+
+use super::few::{self, Prefetch};
+use super::{Mat, MatMut, SharedMat, TILE_WORK, team};
+
+/// Columns per panel: three AVX-512 vectors of f32.
+const NR: usize = 48;
+/// Rows per register block (8 × 3 accumulators of 16 lanes: 24 of the 32 registers).
+const MR: usize = 8;
+/// Panels per tile of a product cut for threads, at least (a tile's first panel comes from L3
+/// unprefetched).
+const MIN_TILE_PANELS: usize = 2;
+/// Tiles of one product, at most.
+const MAX_TILES: usize = 16;
+
+/// One cache line of f32: the packed panels start on one, so their vector loads are aligned.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// A (k, n) right operand in panels of [`NR`] columns: panel p holds columns [p·NR, p·NR + NR)
+/// as k rows of NR contiguous floats (zeros past n).
+#[derive(Clone, Debug, Default)]
+pub struct Panels {
+    lines: Vec<Line>,
+    k: usize,
+    n: usize,
+}
+
+impl std::fmt::Debug for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Line")
+    }
+}
+
+/// Whether this CPU runs the panel kernel (AVX-512F, detected once).
+pub fn native() -> bool {
+    few::native()
+}
+
+impl Panels {
+    /// Rows of the packed operand (the products' depth).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of the packed operand.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The f32 elements a packing of a (k, n) operand holds (in u128: memory estimates of
+    /// sizes that cannot exist do not overflow).
+    pub fn len_for(k: u128, n: u128) -> u128 {
+        n.div_ceil(NR as u128) * NR as u128 * k
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    fn data(&self) -> &[f32] {
+        // SAFETY: a `Line` is 16 f32 without padding, so the lines are contiguous f32.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.lines.len() * 16) }
+    }
+
+    /// Panel p as a (k, NR) view.
+    fn panel(&self, p: usize) -> Mat<'_, f32> {
+        let size = self.k * NR;
+        Mat::rows(&self.data()[p * size..(p + 1) * size], self.k, NR)
+    }
+
+    /// Packs `b` ((k, n), any strides) on up to `threads` threads; the buffer grows on first use
+    /// and is reused after.
+    pub fn pack(&mut self, b: Mat<'_, f32>, threads: usize) {
+        let (k, n) = (b.rows, b.cols);
+        let len = n.div_ceil(NR) * NR * k;
+        if self.lines.len() * 16 < len {
+            self.lines.resize(len.div_ceil(16), Line::default());
+        }
+        (self.k, self.n) = (k, n);
+        let panels = self.panels();
+        let size = k * NR;
+        let dst = team::Shared::of(&mut self.data_mut()[..len]);
+        let parts = panels.clamp(1, MAX_TILES);
+        team::for_each(threads, parts, |part| {
+            let (p0, p1) = super::parts::range(panels, parts, 1, part);
+            for p in p0..p1 {
+                // SAFETY: each panel is one part's alone, and the buffer outlives the pass.
+                let out = unsafe { dst.slice(p * size, size) };
+                let (c0, w) = (p * NR, (n - p * NR).min(NR));
+                if b.cs == 1 {
+                    // Rows of b are contiguous: copy each row's NR columns.
+                    for (kk, row) in out.chunks_exact_mut(NR).enumerate() {
+                        let src = &b.data[kk * b.rs + c0..];
+                        row[..w].copy_from_slice(&src[..w]);
+                        row[w..].fill(0.0);
+                    }
+                } else {
+                    // Columns of b are contiguous (a transposed view): read along each column.
+                    for j in 0..NR {
+                        for kk in 0..k {
+                            out[kk * NR + j] = if j < w { b.data[kk * b.rs + (c0 + j) * b.cs] } else { 0.0 };
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    fn data_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as `data`, borrowed exclusively.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.lines.len() * 16) }
+    }
+}
+
+/// C (m × n) (+)= A (m × k) · B, B packed, on up to `threads` threads: the panels are cut into
+/// tiles by the product's size alone (each tile's panels in turn, every row block of a panel
+/// while it is hot), and each tile brings its next panel toward L2 while one runs.
+///
+/// # Panics
+/// If the shapes disagree, A or C has a non-unit column stride, or the CPU lacks AVX-512F
+/// (internal invariants: callers pack only where [`native`]).
+pub fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: &Panels, accumulate: bool, threads: usize) {
+    assert!(native(), "panel products need AVX-512F");
+    assert!(a.rows == c.rows && a.cols == b.k && b.n == c.cols, "panel product shape mismatch");
+    assert!(c.cs == 1, "panel products write rows of C");
+    let (m, panels) = (c.rows, b.panels());
+    if m == 0 || panels == 0 {
+        return;
+    }
+    let tiles = (m * b.n * b.k / TILE_WORK).clamp(1, MAX_TILES).min(panels / MIN_TILE_PANELS).max(1);
+    let c = SharedMat(c);
+    team::for_each(threads, tiles, |tile| {
+        let (p0, p1) = super::parts::range(panels, tiles, 1, tile);
+        for p in p0..p1 {
+            let (c0, w) = (p * NR, (b.n - p * NR).min(NR));
+            // SAFETY: tiles own disjoint panels, so disjoint column blocks of C.
+            let ct = unsafe { c.block(0, m, c0, w) };
+            let next = if p + 1 < p1 { Some(b.panel(p + 1)) } else { None };
+            panel(ct, a, b.panel(p), w, accumulate, next);
+        }
+    });
+}
+
+/// All rows of C's columns [c0, c0 + w) (the view `c`) from one panel, in blocks of [`MR`] rows;
+/// the row blocks share out the prefetch of `next`.
+fn panel(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, w: usize, accumulate: bool, next: Option<Mat<'_, f32>>) {
+    let m = c.rows;
+    let blocks = m.div_ceil(MR);
+    let lines = next.map_or(0, |nx| nx.rows * NR / 16);
+    let per_block = lines.div_ceil(blocks);
+    let mut r0 = 0;
+    while r0 < m {
+        let rows = (m - r0).min(MR);
+        let first = (r0 / MR * per_block).min(lines);
+        let fetch = match next {
+            Some(nx) => Prefetch { at: nx.data.as_ptr().wrapping_add(16 * first), lines: per_block.min(lines - first) },
+            None => Prefetch::NONE,
+        };
+        // SAFETY: rows [r0, r0 + rows) of this call's block of C.
+        let cb = unsafe { c.block(r0, rows, 0, w) };
+        let ab = a.sub_rows(r0, rows);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX-512F is present (asserted by `gemm`); A's rows and the panel's k rows of
+        // NR floats are in bounds (views checked on construction), masked to w columns of C.
+        unsafe {
+            match rows {
+                1 => few::block::<1, 3>(&cb, ab, b, 0, w, accumulate, fetch),
+                2 => few::block::<2, 3>(&cb, ab, b, 0, w, accumulate, fetch),
+                3 => few::block::<3, 3>(&cb, ab, b, 0, w, accumulate, fetch),
+                4 => few::block::<4, 3>(&cb, ab, b, 0, w, accumulate, fetch),
+                5 => few::block::<5, 3>(&cb, ab, b, 0, w, accumulate, fetch),
+                6 => few::block::<6, 3>(&cb, ab, b, 0, w, accumulate, fetch),
+                7 => few::block::<7, 3>(&cb, ab, b, 0, w, accumulate, fetch),
+                _ => few::block::<MR, 3>(&cb, ab, b, 0, w, accumulate, fetch),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (cb, ab, b, accumulate, fetch);
+        r0 += rows;
+    }
+}
+
+/// Rows of k per chunk of a deep product ([`gemm_deep`]): a chunk's panels (k × 48) stay in
+/// L1/L2 while every row block of a tile runs over them.
+const KC: usize = 256;
+/// Rows of C per super-block of a tile of a deep product: their packed A chunk (128 KB) stays
+/// in L2 while every panel runs over it.
+const SUPER_ROWS: usize = 128;
+/// Depth from which [`gemm_deep`] takes a product (shallower ones keep the crate).
+pub(crate) const DEEP_K: usize = 1024;
+
+thread_local! {
+    /// Each thread's scratch for deep products: one chunk of B's panels and one super-block of
+    /// A's rows, packed (it grows to the largest product the thread has run and is reused).
+    static DEEP: std::cell::RefCell<(Panels, Vec<Line>)> = std::cell::RefCell::default();
+}
+
+/// Whether [`gemm_deep`] runs an (m, n, k) product: deep ones, with rows to cut and columns to
+/// fill a panel, where the CPU has AVX-512F.
+pub(crate) fn takes_deep(m: usize, n: usize, k: usize, c_cs: usize) -> bool {
+    k >= DEEP_K && m >= 4 * MR && n >= NR && c_cs == 1 && native()
+}
+
+/// C (m × n) (+)= A (m × k) · B (k × n) for deep products with any strides — the weight
+/// gradients, dW = dpreᵀ · x over all T·B rows, and dL/dx = dpre · W_ih: k is cut into chunks
+/// of [`KC`], each chunk's B packed into panels and each super-block of A's rows into 8-row
+/// blocks, one per thread at a time; C's rows into one tile per thread.
+///
+/// Each element of C is, per chunk in order, one chain of fused multiply-adds over the chunk's
+/// k from zero, added to C (stored, for the first chunk of a product that does not accumulate):
+/// the same bits however the rows are cut, so on any thread count.
+///
+/// # Panics
+/// If the shapes disagree or the product is not one [`takes_deep`] (internal invariants).
+pub fn gemm_deep(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumulate: bool, threads: usize) {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    assert!(a.rows == m && b.rows == k && b.cols == n, "deep product shape mismatch");
+    assert!(takes_deep(m, n, k, c.cs), "a deep product of a shape it does not take");
+    // A tile per core (the schedule model's parts) or thread: each packs every chunk of B once,
+    // so no more of them. (The bits do not depend on the cut.)
+    let tiles = threads.max(super::machine::plan_cores()).clamp(1, team::MAX_PARTS).min(m / (4 * MR)).max(1);
+    let c = SharedMat(c);
+    team::for_each(threads, tiles, |tile| {
+        let (r0, r1) = super::parts::range(m, tiles, MR, tile);
+        // SAFETY: the tiles are disjoint row blocks of C.
+        let ct = unsafe { c.block(r0, r1 - r0, 0, n) };
+        DEEP.with(|deep| {
+            let (bp, ap) = &mut *deep.borrow_mut();
+            deep_tile(ct, a.sub_rows(r0, r1 - r0), b, accumulate, bp, ap);
+        });
+    });
+}
+
+/// One tile of [`gemm_deep`] on one thread: chunk by chunk of k, B's chunk packed into panels,
+/// then super-block by super-block of rows, A's rows packed, every panel over every row block.
+fn deep_tile(
+    c: MatMut<'_, f32>,
+    a: Mat<'_, f32>,
+    b: Mat<'_, f32>,
+    accumulate: bool,
+    bp: &mut Panels,
+    ap: &mut Vec<Line>,
+) {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    let a_len = SUPER_ROWS.min(m).div_ceil(MR) * MR * KC.min(k);
+    if ap.len() * 16 < a_len {
+        ap.resize(a_len.div_ceil(16), Line::default());
+    }
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = (k - k0).min(KC);
+        let add = accumulate || k0 > 0;
+        bp.pack(b.sub_rows(k0, kc), 1);
+        let mut s0 = 0;
+        while s0 < m {
+            let rows = (m - s0).min(SUPER_ROWS);
+            // SAFETY: a `Line` is 16 f32 without padding.
+            let apf: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(ap.as_mut_ptr().cast(), ap.len() * 16) };
+            pack_rows(apf, a, s0, rows, k0, kc);
+            let apf: &[f32] = apf;
+            for p in 0..bp.panels() {
+                let (c0, w) = (p * NR, (n - p * NR).min(NR));
+                let panel = bp.panel(p);
+                let mut r = 0;
+                while r < rows {
+                    let rb = (rows - r).min(MR);
+                    // Block r / MR of the packed rows: kc × MR, element (i, kk) at kk·MR + i.
+                    let av = Mat::strided(&apf[r * kc..], rb, kc, 1, MR);
+                    // SAFETY: rows [s0 + r, s0 + r + rb) and columns [c0, c0 + w) of this tile.
+                    let cb = unsafe { c.block(s0 + r, rb, c0, w) };
+                    block_rows(rb, &cb, av, panel, w, add);
+                    r += rb;
+                }
+            }
+            s0 += rows;
+        }
+        k0 += kc;
+    }
+}
+
+/// Rows [s0, s0 + rows) of A, columns [k0, k0 + kc), into `out` in blocks of [`MR`] rows: block
+/// q at q·MR·kc, element (i, kk) of it at kk·MR + i (zeros for the rows past `rows`).
+fn pack_rows(out: &mut [f32], a: Mat<'_, f32>, s0: usize, rows: usize, k0: usize, kc: usize) {
+    for q in 0..rows.div_ceil(MR) {
+        let blk = &mut out[q * MR * kc..(q + 1) * MR * kc];
+        let r = s0 + q * MR;
+        let live = (s0 + rows - r).min(MR);
+        if a.rs == 1 {
+            // (dpreᵀ: the block's rows are contiguous in each of A's columns.)
+            for (kk, dst) in blk.chunks_exact_mut(MR).enumerate() {
+                let at = r + (k0 + kk) * a.cs;
+                dst[..live].copy_from_slice(&a.data[at..at + live]);
+                dst[live..].fill(0.0);
+            }
+        } else {
+            for i in 0..MR {
+                for kk in 0..kc {
+                    blk[kk * MR + i] = if i < live { a.data[(r + i) * a.rs + (k0 + kk) * a.cs] } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+/// [`few::block`] for `rows` ≤ [`MR`] rows over one panel, nothing prefetched.
+fn block_rows(rows: usize, c: &MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, w: usize, accumulate: bool) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: AVX-512F is present (the callers' `native`); the views are in bounds (checked
+    // on construction), C masked to w columns.
+    unsafe {
+        let none = Prefetch::NONE;
+        match rows {
+            1 => few::block::<1, 3>(c, a, b, 0, w, accumulate, none),
+            2 => few::block::<2, 3>(c, a, b, 0, w, accumulate, none),
+            3 => few::block::<3, 3>(c, a, b, 0, w, accumulate, none),
+            4 => few::block::<4, 3>(c, a, b, 0, w, accumulate, none),
+            5 => few::block::<5, 3>(c, a, b, 0, w, accumulate, none),
+            6 => few::block::<6, 3>(c, a, b, 0, w, accumulate, none),
+            7 => few::block::<7, 3>(c, a, b, 0, w, accumulate, none),
+            _ => few::block::<MR, 3>(c, a, b, 0, w, accumulate, none),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (rows, c, a, b, w, accumulate);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{RngExt, SeedableRng};
+
+    /// Odd and training shapes, B given plain and transposed, with and without accumulation:
+    /// against the definition (in f64: k ulps of the magnitudes), the GEMM crate (to rounding),
+    /// the few-row kernel (the same bits: one FMA chain per element), and bit for bit the same
+    /// on 1, 2, 3 and 4 threads and with C's rows cut in two.
+    #[test]
+    fn panels_match_the_definition_the_crate_and_the_few_row_kernel() {
+        if !native() {
+            return; // (the crate runs these products here)
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for (m, k, n) in
+            [(1, 1, 1), (3, 5, 47), (8, 16, 48), (9, 37, 100), (17, 64, 200), (64, 256, 1024), (13, 300, 97)]
+        {
+            for (transposed, accumulate) in [(false, false), (true, true), (false, true), (true, false)] {
+                let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let bd: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let c0: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+                // b(kk, j): row-major (k, n), or the transpose of a row-major (n, k).
+                let bv = if transposed { Mat::rows(&bd, n, k).t() } else { Mat::rows(&bd, k, n) };
+                let at = |kk: usize, j: usize| if transposed { bd[j * k + kk] } else { bd[kk * n + j] };
+                let av = Mat::rows(&a, m, k);
+                let mut packed = Panels::default();
+                packed.pack(bv, 2);
+                let mut c = c0.clone();
+                gemm(MatMut::rows(&mut c, m, n), av, &packed, accumulate, 1);
+                let mut crate_c = c0.clone();
+                super::super::crate_gemm(MatMut::rows(&mut crate_c, m, n), av, bv, accumulate);
+                for r in 0..m {
+                    for j in 0..n {
+                        let mut want = if accumulate { c0[r * n + j] as f64 } else { 0.0 };
+                        let mut scale = want.abs();
+                        for kk in 0..k {
+                            let p = a[r * k + kk] as f64 * at(kk, j) as f64;
+                            want += p;
+                            scale += p.abs();
+                        }
+                        let got = c[r * n + j] as f64;
+                        let tol = (k + 2) as f64 * f32::EPSILON as f64 * scale;
+                        assert!((got - want).abs() <= tol, "m={m} k={k} n={n} ({r},{j}): {got} vs {want}");
+                        let other = crate_c[r * n + j] as f64;
+                        assert!((got - other).abs() <= 2.0 * tol, "m={m} k={k} n={n}: crate {other}, panels {got}");
+                    }
+                }
+                if m <= few::MAX_ROWS && !transposed {
+                    let mut f = c0.clone();
+                    few::gemm(MatMut::rows(&mut f, m, n), av, bv, accumulate);
+                    assert_eq!(f, c, "m={m} k={k} n={n}: the few-row kernel differs");
+                }
+                for threads in [2, 3, 4] {
+                    let mut t = c0.clone();
+                    gemm(MatMut::rows(&mut t, m, n), av, &packed, accumulate, threads);
+                    assert_eq!(t, c, "m={m} k={k} n={n}: {threads} threads differ");
+                }
+                let cut = m / 2;
+                let mut halves = c0.clone();
+                let (top, bottom) = halves.split_at_mut(cut * n);
+                gemm(MatMut::rows(top, cut, n), Mat::rows(&a, cut, k), &packed, accumulate, 1);
+                gemm(MatMut::rows(bottom, m - cut, n), Mat::rows(&a[cut * k..], m - cut, k), &packed, accumulate, 1);
+                assert_eq!(halves, c, "m={m} k={k} n={n}: row halves differ");
+            }
+        }
+    }
+
+    /// Deep products (the weight gradients' shapes, k over several chunks with a short last
+    /// one, rows past whole blocks and super-blocks, A transposed as dpreᵀ or plain): against
+    /// the definition and the crate, bit for bit the same on 1, 2, 3 and 5 threads.
+    #[test]
+    fn deep_products_match_the_definition_and_the_crate_on_any_thread_count() {
+        if !native() {
+            return;
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        for (m, n, k, transposed, accumulate) in [
+            (32, 48, DEEP_K, true, true),
+            (77, 100, 1300, true, false),
+            (300, 61, 1100, false, true),
+            (40, 200, 2 * KC + DEEP_K + 3, false, false),
+        ] {
+            let ad: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let bd: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+            // a(r, kk): row-major (m, k), or the transpose of a row-major (k, m) (dpreᵀ).
+            let av = if transposed { Mat::rows(&ad, k, m).t() } else { Mat::rows(&ad, m, k) };
+            let a_at = |r: usize, kk: usize| if transposed { ad[kk * m + r] } else { ad[r * k + kk] };
+            let bv = Mat::rows(&bd, k, n);
+            assert!(takes_deep(m, n, k, 1));
+            let mut c = c0.clone();
+            gemm_deep(MatMut::rows(&mut c, m, n), av, bv, accumulate, 1);
+            let mut crate_c = c0.clone();
+            super::super::crate_gemm(MatMut::rows(&mut crate_c, m, n), av, bv, accumulate);
+            for r in 0..m {
+                for j in 0..n {
+                    let mut want = if accumulate { c0[r * n + j] as f64 } else { 0.0 };
+                    let mut scale = want.abs();
+                    for kk in 0..k {
+                        let p = a_at(r, kk) as f64 * bd[kk * n + j] as f64;
+                        want += p;
+                        scale += p.abs();
+                    }
+                    let got = c[r * n + j] as f64;
+                    let tol = (k + 2) as f64 * f32::EPSILON as f64 * scale;
+                    assert!((got - want).abs() <= tol, "m={m} n={n} k={k} ({r},{j}): {got} vs {want}");
+                    let other = crate_c[r * n + j] as f64;
+                    assert!((got - other).abs() <= 2.0 * tol, "m={m} n={n} k={k}: crate {other}, deep {got}");
+                }
+            }
+            for threads in [2, 3, 5] {
+                let mut t = c0.clone();
+                gemm_deep(MatMut::rows(&mut t, m, n), av, bv, accumulate, threads);
+                assert_eq!(t, c, "m={m} n={n} k={k}: {threads} threads differ");
+            }
+        }
+    }
+}
