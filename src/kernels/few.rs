@@ -98,49 +98,35 @@ unsafe fn by_rows<const V: usize>(
         // SAFETY: the caller's contract.
         unsafe {
             match m {
-                1 => block::<1, V>(c, a, b, j, w, accumulate, Prefetch::NONE),
-                2 => block::<2, V>(c, a, b, j, w, accumulate, Prefetch::NONE),
-                3 => block::<3, V>(c, a, b, j, w, accumulate, Prefetch::NONE),
-                4 => block::<4, V>(c, a, b, j, w, accumulate, Prefetch::NONE),
+                1 => block::<1, V>(c, a, b, j, w, accumulate),
+                2 => block::<2, V>(c, a, b, j, w, accumulate),
+                3 => block::<3, V>(c, a, b, j, w, accumulate),
+                4 => block::<4, V>(c, a, b, j, w, accumulate),
                 // (5 to 8 rows: at most 3 vectors, `gemm`'s blocks and remainders of ≤ 48.)
-                5 => block::<5, V>(c, a, b, j, w, accumulate, Prefetch::NONE),
-                6 => block::<6, V>(c, a, b, j, w, accumulate, Prefetch::NONE),
-                7 => block::<7, V>(c, a, b, j, w, accumulate, Prefetch::NONE),
-                _ => block::<8, V>(c, a, b, j, w, accumulate, Prefetch::NONE),
+                5 => block::<5, V>(c, a, b, j, w, accumulate),
+                6 => block::<6, V>(c, a, b, j, w, accumulate),
+                7 => block::<7, V>(c, a, b, j, w, accumulate),
+                _ => block::<8, V>(c, a, b, j, w, accumulate),
             }
         }
         j += w;
     }
 }
 
-/// Cache lines a block brings toward L2 while it runs, one per k (the next panel of a packed
-/// operand, `kernels/panels.rs`): `lines` of them from `at`, 64 bytes apart.
-#[derive(Clone, Copy)]
-pub(super) struct Prefetch {
-    pub(super) at: *const f32,
-    pub(super) lines: usize,
-}
-
-impl Prefetch {
-    /// Nothing to bring.
-    pub(super) const NONE: Prefetch = Prefetch { at: std::ptr::null(), lines: 0 };
-}
-
 /// Columns [j, j + w) (w ≤ 16·V) of all M rows: M × V accumulators over k.
 ///
 /// # Safety
 /// AVX-512F must be present; the views must be in bounds with unit column strides in B and C,
-/// and C's elements this call's alone. (`next` may point anywhere: a prefetch never faults.)
+/// and C's elements this call's alone.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn block<const M: usize, const V: usize>(
+unsafe fn block<const M: usize, const V: usize>(
     c: &MatMut<'_, f32>,
     a: Mat<'_, f32>,
     b: Mat<'_, f32>,
     j: usize,
     w: usize,
     accumulate: bool,
-    next: Prefetch,
 ) {
     use std::arch::x86_64::*;
     // (Plain loops, no closures: the intrinsics stay inside this function's target feature.)
@@ -156,9 +142,6 @@ pub(super) unsafe fn block<const M: usize, const V: usize>(
         // SAFETY: row k of B from column j: in bounds where the mask is set (masked lanes are
         // neither read nor faulted on); A's (r, k) are in bounds (r < M = its rows).
         unsafe {
-            if k < next.lines {
-                _mm_prefetch::<_MM_HINT_T1>(next.at.wrapping_add(16 * k).cast());
-            }
             let row = bp.wrapping_add(k * b.rs + j);
             for (v, bv) in bv.iter_mut().enumerate() {
                 *bv = _mm512_maskz_loadu_ps(masks[v], row.wrapping_add(16 * v));

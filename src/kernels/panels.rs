@@ -1,17 +1,20 @@
 //! f32 products against a right operand packed once into column panels: the per-step recurrent
 //! products (h_{t−1} · W_hhᵀ forward, dpre_t · W_hh backward), whose weights every step reads
 //! again. The GEMM crate repacks its right operand at every call (at LSTM H = 1024, B = 64 its
-//! packing took 40% of a training step); here W_hh is packed once per pass and each step runs
-//! [`few::block`]'s register blocks over it — 8 rows × 48 columns, 24 accumulators — with the
-//! next panel brought toward L2 while one runs. AVX-512F only (checked at run time); elsewhere
-//! the row paths keep the crate.
+//! packing took 40% of a training step); here W_hh is packed once per pass, each product packs
+//! its few rows of A once (8-row blocks, k-major), and a register block of 8 rows × 48 columns
+//! (24 accumulators) runs over a panel with the next panel brought toward L2 meanwhile. Deep
+//! products (the weight gradients over T·B rows, [`gemm_deep`]) run the same block over chunks
+//! of k with both operands packed per chunk. AVX-512F only (checked at run time); elsewhere the
+//! crate runs these products.
 //!
-//! Each element of C is one chain of fused multiply-adds over k in order (then + C when
-//! accumulating), as in [`few`], so a product gives the same bits however its rows and panels
-//! are cut into tiles or threads — and the same bits as [`few`] on the same operands.
+//! Each element of C is one chain of fused multiply-adds over k in order (per chunk of a deep
+//! product), then + C when accumulating, as in [`few`]: the same bits however rows and panels are
+//! cut into tiles or threads — and the same bits as [`few`] on the same operands.
 
-use super::few::{self, Prefetch};
+use super::few;
 use super::{Mat, MatMut, SharedMat, TILE_WORK, team};
+use std::cell::RefCell;
 
 /// Columns per panel: three AVX-512 vectors of f32.
 const NR: usize = 48;
@@ -30,16 +33,16 @@ struct Line([f32; 16]);
 
 /// A (k, n) right operand in panels of [`NR`] columns: panel p holds columns [p·NR, p·NR + NR)
 /// as k rows of NR contiguous floats (zeros past n).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct Panels {
     lines: Vec<Line>,
     k: usize,
     n: usize,
 }
 
-impl std::fmt::Debug for Line {
+impl std::fmt::Debug for Panels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Line")
+        write!(f, "Panels({} × {})", self.k, self.n)
     }
 }
 
@@ -74,10 +77,10 @@ impl Panels {
         unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.lines.len() * 16) }
     }
 
-    /// Panel p as a (k, NR) view.
-    fn panel(&self, p: usize) -> Mat<'_, f32> {
+    /// Panel p: k rows of NR floats, starting on a cache line.
+    fn panel(&self, p: usize) -> &[f32] {
         let size = self.k * NR;
-        Mat::rows(&self.data()[p * size..(p + 1) * size], self.k, NR)
+        &self.data()[p * size..(p + 1) * size]
     }
 
     /// Packs `b` ((k, n), any strides) on up to `threads` threads; the buffer grows on first use
@@ -124,71 +127,97 @@ impl Panels {
     }
 }
 
-/// C (m × n) (+)= A (m × k) · B, B packed, on up to `threads` threads: the panels are cut into
-/// tiles by the product's size alone (each tile's panels in turn, every row block of a panel
-/// while it is hot), and each tile brings its next panel toward L2 while one runs.
+thread_local! {
+    /// Each thread's packed rows of A for [`gemm`] (it grows to the largest product the thread
+    /// has run and is reused).
+    static ROWS: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+}
+
+/// C (m × n) (+)= A (m × k) · B, B packed, on up to `threads` threads: A's rows (if long)
+/// packed once by the calling thread, the panels cut into tiles by the product's size alone
+/// (each tile's panels in turn, every row block of a panel while it is hot), each tile bringing
+/// its next panel toward L2 while one runs.
 ///
 /// # Panics
-/// If the shapes disagree, A or C has a non-unit column stride, or the CPU lacks AVX-512F
-/// (internal invariants: callers pack only where [`native`]).
+/// If the shapes disagree, C has a non-unit column stride, or the CPU lacks AVX-512F (internal
+/// invariants: callers pack only where [`native`]).
 pub fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: &Panels, accumulate: bool, threads: usize) {
     assert!(native(), "panel products need AVX-512F");
     assert!(a.rows == c.rows && a.cols == b.k && b.n == c.cols, "panel product shape mismatch");
     assert!(c.cs == 1, "panel products write rows of C");
-    let (m, panels) = (c.rows, b.panels());
+    let (m, k, panels) = (c.rows, b.k, b.panels());
     if m == 0 || panels == 0 {
         return;
     }
-    let tiles = (m * b.n * b.k / TILE_WORK).clamp(1, MAX_TILES).min(panels / MIN_TILE_PANELS).max(1);
+    let tiles = (m * b.n * k / TILE_WORK).clamp(1, MAX_TILES).min(panels / MIN_TILE_PANELS).max(1);
     let c = SharedMat(c);
-    team::for_each(threads, tiles, |tile| {
-        let (p0, p1) = super::parts::range(panels, tiles, 1, tile);
-        for p in p0..p1 {
-            let (c0, w) = (p * NR, (b.n - p * NR).min(NR));
-            // SAFETY: tiles own disjoint panels, so disjoint column blocks of C.
-            let ct = unsafe { c.block(0, m, c0, w) };
-            let next = if p + 1 < p1 { Some(b.panel(p + 1)) } else { None };
-            panel(ct, a, b.panel(p), w, accumulate, next);
-        }
+    ROWS.with(|rows| {
+        let mut lines = rows.borrow_mut();
+        // Long rows are packed (rows 4 KB apart share L1 sets, and one pointer walks a packed
+        // block); short ones are read in place, where packing costs more than it saves.
+        let ap = if a.cs != 1 || k >= PACK_K {
+            let ap = lines_f32(&mut lines, m.div_ceil(MR) * MR * k);
+            pack_rows(ap, a, 0, m, 0, k);
+            Rows { data: ap, rs: 0 }
+        } else {
+            Rows { data: a.data, rs: a.rs }
+        };
+        team::for_each(threads, tiles, |tile| {
+            let (p0, p1) = super::parts::range(panels, tiles, 1, tile);
+            for p in p0..p1 {
+                let (c0, w) = (p * NR, (b.n - p * NR).min(NR));
+                // SAFETY: tiles own disjoint panels, so disjoint column blocks of C.
+                let ct = unsafe { c.block(0, m, c0, w) };
+                let next = if p + 1 < p1 { b.panel(p + 1) } else { &[] };
+                panel(ct, ap, b.panel(p), k, accumulate, next);
+            }
+        });
     });
 }
 
-/// All rows of C's columns [c0, c0 + w) (the view `c`) from one panel, in blocks of [`MR`] rows;
-/// the row blocks share out the prefetch of `next`.
-fn panel(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, w: usize, accumulate: bool, next: Option<Mat<'_, f32>>) {
+/// The first `len` f32 of `lines`, grown (zeros) to hold them.
+fn lines_f32(lines: &mut Vec<Line>, len: usize) -> &mut [f32] {
+    if lines.len() * 16 < len {
+        lines.resize(len.div_ceil(16), Line::default());
+    }
+    // SAFETY: a `Line` is 16 f32 without padding, so the lines hold `len` contiguous f32.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast(), len) }
+}
+
+/// Depth from which [`gemm`] packs A's rows.
+const PACK_K: usize = 512;
+
+/// A's rows as a register block reads them: packed by [`pack_rows`] (`rs` 0: element (i, kk) of
+/// block q at q·MR·k + kk·MR + i), or in place with unit column stride (element (r, kk) at
+/// r·rs + kk).
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    data: &'a [f32],
+    rs: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// The rows of block q (rows [q·MR, q·MR + MR)).
+    fn block(self, q: usize, k: usize) -> Rows<'a> {
+        let at = if self.rs == 0 { q * MR * k } else { q * MR * self.rs };
+        Rows { data: &self.data[at..], rs: self.rs }
+    }
+}
+
+/// All rows of C's columns [c0, c0 + w) (the view `c`, w ≤ NR) from one panel (k × NR); the row
+/// blocks share out the prefetch of `next` (a panel, or empty).
+fn panel(c: MatMut<'_, f32>, ap: Rows<'_>, b: &[f32], k: usize, accumulate: bool, next: &[f32]) {
     let m = c.rows;
     let blocks = m.div_ceil(MR);
-    let lines = next.map_or(0, |nx| nx.rows * NR / 16);
+    let lines = next.len() / 16;
     let per_block = lines.div_ceil(blocks);
-    let mut r0 = 0;
-    while r0 < m {
-        let rows = (m - r0).min(MR);
-        let first = (r0 / MR * per_block).min(lines);
-        let fetch = match next {
-            Some(nx) => Prefetch { at: nx.data.as_ptr().wrapping_add(16 * first), lines: per_block.min(lines - first) },
-            None => Prefetch::NONE,
-        };
+    for q in 0..blocks {
+        let (r0, rows) = (q * MR, (m - q * MR).min(MR));
+        let first = (q * per_block).min(lines);
+        let fetch = &next[16 * first..16 * (first + per_block.min(lines - first))];
         // SAFETY: rows [r0, r0 + rows) of this call's block of C.
-        let cb = unsafe { c.block(r0, rows, 0, w) };
-        let ab = a.sub_rows(r0, rows);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: AVX-512F is present (asserted by `gemm`); A's rows and the panel's k rows of
-        // NR floats are in bounds (views checked on construction), masked to w columns of C.
-        unsafe {
-            match rows {
-                1 => few::block::<1, 3>(&cb, ab, b, 0, w, accumulate, fetch),
-                2 => few::block::<2, 3>(&cb, ab, b, 0, w, accumulate, fetch),
-                3 => few::block::<3, 3>(&cb, ab, b, 0, w, accumulate, fetch),
-                4 => few::block::<4, 3>(&cb, ab, b, 0, w, accumulate, fetch),
-                5 => few::block::<5, 3>(&cb, ab, b, 0, w, accumulate, fetch),
-                6 => few::block::<6, 3>(&cb, ab, b, 0, w, accumulate, fetch),
-                7 => few::block::<7, 3>(&cb, ab, b, 0, w, accumulate, fetch),
-                _ => few::block::<MR, 3>(&cb, ab, b, 0, w, accumulate, fetch),
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (cb, ab, b, accumulate, fetch);
-        r0 += rows;
+        let cb = unsafe { c.block(r0, rows, 0, c.cols) };
+        tile_rows(rows, cb, ap.block(q, k), b, k, accumulate, fetch);
     }
 }
 
@@ -204,7 +233,7 @@ pub(crate) const DEEP_K: usize = 1024;
 thread_local! {
     /// Each thread's scratch for deep products: one chunk of B's panels and one super-block of
     /// A's rows, packed (it grows to the largest product the thread has run and is reused).
-    static DEEP: std::cell::RefCell<(Panels, Vec<Line>)> = std::cell::RefCell::default();
+    static DEEP: RefCell<(Panels, Vec<Line>)> = RefCell::default();
 }
 
 /// Whether [`gemm_deep`] runs an (m, n, k) product: deep ones, with rows to cut and columns to
@@ -254,10 +283,6 @@ fn deep_tile(
     ap: &mut Vec<Line>,
 ) {
     let (m, n, k) = (c.rows, c.cols, a.cols);
-    let a_len = SUPER_ROWS.min(m).div_ceil(MR) * MR * KC.min(k);
-    if ap.len() * 16 < a_len {
-        ap.resize(a_len.div_ceil(16), Line::default());
-    }
     let mut k0 = 0;
     while k0 < k {
         let kc = (k - k0).min(KC);
@@ -266,22 +291,16 @@ fn deep_tile(
         let mut s0 = 0;
         while s0 < m {
             let rows = (m - s0).min(SUPER_ROWS);
-            // SAFETY: a `Line` is 16 f32 without padding.
-            let apf: &mut [f32] = unsafe { std::slice::from_raw_parts_mut(ap.as_mut_ptr().cast(), ap.len() * 16) };
+            let apf = lines_f32(ap, rows.div_ceil(MR) * MR * kc);
             pack_rows(apf, a, s0, rows, k0, kc);
-            let apf: &[f32] = apf;
             for p in 0..bp.panels() {
                 let (c0, w) = (p * NR, (n - p * NR).min(NR));
-                let panel = bp.panel(p);
-                let mut r = 0;
-                while r < rows {
-                    let rb = (rows - r).min(MR);
-                    // Block r / MR of the packed rows: kc × MR, element (i, kk) at kk·MR + i.
-                    let av = Mat::strided(&apf[r * kc..], rb, kc, 1, MR);
+                for q in 0..rows.div_ceil(MR) {
+                    let (r, rb) = (q * MR, (rows - q * MR).min(MR));
                     // SAFETY: rows [s0 + r, s0 + r + rb) and columns [c0, c0 + w) of this tile.
                     let cb = unsafe { c.block(s0 + r, rb, c0, w) };
-                    block_rows(rb, &cb, av, panel, w, add);
-                    r += rb;
+                    let ap = Rows { data: &apf[q * MR * kc..(q + 1) * MR * kc], rs: 0 };
+                    tile_rows(rb, cb, ap, bp.panel(p), kc, add, &[]);
                 }
             }
             s0 += rows;
@@ -314,26 +333,95 @@ fn pack_rows(out: &mut [f32], a: Mat<'_, f32>, s0: usize, rows: usize, k0: usize
     }
 }
 
-/// [`few::block`] for `rows` ≤ [`MR`] rows over one panel, nothing prefetched.
-fn block_rows(rows: usize, c: &MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, w: usize, accumulate: bool) {
+/// [`tile`] for `rows` ≤ [`MR`] rows.
+fn tile_rows(rows: usize, c: MatMut<'_, f32>, ap: Rows<'_>, b: &[f32], k: usize, accumulate: bool, next: &[f32]) {
+    assert!(c.rows == rows && c.cols <= NR && c.cs == 1, "a tile of up to 8 rows and one panel's columns");
+    let a_len = if ap.rs == 0 { k * MR } else { (rows - 1) * ap.rs + k };
+    assert!(
+        ap.data.len() >= a_len && b.len() >= k * NR && next.len().is_multiple_of(16),
+        "tile operands out of bounds"
+    );
+    assert!(b.as_ptr().addr().is_multiple_of(64), "panels start on cache lines");
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX-512F is present (the callers' `native`); the views are in bounds (checked
-    // on construction), C masked to w columns.
+    // SAFETY: AVX-512F is present (the callers' `native`); the operands are in bounds and B
+    // aligned (asserted), C's block is this call's alone (its constructor's contract).
     unsafe {
-        let none = Prefetch::NONE;
-        match rows {
-            1 => few::block::<1, 3>(c, a, b, 0, w, accumulate, none),
-            2 => few::block::<2, 3>(c, a, b, 0, w, accumulate, none),
-            3 => few::block::<3, 3>(c, a, b, 0, w, accumulate, none),
-            4 => few::block::<4, 3>(c, a, b, 0, w, accumulate, none),
-            5 => few::block::<5, 3>(c, a, b, 0, w, accumulate, none),
-            6 => few::block::<6, 3>(c, a, b, 0, w, accumulate, none),
-            7 => few::block::<7, 3>(c, a, b, 0, w, accumulate, none),
-            _ => few::block::<MR, 3>(c, a, b, 0, w, accumulate, none),
+        let (a, rs) = (ap.data, ap.rs);
+        match (rows, rs == 0) {
+            (1, true) => tile::<1, true>(c, a, rs, b, k, accumulate, next),
+            (2, true) => tile::<2, true>(c, a, rs, b, k, accumulate, next),
+            (3, true) => tile::<3, true>(c, a, rs, b, k, accumulate, next),
+            (4, true) => tile::<4, true>(c, a, rs, b, k, accumulate, next),
+            (5, true) => tile::<5, true>(c, a, rs, b, k, accumulate, next),
+            (6, true) => tile::<6, true>(c, a, rs, b, k, accumulate, next),
+            (7, true) => tile::<7, true>(c, a, rs, b, k, accumulate, next),
+            (_, true) => tile::<MR, true>(c, a, rs, b, k, accumulate, next),
+            (1, false) => tile::<1, false>(c, a, rs, b, k, accumulate, next),
+            (2, false) => tile::<2, false>(c, a, rs, b, k, accumulate, next),
+            (3, false) => tile::<3, false>(c, a, rs, b, k, accumulate, next),
+            (4, false) => tile::<4, false>(c, a, rs, b, k, accumulate, next),
+            (5, false) => tile::<5, false>(c, a, rs, b, k, accumulate, next),
+            (6, false) => tile::<6, false>(c, a, rs, b, k, accumulate, next),
+            (7, false) => tile::<7, false>(c, a, rs, b, k, accumulate, next),
+            (_, false) => tile::<MR, false>(c, a, rs, b, k, accumulate, next),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (rows, c, a, b, w, accumulate);
+    let _ = (rows, c, ap, b, k, accumulate, next);
+}
+
+/// The register block: C's M rows × its columns (≤ NR) (+)= A's M rows (`PACKED`: k × MR,
+/// element (i, kk) at kk·MR + i; else element (i, kk) at i·rs + kk) times one panel `b`
+/// (k × NR): 3·M accumulators, each one FMA chain over k in order from zero, then + C when
+/// accumulating. One line of `next` is brought toward L2 per k while lines last.
+///
+/// # Safety
+/// AVX-512F must be present; the operands as `tile_rows` asserts them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const M: usize, const PACKED: bool>(
+    c: MatMut<'_, f32>,
+    ap: &[f32],
+    rs: usize,
+    b: &[f32],
+    k: usize,
+    accumulate: bool,
+    next: &[f32],
+) {
+    use std::arch::x86_64::*;
+    let mut acc = [[_mm512_setzero_ps(); 3]; M];
+    let (a, bq, fetch) = (ap.as_ptr(), b.as_ptr(), next.as_ptr());
+    let lines = next.len() / 16;
+    for kk in 0..k {
+        // SAFETY: k rows of MR floats in `ap` and of NR (aligned) in `b`, lines of `next`
+        // (asserted by the caller).
+        unsafe {
+            if kk < lines {
+                _mm_prefetch::<_MM_HINT_T1>(fetch.add(16 * kk).cast());
+            }
+            let row = bq.add(kk * NR);
+            let bv = [_mm512_load_ps(row), _mm512_load_ps(row.add(16)), _mm512_load_ps(row.add(32))];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(if PACKED { *a.add(kk * MR + r) } else { *a.add(r * rs + kk) });
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_fmadd_ps(x, bv, *acc);
+                }
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (v, &sum) in acc.iter().enumerate() {
+            let left = c.cols.saturating_sub(16 * v).min(16);
+            let mask = ((1u32 << left) - 1) as __mmask16;
+            // SAFETY: row r of C's block from column 16v, masked to its columns.
+            unsafe {
+                let at = c.data.add(r * c.rs + 16 * v);
+                let sum = if accumulate { _mm512_add_ps(sum, _mm512_maskz_loadu_ps(mask, at)) } else { sum };
+                _mm512_mask_storeu_ps(at, mask, sum);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -351,9 +439,17 @@ mod tests {
             return; // (the crate runs these products here)
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        for (m, k, n) in
-            [(1, 1, 1), (3, 5, 47), (8, 16, 48), (9, 37, 100), (17, 64, 200), (64, 256, 1024), (13, 300, 97)]
-        {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (3, 5, 47),
+            (8, 16, 48),
+            (9, 37, 100),
+            (17, 64, 200),
+            (64, 256, 1024),
+            (13, 300, 97),
+            (1, 520, 50),
+            (12, 1030, 130),
+        ] {
             for (transposed, accumulate) in [(false, false), (true, true), (false, true), (true, false)] {
                 let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
                 let bd: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
