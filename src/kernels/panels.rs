@@ -102,8 +102,16 @@ impl Panels {
                 // SAFETY: each panel is one part's alone, and the buffer outlives the pass.
                 let out = unsafe { dst.slice(p * size, size) };
                 let (c0, w) = (p * NR, (n - p * NR).min(NR));
-                if b.cs == 1 {
-                    // Rows of b are contiguous: copy each row's NR columns.
+                if b.cs == 1 && w == NR {
+                    // Rows of b are contiguous: copy each row's NR columns (a fixed size, not a
+                    // call per row).
+                    for (kk, row) in out.chunks_exact_mut(NR).enumerate() {
+                        let at = kk * b.rs + c0;
+                        let src: &[f32; NR] =
+                            b.data[at..at + NR].try_into().unwrap_or_else(|_| unreachable!("NR floats"));
+                        row.copy_from_slice(src);
+                    }
+                } else if b.cs == 1 {
                     for (kk, row) in out.chunks_exact_mut(NR).enumerate() {
                         let src = &b.data[kk * b.rs + c0..];
                         row[..w].copy_from_slice(&src[..w]);
@@ -312,21 +320,38 @@ fn deep_tile(
 /// Rows [s0, s0 + rows) of A, columns [k0, k0 + kc), into `out` in blocks of [`MR`] rows: block
 /// q at q·MR·kc, element (i, kk) of it at kk·MR + i (zeros for the rows past `rows`).
 fn pack_rows(out: &mut [f32], a: Mat<'_, f32>, s0: usize, rows: usize, k0: usize, kc: usize) {
-    for q in 0..rows.div_ceil(MR) {
+    let mut q0 = 0;
+    if a.rs == 1 {
+        // dpreᵀ: A's rows are contiguous in each of its columns. Whole blocks column by column —
+        // one run of the column read in order, MR floats to each block — then the rest below.
+        q0 = rows / MR;
+        for kk in 0..kc {
+            let at = s0 + (k0 + kk) * a.cs;
+            let col = &a.data[at..at + q0 * MR];
+            for (q, src) in col.chunks_exact(MR).enumerate() {
+                let dst = q * MR * kc + kk * MR;
+                out[dst..dst + MR].copy_from_slice(src);
+            }
+        }
+    }
+    for q in q0..rows.div_ceil(MR) {
         let blk = &mut out[q * MR * kc..(q + 1) * MR * kc];
         let r = s0 + q * MR;
         let live = (s0 + rows - r).min(MR);
-        if a.rs == 1 {
-            // (dpreᵀ: the block's rows are contiguous in each of A's columns.)
+        if a.cs == 1 && live == MR {
+            // Rows in place: each column of the block gathers one float from each of MR rows
+            // (read along the rows, written in order).
+            let row = |i: usize| &a.data[(r + i) * a.rs + k0..(r + i) * a.rs + k0 + kc];
+            let rows: [&[f32]; MR] = std::array::from_fn(row);
             for (kk, dst) in blk.chunks_exact_mut(MR).enumerate() {
-                let at = r + (k0 + kk) * a.cs;
-                dst[..live].copy_from_slice(&a.data[at..at + live]);
-                dst[live..].fill(0.0);
+                for (d, row) in dst.iter_mut().zip(&rows) {
+                    *d = row[kk];
+                }
             }
         } else {
-            for i in 0..MR {
-                for kk in 0..kc {
-                    blk[kk * MR + i] = if i < live { a.data[(r + i) * a.rs + (k0 + kk) * a.cs] } else { 0.0 };
+            for (kk, dst) in blk.chunks_exact_mut(MR).enumerate() {
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = if i < live { a.data[(r + i) * a.rs + (k0 + kk) * a.cs] } else { 0.0 };
                 }
             }
         }
