@@ -454,6 +454,39 @@ mod tests {
     use super::*;
     use rand::{RngExt, SeedableRng};
 
+    /// A computed product C (m × n) beside the crate's and C's initial values.
+    struct Product<'a> {
+        c: &'a [f32],
+        crate_c: &'a [f32],
+        c0: &'a [f32],
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    }
+
+    /// Every element of `p.c` against the definition Σ a(r, kk)·b(kk, j) (+ C) in f64, within k
+    /// ulps of the magnitudes summed, and against the crate's within twice that.
+    fn check(p: Product<'_>, a_at: impl Fn(usize, usize) -> f32, b_at: impl Fn(usize, usize) -> f32) {
+        let Product { c, crate_c, c0, m, n, k, accumulate } = p;
+        for r in 0..m {
+            for j in 0..n {
+                let mut want = if accumulate { c0[r * n + j] as f64 } else { 0.0 };
+                let mut scale = want.abs();
+                for kk in 0..k {
+                    let p = a_at(r, kk) as f64 * b_at(kk, j) as f64;
+                    want += p;
+                    scale += p.abs();
+                }
+                let got = c[r * n + j] as f64;
+                let tol = (k + 2) as f64 * f32::EPSILON as f64 * scale;
+                assert!((got - want).abs() <= tol, "m={m} n={n} k={k} ({r},{j}): {got} vs {want}");
+                let other = crate_c[r * n + j] as f64;
+                assert!((got - other).abs() <= 2.0 * tol, "m={m} n={n} k={k}: crate {other}, ours {got}");
+            }
+        }
+    }
+
     /// Odd and training shapes, B given plain and transposed, with and without accumulation:
     /// against the definition (in f64: k ulps of the magnitudes), the GEMM crate (to rounding),
     /// the few-row kernel (the same bits: one FMA chain per element), and bit for bit the same
@@ -489,22 +522,8 @@ mod tests {
                 gemm(MatMut::rows(&mut c, m, n), av, &packed, accumulate, 1);
                 let mut crate_c = c0.clone();
                 super::super::crate_gemm(MatMut::rows(&mut crate_c, m, n), av, bv, accumulate);
-                for r in 0..m {
-                    for j in 0..n {
-                        let mut want = if accumulate { c0[r * n + j] as f64 } else { 0.0 };
-                        let mut scale = want.abs();
-                        for kk in 0..k {
-                            let p = a[r * k + kk] as f64 * at(kk, j) as f64;
-                            want += p;
-                            scale += p.abs();
-                        }
-                        let got = c[r * n + j] as f64;
-                        let tol = (k + 2) as f64 * f32::EPSILON as f64 * scale;
-                        assert!((got - want).abs() <= tol, "m={m} k={k} n={n} ({r},{j}): {got} vs {want}");
-                        let other = crate_c[r * n + j] as f64;
-                        assert!((got - other).abs() <= 2.0 * tol, "m={m} k={k} n={n}: crate {other}, panels {got}");
-                    }
-                }
+                let a_at = |r: usize, kk: usize| a[r * k + kk];
+                check(Product { c: &c, crate_c: &crate_c, c0: &c0, m, n, k, accumulate }, a_at, at);
                 if m <= few::MAX_ROWS && !transposed {
                     let mut f = c0.clone();
                     few::gemm(MatMut::rows(&mut f, m, n), av, bv, accumulate);
@@ -552,22 +571,8 @@ mod tests {
             gemm_deep(MatMut::rows(&mut c, m, n), av, bv, accumulate, 1);
             let mut crate_c = c0.clone();
             super::super::crate_gemm(MatMut::rows(&mut crate_c, m, n), av, bv, accumulate);
-            for r in 0..m {
-                for j in 0..n {
-                    let mut want = if accumulate { c0[r * n + j] as f64 } else { 0.0 };
-                    let mut scale = want.abs();
-                    for kk in 0..k {
-                        let p = a_at(r, kk) as f64 * bd[kk * n + j] as f64;
-                        want += p;
-                        scale += p.abs();
-                    }
-                    let got = c[r * n + j] as f64;
-                    let tol = (k + 2) as f64 * f32::EPSILON as f64 * scale;
-                    assert!((got - want).abs() <= tol, "m={m} n={n} k={k} ({r},{j}): {got} vs {want}");
-                    let other = crate_c[r * n + j] as f64;
-                    assert!((got - other).abs() <= 2.0 * tol, "m={m} n={n} k={k}: crate {other}, deep {got}");
-                }
-            }
+            let b_at = |kk: usize, j: usize| bd[kk * n + j];
+            check(Product { c: &c, crate_c: &crate_c, c0: &c0, m, n, k, accumulate }, a_at, b_at);
             for threads in [2, 3, 5] {
                 let mut t = c0.clone();
                 gemm_deep(MatMut::rows(&mut t, m, n), av, bv, accumulate, threads);
