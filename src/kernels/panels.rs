@@ -20,9 +20,6 @@ use std::cell::RefCell;
 const NR: usize = 48;
 /// Rows per register block (8 × 3 accumulators of 16 lanes: 24 of the 32 registers).
 const MR: usize = 8;
-/// Panels per tile of a product cut for threads, at least (a tile's first panel comes from L3
-/// unprefetched).
-const MIN_TILE_PANELS: usize = 2;
 /// Tiles of one product, at most.
 const MAX_TILES: usize = 16;
 
@@ -139,12 +136,30 @@ thread_local! {
     /// Each thread's packed rows of A for [`gemm`] (it grows to the largest product the thread
     /// has run and is reused).
     static ROWS: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's partial chains of one panel's rows between chunks of k ([`panel`]).
+    static PARTIAL: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Rows of k per chunk of a per-step product's panel ([`panel`]): 128 × 48 floats (24 KB) stay
+/// in L1 while every row block runs over them.
+const STEP_KC: usize = 128;
+/// Depth from which a per-step product's panels run in chunks of [`STEP_KC`]: a deeper panel
+/// (≥ 384 KB) comes from L3 again for every row block (one thread, 64 × 4096 × 1024: 82 →
+/// 96 GFLOP/s in chunks); shallower ones measured the same either way.
+const STEP_CHUNKS_FROM: usize = 2048;
+
+/// Where a register block's chains start and end: from zero or the partial sums of an earlier
+/// chunk, into C (+ C when accumulating) or into the partial sums for the next chunk.
+#[derive(Clone, Copy, Default)]
+struct Chain {
+    from_partial: bool,
+    to_partial: bool,
 }
 
 /// C (m × n) (+)= A (m × k) · B, B packed, on up to `threads` threads: A's rows (if long)
-/// packed once by the calling thread, the panels cut into tiles by the product's size alone
-/// (each tile's panels in turn, every row block of a panel while it is hot), each tile bringing
-/// its next panel toward L2 while one runs.
+/// packed once, a share by each tile; the (panel, row block) units cut into equal runs, one
+/// tile per core or thread (each tile's panels in turn, its row blocks of a panel while it is
+/// hot), each tile bringing its next panel toward L2 while one runs.
 ///
 /// # Panics
 /// If the shapes disagree, C has a non-unit column stride, or the CPU lacks AVX-512F (internal
@@ -157,29 +172,61 @@ pub fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: &Panels, accumulate: bool, t
     if m == 0 || panels == 0 {
         return;
     }
-    let tiles = (m * b.n * k / TILE_WORK).clamp(1, MAX_TILES).min(panels / MIN_TILE_PANELS).max(1);
+    // The work in units of one row block × one panel, in panel order; a tile is an equal run of
+    // them (a panel is cut between two tiles at a row block), one tile per core (the schedule
+    // model's parts) or thread where the product pays for its hand-off. Equal runs keep threads
+    // even whatever the panel count (11 panels in 5 tiles left one of two threads 7 panels, the
+    // other 4), and each panel stays with one or two tiles, so with one tile per core its share
+    // of W_hh stays in that core's cache from step to step.
+    let blocks = m.div_ceil(MR);
+    let units = panels * blocks;
+    let cap = threads.max(super::machine::plan_cores()).min(MAX_TILES);
+    let tiles = (m * b.n * k / TILE_WORK).clamp(1, cap).min(units);
+    // Long rows are packed (rows 4 KB apart share L1 sets, and one pointer walks a packed block),
+    // each tile packing its share of the row blocks before any tile reads them; short ones are
+    // read in place, where packing costs more than it saves.
+    let pack = a.cs != 1 || k >= PACK_K;
     let c = SharedMat(c);
     ROWS.with(|rows| {
         let mut lines = rows.borrow_mut();
-        // Long rows are packed (rows 4 KB apart share L1 sets, and one pointer walks a packed
-        // block); short ones are read in place, where packing costs more than it saves.
-        let ap = if a.cs != 1 || k >= PACK_K {
-            let ap = lines_f32(&mut lines, m.div_ceil(MR) * MR * k);
-            pack_rows(ap, a, 0, m, 0, k);
-            Rows { data: ap, rs: 0 }
-        } else {
-            Rows { data: a.data, rs: a.rs }
-        };
-        team::for_each(threads, tiles, |tile| {
-            let (p0, p1) = super::parts::range(panels, tiles, 1, tile);
-            for p in p0..p1 {
-                let (c0, w) = (p * NR, (b.n - p * NR).min(NR));
-                // SAFETY: tiles own disjoint panels, so disjoint column blocks of C.
-                let ct = unsafe { c.block(0, m, c0, w) };
-                let next = if p + 1 < p1 { b.panel(p + 1) } else { &[] };
-                panel(ct, ap, b.panel(p), k, accumulate, next);
-            }
-        });
+        let ap =
+            if pack { team::Shared::of(lines_f32(&mut lines, blocks * MR * k)) } else { team::Shared::of(&mut []) };
+        let phases = if pack { 2 } else { 1 };
+        team::run(
+            threads,
+            tiles,
+            phases,
+            |phase| phase == 1,
+            |tile, phase| {
+                if phase + 1 < phases {
+                    let (q0, q1) = super::parts::range(blocks, tiles, 1, tile);
+                    // SAFETY: the tiles pack disjoint row blocks of the buffer; the product phase
+                    // reads it only after every tile has packed (a meeting).
+                    let out = unsafe { ap.slice(q0 * MR * k, (q1 - q0) * MR * k) };
+                    pack_rows(out, a, q0 * MR, (q1 * MR).min(m) - q0 * MR, 0, k);
+                    return;
+                }
+                // SAFETY: every tile has packed its blocks (above), and none writes them now.
+                let rows = if pack {
+                    Rows { data: unsafe { ap.read(0, ap.len()) }, rs: 0 }
+                } else {
+                    Rows { data: a.data, rs: a.rs }
+                };
+                let (u0, u1) = super::parts::range(units, tiles, 1, tile);
+                let mut u = u0;
+                while u < u1 {
+                    let (p, q0) = (u / blocks, u % blocks);
+                    let q1 = (u1 - p * blocks).min(blocks);
+                    let (c0, w) = (p * NR, (b.n - p * NR).min(NR));
+                    let (r0, r1) = (q0 * MR, (q1 * MR).min(m));
+                    // SAFETY: tiles own disjoint runs of units: disjoint blocks of C.
+                    let ct = unsafe { c.block(r0, r1 - r0, c0, w) };
+                    let next = if (p + 1) * blocks < u1 { b.panel(p + 1) } else { &[] };
+                    panel(ct, rows, q0, b.panel(p), k, accumulate, next);
+                    u = p * blocks + q1;
+                }
+            },
+        );
     });
 }
 
@@ -210,23 +257,43 @@ impl<'a> Rows<'a> {
         let at = if self.rs == 0 { q * MR * k } else { q * MR * self.rs };
         Rows { data: &self.data[at..], rs: self.rs }
     }
+
+    /// A block's rows from column k0 on.
+    fn skip(self, k0: usize) -> Rows<'a> {
+        let at = if self.rs == 0 { k0 * MR } else { k0 };
+        Rows { data: &self.data[at..], rs: self.rs }
+    }
 }
 
-/// All rows of C's columns [c0, c0 + w) (the view `c`, w ≤ NR) from one panel (k × NR); the row
-/// blocks share out the prefetch of `next` (a panel, or empty).
-fn panel(c: MatMut<'_, f32>, ap: Rows<'_>, b: &[f32], k: usize, accumulate: bool, next: &[f32]) {
+/// Rows of C's columns [c0, c0 + w) (the view `c`, w ≤ NR: rows from row block `q0` on) from
+/// one panel (k × NR), in chunks of [`STEP_KC`] of k: each chunk of the panel stays in L1 while
+/// every row block runs over it, each block's chain carried from chunk to chunk in `PARTIAL`
+/// (exact f32: the same chain as one run over all of k). The calls share out the prefetch of
+/// `next` (a panel, or empty).
+fn panel(c: MatMut<'_, f32>, ap: Rows<'_>, q0: usize, b: &[f32], k: usize, accumulate: bool, next: &[f32]) {
     let m = c.rows;
     let blocks = m.div_ceil(MR);
+    let chunks = if k >= STEP_CHUNKS_FROM { k.div_ceil(STEP_KC) } else { 1 };
     let lines = next.len() / 16;
-    let per_block = lines.div_ceil(blocks);
-    for q in 0..blocks {
-        let (r0, rows) = (q * MR, (m - q * MR).min(MR));
-        let first = (q * per_block).min(lines);
-        let fetch = &next[16 * first..16 * (first + per_block.min(lines - first))];
-        // SAFETY: rows [r0, r0 + rows) of this call's block of C.
-        let cb = unsafe { c.block(r0, rows, 0, c.cols) };
-        tile_rows(rows, cb, ap.block(q, k), b, k, accumulate, fetch);
-    }
+    let per_call = lines.div_ceil(blocks * chunks);
+    PARTIAL.with(|partial| {
+        let mut partial = partial.borrow_mut();
+        let carry = if chunks > 1 { lines_f32(&mut partial, blocks * MR * NR) } else { &mut [][..] };
+        for chunk in 0..chunks {
+            let (k0, kc) = if chunks == 1 { (0, k) } else { (chunk * STEP_KC, (k - chunk * STEP_KC).min(STEP_KC)) };
+            for q in 0..blocks {
+                let (r0, rows) = (q * MR, (m - q * MR).min(MR));
+                let first = ((chunk * blocks + q) * per_call).min(lines);
+                let fetch = &next[16 * first..16 * (first + per_call.min(lines - first))];
+                // SAFETY: rows [r0, r0 + rows) of this call's block of C.
+                let cb = unsafe { c.block(r0, rows, 0, c.cols) };
+                let at = ap.block(q0 + q, k).skip(k0);
+                let part = if carry.is_empty() { &mut [][..] } else { &mut carry[r0 * NR..(r0 + MR) * NR] };
+                let chain = Chain { from_partial: chunk > 0, to_partial: chunk + 1 < chunks };
+                tile_rows(rows, cb, at, &b[k0 * NR..], kc, accumulate, fetch, (chain, part));
+            }
+        }
+    });
 }
 
 /// Rows of k per chunk of a deep product ([`gemm_deep`]): a chunk's panels (k × 48) stay in
@@ -308,7 +375,7 @@ fn deep_tile(
                     // SAFETY: rows [s0 + r, s0 + r + rb) and columns [c0, c0 + w) of this tile.
                     let cb = unsafe { c.block(s0 + r, rb, c0, w) };
                     let ap = Rows { data: &apf[q * MR * kc..(q + 1) * MR * kc], rs: 0 };
-                    tile_rows(rb, cb, ap, bp.panel(p), kc, add, &[]);
+                    tile_rows(rb, cb, ap, bp.panel(p), kc, add, &[], (Chain::default(), &mut []));
                 }
             }
             s0 += rows;
@@ -359,7 +426,17 @@ fn pack_rows(out: &mut [f32], a: Mat<'_, f32>, s0: usize, rows: usize, k0: usize
 }
 
 /// [`tile`] for `rows` ≤ [`MR`] rows.
-fn tile_rows(rows: usize, c: MatMut<'_, f32>, ap: Rows<'_>, b: &[f32], k: usize, accumulate: bool, next: &[f32]) {
+#[allow(clippy::too_many_arguments)]
+fn tile_rows(
+    rows: usize,
+    c: MatMut<'_, f32>,
+    ap: Rows<'_>,
+    b: &[f32],
+    k: usize,
+    accumulate: bool,
+    next: &[f32],
+    (chain, partial): (Chain, &mut [f32]),
+) {
     assert!(c.rows == rows && c.cols <= NR && c.cs == 1, "a tile of up to 8 rows and one panel's columns");
     let a_len = if ap.rs == 0 { k * MR } else { (rows - 1) * ap.rs + k };
     assert!(
@@ -367,32 +444,37 @@ fn tile_rows(rows: usize, c: MatMut<'_, f32>, ap: Rows<'_>, b: &[f32], k: usize,
         "tile operands out of bounds"
     );
     assert!(b.as_ptr().addr().is_multiple_of(64), "panels start on cache lines");
+    assert!(
+        !(chain.from_partial || chain.to_partial)
+            || (partial.len() >= MR * NR && partial.as_ptr().addr().is_multiple_of(64)),
+        "partial sums of a block: MR aligned rows of NR"
+    );
     #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F is present (the callers' `native`); the operands are in bounds and B
     // aligned (asserted), C's block is this call's alone (its constructor's contract).
     unsafe {
         let (a, rs) = (ap.data, ap.rs);
         match (rows, rs == 0) {
-            (1, true) => tile::<1, true>(c, a, rs, b, k, accumulate, next),
-            (2, true) => tile::<2, true>(c, a, rs, b, k, accumulate, next),
-            (3, true) => tile::<3, true>(c, a, rs, b, k, accumulate, next),
-            (4, true) => tile::<4, true>(c, a, rs, b, k, accumulate, next),
-            (5, true) => tile::<5, true>(c, a, rs, b, k, accumulate, next),
-            (6, true) => tile::<6, true>(c, a, rs, b, k, accumulate, next),
-            (7, true) => tile::<7, true>(c, a, rs, b, k, accumulate, next),
-            (_, true) => tile::<MR, true>(c, a, rs, b, k, accumulate, next),
-            (1, false) => tile::<1, false>(c, a, rs, b, k, accumulate, next),
-            (2, false) => tile::<2, false>(c, a, rs, b, k, accumulate, next),
-            (3, false) => tile::<3, false>(c, a, rs, b, k, accumulate, next),
-            (4, false) => tile::<4, false>(c, a, rs, b, k, accumulate, next),
-            (5, false) => tile::<5, false>(c, a, rs, b, k, accumulate, next),
-            (6, false) => tile::<6, false>(c, a, rs, b, k, accumulate, next),
-            (7, false) => tile::<7, false>(c, a, rs, b, k, accumulate, next),
-            (_, false) => tile::<MR, false>(c, a, rs, b, k, accumulate, next),
+            (1, true) => tile::<1, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (2, true) => tile::<2, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (3, true) => tile::<3, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (4, true) => tile::<4, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (5, true) => tile::<5, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (6, true) => tile::<6, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (7, true) => tile::<7, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (_, true) => tile::<MR, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (1, false) => tile::<1, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (2, false) => tile::<2, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (3, false) => tile::<3, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (4, false) => tile::<4, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (5, false) => tile::<5, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (6, false) => tile::<6, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (7, false) => tile::<7, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+            (_, false) => tile::<MR, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (rows, c, ap, b, k, accumulate, next);
+    let _ = (rows, c, ap, b, k, accumulate, next, chain, partial.as_mut_ptr());
 }
 
 /// The register block: C's M rows × its columns (≤ NR) (+)= A's M rows (`PACKED`: k × MR,
@@ -413,9 +495,19 @@ unsafe fn tile<const M: usize, const PACKED: bool>(
     k: usize,
     accumulate: bool,
     next: &[f32],
+    chain: Chain,
+    partial: *mut f32,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 3]; M];
+    if chain.from_partial {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            for (v, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: MR aligned rows of NR partial sums (asserted by the caller).
+                *acc = unsafe { _mm512_load_ps(partial.add(r * NR + 16 * v)) };
+            }
+        }
+    }
     let (a, bq, fetch) = (ap.as_ptr(), b.as_ptr(), next.as_ptr());
     let lines = next.len() / 16;
     for kk in 0..k {
@@ -434,6 +526,15 @@ unsafe fn tile<const M: usize, const PACKED: bool>(
                 }
             }
         }
+    }
+    if chain.to_partial {
+        for (r, acc) in acc.iter().enumerate() {
+            for (v, &sum) in acc.iter().enumerate() {
+                // SAFETY: as above.
+                unsafe { _mm512_store_ps(partial.add(r * NR + 16 * v), sum) };
+            }
+        }
+        return;
     }
     for (r, acc) in acc.iter().enumerate() {
         for (v, &sum) in acc.iter().enumerate() {
@@ -507,6 +608,12 @@ mod tests {
             (13, 300, 97),
             (1, 520, 50),
             (12, 1030, 130),
+            // (Packed rows in tiles that cut panels between row blocks: 4 tiles on 4 threads.)
+            (70, 700, 500),
+            // (Panels in chunks of k, the last one short: the chains carried between chunks are
+            // the few-row kernel's, bit for bit.)
+            (5, 2100, 60),
+            (21, 2100, 100),
         ] {
             for (transposed, accumulate) in [(false, false), (true, true), (false, true), (true, false)] {
                 let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();

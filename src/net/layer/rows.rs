@@ -19,7 +19,9 @@ pub(super) struct FwdRows<'a, F> {
 /// The recurrent GEMM (tiled on up to `threads` threads) and the cell's fused step for some rows
 /// of one step, up to the last row still running (see `live_rows`); then the rows whose sequence
 /// ended before step t keep their state, h_t = h_{t−1} (and c), so padding never touches the
-/// state and the last state is each sequence's own.
+/// state and the last state is each sequence's own. With more than one thread the cell's step
+/// runs in blocks of rows too ([`cell_blocks`]): each row's step is the same whichever block
+/// holds it.
 pub(super) fn forward_rows<F: Float>(
     cell: CellKind,
     h: usize,
@@ -32,36 +34,130 @@ pub(super) fn forward_rows<F: Float>(
     let gh = b_hh.len();
     let r = live_rows(ended.lengths, ended.t, ended.r0, s.h.len() / h);
     if r > 0 {
-        let (n, g) = (r * h, &mut s.g[..r * gh]);
-        let h_prev = &s.h_prev[..n];
+        let h_prev = &s.h_prev[..r * h];
         // The recurrent product joins the gates' pre-activations, or (GRU) is kept apart with b_hh.
-        let hp: &[F] = if cell.recurrent_apart() {
+        if cell.recurrent_apart() {
             let hproj = &mut s.hproj[..r * gh];
             kernels::fill_rows(hproj, b_hh);
             kernels::gemm_op(MatMut::rows(hproj, r, gh), Mat::rows(h_prev, r, h), w_hh_t, true, threads);
-            hproj
         } else {
+            let g = &mut s.g[..r * gh];
             kernels::gemm_op(MatMut::rows(g, r, gh), Mat::rows(h_prev, r, h), w_hh_t, true, threads);
-            &[]
-        };
-        let (c_prev, c, h_new) = (head(s.c_prev, n), head_mut(s.c, n), &mut s.h[..n]);
-        let aux = head_mut(s.aux, n);
-        let step = Step { g: [g, &mut [], &mut [], &mut []], hp: [hp, &[], &[]], h_prev, c_prev, c, aux, h: h_new };
-        cell.forward_rows(h, step);
-        // Zoneout (net/zoneout.rs): h_t = (1 − m) ⊙ h̃_t + m ⊙ h_{t−1}; the RNN keeps h̃_t for
-        // its backward step.
-        if !s.zh.is_empty() {
-            if !cell.has_aux() {
-                s.aux[..n].copy_from_slice(&s.h[..n]);
-            }
-            zoneout::blend(&mut s.h[..n], h_prev, &s.zh[..n]);
         }
-        if !s.zc.is_empty() {
-            zoneout::blend(&mut s.c[..n], &s.c_prev[..n], &s.zc[..n]);
+        let live = s.head(r, h, gh);
+        let blocks = cell_blocks(r, threads);
+        if blocks == 1 {
+            forward_cell(cell, h, live);
+        } else {
+            let mut parts: [Option<FwdRows<'_, F>>; MAX_CELL_BLOCKS] = Default::default();
+            let mut rest = live;
+            for (k, part) in parts.iter_mut().enumerate().take(blocks) {
+                let (r0, r1) = parts::range(r, blocks, 1, k);
+                let (block, after) = rest.split(r1 - r0, h, gh);
+                *part = Some(block);
+                rest = after;
+            }
+            team::for_each_mut(threads, &mut parts[..blocks], |_, part| {
+                if let Some(block) = part.take() {
+                    forward_cell(cell, h, block);
+                }
+            });
         }
     }
     ended.copy_rows(h, s.h_prev, s.h);
     ended.copy_rows(h, s.c_prev, s.c);
+}
+
+/// The most blocks of rows one step's cell runs in.
+const MAX_CELL_BLOCKS: usize = 16;
+/// Rows per block of a cell's step, at least: a block's step must outweigh its hand-off.
+const CELL_ROWS: usize = 8;
+
+/// Blocks of rows for the cell's step of `r` rows on `threads` threads (1: the caller alone).
+/// Each row's step does the same arithmetic in any block, so the count never changes a result.
+fn cell_blocks(r: usize, threads: usize) -> usize {
+    (r / CELL_ROWS).clamp(1, threads.clamp(1, MAX_CELL_BLOCKS))
+}
+
+/// The cell's fused step for every row of `s` (after the recurrent product), then zoneout.
+fn forward_cell<F: Float>(cell: CellKind, h: usize, s: FwdRows<'_, F>) {
+    let n = s.h.len();
+    let hp: &[F] = if cell.recurrent_apart() { s.hproj } else { &[] };
+    let step = Step {
+        g: [&mut *s.g, &mut [], &mut [], &mut []],
+        hp: [hp, &[], &[]],
+        h_prev: s.h_prev,
+        c_prev: s.c_prev,
+        c: &mut *s.c,
+        aux: &mut *s.aux,
+        h: &mut *s.h,
+    };
+    cell.forward_rows(h, step);
+    // Zoneout (net/zoneout.rs): h_t = (1 − m) ⊙ h̃_t + m ⊙ h_{t−1}; the RNN keeps h̃_t for
+    // its backward step.
+    if !s.zh.is_empty() {
+        if !cell.has_aux() {
+            s.aux[..n].copy_from_slice(&s.h[..n]);
+        }
+        zoneout::blend(&mut s.h[..n], s.h_prev, &s.zh[..n]);
+    }
+    if !s.zc.is_empty() {
+        zoneout::blend(&mut s.c[..n], s.c_prev, &s.zc[..n]);
+    }
+}
+
+impl<'a, F> FwdRows<'a, F> {
+    /// The first `r` rows (of widths H and G·H), reborrowed; unused (empty) buffers stay empty.
+    fn head(&mut self, r: usize, h: usize, gh: usize) -> FwdRows<'_, F> {
+        FwdRows {
+            g: head_mut(self.g, r * gh),
+            h_prev: head(self.h_prev, r * h),
+            h: head_mut(self.h, r * h),
+            c_prev: head(self.c_prev, r * h),
+            c: head_mut(self.c, r * h),
+            aux: head_mut(self.aux, r * h),
+            hproj: head_mut(self.hproj, r * gh),
+            zh: head(self.zh, r * h),
+            zc: head(self.zc, r * h),
+        }
+    }
+
+    /// The first `r` rows and the rest.
+    fn split(self, r: usize, h: usize, gh: usize) -> (Self, Self) {
+        let (g, g2) = cut_mut(self.g, r * gh);
+        let (h_prev, h_prev2) = cut(self.h_prev, r * h);
+        let (hn, hn2) = cut_mut(self.h, r * h);
+        let (c_prev, c_prev2) = cut(self.c_prev, r * h);
+        let (c, c2) = cut_mut(self.c, r * h);
+        let (aux, aux2) = cut_mut(self.aux, r * h);
+        let (hproj, hproj2) = cut_mut(self.hproj, r * gh);
+        let (zh, zh2) = cut(self.zh, r * h);
+        let (zc, zc2) = cut(self.zc, r * h);
+        (
+            FwdRows { g, h_prev, h: hn, c_prev, c, aux, hproj, zh, zc },
+            FwdRows {
+                g: g2,
+                h_prev: h_prev2,
+                h: hn2,
+                c_prev: c_prev2,
+                c: c2,
+                aux: aux2,
+                hproj: hproj2,
+                zh: zh2,
+                zc: zc2,
+            },
+        )
+    }
+}
+
+/// `v` cut after `n` elements (an unused, empty buffer: two empty halves).
+fn cut<F>(v: &[F], n: usize) -> (&[F], &[F]) {
+    if v.is_empty() { (v, v) } else { v.split_at(n) }
+}
+
+/// [`cut`], mutable.
+fn cut_mut<F>(v: &mut [F], n: usize) -> (&mut [F], &mut [F]) {
+    if v.is_empty() { (v, &mut []) } else { v.split_at_mut(n) }
 }
 
 /// Step `t` (`bh` values) of a (T, B, H) buffer; empty if the cell does not use the buffer.
@@ -155,16 +251,55 @@ impl Ended<'_> {
 /// rows after it are not touched at all: no product reads their dpre, and dh_t at a padded
 /// position carries no gradient, so dh_next and dc already hold dh_{t−1} and dc_{t−1}. Under
 /// zoneout the cell's step gets (1 − m) ⊙ dh_t (and (1 − k) ⊙ dc_t), and
-/// m ⊙ dh_t (k ⊙ dc_t) joins dL/dh_{t−1} (dL/dc_{t−1}) past it.
+/// m ⊙ dh_t (k ⊙ dc_t) joins dL/dh_{t−1} (dL/dc_{t−1}) past it. With more than one thread the
+/// cell's step runs in blocks of rows ([`cell_blocks`]), as forward.
 pub(super) fn backward_rows<F: Float>(
     cell: CellKind,
     h: usize,
     gh: usize,
     w_hh: Operand<'_, F>,
-    s: BwdRows<'_, F>,
+    mut s: BwdRows<'_, F>,
     threads: usize,
     ended: Ended<'_>,
 ) {
+    let r = s.dh.len() / h;
+    let blocks = cell_blocks(r, threads);
+    if blocks == 1 {
+        backward_cell(cell, h, gh, s.view(), ended);
+    } else {
+        let mut parts: [Option<(BwdRows<'_, F>, Ended<'_>)>; MAX_CELL_BLOCKS] = Default::default();
+        let mut rest = s.view();
+        for (k, part) in parts.iter_mut().enumerate().take(blocks) {
+            let (r0, r1) = parts::range(r, blocks, 1, k);
+            let (block, after) = rest.split(r1 - r0, h, gh);
+            *part = Some((block, Ended { r0: ended.r0 + r0, ..ended }));
+            rest = after;
+        }
+        team::for_each_mut(threads, &mut parts[..blocks], |_, part| {
+            if let Some((block, ended)) = part.take() {
+                backward_cell(cell, h, gh, block, ended);
+            }
+        });
+    }
+    let (dpre, gru) = if cell.recurrent_apart() { (&*s.dgh, true) } else { (&*s.g, false) };
+    let live = live_rows(ended.lengths, ended.t, ended.r0, r);
+    if live > 0 {
+        let (dh_next, dpre) = (&mut s.dh_next[..live * h], &dpre[..live * gh]);
+        kernels::gemm_op(MatMut::rows(dh_next, live, h), Mat::rows(dpre, live, gh), w_hh, gru, threads);
+    }
+    if !s.zh.is_empty() {
+        for run in ended.running(r) {
+            let hr = run.start * h..run.end * h;
+            zoneout::past_cell(&mut s.dh_next[hr.clone()], &s.dh[hr.clone()], &s.zh[hr]);
+        }
+    }
+    let batch_live = ended.batch_live(r);
+    ended.copy_rows(h, &s.dh[..batch_live * h], &mut s.dh_next[..batch_live * h]);
+}
+
+/// The cell's backward step for the rows of `s` (before the recurrent product): dpre (and the
+/// GRU's dh_{t−1} term, dc_{t−1}) from dh_t; an ended row's dpre is zeroed instead.
+fn backward_cell<F: Float>(cell: CellKind, h: usize, gh: usize, s: BwdRows<'_, F>, ended: Ended<'_>) {
     let r = s.dh.len() / h;
     let batch_live = ended.batch_live(r);
     ended.zero_rows(gh, head_mut(s.g, batch_live * gh));
@@ -206,17 +341,60 @@ pub(super) fn backward_rows<F: Float>(
             kernels::add_into(&mut s.dc[hr.clone()], &s.zdc[hr]);
         }
     }
-    let (dpre, gru) = if cell.recurrent_apart() { (&*s.dgh, true) } else { (&*s.g, false) };
-    let live = live_rows(ended.lengths, ended.t, ended.r0, r);
-    if live > 0 {
-        let (dh_next, dpre) = (&mut s.dh_next[..live * h], &dpre[..live * gh]);
-        kernels::gemm_op(MatMut::rows(dh_next, live, h), Mat::rows(dpre, live, gh), w_hh, gru, threads);
-    }
-    if zoned_h {
-        for run in ended.running(r) {
-            let hr = rows(run.start, run.end, h);
-            zoneout::past_cell(&mut s.dh_next[hr.clone()], &s.dh[hr.clone()], &s.zh[hr]);
+}
+
+impl<F> BwdRows<'_, F> {
+    /// All rows, reborrowed.
+    fn view(&mut self) -> BwdRows<'_, F> {
+        BwdRows {
+            dh: self.dh,
+            g: &mut *self.g,
+            dgh: &mut *self.dgh,
+            h_prev: self.h_prev,
+            h: self.h,
+            c_prev: self.c_prev,
+            aux: self.aux,
+            dc: &mut *self.dc,
+            dh_next: &mut *self.dh_next,
+            zh: self.zh,
+            zc: self.zc,
+            zdh: &mut *self.zdh,
+            zdc: &mut *self.zdc,
         }
     }
-    ended.copy_rows(h, &s.dh[..batch_live * h], &mut s.dh_next[..batch_live * h]);
+
+    /// The first `r` rows (of widths H and G·H) and the rest; unused (empty) buffers stay empty.
+    fn split(self, r: usize, h: usize, gh: usize) -> (Self, Self) {
+        let (dh, dh2) = cut(self.dh, r * h);
+        let (g, g2) = cut_mut(self.g, r * gh);
+        let (dgh, dgh2) = cut_mut(self.dgh, r * gh);
+        let (h_prev, h_prev2) = cut(self.h_prev, r * h);
+        let (hn, hn2) = cut(self.h, r * h);
+        let (c_prev, c_prev2) = cut(self.c_prev, r * h);
+        let (aux, aux2) = cut(self.aux, r * h);
+        let (dc, dc2) = cut_mut(self.dc, r * h);
+        let (dh_next, dh_next2) = cut_mut(self.dh_next, r * h);
+        let (zh, zh2) = cut(self.zh, r * h);
+        let (zc, zc2) = cut(self.zc, r * h);
+        let (zdh, zdh2) = cut_mut(self.zdh, r * h);
+        let (zdc, zdc2) = cut_mut(self.zdc, r * h);
+        (
+            BwdRows { dh, g, dgh, h_prev, h: hn, c_prev, aux, dc, dh_next, zh, zc, zdh, zdc },
+            BwdRows {
+                dh: dh2,
+                g: g2,
+                dgh: dgh2,
+                h_prev: h_prev2,
+                h: hn2,
+                c_prev: c_prev2,
+                aux: aux2,
+                dc: dc2,
+                dh_next: dh_next2,
+                zh: zh2,
+                zc: zc2,
+                zdh: zdh2,
+                zdc: zdc2,
+            },
+        )
+    }
 }
