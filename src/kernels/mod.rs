@@ -641,6 +641,44 @@ pub fn add_col_sums_twice<F: Float>(out: &mut [F], also: &mut [F], m: &[F], rows
     }
 }
 
+/// [`add_col_sums_twice`] with the columns cut into blocks shared by up to `threads` threads:
+/// each column's sum runs over the rows in order in whichever block holds it, so the bits are
+/// those of one call.
+pub(crate) fn add_col_sums_twice_on<F: Float>(
+    out: &mut [F],
+    also: &mut [F],
+    m: &[F],
+    rows: usize,
+    rs: usize,
+    threads: usize,
+) {
+    let n = out.len();
+    let blocks = col_blocks(rows, n, threads);
+    if blocks == 1 {
+        return add_col_sums_twice(out, also, m, rows, rs);
+    }
+    assert!(also.len() == n, "two outputs of one width");
+    let (out, also) = (team::Shared::of(out), team::Shared::of(also));
+    team::for_each(threads, blocks, |q| {
+        let (c0, c1) = parts::range(n, blocks, 16, q);
+        // SAFETY: the blocks are disjoint column ranges of both outputs.
+        let (o, a) = unsafe { (out.slice(c0, c1 - c0), also.slice(c0, c1 - c0)) };
+        add_col_sums_twice(o, a, &m[c0..], rows, rs);
+    });
+}
+
+/// Blocks of columns for a pass over `rows` rows of `n` columns on `threads` threads (1: the
+/// caller alone): a block keeps at least [`COL_BLOCK`] columns, and a pass under
+/// [`COL_WORK`] elements stays whole.
+pub(crate) fn col_blocks(rows: usize, n: usize, threads: usize) -> usize {
+    if rows * n < COL_WORK { 1 } else { (n / COL_BLOCK).clamp(1, threads.clamp(1, team::MAX_PARTS)) }
+}
+
+/// Columns per block of a column-blocked pass, at least (whole cache lines of each row).
+const COL_BLOCK: usize = 64;
+/// Elements from which a column-blocked pass pays for its hand-off.
+const COL_WORK: usize = 1 << 16;
+
 /// `a[i] += b[i]`.
 #[inline]
 pub fn add_into<F: Float>(a: &mut [F], b: &[F]) {

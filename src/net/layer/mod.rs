@@ -658,7 +658,7 @@ fn products<F: Float>(
     if !norm && std::ptr::eq(dpre_h, r.dpre_x) {
         // (b_ih's gradient comes before b_hh's in the slab.)
         let (lo, hi) = grads.split_at_mut(lp.b_hh);
-        kernels::add_col_sums_twice(&mut lo[lp.b_ih..lp.b_ih + gh], &mut hi[..gh], r.dpre_x, m, gh);
+        kernels::add_col_sums_twice_on(&mut lo[lp.b_ih..lp.b_ih + gh], &mut hi[..gh], r.dpre_x, m, gh, threads);
     } else if !norm {
         kernels::add_col_sums(&mut grads[lp.b_ih..lp.b_ih + gh], r.dpre_x, m, gh);
         kernels::add_col_sums(&mut grads[lp.b_hh..lp.b_hh + gh], dpre_h, m, gh);
