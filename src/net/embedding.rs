@@ -3,7 +3,7 @@
 //! (V, G·H) table — forward above backward.
 
 use crate::float::Float;
-use crate::kernels::{self, Mat, MatMut, parts, team};
+use crate::kernels::{self, Mat, MatMut};
 use crate::net::layer::{self, Dims};
 use crate::net::{LayerParams, Workspace};
 
@@ -66,21 +66,13 @@ impl Embedding {
         ws.dtable.fill(F::zero());
         let dpre = &ws.layers[0].gates[..n * gh];
         // (With lengths, each step's rows after its last running one count nothing: the time
-        // loop left their dpre alone, `layer::live_rows`.) Blocks of columns on the threads:
-        // each element's rows are added in order in whichever block holds it.
-        let blocks = kernels::col_blocks(n, gh, d.threads);
-        let (dtable, tokens, lengths) = (team::Shared::of(&mut ws.dtable), &ws.tokens, &ws.lengths);
-        team::for_each(d.threads, blocks, |q| {
-            let (c0, c1) = parts::range(gh, blocks, 16, q);
-            for t in 0..d.steps {
-                for k in t * d.b..t * d.b + layer::live_rows(lengths, t, 0, d.b) {
-                    let tok = tokens[k] as usize;
-                    // SAFETY: the blocks are disjoint column ranges of every row of dtable.
-                    let dst = unsafe { dtable.slice(tok * gh + c0, c1 - c0) };
-                    kernels::add_into(dst, &dpre[k * gh + c0..k * gh + c1]);
-                }
+        // loop left their dpre alone, `layer::live_rows`.)
+        for t in 0..d.steps {
+            for k in t * d.b..t * d.b + layer::live_rows(&ws.lengths, t, 0, d.b) {
+                let (row, tok) = (&dpre[k * gh..(k + 1) * gh], ws.tokens[k] as usize);
+                kernels::add_into(&mut ws.dtable[tok * gh..(tok + 1) * gh], row);
             }
-        });
+        }
         let (g_enc, g_rest) = grads.split_at_mut(lp.w_ih);
         kernels::gemm(
             MatMut::rows(&mut g_rest[..gh * e], gh, e),
