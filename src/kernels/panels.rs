@@ -136,16 +136,19 @@ thread_local! {
     /// Each thread's packed rows of A for [`gemm`] (it grows to the largest product the thread
     /// has run and is reused).
     static ROWS: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
-    /// Each thread's partial chains of one panel's rows between chunks of k ([`panel`]).
+    /// Each thread's partial chains of its tile's units between chunks of k ([`units_chunked`]).
     static PARTIAL: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Rows of k per chunk of a per-step product's panel ([`panel`]): 128 × 48 floats (24 KB) stay
-/// in L1 while every row block runs over them.
+/// Rows of k per chunk of a deep per-step product ([`units_chunked`]): a chunk of A's row
+/// blocks (8 × 128 floats each) stays in L1 while the panels' chunks (128 × 48 floats, 24 KB)
+/// stream past it.
 const STEP_KC: usize = 128;
-/// Depth from which a per-step product's panels run in chunks of [`STEP_KC`]: a deeper panel
-/// (≥ 384 KB) comes from L3 again for every row block (one thread, 64 × 4096 × 1024: 82 →
-/// 96 GFLOP/s in chunks); shallower ones measured the same either way.
+/// Depth from which a per-step product runs in chunks of [`STEP_KC`]: a deeper product's
+/// packed rows of A (≥ 512 KB at 64 rows), its panel (≥ 384 KB) and the next one being
+/// fetched do not fit L2 together. One thread, 64 × 4096 × 1024: 82 GFLOP/s whole, 96 with
+/// each panel in chunks, 107–112 with every panel of a tile over one chunk before the next
+/// (the same per 64 × 2048 × 512 and shallower, which stay whole).
 const STEP_CHUNKS_FROM: usize = 2048;
 
 /// Where a register block's chains start and end: from zero or the partial sums of an earlier
@@ -213,6 +216,9 @@ pub fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: &Panels, accumulate: bool, t
                     Rows { data: a.data, rs: a.rs }
                 };
                 let (u0, u1) = super::parts::range(units, tiles, 1, tile);
+                if k >= STEP_CHUNKS_FROM {
+                    return units_chunked(&c, rows, (u0, u1), blocks, b, accumulate);
+                }
                 let mut u = u0;
                 while u < u1 {
                     let (p, q0) = (u / blocks, u % blocks);
@@ -266,31 +272,75 @@ impl<'a> Rows<'a> {
 }
 
 /// Rows of C's columns [c0, c0 + w) (the view `c`, w ≤ NR: rows from row block `q0` on) from
-/// one panel (k × NR), in chunks of [`STEP_KC`] of k: each chunk of the panel stays in L1 while
-/// every row block runs over it, each block's chain carried from chunk to chunk in `PARTIAL`
-/// (exact f32: the same chain as one run over all of k). The calls share out the prefetch of
-/// `next` (a panel, or empty).
+/// one panel (k × NR), every row block while the panel is hot. The calls share out the
+/// prefetch of `next` (a panel, or empty).
 fn panel(c: MatMut<'_, f32>, ap: Rows<'_>, q0: usize, b: &[f32], k: usize, accumulate: bool, next: &[f32]) {
     let m = c.rows;
     let blocks = m.div_ceil(MR);
-    let chunks = if k >= STEP_CHUNKS_FROM { k.div_ceil(STEP_KC) } else { 1 };
     let lines = next.len() / 16;
-    let per_call = lines.div_ceil(blocks * chunks);
+    let per_call = lines.div_ceil(blocks);
+    for q in 0..blocks {
+        let (r0, rows) = (q * MR, (m - q * MR).min(MR));
+        let first = (q * per_call).min(lines);
+        let fetch = &next[16 * first..16 * (first + per_call.min(lines - first))];
+        // SAFETY: rows [r0, r0 + rows) of this call's block of C.
+        let cb = unsafe { c.block(r0, rows, 0, c.cols) };
+        tile_rows(rows, cb, ap.block(q0 + q, k), b, k, accumulate, fetch, (Chain::default(), &mut []));
+    }
+}
+
+/// A tile's run of (panel, row block) units `[u0, u1)` of a deep per-step product, chunk by
+/// chunk of k: every unit of the run over one chunk before the next chunk, so that one chunk
+/// of A's rows stays in L1 while the panels' chunks stream past it, each unit's chains carried
+/// from chunk to chunk in `PARTIAL` (exact f32: the same chain as one run over all of k).
+fn units_chunked(
+    c: &SharedMat<'_, f32>,
+    ap: Rows<'_>,
+    (u0, u1): (usize, usize),
+    blocks: usize,
+    b: &Panels,
+    accumulate: bool,
+) {
+    let (m, k) = (c.0.rows, b.k);
+    let kc_of = |chunk: usize| (chunk * STEP_KC, (k - chunk * STEP_KC).min(STEP_KC));
+    let chunks = k.div_ceil(STEP_KC);
+    let p_end = (u1 - 1) / blocks + 1;
     PARTIAL.with(|partial| {
         let mut partial = partial.borrow_mut();
-        let carry = if chunks > 1 { lines_f32(&mut partial, blocks * MR * NR) } else { &mut [][..] };
+        let carry = lines_f32(&mut partial, (u1 - u0) * MR * NR);
         for chunk in 0..chunks {
-            let (k0, kc) = if chunks == 1 { (0, k) } else { (chunk * STEP_KC, (k - chunk * STEP_KC).min(STEP_KC)) };
-            for q in 0..blocks {
+            let (k0, kc) = kc_of(chunk);
+            let chain = Chain { from_partial: chunk > 0, to_partial: chunk + 1 < chunks };
+            for u in u0..u1 {
+                let (p, q) = (u / blocks, u % blocks);
                 let (r0, rows) = (q * MR, (m - q * MR).min(MR));
-                let first = ((chunk * blocks + q) * per_call).min(lines);
+                let (c0, w) = (p * NR, (b.n - p * NR).min(NR));
+                // The same chunk of the next panel, or the next chunk of the run's first one.
+                let next: &[f32] = if p + 1 < p_end {
+                    &b.panel(p + 1)[k0 * NR..(k0 + kc) * NR]
+                } else if chunk + 1 < chunks {
+                    let (k1, kc1) = kc_of(chunk + 1);
+                    &b.panel(u0 / blocks)[k1 * NR..(k1 + kc1) * NR]
+                } else {
+                    &[]
+                };
+                let lines = next.len() / 16;
+                let per_call = lines.div_ceil(blocks);
+                let first = (q * per_call).min(lines);
                 let fetch = &next[16 * first..16 * (first + per_call.min(lines - first))];
-                // SAFETY: rows [r0, r0 + rows) of this call's block of C.
-                let cb = unsafe { c.block(r0, rows, 0, c.cols) };
-                let at = ap.block(q0 + q, k).skip(k0);
-                let part = if carry.is_empty() { &mut [][..] } else { &mut carry[r0 * NR..(r0 + MR) * NR] };
-                let chain = Chain { from_partial: chunk > 0, to_partial: chunk + 1 < chunks };
-                tile_rows(rows, cb, at, &b[k0 * NR..], kc, accumulate, fetch, (chain, part));
+                // SAFETY: the tile's units are disjoint blocks of C.
+                let cb = unsafe { c.block(r0, rows, c0, w) };
+                let part = &mut carry[(u - u0) * MR * NR..(u - u0 + 1) * MR * NR];
+                tile_rows(
+                    rows,
+                    cb,
+                    ap.block(q, k).skip(k0),
+                    &b.panel(p)[k0 * NR..],
+                    kc,
+                    accumulate,
+                    fetch,
+                    (chain, part),
+                );
             }
         }
     });
@@ -453,33 +503,63 @@ fn tile_rows(
     // SAFETY: AVX-512F is present (the callers' `native`); the operands are in bounds and B
     // aligned (asserted), C's block is this call's alone (its constructor's contract).
     unsafe {
-        let (a, rs) = (ap.data, ap.rs);
-        match (rows, rs == 0) {
-            (1, true) => tile::<1, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (2, true) => tile::<2, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (3, true) => tile::<3, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (4, true) => tile::<4, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (5, true) => tile::<5, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (6, true) => tile::<6, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (7, true) => tile::<7, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (_, true) => tile::<MR, true>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (1, false) => tile::<1, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (2, false) => tile::<2, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (3, false) => tile::<3, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (4, false) => tile::<4, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (5, false) => tile::<5, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (6, false) => tile::<6, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (7, false) => tile::<7, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
-            (_, false) => tile::<MR, false>(c, a, rs, b, k, accumulate, next, chain, partial.as_mut_ptr()),
+        let t = Tile { c, a: ap.data, rs: ap.rs, b, k, accumulate, next, chain, partial: partial.as_mut_ptr() };
+        match rows {
+            1 => t.run::<1>(),
+            2 => t.run::<2>(),
+            3 => t.run::<3>(),
+            4 => t.run::<4>(),
+            5 => t.run::<5>(),
+            6 => t.run::<6>(),
+            7 => t.run::<7>(),
+            _ => t.run::<MR>(),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (rows, c, ap, b, k, accumulate, next, chain, partial.as_mut_ptr());
 }
 
-/// The register block: C's M rows × its columns (≤ NR) (+)= A's M rows (`PACKED`: k × MR,
-/// element (i, kk) at kk·MR + i; else element (i, kk) at i·rs + kk) times one panel `b`
-/// (k × NR): 3·M accumulators, each one FMA chain over k in order from zero, then + C when
+/// One register block's operands ([`tile_rows`]), dispatched on its rows, its columns' vectors
+/// and A's layout.
+#[cfg(target_arch = "x86_64")]
+struct Tile<'a> {
+    c: MatMut<'a, f32>,
+    a: &'a [f32],
+    rs: usize,
+    b: &'a [f32],
+    k: usize,
+    accumulate: bool,
+    next: &'a [f32],
+    chain: Chain,
+    partial: *mut f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Tile<'_> {
+    /// [`tile`] with M rows, as many vectors per row as C's columns need (a panel's last
+    /// columns run no FMAs for its padding: n = 1024 leaves 16 of 48), A packed or in place.
+    ///
+    /// # Safety
+    /// As [`tile`].
+    unsafe fn run<const M: usize>(self) {
+        let Tile { c, a, rs, b, k, accumulate, next, chain, partial } = self;
+        // SAFETY: the caller's contract.
+        unsafe {
+            match (c.cols.div_ceil(16), rs == 0) {
+                (1, true) => tile::<M, 1, true>(c, a, rs, b, k, accumulate, next, chain, partial),
+                (2, true) => tile::<M, 2, true>(c, a, rs, b, k, accumulate, next, chain, partial),
+                (_, true) => tile::<M, 3, true>(c, a, rs, b, k, accumulate, next, chain, partial),
+                (1, false) => tile::<M, 1, false>(c, a, rs, b, k, accumulate, next, chain, partial),
+                (2, false) => tile::<M, 2, false>(c, a, rs, b, k, accumulate, next, chain, partial),
+                (_, false) => tile::<M, 3, false>(c, a, rs, b, k, accumulate, next, chain, partial),
+            }
+        }
+    }
+}
+
+/// The register block: C's M rows × its columns (≤ 16·V ≤ NR) (+)= A's M rows (`PACKED`: k ×
+/// MR, element (i, kk) at kk·MR + i; else element (i, kk) at i·rs + kk) times one panel `b`
+/// (k × NR, its first V vectors): V·M accumulators, each one FMA chain over k in order from zero, then + C when
 /// accumulating. One line of `next` is brought toward L2 per k while lines last.
 ///
 /// # Safety
@@ -487,7 +567,7 @@ fn tile_rows(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const M: usize, const PACKED: bool>(
+unsafe fn tile<const M: usize, const V: usize, const PACKED: bool>(
     c: MatMut<'_, f32>,
     ap: &[f32],
     rs: usize,
@@ -499,7 +579,7 @@ unsafe fn tile<const M: usize, const PACKED: bool>(
     partial: *mut f32,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 3]; M];
+    let mut acc = [[_mm512_setzero_ps(); V]; M];
     if chain.from_partial {
         for (r, acc) in acc.iter_mut().enumerate() {
             for (v, acc) in acc.iter_mut().enumerate() {
@@ -510,15 +590,21 @@ unsafe fn tile<const M: usize, const PACKED: bool>(
     }
     let (a, bq, fetch) = (ap.as_ptr(), b.as_ptr(), next.as_ptr());
     let lines = next.len() / 16;
-    for kk in 0..k {
-        // SAFETY: k rows of MR floats in `ap` and of NR (aligned) in `b`, lines of `next`
-        // (asserted by the caller).
-        unsafe {
-            if kk < lines {
-                _mm_prefetch::<_MM_HINT_T1>(fetch.add(16 * kk).cast());
+    if accumulate && !chain.to_partial {
+        for r in 0..M {
+            for v in 0..V {
+                // SAFETY: a prefetch of row r of C's block (a hint: never faults).
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(c.data.add(r * c.rs + 16 * v).cast()) };
             }
+        }
+    }
+    // One k: three vectors of the panel's row times each row's broadcast element.
+    let step = |acc: &mut [[__m512; V]; M], kk: usize| {
+        // SAFETY: k rows of MR floats in `ap` and of NR (aligned) in `b` (asserted by the
+        // caller), kk < k.
+        unsafe {
             let row = bq.add(kk * NR);
-            let bv = [_mm512_load_ps(row), _mm512_load_ps(row.add(16)), _mm512_load_ps(row.add(32))];
+            let bv: [__m512; V] = std::array::from_fn(|v| _mm512_load_ps(row.add(16 * v)));
             for (r, acc) in acc.iter_mut().enumerate() {
                 let x = _mm512_set1_ps(if PACKED { *a.add(kk * MR + r) } else { *a.add(r * rs + kk) });
                 for (acc, &bv) in acc.iter_mut().zip(&bv) {
@@ -526,6 +612,25 @@ unsafe fn tile<const M: usize, const PACKED: bool>(
                 }
             }
         }
+    };
+    // The first k bring one line of `next` each toward L2; the rest run four k per turn.
+    let fetched = lines.min(k);
+    for kk in 0..fetched {
+        // SAFETY: lines of `next` (asserted by the caller).
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(fetch.add(16 * kk).cast()) };
+        step(&mut acc, kk);
+    }
+    let mut kk = fetched;
+    while kk + 4 <= k {
+        step(&mut acc, kk);
+        step(&mut acc, kk + 1);
+        step(&mut acc, kk + 2);
+        step(&mut acc, kk + 3);
+        kk += 4;
+    }
+    while kk < k {
+        step(&mut acc, kk);
+        kk += 1;
     }
     if chain.to_partial {
         for (r, acc) in acc.iter().enumerate() {
@@ -614,6 +719,9 @@ mod tests {
             // the few-row kernel's, bit for bit.)
             (5, 2100, 60),
             (21, 2100, 100),
+            // (The same in tiles that cut panels between row blocks: every unit of a tile over
+            // one chunk before the next.)
+            (70, 2100, 200),
         ] {
             for (transposed, accumulate) in [(false, false), (true, true), (false, true), (true, false)] {
                 let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
