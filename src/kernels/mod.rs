@@ -667,6 +667,32 @@ pub(crate) fn add_col_sums_twice_on<F: Float>(
     });
 }
 
+/// `table[r] += src[k]` (rows of `width`) for every pair (k, r) that `pairs` hands its sink, in
+/// that order, over `rows` rows of `src`, with the columns cut into blocks shared by up to
+/// `threads` threads: each element's rows are added in the same order whichever block holds
+/// it, so the bits are those of one thread. (The token table's scatter: every step's dpre rows
+/// into their tokens' rows.)
+pub(crate) fn scatter_add_rows_on<F: Float>(
+    table: &mut [F],
+    src: &[F],
+    width: usize,
+    rows: usize,
+    pairs: impl Fn(&mut dyn FnMut(usize, usize)) + Sync,
+    threads: usize,
+) {
+    let blocks = col_blocks(rows, width, threads);
+    let table = team::Shared::of(table);
+    team::for_each(threads, blocks, |q| {
+        let (c0, c1) = parts::range(width, blocks, 16, q);
+        pairs(&mut |k, r| {
+            // SAFETY: the blocks are disjoint column ranges of every row of the table (bounds
+            // asserted by `slice`).
+            let dst = unsafe { table.slice(r * width + c0, c1 - c0) };
+            add_into(dst, &src[k * width + c0..k * width + c1]);
+        });
+    });
+}
+
 /// Blocks of columns for a pass over `rows` rows of `n` columns on `threads` threads (1: the
 /// caller alone): a block keeps at least [`COL_BLOCK`] columns, and a pass under
 /// [`COL_WORK`] elements stays whole.
@@ -740,6 +766,30 @@ mod tests {
         let whole = run((1, 1), 1);
         for (grid, threads) in [((1, 4), 1), ((1, 4), 2), ((1, 8), 1), ((1, 8), 3), ((1, 8), 16)] {
             assert!(run(grid, threads) == whole, "grid {grid:?} on {threads} threads differs from one product");
+        }
+    }
+
+    /// The scattered rows in column blocks: bit for bit the serial sums in order (repeated
+    /// targets included), on 1 to 16 threads, with widths that cut into 1 to 4 blocks.
+    #[test]
+    fn scatter_add_rows_matches_the_serial_sums() {
+        let val = |i: usize| ((i * 7919) % 1013) as f32 / 333.0 - 1.5;
+        for (rows, width, targets) in [(5, 7, 3), (300, 256, 11), (1000, 100, 65), (64, 4096, 5)] {
+            let src: Vec<f32> = (0..rows * width).map(val).collect();
+            let target = |k: usize| (k * 31 + k / 3) % targets;
+            let init: Vec<f32> = (0..targets * width).map(|i| val(i + 5)).collect();
+            let mut want = init.clone();
+            for k in 0..rows {
+                for j in 0..width {
+                    want[target(k) * width + j] += src[k * width + j];
+                }
+            }
+            for threads in [1, 2, 3, 4, 16] {
+                let mut got = init.clone();
+                let pairs = |sink: &mut dyn FnMut(usize, usize)| (0..rows).for_each(|k| sink(k, target(k)));
+                super::scatter_add_rows_on(&mut got, &src, width, rows, pairs, threads);
+                assert_eq!(got, want, "rows {rows} width {width} on {threads} threads");
+            }
         }
     }
 

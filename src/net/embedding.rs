@@ -66,13 +66,18 @@ impl Embedding {
         ws.dtable.fill(F::zero());
         let dpre = &ws.layers[0].gates[..n * gh];
         // (With lengths, each step's rows after its last running one count nothing: the time
-        // loop left their dpre alone, `layer::live_rows`.)
-        for t in 0..d.steps {
-            for k in t * d.b..t * d.b + layer::live_rows(&ws.lengths, t, 0, d.b) {
-                let (row, tok) = (&dpre[k * gh..(k + 1) * gh], ws.tokens[k] as usize);
-                kernels::add_into(&mut ws.dtable[tok * gh..(tok + 1) * gh], row);
+        // loop left their dpre alone, `layer::live_rows`.) In blocks of columns on the threads.
+        let (tokens, lengths) = (&ws.tokens, &ws.lengths);
+        let pairs = |sink: &mut dyn FnMut(usize, usize)| {
+            for t in 0..d.steps {
+                let k0 = t * d.b;
+                let live = layer::live_rows(lengths, t, 0, d.b);
+                for (k, &tok) in tokens[k0..k0 + live].iter().enumerate() {
+                    sink(k0 + k, tok as usize);
+                }
             }
-        }
+        };
+        kernels::scatter_add_rows_on(&mut ws.dtable, dpre, gh, n, pairs, d.threads);
         let (g_enc, g_rest) = grads.split_at_mut(lp.w_ih);
         kernels::gemm(
             MatMut::rows(&mut g_rest[..gh * e], gh, e),
