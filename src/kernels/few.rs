@@ -168,6 +168,7 @@ unsafe fn block<const M: usize, const V: usize>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{Product, check};
     use super::*;
     use rand::{RngExt, SeedableRng};
 
@@ -192,22 +193,8 @@ mod tests {
                     gemm(MatMut::rows(&mut c, m, n), av, bv, accumulate);
                     let mut crate_c = c0.clone();
                     super::super::crate_gemm(MatMut::rows(&mut crate_c, m, n), av, bv, accumulate);
-                    for r in 0..m {
-                        for j in 0..n {
-                            let mut want = if accumulate { c0[r * n + j] as f64 } else { 0.0 };
-                            let mut scale = want.abs();
-                            for kk in 0..k {
-                                let p = a[r * ars + kk] as f64 * b[kk * brs + j] as f64;
-                                want += p;
-                                scale += p.abs();
-                            }
-                            let got = c[r * n + j] as f64;
-                            let tol = (k + 2) as f64 * f32::EPSILON as f64 * scale;
-                            assert!((got - want).abs() <= tol, "m={m} k={k} n={n} ({r},{j}): {got} vs {want}");
-                            let other = crate_c[r * n + j] as f64;
-                            assert!((got - other).abs() <= 2.0 * tol, "m={m} k={k} n={n}: crate {other}, few {got}");
-                        }
-                    }
+                    let (a_at, b_at) = (|r: usize, kk: usize| a[r * ars + kk], |kk: usize, j: usize| b[kk * brs + j]);
+                    check(Product { c: &c, crate_c: &crate_c, c0: &c0, m, n, k, accumulate }, a_at, b_at);
                     // Two column tiles give the same bits as one product.
                     let cut = n / 2;
                     let mut tiled = c0.clone();

@@ -12,6 +12,8 @@ pub mod math;
 pub mod panels;
 pub(crate) mod parts;
 pub mod team;
+#[cfg(test)]
+mod testing;
 
 use crate::float::Float;
 use std::cell::Cell;

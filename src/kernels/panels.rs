@@ -657,41 +657,9 @@ unsafe fn tile<const M: usize, const V: usize, const PACKED: bool>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{Product, check};
     use super::*;
     use rand::{RngExt, SeedableRng};
-
-    /// A computed product C (m × n) beside the crate's and C's initial values.
-    struct Product<'a> {
-        c: &'a [f32],
-        crate_c: &'a [f32],
-        c0: &'a [f32],
-        m: usize,
-        n: usize,
-        k: usize,
-        accumulate: bool,
-    }
-
-    /// Every element of `p.c` against the definition Σ a(r, kk)·b(kk, j) (+ C) in f64, within k
-    /// ulps of the magnitudes summed, and against the crate's within twice that.
-    fn check(p: Product<'_>, a_at: impl Fn(usize, usize) -> f32, b_at: impl Fn(usize, usize) -> f32) {
-        let Product { c, crate_c, c0, m, n, k, accumulate } = p;
-        for r in 0..m {
-            for j in 0..n {
-                let mut want = if accumulate { c0[r * n + j] as f64 } else { 0.0 };
-                let mut scale = want.abs();
-                for kk in 0..k {
-                    let p = a_at(r, kk) as f64 * b_at(kk, j) as f64;
-                    want += p;
-                    scale += p.abs();
-                }
-                let got = c[r * n + j] as f64;
-                let tol = (k + 2) as f64 * f32::EPSILON as f64 * scale;
-                assert!((got - want).abs() <= tol, "m={m} n={n} k={k} ({r},{j}): {got} vs {want}");
-                let other = crate_c[r * n + j] as f64;
-                assert!((got - other).abs() <= 2.0 * tol, "m={m} n={n} k={k}: crate {other}, ours {got}");
-            }
-        }
-    }
 
     /// Odd and training shapes, B given plain and transposed, with and without accumulation:
     /// against the definition (in f64: k ulps of the magnitudes), the GEMM crate (to rounding),
