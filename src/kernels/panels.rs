@@ -15,6 +15,8 @@
 use super::few;
 use super::{Mat, MatMut, SharedMat, TILE_WORK, team};
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 /// Columns per panel: three AVX-512 vectors of f32.
 const NR: usize = 48;
@@ -160,9 +162,10 @@ struct Chain {
 }
 
 /// C (m × n) (+)= A (m × k) · B, B packed, on up to `threads` threads: A's rows (if long)
-/// packed once, a share by each tile; the (panel, row block) units cut into equal runs, one
-/// tile per core or thread (each tile's panels in turn, its row blocks of a panel while it is
-/// hot), each tile bringing its next panel toward L2 while one runs.
+/// packed once, a share by each tile; the (panel, row block) units cut into runs, one tile per
+/// core or thread (each tile's panels in turn, its row blocks of a panel while it is hot), in
+/// proportion to the lanes' recent paces (`team::paced_cuts`), each tile bringing its next
+/// panel toward L2 while one runs.
 ///
 /// # Panics
 /// If the shapes disagree, C has a non-unit column stride, or the CPU lacks AVX-512F (internal
@@ -175,12 +178,17 @@ pub fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: &Panels, accumulate: bool, t
     if m == 0 || panels == 0 {
         return;
     }
-    // The work in units of one row block × one panel, in panel order; a tile is an equal run of
-    // them (a panel is cut between two tiles at a row block), one tile per core (the schedule
-    // model's parts) or thread where the product pays for its hand-off. Equal runs keep threads
-    // even whatever the panel count (11 panels in 5 tiles left one of two threads 7 panels, the
-    // other 4), and each panel stays with one or two tiles, so with one tile per core its share
-    // of W_hh stays in that core's cache from step to step.
+    // The work in units of one row block × one panel, in panel order; a tile is a run of them
+    // (a panel is cut between two tiles at a row block), one tile per core (the schedule
+    // model's parts) or thread where the product pays for its hand-off. Runs cut at units keep
+    // threads even whatever the panel count (11 panels in 5 tiles left one of two threads 7
+    // panels, the other 4), and each panel stays with one or two tiles, so with one tile per
+    // core its share of W_hh stays in that core's cache from step to step. The runs follow the
+    // lanes' paces (equal at first): on two cores of a virtual machine whose speeds differ,
+    // equal runs left the faster one waiting 6–8% of every per-step product (LSTM H = 1024,
+    // B = 64), paced ones 2–4%. Finer tiles that a faster lane takes over one by one cost
+    // more than they saved (one thread, 16 tiles per core: 64 × 4096 × 1024 80 → 58% of the
+    // FMA peak, 64 × 1024 × 4096 85 → 78%).
     let blocks = m.div_ceil(MR);
     let units = panels * blocks;
     let cap = threads.max(super::machine::plan_cores()).min(MAX_TILES);
@@ -195,6 +203,9 @@ pub fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: &Panels, accumulate: bool, t
         let ap =
             if pack { team::Shared::of(lines_f32(&mut lines, blocks * MR * k)) } else { team::Shared::of(&mut []) };
         let phases = if pack { 2 } else { 1 };
+        // The tiles' runs, and each tile's product time for the lanes' paces.
+        let cuts = team::paced_cuts(units, tiles, threads, 1);
+        let took: [AtomicU64; team::MAX_PARTS] = [const { AtomicU64::new(0) }; team::MAX_PARTS];
         team::run(
             threads,
             tiles,
@@ -215,24 +226,31 @@ pub fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: &Panels, accumulate: bool, t
                 } else {
                     Rows { data: a.data, rs: a.rs }
                 };
-                let (u0, u1) = super::parts::range(units, tiles, 1, tile);
+                let (u0, u1) = cuts.range(tile);
+                if u0 == u1 {
+                    return;
+                }
+                let started = Instant::now();
                 if k >= STEP_CHUNKS_FROM {
-                    return units_chunked(&c, rows, (u0, u1), blocks, b, accumulate);
+                    units_chunked(&c, rows, (u0, u1), blocks, b, accumulate);
+                } else {
+                    let mut u = u0;
+                    while u < u1 {
+                        let (p, q0) = (u / blocks, u % blocks);
+                        let q1 = (u1 - p * blocks).min(blocks);
+                        let (c0, w) = (p * NR, (b.n - p * NR).min(NR));
+                        let (r0, r1) = (q0 * MR, (q1 * MR).min(m));
+                        // SAFETY: tiles own disjoint runs of units: disjoint blocks of C.
+                        let ct = unsafe { c.block(r0, r1 - r0, c0, w) };
+                        let next = if (p + 1) * blocks < u1 { b.panel(p + 1) } else { &[] };
+                        panel(ct, rows, q0, b.panel(p), k, accumulate, next);
+                        u = p * blocks + q1;
+                    }
                 }
-                let mut u = u0;
-                while u < u1 {
-                    let (p, q0) = (u / blocks, u % blocks);
-                    let q1 = (u1 - p * blocks).min(blocks);
-                    let (c0, w) = (p * NR, (b.n - p * NR).min(NR));
-                    let (r0, r1) = (q0 * MR, (q1 * MR).min(m));
-                    // SAFETY: tiles own disjoint runs of units: disjoint blocks of C.
-                    let ct = unsafe { c.block(r0, r1 - r0, c0, w) };
-                    let next = if (p + 1) * blocks < u1 { b.panel(p + 1) } else { &[] };
-                    panel(ct, rows, q0, b.panel(p), k, accumulate, next);
-                    u = p * blocks + q1;
-                }
+                took[tile].store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             },
         );
+        cuts.record(&took[..tiles]);
     });
 }
 
@@ -370,7 +388,8 @@ pub(crate) fn takes_deep(m: usize, n: usize, k: usize, c_cs: usize) -> bool {
 /// C (m × n) (+)= A (m × k) · B (k × n) for deep products with any strides — the weight
 /// gradients, dW = dpreᵀ · x over all T·B rows, and dL/dx = dpre · W_ih: k is cut into chunks
 /// of [`KC`], each chunk's B packed into panels and each super-block of A's rows into 8-row
-/// blocks, one per thread at a time; C's rows into one tile per thread.
+/// blocks, one per thread at a time; C's rows into one tile per thread, in proportion to the
+/// lanes' recent paces (`team::paced_cuts`).
 ///
 /// Each element of C is, per chunk in order, one chain of fused multiply-adds over the chunk's
 /// k from zero, added to C (stored, for the first chunk of a product that does not accumulate):
@@ -386,15 +405,23 @@ pub fn gemm_deep(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumulat
     // so no more of them. (The bits do not depend on the cut.)
     let tiles = threads.max(super::machine::plan_cores()).clamp(1, team::MAX_PARTS).min(m / (4 * MR)).max(1);
     let c = SharedMat(c);
+    let cuts = team::paced_cuts(m, tiles, threads, MR);
+    let took: [AtomicU64; team::MAX_PARTS] = [const { AtomicU64::new(0) }; team::MAX_PARTS];
     team::for_each(threads, tiles, |tile| {
-        let (r0, r1) = super::parts::range(m, tiles, MR, tile);
+        let (r0, r1) = cuts.range(tile);
+        if r0 == r1 {
+            return;
+        }
+        let started = Instant::now();
         // SAFETY: the tiles are disjoint row blocks of C.
         let ct = unsafe { c.block(r0, r1 - r0, 0, n) };
         DEEP.with(|deep| {
             let (bp, ap) = &mut *deep.borrow_mut();
             deep_tile(ct, a.sub_rows(r0, r1 - r0), b, accumulate, bp, ap);
         });
+        took[tile].store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     });
+    cuts.record(&took[..tiles]);
 }
 
 /// One tile of [`gemm_deep`] on one thread: chunk by chunk of k, B's chunk packed into panels,
@@ -712,10 +739,18 @@ mod tests {
                     few::gemm(MatMut::rows(&mut f, m, n), av, bv, accumulate);
                     assert_eq!(f, c, "m={m} k={k} n={n}: the few-row kernel differs");
                 }
-                for threads in [2, 3, 4] {
+                for (threads, pace) in [
+                    (2, [1024; 4]),
+                    (3, [1024; 4]),
+                    (4, [1024; 4]),
+                    (2, [3000, 300, 1024, 1024]),
+                    (4, [400, 4000, 900, 2000]),
+                ] {
+                    // (Skewed paces cut the tiles unequally: the same bits.)
+                    team::set_paces(&pace);
                     let mut t = c0.clone();
                     gemm(MatMut::rows(&mut t, m, n), av, &packed, accumulate, threads);
-                    assert_eq!(t, c, "m={m} k={k} n={n}: {threads} threads differ");
+                    assert_eq!(t, c, "m={m} k={k} n={n}: {threads} threads, paces {pace:?} differ");
                 }
                 let cut = m / 2;
                 let mut halves = c0.clone();
@@ -756,10 +791,13 @@ mod tests {
             super::super::crate_gemm(MatMut::rows(&mut crate_c, m, n), av, bv, accumulate);
             let b_at = |kk: usize, j: usize| bd[kk * n + j];
             check(Product { c: &c, crate_c: &crate_c, c0: &c0, m, n, k, accumulate }, a_at, b_at);
-            for threads in [2, 3, 5] {
+            for (threads, pace) in [(2, [1024; 5]), (3, [1024; 5]), (5, [1024; 5]), (2, [300, 3000, 1024, 1024, 1024])]
+            {
+                // (Skewed paces cut the rows unequally: the same bits.)
+                team::set_paces(&pace);
                 let mut t = c0.clone();
                 gemm_deep(MatMut::rows(&mut t, m, n), av, bv, accumulate, threads);
-                assert_eq!(t, c, "m={m} n={n} k={k}: {threads} threads differ");
+                assert_eq!(t, c, "m={m} n={n} k={k}: {threads} threads, paces {pace:?} differ");
             }
         }
     }

@@ -14,14 +14,22 @@
 //! part runs on the same core at every step and its data (a slice of W_hh) stays in that core's
 //! cache.
 //!
-//! No deadlock whatever the threads do: parts are *claimed*, not assigned. A thread waiting at a
-//! barrier claims and runs any part whose owner has not joined the pass within `GRACE`, or any
-//! part still unclaimed after it has waited `GRACE` itself; a team with no helper at all runs
-//! every part on the caller. Each part's arithmetic is the same whoever runs it, so results
-//! never depend on the thread count.
+//! No deadlock whatever the threads do: parts are *claimed*, not assigned. A lane that has run
+//! its own parts of a segment takes over the others' parts still unclaimed, last first, but
+//! never a lane's first part (the cores of a virtual machine run at different speeds from
+//! moment to moment: one measured 137 and 109 GFLOP/s of FMAs on its two cores, and minutes
+//! later 126 and 138). A thread waiting at a barrier claims and runs any part whose owner has
+//! not joined the pass within `GRACE`, or any part still unclaimed after it has waited `GRACE`
+//! itself; a team with no helper at all runs every part on the caller. Each part's arithmetic
+//! is the same whoever runs it, so results never depend on the thread count or on who ran
+//! what.
+//!
+//! Where one part per lane does work whose bits do not depend on how it is cut (the panel and
+//! deep products), the caller cuts it in proportion to the lanes' *paces* ([`paced_cuts`]):
+//! each lane's recent work per second, measured by those passes ([`record_pace`]).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -51,6 +59,7 @@ pub(crate) fn run(
     assert!(parts <= MAX_PARTS, "a pass of {parts} parts (at most {MAX_PARTS})");
     let lanes = threads.min(parts).min(MAX_LANES);
     if lanes <= 1 || phases == 0 {
+        JOINED.set(1);
         // The reference order: segment by segment, every part in turn (timed for the schedule
         // model when it is on, outside any pass that is itself a part of one).
         let timed = MODEL_ON.load(Ordering::Relaxed) && DEPTH.get() == 0;
@@ -96,6 +105,126 @@ pub(crate) fn run(
     });
     // A panic on a helper was caught there (the helper lives on); report it here.
     assert!(!team.failed.load(Ordering::Acquire), "a part of a parallel pass panicked");
+    JOINED.set(team.joined.load(Ordering::Acquire).min(lanes));
+}
+
+thread_local! {
+    /// Lanes that took part in this thread's last pass (1: it ran alone).
+    static JOINED: Cell<usize> = const { Cell::new(1) };
+}
+
+/// Each lane's pace — work per second, relative to the lanes' mean, in 1/[`PACE_ONE`]ths — over
+/// the recent passes that ran one part per lane ([`record_pace`]). The cores of a virtual
+/// machine run at different speeds for seconds at a time (one measured 137 and 109 GFLOP/s of
+/// FMAs on its two cores, and minutes later 126 and 138), so equal shares leave the faster
+/// core waiting: 4–8% of a per-step product's time at LSTM H = 1024 on two cores.
+static PACE: [AtomicU32; MAX_LANES] = [const { AtomicU32::new(PACE_ONE) }; MAX_LANES];
+/// An average lane's pace.
+const PACE_ONE: u32 = 1024;
+
+/// The items of `n` (cut at multiples of `align`) of each of `parts` parts that run one per
+/// lane on `threads` threads: in proportion to the lanes' recent paces (equal shares when the
+/// parts outnumber the threads, or at the start). Taken once, before the pass, so that every
+/// part sees the same cut whatever the paces do meanwhile (another pass may record its own).
+/// Which items a part runs never changes a result: the callers' parts do the same arithmetic
+/// on each item wherever it falls.
+pub(crate) fn paced_cuts(n: usize, parts: usize, threads: usize, align: usize) -> Cuts {
+    let parts = parts.clamp(1, MAX_PARTS);
+    let mut at = [n; MAX_PARTS + 1];
+    if parts > threads.min(MAX_LANES) || parts <= 1 {
+        for (p, at) in at.iter_mut().enumerate().take(parts) {
+            *at = super::parts::range(n, parts, align, p).0;
+        }
+    } else {
+        let mut pace = [0; MAX_LANES];
+        for (pace, lane) in pace.iter_mut().zip(&PACE) {
+            *pace = lane.load(Ordering::Relaxed);
+        }
+        for (p, at) in at.iter_mut().enumerate().take(parts) {
+            *at = cut_by_pace(n, align, &pace[..parts], p).0;
+        }
+    }
+    Cuts { at, parts }
+}
+
+/// A pass's cut of its items into parts ([`paced_cuts`]).
+pub(crate) struct Cuts {
+    at: [usize; MAX_PARTS + 1],
+    parts: usize,
+}
+
+impl Cuts {
+    /// Part p's items [start, end).
+    pub(crate) fn range(&self, p: usize) -> (usize, usize) {
+        (self.at[p], self.at[p + 1])
+    }
+
+    /// The items of each part (`took`: each part's time in ns), for [`record_pace`].
+    pub(crate) fn record(&self, took: &[AtomicU64]) {
+        let mut ran = [(0, 0); MAX_PARTS];
+        for (p, (ran, took)) in ran.iter_mut().zip(took).enumerate().take(self.parts) {
+            let (start, end) = self.range(p);
+            *ran = (end - start, took.load(Ordering::Relaxed));
+        }
+        record_pace(&ran[..self.parts.min(took.len())]);
+    }
+}
+
+/// Part `p`'s items of `n`, cut at multiples of `align` in proportion to `pace`.
+fn cut_by_pace(n: usize, align: usize, pace: &[u32], p: usize) -> (usize, usize) {
+    let total: usize = pace.iter().map(|&x| x as usize).sum();
+    if total == 0 {
+        return super::parts::range(n, pace.len(), align, p);
+    }
+    let blocks = n.div_ceil(align);
+    let at = |q: usize| {
+        let before: usize = pace[..q].iter().map(|&x| x as usize).sum();
+        (blocks * before / total * align).min(n)
+    };
+    (at(p), at(p + 1))
+}
+
+/// Records this thread's last pass, if it ran one part per lane: part i ran `took[i].0` items
+/// in `took[i].1` ns (a pass that ran on fewer lanes than parts records nothing).
+pub(crate) fn record_pace(took: &[(usize, u64)]) {
+    let parts = took.len();
+    if parts <= 1 || parts > MAX_LANES || JOINED.get() != parts {
+        return;
+    }
+    let mut pace = [0; MAX_LANES];
+    for (pace, lane) in pace.iter_mut().zip(&PACE) {
+        *pace = lane.load(Ordering::Relaxed);
+    }
+    next_pace(&mut pace[..parts], took);
+    for (lane, &pace) in PACE.iter().zip(&pace[..parts]) {
+        lane.store(pace, Ordering::Relaxed);
+    }
+}
+
+/// Moves each lane's pace a quarter of the way toward its pace in one pass (items per ns over
+/// the lanes' mean), kept within ¼–4× the mean; a pass with an idle part changes nothing.
+fn next_pace(pace: &mut [u32], took: &[(usize, u64)]) {
+    if took.iter().any(|&(items, ns)| items == 0 || ns == 0) {
+        return;
+    }
+    let mut rate = [0.0; MAX_LANES];
+    for (r, &(items, ns)) in rate.iter_mut().zip(took) {
+        *r = items as f64 / ns as f64;
+    }
+    let mean = rate[..took.len()].iter().sum::<f64>() / took.len() as f64;
+    for (pace, r) in pace.iter_mut().zip(&rate) {
+        let old = f64::from(*pace);
+        let new = old + (f64::from(PACE_ONE) * r / mean - old) / 4.0;
+        *pace = new.clamp(f64::from(PACE_ONE / 4), f64::from(PACE_ONE * 4)) as u32;
+    }
+}
+
+/// Sets the lanes' paces (tests: skewed cuts must give the same bits).
+#[cfg(test)]
+pub(crate) fn set_paces(pace: &[u32]) {
+    for (lane, &pace) in PACE.iter().zip(pace) {
+        lane.store(pace, Ordering::Relaxed);
+    }
 }
 
 /// Runs `work(part)` for every part in 0..parts, on up to `threads` threads.
@@ -299,12 +428,30 @@ impl<'a, S: Fn(usize) -> bool + Sync, W: Fn(usize, usize) + Sync> Team<'a, S, W>
                     ran += 1;
                 }
             }
+            ran += self.take_late_parts(seg, start, end);
             // Helpers need not wait for the last segment; the caller must (its results).
             if end < self.phases || lane == 0 {
                 ran += self.barrier(seg, start, end);
             }
             start = end;
             seg += 1;
+        }
+        ran
+    }
+
+    /// Runs the parts of the segment still unclaimed after this lane's own, the last first —
+    /// never a lane's first part (its owner claims that on arrival) — and returns how many:
+    /// a lane on a faster core (a virtual machine's cores run at different speeds from moment
+    /// to moment) takes over the end of a slower lane's share instead of waiting for it. The
+    /// owners run their parts first to last, so a part taken over is one its owner had not
+    /// reached; each part's arithmetic is the same on any thread.
+    fn take_late_parts(&self, seg: usize, start: usize, end: usize) -> usize {
+        let mut ran = 0;
+        for p in (self.lanes..self.parts).rev() {
+            if self.claimed[p].0.load(Ordering::Relaxed) == seg && self.claim(p, seg) {
+                self.run_part(p, seg, start, end);
+                ran += 1;
+            }
         }
         ran
     }
@@ -568,7 +715,7 @@ impl<F> Shared<F> {
 
 #[cfg(test)]
 mod tests {
-    use super::{for_each, model_segment, model_sums, run};
+    use super::{PACE_ONE, cut_by_pace, for_each, model_segment, model_sums, next_pace, run};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -585,6 +732,59 @@ mod tests {
         assert_eq!((0..5).map(ns).collect::<Vec<_>>(), [11, 9, 8, 5, 5]);
         let meetings: Vec<u64> = (0..5).map(|i| after[i].meetings - before[i].meetings).collect();
         assert_eq!(meetings, [0, 1, 3, 4, 4]);
+    }
+
+    /// Lane 1's parts (the odd ones) are slow, lane 0's instant: the caller, done with its own,
+    /// runs lane 1's last part first rather than wait, and every part still runs exactly once.
+    #[test]
+    fn a_lane_done_first_takes_over_the_end_of_a_slower_ones_share() {
+        for _ in 0..3 {
+            let ran = Mutex::new(Vec::new());
+            let caller = std::thread::current().id();
+            run(
+                2,
+                8,
+                1,
+                |_| false,
+                |part, _| {
+                    if part % 2 == 1 {
+                        std::thread::sleep(std::time::Duration::from_millis(30));
+                    }
+                    ran.lock().unwrap().push((part, std::thread::current().id() == caller));
+                },
+            );
+            let ran = ran.into_inner().unwrap();
+            // At once and from the end (waiting out `GRACE` would take them first to last).
+            let first_taken = ran.iter().find(|r| r.0 % 2 == 1 && r.1).map(|r| r.0);
+            assert_eq!(first_taken, Some(7), "the caller took over {first_taken:?} first: {ran:?}");
+            let mut parts: Vec<usize> = ran.iter().map(|r| r.0).collect();
+            parts.sort();
+            assert_eq!(parts, (0..8).collect::<Vec<_>>());
+        }
+    }
+
+    /// Paces follow the lanes' measured rates (a lane twice as fast ends up with about two
+    /// thirds of the items), stay within ¼–4× the mean, and the cuts cover the items in
+    /// order, at multiples of the alignment.
+    #[test]
+    fn paces_follow_the_lanes_rates_and_cut_the_items_in_order() {
+        let mut pace = [PACE_ONE; 3];
+        for _ in 0..40 {
+            // Lane 0 ran 200 items, lanes 1 and 2 ran 100, in the same time.
+            next_pace(&mut pace, &[(200, 1000), (100, 1000), (100, 1000)]);
+        }
+        assert!((1520..=1540).contains(&pace[0]) && (760..=770).contains(&pace[1]), "{pace:?}");
+        let (a, b) = (cut_by_pace(1000, 8, &pace, 0), cut_by_pace(1000, 8, &pace, 1));
+        assert_eq!((a.0, a.1 % 8, a.1, b.1 % 8), (0, 0, b.0, 0));
+        assert!((496..=504).contains(&a.1), "{a:?}");
+        assert_eq!(cut_by_pace(1000, 8, &pace, 2).1, 1000);
+        next_pace(&mut pace, &[(1000, 1), (1, 1000), (1, 1000)]);
+        next_pace(&mut pace, &[(1000, 1), (1, 1000), (1, 1000)]);
+        assert!(pace[0] <= 4 * PACE_ONE && pace[1] >= PACE_ONE / 4, "{pace:?}");
+        // Equal paces cut as `parts::range` does.
+        for p in 0..3 {
+            assert_eq!(cut_by_pace(1001, 4, &[PACE_ONE; 3], p), super::super::parts::range(1001, 3, 4, p));
+        }
     }
 
     /// Every (part, phase) runs exactly once, in phase order per part, and a synced phase of any
