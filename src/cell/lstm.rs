@@ -69,6 +69,9 @@ pub fn forward_row<F: Float>(
     let n = gi.len();
     let (gf, gg, go, c_prev, c, tanh_c, h) =
         (&mut gf[..n], &mut gg[..n], &mut go[..n], &c_prev[..n], &mut c[..n], &mut tanh_c[..n], &mut h[..n]);
+    if F::lstm_forward_row(gi, gf, gg, go, c_prev, c, tanh_c, h) {
+        return;
+    }
     for j in 0..n {
         let i = gi[j].sigmoid();
         let f = gf[j].sigmoid();

@@ -130,33 +130,73 @@ const PACE_ONE: u32 = 1024;
 /// on each item wherever it falls.
 pub(crate) fn paced_cuts(n: usize, parts: usize, threads: usize, align: usize) -> Cuts {
     let parts = parts.clamp(1, MAX_PARTS);
-    let mut at = [n; MAX_PARTS + 1];
     if parts > threads.min(MAX_LANES) || parts <= 1 {
+        let mut at = [n; MAX_PARTS + 1];
         for (p, at) in at.iter_mut().enumerate().take(parts) {
             *at = super::parts::range(n, parts, align, p).0;
         }
+        Cuts { at, parts, align }
     } else {
-        let mut pace = [0; MAX_LANES];
-        for (pace, lane) in pace.iter_mut().zip(&PACE) {
-            *pace = lane.load(Ordering::Relaxed);
-        }
-        for (p, at) in at.iter_mut().enumerate().take(parts) {
-            *at = cut_by_pace(n, align, &pace[..parts], p).0;
-        }
+        Cuts::by_pace(n, parts, align, &paces()[..parts])
     }
-    Cuts { at, parts }
+}
+
+/// The lanes' paces now.
+fn paces() -> [u32; MAX_LANES] {
+    let mut pace = [0; MAX_LANES];
+    for (pace, lane) in pace.iter_mut().zip(&PACE) {
+        *pace = lane.load(Ordering::Relaxed);
+    }
+    pace
 }
 
 /// A pass's cut of its items into parts ([`paced_cuts`]).
 pub(crate) struct Cuts {
     at: [usize; MAX_PARTS + 1],
     parts: usize,
+    align: usize,
 }
 
 impl Cuts {
+    /// `n` items cut at multiples of `align` in proportion to `pace` (one per part).
+    fn by_pace(n: usize, parts: usize, align: usize, pace: &[u32]) -> Cuts {
+        let mut at = [n; MAX_PARTS + 1];
+        for (p, at) in at.iter_mut().enumerate().take(parts) {
+            *at = cut_by_pace(n, align, pace, p).0;
+        }
+        Cuts { at, parts, align }
+    }
+
     /// Part p's items [start, end).
     pub(crate) fn range(&self, p: usize) -> (usize, usize) {
         (self.at[p], self.at[p + 1])
+    }
+
+    /// The same items cut for the next phase of one long pass (a deep product's next chunks of
+    /// k), in proportion to each part's rate in the phase just run (`took`: each part's time in
+    /// ns) — not the lanes' smoothed paces, which lag a drift within the pass. The same cut if
+    /// the phase did not run one part per lane, or a part ran nothing.
+    pub(crate) fn rebalanced(&self, took: &[AtomicU64]) -> Cuts {
+        let same = Cuts { at: self.at, parts: self.parts, align: self.align };
+        let parts = self.parts;
+        if parts <= 1 || parts > MAX_LANES || took.len() < parts || JOINED.get() != parts {
+            return same;
+        }
+        let mut ran = [(0, 0); MAX_LANES];
+        for (p, ran) in ran.iter_mut().enumerate().take(parts) {
+            let (start, end) = self.range(p);
+            *ran = (end - start, took[p].load(Ordering::Relaxed));
+        }
+        match relative_rates(&ran[..parts]) {
+            Some(rate) => {
+                let mut pace = [0; MAX_LANES];
+                for (pace, r) in pace.iter_mut().zip(&rate[..parts]) {
+                    *pace = (f64::from(PACE_ONE) * r).clamp(f64::from(PACE_ONE / 4), f64::from(PACE_ONE * 4)) as u32;
+                }
+                Cuts::by_pace(self.at[parts], parts, self.align, &pace[..parts])
+            }
+            None => same,
+        }
     }
 
     /// The items of each part (`took`: each part's time in ns), for [`record_pace`].
@@ -191,10 +231,7 @@ pub(crate) fn record_pace(took: &[(usize, u64)]) {
     if parts <= 1 || parts > MAX_LANES || JOINED.get() != parts {
         return;
     }
-    let mut pace = [0; MAX_LANES];
-    for (pace, lane) in pace.iter_mut().zip(&PACE) {
-        *pace = lane.load(Ordering::Relaxed);
-    }
+    let mut pace = paces();
     next_pace(&mut pace[..parts], took);
     for (lane, &pace) in PACE.iter().zip(&pace[..parts]) {
         lane.store(pace, Ordering::Relaxed);
@@ -204,19 +241,27 @@ pub(crate) fn record_pace(took: &[(usize, u64)]) {
 /// Moves each lane's pace a quarter of the way toward its pace in one pass (items per ns over
 /// the lanes' mean), kept within ¼–4× the mean; a pass with an idle part changes nothing.
 fn next_pace(pace: &mut [u32], took: &[(usize, u64)]) {
-    if took.iter().any(|&(items, ns)| items == 0 || ns == 0) {
-        return;
+    let Some(rate) = relative_rates(took) else { return };
+    for (pace, r) in pace.iter_mut().zip(&rate) {
+        let old = f64::from(*pace);
+        let new = old + (f64::from(PACE_ONE) * r - old) / 4.0;
+        *pace = new.clamp(f64::from(PACE_ONE / 4), f64::from(PACE_ONE * 4)) as u32;
+    }
+}
+
+/// Each part's items per ns over the parts' mean (`took`: (items, ns) per part); none if a
+/// part ran nothing.
+fn relative_rates(took: &[(usize, u64)]) -> Option<[f64; MAX_LANES]> {
+    if took.is_empty() || took.len() > MAX_LANES || took.iter().any(|&(items, ns)| items == 0 || ns == 0) {
+        return None;
     }
     let mut rate = [0.0; MAX_LANES];
     for (r, &(items, ns)) in rate.iter_mut().zip(took) {
         *r = items as f64 / ns as f64;
     }
     let mean = rate[..took.len()].iter().sum::<f64>() / took.len() as f64;
-    for (pace, r) in pace.iter_mut().zip(&rate) {
-        let old = f64::from(*pace);
-        let new = old + (f64::from(PACE_ONE) * r / mean - old) / 4.0;
-        *pace = new.clamp(f64::from(PACE_ONE / 4), f64::from(PACE_ONE * 4)) as u32;
-    }
+    rate.iter_mut().for_each(|r| *r /= mean);
+    Some(rate)
 }
 
 /// Sets the lanes' paces (tests: skewed cuts must give the same bits).
@@ -715,8 +760,11 @@ impl<F> Shared<F> {
 
 #[cfg(test)]
 mod tests {
-    use super::{PACE_ONE, cut_by_pace, for_each, model_segment, model_sums, next_pace, run};
+    use super::{
+        Cuts, JOINED, PACE_ONE, cut_by_pace, for_each, model_segment, model_sums, next_pace, relative_rates, run,
+    };
     use std::sync::Mutex;
+    use std::sync::atomic::AtomicU64;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// The schedule model gives a segment the time of its slowest lane (part p on lane p % lanes)
@@ -785,6 +833,33 @@ mod tests {
         for p in 0..3 {
             assert_eq!(cut_by_pace(1001, 4, &[PACE_ONE; 3], p), super::super::parts::range(1001, 3, 4, p));
         }
+    }
+
+    /// A long pass's next phase is cut by the last phase's rates at once (not a quarter of the
+    /// way, as the paces move): a lane that ran its equal half in twice the time gets a third.
+    #[test]
+    fn a_next_phase_is_cut_by_the_last_phases_rates() {
+        for _ in 0..20 {
+            // Two lanes joined (rebalancing needs every part on a lane of its own).
+            for_each(2, 2, |_| std::thread::sleep(std::time::Duration::from_millis(2)));
+            if JOINED.get() == 2 {
+                break;
+            }
+        }
+        let cuts = Cuts::by_pace(1200, 2, 8, &[PACE_ONE; 2]);
+        assert_eq!((cuts.range(0), cuts.range(1)), ((0, 600), (600, 1200)));
+        let took = [AtomicU64::new(1000), AtomicU64::new(2000)];
+        let next = cuts.rebalanced(&took);
+        if JOINED.get() == 2 {
+            assert_eq!((next.range(0), next.range(1)), ((0, 800), (800, 1200)));
+        } else {
+            assert_eq!(next.range(0), (0, 600), "a phase not one part per lane keeps its cut");
+        }
+        // A part that ran nothing keeps the cut.
+        let idle = Cuts::by_pace(1200, 2, 8, &[PACE_ONE * 4, PACE_ONE / 4]);
+        let same = idle.rebalanced(&[AtomicU64::new(0), AtomicU64::new(5)]);
+        assert_eq!(same.range(1), idle.range(1));
+        assert_eq!(relative_rates(&[(100, 10), (100, 30)]).map(|r| (r[0], r[1])), Some((1.5, 0.5)));
     }
 
     /// Every (part, phase) runs exactly once, in phase order per part, and a synced phase of any
