@@ -40,19 +40,10 @@ pub trait Float:
     /// e^x: exact (std) for f64, a vectorisable ≤ 2 ulp version for f32.
     fn exp_act(self) -> Self;
     /// The LSTM's forward step over one row's units in a kernel of this type's own, if it has
-    /// one for this CPU (f32 with AVX-512F: `kernels::math::lstm_forward_row`); false: nothing
-    /// done, the caller runs the generic loop.
-    #[allow(clippy::too_many_arguments)]
-    fn lstm_forward_row(
-        _gi: &mut [Self],
-        _gf: &mut [Self],
-        _gg: &mut [Self],
-        _go: &mut [Self],
-        _c_prev: &[Self],
-        _c: &mut [Self],
-        _tanh_c: &mut [Self],
-        _h: &mut [Self],
-    ) -> bool {
+    /// one for this CPU (f32 with AVX-512F: `kernels::math::lstm_forward_row`): gates (i, f, g,
+    /// o) in and activated out, then c, tanh(c) and h; false: nothing done, the caller runs the
+    /// generic loop.
+    fn lstm_forward_row(_gates: [&mut [Self]; 4], _c_prev: &[Self], _out: [&mut [Self]; 3]) -> bool {
         false
     }
     /// A slice of gradients as the element type a reduction carries.
@@ -94,17 +85,8 @@ impl Float for f32 {
         crate::kernels::math::exp_f32(self)
     }
     #[inline(always)]
-    fn lstm_forward_row(
-        gi: &mut [f32],
-        gf: &mut [f32],
-        gg: &mut [f32],
-        go: &mut [f32],
-        c_prev: &[f32],
-        c: &mut [f32],
-        tanh_c: &mut [f32],
-        h: &mut [f32],
-    ) -> bool {
-        crate::kernels::math::lstm_forward_row(gi, gf, gg, go, c_prev, c, tanh_c, h)
+    fn lstm_forward_row(gates: [&mut [f32]; 4], c_prev: &[f32], out: [&mut [f32]; 3]) -> bool {
+        crate::kernels::math::lstm_forward_row(gates, c_prev, out)
     }
 }
 

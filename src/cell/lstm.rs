@@ -69,7 +69,8 @@ pub fn forward_row<F: Float>(
     let n = gi.len();
     let (gf, gg, go, c_prev, c, tanh_c, h) =
         (&mut gf[..n], &mut gg[..n], &mut go[..n], &c_prev[..n], &mut c[..n], &mut tanh_c[..n], &mut h[..n]);
-    if F::lstm_forward_row(gi, gf, gg, go, c_prev, c, tanh_c, h) {
+    let (gates, out) = ([&mut *gi, &mut *gf, &mut *gg, &mut *go], [&mut *c, &mut *tanh_c, &mut *h]);
+    if F::lstm_forward_row(gates, c_prev, out) {
         return;
     }
     for j in 0..n {

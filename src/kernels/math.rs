@@ -54,28 +54,19 @@ pub fn tanh_f32(x: f32) -> f32 {
 /// ~10 cycles, and the step takes five). Every lane runs the same instructions — the last
 /// vector masked — so a unit's result does not depend on where a row is cut. Returns false
 /// (nothing done) where the CPU lacks AVX-512F.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn lstm_forward_row(
-    gi: &mut [f32],
-    gf: &mut [f32],
-    gg: &mut [f32],
-    go: &mut [f32],
-    c_prev: &[f32],
-    c: &mut [f32],
-    tanh_c: &mut [f32],
-    h: &mut [f32],
-) -> bool {
-    let n = gi.len();
+pub(crate) fn lstm_forward_row(gates: [&mut [f32]; 4], c_prev: &[f32], out: [&mut [f32]; 3]) -> bool {
+    let n = gates[0].len();
     assert!(
-        [gf.len(), gg.len(), go.len(), c_prev.len(), c.len(), tanh_c.len(), h.len()].iter().all(|&l| l >= n),
+        gates.iter().map(|g| g.len()).chain(out.iter().map(|o| o.len())).all(|l| l >= n) && c_prev.len() >= n,
         "an LSTM row's slices hold its units"
     );
     #[cfg(target_arch = "x86_64")]
     if super::few::native() {
         // SAFETY: AVX-512F is present (checked), and every slice holds n floats (asserted).
-        unsafe { avx512::lstm_forward_row(n, [gi, gf, gg, go], c_prev, [c, tanh_c, h]) };
+        unsafe { avx512::lstm_forward_row(n, gates, c_prev, out) };
         return true;
     }
+    let _ = (gates, c_prev, out);
     false
 }
 
@@ -221,15 +212,11 @@ mod tests {
                 for &end in cuts.iter().chain([n].iter()).filter(|&&e| e <= n) {
                     let [gi, gf, gg, go] = &mut g;
                     let r = at..end;
+                    let gates = [&mut gi[r.clone()], &mut gf[r.clone()], &mut gg[r.clone()], &mut go[r.clone()]];
                     if !lstm_forward_row(
-                        &mut gi[r.clone()],
-                        &mut gf[r.clone()],
-                        &mut gg[r.clone()],
-                        &mut go[r.clone()],
+                        gates,
                         &x[4][r.clone()],
-                        &mut c[r.clone()],
-                        &mut tc[r.clone()],
-                        &mut h[r.clone()],
+                        [&mut c[r.clone()], &mut tc[r.clone()], &mut h[r.clone()]],
                     ) {
                         return None;
                     }
@@ -258,7 +245,7 @@ mod tests {
         let mut g = [vec![f32::NAN, 100.0, -100.0], vec![0.0, 100.0, -100.0], vec![0.0, 100.0, -100.0], vec![0.0; 3]];
         let (cp, mut c, mut tc, mut h) = (vec![0.0, 1.0, 1.0], vec![0.0; 3], vec![0.0; 3], vec![0.0; 3]);
         let [gi, gf, gg, go] = &mut g;
-        if lstm_forward_row(gi, gf, gg, go, &cp, &mut c, &mut tc, &mut h) {
+        if lstm_forward_row([gi, gf, gg, go], &cp, [&mut c, &mut tc, &mut h]) {
             assert!(gi[0].is_nan() && c[0].is_nan() && h[0].is_nan(), "NaN propagates");
             assert_eq!((gi[1], gf[1], gg[1], c[1], tc[1]), (1.0, 1.0, 1.0, 2.0, 0.964_027_6));
             assert!(gi[2] < 1e-37 && gg[2] == -1.0 && c[2] < 1e-37, "{g:?}");
