@@ -551,7 +551,8 @@ fn bf16_tiles(c: MatMut<'_, f32>, pa: &bf16::PackedA, pb: &bf16::PackedB, accumu
 
 /// Several products with one left operand, `c_i (+)= a · b_i` ([`gemm_at`] each): under bf16,
 /// `a` is rounded and packed once for all of them (a layer's weight gradients dW_ih and dW_hh
-/// both read dpreᵀ). The same bits as the products one by one.
+/// both read dpreᵀ); two f32 deep products ([`panels::gemm_deep_shared`]) pack each chunk of
+/// `a` once. The same bits as the products one by one.
 pub fn gemm_shared_a<F: Float>(
     precision: Precision,
     a: Mat<'_, F>,
@@ -559,6 +560,27 @@ pub fn gemm_shared_a<F: Float>(
     accumulate: bool,
     threads: usize,
 ) {
+    let deep = |c: &MatMut<'_, F>, b: &Mat<'_, F>| {
+        F::NAME == "f32" && c.rows == a.rows && b.rows == a.cols && panels::takes_deep(c.rows, c.cols, a.cols, c.cs)
+    };
+    if precision.effective::<F>() == Precision::F32
+        && products.len() == panels::MAX_SHARED
+        && products.iter().all(|(c, b)| deep(c, b))
+    {
+        // f32 deep products: A's chunks packed once for all of them.
+        let count = products.len();
+        let mut f32s: [Option<(MatMut<'_, f32>, Mat<'_, f32>)>; panels::MAX_SHARED] = Default::default();
+        for (slot, (c, b)) in f32s.iter_mut().zip(products.iter_mut()) {
+            *slot = Some((
+                as_f32_mut(c.reborrow()).unwrap_or_else(|| unreachable!("f32")),
+                as_f32(*b).unwrap_or_else(|| unreachable!("f32")),
+            ));
+        }
+        let a = as_f32(a).unwrap_or_else(|| unreachable!("f32 views"));
+        let mut both: [(MatMut<'_, f32>, Mat<'_, f32>); panels::MAX_SHARED] =
+            f32s.map(|p| p.unwrap_or_else(|| unreachable!("MAX_SHARED products")));
+        return panels::gemm_deep_shared(a, &mut both[..count], accumulate, threads);
+    }
     if precision.effective::<F>() == Precision::F32 || products.len() < 2 {
         for (c, b) in products.iter_mut() {
             gemm_at(precision, c.reborrow(), a, *b, accumulate, threads);

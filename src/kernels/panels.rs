@@ -381,7 +381,7 @@ pub(crate) const DEEP_K: usize = 1024;
 thread_local! {
     /// Each thread's scratch for deep products: one chunk of B's panels and one super-block of
     /// A's rows, packed (it grows to the largest product the thread has run and is reused).
-    static DEEP: RefCell<(Panels, Vec<Line>)> = RefCell::default();
+    static DEEP: RefCell<([Panels; MAX_SHARED], Vec<Line>)> = RefCell::default();
 }
 
 /// Whether [`gemm_deep`] runs an (m, n, k) product: deep ones, with rows to cut and columns to
@@ -403,13 +403,40 @@ pub(crate) fn takes_deep(m: usize, n: usize, k: usize, c_cs: usize) -> bool {
 /// # Panics
 /// If the shapes disagree or the product is not one [`takes_deep`] (internal invariants).
 pub fn gemm_deep(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumulate: bool, threads: usize) {
-    let (m, n, k) = (c.rows, c.cols, a.cols);
-    assert!(a.rows == m && b.rows == k && b.cols == n, "deep product shape mismatch");
-    assert!(takes_deep(m, n, k, c.cs), "a deep product of a shape it does not take");
+    gemm_deep_shared(a, &mut [(c, b)], accumulate, threads);
+}
+
+/// Deep products that share their left operand at most (a layer's dW_ih and dW_hh).
+pub(crate) const MAX_SHARED: usize = 2;
+
+/// [`gemm_deep`] for up to [`MAX_SHARED`] products with one left operand, `c_i (+)= a · b_i`:
+/// each chunk of A's rows packed once for all of them (a layer's dW_ih and dW_hh both read
+/// dpreᵀ; at n = 64 dW_ih spent 40% of its time packing it). The same bits as the products
+/// one by one.
+///
+/// # Panics
+/// If there are no products or more than [`MAX_SHARED`], the shapes disagree, or a product is
+/// not one [`takes_deep`] (internal invariants).
+pub(crate) fn gemm_deep_shared(
+    a: Mat<'_, f32>,
+    products: &mut [(MatMut<'_, f32>, Mat<'_, f32>)],
+    accumulate: bool,
+    threads: usize,
+) {
+    let (m, k) = (a.rows, a.cols);
+    assert!((1..=MAX_SHARED).contains(&products.len()), "1 to {MAX_SHARED} deep products share A");
+    for (c, b) in products.iter() {
+        assert!(c.rows == m && b.rows == k && b.cols == c.cols, "deep product shape mismatch");
+        assert!(takes_deep(m, c.cols, k, c.cs), "a deep product of a shape it does not take");
+    }
     // A tile per core (the schedule model's parts) or thread: each packs every chunk of B once,
     // so no more of them. (The bits do not depend on the cut.)
     let tiles = threads.max(super::machine::plan_cores()).clamp(1, team::MAX_PARTS).min(m / (4 * MR)).max(1);
-    let c = SharedMat(c);
+    let count = products.len();
+    let mut shared: [Option<(SharedMat<'_, f32>, Mat<'_, f32>)>; MAX_SHARED] = Default::default();
+    for (slot, (c, b)) in shared.iter_mut().zip(products.iter_mut()) {
+        *slot = Some((SharedMat(c.reborrow()), *b));
+    }
     // Phases of about PHASE_CHUNKS chunks, each cut in proportion to the lanes' rates in the
     // phase before (the first by their recent paces).
     let chunks = k.div_ceil(KC);
@@ -418,7 +445,7 @@ pub fn gemm_deep(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumulat
     for phase in 0..phases {
         let (q0, q1) = super::parts::range(chunks, phases, 1, phase);
         let (k0, k1) = (q0 * KC, (q1 * KC).min(k));
-        let (a, b) = (a.t().sub_rows(k0, k1 - k0).t(), b.sub_rows(k0, k1 - k0));
+        let a = a.t().sub_rows(k0, k1 - k0).t();
         let add = accumulate || k0 > 0;
         let took: [AtomicU64; team::MAX_PARTS] = [const { AtomicU64::new(0) }; team::MAX_PARTS];
         team::for_each(threads, tiles, |tile| {
@@ -427,11 +454,14 @@ pub fn gemm_deep(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumulat
                 return;
             }
             let started = Instant::now();
-            // SAFETY: the tiles are disjoint row blocks of C.
-            let ct = unsafe { c.block(r0, r1 - r0, 0, n) };
+            let mut tile_products: [Option<(MatMut<'_, f32>, Mat<'_, f32>)>; MAX_SHARED] = Default::default();
+            for (slot, (c, b)) in tile_products.iter_mut().zip(shared.iter().flatten()) {
+                // SAFETY: the tiles are disjoint row blocks of each C.
+                *slot = Some((unsafe { c.block(r0, r1 - r0, 0, c.0.cols) }, b.sub_rows(k0, k1 - k0)));
+            }
             DEEP.with(|deep| {
                 let (bp, ap) = &mut *deep.borrow_mut();
-                deep_tile(ct, a.sub_rows(r0, r1 - r0), b, add, bp, ap);
+                deep_tile(&mut tile_products[..count], a.sub_rows(r0, r1 - r0), add, bp, ap);
             });
             took[tile].store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         });
@@ -440,35 +470,41 @@ pub fn gemm_deep(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumulat
     }
 }
 
-/// One tile of [`gemm_deep`] on one thread: chunk by chunk of k, B's chunk packed into panels,
-/// then super-block by super-block of rows, A's rows packed, every panel over every row block.
+/// One tile of [`gemm_deep_shared`] on one thread: chunk by chunk of k, each product's chunk of
+/// B packed into panels, then super-block by super-block of rows, A's rows packed once, every
+/// panel of every product over every row block.
 fn deep_tile(
-    c: MatMut<'_, f32>,
+    products: &mut [Option<(MatMut<'_, f32>, Mat<'_, f32>)>],
     a: Mat<'_, f32>,
-    b: Mat<'_, f32>,
     accumulate: bool,
-    bp: &mut Panels,
+    bp: &mut [Panels; MAX_SHARED],
     ap: &mut Vec<Line>,
 ) {
-    let (m, n, k) = (c.rows, c.cols, a.cols);
+    let (m, k) = (a.rows, a.cols);
     let mut k0 = 0;
     while k0 < k {
         let kc = (k - k0).min(KC);
         let add = accumulate || k0 > 0;
-        bp.pack(b.sub_rows(k0, kc), 1);
+        for (bp, (_, b)) in bp.iter_mut().zip(products.iter().flatten()) {
+            bp.pack(b.sub_rows(k0, kc), 1);
+        }
         let mut s0 = 0;
         while s0 < m {
             let rows = (m - s0).min(SUPER_ROWS);
             let apf = lines_f32(ap, rows.div_ceil(MR) * MR * kc);
             pack_rows(apf, a, s0, rows, k0, kc);
-            for p in 0..bp.panels() {
-                let (c0, w) = (p * NR, (n - p * NR).min(NR));
-                for q in 0..rows.div_ceil(MR) {
-                    let (r, rb) = (q * MR, (rows - q * MR).min(MR));
-                    // SAFETY: rows [s0 + r, s0 + r + rb) and columns [c0, c0 + w) of this tile.
-                    let cb = unsafe { c.block(s0 + r, rb, c0, w) };
-                    let ap = Rows { data: &apf[q * MR * kc..(q + 1) * MR * kc], rs: 0 };
-                    tile_rows(rb, cb, ap, bp.panel(p), kc, add, &[], (Chain::default(), &mut []));
+            for (bp, (c, _)) in bp.iter().zip(products.iter_mut().flatten()) {
+                let n = c.cols;
+                for p in 0..bp.panels() {
+                    let (c0, w) = (p * NR, (n - p * NR).min(NR));
+                    for q in 0..rows.div_ceil(MR) {
+                        let (r, rb) = (q * MR, (rows - q * MR).min(MR));
+                        // SAFETY: rows [s0 + r, s0 + r + rb) and columns [c0, c0 + w) of this
+                        // tile of this product's C.
+                        let cb = unsafe { c.block(s0 + r, rb, c0, w) };
+                        let ap = Rows { data: &apf[q * MR * kc..(q + 1) * MR * kc], rs: 0 };
+                        tile_rows(rb, cb, ap, bp.panel(p), kc, add, &[], (Chain::default(), &mut []));
+                    }
                 }
             }
             s0 += rows;
@@ -833,6 +869,11 @@ mod tests {
             super::super::crate_gemm(MatMut::rows(&mut crate_c, m, n), av, bv, accumulate);
             let b_at = |kk: usize, j: usize| bd[kk * n + j];
             check(Product { c: &c, crate_c: &crate_c, c0: &c0, m, n, k, accumulate }, a_at, b_at);
+            // A second product sharing A (dW_ih beside dW_hh), 50 columns wide.
+            let bd2: Vec<f32> = (0..k * 50).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let c2_0: Vec<f32> = (0..m * 50).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut c2 = c2_0.clone();
+            gemm_deep(MatMut::rows(&mut c2, m, 50), av, Mat::rows(&bd2, k, 50), accumulate, 1);
             for (threads, pace) in [(2, [1024; 5]), (3, [1024; 5]), (5, [1024; 5]), (2, [300, 3000, 1024, 1024, 1024])]
             {
                 // (Skewed paces cut the rows unequally: the same bits.)
@@ -840,6 +881,12 @@ mod tests {
                 let mut t = c0.clone();
                 gemm_deep(MatMut::rows(&mut t, m, n), av, bv, accumulate, threads);
                 assert_eq!(t, c, "m={m} n={n} k={k}: {threads} threads, paces {pace:?} differ");
+                // Both products at once, A packed once: each the bits of its own product.
+                let (mut t, mut t2) = (c0.clone(), c2_0.clone());
+                let mut both =
+                    [(MatMut::rows(&mut t, m, n), bv), (MatMut::rows(&mut t2, m, 50), Mat::rows(&bd2, k, 50))];
+                gemm_deep_shared(av, &mut both, accumulate, threads);
+                assert!(t == c && t2 == c2, "m={m} n={n} k={k}: shared A on {threads} threads differs");
             }
         }
     }
