@@ -560,26 +560,18 @@ pub fn gemm_shared_a<F: Float>(
     accumulate: bool,
     threads: usize,
 ) {
-    let deep = |c: &MatMut<'_, F>, b: &Mat<'_, F>| {
-        F::NAME == "f32" && c.rows == a.rows && b.rows == a.cols && panels::takes_deep(c.rows, c.cols, a.cols, c.cs)
-    };
-    if precision.effective::<F>() == Precision::F32
-        && products.len() == panels::MAX_SHARED
-        && products.iter().all(|(c, b)| deep(c, b))
+    if let [p0, p1] = products
+        && precision.effective::<F>() == Precision::F32
+        && F::NAME == "f32"
+        && [&*p0, &*p1].iter().all(|(c, _)| panels::takes_deep(c.rows, c.cols, a.cols, c.cs))
     {
-        // f32 deep products: A's chunks packed once for all of them.
-        let count = products.len();
-        let mut f32s: [Option<(MatMut<'_, f32>, Mat<'_, f32>)>; panels::MAX_SHARED] = Default::default();
-        for (slot, (c, b)) in f32s.iter_mut().zip(products.iter_mut()) {
-            *slot = Some((
-                as_f32_mut(c.reborrow()).unwrap_or_else(|| unreachable!("f32")),
-                as_f32(*b).unwrap_or_else(|| unreachable!("f32")),
-            ));
-        }
-        let a = as_f32(a).unwrap_or_else(|| unreachable!("f32 views"));
-        let mut both: [(MatMut<'_, f32>, Mat<'_, f32>); panels::MAX_SHARED] =
-            f32s.map(|p| p.unwrap_or_else(|| unreachable!("MAX_SHARED products")));
-        return panels::gemm_deep_shared(a, &mut both[..count], accumulate, threads);
+        // f32 deep products: A's chunks packed once for both.
+        let (Some(a), Some(c0), Some(b0), Some(c1), Some(b1)) =
+            (as_f32(a), as_f32_mut(p0.0.reborrow()), as_f32(p0.1), as_f32_mut(p1.0.reborrow()), as_f32(p1.1))
+        else {
+            unreachable!("f32 views")
+        };
+        return panels::gemm_deep_shared(a, &mut [(c0, b0), (c1, b1)], accumulate, threads);
     }
     if precision.effective::<F>() == Precision::F32 || products.len() < 2 {
         for (c, b) in products.iter_mut() {
