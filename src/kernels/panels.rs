@@ -15,7 +15,7 @@
 use super::few;
 use super::{Mat, MatMut, SharedMat, TILE_WORK, team};
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::Instant;
 
 /// Columns per panel: three AVX-512 vectors of f32.
@@ -164,8 +164,9 @@ struct Chain {
 /// C (m × n) (+)= A (m × k) · B, B packed, on up to `threads` threads: A's rows (if long)
 /// packed once, a share by each tile; the (panel, row block) units cut into runs, one tile per
 /// core or thread (each tile's panels in turn, its row blocks of a panel while it is hot), in
-/// proportion to the lanes' recent paces (`team::paced_cuts`), each tile bringing its next
-/// panel toward L2 while one runs.
+/// proportion to the lanes' recent paces (`team::paced_cuts`), handed out as the tiles run (a
+/// tile done first takes over the end of a slower one's run, `team::Claims`), each tile
+/// bringing its next panel toward L2 while one runs.
 ///
 /// # Panics
 /// If the shapes disagree, C has a non-unit column stride, or the CPU lacks AVX-512F (internal
@@ -188,7 +189,9 @@ pub fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: &Panels, accumulate: bool, t
     // equal runs left the faster one waiting 6–8% of every per-step product (LSTM H = 1024,
     // B = 64), paced ones 2–4%. Finer tiles that a faster lane takes over one by one cost
     // more than they saved (one thread, 16 tiles per core: 64 × 4096 × 1024 80 → 58% of the
-    // FMA peak, 64 × 1024 × 4096 85 → 78%).
+    // FMA peak, 64 × 1024 × 4096 85 → 78%); instead each tile runs its own run in halves and
+    // a tile done first takes over the slowest one's last panel (of row blocks) at a time, so
+    // a core that slows down within a product leaves the rest of its run to the other.
     let blocks = m.div_ceil(MR);
     let units = panels * blocks;
     let cap = threads.max(super::machine::plan_cores()).min(MAX_TILES);
@@ -203,9 +206,10 @@ pub fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: &Panels, accumulate: bool, t
         let ap =
             if pack { team::Shared::of(lines_f32(&mut lines, blocks * MR * k)) } else { team::Shared::of(&mut []) };
         let phases = if pack { 2 } else { 1 };
-        // The tiles' runs, and each tile's product time for the lanes' paces.
+        // The tiles' runs (handed out as they run: a faster lane takes over the end of a
+        // slower one's), and each tile's units and product time for the lanes' paces.
         let cuts = team::paced_cuts(units, tiles, threads, 1);
-        let took: [AtomicU64; team::MAX_PARTS] = [const { AtomicU64::new(0) }; team::MAX_PARTS];
+        let claims = team::Claims::new(&cuts, blocks, threads);
         team::run(
             threads,
             tiles,
@@ -226,31 +230,29 @@ pub fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: &Panels, accumulate: bool, t
                 } else {
                     Rows { data: a.data, rs: a.rs }
                 };
-                let (u0, u1) = cuts.range(tile);
-                if u0 == u1 {
-                    return;
-                }
                 let started = Instant::now();
-                if k >= STEP_CHUNKS_FROM {
-                    units_chunked(&c, rows, (u0, u1), blocks, b, accumulate);
-                } else {
+                while let Some((u0, u1)) = claims.next(tile) {
+                    if k >= STEP_CHUNKS_FROM {
+                        units_chunked(&c, rows, (u0, u1), blocks, b, accumulate);
+                        continue;
+                    }
                     let mut u = u0;
                     while u < u1 {
                         let (p, q0) = (u / blocks, u % blocks);
                         let q1 = (u1 - p * blocks).min(blocks);
                         let (c0, w) = (p * NR, (b.n - p * NR).min(NR));
                         let (r0, r1) = (q0 * MR, (q1 * MR).min(m));
-                        // SAFETY: tiles own disjoint runs of units: disjoint blocks of C.
+                        // SAFETY: every unit goes to one tile (`Claims`): disjoint blocks of C.
                         let ct = unsafe { c.block(r0, r1 - r0, c0, w) };
                         let next = if (p + 1) * blocks < u1 { b.panel(p + 1) } else { &[] };
                         panel(ct, rows, q0, b.panel(p), k, accumulate, next);
                         u = p * blocks + q1;
                     }
                 }
-                took[tile].store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                claims.time(tile, started);
             },
         );
-        cuts.record(&took[..tiles]);
+        team::record_pace(&claims.ran()[..tiles]);
     });
 }
 
@@ -368,20 +370,18 @@ fn units_chunked(
 /// L1/L2 while every row block of a tile runs over them.
 const KC: usize = 256;
 /// Rows of C per super-block of a tile of a deep product: their packed A chunk (128 KB) stays
-/// in L2 while every panel runs over it.
+/// in L2 while every panel runs over it; the rows a faster lane takes over from a slower one at a
+/// time.
 const SUPER_ROWS: usize = 128;
-/// Chunks per phase of a deep product ([`gemm_deep`]), about: between two phases the rows are
-/// cut again by each lane's rate in the last one. One cut for a whole product (100–400 ms on
-/// two cores) left the faster lane waiting 5–20% of it (the cores' speeds drift within it);
-/// a phase of 4 chunks runs 10–15 ms at LSTM H = 512, B = 64.
-const PHASE_CHUNKS: usize = 4;
 /// Depth from which [`gemm_deep`] takes a product (shallower ones keep the crate).
 pub(crate) const DEEP_K: usize = 1024;
 
 thread_local! {
-    /// Each thread's scratch for deep products: one chunk of B's panels and one super-block of
-    /// A's rows, packed (it grows to the largest product the thread has run and is reused).
-    static DEEP: RefCell<([Panels; MAX_SHARED], Vec<Line>)> = RefCell::default();
+    /// The caller's chunk of each deep product's B, packed into panels once for every tile (it
+    /// grows to the largest product the thread has run and is reused).
+    static DEEP_B: RefCell<[Panels; MAX_SHARED]> = RefCell::default();
+    /// Each thread's super-block of A's rows for deep products, packed.
+    static DEEP_A: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Whether [`gemm_deep`] runs an (m, n, k) product: deep ones, with rows to cut and columns to
@@ -392,9 +392,11 @@ pub(crate) fn takes_deep(m: usize, n: usize, k: usize, c_cs: usize) -> bool {
 
 /// C (m × n) (+)= A (m × k) · B (k × n) for deep products with any strides — the weight
 /// gradients, dW = dpreᵀ · x over all T·B rows, and dL/dx = dpre · W_ih: k is cut into chunks
-/// of [`KC`], each chunk's B packed into panels and each super-block of A's rows into 8-row
-/// blocks, one per thread at a time; C's rows into one tile per thread, in proportion to the
-/// lanes' recent paces (`team::paced_cuts`).
+/// of [`KC`]; each chunk's B is packed into panels once (by every thread, a share each), then
+/// C's rows are cut into one tile per thread in proportion to the lanes' rates in the chunk
+/// before (the first by their recent paces), handed out as the tiles run (`team::Claims`: a
+/// faster lane takes over the end of a slower one's), each super-block of A's rows packed by
+/// the thread that runs it.
 ///
 /// Each element of C is, per chunk in order, one chain of fused multiply-adds over the chunk's
 /// k from zero, added to C (stored, for the first chunk of a product that does not accumulate):
@@ -410,9 +412,9 @@ pub fn gemm_deep(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumulat
 pub(crate) const MAX_SHARED: usize = 2;
 
 /// [`gemm_deep`] for up to [`MAX_SHARED`] products with one left operand, `c_i (+)= a · b_i`:
-/// each chunk of A's rows packed once for all of them (a layer's dW_ih and dW_hh both read
-/// dpreᵀ; at n = 64 dW_ih spent 40% of its time packing it). The same bits as the products
-/// one by one.
+/// each super-block of A's rows packed once for all of them (a layer's dW_ih and dW_hh both
+/// read dpreᵀ; at n = 64 dW_ih spent 40% of its time packing it). The same bits as the
+/// products one by one.
 ///
 /// # Panics
 /// If there are no products or more than [`MAX_SHARED`], the shapes disagree, or a product is
@@ -429,87 +431,82 @@ pub(crate) fn gemm_deep_shared(
         assert!(c.rows == m && b.rows == k && b.cols == c.cols, "deep product shape mismatch");
         assert!(takes_deep(m, c.cols, k, c.cs), "a deep product of a shape it does not take");
     }
-    // A tile per core (the schedule model's parts) or thread: each packs every chunk of B once,
-    // so no more of them. (The bits do not depend on the cut.)
+    // A tile per core (the schedule model's parts) or thread. (The bits do not depend on the cut.)
+    let blocks = m.div_ceil(MR);
     let tiles = threads.max(super::machine::plan_cores()).clamp(1, team::MAX_PARTS).min(m / (4 * MR)).max(1);
     let count = products.len();
     let mut shared: [Option<(SharedMat<'_, f32>, Mat<'_, f32>)>; MAX_SHARED] = Default::default();
     for (slot, (c, b)) in shared.iter_mut().zip(products.iter_mut()) {
         *slot = Some((SharedMat(c.reborrow()), *b));
     }
-    // Phases of about PHASE_CHUNKS chunks, each cut in proportion to the lanes' rates in the
-    // phase before (the first by their recent paces).
-    let chunks = k.div_ceil(KC);
-    let phases = chunks.div_ceil(PHASE_CHUNKS);
-    let mut cuts = team::paced_cuts(m, tiles, threads, MR);
-    for phase in 0..phases {
-        let (q0, q1) = super::parts::range(chunks, phases, 1, phase);
-        let (k0, k1) = (q0 * KC, (q1 * KC).min(k));
-        let a = a.t().sub_rows(k0, k1 - k0).t();
-        let add = accumulate || k0 > 0;
-        let took: [AtomicU64; team::MAX_PARTS] = [const { AtomicU64::new(0) }; team::MAX_PARTS];
-        team::for_each(threads, tiles, |tile| {
-            let (r0, r1) = cuts.range(tile);
-            if r0 == r1 {
-                return;
+    let mut cuts = team::paced_cuts(blocks, tiles, threads, 1);
+    DEEP_B.with(|bp| {
+        let mut bp = bp.borrow_mut();
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = (k - k0).min(KC);
+            for (bp, (_, b)) in bp.iter_mut().zip(shared.iter().flatten()) {
+                bp.pack(b.sub_rows(k0, kc), threads);
             }
-            let started = Instant::now();
-            let mut tile_products: [Option<(MatMut<'_, f32>, Mat<'_, f32>)>; MAX_SHARED] = Default::default();
-            for (slot, (c, b)) in tile_products.iter_mut().zip(shared.iter().flatten()) {
-                // SAFETY: the tiles are disjoint row blocks of each C.
-                *slot = Some((unsafe { c.block(r0, r1 - r0, 0, c.0.cols) }, b.sub_rows(k0, k1 - k0)));
-            }
-            DEEP.with(|deep| {
-                let (bp, ap) = &mut *deep.borrow_mut();
-                deep_tile(&mut tile_products[..count], a.sub_rows(r0, r1 - r0), add, bp, ap);
+            let (bp, add) = (&*bp, accumulate || k0 > 0);
+            let claims = team::Claims::new(&cuts, SUPER_ROWS / MR, threads);
+            team::for_each(threads, tiles, |tile| {
+                let started = Instant::now();
+                DEEP_A.with(|ap| {
+                    let ap = &mut *ap.borrow_mut();
+                    while let Some((q0, q1)) = claims.next(tile) {
+                        let (r0, r1) = (q0 * MR, (q1 * MR).min(m));
+                        let mut rows: [Option<MatMut<'_, f32>>; MAX_SHARED] = Default::default();
+                        for (slot, (c, _)) in rows.iter_mut().zip(shared.iter().flatten()) {
+                            // SAFETY: every row block goes to one tile (`Claims`): disjoint rows of
+                            // each C.
+                            *slot = Some(unsafe { c.block(r0, r1 - r0, 0, c.0.cols) });
+                        }
+                        deep_rows(&mut rows[..count], a.sub_rows(r0, r1 - r0), (k0, kc), add, bp, ap);
+                    }
+                });
+                claims.time(tile, started);
             });
-            took[tile].store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        });
-        cuts.record(&took[..tiles]);
-        cuts = cuts.rebalanced(&took[..tiles]);
-    }
+            let ran = claims.ran();
+            team::record_pace(&ran[..tiles]);
+            cuts = cuts.rebalanced(&ran[..tiles]);
+            k0 += kc;
+        }
+    });
 }
 
-/// One tile of [`gemm_deep_shared`] on one thread: chunk by chunk of k, each product's chunk of
-/// B packed into panels, then super-block by super-block of rows, A's rows packed once, every
-/// panel of every product over every row block.
-fn deep_tile(
-    products: &mut [Option<(MatMut<'_, f32>, Mat<'_, f32>)>],
+/// Rows of one chunk [k0, k0 + kc) of [`gemm_deep_shared`] on one thread, `bp` each product's
+/// chunk of B in panels: super-block by super-block of rows, A's rows packed once, every panel
+/// of every product over every row block.
+fn deep_rows(
+    products: &mut [Option<MatMut<'_, f32>>],
     a: Mat<'_, f32>,
-    accumulate: bool,
-    bp: &mut [Panels; MAX_SHARED],
+    (k0, kc): (usize, usize),
+    add: bool,
+    bp: &[Panels; MAX_SHARED],
     ap: &mut Vec<Line>,
 ) {
-    let (m, k) = (a.rows, a.cols);
-    let mut k0 = 0;
-    while k0 < k {
-        let kc = (k - k0).min(KC);
-        let add = accumulate || k0 > 0;
-        for (bp, (_, b)) in bp.iter_mut().zip(products.iter().flatten()) {
-            bp.pack(b.sub_rows(k0, kc), 1);
-        }
-        let mut s0 = 0;
-        while s0 < m {
-            let rows = (m - s0).min(SUPER_ROWS);
-            let apf = lines_f32(ap, rows.div_ceil(MR) * MR * kc);
-            pack_rows(apf, a, s0, rows, k0, kc);
-            for (bp, (c, _)) in bp.iter().zip(products.iter_mut().flatten()) {
-                let n = c.cols;
-                for p in 0..bp.panels() {
-                    let (c0, w) = (p * NR, (n - p * NR).min(NR));
-                    for q in 0..rows.div_ceil(MR) {
-                        let (r, rb) = (q * MR, (rows - q * MR).min(MR));
-                        // SAFETY: rows [s0 + r, s0 + r + rb) and columns [c0, c0 + w) of this
-                        // tile of this product's C.
-                        let cb = unsafe { c.block(s0 + r, rb, c0, w) };
-                        let ap = Rows { data: &apf[q * MR * kc..(q + 1) * MR * kc], rs: 0 };
-                        tile_rows(rb, cb, ap, bp.panel(p), kc, add, &[], (Chain::default(), &mut []));
-                    }
+    let m = a.rows;
+    let mut s0 = 0;
+    while s0 < m {
+        let rows = (m - s0).min(SUPER_ROWS);
+        let apf = lines_f32(ap, rows.div_ceil(MR) * MR * kc);
+        pack_rows(apf, a, s0, rows, k0, kc);
+        for (bp, c) in bp.iter().zip(products.iter_mut().flatten()) {
+            let n = c.cols;
+            for p in 0..bp.panels() {
+                let (c0, w) = (p * NR, (n - p * NR).min(NR));
+                for q in 0..rows.div_ceil(MR) {
+                    let (r, rb) = (q * MR, (rows - q * MR).min(MR));
+                    // SAFETY: rows [s0 + r, s0 + r + rb) and columns [c0, c0 + w) of these rows
+                    // of this product's C.
+                    let cb = unsafe { c.block(s0 + r, rb, c0, w) };
+                    let ap = Rows { data: &apf[q * MR * kc..(q + 1) * MR * kc], rs: 0 };
+                    tile_rows(rb, cb, ap, bp.panel(p), kc, add, &[], (Chain::default(), &mut []));
                 }
             }
-            s0 += rows;
         }
-        k0 += kc;
+        s0 += rows;
     }
 }
 

@@ -172,20 +172,15 @@ impl Cuts {
         (self.at[p], self.at[p + 1])
     }
 
-    /// The same items cut for the next phase of one long pass (a deep product's next chunks of
-    /// k), in proportion to each part's rate in the phase just run (`took`: each part's time in
-    /// ns) — not the lanes' smoothed paces, which lag a drift within the pass. The same cut if
-    /// the phase did not run one part per lane, or a part ran nothing.
-    pub(crate) fn rebalanced(&self, took: &[AtomicU64]) -> Cuts {
+    /// The same items cut for the next phase of one long pass (a deep product's next chunk of
+    /// k), in proportion to each part's rate in the phase just run (`ran`: each part's items and
+    /// time in ns, [`Claims::ran`]) — not the lanes' smoothed paces, which lag a drift within
+    /// the pass. The same cut if the phase did not run one part per lane, or a part ran nothing.
+    pub(crate) fn rebalanced(&self, ran: &[(usize, u64)]) -> Cuts {
         let same = Cuts { at: self.at, parts: self.parts, align: self.align };
         let parts = self.parts;
-        if parts <= 1 || parts > MAX_LANES || took.len() < parts || JOINED.get() != parts {
+        if parts <= 1 || parts > MAX_LANES || ran.len() < parts || JOINED.get() != parts {
             return same;
-        }
-        let mut ran = [(0, 0); MAX_LANES];
-        for (p, ran) in ran.iter_mut().enumerate().take(parts) {
-            let (start, end) = self.range(p);
-            *ran = (end - start, took[p].load(Ordering::Relaxed));
         }
         match relative_rates(&ran[..parts]) {
             Some(rate) => {
@@ -198,15 +193,92 @@ impl Cuts {
             None => same,
         }
     }
+}
 
-    /// The items of each part (`took`: each part's time in ns), for [`record_pace`].
-    pub(crate) fn record(&self, took: &[AtomicU64]) {
-        let mut ran = [(0, 0); MAX_PARTS];
-        for (p, (ran, took)) in ran.iter_mut().zip(took).enumerate().take(self.parts) {
-            let (start, end) = self.range(p);
-            *ran = (end - start, took.load(Ordering::Relaxed));
+/// The items of a [`Cuts`] handed out while a pass runs: each part takes its own items from the
+/// front of its range, half of what is left at a time (at least `grain`), and a part whose
+/// range is empty takes `grain` items at a time from the back of the range with the most left.
+/// A cut made before the pass cannot follow a core that slows down within it (a virtual
+/// machine's cores drift from moment to moment); the faster lane takes over the end of the
+/// slower one's share instead of waiting for it. Every item goes to exactly one part, and the
+/// callers' items do the same arithmetic wherever they run, so the results are the same bits.
+/// Items are taken over only where the parts run one per lane (not on one thread, nor under
+/// the schedule model, which times each part's own share).
+pub(crate) struct Claims {
+    /// Each part's items left: front in the low 32 bits, end in the high 32.
+    left: [AtomicU64; MAX_PARTS],
+    /// The items each part took, and its time in ns ([`Claims::time`]).
+    ran: [AtomicUsize; MAX_PARTS],
+    took: [AtomicU64; MAX_PARTS],
+    parts: usize,
+    grain: usize,
+    take_over: bool,
+}
+
+impl Claims {
+    /// The ranges of `cuts`, handed out `grain` items at a time at least, on `threads` threads.
+    pub(crate) fn new(cuts: &Cuts, grain: usize, threads: usize) -> Claims {
+        assert!(cuts.at[cuts.parts] <= u32::MAX as usize, "claims count items in 32 bits");
+        let left = std::array::from_fn(|p| {
+            let (a, b) = if p < cuts.parts { cuts.range(p) } else { (0, 0) };
+            AtomicU64::new(a as u64 | ((b as u64) << 32))
+        });
+        let take_over = cuts.parts > 1 && cuts.parts <= threads.min(MAX_LANES) && !MODEL_ON.load(Ordering::Relaxed);
+        let (ran, took) = ([const { AtomicUsize::new(0) }; MAX_PARTS], [const { AtomicU64::new(0) }; MAX_PARTS]);
+        Claims { left, ran, took, parts: cuts.parts, grain: grain.max(1), take_over }
+    }
+
+    /// Notes part `p`'s time in the pass (from its start, before its first [`Claims::next`]).
+    pub(crate) fn time(&self, p: usize, started: Instant) {
+        self.took[p].store(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Each part's (items, ns) in the pass: for [`record_pace`] and [`Cuts::rebalanced`].
+    pub(crate) fn ran(&self) -> [(usize, u64); MAX_PARTS] {
+        std::array::from_fn(|p| (self.ran[p].load(Ordering::Relaxed), self.took[p].load(Ordering::Relaxed)))
+    }
+
+    /// Part `p`'s next items [a, b): its own first, then (where taking over is on) another's.
+    pub(crate) fn next(&self, p: usize) -> Option<(usize, usize)> {
+        let own = &self.left[p];
+        let mut v = own.load(Ordering::Acquire);
+        loop {
+            let (a, b) = ((v & 0xffff_ffff) as usize, (v >> 32) as usize);
+            if a >= b {
+                break;
+            }
+            let n = ((b - a) / 2).max(self.grain).min(b - a);
+            match own.compare_exchange_weak(v, (a + n) as u64 | ((b as u64) << 32), Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    self.ran[p].fetch_add(n, Ordering::Relaxed);
+                    return Some((a, a + n));
+                }
+                Err(now) => v = now,
+            }
         }
-        record_pace(&ran[..self.parts.min(took.len())]);
+        if !self.take_over {
+            return None;
+        }
+        loop {
+            // The range with the most left, from its back.
+            let (mut best, mut most) = (None, 0);
+            for (q, left) in self.left.iter().enumerate().take(self.parts) {
+                let v = left.load(Ordering::Acquire);
+                let n = ((v >> 32) as usize).saturating_sub((v & 0xffff_ffff) as usize);
+                if q != p && n > most {
+                    (best, most) = (Some((q, v)), n);
+                }
+            }
+            let (q, v) = best?;
+            let (a, b) = ((v & 0xffff_ffff) as usize, (v >> 32) as usize);
+            let n = self.grain.min(b - a);
+            let taken = (a as u64) | (((b - n) as u64) << 32);
+            if self.left[q].compare_exchange(v, taken, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                self.ran[p].fetch_add(n, Ordering::Relaxed);
+                return Some((b - n, b));
+            }
+        }
     }
 }
 
@@ -761,11 +833,11 @@ impl<F> Shared<F> {
 #[cfg(test)]
 mod tests {
     use super::{
-        Cuts, JOINED, PACE_ONE, cut_by_pace, for_each, model_segment, model_sums, next_pace, relative_rates, run,
+        Claims, Cuts, JOINED, PACE_ONE, cut_by_pace, for_each, model_segment, model_sums, next_pace, relative_rates,
+        run,
     };
     use std::sync::Mutex;
-    use std::sync::atomic::AtomicU64;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
     /// The schedule model gives a segment the time of its slowest lane (part p on lane p % lanes)
     /// for each lane count, and a meeting per helper that takes part (no more lanes than parts).
@@ -835,6 +907,49 @@ mod tests {
         }
     }
 
+    /// Claimed items go out exactly once however the lanes race for them: a part takes its own
+    /// range in halves (front first); on two lanes a part done first takes the end of a slow
+    /// one's range, `grain` items at a time; on one thread (or under the schedule model) each
+    /// part runs exactly its own range.
+    #[test]
+    fn claims_hand_every_item_out_once_and_a_slow_parts_end_to_a_fast_one() {
+        let cuts = Cuts::by_pace(1000, 2, 1, &[PACE_ONE; 2]);
+        let alone = Claims::new(&cuts, 10, 1);
+        let mut got = Vec::new();
+        while let Some(r) = alone.next(0) {
+            got.push(r);
+        }
+        assert_eq!(got[..3], [(0, 250), (250, 375), (375, 437)]);
+        assert_eq!(got.last().map(|r| r.1), Some(500), "{got:?}");
+        assert!(got.windows(2).all(|w| w[0].1 == w[1].0 && w[1].1 - w[1].0 <= 10.max(w[0].1 - w[0].0)));
+        assert_eq!(alone.next(0), None, "no taking over on one thread");
+        let mut took_over = false;
+        for _ in 0..20 {
+            let claims = Claims::new(&cuts, 10, 2);
+            let seen: Vec<AtomicU32> = (0..1000).map(|_| AtomicU32::new(0)).collect();
+            for_each(2, 2, |p| {
+                while let Some((a, b)) = claims.next(p) {
+                    assert!(a < b && b - a <= 500, "({a}, {b})");
+                    for s in &seen[a..b] {
+                        s.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if p == 1 {
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                }
+            });
+            assert!(seen.iter().all(|s| s.load(Ordering::Relaxed) == 1), "every item exactly once");
+            let ran = claims.ran();
+            assert_eq!(ran[0].0 + ran[1].0, 1000);
+            if JOINED.get() == 2 && ran[0].0 > 500 {
+                took_over = true;
+                break;
+            }
+        }
+        // (Only where the helper joined: a loaded machine may run both parts on the caller.)
+        assert!(took_over || JOINED.get() < 2, "the fast part took over the slow one's end");
+    }
+
     /// A long pass's next phase is cut by the last phase's rates at once (not a quarter of the
     /// way, as the paces move): a lane that ran its equal half in twice the time gets a third.
     #[test]
@@ -848,8 +963,7 @@ mod tests {
         }
         let cuts = Cuts::by_pace(1200, 2, 8, &[PACE_ONE; 2]);
         assert_eq!((cuts.range(0), cuts.range(1)), ((0, 600), (600, 1200)));
-        let took = [AtomicU64::new(1000), AtomicU64::new(2000)];
-        let next = cuts.rebalanced(&took);
+        let next = cuts.rebalanced(&[(600, 1000), (600, 2000)]);
         if JOINED.get() == 2 {
             assert_eq!((next.range(0), next.range(1)), ((0, 800), (800, 1200)));
         } else {
@@ -857,7 +971,7 @@ mod tests {
         }
         // A part that ran nothing keeps the cut.
         let idle = Cuts::by_pace(1200, 2, 8, &[PACE_ONE * 4, PACE_ONE / 4]);
-        let same = idle.rebalanced(&[AtomicU64::new(0), AtomicU64::new(5)]);
+        let same = idle.rebalanced(&[(1100, 0), (100, 5)]);
         assert_eq!(same.range(1), idle.range(1));
         assert_eq!(relative_rates(&[(100, 10), (100, 30)]).map(|r| (r[0], r[1])), Some((1.5, 0.5)));
     }
