@@ -142,40 +142,69 @@ mod avx512 {
     pub(super) unsafe fn lstm_forward_row(n: usize, g: [&mut [f32]; 4], c_prev: &[f32], out: [&mut [f32]; 3]) {
         let [gi, gf, gg, go] = g;
         let [c, tanh_c, h] = out;
-        // Two vectors per turn: their chains (about 150 cycles each) overlap.
+        let gates = [gi.as_mut_ptr(), gf.as_mut_ptr(), gg.as_mut_ptr(), go.as_mut_ptr()];
+        let outs = [c.as_mut_ptr(), tanh_c.as_mut_ptr(), h.as_mut_ptr()];
+        // Two vectors per turn (their chains, about 150 cycles each, overlap); one for the last
+        // 16 lanes or fewer (a row block of 48 units: three vectors, not four).
+        let mut j = 0;
+        while j < n {
+            // SAFETY: lanes [j, j + 16·V) masked to those below n, which every slice holds.
+            unsafe {
+                if n - j > 16 {
+                    lstm_turn::<2>(n, j, gates, c_prev.as_ptr(), outs);
+                } else {
+                    lstm_turn::<1>(n, j, gates, c_prev.as_ptr(), outs);
+                }
+            }
+            j += 32;
+        }
+    }
+
+    /// V vectors of [`lstm_forward_row`] from lane j (masked to lanes below n).
+    ///
+    /// # Safety
+    /// AVX-512F must be present; every pointer addresses at least n floats.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn lstm_turn<const V: usize>(
+        n: usize,
+        j: usize,
+        gates: [*mut f32; 4],
+        c_prev: *const f32,
+        outs: [*mut f32; 3],
+    ) {
         let mask = |j: usize| -> __mmask16 {
             if n.saturating_sub(j) >= 16 { u16::MAX } else { (1u16 << n.saturating_sub(j)) - 1 }
         };
-        let mut j = 0;
-        while j < n {
-            let m = [mask(j), mask(j + 16)];
-            // SAFETY: lanes [j, j + 32) masked to those below n, which every slice holds.
-            unsafe {
-                let ld = |s: *const f32| [0, 1].map(|v| _mm512_maskz_loadu_ps(m[v], s.add(j + 16 * v)));
-                let (xi, xf, xg, xo, cp) =
-                    (ld(gi.as_ptr()), ld(gf.as_ptr()), ld(gg.as_ptr()), ld(go.as_ptr()), ld(c_prev.as_ptr()));
-                let i = [0, 1].map(|v| sigmoid(xi[v]));
-                let f = [0, 1].map(|v| sigmoid(xf[v]));
-                let g = [0, 1].map(|v| tanh(xg[v]));
-                let o = [0, 1].map(|v| sigmoid(xo[v]));
-                let cj = [0, 1].map(|v| _mm512_fmadd_ps(f[v], cp[v], _mm512_mul_ps(i[v], g[v])));
-                let tc = [0, 1].map(|v| tanh(cj[v]));
-                let st = |s: *mut f32, x: [__m512; 2]| {
-                    for v in 0..2 {
-                        if m[v] != 0 {
-                            _mm512_mask_storeu_ps(s.add(j + 16 * v), m[v], x[v]);
-                        }
+        let m: [__mmask16; V] = std::array::from_fn(|v| mask(j + 16 * v));
+        // SAFETY: lanes masked to those below n (the caller's contract).
+        unsafe {
+            let ld = |s: *const f32| -> [__m512; V] {
+                std::array::from_fn(|v| _mm512_maskz_loadu_ps(m[v], s.add(j + 16 * v)))
+            };
+            let [gi, gf, gg, go] = gates;
+            let (xi, xf, xg, xo, cp) = (ld(gi), ld(gf), ld(gg), ld(go), ld(c_prev));
+            let i: [__m512; V] = std::array::from_fn(|v| sigmoid(xi[v]));
+            let f: [__m512; V] = std::array::from_fn(|v| sigmoid(xf[v]));
+            let g: [__m512; V] = std::array::from_fn(|v| tanh(xg[v]));
+            let o: [__m512; V] = std::array::from_fn(|v| sigmoid(xo[v]));
+            let cj: [__m512; V] = std::array::from_fn(|v| _mm512_fmadd_ps(f[v], cp[v], _mm512_mul_ps(i[v], g[v])));
+            let tc: [__m512; V] = std::array::from_fn(|v| tanh(cj[v]));
+            let st = |s: *mut f32, x: [__m512; V]| {
+                for v in 0..V {
+                    if m[v] != 0 {
+                        _mm512_mask_storeu_ps(s.add(j + 16 * v), m[v], x[v]);
                     }
-                };
-                st(gi.as_mut_ptr(), i);
-                st(gf.as_mut_ptr(), f);
-                st(gg.as_mut_ptr(), g);
-                st(go.as_mut_ptr(), o);
-                st(c.as_mut_ptr(), cj);
-                st(tanh_c.as_mut_ptr(), tc);
-                st(h.as_mut_ptr(), [0, 1].map(|v| _mm512_mul_ps(o[v], tc[v])));
-            }
-            j += 32;
+                }
+            };
+            st(gi, i);
+            st(gf, f);
+            st(gg, g);
+            st(go, o);
+            let [c, tanh_c, h] = outs;
+            st(c, cj);
+            st(tanh_c, tc);
+            st(h, std::array::from_fn(|v| _mm512_mul_ps(o[v], tc[v])));
         }
     }
 }

@@ -147,11 +147,13 @@ thread_local! {
 /// stream past it.
 const STEP_KC: usize = 128;
 /// Depth from which a per-step product runs in chunks of [`STEP_KC`]: a deeper product's
-/// packed rows of A (≥ 512 KB at 64 rows), its panel (≥ 384 KB) and the next one being
-/// fetched do not fit L2 together. One thread, 64 × 4096 × 1024: 82 GFLOP/s whole, 96 with
-/// each panel in chunks, 107–112 with every panel of a tile over one chunk before the next
-/// (the same per 64 × 2048 × 512 and shallower, which stay whole).
-const STEP_CHUNKS_FROM: usize = 2048;
+/// packed rows of A (≥ 1 MB at 64 rows), its panel (≥ 768 KB) and the next one being fetched
+/// do not fit L2 together. One thread, 64 rows × k 4096 × n 1024: 82 GFLOP/s whole, 96 with
+/// each panel in chunks, 107–112 with every panel of a tile over one chunk before the next.
+/// At k = 2048 (LSTM H = 512's dh_{t−1} = dpre · W_hh) whole panels win on two threads: the
+/// whole step +1.8% and +1.9% in two in-process A/B runs (16 and 24 paired steps), where
+/// H = 1024's k = 4096 lost 1.1% whole.
+const STEP_CHUNKS_FROM: usize = 4096;
 
 /// Where a register block's chains start and end: from zero or the partial sums of an earlier
 /// chunk, into C (+ C when accumulating) or into the partial sums for the next chunk.
@@ -796,11 +798,11 @@ mod tests {
             (70, 700, 500),
             // (Panels in chunks of k, the last one short: the chains carried between chunks are
             // the few-row kernel's, bit for bit.)
-            (5, 2100, 60),
-            (21, 2100, 100),
+            (5, 4200, 60),
+            (21, 4200, 100),
             // (The same in tiles that cut panels between row blocks: every unit of a tile over
             // one chunk before the next.)
-            (70, 2100, 200),
+            (70, 4200, 200),
         ] {
             for (transposed, accumulate) in [(false, false), (true, true), (false, true), (true, false)] {
                 let a: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
