@@ -389,16 +389,29 @@ thread_local! {
     static DEEP_A: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The f32 values a thread's deep products keep for reuse at n columns at most: a chunk of B
-/// of each of [`MAX_SHARED`] products, packed, and a super-block of A's rows.
-pub(crate) fn deep_scratch_len(n: u128) -> u128 {
-    MAX_SHARED as u128 * Panels::len_for(KC as u128, n) + (SUPER_ROWS * KC) as u128
+/// The f32 values a thread's deep products keep for reuse at n columns at most (`wide` for
+/// one product alone: a stacked layer's input projection, G·H wide): a chunk of B of each of
+/// [`MAX_SHARED`] products, packed, and a super-block of A's rows.
+pub(crate) fn deep_scratch_len(n: u128, wide: u128) -> u128 {
+    Panels::len_for(KC as u128, n.max(wide))
+        + (MAX_SHARED as u128 - 1) * Panels::len_for(KC as u128, n)
+        + (SUPER_ROWS * KC) as u128
 }
 
-/// Whether [`gemm_deep`] runs an (m, n, k) product: deep ones, with rows to cut and columns to
-/// fill a panel, where the CPU has AVX-512F.
+/// Depth from which [`gemm_deep`] also takes wide products over many rows (at least
+/// [`WIDE_ROWS`] × [`WIDE_COLS`]): a stacked layer's input projection over all T·B rows. LSTM
+/// H = 512 × 2 layers, B = 64 (6400 × 2048 × 512, the crate's 96 ms of an 830 ms step): the
+/// whole step +2.4% and +4.1% in two in-process A/B runs (18 and 24 paired steps).
+const DEEP_K_WIDE: usize = 512;
+/// Rows and columns from which [`DEEP_K_WIDE`] applies (a per-step product has a batch's rows).
+const WIDE_ROWS: usize = 1024;
+const WIDE_COLS: usize = 256;
+
+/// Whether [`gemm_deep`] runs an (m, n, k) product: deep ones (or wide ones over many rows),
+/// with rows to cut and columns to fill a panel, where the CPU has AVX-512F.
 pub(crate) fn takes_deep(m: usize, n: usize, k: usize, c_cs: usize) -> bool {
-    k >= DEEP_K && m >= 4 * MR && n >= NR && c_cs == 1 && native()
+    let deep = k >= DEEP_K || (k >= DEEP_K_WIDE && m >= WIDE_ROWS && n >= WIDE_COLS);
+    deep && m >= 4 * MR && n >= NR && c_cs == 1 && native()
 }
 
 /// C (m × n) (+)= A (m × k) · B (k × n) for deep products with any strides — the weight
@@ -862,6 +875,8 @@ mod tests {
             (77, 100, 1300, true, false),
             (300, 61, 1100, false, true),
             (40, 200, 2 * KC + DEEP_K + 3, false, false),
+            // (A wide product over many rows: a stacked layer's input projection.)
+            (WIDE_ROWS + 6, WIDE_COLS + 4, DEEP_K_WIDE + 8, false, true),
         ] {
             let ad: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
             let bd: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -877,11 +892,13 @@ mod tests {
             super::super::crate_gemm(MatMut::rows(&mut crate_c, m, n), av, bv, accumulate);
             let b_at = |kk: usize, j: usize| bd[kk * n + j];
             check(Product { c: &c, crate_c: &crate_c, c0: &c0, m, n, k, accumulate }, a_at, b_at);
-            // A second product sharing A (dW_ih beside dW_hh), 50 columns wide.
-            let bd2: Vec<f32> = (0..k * 50).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let c2_0: Vec<f32> = (0..m * 50).map(|_| rng.random_range(-1.0..1.0)).collect();
+            // A second product sharing A (dW_ih beside dW_hh), 50 columns wide (as wide as the
+            // first where a narrow one is not deep enough).
+            let n2 = if takes_deep(m, 50, k, 1) { 50 } else { n };
+            let bd2: Vec<f32> = (0..k * n2).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let c2_0: Vec<f32> = (0..m * n2).map(|_| rng.random_range(-1.0..1.0)).collect();
             let mut c2 = c2_0.clone();
-            gemm_deep(MatMut::rows(&mut c2, m, 50), av, Mat::rows(&bd2, k, 50), accumulate, 1);
+            gemm_deep(MatMut::rows(&mut c2, m, n2), av, Mat::rows(&bd2, k, n2), accumulate, 1);
             for (threads, pace) in [(2, [1024; 5]), (3, [1024; 5]), (5, [1024; 5]), (2, [300, 3000, 1024, 1024, 1024])]
             {
                 // (Skewed paces cut the rows unequally: the same bits.)
@@ -892,7 +909,7 @@ mod tests {
                 // Both products at once, A packed once: each the bits of its own product.
                 let (mut t, mut t2) = (c0.clone(), c2_0.clone());
                 let mut both =
-                    [(MatMut::rows(&mut t, m, n), bv), (MatMut::rows(&mut t2, m, 50), Mat::rows(&bd2, k, 50))];
+                    [(MatMut::rows(&mut t, m, n), bv), (MatMut::rows(&mut t2, m, n2), Mat::rows(&bd2, k, n2))];
                 gemm_deep_shared(av, &mut both, accumulate, threads);
                 assert!(t == c && t2 == c2, "m={m} n={n} k={k}: shared A on {threads} threads differs");
             }

@@ -207,11 +207,12 @@ impl<F: Float> Workspace<F> {
         let width = input / (2 * t * b).max(1);
         let both = if cfg.bidirectional { 2 * l * t * b * 2 * p + 2 * t * b * width.max(2 * p) } else { 0 };
         // f32: each cache's W_hh packed into panels once per pass (`layer::Packing::Panels`),
-        // and the deep products' chunk of B (the weight gradients' and dL/dx's).
+        // and the deep products' chunk of B (the weight gradients', dL/dx's and a stacked
+        // layer's input projection's, G·H wide).
         let panels = if F::NAME == "f32" {
             use crate::kernels::panels::{Panels, deep_scratch_len};
             let widest = (first as u128).max(cfg.out_width() as u128).max(p);
-            l * d * Panels::len_for(p, gh).max(Panels::len_for(gh, p)) + deep_scratch_len(widest)
+            l * d * Panels::len_for(p, gh).max(Panels::len_for(gh, p)) + deep_scratch_len(widest, gh)
         } else {
             0
         };

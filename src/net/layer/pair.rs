@@ -70,8 +70,10 @@ const SKIP_PADDING: usize = 16;
 pub(super) fn project<F: Float>(d: &Dims, lengths: &[usize], lp: &LayerParams, p: &[F], gates: &mut [F], x: &[F]) {
     let (gh, n) = (d.gh, d.steps * d.b);
     let real: usize = (0..d.b).map(|r| row_steps(lengths, d.steps, r)).sum();
-    // (bf16 products pack both operands per call: they keep the one product.)
-    if n - real >= SKIP_PADDING * d.b && d.precision == Precision::F32 {
+    // (bf16 products pack both operands per call, and f32 ones on the deep kernel differ in
+    // bits from the crate's per-row calls: they keep the one product.)
+    let deep = F::NAME == "f32" && kernels::panels::takes_deep(n, gh, lp.input, 1);
+    if n - real >= SKIP_PADDING * d.b && d.precision == Precision::F32 && !deep {
         return project_live(d, lengths, lp, p, gates, x);
     }
     let gates = &mut gates[..n * gh];
