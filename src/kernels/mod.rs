@@ -164,12 +164,19 @@ pub fn gemm<F: Float>(c: MatMut<'_, F>, a: Mat<'_, F>, b: Mat<'_, F>, accumulate
         b.rows,
         b.cols
     );
-    if F::NAME == "f32" && panels::takes_deep(c.rows, c.cols, a.cols, c.cs) {
+    if runs_deep::<F>(c.rows, c.cols, a.cols, c.cs) {
         let (Some(c), Some(a), Some(b)) = (as_f32_mut(c), as_f32(a), as_f32(b)) else { unreachable!("f32 views") };
         return panels::gemm_deep(c, a, b, accumulate, threads);
     }
     let grid = tile_grid(c.rows, c.cols, a.cols, tile_side(a.cols, machine::plan_cores()));
     gemm_tiled(c, a, b, accumulate, threads, grid);
+}
+
+/// Whether [`gemm`] runs an (m, n, k) product of `F` (C's column stride `c_cs`) on the deep
+/// kernel ([`panels::gemm_deep`]): f32 products [`panels::takes_deep`] takes, whose bits are
+/// then that kernel's, not the crate's.
+pub(crate) fn runs_deep<F: Float>(m: usize, n: usize, k: usize, c_cs: usize) -> bool {
+    F::NAME == "f32" && panels::takes_deep(m, n, k, c_cs)
 }
 
 /// [`gemm`] cut into the tile grid `(pm, pn)`.
@@ -562,8 +569,7 @@ pub fn gemm_shared_a<F: Float>(
 ) {
     if let [p0, p1] = products
         && precision.effective::<F>() == Precision::F32
-        && F::NAME == "f32"
-        && [&*p0, &*p1].iter().all(|(c, _)| panels::takes_deep(c.rows, c.cols, a.cols, c.cs))
+        && [&*p0, &*p1].iter().all(|(c, _)| runs_deep::<F>(c.rows, c.cols, a.cols, c.cs))
     {
         // f32 deep products: A's chunks packed once for both.
         let (Some(a), Some(c0), Some(b0), Some(c1), Some(b1)) =

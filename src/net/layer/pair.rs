@@ -72,7 +72,7 @@ pub(super) fn project<F: Float>(d: &Dims, lengths: &[usize], lp: &LayerParams, p
     let real: usize = (0..d.b).map(|r| row_steps(lengths, d.steps, r)).sum();
     // (bf16 products pack both operands per call, and f32 ones on the deep kernel differ in
     // bits from the crate's per-row calls: they keep the one product.)
-    let deep = F::NAME == "f32" && kernels::panels::takes_deep(n, gh, lp.input, 1);
+    let deep = kernels::runs_deep::<F>(n, gh, lp.input, 1);
     if n - real >= SKIP_PADDING * d.b && d.precision == Precision::F32 && !deep {
         return project_live(d, lengths, lp, p, gates, x);
     }
