@@ -386,6 +386,20 @@ fn as_f32<F: Float>(m: Mat<'_, F>) -> Option<Mat<'_, f32>> {
     })
 }
 
+/// The f32 views of a product's C and B (F is f32).
+fn f32_product<'a, F: Float>((c, b): &'a mut (MatMut<'_, F>, Mat<'_, F>)) -> (MatMut<'a, f32>, Mat<'a, f32>) {
+    match (as_f32_mut(c.reborrow()), as_f32(*b)) {
+        (Some(c), Some(b)) => (c, b),
+        _ => unreachable!("f32 views"),
+    }
+}
+
+/// The f32 slice of an `F` slice when F is f32.
+fn f32_slice_mut<F: Float>(v: &mut [F]) -> Option<&mut [f32]> {
+    // SAFETY: F is f32 (its name says so; `Float` is implemented for f32 and f64 only).
+    (F::NAME == "f32").then(|| unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<f32>(), v.len()) })
+}
+
 /// The f32 view of an `F` view when F is f32.
 fn as_f32_mut<F: Float>(m: MatMut<'_, F>) -> Option<MatMut<'_, f32>> {
     (F::NAME == "f32").then(|| MatMut {
@@ -558,26 +572,42 @@ fn bf16_tiles(c: MatMut<'_, f32>, pa: &bf16::PackedA, pb: &bf16::PackedB, accumu
 
 /// Several products with one left operand, `c_i (+)= a · b_i` ([`gemm_at`] each): under bf16,
 /// `a` is rounded and packed once for all of them (a layer's weight gradients dW_ih and dW_hh
-/// both read dpreᵀ); two f32 deep products ([`panels::gemm_deep_shared`]) pack each chunk of
-/// `a` once. The same bits as the products one by one.
+/// both read dpreᵀ); f32 deep products ([`panels::gemm_deep_shared`]) pack each chunk of `a`
+/// once. The same bits as the products one by one.
+///
+/// With `sums` (`a` = dpreᵀ, unit row stride), `a`'s row sums are added to both vectors too,
+/// with the bits of [`add_col_sums_twice_on`] over dpre (a layer's bias gradients): on the deep
+/// kernel while it packs `a`, otherwise after the products.
+///
+/// # Panics
+/// If `sums` come with an `a` of another layout or other length (internal invariants).
 pub fn gemm_shared_a<F: Float>(
     precision: Precision,
     a: Mat<'_, F>,
     products: &mut [(MatMut<'_, F>, Mat<'_, F>)],
+    sums: Option<(&mut [F], &mut [F])>,
     accumulate: bool,
     threads: usize,
 ) {
-    if let [p0, p1] = products
+    assert!(sums.is_none() || a.rs == 1, "row sums of dpreᵀ");
+    if (1..=panels::MAX_SHARED).contains(&products.len())
         && precision.effective::<F>() == Precision::F32
-        && [&*p0, &*p1].iter().all(|(c, _)| runs_deep::<F>(c.rows, c.cols, a.cols, c.cs))
+        && products.iter().all(|(c, _)| runs_deep::<F>(c.rows, c.cols, a.cols, c.cs))
     {
-        // f32 deep products: A's chunks packed once for both.
-        let (Some(a), Some(c0), Some(b0), Some(c1), Some(b1)) =
-            (as_f32(a), as_f32_mut(p0.0.reborrow()), as_f32(p0.1), as_f32_mut(p1.0.reborrow()), as_f32(p1.1))
-        else {
-            unreachable!("f32 views")
+        // f32 deep products: A's chunks packed once for all, its row sums taken on the way.
+        let a = as_f32(a).unwrap_or_else(|| unreachable!("f32 views"));
+        let sums = sums.map(|(out, also)| match (f32_slice_mut(out), f32_slice_mut(also)) {
+            (Some(out), Some(also)) => panels::RowSums { out, also },
+            _ => unreachable!("f32 sums"),
+        });
+        return match products {
+            [p0] => panels::gemm_deep_shared(a, &mut [f32_product(p0)], sums, accumulate, threads),
+            [p0, p1] => panels::gemm_deep_shared(a, &mut [f32_product(p0), f32_product(p1)], sums, accumulate, threads),
+            _ => unreachable!("1 to MAX_SHARED products"),
         };
-        return panels::gemm_deep_shared(a, &mut [(c0, b0), (c1, b1)], accumulate, threads);
+    }
+    if let Some((out, also)) = sums {
+        add_col_sums_twice_on(out, also, a.data, a.cols, a.cs, threads);
     }
     if precision.effective::<F>() == Precision::F32 || products.len() < 2 {
         for (c, b) in products.iter_mut() {

@@ -223,7 +223,7 @@ pub fn gemm(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: &Panels, accumulate: bool, t
                     // SAFETY: the tiles pack disjoint row blocks of the buffer; the product phase
                     // reads it only after every tile has packed (a meeting).
                     let out = unsafe { ap.slice(q0 * MR * k, (q1 - q0) * MR * k) };
-                    pack_rows(out, a, q0 * MR, (q1 * MR).min(m) - q0 * MR, 0, k);
+                    pack_rows(out, a, None, q0 * MR, (q1 * MR).min(m) - q0 * MR, 0, k);
                     return;
                 }
                 // SAFETY: every tile has packed its blocks (above), and none writes them now.
@@ -429,7 +429,17 @@ pub(crate) fn takes_deep(m: usize, n: usize, k: usize, c_cs: usize) -> bool {
 /// # Panics
 /// If the shapes disagree or the product is not one [`takes_deep`] (internal invariants).
 pub fn gemm_deep(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumulate: bool, threads: usize) {
-    gemm_deep_shared(a, &mut [(c, b)], accumulate, threads);
+    gemm_deep_shared(a, &mut [(c, b)], None, accumulate, threads);
+}
+
+/// Two vectors of A's rows to which [`gemm_deep_shared`] adds A's row sums while it packs A:
+/// `out[i] += a[i][kk]` and `also[i] += a[i][kk]` for every kk in order, the additions of
+/// `kernels::add_col_sums_twice` over the rows of Aᵀ (a layer's bias gradients, the column sums
+/// of dpre, summed while dpreᵀ passes through the packing for dW instead of in a pass of their
+/// own over all of dpre): the same bits.
+pub(crate) struct RowSums<'a> {
+    pub(crate) out: &'a mut [f32],
+    pub(crate) also: &'a mut [f32],
 }
 
 /// Deep products that share their left operand at most (a layer's dW_ih and dW_hh).
@@ -446,11 +456,14 @@ pub(crate) const MAX_SHARED: usize = 2;
 pub(crate) fn gemm_deep_shared(
     a: Mat<'_, f32>,
     products: &mut [(MatMut<'_, f32>, Mat<'_, f32>)],
+    sums: Option<RowSums<'_>>,
     accumulate: bool,
     threads: usize,
 ) {
     let (m, k) = (a.rows, a.cols);
     assert!((1..=MAX_SHARED).contains(&products.len()), "1 to {MAX_SHARED} deep products share A");
+    assert!(sums.as_ref().is_none_or(|s| s.out.len() == m && s.also.len() == m), "a row sum per row of A");
+    let sums = sums.map(|s| [team::Shared::of(s.out), team::Shared::of(s.also)]);
     for (c, b) in products.iter() {
         assert!(c.rows == m && b.rows == k && b.cols == c.cols, "deep product shape mismatch");
         assert!(takes_deep(m, c.cols, k, c.cs), "a deep product of a shape it does not take");
@@ -486,7 +499,10 @@ pub(crate) fn gemm_deep_shared(
                             // each C.
                             *slot = Some(unsafe { c.block(r0, r1 - r0, 0, c.0.cols) });
                         }
-                        deep_rows(&mut rows[..count], a.sub_rows(r0, r1 - r0), (k0, kc), add, bp, ap);
+                        // SAFETY: as C's rows: these rows of the sums are this tile's alone.
+                        let sums = sums.map(|s| s.map(|v| unsafe { v.slice(r0, r1 - r0) }));
+                        let a = a.sub_rows(r0, r1 - r0);
+                        deep_rows(&mut rows[..count], a, sums, (k0, kc), add, bp, ap);
                     }
                 });
                 claims.time(tile, started);
@@ -505,6 +521,7 @@ pub(crate) fn gemm_deep_shared(
 fn deep_rows(
     products: &mut [Option<MatMut<'_, f32>>],
     a: Mat<'_, f32>,
+    mut sums: Option<[&mut [f32]; 2]>,
     (k0, kc): (usize, usize),
     add: bool,
     bp: &[Panels; MAX_SHARED],
@@ -515,7 +532,8 @@ fn deep_rows(
     while s0 < m {
         let rows = (m - s0).min(SUPER_ROWS);
         let apf = lines_f32(ap, rows.div_ceil(MR) * MR * kc);
-        pack_rows(apf, a, s0, rows, k0, kc);
+        let block_sums = sums.as_mut().map(|[o, a]| [&mut o[s0..s0 + rows], &mut a[s0..s0 + rows]]);
+        pack_rows(apf, a, block_sums, s0, rows, k0, kc);
         for (bp, c) in bp.iter().zip(products.iter_mut().flatten()) {
             let n = c.cols;
             for p in 0..bp.panels() {
@@ -535,9 +553,19 @@ fn deep_rows(
 }
 
 /// Rows [s0, s0 + rows) of A, columns [k0, k0 + kc), into `out` in blocks of [`MR`] rows: block
-/// q at q·MR·kc, element (i, kk) of it at kk·MR + i (zeros for the rows past `rows`).
-fn pack_rows(out: &mut [f32], a: Mat<'_, f32>, s0: usize, rows: usize, k0: usize, kc: usize) {
+/// q at q·MR·kc, element (i, kk) of it at kk·MR + i (zeros for the rows past `rows`); with
+/// `sums` ([`RowSums`] of these rows), each element is also added to both, column by column.
+fn pack_rows(
+    out: &mut [f32],
+    a: Mat<'_, f32>,
+    sums: Option<[&mut [f32]; 2]>,
+    s0: usize,
+    rows: usize,
+    k0: usize,
+    kc: usize,
+) {
     let mut q0 = 0;
+    let [sum_out, sum_also] = sums.unwrap_or_default();
     if a.rs == 1 {
         // dpreᵀ: A's rows are contiguous in each of its columns. Whole blocks column by column —
         // one run of the column read in order, MR floats to each block — then the rest below.
@@ -553,6 +581,9 @@ fn pack_rows(out: &mut [f32], a: Mat<'_, f32>, s0: usize, rows: usize, k0: usize
             for (q, src) in col.chunks_exact(MR).enumerate() {
                 let dst = q * MR * kc + kk * MR;
                 out[dst..dst + MR].copy_from_slice(src);
+            }
+            if !sum_out.is_empty() {
+                add_twice(&mut sum_out[..q0 * MR], &mut sum_also[..q0 * MR], col);
             }
         }
     }
@@ -577,6 +608,21 @@ fn pack_rows(out: &mut [f32], a: Mat<'_, f32>, s0: usize, rows: usize, k0: usize
                 }
             }
         }
+        if !sum_out.is_empty() {
+            let rows = q * MR..q * MR + live;
+            let (o, al) = (&mut sum_out[rows.clone()], &mut sum_also[rows]);
+            for col in blk.chunks_exact(MR) {
+                add_twice(o, al, &col[..live]);
+            }
+        }
+    }
+}
+
+/// `out += v` and `also += v`, element by element.
+fn add_twice(out: &mut [f32], also: &mut [f32], v: &[f32]) {
+    for ((o, a), &v) in out.iter_mut().zip(also.iter_mut()).zip(v) {
+        *o += v;
+        *a += v;
     }
 }
 
@@ -910,8 +956,31 @@ mod tests {
                 let (mut t, mut t2) = (c0.clone(), c2_0.clone());
                 let mut both =
                     [(MatMut::rows(&mut t, m, n), bv), (MatMut::rows(&mut t2, m, n2), Mat::rows(&bd2, k, n2))];
-                gemm_deep_shared(av, &mut both, accumulate, threads);
+                gemm_deep_shared(av, &mut both, None, accumulate, threads);
                 assert!(t == c && t2 == c2, "m={m} n={n} k={k}: shared A on {threads} threads differs");
+                // With A's row sums added while it is packed (a layer's bias gradients): the
+                // products' bits unchanged, each sum the chain over k in order from its start.
+                let (mut t, mut t2) = (c0.clone(), c2_0.clone());
+                let mut both =
+                    [(MatMut::rows(&mut t, m, n), bv), (MatMut::rows(&mut t2, m, n2), Mat::rows(&bd2, k, n2))];
+                let start: Vec<f32> = (0..2 * m).map(|i| (i % 7) as f32 - 3.0).collect();
+                let (mut out, mut also) = (start[..m].to_vec(), start[m..].to_vec());
+                let sums = RowSums { out: &mut out, also: &mut also };
+                gemm_deep_shared(av, &mut both[..1 + threads % 2], Some(sums), accumulate, threads);
+                assert!(t == c && (threads % 2 == 0 || t2 == c2), "m={m} n={n} k={k}: products beside sums differ");
+                let (mut want, mut want_also) = (start[..m].to_vec(), start[m..].to_vec());
+                for kk in 0..k {
+                    for r in 0..m {
+                        want[r] += a_at(r, kk);
+                        want_also[r] += a_at(r, kk);
+                    }
+                }
+                assert!(out == want && also == want_also, "m={m} k={k}: row sums on {threads} threads differ");
+                if transposed {
+                    let (mut o, mut al) = (start[..m].to_vec(), start[m..].to_vec());
+                    super::super::add_col_sums_twice(&mut o, &mut al, &ad, k, m);
+                    assert!(o == out && al == also, "m={m} k={k}: not add_col_sums_twice's bits");
+                }
             }
         }
     }

@@ -13,6 +13,12 @@ pub fn global_norm<F: Float>(grads: &[F]) -> f64 {
 /// `max_norm / (norm + 1e-6)` when below 1, as PyTorch). Returns the norm before clipping.
 pub fn clip_grad_norm<F: Float>(grads: &mut [F], max_norm: f64) -> f64 {
     let norm = global_norm(grads);
+    scale_to_norm(grads, max_norm, norm);
+    norm
+}
+
+/// [`clip_grad_norm`] for a slab whose global norm is known to be `norm`.
+pub(crate) fn scale_to_norm<F: Float>(grads: &mut [F], max_norm: f64, norm: f64) {
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
         let c = F::of(coef);
@@ -20,7 +26,6 @@ pub fn clip_grad_norm<F: Float>(grads: &mut [F], max_norm: f64) -> f64 {
             *g *= c;
         }
     }
-    norm
 }
 
 /// Clamps every gradient element into [−clip, clip].

@@ -71,7 +71,7 @@ pub fn apply_update<F: Float>(
     if let Some(max_norm) = clip.max_norm {
         let norm = if clipped { clip::global_norm(grads) } else { grad_norm };
         clipped |= max_norm / (norm + 1e-6) < 1.0;
-        clip::clip_grad_norm(grads, max_norm);
+        clip::scale_to_norm(grads, max_norm, norm);
     }
     optimizer.step(params, grads, lr);
     UpdateReport { grad_norm, clipped, skipped: false }

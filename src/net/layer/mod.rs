@@ -629,17 +629,27 @@ fn products<F: Float>(
     let Dims { h, hp, gh, norm, threads, precision, .. } = *dims;
     let m = r.dpre_x.len() / gh;
     let dpre_h = if r.dpre_h.is_empty() { r.dpre_x } else { r.dpre_h };
+    // The slab holds W_ih, W_hh, b_ih and b_hh of a layer in this order.
+    assert!(lp.w_hh + gh * hp == lp.b_ih && lp.b_ih + gh == lp.b_hh, "a layer's tensors in order");
     let (g_lo, g_hi) = grads.split_at_mut(lp.w_hh);
+    let (g_hh, g_b) = g_hi.split_at_mut(gh * hp);
+    let (g_bih, g_bhh) = g_b.split_at_mut(gh);
     // dW_ih (G·H, I) += dpreᵀ · x and dW_hh (G·H, P) += dpreᵀ · h_{t−1} over all steps (P = H
     // without a projection); one dpreᵀ for both unless the cell keeps the recurrent part apart.
     let dw_ih = MatMut::rows(&mut g_lo[lp.w_ih..lp.w_ih + gh * lp.input], gh, lp.input);
-    let dw_hh = MatMut::rows(&mut g_hi[..gh * hp], gh, hp);
+    let dw_hh = MatMut::rows(g_hh, gh, hp);
     let (x, h_prev) = (|| Mat::rows(r.x, m, lp.input), Mat::rows(r.h_prev, m, hp));
-    if r.x.is_empty() {
+    // With one dpre (and no layer norm) both biases' gradients are its column sums, taken while
+    // the products read it.
+    let one_dpre = std::ptr::eq(dpre_h, r.dpre_x);
+    let sums = (!norm && one_dpre).then(|| (&mut g_bih[..], &mut g_bhh[..gh]));
+    let dpre_t = Mat::rows(r.dpre_x, m, gh).t();
+    if r.x.is_empty() && one_dpre {
+        kernels::gemm_shared_a(precision, dpre_t, &mut [(dw_hh, h_prev)], sums, true, threads);
+    } else if r.x.is_empty() {
         kernels::gemm_at(precision, dw_hh, Mat::rows(dpre_h, m, gh).t(), h_prev, true, threads);
-    } else if std::ptr::eq(dpre_h, r.dpre_x) {
-        let mut both = [(dw_ih, x()), (dw_hh, h_prev)];
-        kernels::gemm_shared_a(precision, Mat::rows(r.dpre_x, m, gh).t(), &mut both, true, threads);
+    } else if one_dpre {
+        kernels::gemm_shared_a(precision, dpre_t, &mut [(dw_ih, x()), (dw_hh, h_prev)], sums, true, threads);
     } else {
         kernels::gemm_at(precision, dw_ih, Mat::rows(r.dpre_x, m, gh).t(), x(), true, threads);
         kernels::gemm_at(precision, dw_hh, Mat::rows(dpre_h, m, gh).t(), h_prev, true, threads);
@@ -655,11 +665,7 @@ fn products<F: Float>(
             threads,
         );
     }
-    if !norm && std::ptr::eq(dpre_h, r.dpre_x) {
-        // (b_ih's gradient comes before b_hh's in the slab.)
-        let (lo, hi) = grads.split_at_mut(lp.b_hh);
-        kernels::add_col_sums_twice_on(&mut lo[lp.b_ih..lp.b_ih + gh], &mut hi[..gh], r.dpre_x, m, gh, threads);
-    } else if !norm {
+    if !norm && !one_dpre {
         kernels::add_col_sums(&mut grads[lp.b_ih..lp.b_ih + gh], r.dpre_x, m, gh);
         kernels::add_col_sums(&mut grads[lp.b_hh..lp.b_hh + gh], dpre_h, m, gh);
     }
