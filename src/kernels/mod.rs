@@ -386,6 +386,31 @@ fn as_f32<F: Float>(m: Mat<'_, F>) -> Option<Mat<'_, f32>> {
     })
 }
 
+/// C = rows + A · B on the deep kernel ([`runs_deep`]), every row of C starting as `first +
+/// second` (`second` empty: `first`): the bits of C filled with those rows and then accumulated,
+/// each block filled just before the kernel reads it ([`panels::Start::Rows`]).
+///
+/// # Panics
+/// If the product does not run on the deep kernel or the rows are not C's width (internal
+/// invariants).
+pub(crate) fn gemm_deep_onto<F: Float>(
+    c: MatMut<'_, F>,
+    a: Mat<'_, F>,
+    b: Mat<'_, F>,
+    rows: [&[F]; 2],
+    threads: usize,
+) {
+    assert!(runs_deep::<F>(c.rows, c.cols, a.cols, c.cs), "a product the deep kernel takes");
+    let mut product = [(c, b)];
+    match (as_f32(a), f32_slice(rows[0]), f32_slice(rows[1])) {
+        (Some(a), Some(first), Some(second)) => {
+            let start = panels::Start::Rows { first, second };
+            panels::gemm_deep_shared(a, &mut [f32_product(&mut product[0])], None, start, threads)
+        }
+        _ => unreachable!("f32 views"),
+    }
+}
+
 /// The f32 views of a product's C and B (F is f32).
 fn f32_product<'a, F: Float>((c, b): &'a mut (MatMut<'_, F>, Mat<'_, F>)) -> (MatMut<'a, f32>, Mat<'a, f32>) {
     match (as_f32_mut(c.reborrow()), as_f32(*b)) {
@@ -395,6 +420,12 @@ fn f32_product<'a, F: Float>((c, b): &'a mut (MatMut<'_, F>, Mat<'_, F>)) -> (Ma
 }
 
 /// The f32 slice of an `F` slice when F is f32.
+fn f32_slice<F: Float>(v: &[F]) -> Option<&[f32]> {
+    // SAFETY: F is f32 (its name says so; `Float` is implemented for f32 and f64 only).
+    (F::NAME == "f32").then(|| unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<f32>(), v.len()) })
+}
+
+/// The f32 slice of an `F` slice when F is f32, mutable.
 fn f32_slice_mut<F: Float>(v: &mut [F]) -> Option<&mut [f32]> {
     // SAFETY: F is f32 (its name says so; `Float` is implemented for f32 and f64 only).
     (F::NAME == "f32").then(|| unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<f32>(), v.len()) })
@@ -601,8 +632,14 @@ pub fn gemm_shared_a<F: Float>(
             _ => unreachable!("f32 sums"),
         });
         return match products {
-            [p0] => panels::gemm_deep_shared(a, &mut [f32_product(p0)], sums, accumulate, threads),
-            [p0, p1] => panels::gemm_deep_shared(a, &mut [f32_product(p0), f32_product(p1)], sums, accumulate, threads),
+            [p0] => panels::gemm_deep_shared(a, &mut [f32_product(p0)], sums, panels::Start::of(accumulate), threads),
+            [p0, p1] => panels::gemm_deep_shared(
+                a,
+                &mut [f32_product(p0), f32_product(p1)],
+                sums,
+                panels::Start::of(accumulate),
+                threads,
+            ),
             _ => unreachable!("1 to MAX_SHARED products"),
         };
     }

@@ -429,7 +429,29 @@ pub(crate) fn takes_deep(m: usize, n: usize, k: usize, c_cs: usize) -> bool {
 /// # Panics
 /// If the shapes disagree or the product is not one [`takes_deep`] (internal invariants).
 pub fn gemm_deep(c: MatMut<'_, f32>, a: Mat<'_, f32>, b: Mat<'_, f32>, accumulate: bool, threads: usize) {
-    gemm_deep_shared(a, &mut [(c, b)], None, accumulate, threads);
+    gemm_deep_shared(a, &mut [(c, b)], None, Start::of(accumulate), threads);
+}
+
+/// What a deep product's C starts as ([`gemm_deep_shared`]); each element's chains over k are
+/// then added to it.
+#[derive(Clone, Copy)]
+pub(crate) enum Start<'a> {
+    /// Zero: C is overwritten.
+    Zero,
+    /// C as it is: the product accumulates.
+    C,
+    /// Every row of C as `first + second` (`second` empty: `first` alone), written into each
+    /// block just before its first chain is added: the bits of C filled with those rows first
+    /// and then accumulated (a stacked layer's input projection onto its biases), without a pass
+    /// of its own over all of C.
+    Rows { first: &'a [f32], second: &'a [f32] },
+}
+
+impl Start<'_> {
+    /// Zero, or C as it is.
+    pub(crate) fn of(accumulate: bool) -> Self {
+        if accumulate { Start::C } else { Start::Zero }
+    }
 }
 
 /// Two vectors of A's rows to which [`gemm_deep_shared`] adds A's row sums while it packs A:
@@ -457,10 +479,15 @@ pub(crate) fn gemm_deep_shared(
     a: Mat<'_, f32>,
     products: &mut [(MatMut<'_, f32>, Mat<'_, f32>)],
     sums: Option<RowSums<'_>>,
-    accumulate: bool,
+    start: Start<'_>,
     threads: usize,
 ) {
     let (m, k) = (a.rows, a.cols);
+    if let Start::Rows { first, second } = start {
+        assert!(products.len() == 1, "rows to start from for one product");
+        let n = products[0].0.cols;
+        assert!(first.len() == n && (second.is_empty() || second.len() == n), "a start row per column of C");
+    }
     assert!((1..=MAX_SHARED).contains(&products.len()), "1 to {MAX_SHARED} deep products share A");
     assert!(sums.as_ref().is_none_or(|s| s.out.len() == m && s.also.len() == m), "a row sum per row of A");
     let sums = sums.map(|s| [team::Shared::of(s.out), team::Shared::of(s.also)]);
@@ -485,7 +512,8 @@ pub(crate) fn gemm_deep_shared(
             for (bp, (_, b)) in bp.iter_mut().zip(shared.iter().flatten()) {
                 bp.pack(b.sub_rows(k0, kc), threads);
             }
-            let (bp, add) = (&*bp, accumulate || k0 > 0);
+            // (Later chunks add to what the first left in C.)
+            let (bp, chunk_start) = (&*bp, if k0 == 0 { start } else { Start::C });
             let claims = team::Claims::new(&cuts, SUPER_ROWS / MR, threads);
             team::for_each(threads, tiles, |tile| {
                 let started = Instant::now();
@@ -502,7 +530,7 @@ pub(crate) fn gemm_deep_shared(
                         // SAFETY: as C's rows: these rows of the sums are this tile's alone.
                         let sums = sums.map(|s| s.map(|v| unsafe { v.slice(r0, r1 - r0) }));
                         let a = a.sub_rows(r0, r1 - r0);
-                        deep_rows(&mut rows[..count], a, sums, (k0, kc), add, bp, ap);
+                        deep_rows(&mut rows[..count], a, sums, (k0, kc), chunk_start, bp, ap);
                     }
                 });
                 claims.time(tile, started);
@@ -517,13 +545,13 @@ pub(crate) fn gemm_deep_shared(
 
 /// Rows of one chunk [k0, k0 + kc) of [`gemm_deep_shared`] on one thread, `bp` each product's
 /// chunk of B in panels: super-block by super-block of rows, A's rows packed once, every panel
-/// of every product over every row block.
+/// of every product over every row block, each block of C started as `start` says.
 fn deep_rows(
     products: &mut [Option<MatMut<'_, f32>>],
     a: Mat<'_, f32>,
     mut sums: Option<[&mut [f32]; 2]>,
     (k0, kc): (usize, usize),
-    add: bool,
+    start: Start<'_>,
     bp: &[Panels; MAX_SHARED],
     ap: &mut Vec<Line>,
 ) {
@@ -542,13 +570,34 @@ fn deep_rows(
                     let (r, rb) = (q * MR, (rows - q * MR).min(MR));
                     // SAFETY: rows [s0 + r, s0 + r + rb) and columns [c0, c0 + w) of these rows
                     // of this product's C.
-                    let cb = unsafe { c.block(s0 + r, rb, c0, w) };
+                    let mut cb = unsafe { c.block(s0 + r, rb, c0, w) };
+                    if let Start::Rows { first, second } = start {
+                        let second = if second.is_empty() { second } else { &second[c0..c0 + w] };
+                        start_rows(cb.reborrow(), &first[c0..c0 + w], second);
+                    }
                     let ap = Rows { data: &apf[q * MR * kc..(q + 1) * MR * kc], rs: 0 };
+                    let add = !matches!(start, Start::Zero);
                     tile_rows(rb, cb, ap, bp.panel(p), kc, add, &[], (Chain::default(), &mut []));
                 }
             }
         }
         s0 += rows;
+    }
+}
+
+/// Every row of `c` (unit column stride) set to `first + second` (`second` empty: `first`).
+fn start_rows(c: MatMut<'_, f32>, first: &[f32], second: &[f32]) {
+    assert!(c.cs == 1 && first.len() == c.cols && (second.is_empty() || second.len() == c.cols), "start rows");
+    for r in 0..c.rows {
+        // SAFETY: row r of the view: `cols` elements from r·rs, the view's own (exclusive).
+        let row = unsafe { std::slice::from_raw_parts_mut(c.data.add(r * c.rs), c.cols) };
+        if second.is_empty() {
+            row.copy_from_slice(first);
+        } else {
+            for ((d, &x), &y) in row.iter_mut().zip(first).zip(second) {
+                *d = x + y;
+            }
+        }
     }
 }
 
@@ -952,11 +1001,24 @@ mod tests {
                 let mut t = c0.clone();
                 gemm_deep(MatMut::rows(&mut t, m, n), av, bv, accumulate, threads);
                 assert_eq!(t, c, "m={m} n={n} k={k}: {threads} threads, paces {pace:?} differ");
+                // C's rows starting as a sum of two rows (or one), each block filled as it is
+                // reached: the bits of C filled first and then accumulated.
+                let (first, second): (Vec<f32>, Vec<f32>) =
+                    (0..n).map(|j| (j as f32 / 7.0, 1.0 / (j + 1) as f32)).unzip();
+                let second = if threads == 3 { &[][..] } else { &second[..] };
+                let mut want: Vec<f32> = (0..m * n)
+                    .map(|i| if second.is_empty() { first[i % n] } else { first[i % n] + second[i % n] })
+                    .collect();
+                gemm_deep(MatMut::rows(&mut want, m, n), av, bv, true, 1);
+                let mut t = vec![f32::NAN; m * n];
+                let start = Start::Rows { first: &first, second };
+                gemm_deep_shared(av, &mut [(MatMut::rows(&mut t, m, n), bv)], None, start, threads);
+                assert_eq!(t, want, "m={m} n={n} k={k}: rows to start from on {threads} threads");
                 // Both products at once, A packed once: each the bits of its own product.
                 let (mut t, mut t2) = (c0.clone(), c2_0.clone());
                 let mut both =
                     [(MatMut::rows(&mut t, m, n), bv), (MatMut::rows(&mut t2, m, n2), Mat::rows(&bd2, k, n2))];
-                gemm_deep_shared(av, &mut both, None, accumulate, threads);
+                gemm_deep_shared(av, &mut both, None, Start::of(accumulate), threads);
                 assert!(t == c && t2 == c2, "m={m} n={n} k={k}: shared A on {threads} threads differs");
                 // With A's row sums added while it is packed (a layer's bias gradients): the
                 // products' bits unchanged, each sum the chain over k in order from its start.
@@ -966,7 +1028,7 @@ mod tests {
                 let start: Vec<f32> = (0..2 * m).map(|i| (i % 7) as f32 - 3.0).collect();
                 let (mut out, mut also) = (start[..m].to_vec(), start[m..].to_vec());
                 let sums = RowSums { out: &mut out, also: &mut also };
-                gemm_deep_shared(av, &mut both[..1 + threads % 2], Some(sums), accumulate, threads);
+                gemm_deep_shared(av, &mut both[..1 + threads % 2], Some(sums), Start::of(accumulate), threads);
                 assert!(t == c && (threads % 2 == 0 || t2 == c2), "m={m} n={n} k={k}: products beside sums differ");
                 let (mut want, mut want_also) = (start[..m].to_vec(), start[m..].to_vec());
                 for kk in 0..k {

@@ -78,12 +78,19 @@ pub(super) fn project<F: Float>(d: &Dims, lengths: &[usize], lp: &LayerParams, p
     }
     let gates = &mut gates[..n * gh];
     let (b_ih, b_hh) = (&p[lp.b_ih..lp.b_ih + gh], &p[lp.b_hh..lp.b_hh + gh]);
+    let w_ih = Mat::rows(&p[lp.w_ih..], gh, lp.input).t();
+    if deep && d.precision.effective::<F>() == Precision::F32 {
+        // Each block of the gates starts as the biases (`fill_input_bias`) just before the deep
+        // kernel adds its product (no pass of its own over all of them).
+        let second = if d.cell.recurrent_apart() { &[][..] } else { b_hh };
+        let (c, x) = (MatMut::rows(gates, n, gh), Mat::rows(x, n, lp.input));
+        return kernels::gemm_deep_onto(c, x, w_ih, [b_ih, second], d.threads);
+    }
     // (The rows shared out between the threads: a padded batch of GRU H = 256 spent 1.3% of a
     // `fit` filling them on one.)
     let parts = (n * gh / FILL_PER_PART).clamp(1, d.threads.min(team::MAX_PARTS));
     let mut chunks = parts::chunks(gates, parts, |q| parts::range(n, parts, 1, q).0 * gh);
     team::for_each_mut(d.threads, &mut chunks[..parts], |_, rows| fill_input_bias(d.cell, b_ih, b_hh, rows));
-    let w_ih = Mat::rows(&p[lp.w_ih..], gh, lp.input).t();
     kernels::gemm_at(d.precision, MatMut::rows(gates, n, gh), Mat::rows(x, n, lp.input), w_ih, true, d.threads);
 }
 
