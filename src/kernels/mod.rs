@@ -379,11 +379,7 @@ pub enum Operand<'a, F> {
 
 /// The f32 view of an `F` view when F is f32.
 fn as_f32<F: Float>(m: Mat<'_, F>) -> Option<Mat<'_, f32>> {
-    (F::NAME == "f32").then(|| {
-        // SAFETY: F is f32 (its name says so; `Float` is implemented for f32 and f64 only).
-        let data = unsafe { std::slice::from_raw_parts(m.data.as_ptr().cast::<f32>(), m.data.len()) };
-        Mat { data, rows: m.rows, cols: m.cols, rs: m.rs, cs: m.cs }
-    })
+    f32_slice(m.data).map(|data| Mat { data, rows: m.rows, cols: m.cols, rs: m.rs, cs: m.cs })
 }
 
 /// C = rows + A · B on the deep kernel ([`runs_deep`]), every row of C starting as `first +

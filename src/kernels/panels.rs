@@ -555,7 +555,7 @@ fn deep_rows(
     bp: &[Panels; MAX_SHARED],
     ap: &mut Vec<Line>,
 ) {
-    let m = a.rows;
+    let (m, add) = (a.rows, !matches!(start, Start::Zero));
     let mut s0 = 0;
     while s0 < m {
         let rows = (m - s0).min(SUPER_ROWS);
@@ -576,7 +576,6 @@ fn deep_rows(
                         start_rows(cb.reborrow(), &first[c0..c0 + w], second);
                     }
                     let ap = Rows { data: &apf[q * MR * kc..(q + 1) * MR * kc], rs: 0 };
-                    let add = !matches!(start, Start::Zero);
                     tile_rows(rb, cb, ap, bp.panel(p), kc, add, &[], (Chain::default(), &mut []));
                 }
             }

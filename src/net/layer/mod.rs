@@ -644,14 +644,14 @@ fn products<F: Float>(
     let one_dpre = std::ptr::eq(dpre_h, r.dpre_x);
     let sums = (!norm && one_dpre).then(|| (&mut g_bih[..], &mut g_bhh[..gh]));
     let dpre_t = Mat::rows(r.dpre_x, m, gh).t();
-    if r.x.is_empty() && one_dpre {
+    if one_dpre && r.x.is_empty() {
         kernels::gemm_shared_a(precision, dpre_t, &mut [(dw_hh, h_prev)], sums, true, threads);
-    } else if r.x.is_empty() {
-        kernels::gemm_at(precision, dw_hh, Mat::rows(dpre_h, m, gh).t(), h_prev, true, threads);
     } else if one_dpre {
         kernels::gemm_shared_a(precision, dpre_t, &mut [(dw_ih, x()), (dw_hh, h_prev)], sums, true, threads);
     } else {
-        kernels::gemm_at(precision, dw_ih, Mat::rows(r.dpre_x, m, gh).t(), x(), true, threads);
+        if !r.x.is_empty() {
+            kernels::gemm_at(precision, dw_ih, dpre_t, x(), true, threads);
+        }
         kernels::gemm_at(precision, dw_hh, Mat::rows(dpre_h, m, gh).t(), h_prev, true, threads);
     }
     if hp != h {
