@@ -143,9 +143,14 @@ thread_local! {
 }
 
 /// Rows of k per chunk of a deep per-step product ([`units_chunked`]): a chunk of A's row
-/// blocks (8 × 128 floats each) stays in L1 while the panels' chunks (128 × 48 floats, 24 KB)
-/// stream past it.
-const STEP_KC: usize = 128;
+/// blocks (64 rows × 1024 floats, 256 KB) stays in L2 while the panels' chunks (1024 × 48
+/// floats, 192 KB each) stream past it, each the depth of a whole panel of the forward
+/// product (H = 1024's k). LSTM H = 1024, B = 64, two threads, dh_{t−1} = dpre · W_hh (k =
+/// 4096), against 128-deep chunks (8 × 128 floats of each row block in L1, partial sums
+/// loaded and stored 32 times per unit): the products 219 → 201 and 207 → 195 ms a step, the
+/// whole step +3.4% and +1.3% (paired medians of 24 in-process pairs each); 512: +0.6%, 2048:
+/// +1.8%.
+const STEP_KC: usize = 1024;
 /// Depth from which a per-step product runs in chunks of [`STEP_KC`]: a deeper product's
 /// packed rows of A (≥ 1 MB at 64 rows), its panel (≥ 768 KB) and the next one being fetched
 /// do not fit L2 together. One thread, 64 rows × k 4096 × n 1024: 82 GFLOP/s whole, 96 with
@@ -299,21 +304,27 @@ impl<'a> Rows<'a> {
 fn panel(c: MatMut<'_, f32>, ap: Rows<'_>, q0: usize, b: &[f32], k: usize, accumulate: bool, next: &[f32]) {
     let m = c.rows;
     let blocks = m.div_ceil(MR);
-    let lines = next.len() / 16;
-    let per_call = lines.div_ceil(blocks);
     for q in 0..blocks {
         let (r0, rows) = (q * MR, (m - q * MR).min(MR));
-        let first = (q * per_call).min(lines);
-        let fetch = &next[16 * first..16 * (first + per_call.min(lines - first))];
+        let fetch = share(next, blocks, q);
         // SAFETY: rows [r0, r0 + rows) of this call's block of C.
         let cb = unsafe { c.block(r0, rows, 0, c.cols) };
         tile_rows(rows, cb, ap.block(q0 + q, k), b, k, accumulate, fetch, (Chain::default(), &mut []));
     }
 }
 
+/// Call q's share of the lines of `next` (whole lines) when `calls` calls share out bringing
+/// it toward L2.
+fn share(next: &[f32], calls: usize, q: usize) -> &[f32] {
+    let lines = next.len() / 16;
+    let per_call = lines.div_ceil(calls.max(1));
+    let first = (q * per_call).min(lines);
+    &next[16 * first..16 * (first + per_call.min(lines - first))]
+}
+
 /// A tile's run of (panel, row block) units `[u0, u1)` of a deep per-step product, chunk by
 /// chunk of k: every unit of the run over one chunk before the next chunk, so that one chunk
-/// of A's rows stays in L1 while the panels' chunks stream past it, each unit's chains carried
+/// of A's rows stays in L2 while the panels' chunks stream past it, each unit's chains carried
 /// from chunk to chunk in `PARTIAL` (exact f32: the same chain as one run over all of k).
 fn units_chunked(
     c: &SharedMat<'_, f32>,
@@ -346,10 +357,7 @@ fn units_chunked(
                 } else {
                     &[]
                 };
-                let lines = next.len() / 16;
-                let per_call = lines.div_ceil(blocks);
-                let first = (q * per_call).min(lines);
-                let fetch = &next[16 * first..16 * (first + per_call.min(lines - first))];
+                let fetch = share(next, blocks, q);
                 // SAFETY: the tile's units are disjoint blocks of C.
                 let cb = unsafe { c.block(r0, rows, c0, w) };
                 let part = &mut carry[(u - u0) * MR * NR..(u - u0 + 1) * MR * NR];
@@ -373,7 +381,18 @@ fn units_chunked(
 /// writes all of C once (at LSTM H = 1024 a 16 MB dW_hh). Two threads, medians of 9
 /// alternating runs, 1024 against 256: dL/dx 6400 × 512 × 2048 +13%, dW 2048 × 512 × 6400
 /// +4%, 4096 × 1024 × 6400 +10%; 2048 × 64 × 6400 (two panels per super-block of A) −2%.
+/// k is cut into equal chunks of at most this ([`chunk_depth`]).
 const KC: usize = 1024;
+
+/// The depth of each chunk but the last of a deep product over k: k cut into as few chunks of
+/// at most [`KC`] as it takes, equal to a cache line of floats (6400 = 6 × 928 + 832 rather
+/// than 6 × 1024 + 256, whose short last chunk reads and writes all of C for a quarter of the
+/// work). dW_hh of LSTM H = 1024, B = 64 (4096 × 1024 × 6400) alone, two threads, in one
+/// process alternating with the uneven cut: with the next panel also brought toward L2
+/// ([`deep_rows`]) 248 → 276, 234 → 246 and, on one thread, 111 → 118 GFLOP/s.
+fn chunk_depth(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC).max(1)).next_multiple_of(16).min(KC)
+}
 /// Rows of C per super-block of a tile of a deep product: their packed A chunk (512 KB) stays
 /// in L2 while every panel runs over it; the rows a faster lane takes over from a slower one at a
 /// time.
@@ -506,9 +525,9 @@ pub(crate) fn gemm_deep_shared(
     let mut cuts = team::paced_cuts(blocks, tiles, threads, 1);
     DEEP_B.with(|bp| {
         let mut bp = bp.borrow_mut();
-        let mut k0 = 0;
+        let (mut k0, depth) = (0, chunk_depth(k));
         while k0 < k {
-            let kc = (k - k0).min(KC);
+            let kc = (k - k0).min(depth);
             for (bp, (_, b)) in bp.iter_mut().zip(shared.iter().flatten()) {
                 bp.pack(b.sub_rows(k0, kc), threads);
             }
@@ -564,10 +583,15 @@ fn deep_rows(
         pack_rows(apf, a, block_sums, s0, rows, k0, kc);
         for (bp, c) in bp.iter().zip(products.iter_mut().flatten()) {
             let n = c.cols;
+            let blocks = rows.div_ceil(MR);
             for p in 0..bp.panels() {
                 let (c0, w) = (p * NR, (n - p * NR).min(NR));
-                for q in 0..rows.div_ceil(MR) {
+                // The row blocks share out bringing the next panel toward L2 (the crate's
+                // panels, 192 KB each at k 1024, stream from L3 once per super-block).
+                let next = if p + 1 < bp.panels() { bp.panel(p + 1) } else { &[] };
+                for q in 0..blocks {
                     let (r, rb) = (q * MR, (rows - q * MR).min(MR));
+                    let fetch = share(next, blocks, q);
                     // SAFETY: rows [s0 + r, s0 + r + rb) and columns [c0, c0 + w) of these rows
                     // of this product's C.
                     let mut cb = unsafe { c.block(s0 + r, rb, c0, w) };
@@ -576,7 +600,7 @@ fn deep_rows(
                         start_rows(cb.reborrow(), &first[c0..c0 + w], second);
                     }
                     let ap = Rows { data: &apf[q * MR * kc..(q + 1) * MR * kc], rs: 0 };
-                    tile_rows(rb, cb, ap, bp.panel(p), kc, add, &[], (Chain::default(), &mut []));
+                    tile_rows(rb, cb, ap, bp.panel(p), kc, add, fetch, (Chain::default(), &mut []));
                 }
             }
         }
@@ -951,6 +975,33 @@ mod tests {
                 gemm(MatMut::rows(top, cut, n), Mat::rows(&a, cut, k), &packed, accumulate, 1);
                 gemm(MatMut::rows(bottom, m - cut, n), Mat::rows(&a[cut * k..], m - cut, k), &packed, accumulate, 1);
                 assert_eq!(halves, c, "m={m} k={k} n={n}: row halves differ");
+            }
+        }
+    }
+
+    /// Deep chunks: as few as chunks of KC take, whole lines of floats, the last one never
+    /// empty (6400 = 6 × 928 + 832).
+    #[test]
+    fn deep_chunks_are_as_few_and_as_even_as_whole_lines_allow() {
+        assert_eq!(chunk_depth(6400), 928);
+        for k in (1..5000).chain([6400, 12800, 100_000]) {
+            let depth = chunk_depth(k);
+            let chunks = k.div_ceil(depth);
+            assert!(depth <= KC && depth.is_multiple_of(16), "k {k}: depth {depth}");
+            assert_eq!(chunks, k.div_ceil(KC), "k {k}: depth {depth}");
+            assert!(k - (chunks - 1) * depth > 0, "k {k}");
+        }
+    }
+
+    /// The calls' shares of the next panel's lines cover each line once, in order, whole.
+    #[test]
+    fn shares_of_the_next_panel_cover_its_lines_once() {
+        let next: Vec<f32> = (0..16 * 50).map(|i| i as f32).collect();
+        for lines in [0, 1, 7, 16, 50] {
+            let next = &next[..16 * lines];
+            for calls in 1..12 {
+                let joined: Vec<f32> = (0..calls).flat_map(|q| share(next, calls, q).to_vec()).collect();
+                assert_eq!(joined, next, "{lines} lines in {calls} calls");
             }
         }
     }

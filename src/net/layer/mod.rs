@@ -141,7 +141,7 @@ pub(crate) fn forward<F: Float>(
                     (&[][..], &mut [][..])
                 };
                 if let Some(tr) = &table {
-                    tr.fill(t, 0, &mut cache.gates[t * bgh..(t + 1) * bgh]);
+                    tr.fill_on(t, &mut cache.gates[t * bgh..(t + 1) * bgh], gemm_threads);
                 }
                 let mut rows = FwdRows {
                     g: &mut cache.gates[t * bgh..(t + 1) * bgh],
@@ -209,6 +209,30 @@ impl<F: Copy> TableRows<'_, F> {
         }
     }
 }
+
+impl<F: Copy + Send + Sync> TableRows<'_, F> {
+    /// Fills all of step t's rows `g` on up to `threads` threads, a block of rows each: the
+    /// first write of each step's gates, whose lines are cold, costs each core its share (LSTM
+    /// H = 1024, B = 64, two threads: 15 → 8.5 ms a step, the forward loop 250 → 238; H = 512
+    /// × 2: the whole step +1.6%, paired medians of 20 in-process pairs).
+    fn fill_on(&self, t: usize, g: &mut [F], threads: usize) {
+        let parts = threads.clamp(1, FILL_PARTS).min(self.b);
+        if parts == 1 {
+            return self.fill(t, 0, g);
+        }
+        let per = self.b.div_ceil(parts);
+        let mut blocks: [&mut [F]; FILL_PARTS] = Default::default();
+        let mut n = 0;
+        for (block, rows) in blocks.iter_mut().zip(g.chunks_mut(per * self.gh)) {
+            *block = rows;
+            n += 1;
+        }
+        team::for_each_mut(threads, &mut blocks[..n], |i, rows| self.fill(t, i * per, rows));
+    }
+}
+
+/// The most blocks of rows one step's table rows are filled in ([`TableRows::fill_on`]).
+const FILL_PARTS: usize = 16;
 
 /// Fills each (G·H) row of `dst` with the biases that join the input projection: b_ih + b_hh,
 /// or b_ih alone for the GRU, which keeps b_hh on the recurrent side (it sits inside
@@ -751,7 +775,25 @@ impl Packs {
 
 #[cfg(test)]
 mod tests {
-    use super::row_block;
+    use super::{TableRows, row_block};
+
+    /// A step's table rows filled in blocks on 1–20 threads (more than rows, too): each row
+    /// its token's table row, as the one-thread fill leaves them.
+    #[test]
+    fn table_rows_fill_every_row_of_a_step_on_any_thread_count() {
+        let (v, gh, b, steps) = (7, 12, 5, 3);
+        let table: Vec<f32> = (0..v * gh).map(|i| i as f32).collect();
+        let tokens: Vec<u32> = (0..steps * b).map(|i| ((i * 5 + 3) % v) as u32).collect();
+        let tr = TableRows { table: &table, tokens: &tokens, b, gh };
+        for t in 0..steps {
+            let want: Vec<f32> = (0..b).flat_map(|r| tr.row(t, r).to_vec()).collect();
+            for threads in [1, 2, 3, 4, 5, 20] {
+                let mut g = vec![f32::NAN; b * gh];
+                tr.fill_on(t, &mut g, threads);
+                assert_eq!(g, want, "step {t}, {threads} threads");
+            }
+        }
+    }
 
     /// Row blocks cover the batch in order, each with a row; with lengths each holds about its
     /// share of the real steps (within one sequence's length), sorted or not, long or short.
