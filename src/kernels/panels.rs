@@ -393,6 +393,7 @@ const KC: usize = 1024;
 fn chunk_depth(k: usize) -> usize {
     k.div_ceil(k.div_ceil(KC).max(1)).next_multiple_of(16).min(KC)
 }
+
 /// Rows of C per super-block of a tile of a deep product: their packed A chunk (512 KB) stays
 /// in L2 while every panel runs over it; the rows a faster lane takes over from a slower one at a
 /// time.
@@ -586,8 +587,8 @@ fn deep_rows(
             let blocks = rows.div_ceil(MR);
             for p in 0..bp.panels() {
                 let (c0, w) = (p * NR, (n - p * NR).min(NR));
-                // The row blocks share out bringing the next panel toward L2 (the crate's
-                // panels, 192 KB each at k 1024, stream from L3 once per super-block).
+                // The row blocks share out bringing the next panel toward L2 (the chunk's
+                // panels of B, 192 KB each at k 1024, stream from L3 once per super-block).
                 let next = if p + 1 < bp.panels() { bp.panel(p + 1) } else { &[] };
                 for q in 0..blocks {
                     let (r, rb) = (q * MR, (rows - q * MR).min(MR));

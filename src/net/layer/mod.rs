@@ -222,12 +222,10 @@ impl<F: Copy + Send + Sync> TableRows<'_, F> {
         }
         let per = self.b.div_ceil(parts);
         let mut blocks: [&mut [F]; FILL_PARTS] = Default::default();
-        let mut n = 0;
         for (block, rows) in blocks.iter_mut().zip(g.chunks_mut(per * self.gh)) {
             *block = rows;
-            n += 1;
         }
-        team::for_each_mut(threads, &mut blocks[..n], |i, rows| self.fill(t, i * per, rows));
+        team::for_each_mut(threads, &mut blocks[..self.b.div_ceil(per)], |i, rows| self.fill(t, i * per, rows));
     }
 }
 
