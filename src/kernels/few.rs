@@ -25,16 +25,9 @@ pub(crate) fn takes(m: usize, b_cs: usize, c_cs: usize) -> bool {
     m <= MAX_ROWS && b_cs == 1 && c_cs == 1 && native()
 }
 
-/// Whether this CPU has AVX-512F (detected once).
+/// Whether the kernels run AVX-512F here ([`super::machine::simd`]).
 pub(super) fn native() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    super::machine::simd() == super::machine::Simd::Avx512
 }
 
 /// C (+)= A · B (see the module docs).

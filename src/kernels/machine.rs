@@ -30,6 +30,43 @@ pub fn set_plan_cores(cores: usize) {
     PLAN_CORES.store(cores, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// The f32 vector instructions this crate's own kernels run on (detected once): AVX-512F (16
+/// lanes), AVX2 with FMA (8 lanes), or neither (the GEMM crate and portable loops run there).
+/// Every kernel computes each element as the same chain of fused multiply-adds on either, so the
+/// two give the same bits; `BPTT_SIMD=avx2` (or `none`) uses less than the CPU has, to compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// Neither: the crate and portable loops.
+    None,
+    /// AVX2 with FMA: 16 registers of 8 f32.
+    Avx2,
+    /// AVX-512F: 32 registers of 16 f32.
+    Avx512,
+}
+
+/// The [`Simd`] of this CPU (and `BPTT_SIMD`), detected once.
+pub fn simd() -> Simd {
+    static SIMD: OnceLock<Simd> = OnceLock::new();
+    *SIMD.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let has = if std::arch::is_x86_feature_detected!("avx512f") {
+            Simd::Avx512
+        } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            Simd::Avx2
+        } else {
+            Simd::None
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let has = Simd::None;
+        let cap = match std::env::var("BPTT_SIMD").as_deref() {
+            Ok("none") => Simd::None,
+            Ok("avx2") => Simd::Avx2,
+            _ => Simd::Avx512,
+        };
+        has.min(cap)
+    })
+}
+
 /// The size of one core's L2 cache in bytes (Linux sysfs; 1 MiB if unknown). Like
 /// [`machine_cores`], a plan may depend on it.
 pub fn l2_bytes() -> usize {

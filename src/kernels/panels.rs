@@ -5,12 +5,15 @@
 //! its few rows of A once (8-row blocks, k-major), and a register block of 8 rows × 48 columns
 //! (24 accumulators) runs over a panel with the next panel brought toward L2 meanwhile. Deep
 //! products (the weight gradients over T·B rows, [`gemm_deep`]) run the same block over chunks
-//! of k with both operands packed per chunk. AVX-512F only (checked at run time); elsewhere the
-//! crate runs these products.
+//! of k with both operands packed per chunk. AVX-512F, or AVX2 with FMA in 4 × 24 sub-blocks
+//! ([`avx2`]), checked at run time; elsewhere the crate runs these products.
 //!
 //! Each element of C is one chain of fused multiply-adds over k in order (per chunk of a deep
 //! product), then + C when accumulating, as in [`few`]: the same bits however rows and panels are
 //! cut into tiles or threads — and the same bits as [`few`] on the same operands.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 use super::few;
 use super::{Mat, MatMut, SharedMat, TILE_WORK, team};
@@ -45,9 +48,9 @@ impl std::fmt::Debug for Panels {
     }
 }
 
-/// Whether this CPU runs the panel kernel (AVX-512F, detected once).
+/// Whether this CPU runs the panel kernel (AVX-512F, or AVX2 with FMA: [`avx2`]).
 pub fn native() -> bool {
-    few::native()
+    super::machine::simd() >= super::machine::Simd::Avx2
 }
 
 impl Panels {
@@ -162,7 +165,7 @@ const STEP_CHUNKS_FROM: usize = 4096;
 
 /// Where a register block's chains start and end: from zero or the partial sums of an earlier
 /// chunk, into C (+ C when accumulating) or into the partial sums for the next chunk.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Chain {
     from_partial: bool,
     to_partial: bool,
@@ -745,6 +748,12 @@ fn tile_rows(
         "partial sums of a block: MR aligned rows of NR"
     );
     #[cfg(target_arch = "x86_64")]
+    if !few::native() {
+        // SAFETY: AVX2 and FMA are present (the callers' `native`, not AVX-512F); the operands
+        // as asserted above.
+        return unsafe { avx2::tile(rows, c, ap.data, ap.rs, b, k, accumulate, next, chain, partial.as_mut_ptr()) };
+    }
+    #[cfg(target_arch = "x86_64")]
     // SAFETY: AVX-512F is present (the callers' `native`); the operands are in bounds and B
     // aligned (asserted), C's block is this call's alone (its constructor's contract).
     unsafe {
@@ -952,7 +961,7 @@ mod tests {
                 super::super::crate_gemm(MatMut::rows(&mut crate_c, m, n), av, bv, accumulate);
                 let a_at = |r: usize, kk: usize| a[r * k + kk];
                 check(Product { c: &c, crate_c: &crate_c, c0: &c0, m, n, k, accumulate }, a_at, at);
-                if m <= few::MAX_ROWS && !transposed {
+                if few::takes(m, 1, 1) && !transposed {
                     let mut f = c0.clone();
                     few::gemm(MatMut::rows(&mut f, m, n), av, bv, accumulate);
                     assert_eq!(f, c, "m={m} k={k} n={n}: the few-row kernel differs");
@@ -978,6 +987,107 @@ mod tests {
                 assert_eq!(halves, c, "m={m} k={k} n={n}: row halves differ");
             }
         }
+    }
+
+    /// Every register block — AVX-512F's and AVX2's, whichever this CPU has — computes each
+    /// element as one chain of fused multiply-adds over k in order (from zero or the carried
+    /// partial sums, into them or into C, + C when accumulating): bit for bit the scalar chain
+    /// of `mul_add`, at every row count, odd column counts and depths across AVX2's k-chunks,
+    /// with A packed or in place.
+    #[test]
+    fn register_blocks_are_one_fma_chain_per_element() {
+        let mut blocks: Vec<(&str, TileFn)> = Vec::new();
+        if few::native() {
+            blocks.push(("avx512", tile_rows));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            blocks.push(("avx2", avx2_rows));
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        for (name, block) in blocks {
+            for rows in 1..=MR {
+                for cols in [1, 7, 8, 9, 17, 24, 25, 33, 47, 48] {
+                    for k in [0, 1, 5, 127, 128, 129, 300] {
+                        for (packed, from_partial, to_partial, accumulate) in [
+                            (true, false, false, false),
+                            (true, false, false, true),
+                            (false, false, false, true),
+                            (true, true, false, true),
+                            (false, true, true, false),
+                            (true, false, true, false),
+                        ] {
+                            let rs = if packed { 0 } else { k + 3 };
+                            let a_len = if packed { k * MR } else { rows * rs };
+                            let a: Vec<f32> = (0..a_len).map(|_| rng.random_range(-1.0..1.0)).collect();
+                            let a_at = |r: usize, kk: usize| if packed { a[kk * MR + r] } else { a[r * rs + kk] };
+                            let mut b = vec![Line::default(); 3 * k];
+                            let bf = lines_f32(&mut b, k * NR);
+                            bf.iter_mut().for_each(|x| *x = rng.random_range(-1.0..1.0));
+                            let bf = bf.to_vec();
+                            let mut partial = vec![Line::default(); MR * NR / 16];
+                            let pf = lines_f32(&mut partial, MR * NR);
+                            pf.iter_mut().for_each(|x| *x = rng.random_range(-1.0..1.0));
+                            let p0 = pf.to_vec();
+                            let c0: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                            let next = vec![0.5f32; 16 * 40];
+                            let mut c = c0.clone();
+                            let chain = Chain { from_partial, to_partial };
+                            let b_slice = &lines_f32(&mut b, k * NR)[..];
+                            let pslice = lines_f32(&mut partial, MR * NR);
+                            block(
+                                rows,
+                                MatMut::rows(&mut c, rows, cols),
+                                Rows { data: &a, rs },
+                                b_slice,
+                                k,
+                                accumulate,
+                                &next,
+                                (chain, pslice),
+                            );
+                            for r in 0..rows {
+                                for j in 0..cols {
+                                    let mut sum = if from_partial { p0[r * NR + j] } else { 0.0f32 };
+                                    for kk in 0..k {
+                                        sum = a_at(r, kk).mul_add(bf[kk * NR + j], sum);
+                                    }
+                                    let what = format!("{name}: rows {rows} cols {cols} k {k} {chain:?} ({r}, {j})");
+                                    if to_partial {
+                                        assert_eq!(pslice[r * NR + j].to_bits(), sum.to_bits(), "{what}");
+                                        assert_eq!(c[r * cols + j], c0[r * cols + j], "{what}: C untouched");
+                                    } else {
+                                        let want = if accumulate { sum + c0[r * cols + j] } else { sum };
+                                        assert_eq!(c[r * cols + j].to_bits(), want.to_bits(), "{what}");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A register block's entry (`tile_rows`' arguments).
+    type TileFn = fn(usize, MatMut<'_, f32>, Rows<'_>, &[f32], usize, bool, &[f32], (Chain, &mut [f32]));
+
+    /// The AVX2 block, called as `tile_rows` calls it (on a CPU with AVX-512F too).
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn avx2_rows(
+        rows: usize,
+        c: MatMut<'_, f32>,
+        ap: Rows<'_>,
+        b: &[f32],
+        k: usize,
+        accumulate: bool,
+        next: &[f32],
+        (chain, partial): (Chain, &mut [f32]),
+    ) {
+        assert!(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"));
+        assert!(b.len() >= k * NR && b.as_ptr().addr().is_multiple_of(64) && partial.len() >= MR * NR);
+        // SAFETY: AVX2 and FMA are present; the operands hold what `tile_rows` asserts.
+        unsafe { avx2::tile(rows, c, ap.data, ap.rs, b, k, accumulate, next, chain, partial.as_mut_ptr()) };
     }
 
     /// Deep chunks: as few as chunks of KC take, whole lines of floats, the last one never
