@@ -40,7 +40,7 @@ pub trait Float:
     /// e^x: exact (std) for f64, a vectorisable ≤ 2 ulp version for f32.
     fn exp_act(self) -> Self;
     /// The LSTM's forward step over one row's units in a kernel of this type's own, if it has
-    /// one for this CPU (f32 with AVX-512F: `kernels::math::lstm_forward_row`): gates (i, f, g,
+    /// one for this CPU (f32 with AVX-512F or AVX2: `kernels::math::lstm_forward_row`): gates (i, f, g,
     /// o) in and activated out, then c, tanh(c) and h; false: nothing done, the caller runs the
     /// generic loop.
     fn lstm_forward_row(_gates: [&mut [Self]; 4], _c_prev: &[Self], _out: [&mut [Self]; 3]) -> bool {
