@@ -46,6 +46,13 @@ pub trait Float:
     fn lstm_forward_row(_gates: [&mut [Self]; 4], _c_prev: &[Self], _out: [&mut [Self]; 3]) -> bool {
         false
     }
+    /// The GRU's forward step over one row's units in a kernel of this type's own, if it has
+    /// one for this CPU (f32 with AVX2 but not AVX-512F: `kernels::math::gru_forward_row`):
+    /// gates (r, z, n) in as input pre-activations and activated out, the recurrent
+    /// pre-activations, h_{t−1}, then h_n and h_t out; false: the caller runs the generic loop.
+    fn gru_forward_row(_gates: [&mut [Self]; 3], _hp: [&[Self]; 3], _h_prev: &[Self], _out: [&mut [Self]; 2]) -> bool {
+        false
+    }
     /// A slice of gradients as the element type a reduction carries.
     fn values(v: &[Self]) -> crate::net::GradValues<'_>;
     /// Copies `src` into `dst` (f32 values; lossless only for f32 itself).
@@ -87,6 +94,10 @@ impl Float for f32 {
     #[inline(always)]
     fn lstm_forward_row(gates: [&mut [f32]; 4], c_prev: &[f32], out: [&mut [f32]; 3]) -> bool {
         crate::kernels::math::lstm_forward_row(gates, c_prev, out)
+    }
+    #[inline(always)]
+    fn gru_forward_row(gates: [&mut [f32]; 3], hp: [&[f32]; 3], h_prev: &[f32], out: [&mut [f32]; 2]) -> bool {
+        crate::kernels::math::gru_forward_row(gates, hp, h_prev, out)
     }
 }
 

@@ -57,6 +57,9 @@ pub fn forward_row<F: Float>(
     let k = gr.len();
     let (gz, gn, hr, hz, hpn, h_prev, hn, h) =
         (&mut gz[..k], &mut gn[..k], &hr[..k], &hz[..k], &hpn[..k], &h_prev[..k], &mut hn[..k], &mut h[..k]);
+    if F::gru_forward_row([&mut *gr, &mut *gz, &mut *gn], [hr, hz, hpn], h_prev, [&mut *hn, &mut *h]) {
+        return;
+    }
     for j in 0..k {
         let r = (gr[j] + hr[j]).sigmoid();
         let z = (gz[j] + hz[j]).sigmoid();

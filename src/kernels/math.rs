@@ -79,6 +79,29 @@ pub(crate) fn lstm_forward_row(gates: [&mut [f32]; 4], c_prev: &[f32], out: [&mu
     false
 }
 
+/// The GRU's forward step over one row's units in AVX2 f32 vectors (the cell's inner loop,
+/// `cell::gru::forward_row`, where the CPU has AVX2 and FMA but not AVX-512F, which keeps the
+/// compiler's 16-lane loop): gates (r, z, n) in as input pre-activations and activated out,
+/// `hp` the recurrent pre-activations (h_r, h_z, h_n), then h_n copied out and h_t, with the
+/// functions of [`sigmoid_f32`] and [`tanh_f32`] in fused multiply-adds, every lane by the
+/// same instructions (cut-free). Returns false (nothing done) elsewhere.
+pub(crate) fn gru_forward_row(gates: [&mut [f32]; 3], hp: [&[f32]; 3], h_prev: &[f32], out: [&mut [f32]; 2]) -> bool {
+    let n = gates[0].len();
+    let lens = gates.iter().map(|g| g.len()).chain(hp.iter().map(|h| h.len()));
+    assert!(
+        lens.chain(out.iter().map(|o| o.len())).all(|l| l >= n) && h_prev.len() >= n,
+        "a GRU row's slices hold its units"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if super::machine::simd() == super::machine::Simd::Avx2 {
+        // SAFETY: AVX2 and FMA are present (checked), every slice holds n floats (asserted).
+        unsafe { avx2::gru_forward_row(n, gates, hp, h_prev, out) };
+        return true;
+    }
+    let _ = (gates, hp, h_prev, out);
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -140,92 +163,104 @@ mod avx2 {
         _mm256_blendv_ps(big, small, is_small)
     }
 
+    /// Runs `f` over a row's units in 8-lane vectors: NI inputs in, NO outputs out (an output
+    /// may be an input's place: each vector is loaded before it is stored). The last n mod 8
+    /// units go through vectors on the stack (AVX2's masked stores are slow on some CPUs) by
+    /// the same instructions, so a unit's result does not depend on where a row is cut.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be present; every pointer addresses at least n floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows<const NI: usize, const NO: usize>(
+        n: usize,
+        ins: [*const f32; NI],
+        outs: [*mut f32; NO],
+        f: impl Fn([__m256; NI]) -> [__m256; NO],
+    ) {
+        // SAFETY: lanes [j, j + 8) lie below n, which every pointer addresses (the contract).
+        unsafe {
+            let mut j = 0;
+            // Two vectors per turn, their chains overlapping, then one.
+            while j + 16 <= n {
+                let y0 = f(ins.map(|p| _mm256_loadu_ps(p.add(j))));
+                let y1 = f(ins.map(|p| _mm256_loadu_ps(p.add(j + 8))));
+                for ((p, y0), y1) in outs.iter().zip(y0).zip(y1) {
+                    _mm256_storeu_ps(p.add(j), y0);
+                    _mm256_storeu_ps(p.add(j + 8), y1);
+                }
+                j += 16;
+            }
+            while j + 8 <= n {
+                let y = f(ins.map(|p| _mm256_loadu_ps(p.add(j))));
+                for (p, y) in outs.iter().zip(y) {
+                    _mm256_storeu_ps(p.add(j), y);
+                }
+                j += 8;
+            }
+            let rest = n - j;
+            if rest > 0 {
+                let mut x = [[0.0f32; 8]; NI];
+                for (x, p) in x.iter_mut().zip(ins) {
+                    std::ptr::copy_nonoverlapping(p.add(j), x.as_mut_ptr(), rest);
+                }
+                let y = f(x.map(|x| _mm256_loadu_ps(x.as_ptr())));
+                for (p, y) in outs.iter().zip(y) {
+                    let mut out = [0.0f32; 8];
+                    _mm256_storeu_ps(out.as_mut_ptr(), y);
+                    std::ptr::copy_nonoverlapping(out.as_ptr(), p.add(j), rest);
+                }
+            }
+        }
+    }
+
     /// See [`super::lstm_forward_row`]: gates (i, f, g, o) in, activated out; c, tanh(c), h out.
-    /// Whole vectors in place, two per turn (their chains overlap); the last n mod 8 units
-    /// through a vector on the stack (AVX2's masked stores are slow on some CPUs), by the same
-    /// instructions, so a unit's result does not depend on where a row is cut.
     ///
     /// # Safety
     /// AVX2 and FMA must be present; every slice holds at least n floats.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn lstm_forward_row(n: usize, g: [&mut [f32]; 4], c_prev: &[f32], out: [&mut [f32]; 3]) {
-        let [gi, gf, gg, go] = g;
-        let [c, tanh_c, h] = out;
-        let gates = [gi.as_mut_ptr(), gf.as_mut_ptr(), gg.as_mut_ptr(), go.as_mut_ptr()];
-        let outs = [c.as_mut_ptr(), tanh_c.as_mut_ptr(), h.as_mut_ptr()];
-        let mut j = 0;
-        // SAFETY: lanes [j, j + 8·V) lie below n, which every slice holds.
+        let [gi, gf, gg, go] = g.map(|g| g.as_mut_ptr());
+        let [c, tanh_c, h] = out.map(|o| o.as_mut_ptr());
+        let ins = [gi as *const f32, gf, gg, go, c_prev.as_ptr()];
+        // SAFETY: every pointer addresses n floats (the contract).
         unsafe {
-            while j + 16 <= n {
-                lstm_turn::<2>(j, gates, c_prev.as_ptr(), outs);
-                j += 16;
-            }
-            if j + 8 <= n {
-                lstm_turn::<1>(j, gates, c_prev.as_ptr(), outs);
-                j += 8;
-            }
-        }
-        let rest = n - j;
-        if rest > 0 {
-            // The tail on the stack: 7 vectors of 8 lanes, those past n zero (never stored back).
-            let mut buf = [[0.0f32; 8]; 8];
-            let sources: [&[f32]; 5] = [&gi[j..n], &gf[j..n], &gg[j..n], &go[j..n], &c_prev[j..n]];
-            for (b, s) in buf.iter_mut().zip(sources) {
-                b[..rest].copy_from_slice(s);
-            }
-            let [bi, bf, bg, bo, bc, bcn, btc, bh] = &mut buf;
-            let (gates, outs) = (
-                [bi.as_mut_ptr(), bf.as_mut_ptr(), bg.as_mut_ptr(), bo.as_mut_ptr()],
-                [bcn.as_mut_ptr(), btc.as_mut_ptr(), bh.as_mut_ptr()],
-            );
-            // SAFETY: every buffer holds 8 floats.
-            unsafe { lstm_turn::<1>(0, gates, bc.as_ptr(), outs) };
-            let targets: [&mut [f32]; 7] = [
-                &mut gi[j..n],
-                &mut gf[j..n],
-                &mut gg[j..n],
-                &mut go[j..n],
-                &mut c[j..n],
-                &mut tanh_c[j..n],
-                &mut h[j..n],
-            ];
-            for (t, b) in targets.into_iter().zip([0, 1, 2, 3, 5, 6, 7]) {
-                t.copy_from_slice(&buf[b][..rest]);
-            }
+            rows(n, ins, [gi, gf, gg, go, c, tanh_c, h], |[xi, xf, xg, xo, cp]| {
+                let (i, f, g, o) = (sigmoid(xi), sigmoid(xf), tanh(xg), sigmoid(xo));
+                let c = _mm256_fmadd_ps(f, cp, _mm256_mul_ps(i, g));
+                let tc = tanh(c);
+                [i, f, g, o, c, tc, _mm256_mul_ps(o, tc)]
+            })
         }
     }
 
-    /// V whole vectors of [`lstm_forward_row`] from lane j.
+    /// See [`super::gru_forward_row`]: r = σ(x_r + h_r), z = σ(x_z + h_z),
+    /// n = tanh(x_n + r h_n) over the input pre-activations; h_n copied out; h_t.
     ///
     /// # Safety
-    /// AVX2 and FMA must be present; every pointer addresses at least j + 8·V floats.
-    #[inline]
+    /// AVX2 and FMA must be present; every slice holds at least n floats.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn lstm_turn<const V: usize>(j: usize, gates: [*mut f32; 4], c_prev: *const f32, outs: [*mut f32; 3]) {
-        // SAFETY: lanes [j, j + 8·V) (the caller's contract).
+    pub(super) unsafe fn gru_forward_row(
+        n: usize,
+        g: [&mut [f32]; 3],
+        hp: [&[f32]; 3],
+        h_prev: &[f32],
+        out: [&mut [f32]; 2],
+    ) {
+        let [gr, gz, gn] = g.map(|g| g.as_mut_ptr());
+        let [hr, hz, hpn] = hp.map(|h| h.as_ptr());
+        let [hn, h] = out.map(|o| o.as_mut_ptr());
+        let ins = [gr as *const f32, gz, gn, hr, hz, hpn, h_prev.as_ptr()];
+        // SAFETY: every pointer addresses n floats (the contract).
         unsafe {
-            let ld = |s: *const f32| -> [__m256; V] { std::array::from_fn(|v| _mm256_loadu_ps(s.add(j + 8 * v))) };
-            let [gi, gf, gg, go] = gates;
-            let (xi, xf, xg, xo, cp) = (ld(gi), ld(gf), ld(gg), ld(go), ld(c_prev));
-            let i: [__m256; V] = std::array::from_fn(|v| sigmoid(xi[v]));
-            let f: [__m256; V] = std::array::from_fn(|v| sigmoid(xf[v]));
-            let g: [__m256; V] = std::array::from_fn(|v| tanh(xg[v]));
-            let o: [__m256; V] = std::array::from_fn(|v| sigmoid(xo[v]));
-            let cj: [__m256; V] = std::array::from_fn(|v| _mm256_fmadd_ps(f[v], cp[v], _mm256_mul_ps(i[v], g[v])));
-            let tc: [__m256; V] = std::array::from_fn(|v| tanh(cj[v]));
-            let st = |s: *mut f32, x: [__m256; V]| {
-                for (v, x) in x.into_iter().enumerate() {
-                    _mm256_storeu_ps(s.add(j + 8 * v), x);
-                }
-            };
-            st(gi, i);
-            st(gf, f);
-            st(gg, g);
-            st(go, o);
-            let [c, tanh_c, h] = outs;
-            st(c, cj);
-            st(tanh_c, tc);
-            st(h, std::array::from_fn(|v| _mm256_mul_ps(o[v], tc[v])));
+            rows(n, ins, [gr, gz, gn, hn, h], |[xr, xz, xn, hr, hz, hpn, hp]| {
+                let r = sigmoid(_mm256_add_ps(xr, hr));
+                let z = sigmoid(_mm256_add_ps(xz, hz));
+                let nn = tanh(_mm256_fmadd_ps(r, hpn, xn));
+                // (1 − z) n + z h_{t−1}
+                let h = _mm256_fmadd_ps(z, hp, _mm256_mul_ps(_mm256_sub_ps(_mm256_set1_ps(1.0), z), nn));
+                [r, z, nn, hpn, h]
+            })
         }
     }
 }
@@ -443,6 +478,67 @@ mod tests {
             assert!(gi[0].is_nan() && c[0].is_nan() && h[0].is_nan(), "NaN propagates");
             assert_eq!((gi[1], gf[1], gg[1], c[1], tc[1]), (1.0, 1.0, 1.0, 2.0, 0.964_027_6));
             assert!(gi[2] < 1e-37 && gg[2] == -1.0 && c[2] < 1e-37, "{g:?}");
+        }
+    }
+
+    /// The GRU row kernel against the step's definition in f64 (each function within 3 ulp and
+    /// 1e-7 near zero; n and h within what their arguments carry), at row lengths that end
+    /// inside a vector; a unit's bits do not depend on where a row is cut; NaN propagates.
+    #[test]
+    fn gru_row_kernel_is_the_step_within_three_ulp_and_cut_free() {
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let ulp = |x: f64| f64::from(f32::from_bits((x as f32).abs().to_bits() + 1) - (x as f32).abs());
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32 * 8.0 - 4.0
+        };
+        for n in [1, 7, 8, 9, 16, 17, 33, 100, 512] {
+            let x: Vec<Vec<f32>> = (0..7).map(|_| (0..n).map(|_| next()).collect()).collect();
+            let run = |cuts: &[usize]| {
+                let mut g = [x[0].clone(), x[1].clone(), x[2].clone()];
+                let (mut hn, mut h) = (vec![0.0; n], vec![0.0; n]);
+                let mut at = 0;
+                for &end in cuts.iter().chain([n].iter()).filter(|&&e| e <= n) {
+                    let [gr, gz, gn] = &mut g;
+                    let r = at..end;
+                    let gates = [&mut gr[r.clone()], &mut gz[r.clone()], &mut gn[r.clone()]];
+                    let hp = [&x[3][r.clone()], &x[4][r.clone()], &x[5][r.clone()]];
+                    if !gru_forward_row(gates, hp, &x[6][r.clone()], [&mut hn[r.clone()], &mut h[r.clone()]]) {
+                        return None;
+                    }
+                    at = end;
+                }
+                Some((g, hn, h))
+            };
+            let Some((g, hn, h)) = run(&[]) else { return }; // no AVX2-only kernel here
+            for j in 0..n {
+                let xs: Vec<f64> = (0..7).map(|q| f64::from(x[q][j])).collect();
+                let (r, z) = (sig(xs[0] + xs[3]), sig(xs[1] + xs[4]));
+                let arg = xs[2] + r * xs[5];
+                let nn = arg.tanh();
+                let hj = (1.0 - z) * nn + z * xs[6];
+                let err_n = xs[5].abs() * 3.0 * ulp(r) + 2.0 * ulp(arg) + 3.0 * ulp(nn) + 1e-7;
+                let err_h = err_n + (nn.abs() + xs[6].abs()) * 3.0 * ulp(z) + 3.0 * ulp(hj) + 1e-7;
+                let want = [r, z, nn, xs[5], hj];
+                let bound = [3.0 * ulp(r) + 1e-7, 3.0 * ulp(z) + 1e-7, err_n, 0.0, err_h];
+                let got = [g[0][j], g[1][j], g[2][j], hn[j], h[j]];
+                for (k, ((&got, &want), &bound)) in got.iter().zip(&want).zip(&bound).enumerate() {
+                    let err = (f64::from(got) - want).abs();
+                    assert!(err <= bound, "n={n} unit {j} output {k}: {got} vs {want} (bound {bound})");
+                }
+            }
+            assert_eq!(run(&[3, 8, 13, 40]), Some((g, hn, h)), "n={n}: a cut row differs");
+        }
+        let mut g = [vec![f32::NAN, 100.0], vec![0.0, -100.0], vec![0.0, 100.0]];
+        let (hp, h_prev, mut hn, mut h) = ([0.0f32; 2], [1.0f32, 0.5], vec![0.0; 2], vec![0.0; 2]);
+        let [gr, gz, gn] = &mut g;
+        if gru_forward_row([gr, gz, gn], [&hp, &hp, &hp], &h_prev, [&mut hn, &mut h]) {
+            assert!(gr[0].is_nan() && gn[0].is_nan() && h[0].is_nan(), "NaN propagates");
+            assert_eq!((gr[1], gn[1], h[1]), (1.0, 1.0, 1.0), "saturates");
+            assert!(gz[1] < 1e-37, "{g:?}");
         }
     }
 
