@@ -53,6 +53,11 @@ pub trait Float:
     fn gru_forward_row(_gates: [&mut [Self]; 3], _hp: [&[Self]; 3], _h_prev: &[Self], _out: [&mut [Self]; 2]) -> bool {
         false
     }
+    /// tanh over a row in a kernel of this type's own, if it has one for this CPU (f32 with
+    /// AVX2 but not AVX-512F: `kernels::math::tanh_row`); false: the caller runs the loop.
+    fn tanh_row(_x: &[Self], _out: &mut [Self]) -> bool {
+        false
+    }
     /// A slice of gradients as the element type a reduction carries.
     fn values(v: &[Self]) -> crate::net::GradValues<'_>;
     /// Copies `src` into `dst` (f32 values; lossless only for f32 itself).
@@ -98,6 +103,10 @@ impl Float for f32 {
     #[inline(always)]
     fn gru_forward_row(gates: [&mut [f32]; 3], hp: [&[f32]; 3], h_prev: &[f32], out: [&mut [f32]; 2]) -> bool {
         crate::kernels::math::gru_forward_row(gates, hp, h_prev, out)
+    }
+    #[inline(always)]
+    fn tanh_row(x: &[f32], out: &mut [f32]) -> bool {
+        crate::kernels::math::tanh_row(x, out)
     }
 }
 

@@ -17,7 +17,7 @@ pub fn forward_step<F: Float>(relu: bool, pre: &[F], h: &mut [F]) {
         for (h, &a) in h.iter_mut().zip(pre) {
             *h = a.max(F::zero());
         }
-    } else {
+    } else if !F::tanh_row(&pre[..pre.len().min(h.len())], h) {
         for (h, &a) in h.iter_mut().zip(pre) {
             *h = a.tanh_act();
         }
