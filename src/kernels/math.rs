@@ -53,7 +53,7 @@ pub fn tanh_f32(x: f32) -> f32 {
 /// refined by one Newton step instead of a division (a division of 16 lanes issues once per
 /// ~10 cycles, and the step takes five). Every lane runs the same instructions — the last
 /// vector masked — so a unit's result does not depend on where a row is cut. With AVX2 and FMA
-/// (no AVX-512F) the same in 8-lane vectors, dividing instead. Returns false (nothing done)
+/// (no AVX-512F) the same in 8-lane vectors, gate by gate, dividing instead. Returns false (nothing done)
 /// where the CPU has neither.
 pub(crate) fn lstm_forward_row(gates: [&mut [f32]; 4], c_prev: &[f32], out: [&mut [f32]; 3]) -> bool {
     let n = gates[0].len();
@@ -314,20 +314,15 @@ mod avx2 {
         unsafe {
             // The gates r and z on their own first (short independent chains: see
             // `lstm_forward_row`), then n and the state.
-            rows(
-                n,
-                [gr as *const f32, hr],
-                [gr],
-                #[inline(always)]
-                |[x, h]| [sigmoid(_mm256_add_ps(x, h))],
-            );
-            rows(
-                n,
-                [gz as *const f32, hz],
-                [gz],
-                #[inline(always)]
-                |[x, h]| [sigmoid(_mm256_add_ps(x, h))],
-            );
+            for (q, hq) in [(gr, hr), (gz, hz)] {
+                rows(
+                    n,
+                    [q as *const f32, hq],
+                    [q],
+                    #[inline(always)]
+                    |[x, h]| [sigmoid(_mm256_add_ps(x, h))],
+                );
+            }
             let ins = [gr as *const f32, gz, gn, hpn, h_prev.as_ptr()];
             rows(
                 n,
@@ -488,15 +483,20 @@ mod avx512 {
 mod tests {
     use super::*;
 
+    /// The f32 ulp at x (x rounded to f32).
+    fn ulp(x: f64) -> f64 {
+        let x = (x as f32).abs();
+        f64::from(f32::from_bits(x.to_bits() + 1) - x)
+    }
+
     fn ulps(a: f32, b: f64) -> f64 {
-        let b32 = b as f32;
-        let ulp = (f32::from_bits(b32.abs().to_bits() + 1) - b32.abs()) as f64;
-        (a as f64 - b).abs() / ulp
+        (a as f64 - b).abs() / ulp(b)
     }
 
     /// The LSTM row kernel against the step's definition in f64 (each function within 3 ulp, and
-    /// 1e-7 near zero; c, tanh(c) and h within what c's terms carry), at row lengths that end inside a vector; a unit's bits do not depend on where a
-    /// row is cut; NaN propagates and large inputs saturate.
+    /// 1e-7 near zero; c, tanh(c) and h within what c's terms carry), at row lengths that end
+    /// inside a vector; a unit's bits do not depend on where a row is cut; NaN propagates and
+    /// large inputs saturate.
     #[test]
     fn lstm_row_kernel_is_the_step_within_three_ulp_and_cut_free() {
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
@@ -528,8 +528,7 @@ mod tests {
                 }
                 Some((g, c, tc, h))
             };
-            let Some((g, c, tc, h)) = run(&[]) else { return }; // no AVX-512F here
-            let ulp = |x: f64| f64::from(f32::from_bits((x as f32).abs().to_bits() + 1) - (x as f32).abs());
+            let Some((g, c, tc, h)) = run(&[]) else { return }; // no row kernel here
             for j in 0..n {
                 let xs: Vec<f64> = (0..5).map(|q| f64::from(x[q][j])).collect();
                 let (i, f, gg, o) = (sig(xs[0]), sig(xs[1]), xs[2].tanh(), sig(xs[3]));
@@ -567,7 +566,6 @@ mod tests {
     #[test]
     fn gru_row_kernel_is_the_step_within_three_ulp_and_cut_free() {
         let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
-        let ulp = |x: f64| f64::from(f32::from_bits((x as f32).abs().to_bits() + 1) - (x as f32).abs());
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {
             rng ^= rng << 13;
@@ -633,8 +631,7 @@ mod tests {
         }
         for (&x, &y) in x.iter().zip(&y) {
             let want = f64::from(x).tanh();
-            let ulp = f64::from(f32::from_bits((want as f32).abs().to_bits() + 1) - (want as f32).abs());
-            assert!((f64::from(y) - want).abs() <= 3.0 * ulp + 1e-7, "tanh({x}) = {y}, not {want}");
+            assert!((f64::from(y) - want).abs() <= 3.0 * ulp(want) + 1e-7, "tanh({x}) = {y}, not {want}");
         }
         let mut cut = vec![0.0; x.len()];
         for (at, end) in [(0, 3), (3, 11), (11, 12), (12, 1000), (1000, x.len())] {
