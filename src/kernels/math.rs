@@ -4,22 +4,28 @@
 
 #![allow(clippy::excessive_precision)] // the published coefficients, digit for digit
 
+// The constants of `exp`, shared by the scalar function and the vector kernels below.
+/// Inputs are clamped to [EXP_LO, EXP_HI], so results stay normal and finite.
+const EXP_LO: f32 = -87.0;
+const EXP_HI: f32 = 88.0;
+/// ln 2 in two parts: n · LN2_HI is exact for the n that occur, LN2_LO carries the rest.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// 1.5 · 2^23: adding it rounds to an integer, which then sits in the low mantissa bits.
+const ROUND: f32 = 12_582_912.0;
+/// The polynomial p(r) of e^r ≈ 1 + r + p(r) r², highest degree first (Horner's order).
+const EXP_POLY: [f32; 6] =
+    [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+
 /// e^x for f32, branch-free. Inputs are clamped to [−87, 88] (results stay normal, finite);
 /// NaN propagates.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 · 2^23: adding it rounds to an integer, which then sits in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.0, 88.0); // NaN stays NaN
-    let shifted = x * LOG2E + ROUND;
+    let x = x.clamp(EXP_LO, EXP_HI); // NaN stays NaN
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
     let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
-        * r
-        + 5.000_000_1e-1;
+    let p = EXP_POLY[1..].iter().fold(EXP_POLY[0], |p, &c| p * r + c);
     let y = p * (r * r) + r + 1.0;
     // 2^n from the integer's bits (no float→int conversion, so the loop vectorises).
     let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
@@ -122,20 +128,21 @@ pub(crate) fn tanh_row(x: &[f32], out: &mut [f32]) -> bool {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    use super::{EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, ROUND};
+
     /// [`super::exp_f32`] on 8 lanes, the polynomial in fused multiply-adds.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn exp(x: __m256) -> __m256 {
-        const ROUND: f32 = 12_582_912.0;
         // max(lo, x), min(hi, ·): a NaN in x is the second operand, which these return.
-        let x = _mm256_min_ps(_mm256_set1_ps(88.0), _mm256_max_ps(_mm256_set1_ps(-87.0), x));
+        let x = _mm256_min_ps(_mm256_set1_ps(EXP_HI), _mm256_max_ps(_mm256_set1_ps(EXP_LO), x));
         let shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E), _mm256_set1_ps(ROUND));
         let n = _mm256_sub_ps(shifted, _mm256_set1_ps(ROUND));
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for coef in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(coef));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let mut p = _mm256_set1_ps(EXP_POLY[0]);
+        for coef in &EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*coef));
         }
         let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
         let n_bits = _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_set1_epi32(ROUND.to_bits() as i32));
@@ -344,20 +351,21 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
+    use super::{EXP_HI, EXP_LO, EXP_POLY, LN2_HI, LN2_LO, ROUND};
+
     /// [`super::exp_f32`] on 16 lanes, the polynomial in fused multiply-adds.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn exp(x: __m512) -> __m512 {
-        const ROUND: f32 = 12_582_912.0;
         // max(lo, x), min(hi, ·): a NaN in x is the second operand, which these return.
-        let x = _mm512_min_ps(_mm512_set1_ps(88.0), _mm512_max_ps(_mm512_set1_ps(-87.0), x));
+        let x = _mm512_min_ps(_mm512_set1_ps(EXP_HI), _mm512_max_ps(_mm512_set1_ps(EXP_LO), x));
         let shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E), _mm512_set1_ps(ROUND));
         let n = _mm512_sub_ps(shifted, _mm512_set1_ps(ROUND));
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
-        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm512_set1_ps(1.987_569_1e-4);
-        for coef in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
-            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coef));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for coef in &EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*coef));
         }
         let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
         let n_bits = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_set1_epi32(ROUND.to_bits() as i32));
